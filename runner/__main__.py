@@ -1,0 +1,91 @@
+"""`python -m runner [overrides]`: compose conf/ with Hydra and run the selected stage.
+
+Exit codes (DESIGN.md): 0 finished and no check failed; 1 a check failed (or NaN loss);
+2 bad config or bad input, before training.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def _preprocess(argv: List[str]) -> List[str]:
+    """`resume=<run dir>` continues *in* that directory: point Hydra's run dir at it."""
+    out = list(argv)
+    for a in argv:
+        if a.startswith("resume=") and not any(x.startswith("hydra.run.dir=") for x in argv):
+            value = a.split("=", 1)[1]
+            if value.lower() in ("", "false", "none", "null"):
+                continue
+            target = None
+            if value.lower() == "true":
+                from runner.checkpoint import find_resume_checkpoint
+                from runner.errors import ConfigError
+
+                try:
+                    ck = find_resume_checkpoint(True, Path.cwd() / "outputs")
+                except ConfigError as e:
+                    print(f"config error: {e}", file=sys.stderr)
+                    raise SystemExit(2)
+                target = ck.parent.parent
+                out[out.index(a)] = f"resume={target}"
+            else:
+                p = Path(value).expanduser()
+                target = p.parent.parent if p.is_file() and p.parent.name == "checkpoints" else p
+            if target is not None and target.is_dir():
+                out.append(f"hydra.run.dir={target.resolve()}")
+                hydra_dir = target / ".hydra"
+                if hydra_dir.is_dir():  # keep the original record of the interrupted run
+                    k = 1
+                    while (target / f".hydra.before-resume-{k}").exists():
+                        k += 1
+                    shutil.copytree(hydra_dir, target / f".hydra.before-resume-{k}")
+    return out
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("aggregate", "init"):
+        from runner.commands import run_command
+
+        return run_command(argv[0], argv[1:])
+    argv = _preprocess(argv)
+
+    import hydra
+
+    from runner.config import register_configs
+
+    register_configs()
+    state = {"entered": False, "codes": []}
+
+    @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+    def _task(cfg):
+        state["entered"] = True
+        from runner.app import run
+
+        code = run(cfg)
+        state["codes"].append(code)
+        return code
+
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "runner"] + argv
+    try:
+        _task()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        # Hydra exits 1 on a compose error (typo, wrong type): that is bad config -> 2
+        if code == 1 and not state["entered"]:
+            return 2
+        return code
+    finally:
+        sys.argv = saved
+    return max(state["codes"], default=0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

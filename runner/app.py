@@ -1,0 +1,54 @@
+"""The Hydra task: validate the composed config, pick the stage, map errors to exit codes."""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from runner.errors import ConfigError, RunnerError
+
+log = logging.getLogger("runner")
+
+
+def run(cfg: DictConfig) -> int:
+    """Run one job (a single run, or one job of a sweep). Returns the exit code."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    original_cwd = hc.runtime.cwd
+    overrides = list(hc.overrides.task)
+    try:
+        return _run(cfg, run_dir, original_cwd, overrides)
+    except ConfigError as e:
+        log.error("config error: %s", e)
+        return e.exit_code
+    except RunnerError as e:
+        log.error("%s", e)
+        return e.exit_code
+
+
+def _run(cfg, run_dir: Path, original_cwd: str, overrides) -> int:
+    from runner.config import validate
+    from runner.output import RunDir
+    from runner.stages import get_stage
+    from runner.stages.common import Context
+
+    validate(cfg, original_cwd)
+    run = RunDir(run_dir)
+    resuming = cfg.resume not in (False, None, "false", "False")
+    if run.finished() and not resuming:
+        raise ConfigError(f"{run_dir} already holds a finished run (summary.json); refusing to "
+                          "overwrite it: choose another hydra.run.dir")
+    if run.finished() and resuming:
+        # an earlier finish of this run (e.g. stopped early or NaN): keep it beside the new one
+        shutil.copy2(run.path / "summary.json", run.path / "summary.previous.json")
+    log.info("stage %s -> %s", cfg.stage.name, run_dir)
+    ctx = Context(run=run, original_cwd=original_cwd, overrides=overrides)
+    return get_stage(cfg.stage.name).run(cfg, ctx)
+
+
+def to_yaml(cfg) -> str:
+    return OmegaConf.to_yaml(cfg)

@@ -1,0 +1,322 @@
+"""Typed config schema (registered in Hydra's ConfigStore) and whole-config validation.
+
+The schema is the one place defaults live (STYLE habit 6); YAML files under conf/ only
+state what differs. Hydra rejects unknown keys and wrong types at compose time against
+these dataclasses; `validate()` then gathers every semantic problem (negative lr, unknown
+model, missing folder, ...) and raises one ConfigError that the CLI turns into exit 2.
+
+This module must stay cheap to import: no torch/timm at import time (habit 11).
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING
+
+from runner.errors import ConfigError
+
+DATA_KINDS = ("digits", "synthetic", "imagefolder", "torchvision", "custom")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("fp32", "bf16", "fp16")
+OPTIMIZERS = ("adam", "adamw", "sgd", "momentum", "nadam", "radam", "lamb", "lion", "rmsprop")
+SCHEDULERS = ("none", "cosine", "step", "multistep", "plateau", "poly", "tanh")
+NUM_CLASSES_LIMIT = 100_000
+
+
+@dataclass
+class DataConfig:
+    """What to train on. `kind` picks the builder in runner/data.py."""
+
+    kind: str = "digits"
+    # imagefolder: folder with train/ and val/ class folders, or one folder of classes + val_fraction
+    # torchvision: where the dataset lives (downloaded there when `download` is true)
+    root: Optional[str] = None
+    # every image is resized to this square size before the net (digits are 8x8 upsampled)
+    image_size: int = 32
+    # used when the data has no split of its own (digits, one folder, torchvision w/o split)
+    val_fraction: float = 0.2
+    # seed of the train/val split; independent of `seed` so a split stays fixed across runs
+    split_seed: int = 0
+    # channels fed to the net for folders/torchvision (1 = grayscale, 3 = RGB)
+    channels: int = 3
+    # per-channel normalisation; null = measured on the training set (in-memory data) or
+    # 0.5 per channel (streamed data)
+    mean: Optional[List[float]] = None
+    std: Optional[List[float]] = None
+    # torchvision: dataset class name, e.g. CIFAR10, MNIST, FakeData
+    name: Optional[str] = None
+    download: bool = False
+    # synthetic data: procedural images whose class is a bright square at a class-specific
+    # position, plus noise (learnable in a few steps; for tests)
+    num_classes: int = 10
+    num_train: int = 512
+    num_val: int = 256
+    noise: float = 0.3
+    # custom: dotted path to a callable returning (train, val) map-style datasets
+    _target_: Optional[str] = None
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    # DataLoader workers for streamed (file/PIL) data; in-memory data needs none
+    num_workers: int = 2
+    # keep datasets up to this many pixels (N*C*H*W) as one uint8 tensor in memory
+    in_memory_max_pixels: int = 200_000_000
+
+
+@dataclass
+class ModelConfig:
+    """A timm model by name, or a custom `_target_` callable fn(num_classes=, in_chans=, **kwargs)."""
+
+    name: Optional[str] = "resnet18"
+    _target_: Optional[str] = None
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    pretrained: bool = False
+    # local weights file for pretrained=true (no downloads here): .pth/.bin/.safetensors
+    pretrained_file: Optional[str] = None
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    """Passed to timm.optim.create_optimizer_v2; Adam 3e-4 is the recipe's safe default."""
+
+    name: str = "adam"
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    betas: Optional[List[float]] = None
+    eps: Optional[float] = None
+
+
+@dataclass
+class SchedConfig:
+    """Passed to timm.scheduler.create_scheduler_v2, in this run's own epochs (recipe stage 3)."""
+
+    name: str = "none"
+    warmup_epochs: int = 0
+    warmup_lr: float = 1e-6
+    min_lr: float = 0.0
+    # step: decay every `decay_epochs` by `decay_rate`
+    decay_epochs: int = 10
+    decay_rate: float = 0.1
+    # update the lr every step (smooth) rather than once per epoch
+    step_on_epochs: bool = False
+
+
+@dataclass
+class AugConfig:
+    """Training-time augmentation through timm (create_transform, Mixup). `none` = the recipe's start."""
+
+    name: str = "none"
+    # timm create_transform training options
+    scale: List[float] = field(default_factory=lambda: [0.08, 1.0])
+    ratio: List[float] = field(default_factory=lambda: [0.75, 1.3333333])
+    hflip: float = 0.5
+    vflip: float = 0.0
+    color_jitter: Optional[float] = None
+    auto_augment: Optional[str] = None
+    re_prob: float = 0.0
+    # timm Mixup/CutMix on batches (0 = off)
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    # auto = cuda when available, else cpu
+    device: str = "auto"
+    # fp32 | bf16 | fp16 autocast (fp16 only on CUDA, with a GradScaler)
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    # torch intra-op threads; 0 = all cores of this machine
+    threads: int = 0
+    # clip gradient norm (0 = off): the recipe warns that clipping hides bugs, so off by default
+    grad_clip: float = 0.0
+    # evaluate on the *whole* validation set every this many epochs (and always at the end)
+    eval_every: int = 1
+    # stop early when val loss has not improved for this many evaluations (0 = off)
+    early_stopping_patience: int = 0
+    # cap on optimiser steps per epoch (0 = a full pass); for quick checks and tests
+    max_steps_per_epoch: int = 0
+    progress: bool = True
+
+
+@dataclass
+class ChecksConfig:
+    """Sanity checks (runner/checks). `strict`: a failed check makes the exit code 1."""
+
+    strict: bool = True
+    # per-check settings live under the check's name, e.g. checks.init_loss.tolerance
+    seed_determinism: Dict[str, Any] = field(default_factory=lambda: {"enabled": True, "steps": 3})
+    train_finite: Dict[str, Any] = field(default_factory=lambda: {"enabled": True})
+
+
+@dataclass
+class StageConfig:
+    """Which procedure runs (runner/stages); stage YAMLs set this and what they change."""
+
+    name: str = "baseline"
+    # free-form settings of the stage procedure
+    params: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunnerConfig:
+    stage: StageConfig = field(default_factory=StageConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    checks: ChecksConfig = field(default_factory=ChecksConfig)
+    seed: int = 0
+    # false, true (latest interrupted run under outputs/), or a run directory / checkpoint path
+    resume: Any = False
+    # accuracy a person gets on this data, when known (reported next to the model's)
+    human_baseline: Optional[float] = None
+    # experiment name (set by experiment/*.yaml); shown in reports
+    name: str = "default"
+
+
+def register_configs() -> None:
+    """Put the schema into Hydra's ConfigStore as `runner_schema` (config.yaml extends it)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="runner_schema", node=RunnerConfig)
+
+
+def _close(value: str, options, n: int = 3) -> str:
+    near = difflib.get_close_matches(value, list(options), n=n, cutoff=0.6)
+    return f"; did you mean {', '.join(repr(x) for x in near)}?" if near else ""
+
+
+def _choice(problems: List[str], key: str, value, allowed) -> None:
+    if value not in allowed:
+        problems.append(
+            f"{key}={value!r} is not one of {', '.join(map(str, allowed))}{_close(str(value), allowed)}"
+        )
+
+
+def _positive(problems: List[str], key: str, value, allow_zero: bool = False) -> None:
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok:
+        problems.append(f"{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+def validate(cfg, original_cwd: Optional[str] = None) -> None:
+    """Check the composed config; gather every problem and raise one ConfigError.
+
+    Type and unknown-key errors are Hydra's (compose time); these are the semantic ones.
+    Only light imports here except the timm model lookup, done only when a name is set.
+    """
+    p: List[str] = []
+    d, m, o, s, t, a = cfg.data, cfg.model, cfg.optim, cfg.sched, cfg.trainer, cfg.aug
+    base = Path(original_cwd or os.getcwd())
+
+    # stage
+    from runner.stages import STAGES
+
+    _choice(p, "stage.name", cfg.stage.name, sorted(STAGES))
+
+    # data
+    _choice(p, "data.kind", d.kind, DATA_KINDS)
+    _positive(p, "data.image_size", d.image_size)
+    if not 0.0 < d.val_fraction < 1.0:
+        p.append(f"data.val_fraction={d.val_fraction!r} must be between 0 and 1 (exclusive)")
+    _choice(p, "data.channels", d.channels, (1, 3))
+    for key in ("mean", "std"):
+        v = d[key]
+        if v is not None and len(v) not in (1, d.channels):
+            p.append(f"data.{key} has {len(v)} values; expected 1 or data.channels={d.channels}")
+    if d.std is not None and any(x <= 0 for x in d.std):
+        p.append(f"data.std={list(d.std)} must be > 0 per channel")
+    _positive(p, "data.num_workers", d.num_workers, allow_zero=True)
+    if d.kind == "imagefolder":
+        if not d.root:
+            p.append("data.root is not set; expected a folder with train/ and val/ class folders "
+                     "(or one folder of class folders) for data=imagefolder")
+        elif not (base / d.root).expanduser().is_dir():
+            p.append(f"data.root={d.root!r} is not a folder (looked in {(base / d.root).expanduser()}); "
+                     "expected train/ and val/ class folders or one folder of class folders")
+    if d.kind == "torchvision":
+        if not d.name:
+            p.append("data.name is not set; expected a torchvision dataset class, e.g. data.name=CIFAR10")
+        if not d.root:
+            p.append("data.root is not set; expected the folder the torchvision dataset lives in")
+    if d.kind == "custom" and not d._target_:
+        p.append("data._target_ is not set; expected a dotted path to a callable returning (train, val)")
+    if d.kind == "synthetic":
+        _positive(p, "data.num_classes", d.num_classes)
+        _positive(p, "data.num_train", d.num_train)
+        _positive(p, "data.num_val", d.num_val)
+        if d.num_classes > 16:
+            p.append(f"data.num_classes={d.num_classes} must be <= 16 for synthetic data")
+
+    # model
+    if not m._target_ and not m.name:
+        p.append("model.name is not set; expected a timm model name (e.g. resnet18) or model._target_")
+    if m.pretrained_file and not (base / m.pretrained_file).expanduser().is_file():
+        p.append(f"model.pretrained_file={m.pretrained_file!r} is not a file")
+    if m.pretrained_file and not m.pretrained:
+        p.append("model.pretrained_file is set but model.pretrained=false; set model.pretrained=true")
+    for key in ("drop_rate", "drop_path_rate"):
+        if not 0.0 <= m[key] < 1.0:
+            p.append(f"model.{key}={m[key]!r} must be in [0, 1)")
+    if m.name and not m._target_:
+        problem = timm_model_problem(m.name)
+        if problem:
+            p.append(problem)
+
+    # optim / sched / aug
+    _choice(p, "optim.name", o.name, OPTIMIZERS)
+    _positive(p, "optim.lr", o.lr)
+    _positive(p, "optim.weight_decay", o.weight_decay, allow_zero=True)
+    _choice(p, "sched.name", s.name, SCHEDULERS)
+    _positive(p, "sched.warmup_epochs", s.warmup_epochs, allow_zero=True)
+    if s.warmup_epochs >= t.epochs > 0 and s.name != "none":
+        p.append(f"sched.warmup_epochs={s.warmup_epochs} must be < trainer.epochs={t.epochs}")
+    if not 0.0 <= a.label_smoothing < 1.0:
+        p.append(f"aug.label_smoothing={a.label_smoothing!r} must be in [0, 1)")
+    _positive(p, "aug.mixup_alpha", a.mixup_alpha, allow_zero=True)
+    _positive(p, "aug.cutmix_alpha", a.cutmix_alpha, allow_zero=True)
+    if not 0.0 <= a.re_prob <= 1.0:
+        p.append(f"aug.re_prob={a.re_prob!r} must be in [0, 1]")
+
+    # trainer
+    _positive(p, "trainer.epochs", t.epochs)
+    _positive(p, "trainer.batch_size", t.batch_size)
+    _choice(p, "trainer.device", t.device, DEVICES)
+    _choice(p, "trainer.precision", t.precision, PRECISIONS)
+    _positive(p, "trainer.threads", t.threads, allow_zero=True)
+    _positive(p, "trainer.grad_clip", t.grad_clip, allow_zero=True)
+    _positive(p, "trainer.eval_every", t.eval_every)
+    _positive(p, "trainer.early_stopping_patience", t.early_stopping_patience, allow_zero=True)
+    _positive(p, "trainer.max_steps_per_epoch", t.max_steps_per_epoch, allow_zero=True)
+    if cfg.human_baseline is not None and not 0.0 <= cfg.human_baseline <= 1.0:
+        p.append(f"human_baseline={cfg.human_baseline!r} must be an accuracy in [0, 1]")
+    if not isinstance(cfg.resume, (bool, str)):
+        p.append(f"resume={cfg.resume!r} must be true, false or a run directory / checkpoint path")
+
+    if p:
+        raise ConfigError(p)
+
+
+def timm_model_problem(name: str) -> Optional[str]:
+    """A message when `name` is not a timm model (with close names), else None."""
+    import timm
+
+    if timm.is_model(name):
+        return None
+    near = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(repr(x) for x in near)}?" if near else \
+        "; see timm.list_models() or use model=custom with model._target_"
+    return f"model.name={name!r} is not a timm model{hint}"

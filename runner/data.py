@@ -1,0 +1,623 @@
+"""Data builders: every `data.kind` becomes a DataBundle of two Splits and their facts.
+
+Two kinds of split, one interface (`Split`):
+- TensorSplit: small datasets held as one uint8 tensor [N, C, S, S] at the net's input size;
+  batches are made by indexing, normalised in one tensor op (no per-item Python).
+- StreamSplit: map-style datasets of files/PIL images/tensors, read through a DataLoader with
+  workers; images pass through timm's transforms. Undecodable files are skipped with a
+  logged warning (never a crash).
+
+Loaders yield (x, y) already normalised; shuffling is seeded by (seed, epoch) so a resumed
+run sees exactly the batches an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from runner.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+IMG_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+# ----------------------------------------------------------------------------- loaders
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(seed * 100_003 + epoch)
+    return g
+
+
+class TensorLoader:
+    """Batches of an in-memory uint8 tensor, normalised on the fly on the target device."""
+
+    def __init__(self, split: "TensorSplit", batch_size: int, shuffle: bool, seed: int,
+                 device: torch.device, drop_last: bool = False, zero_inputs: bool = False):
+        self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
+        self.drop_last, self.device, self.zero_inputs = drop_last, device, zero_inputs
+        # data moved once; a few MB for the datasets this path is used for
+        self._x = split.x.to(device)
+        self._y = split.y.to(device)
+        self._mean = torch.tensor(split.mean, device=device).view(1, -1, 1, 1)
+        self._std = torch.tensor(split.std, device=device).view(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        n = len(self.split)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.split)
+        if self.shuffle:
+            order = torch.randperm(n, generator=_epoch_generator(self.seed, epoch)).to(self.device)
+        else:
+            order = torch.arange(n, device=self.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            x = (self._x[idx].float().div_(255.0) - self._mean) / self._std
+            if self.zero_inputs:
+                x = torch.zeros_like(x)
+            yield x, self._y[idx]
+
+
+def _collate_skip_bad(items):
+    good = [it for it in items if it is not None]
+    if not good:
+        return None
+    return torch.stack([g[0] for g in good]), torch.tensor([int(g[1]) for g in good])
+
+
+class StreamLoader:
+    """A DataLoader over a StreamSplit, reseeded per epoch; batches of unreadable files shrink."""
+
+    def __init__(self, split: "StreamSplit", batch_size: int, shuffle: bool, seed: int,
+                 device: torch.device, train: bool, num_workers: int, drop_last: bool = False,
+                 zero_inputs: bool = False):
+        self.split, self.seed, self.device, self.zero_inputs = split, seed, device, zero_inputs
+        self._gen = torch.Generator()
+        self._loader = DataLoader(
+            _Transformed(split, train), batch_size=batch_size, shuffle=shuffle,
+            num_workers=num_workers, collate_fn=_collate_skip_bad, drop_last=drop_last,
+            generator=self._gen, pin_memory=device.type == "cuda",
+            persistent_workers=False,
+        )
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def epoch(self, epoch: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        self._gen.manual_seed(self.seed * 100_003 + epoch)
+        for batch in self._loader:
+            if batch is None:
+                continue
+            x, y = batch
+            x = x.to(self.device, non_blocking=True)
+            if self.zero_inputs:
+                x = torch.zeros_like(x)
+            yield x, y.to(self.device, non_blocking=True)
+
+
+# ----------------------------------------------------------------------------- splits
+class TensorSplit:
+    """uint8 images [N, C, S, S] and int64 labels, held in memory."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                 names: Optional[List[str]] = None):
+        self.x, self.y = x.contiguous(), y.long()
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.names = names
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.y
+
+    def get(self, indices: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        return (self.x[idx].float() / 255.0 - mean) / std, self.y[idx]
+
+    def name(self, i: int) -> str:
+        return self.names[i] if self.names else f"#{i}"
+
+    def loader(self, batch_size, shuffle, seed, device, train=False, num_workers=0,
+               drop_last=False, zero_inputs=False, aug_transform=None):
+        if aug_transform is not None and train:
+            # augmentation works per image (timm transforms on PIL): stream this split instead
+            return StreamLoader(self.as_stream(aug_transform), batch_size, shuffle, seed,
+                                device, True, num_workers, drop_last, zero_inputs)
+        return TensorLoader(self, batch_size, shuffle, seed, device, drop_last, zero_inputs)
+
+    def as_stream(self, train_transform) -> "StreamSplit":
+        return StreamSplit(_TensorImages(self.x, self.y), self.y, train_transform, None,
+                           self.mean, self.std)
+
+
+class _TensorImages(Dataset):
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        from torchvision.transforms.functional import to_pil_image
+
+        return to_pil_image(self.x[i]), int(self.y[i])
+
+
+class StreamSplit:
+    """A map-style dataset of (image, label); image a PIL image, a file-opened sample, or a tensor."""
+
+    def __init__(self, dataset: Dataset, labels: Optional[torch.Tensor], train_transform,
+                 eval_transform, mean, std, filename_fn=None, image_size: Optional[int] = None):
+        self.dataset = dataset
+        self._labels = labels
+        self.train_transform, self.eval_transform = train_transform, eval_transform
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.filename_fn = filename_fn
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        if self._labels is None:  # only for datasets that expose no targets: one pass over them
+            self._labels = torch.tensor([int(self.dataset[i][1]) for i in range(len(self.dataset))])
+        return self._labels
+
+    def name(self, i: int) -> str:
+        return str(self.filename_fn(i)) if self.filename_fn else f"#{i}"
+
+    def load(self, i: int, train: bool = False):
+        """Item i as (normalised float tensor, label); raises on an undecodable file."""
+        img, label = self.dataset[i]
+        if train and self.train_transform is not None:
+            if isinstance(img, torch.Tensor):  # timm's training transforms work on PIL images
+                from torchvision.transforms.functional import to_pil_image
+
+                img = to_pil_image(img if img.dtype == torch.uint8 else img.clamp(0, 1))
+            return self.train_transform(img), int(label)
+        if isinstance(img, torch.Tensor):
+            return _tensor_item(img, self.mean, self.std, self.image_size), int(label)
+        return self.eval_transform(img), int(label)
+
+    def get(self, indices: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        return (self.x[idx].float() / 255.0 - mean) / std, self.y[idx]
+
+    def name(self, i: int) -> str:
+        return self.names[i] if self.names else f"#{i}"
+
+    def loader(self, batch_size, shuffle, seed, device, train=False, num_workers=0,
+               drop_last=False, zero_inputs=False, aug_transform=None):
+        if aug_transform is not None and train:
+            # augmentation works per image (timm transforms on PIL): stream this split instead
+            return StreamLoader(self.as_stream(aug_transform), batch_size, shuffle, seed,
+                                device, True, num_workers, drop_last, zero_inputs)
+        return TensorLoader(self, batch_size, shuffle, seed, device, drop_last, zero_inputs)
+
+    def as_stream(self, train_transform) -> "StreamSplit":
+        return StreamSplit(_TensorImages(self.x, self.y), self.y, train_transform, None,
+                           self.mean, self.std)
+
+
+class _TensorImages(Dataset):
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        from torchvision.transforms.functional import to_pil_image
+
+        return to_pil_image(self.x[i]), int(self.y[i])
+
+
+class StreamSplit:
+    """A map-style dataset of (image, label); image a PIL image, a file-opened sample, or a tensor."""
+
+    def __init__(self, dataset: Dataset, labels: Optional[torch.Tensor], train_transform,
+                 eval_transform, mean, std, filename_fn=None, image_size: Optional[int] = None):
+        self.dataset = dataset
+        self._labels = labels
+        self.train_transform, self.eval_transform = train_transform, eval_transform
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.filename_fn = filename_fn
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        if self._labels is None:  # only for datasets that expose no targets: one pass over them
+            self._labels = torch.tensor([int(self.dataset[i][1]) for i in range(len(self.dataset))])
+        return self._labels
+
+    def name(self, i: int) -> str:
+        return str(self.filename_fn(i)) if self.filename_fn else f"#{i}"
+
+    def load(self, i: int, train: bool = False):
+        """Item i as (normalised float tensor, label); raises on an undecodable file."""
+        img, label = self.dataset[i]
+        tf = self.train_transform if train and self.train_transform is not None else self.eval_transform
+        return _to_tensor(img, tf, self.mean, self.std, self.image_size), int(label)
+
+    def get(self, indices: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        items = [self.load(i) for i in indices]
+        return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+
+    def loader(self, batch_size, shuffle, seed, device, train=False, num_workers=0,
+               drop_last=False, zero_inputs=False, aug_transform=None):
+        split = self
+        if aug_transform is not None and train:
+            split = StreamSplit(self.dataset, self._labels, aug_transform, self.eval_transform,
+                                self.mean, self.std, self.filename_fn, self.image_size)
+        return StreamLoader(split, batch_size, shuffle, seed, device, train, num_workers,
+                            drop_last, zero_inputs)
+
+
+def _tensor_item(img: torch.Tensor, mean, std, image_size) -> torch.Tensor:
+    """A CxHxW (or HxW) uint8/float image tensor -> resized, normalised float tensor."""
+    x = img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
+    if x.dim() == 2:
+        x = x.unsqueeze(0)
+    if image_size and tuple(x.shape[-2:]) != (image_size, image_size):
+        x = F.interpolate(x[None], size=(image_size, image_size), mode="bilinear",
+                          align_corners=False)[0]
+    return (x - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
+
+
+class _Transformed(Dataset):
+    """Applies the split's transform per item; an undecodable file becomes None (skipped)."""
+
+    def __init__(self, split: StreamSplit, train: bool):
+        self.split, self.train = split, train
+
+    def __len__(self):
+        return len(self.split)
+
+    def __getitem__(self, i):
+        try:
+            return self.split.load(i, self.train)
+        except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for bad files
+            log.warning("skipping unreadable image %s: %s", self.split.name(i), e)
+            return None
+
+
+# ----------------------------------------------------------------------------- bundle
+@dataclass
+class DataBundle:
+    train: object
+    val: object
+    num_classes: int
+    in_chans: int
+    image_size: int
+    class_names: List[str]
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    fingerprint: str
+    kind: str
+    notes: List[str] = field(default_factory=list)
+
+    def class_prior(self) -> torch.Tensor:
+        counts = torch.bincount(self.train.labels, minlength=self.num_classes).float()
+        return counts / counts.sum()
+
+
+def build_data(cfg, original_cwd: Optional[str] = None) -> DataBundle:
+    """cfg is the `data` node. Returns train/val splits and the facts the model needs."""
+    builders = {
+        "digits": _digits, "synthetic": _synthetic, "imagefolder": _imagefolder,
+        "torchvision": _torchvision, "custom": _custom,
+    }
+    base = Path(original_cwd) if original_cwd else Path.cwd()
+    return builders[cfg.kind](cfg, base)
+
+
+def _tensor_mean_std(x: torch.Tensor):
+    xf = x.float() / 255.0
+    mean = xf.mean(dim=(0, 2, 3))
+    std = xf.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
+
+
+def _resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    xf = F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False,
+                       antialias=size < x.shape[-1])
+    return xf.round().clamp(0, 255).to(torch.uint8)
+
+
+def _random_split(n: int, val_fraction: float, seed: int, labels: Optional[np.ndarray] = None):
+    """Stratified when labels are known, so every class is in both splits."""
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        perm = rng.permutation(n)
+        n_val = max(1, int(round(n * val_fraction)))
+        return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    train, val = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = int(round(len(idx) * val_fraction)) if len(idx) > 1 else 0
+        val.extend(idx[:k])
+        train.extend(idx[k:])
+    return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(val, dtype=np.int64))
+
+
+def _fingerprint(*parts) -> str:
+    h = hashlib.sha1()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else str(p).encode())
+    return h.hexdigest()[:16]
+
+
+def _tensor_bundle(cfg, kind, x, y, tr, va, class_names, notes=()) -> DataBundle:
+    x = _resize_uint8(x, cfg.image_size)
+    xtr, ytr, xva, yva = x[tr], y[tr], x[va], y[va]
+    mean, std = _tensor_mean_std(xtr)
+    if cfg.mean is not None:
+        mean = list(cfg.mean) * (x.shape[1] // len(cfg.mean))
+    if cfg.std is not None:
+        std = list(cfg.std) * (x.shape[1] // len(cfg.std))
+    return DataBundle(
+        train=TensorSplit(xtr, ytr, mean, std, names=[f"#{int(i)}" for i in tr]),
+        val=TensorSplit(xva, yva, mean, std, names=[f"#{int(i)}" for i in va]),
+        num_classes=len(class_names), in_chans=x.shape[1], image_size=cfg.image_size,
+        class_names=class_names, mean=tuple(mean), std=tuple(std),
+        fingerprint=_fingerprint(kind, x.numpy().tobytes(), y.numpy().tobytes(), tr.tobytes()),
+        kind=kind, notes=list(notes),
+    )
+
+
+def _digits(cfg, base) -> DataBundle:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    # 8x8 grey levels 0..16 -> uint8 0..255, one channel
+    x = torch.from_numpy(np.round(d.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
+    y = torch.from_numpy(d.target.astype(np.int64))
+    tr, va = _random_split(len(y), cfg.val_fraction, cfg.split_seed, d.target)
+    return _tensor_bundle(cfg, "digits", x, y, tr, va, [str(c) for c in range(10)],
+                          notes=["scikit-learn's bundled digits: 1,797 real 8x8 images, upsampled"])
+
+
+def synthetic_images(num: int, num_classes: int, size: int, channels: int, noise: float,
+                     seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Class k = a bright square in cell k of a 4x4 grid, on a noisy background."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(num) % num_classes
+    y = y[torch.randperm(num, generator=g)]
+    img = 0.3 + noise * 0.5 * torch.randn(num, channels, size, size, generator=g)
+    cell = max(1, size // 4)
+    for k in range(num_classes):
+        r, c = divmod(k, 4)
+        sel = y == k
+        img[sel, :, r * cell:(r + 1) * cell, c * cell:(c + 1) * cell] += 0.6
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8), y
+
+
+def _synthetic(cfg, base) -> DataBundle:
+    n = cfg.num_train + cfg.num_val
+    x, y = synthetic_images(n, cfg.num_classes, cfg.image_size, cfg.channels, cfg.noise,
+                            cfg.split_seed)
+    tr = np.arange(cfg.num_train)
+    va = np.arange(cfg.num_train, n)
+    return _tensor_bundle(cfg, "synthetic", x, y, tr, va, [f"c{k}" for k in range(cfg.num_classes)])
+
+
+def _default_mean_std(cfg, channels):
+    if cfg.mean is not None and cfg.std is not None:
+        return tuple(cfg.mean) * (channels // len(cfg.mean)), tuple(cfg.std) * (channels // len(cfg.std))
+    if channels == 3:
+        from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+        mean, std = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    else:
+        mean, std = (0.5,), (0.5,)
+    mean = tuple(cfg.mean) * (channels // len(cfg.mean)) if cfg.mean is not None else mean
+    std = tuple(cfg.std) * (channels // len(cfg.std)) if cfg.std is not None else std
+    return mean, std
+
+
+def eval_transform(image_size: int, mean, std):
+    from timm.data import create_transform
+
+    return create_transform(input_size=image_size, is_training=False, crop_pct=1.0,
+                            mean=mean, std=std)
+
+
+def train_transform(aug, image_size: int, mean, std):
+    """timm's training transform for an aug preset; None when aug is off (recipe: start simple)."""
+    if aug.name == "none":
+        return None
+    from timm.data import create_transform
+
+    return create_transform(
+        input_size=image_size, is_training=True, scale=tuple(aug.scale), ratio=tuple(aug.ratio),
+        hflip=aug.hflip, vflip=aug.vflip, color_jitter=aug.color_jitter or 0.0,
+        auto_augment=aug.auto_augment, re_prob=aug.re_prob, mean=mean, std=std,
+    )
+
+
+def list_class_folders(root: Path) -> List[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _has_images(folder: Path) -> bool:
+    return any(f.suffix.lower() in IMG_EXTENSIONS for f in folder.rglob("*") if f.is_file())
+
+
+def _imagefolder(cfg, base) -> DataBundle:
+    from timm.data import ImageDataset
+
+    root = (base / cfg.root).expanduser()
+    two = (root / "train").is_dir() and (root / "val").is_dir()
+    top = [root / "train", root / "val"] if two else [root]
+    problems = []
+    for t in top:
+        classes = list_class_folders(t)
+        if not classes:
+            problems.append(f"data.root: {t} has no class folders; expected one folder per class")
+        for c in classes:
+            if not _has_images(c):
+                problems.append(f"data.root: class folder {c} has no images "
+                                f"(expected {', '.join(IMG_EXTENSIONS[:4])}, ...)")
+    if problems:
+        raise ConfigError(problems)
+    mode = "L" if cfg.channels == 1 else "RGB"
+    mean, std = _default_mean_std(cfg, cfg.channels)
+    tf = eval_transform(cfg.image_size, mean, std)
+    if two:
+        tr_ds = ImageDataset(str(root / "train"), input_img_mode=mode)
+        class_to_idx = tr_ds.reader.class_to_idx
+        va_ds = ImageDataset(str(root / "val"), input_img_mode=mode, class_map=dict(class_to_idx))
+        missing = sorted(set(c.name for c in list_class_folders(root / "val")) - set(class_to_idx))
+        if missing:
+            raise ConfigError(f"data.root: {root / 'val'} has classes not in train/: {missing}")
+        tr_labels = torch.tensor([t for _, t in tr_ds.reader.samples])
+        va_labels = torch.tensor([t for _, t in va_ds.reader.samples])
+        train = StreamSplit(tr_ds, tr_labels, None, tf, mean, std,
+                            lambda i, d=tr_ds: d.filename(i, absolute=True), cfg.image_size)
+        val = StreamSplit(va_ds, va_labels, None, tf, mean, std,
+                          lambda i, d=va_ds: d.filename(i, absolute=True), cfg.image_size)
+        samples = tr_ds.reader.samples + va_ds.reader.samples
+    else:
+        ds = ImageDataset(str(root), input_img_mode=mode)
+        class_to_idx = ds.reader.class_to_idx
+        labels = np.array([t for _, t in ds.reader.samples])
+        tr, va = _random_split(len(labels), cfg.val_fraction, cfg.split_seed, labels)
+        from torch.utils.data import Subset
+
+        train = StreamSplit(Subset(ds, tr.tolist()), torch.from_numpy(labels[tr]), None, tf, mean,
+                            std, lambda i, d=ds, t=tr: d.filename(int(t[i]), absolute=True),
+                            cfg.image_size)
+        val = StreamSplit(Subset(ds, va.tolist()), torch.from_numpy(labels[va]), None, tf, mean,
+                          std, lambda i, d=ds, v=va: d.filename(int(v[i]), absolute=True),
+                          cfg.image_size)
+        samples = ds.reader.samples
+    names = [c for c, _ in sorted(class_to_idx.items(), key=lambda kv: kv[1])]
+    fp = _fingerprint(*[f"{Path(p).relative_to(root)}:{Path(p).stat().st_size}" for p, _ in samples])
+    return DataBundle(train, val, len(names), cfg.channels, cfg.image_size, names, tuple(mean),
+                      tuple(std), fp, "imagefolder")
+
+
+def _targets_of(ds) -> Optional[torch.Tensor]:
+    for attr in ("targets", "labels"):
+        t = getattr(ds, attr, None)
+        if t is not None:
+            return torch.as_tensor(np.asarray(t)).long()
+    return None
+
+
+def _torchvision(cfg, base) -> DataBundle:
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, cfg.name, None)
+    if cls is None or not isinstance(cls, type):
+        names = [n for n in dir(tvd) if n[0].isupper()]
+        import difflib
+
+        near = difflib.get_close_matches(cfg.name, names, n=3)
+        raise ConfigError(f"data.name={cfg.name!r} is not a torchvision dataset"
+                          + (f"; did you mean {', '.join(map(repr, near))}?" if near else ""))
+    params = inspect.signature(cls).parameters
+    kw = dict(cfg.kwargs)
+    if "root" in params:
+        kw["root"] = str((base / cfg.root).expanduser())
+    if "download" in params:
+        kw["download"] = cfg.download
+
+    def make(split_name):
+        k = dict(kw)
+        if "train" in params:
+            k["train"] = split_name == "train"
+        elif "split" in params:
+            k["split"] = "train" if split_name == "train" else "test"
+        try:
+            return cls(**k)
+        except RuntimeError as e:  # torchvision: "Dataset not found. You can use download=True"
+            raise ConfigError(f"data.root={cfg.root!r}: torchvision {cfg.name} could not load ({e}); "
+                              "set data.download=true on a machine with internet") from e
+
+    mean, std = _default_mean_std(cfg, cfg.channels)
+    tf = _channel_fix(eval_transform(cfg.image_size, mean, std), cfg.channels)
+    if "train" in params or "split" in params:
+        tr_ds, va_ds = make("train"), make("val")
+        tr_labels, va_labels = _targets_of(tr_ds), _targets_of(va_ds)
+    else:  # one dataset (e.g. FakeData): split it
+        ds = make("train")
+        labels = _targets_of(ds)
+        if labels is None:
+            labels = torch.tensor([int(ds[i][1]) for i in range(len(ds))])
+        tr, va = _random_split(len(ds), cfg.val_fraction, cfg.split_seed, labels.numpy())
+        from torch.utils.data import Subset
+
+        tr_ds, va_ds = Subset(ds, tr.tolist()), Subset(ds, va.tolist())
+        tr_labels, va_labels = labels[tr], labels[va]
+    train = StreamSplit(tr_ds, tr_labels, None, tf, mean, std, image_size=cfg.image_size)
+    val = StreamSplit(va_ds, va_labels, None, tf, mean, std, image_size=cfg.image_size)
+    classes = getattr(tr_ds, "classes", None) or getattr(getattr(tr_ds, "dataset", None), "classes", None)
+    n_cls = len(classes) if classes else int(torch.cat([train.labels, val.labels]).max()) + 1
+    names = [str(c) for c in classes] if classes else [str(i) for i in range(n_cls)]
+    fp = _fingerprint("torchvision", cfg.name, len(train), len(val), train.labels.numpy().tobytes())
+    return DataBundle(train, val, n_cls, cfg.channels, cfg.image_size, names, tuple(mean),
+                      tuple(std), fp, "torchvision")
+
+
+def _channel_fix(transform, channels: int):
+    """PIL images of any mode -> the configured channel count, before timm's transform."""
+    from torchvision import transforms as T
+
+    mode = "L" if channels == 1 else "RGB"
+    return T.Compose([T.Lambda(lambda im: im.convert(mode) if hasattr(im, "convert") else im),
+                      transform])
+
+
+def _custom(cfg, base) -> DataBundle:
+    from runner.targets import resolve_target
+
+    fn = resolve_target(cfg._target_, "data._target_")
+    out = fn(**dict(cfg.kwargs))
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise ConfigError(f"data._target_={cfg._target_!r} returned {type(out).__name__}; "
+                          "expected a (train, val) pair of map-style datasets")
+    tr_ds, va_ds = out
+    for nm, ds in (("train", tr_ds), ("val", va_ds)):
+        if not hasattr(ds, "__getitem__") or not hasattr(ds, "__len__") or len(ds) == 0:
+            raise ConfigError(f"data._target_={cfg._target_!r}: the {nm} dataset is empty or not "
+                              "map-style (needs __len__ and __getitem__ returning (image, label))")
+    img0 = tr_ds[0][0]
+    if isinstance(img0, torch.Tensor):
+        channels = img0.shape[0] if img0.dim() == 3 else 1
+    else:
+        channels = cfg.channels
+    mean, std = _default_mean_std(cfg, channels)
+    tf = _channel_fix(eval_transform(cfg.image_size, mean, std), channels)
+    train = StreamSplit(tr_ds, _targets_of(tr_ds), None, tf, mean, std, image_size=cfg.image_size)
+    val = StreamSplit(va_ds, _targets_of(va_ds), None, tf, mean, std, image_size=cfg.image_size)
+    classes = getattr(tr_ds, "classes", None)
+    n_cls = len(classes) if classes else int(torch.cat([train.labels, val.labels]).max()) + 1
+    names = [str(c) for c in classes] if classes else [str(i) for i in range(n_cls)]
+    fp = _fingerprint("custom", cfg._target_, len(train), len(val), train.labels.numpy().tobytes())
+    return DataBundle(train, val, n_cls, channels, cfg.image_size, names, tuple(mean), tuple(std),
+                      fp, "custom")

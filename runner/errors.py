@@ -1,0 +1,39 @@
+"""Project errors. The CLI maps each to an exit code (DESIGN.md: 2 = bad config or input)."""
+from __future__ import annotations
+
+from typing import Iterable, Union
+
+
+class RunnerError(Exception):
+    """Base class; `exit_code` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class ConfigError(RunnerError):
+    """Bad config or bad input, found before training. Holds every problem found at once."""
+
+    exit_code = 2
+
+    def __init__(self, problems: Union[str, Iterable[str]]):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+    def __str__(self) -> str:
+        if len(self.problems) == 1:
+            return self.problems[0]
+        return f"{len(self.problems)} problems:\n" + "\n".join(f"  - {x}" for x in self.problems)
+
+
+class NonFiniteLoss(RunnerError):
+    """Raised by the loop when the loss or a gradient is NaN/Inf; names where it happened."""
+
+    exit_code = 1
+
+    def __init__(self, epoch: int, step: int, what: str = "loss", value: float = float("nan")):
+        self.epoch, self.step, self.what, self.value = epoch, step, what, value
+        super().__init__(
+            f"non-finite {what} ({value}) at epoch {epoch}, step {step}: training stopped; "
+            "earlier checkpoints are kept. Common causes: optim.lr too high, a log/div of zero in "
+            "the model or loss, unscaled inputs."
+        )

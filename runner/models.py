@@ -1,0 +1,89 @@
+"""Model builders: any timm model by name, or a custom callable; plus the recipe's tiny CNN."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from runner.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class TinyCNN(nn.Module):
+    """A small convnet you cannot get wrong (recipe stage 2): conv-relu-pool x2, then linear."""
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 3, width: int = 32,
+                 drop_rate: float = 0.0):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_chans, width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(4),
+        )
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(2 * width * 16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(self.features(x).flatten(1)))
+
+
+def build_model(cfg, num_classes: int, in_chans: int, original_cwd: Optional[str] = None) -> nn.Module:
+    """cfg is the `model` node; num_classes/in_chans come from the data, never from YAML."""
+    base = Path(original_cwd) if original_cwd else Path.cwd()
+    if cfg._target_:
+        from runner.targets import resolve_target
+
+        fn = resolve_target(cfg._target_, "model._target_")
+        kwargs = dict(cfg.kwargs)
+        if cfg.drop_rate:
+            kwargs.setdefault("drop_rate", cfg.drop_rate)
+        model = fn(num_classes=num_classes, in_chans=in_chans, **kwargs)
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"model._target_={cfg._target_!r} returned {type(model).__name__}; "
+                              "expected an nn.Module")
+        return model
+    import timm
+
+    kwargs = dict(num_classes=num_classes, in_chans=in_chans, **dict(cfg.kwargs))
+    if cfg.drop_rate:
+        kwargs["drop_rate"] = cfg.drop_rate
+    if cfg.drop_path_rate:  # only models with residual branches accept it
+        kwargs["drop_path_rate"] = cfg.drop_path_rate
+    if cfg.pretrained:
+        kwargs["pretrained"] = True
+        if cfg.pretrained_file:
+            # timm's own loading path with a local file: classifier and input conv are adapted
+            kwargs["pretrained_cfg_overlay"] = dict(file=str((base / cfg.pretrained_file).expanduser()))
+    try:
+        return timm.create_model(cfg.name, **kwargs)
+    except TypeError as e:
+        raise ConfigError(f"model.name={cfg.name!r} does not accept these options ({e}); "
+                          "drop model.drop_path_rate / model.kwargs it does not know") from e
+    except (RuntimeError, OSError) as e:
+        if cfg.pretrained:
+            raise ConfigError(f"model.pretrained=true for {cfg.name!r} could not load weights ({e}); "
+                              "no downloads here: set model.pretrained_file to a local .pth/.safetensors")
+        raise
+
+
+def final_linear(model: nn.Module) -> Optional[nn.Linear]:
+    """The classifier layer: timm's get_classifier(), else the last nn.Linear in the module."""
+    get = getattr(model, "get_classifier", None)
+    if callable(get):
+        head = get()
+        if isinstance(head, nn.Linear):
+            return head
+        if isinstance(head, nn.Module):
+            linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+            if linears:
+                return linears[-1]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,51 @@
+"""Optimiser, schedule and loss through timm's factories (cfg -> flat kwargs -> create_*)."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+from torch import nn
+
+
+def optimizer_kwargs(cfg) -> dict:
+    """The `optim` node as timm.optim.create_optimizer_v2 keyword arguments."""
+    kw = dict(opt=cfg.name, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.name in ("sgd", "momentum", "rmsprop"):
+        kw["momentum"] = cfg.momentum
+    if cfg.betas is not None:
+        kw["betas"] = tuple(cfg.betas)
+    if cfg.eps is not None:
+        kw["eps"] = cfg.eps
+    return kw
+
+
+def build_optimizer(cfg, model: nn.Module):
+    from timm.optim import create_optimizer_v2
+
+    return create_optimizer_v2(model, **optimizer_kwargs(cfg))
+
+
+def build_scheduler(cfg, optimizer, epochs: int, steps_per_epoch: int):
+    """A timm scheduler over *this* run's epochs (recipe: don't trust someone else's), or None."""
+    if cfg.name == "none":
+        return None
+    from timm.scheduler import create_scheduler_v2
+
+    sched, _ = create_scheduler_v2(
+        optimizer, sched=cfg.name, num_epochs=epochs, warmup_epochs=cfg.warmup_epochs,
+        warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr, decay_epochs=cfg.decay_epochs,
+        decay_rate=cfg.decay_rate, step_on_epochs=cfg.step_on_epochs,
+        updates_per_epoch=steps_per_epoch,
+    )
+    return sched
+
+
+def build_loss_and_mixup(aug, num_classes: int) -> Tuple[nn.Module, Optional[object]]:
+    """Cross-entropy (with label smoothing), or soft-target CE with timm's Mixup/CutMix."""
+    if aug.mixup_alpha > 0 or aug.cutmix_alpha > 0:
+        from timm.data import Mixup
+        from timm.loss import SoftTargetCrossEntropy
+
+        mixup = Mixup(mixup_alpha=aug.mixup_alpha, cutmix_alpha=aug.cutmix_alpha,
+                      label_smoothing=aug.label_smoothing, num_classes=num_classes)
+        return SoftTargetCrossEntropy(), mixup
+    return nn.CrossEntropyLoss(label_smoothing=aug.label_smoothing), None

@@ -1,0 +1,340 @@
+"""What every training stage shares: runtime set-up, builders, and one supervised run.
+
+`train_run` is the recipe's skeleton as a list of steps, each with a log line: build the
+data, the model, the optimiser and schedule, (resume,) train with the one loop, checkpoint
+every epoch, then hand back what happened. Stages add their checks and report sections.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import random
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from runner.checks import Verdict
+from runner.checkpoint import find_resume_checkpoint, load_checkpoint, make_checkpoint, restore
+from runner.data import DataBundle, build_data, train_transform
+from runner.errors import ConfigError, NonFiniteLoss
+from runner.loop import EpochRecord, LoopState, fit
+from runner.models import build_model, count_params
+from runner.optim import build_loss_and_mixup, build_optimizer, build_scheduler
+from runner.output import RunDir
+
+log = logging.getLogger("runner")
+
+
+@dataclass
+class Context:
+    """Where a stage runs: its run directory and the user's working directory."""
+
+    run: RunDir
+    original_cwd: str
+    overrides: List[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    data: DataBundle
+    model: torch.nn.Module
+    device: torch.device
+    history: List[Dict[str, Any]]
+    last: Optional[EpochRecord]
+    state: LoopState
+    nonfinite: Optional[NonFiniteLoss]
+    resumed_from: Optional[str]
+    params: int
+    stop_reason: Optional[str] = None
+    records: List[EpochRecord] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- runtime
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device='cuda' but no CUDA device is visible; use trainer.device=auto or cpu")
+    if name == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError("trainer.device='mps' but MPS is not available; use trainer.device=auto or cpu")
+    return torch.device(name)
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def setup_runtime(cfg) -> torch.device:
+    """Seed, threads and device in one place (STYLE habit 11)."""
+    t = cfg.trainer
+    device = resolve_device(t.device)
+    if t.precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"trainer.precision='fp16' needs CUDA (device is {device.type}); "
+                          "use bf16 or fp32 on CPU")
+    threads = t.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    set_seed(cfg.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = False
+    return device
+
+
+def provenance(cfg, original_cwd: str, data: DataBundle, device: torch.device) -> Dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for pkg in ("torch", "timm", "optuna", "hydra-core", "omegaconf", "recipe-runner"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = None
+    git = None
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=original_cwd, capture_output=True,
+                             text=True, timeout=5)
+        if out.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain"], cwd=original_cwd,
+                                   capture_output=True, text=True, timeout=5).stdout.strip() != ""
+            git = {"commit": out.stdout.strip(), "dirty": dirty, "repo": original_cwd}
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {
+        "versions": versions, "python": platform.python_version(), "git": git,
+        "data_fingerprint": data.fingerprint, "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(), "hostname": platform.node(),
+    }
+
+
+# ----------------------------------------------------------------------------- builders
+def build_data_for(cfg, ctx: Context) -> DataBundle:
+    log.info("data: %s", cfg.data.kind)
+    data = build_data(cfg.data, ctx.original_cwd)
+    log.info("data: %d train / %d val images, %d classes, %d channel(s), %dx%d px",
+             len(data.train), len(data.val), data.num_classes, data.in_chans, data.image_size,
+             data.image_size)
+    return data
+
+
+def build_model_for(cfg, data: DataBundle, ctx: Context, device: torch.device) -> torch.nn.Module:
+    model = build_model(cfg.model, data.num_classes, data.in_chans, ctx.original_cwd)
+    model = model.to(device)
+    if cfg.trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    log.info("model: %s, %s parameters", cfg.model._target_ or cfg.model.name,
+             f"{count_params(model):,}")
+    return model
+
+
+def loaders(cfg, data: DataBundle, device: torch.device, zero_inputs: bool = False):
+    t, d = cfg.trainer, cfg.data
+    aug_tf = train_transform(cfg.aug, data.image_size, data.mean, data.std)
+    mixup = cfg.aug.mixup_alpha > 0 or cfg.aug.cutmix_alpha > 0
+    train_loader = data.train.loader(t.batch_size, True, cfg.seed, device, train=True,
+                                     num_workers=d.num_workers, drop_last=mixup,
+                                     zero_inputs=zero_inputs, aug_transform=aug_tf)
+    val_loader = data.val.loader(t.batch_size * 2, False, cfg.seed, device, train=False,
+                                 num_workers=d.num_workers, zero_inputs=zero_inputs)
+    return train_loader, val_loader
+
+
+# ----------------------------------------------------------------------------- one run
+def train_run(cfg, ctx: Context, data: Optional[DataBundle] = None, zero_inputs: bool = False,
+              save_checkpoints: bool = True, keep_val_logits: bool = False,
+              model: Optional[torch.nn.Module] = None, write_metrics: bool = True) -> TrainResult:
+    """Train and evaluate per the config; checkpoint each epoch; resume when asked."""
+    device = setup_runtime(cfg)
+    data = data or build_data_for(cfg, ctx)
+    if model is None:
+        model = build_model_for(cfg, data, ctx, device)
+    train_loader, val_loader = loaders(cfg, data, device, zero_inputs)
+    loss_fn, mixup = build_loss_and_mixup(cfg.aug, data.num_classes)
+    optimizer = build_optimizer(cfg.optim, model)
+    steps = len(train_loader)
+    if cfg.trainer.max_steps_per_epoch:
+        steps = min(steps, cfg.trainer.max_steps_per_epoch)
+    scheduler = build_scheduler(cfg.sched, optimizer, cfg.trainer.epochs, steps)
+    log.info("optim: %s lr=%g wd=%g; schedule: %s over %d epochs x %d steps", cfg.optim.name,
+             cfg.optim.lr, cfg.optim.weight_decay, cfg.sched.name, cfg.trainer.epochs, steps)
+
+    state = LoopState()
+    resumed_from = None
+    ckpt_path = find_resume_checkpoint(cfg.resume, Path(ctx.original_cwd) / "outputs") \
+        if save_checkpoints else None
+    if ckpt_path is not None:
+        ckpt = load_checkpoint(ckpt_path)
+        state = restore(ckpt, ckpt_path, model, optimizer, scheduler)
+        resumed_from = str(ckpt_path)
+        log.info("resume: from %s at epoch %d, step %d", ckpt_path, state.epoch, state.step)
+        if write_metrics:
+            ctx.run.write_metrics(state.history)
+
+    compiled = torch.compile(model) if cfg.trainer.compile else model
+    meta = {"model": cfg.model._target_ or cfg.model.name, "num_classes": data.num_classes,
+            "in_chans": data.in_chans, "image_size": data.image_size,
+            "data_fingerprint": data.fingerprint, "stage": cfg.stage.name}
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+
+    records: List[EpochRecord] = []
+    nonfinite = None
+    stop_reason = None
+    log.info("train: %d epochs%s", cfg.trainer.epochs,
+             f" (continuing after epoch {state.epoch})" if state.epoch else "")
+    try:
+        for rec in fit(compiled, optimizer, train_loader, val_loader, epochs=cfg.trainer.epochs,
+                       device=device, loss_fn=loss_fn, scheduler=scheduler, mixup=mixup,
+                       precision=cfg.trainer.precision, channels_last=cfg.trainer.channels_last,
+                       grad_clip=cfg.trainer.grad_clip, eval_every=cfg.trainer.eval_every,
+                       early_stopping_patience=cfg.trainer.early_stopping_patience,
+                       max_steps_per_epoch=cfg.trainer.max_steps_per_epoch,
+                       keep_val_logits=keep_val_logits, progress=cfg.trainer.progress, state=state):
+            records.append(rec)
+            log.info("epoch %d/%d  train_loss %.4f  train_acc %.4f  val_loss %.4f  val_acc %.4f  "
+                     "lr %.3g  %.0f img/s", rec.epoch, cfg.trainer.epochs, rec.train_loss,
+                     rec.train_acc, rec.val_loss, rec.val_acc, rec.lr, rec.images_per_s)
+            if write_metrics:
+                ctx.run.write_metrics(state.history)
+            if save_checkpoints:
+                payload = make_checkpoint(model, optimizer, scheduler, state, config_yaml, meta)
+                ctx.run.save_checkpoint(payload, "last.pt")
+                if rec.best:
+                    ctx.run.save_checkpoint(payload, "best.pt")
+            if rec.stop_reason:
+                stop_reason = rec.stop_reason
+                log.info("%s", stop_reason)
+    except NonFiniteLoss as e:
+        nonfinite = e
+        log.error("%s", e)
+    return TrainResult(data=data, model=model, device=device, history=list(state.history),
+                       last=records[-1] if records else None, state=state, nonfinite=nonfinite,
+                       resumed_from=resumed_from, params=count_params(model),
+                       stop_reason=stop_reason, records=records)
+
+
+def summary_of(cfg, ctx: Context, res: TrainResult, verdicts: List[Verdict],
+               extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    h = res.history
+    last = h[-1] if h else {}
+    evaluated = [r for r in h if r.get("val_loss") is not None and math.isfinite(r["val_loss"])]
+    best = min(evaluated, key=lambda r: r["val_loss"]) if evaluated else {}
+    ips = [r.images_per_s for r in res.records if r.images_per_s]
+    counts = {s: sum(v.status == s for v in verdicts) for s in ("pass", "warn", "fail", "skip")}
+    out = {
+        "stage": cfg.stage.name,
+        "name": cfg.name,
+        "status": "nonfinite" if res.nonfinite else ("stopped_early" if res.stop_reason else "finished"),
+        "val_acc": last.get("val_acc"), "val_loss": last.get("val_loss"),
+        "train_loss": last.get("train_loss"), "train_acc": last.get("train_acc"),
+        "best_val_loss": best.get("val_loss"), "best_val_acc": best.get("val_acc"),
+        "best_epoch": best.get("epoch"),
+        "epochs": res.state.epoch, "steps": res.state.step, "params": res.params,
+        "images_per_s": float(np.median(ips)) if ips else None,
+        "wall_s": res.state.wall_s,
+        "checks": counts,
+        "checks_failed": [v.name for v in verdicts if v.status == "fail"],
+        "model": cfg.model._target_ or cfg.model.name,
+        "data": {"kind": res.data.kind, "num_train": len(res.data.train), "num_val": len(res.data.val),
+                 "num_classes": res.data.num_classes, "in_chans": res.data.in_chans,
+                 "image_size": res.data.image_size, "mean": list(res.data.mean),
+                 "std": list(res.data.std), "fingerprint": res.data.fingerprint,
+                 "class_names": res.data.class_names},
+        "resumed_from": res.resumed_from, "stop_reason": res.stop_reason,
+        "error": str(res.nonfinite) if res.nonfinite else None,
+        "human_baseline": cfg.human_baseline,
+        "provenance": provenance(cfg, ctx.original_cwd, res.data, res.device),
+        "run_dir": str(ctx.run.path),
+    }
+    out.update(extra or {})
+    return out
+
+
+def save_verdict_figures(ctx: Context, verdicts: List[Verdict]) -> None:
+    """Checks return figures; the output module writes them and the verdict lists the paths."""
+    for v in verdicts:
+        for key, fig in list(v.figures.items()):
+            v.artifacts.append(ctx.run.save_figure(fig, f"{v.name.replace('.', '_')}_{key}"))
+        v.figures.clear()
+
+
+def timed(fn, *args, **kwargs) -> Verdict:
+    t0 = time.perf_counter()
+    v = fn(*args, **kwargs)
+    v.seconds = time.perf_counter() - t0
+    return v
+
+
+def console_checks(verdicts: List[Verdict]) -> str:
+    if not verdicts:
+        return ""
+    w = max(len(v.name) for v in verdicts)
+    lines = [f"{'check'.ljust(w)}  status  value / message"]
+    for v in verdicts:
+        val = v.value if not isinstance(v.value, float) else f"{v.value:.4g}"
+        lines.append(f"{v.name.ljust(w)}  {v.status.upper():6}  {val}  {v.message[:110]}")
+    return "\n".join(lines)
+
+
+def finish(cfg, ctx: Context, res: Optional[TrainResult], verdicts: List[Verdict],
+           summary: Dict[str, Any], sections=(), title: Optional[str] = None) -> int:
+    """Write checks.json, summary.json, plots and report.html; log the outcome; exit code."""
+    from runner import plots
+    from runner.report import Report, checks_section, images, kv_table, pre, table
+
+    save_verdict_figures(ctx, verdicts)
+    ctx.run.write_checks(verdicts)
+    ctx.run.write_summary(summary)
+
+    rep = Report(title or f"{cfg.stage.name}: {summary.get('model', '')} on {cfg.data.kind}",
+                 subtitle=f"run {ctx.run.path}  ·  experiment {cfg.name}",
+                 kpis={"val acc": summary.get("val_acc"), "val loss": summary.get("val_loss"),
+                       "train loss": summary.get("train_loss"), "epochs": summary.get("epochs"),
+                       "images/s": summary.get("images_per_s"),
+                       "checks pass/warn/fail": "/".join(str(summary.get("checks", {}).get(s, 0))
+                                                         for s in ("pass", "warn", "fail"))})
+    if summary.get("error"):
+        rep.add("Stopped", f"<p><b>{summary['error']}</b></p>")
+    rep.add("Checks", checks_section(verdicts))
+    if res is not None and res.history:
+        rel = ctx.run.save_figure(plots.curves(res.history, f"{cfg.stage.name}: training curves"), "curves")
+        rep.add("Curves", images([rel]) + table(res.history))
+    for title_, body in sections:
+        rep.add(title_, body)
+    flat = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
+    rep.add("Summary", kv_table(flat))
+    if "data" in summary:
+        rep.add("Data", kv_table(summary["data"]))
+    rep.add("Config", pre(OmegaConf.to_yaml(cfg)) + "<p>Overrides:</p>" + pre("\n".join(ctx.overrides) or "(none)"))
+    if "provenance" in summary:
+        import json
+
+        rep.add("Provenance", pre(json.dumps(summary["provenance"], indent=2)))
+    ctx.run.write_report(rep.render())
+
+    table_ = console_checks(verdicts)
+    if table_:
+        log.info("checks:\n%s", table_)
+    failed = [v.name for v in verdicts if v.status == "fail"]
+    log.info("%s: val_acc %s  val_loss %s  (%s epochs, %.1f s)  ->  %s", cfg.stage.name,
+             _f(summary.get("val_acc")), _f(summary.get("val_loss")), summary.get("epochs"),
+             summary.get("wall_s") or 0.0, ctx.run.path)
+    if failed:
+        log.warning("failed checks: %s%s", ", ".join(failed),
+                    "" if cfg.checks.strict else " (checks.strict=false: exit code 0)")
+        return 1 if cfg.checks.strict else 0
+    return 0
+
+
+def _f(x) -> str:
+    return f"{x:.4f}" if isinstance(x, float) and math.isfinite(x) else str(x)
