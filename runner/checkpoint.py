@@ -71,9 +71,17 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise ConfigError(f"checkpoint {path} is refused: it needs unsafe unpickling "
-                          f"(checkpoints are data; only tensors and primitives load): "
-                          f"{str(e).splitlines()[0]}") from e
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        at = next((i for i, ln in enumerate(lines) if "Unpickler error:" in ln), None)
+        detail = ""
+        if at is not None:
+            detail = lines[at].split("Unpickler error:", 1)[1].strip()
+            if not detail and at + 1 < len(lines):
+                detail = lines[at + 1]
+            detail = detail.split(". Please use")[0]
+        raise ConfigError(f"checkpoint {path} is refused: it does not load with weights_only=True "
+                          f"(not a torch checkpoint, or it pickles objects beyond tensors and "
+                          f"primitives; checkpoints are data, never code). {detail}") from e
     except Exception as e:  # zip errors, EOF, random bytes
         raise ConfigError(f"checkpoint {path} is not a readable torch checkpoint "
                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e

@@ -156,6 +156,32 @@ class ChecksConfig:
     # per-check settings live under the check's name, e.g. checks.init_loss.tolerance
     seed_determinism: Dict[str, Any] = field(default_factory=lambda: {"enabled": True, "steps": 3})
     train_finite: Dict[str, Any] = field(default_factory=lambda: {"enabled": True})
+    # stage=baseline (runner/checks/*.py); the key is the check name with '.' -> '_'.
+    # input.stats: |x| above warn/fail = unscaled; `show` images in the grid
+    input_stats: Dict[str, Any] = field(default_factory=lambda: {
+        "enabled": True, "max_abs_warn": 10.0, "max_abs_fail": 50.0, "show": 32})
+    # init.loss: nats away from log C (or H(prior)); 256 examples make the estimate stable
+    init_loss: Dict[str, Any] = field(default_factory=lambda: {
+        "enabled": True, "tolerance": 0.25, "examples": 256})
+    # init.bias: sets the final bias to log(prior) for the real run, then checks the loss
+    init_bias: Dict[str, Any] = field(default_factory=lambda: {"enabled": True, "tolerance": 0.25})
+    # train.grads_flow: >1 step, since zero-init residual gammas block grads until step 1
+    train_grads_flow: Dict[str, Any] = field(default_factory=lambda: {"enabled": True, "steps": 3})
+    # train.batch_independence: a few examples are enough to expose a batch-mixing view
+    train_batch_independence: Dict[str, Any] = field(default_factory=lambda: {
+        "enabled": True, "examples": 8})
+    # baseline.overfit_batch: the recipe's "a few examples"; Adam at lr until loss <= loss_below
+    baseline_overfit_batch: Dict[str, Any] = field(default_factory=lambda: {
+        "enabled": True, "examples": 16, "steps": 300, "lr": 1e-3, "loss_below": 0.05})
+    # baseline.input_independent: "clearly better" = margin in accuracy; epochs null = the run's
+    baseline_input_independent: Dict[str, Any] = field(default_factory=lambda: {
+        "enabled": True, "margin": 0.05, "epochs": None})
+    # train.loss_decreases: relative drop (median of first vs last third of epochs)
+    train_loss_decreases: Dict[str, Any] = field(default_factory=lambda: {
+        "enabled": True, "min_drop": 0.1})
+    # report evidence (not pass/fail): prediction dynamics, confusion matrix, top-loss images
+    predictions: Dict[str, Any] = field(default_factory=lambda: {
+        "enabled": True, "examples": 8, "top_losses": 16})
 
 
 @dataclass

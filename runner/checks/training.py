@@ -1,6 +1,8 @@
-"""Checks about the training run itself: determinism and finiteness."""
+"""Checks about the training run itself: determinism, finiteness, a loss that goes down."""
 from __future__ import annotations
 
+import math
+import statistics
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -52,3 +54,34 @@ def train_finite(nonfinite: Optional[BaseException], steps: int) -> Verdict:
                        message=f"loss finite at all {steps} optimiser steps")
     return Verdict("train.finite", "fail", value=f"epoch {nonfinite.epoch}, step {nonfinite.step}",
                    expected="all steps finite", message=str(nonfinite))
+
+
+def loss_decreases(losses: Sequence[float], initial: Optional[float] = None,
+                   min_drop: float = 0.1) -> Verdict:
+    """train.loss_decreases: the training loss goes down over the run, robust to noise.
+
+    Compares the median of the first third of the losses (per epoch or per step; `initial`,
+    the loss at init, is put in front when given) with the median of the last third: fail
+    when it did not go down at all, warn when it fell by less than `min_drop` (relative),
+    pass otherwise. Medians of thirds ignore a noisy epoch or a spike.
+    """
+    name = "train.loss_decreases"
+    xs = ([initial] if initial is not None else []) + list(losses)
+    xs = [float(v) for v in xs if v is not None and math.isfinite(v)]
+    if len(xs) < 2:
+        return Verdict(name, "skip", message=f"needs at least 2 finite losses, got {len(xs)}")
+    k = max(1, len(xs) // 3)
+    first, last = statistics.median(xs[:k]), statistics.median(xs[-k:])
+    drop = (first - last) / first if first > 0 else 0.0
+    details = {"losses": xs, "first": first, "last": last, "window": k}
+    expected = f"falls by >= {100 * min_drop:g}% (median of first vs last {k} of {len(xs)})"
+    msg = (f"training loss {first:.4f} -> {last:.4f} ({-100 * drop:+.1f}%; medians of the first "
+           f"and last {k} of {len(xs)} values{', starting from the loss at init' if initial is not None else ''})")
+    if last >= first:
+        return Verdict(name, "fail", value=drop, expected=expected, details=details,
+                       message=msg + ": the loss does not go down; lr too low/high, frozen "
+                                     "parameters, or labels unrelated to inputs")
+    if drop < min_drop:
+        return Verdict(name, "warn", value=drop, expected=expected, details=details,
+                       message=msg + ": it barely goes down")
+    return Verdict(name, "pass", value=drop, expected=expected, details=details, message=msg)

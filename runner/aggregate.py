@@ -1,0 +1,588 @@
+"""One table per sweep: collect job directories, group seeds, rank, and write the summary.
+
+After `python -m runner -m model=a,b seed=1,2,3` there are six run directories and no
+answer; this module gives the answer (tuning playbook: "untracked experiments might as
+well not exist"). It reads only files the run-directory contract promises (`.hydra/`,
+`summary.json`, `checks.json`) plus `error.json`, which a sweep job writes when it fails,
+so it works on any old sweep, on several sweeps together, on resumed jobs, and on jobs
+that ran in other processes (joblib) or other machines.
+
+Writes into the summary directory (through RunDir, the one output module):
+- `runs.csv`   one row per job: its overrides as columns, status, error line, figures,
+               check counts, wall time;
+- `groups.csv` jobs that differ only in `seed`, with mean / std / count per figure,
+               ranked by the main metric, each marked against the best group's seed spread;
+- `report.html` the same as a page with sortable tables and `plots/<metric>_by_key.png`.
+
+Used by `SweepSummary` (a Hydra callback registered in conf/config.yaml: every `-m` sweep
+ends with it) and by `python -m runner aggregate DIR...`. No torch here: it must stay
+cheap to import, Hydra loads the callback on every start.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import statistics
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from hydra.experimental.callback import Callback
+
+from runner.errors import ConfigError
+
+log = logging.getLogger("runner")
+
+# summary.json figures copied into runs.csv, in this order (other numeric ones follow)
+FIGURES = ("val_acc", "val_loss", "train_loss", "train_acc", "best_val_acc", "best_val_loss",
+           "epochs", "params", "images_per_s", "wall_s")
+# figures that get mean/std per seed group (the main metric is always added)
+GROUP_FIGURES = ("val_acc", "val_loss", "train_loss", "best_val_acc", "epochs", "wall_s")
+CHECK_STATUSES = ("pass", "warn", "fail", "skip")
+# override keys that say how a job was started, not what it is
+NOT_IDENTITY = {"resume"}
+# statuses of jobs that ran to the end (summary.json of this run is current)
+DONE = {"finished", "stopped_early", "nonfinite"}
+ERROR_FILE = "error.json"
+
+
+# ----------------------------------------------------------------------------- job errors
+def one_line(text: str, limit: int = 400) -> str:
+    """An error message as one table cell: lines joined, bullets dropped, length capped."""
+    parts = [p.strip().lstrip("-").strip() for p in str(text).splitlines()]
+    line = "; ".join(p for p in parts if p).replace(":;", ":")
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def write_job_error(run_dir: Path, exc: BaseException, exit_code: int, prefix: str = "") -> Path:
+    """Record why a sweep job failed (`error.json`), so the sweep table can list it.
+
+    Called by the Hydra task (runner/app.py) in multirun mode; the job then returns its
+    exit code instead of raising, and the other jobs' results are kept.
+    """
+    from runner.output import RunDir
+
+    message = f"{prefix}{exc}" if prefix else f"{type(exc).__name__}: {exc}"
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return RunDir(run_dir).write_json(ERROR_FILE, {
+        "status": "failed", "error": one_line(message), "message": message,
+        "type": type(exc).__name__, "exit_code": exit_code, "traceback": tb,
+        "time": datetime.now().isoformat(timespec="seconds")})
+
+
+# ----------------------------------------------------------------------------- reading jobs
+def _read_json(p: Path) -> Optional[Any]:
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_yaml(p: Path) -> Optional[Any]:
+    import yaml
+
+    try:
+        return yaml.safe_load(p.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def _load_config(p: Path):
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.load(p)
+    except Exception:  # a half-written or hand-edited file: fall back to override strings
+        return None
+
+
+def _select(cfg, key: str) -> Any:
+    from omegaconf import OmegaConf
+
+    if cfg is None:
+        return None
+    try:
+        v = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
+    except Exception:
+        return None
+    if OmegaConf.is_config(v):
+        return json.dumps(OmegaConf.to_container(v, resolve=False), sort_keys=True)
+    return v
+
+
+def _parse_scalar(s: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(s)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "null": None}.get(s.lower(), s)
+
+
+def _override_pairs(lines: Sequence[str]) -> List[Tuple[str, str]]:
+    """`key=value` overrides -> (key, value); `+`/`++` dropped, deletions and hydra.* skipped."""
+    out = []
+    for line in lines or []:
+        line = str(line)
+        if line.startswith("~") or "=" not in line:
+            continue
+        key, value = line.split("=", 1)
+        key = key.lstrip("+")
+        if key.startswith("hydra.") or key.startswith("hydra/") or key in NOT_IDENTITY:
+            continue
+        out.append((key, value))
+    return out
+
+
+def is_job_dir(p: Path) -> bool:
+    return (p / ".hydra").is_dir()
+
+
+def find_job_dirs(paths: Sequence[Path]) -> List[Path]:
+    """Job directories in or under `paths` (a sweep, several sweeps, runs, or a mix)."""
+    found: List[Path] = []
+    for p in paths:
+        p = Path(p)
+        if not p.is_dir():
+            raise ConfigError(f"aggregate: {p} is not a directory; expected a sweep directory "
+                              "(multirun/<date>/<time>) or a run directory (with .hydra/)")
+        if is_job_dir(p):
+            found.append(p)
+            continue
+        found += [h.parent for h in p.rglob(".hydra") if h.is_dir()]
+    unique = sorted({d.resolve() for d in found}, key=_job_sort_key)
+    if not unique:
+        raise ConfigError(f"aggregate: no run directories (with .hydra/) under "
+                          f"{', '.join(str(p) for p in paths)}; expected multirun/<date>/<time> "
+                          "sweep folders or outputs/<date>/<time> run folders")
+    return unique
+
+
+def _job_sort_key(p: Path):
+    return (str(p.parent), 0 if p.name.isdigit() else 1, int(p.name) if p.name.isdigit() else 0,
+            p.name)
+
+
+@dataclass
+class Job:
+    """What one job directory says about itself."""
+
+    path: Path
+    overrides: Dict[str, Any]  # identity keys -> effective value (from the composed config)
+    stage: Optional[str]
+    seed: Any
+    status: str
+    error: Optional[str]
+    exit_code: Optional[int]
+    figures: Dict[str, Any]
+    checks: Dict[str, int]
+    checks_failed: List[str]
+    resumed: bool
+
+
+def load_job(path: Path) -> Job:
+    path = Path(path)
+    hydra_dir = path / ".hydra"
+    earlier = sorted(path.glob(".hydra.before-resume-*"))
+    # keys: every override the job was ever started with (a resumed job may repeat fewer);
+    # values: the current composed config, i.e. what produced the current results
+    pairs: Dict[str, str] = {}
+    for rec in earlier + [hydra_dir]:
+        pairs.update(_override_pairs(_read_yaml(rec / "overrides.yaml") or []))
+    cfg = _load_config(hydra_dir / "config.yaml")
+    hydra_yaml = _read_yaml(hydra_dir / "hydra.yaml") or {}
+    choices = ((hydra_yaml.get("hydra") or {}).get("runtime") or {}).get("choices") or {}
+    overrides: Dict[str, Any] = {}
+    for key, raw in pairs.items():
+        if key in choices:  # a config group (model=resnet18): the option's name
+            overrides[key] = choices[key]
+            continue
+        v = _select(cfg, key)
+        overrides[key] = v if v is not None or cfg is not None else _parse_scalar(raw)
+    seed = overrides.pop("seed", None)
+    if seed is None:
+        seed = _select(cfg, "seed")
+    overrides.pop("stage", None)
+
+    summary = _read_json(path / "summary.json")
+    error = _read_json(path / ERROR_FILE)
+    summary = summary if isinstance(summary, dict) else None
+    error = error if isinstance(error, dict) else None
+    error_is_current = error is not None and (
+        summary is None or (path / ERROR_FILE).stat().st_mtime >= (path / "summary.json").stat().st_mtime)
+    figures: Dict[str, Any] = {}
+    checks = {s: 0 for s in CHECK_STATUSES}
+    checks_failed: List[str] = []
+    if error_is_current:
+        status, err = "failed", error.get("error") or "failed (no message)"
+        code = error.get("exit_code") if isinstance(error.get("exit_code"), int) else 1
+    elif summary is not None:
+        status = str(summary.get("status") or "finished")
+        err = one_line(summary["error"]) if summary.get("error") else None
+        for k in FIGURES:
+            figures[k] = summary.get(k)
+        for k, v in summary.items():  # stage-specific figures (e.g. tune's objective)
+            if k not in figures and isinstance(v, (int, float)) and not isinstance(v, bool):
+                figures[k] = v
+        got = summary.get("checks") if isinstance(summary.get("checks"), dict) else {}
+        checks = {s: int(got.get(s) or 0) for s in CHECK_STATUSES}
+        checks_failed = list(summary.get("checks_failed") or [])
+        strict = _select(cfg, "checks.strict")
+        code = 1 if status == "nonfinite" or (checks["fail"] and strict is not False) else 0
+    else:
+        status, code = "incomplete", None
+        err = _last_log_error(path) or ("no summary.json: still running, killed, or stopped "
+                                        "before writing results")
+    stage = (summary or {}).get("stage") or _select(cfg, "stage.name") or choices.get("stage")
+    resumed = bool((summary or {}).get("resumed_from")) or bool(earlier)
+    return Job(path=path, overrides=overrides, stage=stage, seed=seed, status=status, error=err,
+               exit_code=code, figures=figures, checks=checks, checks_failed=checks_failed,
+               resumed=resumed)
+
+
+def _last_log_error(path: Path) -> Optional[str]:
+    """The last ERROR line of the job's log (a job killed before it wrote error.json)."""
+    for log_file in sorted(path.glob("*.log")):
+        try:
+            lines = log_file.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        errors = [ln for ln in lines if "[ERROR]" in ln]
+        if errors:
+            return one_line(errors[-1].split("[ERROR]", 1)[1])
+    return None
+
+
+# ----------------------------------------------------------------------------- the table
+@dataclass
+class SweepTable:
+    """Rows (one per job) and seed groups, ranked by `metric`."""
+
+    rows: List[Dict[str, Any]]
+    groups: List[Dict[str, Any]]
+    keys: List[str]  # identity keys (overrides other than seed), in first-seen order
+    varied: List[str]  # keys with more than one value among the rows
+    fixed: Dict[str, Any]
+    metric: str
+    mode: str
+    exit_code: int
+    failed: List[Dict[str, Any]] = field(default_factory=list)
+
+    def counts(self) -> Dict[str, int]:
+        out: Dict[str, int] = {}
+        for r in self.rows:
+            out[r["status"]] = out.get(r["status"], 0) + 1
+        return out
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _key(v: Any) -> str:
+    return json.dumps(v, sort_keys=True, default=str)
+
+
+def build_table(jobs: Sequence[Job], out_dir: Path, metric: str = "val_acc",
+                mode: str = "max") -> SweepTable:
+    if mode not in ("max", "min"):
+        raise ConfigError(f"aggregate: mode={mode!r} must be 'max' or 'min'")
+    keys: List[str] = []
+    for j in jobs:
+        keys += [k for k in j.overrides if k not in keys]
+    if not any(metric in j.figures for j in jobs) and any(j.figures for j in jobs):
+        avail = sorted({k for j in jobs for k, v in j.figures.items() if _finite(v)})
+        raise ConfigError(f"aggregate: metric={metric!r} is in no summary.json; expected one of "
+                          f"{', '.join(avail)}")
+    multi_sweep = len({j.path.parent for j in jobs}) > 1
+    rows = []
+    for j in jobs:
+        row: Dict[str, Any] = {
+            "sweep": _rel(j.path.parent, out_dir) if multi_sweep else j.path.parent.name,
+            "job": j.path.name, "stage": j.stage}
+        row.update({k: j.overrides.get(k) for k in keys})
+        row["seed"] = j.seed
+        row.update({"status": j.status, "exit_code": j.exit_code, "error": j.error})
+        row.update(j.figures if j.status in DONE else {k: None for k in FIGURES})
+        row.update({f"checks_{s}": j.checks[s] for s in CHECK_STATUSES})
+        row.update({"checks_failed": " ".join(j.checks_failed), "resumed": j.resumed,
+                    "run_dir": _rel(j.path, out_dir)})
+        rows.append(row)
+    group_keys = ["stage"] + keys
+    varied = [k for k in group_keys if len({_key(r.get(k)) for r in rows}) > 1]
+    fixed = {k: rows[0].get(k) for k in group_keys if k not in varied} if rows else {}
+    groups = seed_groups(rows, group_keys, varied, metric, mode)
+    codes = [r["exit_code"] for r in rows if isinstance(r["exit_code"], int)]
+    failed = [r for r in rows if r["status"] not in DONE]
+    return SweepTable(rows=rows, groups=groups, keys=keys, varied=varied, fixed=fixed,
+                      metric=metric, mode=mode, exit_code=max(codes, default=0), failed=failed)
+
+
+def _rel(p: Path, base: Path) -> str:
+    try:
+        return os.path.relpath(Path(p).resolve(), Path(base).resolve())
+    except ValueError:  # another drive (Windows)
+        return str(Path(p).resolve())
+
+
+def seed_groups(rows: Sequence[Dict[str, Any]], group_keys: Sequence[str], varied: Sequence[str],
+                metric: str, mode: str) -> List[Dict[str, Any]]:
+    """Jobs equal in every key but `seed`: mean, std (n-1) and count per figure, ranked.
+
+    The recipe's warning applies: a difference smaller than the seed-to-seed spread is
+    noise. Each group is compared with the best: |mean - best mean| <= the larger of the
+    two groups' std -> "not significant"; with fewer than 2 seeds on either side the
+    spread is unknown -> "n/a (1 seed)".
+    """
+    buckets: Dict[Tuple[str, ...], List[Dict[str, Any]]] = {}
+    for r in rows:
+        buckets.setdefault(tuple(_key(r.get(k)) for k in group_keys), []).append(r)
+    figures = [metric] + [f for f in GROUP_FIGURES if f != metric]
+    groups = []
+    for members in buckets.values():
+        g: Dict[str, Any] = {k: members[0].get(k) for k in varied}
+        done = [r for r in members if _finite(r.get(metric))]
+        g.update({"n": len(done), "jobs": len(members),
+                  "failed": sum(r["status"] not in DONE for r in members),
+                  "seeds": " ".join(str(r.get("seed")) for r in members)})
+        for f in figures:
+            vals = [float(r[f]) for r in members if _finite(r.get(f))]
+            g[f"{f}_mean"] = statistics.fmean(vals) if vals else None
+            g[f"{f}_std"] = statistics.stdev(vals) if len(vals) >= 2 else None
+        g["run_dirs"] = " ".join(r["run_dir"] for r in members)
+        groups.append(g)
+    sign = -1.0 if mode == "max" else 1.0
+    ranked = sorted([g for g in groups if g["n"]], key=lambda g: sign * g[f"{metric}_mean"])
+    unranked = [g for g in groups if not g["n"]]
+    best = ranked[0] if ranked else None
+    for i, g in enumerate(ranked, 1):
+        g["rank"] = i
+        g["delta_vs_best"] = g[f"{metric}_mean"] - best[f"{metric}_mean"]
+        if g is best:
+            g["vs_best"] = "best"
+        elif g[f"{metric}_std"] is None or best[f"{metric}_std"] is None:
+            g["vs_best"] = "n/a (1 seed)"
+        else:
+            spread = max(g[f"{metric}_std"], best[f"{metric}_std"])
+            g["vs_best"] = "not significant" if abs(g["delta_vs_best"]) <= spread else "significant"
+    for g in unranked:
+        g.update({"rank": None, "delta_vs_best": None, "vs_best": "no result"})
+    order = ["rank"] + list(varied) + ["n", "jobs", "failed", "vs_best", "delta_vs_best"]
+    return [{**{k: g.get(k) for k in order}, **g} for g in ranked + unranked]
+
+
+# ----------------------------------------------------------------------------- writing
+def summarize(paths: Sequence[Path], out_dir: Path, metric: str = "val_acc",
+              mode: str = "max") -> SweepTable:
+    """Read every job under `paths`, write runs.csv, groups.csv, report.html into out_dir."""
+    from runner.output import RunDir
+
+    out_dir = Path(out_dir)
+    jobs = [load_job(p) for p in find_job_dirs(paths)]
+    tab = build_table(jobs, out_dir, metric, mode)
+    run = RunDir(out_dir)
+    run.write_csv("runs.csv", tab.rows)
+    run.write_csv("groups.csv", tab.groups)
+    figs = []
+    if any(_finite(r.get(metric)) for r in tab.rows):
+        figs.append(run.save_figure(metric_by_key(tab), f"{metric}_by_key"))
+    run.write_report(render_report(tab, out_dir, figs, [str(p) for p in paths]))
+    return tab
+
+
+def metric_by_key(tab: SweepTable):
+    """The main metric against each varied key: every job as a dot, mean +/- std as a bar."""
+    from runner import plots  # noqa: F401  (selects the Agg backend)
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in tab.varied] or ["seed"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys) + 0.8, 3.6), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        pts = [(r.get(key), float(r[tab.metric])) for r in tab.rows if _finite(r.get(tab.metric))]
+        numeric = all(_finite(x) for x, _ in pts)
+        values = sorted({x for x, _ in pts}, key=lambda v: (v if numeric else str(v)))
+        pos = {v: (v if numeric else i) for i, v in enumerate(values)}
+        ax.plot([pos[x] for x, _ in pts], [y for _, y in pts], "o", alpha=0.5, label="job")
+        means = [statistics.fmean([y for x, y in pts if x == v]) for v in values]
+        stds = [statistics.stdev(ys) if len(ys := [y for x, y in pts if x == v]) > 1 else 0.0
+                for v in values]
+        ax.errorbar([pos[v] for v in values], means, yerr=stds, fmt="s-", capsize=4,
+                    label="mean ± std")
+        if numeric and len(values) > 1 and min(values) > 0 and max(values) / min(values) >= 10:
+            ax.set_xscale("log")
+        if not numeric:
+            ax.set_xticks(range(len(values)), [str(v) for v in values], rotation=20)
+        ax.set(title=f"{tab.metric} by {key}", xlabel=key, ylabel=tab.metric)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{tab.metric} per varied key ({len(tab.rows)} jobs, "
+                 f"{'higher' if tab.mode == 'max' else 'lower'} is better)")
+    fig.tight_layout()
+    return fig
+
+
+def _pm(mean: Any, std: Any) -> str:
+    from runner.report import fmt
+
+    if mean is None:
+        return "n/a"
+    return fmt(mean) + (f" ± {fmt(std)}" if std is not None else "")
+
+
+def render_report(tab: SweepTable, out_dir: Path, figs: Sequence[str], sources: Sequence[str]) -> str:
+    from runner.report import Report, esc, images, kv_table, status_badge, table
+
+    counts = tab.counts()
+    best = tab.groups[0] if tab.groups and tab.groups[0].get("rank") == 1 else None
+    rep = Report(f"Sweep: {len(tab.rows)} jobs, {len(tab.groups)} seed groups",
+                 subtitle=f"from {', '.join(sources)}  ·  ranked by {tab.metric} "
+                          f"({'higher' if tab.mode == 'max' else 'lower'} is better)",
+                 kpis={"jobs": len(tab.rows), "finished": sum(counts.get(s, 0) for s in DONE),
+                       "failed": counts.get("failed", 0),
+                       "incomplete": counts.get("incomplete", 0),
+                       f"best {tab.metric}": _pm(best[f"{tab.metric}_mean"], best[f"{tab.metric}_std"])
+                       if best else "n/a"})
+    if tab.failed:
+        rows = [{"job": f'<a href="{esc(r["run_dir"])}/runner.log">{esc(r["run_dir"])}</a>',
+                 "status": status_badge("fail" if r["status"] == "failed" else "skip") + " "
+                 + esc(r["status"]),
+                 "overrides": esc(" ".join(f"{k}={r.get(k)}" for k in tab.varied + ["seed"])),
+                 "error": esc(r["error"] or "")} for r in tab.failed]
+        rep.add("Failed jobs", table(rows, ["job", "status", "overrides", "error"],
+                                     raw=("job", "status", "overrides", "error")))
+    note = ("<p class='sub'>Jobs equal in every key but <code>seed</code> form a group. A group "
+            "whose mean differs from the best group's by no more than the larger of the two "
+            "seed std's is <b>not significant</b>: that difference is within seed noise.</p>")
+    if tab.groups and all(g["n"] < 2 for g in tab.groups):
+        note += ("<p class='sub'>No group has two or more seeds: add e.g. <code>seed=1,2,3</code> "
+                 "to the sweep to measure seed noise.</p>")
+    fig_cols = [tab.metric] + [f for f in GROUP_FIGURES if f != tab.metric]
+    grows = []
+    for g in tab.groups:
+        row = {k: g.get(k) for k in ["rank"] + tab.varied + ["n", "failed", "vs_best", "delta_vs_best"]}
+        row.update({f: _pm(g[f"{f}_mean"], g[f"{f}_std"]) for f in fig_cols})
+        row["seeds"] = g["seeds"]
+        grows.append(row)
+    rep.add("Seed groups", note + table(grows, sortable=True))
+    if figs:
+        rep.add(f"{tab.metric} per varied key", images(figs))
+    run_cols = ["sweep", "job", "stage"] + tab.keys + ["seed", "status", "error"] + \
+        [c for c in tab.rows[0] if c in FIGURES] + ["checks_pass", "checks_warn", "checks_fail",
+                                                    "resumed"]
+    run_cols = [c for c in dict.fromkeys(run_cols) if c not in tab.fixed or c in ("stage",)]
+    rrows = []
+    for r in tab.rows:
+        rr = {c: r.get(c) for c in run_cols}
+        report_file = out_dir / r["run_dir"] / "report.html"
+        link = f'{r["run_dir"]}/report.html' if report_file.exists() else f'{r["run_dir"]}'
+        rr["job"] = f'<a href="{esc(link)}">{esc(r["job"])}</a>'
+        rr["status"] = esc(r["status"])
+        rrows.append(rr)
+    rep.add("Runs", "<p class='sub'>Click a column header to sort; the job links to its report."
+            "</p>" + table(rrows, run_cols, raw=("job",), sortable=True))
+    if tab.fixed:
+        rep.add("Fixed across all jobs", kv_table(tab.fixed))
+    return rep.render()
+
+
+def console_table(tab: SweepTable, limit: int = 20) -> str:
+    """The ranked groups and the failures, as plain text for the end of a sweep."""
+    lines = []
+    cols = ["rank"] + tab.varied + ["n", tab.metric, "vs_best"]
+    body = []
+    for g in tab.groups[:limit]:
+        body.append([str(g.get("rank") or "-")] + [str(g.get(k)) for k in tab.varied] +
+                    [str(g["n"]), _pm(g[f"{tab.metric}_mean"], g[f"{tab.metric}_std"]),
+                     str(g["vs_best"])])
+    widths = [max(len(c), *(len(b[i]) for b in body)) if body else len(c) for i, c in enumerate(cols)]
+    lines.append("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(b, widths)) for b in body]
+    if len(tab.groups) > limit:
+        lines.append(f"... {len(tab.groups) - limit} more groups in groups.csv")
+    for r in tab.failed:
+        lines.append(f"{r['status'].upper()}: {r['run_dir']}: {r['error']}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- entry points
+# exit codes of the sweeps summarised in this process, for `python -m runner -m` to return
+# (a joblib job runs in another process, so its return value never reaches the CLI)
+_sweep_exit_codes: List[int] = []
+
+
+def pop_sweep_exit_codes() -> List[int]:
+    out = list(_sweep_exit_codes)
+    _sweep_exit_codes.clear()
+    return out
+
+
+class SweepSummary(Callback):
+    """Hydra callback (conf/config.yaml `hydra.callbacks.sweep_summary`): summary at sweep end.
+
+    Works for any sweeper and launcher: it reads the job directories, not return values.
+    """
+
+    def __init__(self, metric: str = "val_acc", mode: str = "max", enabled: bool = True) -> None:
+        self.metric, self.mode, self.enabled = metric, mode, enabled
+        self.sweep_dir: Optional[Path] = None
+
+    def on_multirun_start(self, config, **kwargs: Any) -> None:
+        # resolve ${now:...} once, before the launcher does, so both see the same folder
+        self.sweep_dir = Path(str(config.hydra.sweep.dir))
+
+    def on_multirun_end(self, config, **kwargs: Any) -> None:
+        if not self.enabled:
+            return
+        sweep_dir = self.sweep_dir or Path(str(config.hydra.sweep.dir))
+        try:
+            tab = summarize([sweep_dir], sweep_dir, self.metric, self.mode)
+        except ConfigError as e:
+            log.error("sweep summary: %s", e)
+            _sweep_exit_codes.append(1)
+            return
+        _sweep_exit_codes.append(tab.exit_code)
+        log.info("sweep summary (%d jobs): %s\n%s", len(tab.rows), sweep_dir / "report.html",
+                 console_table(tab))
+        if tab.failed:
+            log.error("%d of %d jobs did not finish (listed above, and in %s)", len(tab.failed),
+                      len(tab.rows), sweep_dir / "runs.csv")
+
+
+def aggregate_main(argv: Sequence[str]) -> int:
+    """`python -m runner aggregate DIR... [--out DIR] [--metric val_acc] [--mode max]`."""
+    p = argparse.ArgumentParser(
+        prog="python -m runner aggregate",
+        description="(Re)build the sweep summary (runs.csv, groups.csv, report.html) for sweep "
+                    "or run directories; several sweeps give one combined table.")
+    p.add_argument("dirs", nargs="+", type=Path, help="sweep directories, run directories, "
+                   "or folders holding them (e.g. multirun/)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="where to write; default: the directory itself when one sweep directory "
+                        "is given, else multirun/aggregate/<date>/<time>")
+    p.add_argument("--metric", default="val_acc", help="summary.json figure to rank by")
+    p.add_argument("--mode", default="max", choices=("max", "min"),
+                   help="max: higher is better (accuracy); min: lower is better (loss)")
+    args = p.parse_args(list(argv))
+    out = args.out
+    if out is None:
+        if len(args.dirs) == 1 and args.dirs[0].is_dir() and not is_job_dir(args.dirs[0]):
+            out = args.dirs[0]
+        else:
+            out = Path("multirun") / "aggregate" / datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f")
+    if is_job_dir(out):
+        print(f"config error: --out {out} is a run directory; its report.html would be "
+              "overwritten: choose another folder", flush=True)
+        return 2
+    try:
+        tab = summarize(args.dirs, out, args.metric, args.mode)
+    except ConfigError as e:
+        print(f"config error: {e}", flush=True)
+        return e.exit_code
+    print(console_table(tab))
+    print(f"{len(tab.rows)} jobs, {len(tab.groups)} seed groups -> {out / 'runs.csv'}, "
+          f"{out / 'groups.csv'}, {out / 'report.html'}")
+    return tab.exit_code

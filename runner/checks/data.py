@@ -1,0 +1,566 @@
+"""Recipe stage 1 checks ("become one with the data"): pure functions over per-image statistics.
+
+`image_stats` turns one decoded image into a row of numbers (size, brightness, contrast,
+sharpness, entropy, hashes); the stage streams every image through it and gathers the rows
+into an `ImageTable`. The checks below take that table (plain numpy columns) and
+thresholds as plain arguments and return a Verdict with the evidence in `details`; the
+stage draws the thumbnails. Check names are DESIGN.md's (`data.corrupt`,
+`data.duplicates`, `data.leakage`, `data.class_balance`, `data.outliers`) plus one flag per
+CleanVision-style image property (`data.dark`, `data.blurry`, ...).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from runner.checks import Verdict
+
+# the thumbnail near-duplicates are confirmed on (grey, THUMB x THUMB, uint8)
+THUMB = 16
+
+NUMERIC_COLUMNS = ("width", "height", "channels", "file_bytes", "brightness", "contrast",
+                   "p01", "p99", "sharpness", "entropy", "colourfulness")
+
+PROPERTY_CHECKS = ("data.dark", "data.bright", "data.blurry", "data.low_information",
+                   "data.odd_size", "data.odd_aspect", "data.grayscale")
+DATA_CHECKS = ("data.corrupt", "data.class_balance", "data.duplicates", "data.leakage",
+               "data.outliers") + PROPERTY_CHECKS
+
+
+# ----------------------------------------------------------------------------- one image
+def to_array(img) -> Tuple[np.ndarray, str]:
+    """A PIL image, or a CxHxW / HxW tensor or array (uint8 0..255 or float 0..1), as
+    (HxWxC uint8 array with C in {1, 3}, the source mode)."""
+    if hasattr(img, "mode") and hasattr(img, "convert"):  # PIL
+        mode = img.mode
+        if mode in ("L", "1", "I", "I;16", "F", "LA", "La"):
+            if mode in ("I", "I;16", "F"):
+                a = np.asarray(img, dtype=np.float64)
+                hi = a.max() if a.size and a.max() > 0 else 1.0
+                return (a / hi * 255.0).round().astype(np.uint8)[..., None], mode
+            return np.asarray(img.convert("L"))[..., None], mode
+        return np.asarray(img.convert("RGB")), mode
+    a = img.detach().cpu().numpy() if hasattr(img, "detach") else np.asarray(img)
+    if a.ndim == 2:
+        a = a[None]
+    if a.ndim != 3:
+        raise ValueError(f"expected an image of 2 or 3 dimensions, got shape {tuple(a.shape)}")
+    c = a.shape[0]
+    if a.dtype != np.uint8:
+        a = np.clip(a.astype(np.float64) * 255.0, 0, 255).round().astype(np.uint8)
+    a = np.moveaxis(a[:3] if c >= 3 else a[:1], 0, -1)
+    return np.ascontiguousarray(a), ("L" if c == 1 else "RGB")
+
+
+def _luma(a: np.ndarray) -> np.ndarray:
+    if a.shape[-1] == 1:
+        return a[..., 0].astype(np.float32)
+    return a[..., 0] * np.float32(0.299) + a[..., 1] * np.float32(0.587) + a[..., 2] * np.float32(0.114)
+
+
+def _resize_grey(g: np.ndarray, w: int, h: int) -> np.ndarray:
+    """Area-average (box) resize of a float grey image; pure numpy, exact for integer factors."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(g.astype(np.float32), mode="F").resize((w, h), Image.BOX))
+
+
+def dhash(g: np.ndarray) -> int:
+    """64-bit difference hash: signs of horizontal gradients of a 9x8 area-averaged copy."""
+    s = _resize_grey(g, 9, 8)
+    bits = (s[:, 1:] > s[:, :-1]).ravel()
+    return int(np.packbits(bits).view(">u8")[0])
+
+
+def image_stats(img, analysis_size: int = 128) -> Tuple[Dict[str, Any], np.ndarray]:
+    """Numbers a person would sort a dataset by, and a THUMBxTHUMB grey thumbnail.
+
+    Size and mode come from the full image; the pixel statistics from a copy shrunk so its
+    longer side is at most `analysis_size` (sharpness depends on scale, so it is measured at
+    one scale for every image). brightness/contrast/p01/p99 are on the 0..255 luma scale.
+    """
+    from PIL import Image
+
+    a, mode = to_array(img)
+    h, w = a.shape[:2]
+    pixel_hash = hashlib.sha1(f"{mode}{w}x{h}".encode() + a.tobytes()).hexdigest()[:16]
+    if max(h, w) > analysis_size:
+        im = Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)
+        im.thumbnail((analysis_size, analysis_size), Image.BILINEAR)
+        a = np.asarray(im)
+        if a.ndim == 2:
+            a = a[..., None]
+    g = _luma(a)
+    lap = (-4.0 * g[1:-1, 1:-1] + g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:]) \
+        if min(g.shape) >= 3 else np.zeros(1, np.float32)
+    hist = np.bincount(np.clip(g, 0, 255).astype(np.uint8).ravel(), minlength=256)
+    p = hist[hist > 0] / hist.sum()
+    if a.shape[-1] == 3:
+        af = a.astype(np.float32)
+        colour = float(np.mean(np.abs(af[..., 0] - af[..., 1]) + np.abs(af[..., 1] - af[..., 2])))
+    else:
+        colour = 0.0
+    p01, p99 = np.percentile(g, [1, 99])
+    row = {
+        "width": int(w), "height": int(h), "mode": mode,
+        "channels": int(a.shape[-1]),
+        "brightness": float(g.mean()), "contrast": float(g.std()),
+        "p01": float(p01), "p99": float(p99),
+        "sharpness": float(lap.var()),
+        "entropy": float(-(p * np.log2(p)).sum()),
+        "colourfulness": colour,
+        "dhash": dhash(g),
+        "pixel_hash": pixel_hash,
+    }
+    thumb = np.clip(_resize_grey(g, THUMB, THUMB), 0, 255).round().astype(np.uint8)
+    return row, thumb
+
+
+# ----------------------------------------------------------------------------- the table
+SPLITS = ("train", "val")
+
+
+@dataclass
+class ImageTable:
+    """One row per image of both splits, as numpy columns (bounded memory for 100k+ images).
+
+    `label` indexes `class_names`; `split` indexes SPLITS; `ok` is false for an image that
+    could not be read (its `error` says why, its statistics are NaN). `content_hash` is the
+    file bytes' hash for files and the pixels' hash for in-memory images.
+    """
+
+    class_names: List[str]
+    split: np.ndarray
+    label: np.ndarray
+    name: List[str]
+    ok: np.ndarray
+    error: List[str]
+    mode: List[str]
+    content_hash: List[str]
+    dhash: np.ndarray
+    thumbs: np.ndarray
+    num: Dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, n: int, class_names: Sequence[str]) -> "ImageTable":
+        return cls(class_names=list(class_names), split=np.zeros(n, np.int8),
+                   label=np.full(n, -1, np.int32), name=[""] * n, ok=np.zeros(n, bool),
+                   error=[""] * n, mode=[""] * n, content_hash=[""] * n,
+                   dhash=np.zeros(n, np.uint64), thumbs=np.zeros((n, THUMB, THUMB), np.uint8),
+                   num={k: np.full(n, np.nan) for k in NUMERIC_COLUMNS})
+
+    def __len__(self) -> int:
+        return len(self.name)
+
+    def set_row(self, i: int, split: int, label: int, name: str, row: Optional[Dict[str, Any]],
+                thumb: Optional[np.ndarray], error: str = "", content_hash: str = "") -> None:
+        self.split[i], self.label[i], self.name[i] = split, label, name
+        if row is None:
+            self.ok[i], self.error[i] = False, error or "unreadable"
+            return
+        self.ok[i] = True
+        self.mode[i] = row["mode"]
+        self.content_hash[i] = content_hash or row["pixel_hash"]
+        self.dhash[i] = np.uint64(row["dhash"])
+        self.thumbs[i] = thumb
+        for k in NUMERIC_COLUMNS:
+            if k in row:
+                self.num[k][i] = row[k]
+
+    def describe(self, i: int) -> Dict[str, Any]:
+        """Where image i lives, for lists in checks.json and the report."""
+        c = int(self.label[i])
+        return {"index": int(i), "split": SPLITS[int(self.split[i])], "name": self.name[i],
+                "class": self.class_names[c] if 0 <= c < len(self.class_names) else None}
+
+    def rows(self) -> List[Dict[str, Any]]:
+        """images.csv: one dict per image."""
+        out = []
+        for i in range(len(self)):
+            r = self.describe(i)
+            r.update(ok=bool(self.ok[i]), error=self.error[i], mode=self.mode[i],
+                     content_hash=self.content_hash[i],
+                     dhash=f"{int(self.dhash[i]):016x}" if self.ok[i] else "")
+            for k, col in self.num.items():
+                v = col[i]
+                r[k] = None if not np.isfinite(v) else (int(v) if k in ("width", "height", "channels", "file_bytes") else round(float(v), 4))
+            out.append(r)
+        return out
+
+
+# ----------------------------------------------------------------------------- helpers
+def robust_z(x: np.ndarray) -> np.ndarray:
+    """(x - median) / scale, scale = 1.4826 * MAD; when over half the values are equal (MAD = 0)
+    the mean absolute deviation stands in, so a few odd values still stand out but a
+    two-valued feature (60% one size, 40% another) does not."""
+    x = np.asarray(x, dtype=np.float64)
+    finite = np.isfinite(x)
+    z = np.zeros_like(x)
+    if finite.sum() < 3:
+        return z
+    med = np.median(x[finite])
+    dev = np.abs(x[finite] - med)
+    scale = 1.4826 * np.median(dev)
+    if scale <= 1e-12:
+        scale = 1.2533 * dev.mean()
+    if scale <= 1e-12:
+        return z
+    z[finite] = (x[finite] - med) / scale
+    return z
+
+
+def _popcount64(x: np.ndarray) -> np.ndarray:
+    return np.unpackbits(x.astype(">u8").view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
+
+
+class _UnionFind:
+    def __init__(self):
+        self.parent: Dict[int, int] = {}
+
+    def find(self, a: int) -> int:
+        self.parent.setdefault(a, a)
+        while self.parent[a] != a:
+            self.parent[a] = self.parent[self.parent[a]]
+            a = self.parent[a]
+        return a
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def groups(self) -> List[List[int]]:
+        out: Dict[int, List[int]] = {}
+        for a in self.parent:
+            out.setdefault(self.find(a), []).append(a)
+        return sorted((sorted(g) for g in out.values() if len(g) > 1), key=lambda g: (-len(g), g[0]))
+
+
+def _exact_groups(table: ImageTable) -> List[List[int]]:
+    by_hash: Dict[str, List[int]] = {}
+    for i in np.flatnonzero(table.ok):
+        by_hash.setdefault(table.content_hash[i], []).append(int(i))
+    return [g for g in by_hash.values() if len(g) > 1]
+
+
+def near_pairs(table: ImageTable, hash_distance: int, thumb_distance: float,
+               chunk: int = 200_000) -> np.ndarray:
+    """Pairs (i < j) of readable images whose dHashes differ in at most `hash_distance` bits
+    and whose grey thumbnails differ by at most `thumb_distance` (mean |a-b|, 0..255).
+
+    Candidates come from splitting the 64-bit hash into hash_distance+1 bands: two hashes
+    within that distance agree exactly on at least one band (pigeonhole), so sorting by each
+    band finds every candidate without comparing all pairs. Exact duplicates are represented
+    by one member (they are reported as exact). Returns an int64 array [P, 3] of
+    (i, j, hamming distance).
+    """
+    # one representative per exact-duplicate group
+    reps: Dict[str, int] = {}
+    for i in np.flatnonzero(table.ok):
+        reps.setdefault(table.content_hash[i], int(i))
+    idx = np.array(sorted(reps.values()), dtype=np.int64)
+    if len(idx) < 2:
+        return np.zeros((0, 3), np.int64)
+    h = table.dhash[idx]
+    bands = hash_distance + 1
+    edges = np.linspace(0, 64, bands + 1).round().astype(int)
+    found = []
+    for b in range(bands):
+        lo, hi = edges[b], edges[b + 1]
+        key = (h >> np.uint64(64 - hi)) & np.uint64((1 << (hi - lo)) - 1)
+        order = np.argsort(key, kind="stable")
+        k = key[order]
+        starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
+        sizes = np.diff(np.r_[starts, len(k)])
+        for s, m in zip(starts[sizes > 1], sizes[sizes > 1]):
+            members = order[s:s + m]
+            a, c = np.triu_indices(m, 1)
+            for lo_ in range(0, len(a), chunk):
+                found.append(np.stack([members[a[lo_:lo_ + chunk]], members[c[lo_:lo_ + chunk]]], 1))
+    if not found:
+        return np.zeros((0, 3), np.int64)
+    cand = np.unique(np.sort(np.concatenate(found), axis=1), axis=0)
+    out = []
+    for lo_ in range(0, len(cand), chunk):
+        p = cand[lo_:lo_ + chunk]
+        i, j = idx[p[:, 0]], idx[p[:, 1]]
+        dist = _popcount64(table.dhash[i] ^ table.dhash[j])
+        keep = dist <= hash_distance
+        i, j, dist = i[keep], j[keep], dist[keep]
+        td = np.abs(table.thumbs[i].astype(np.int16) - table.thumbs[j].astype(np.int16)).mean(axis=(1, 2))
+        keep = td <= thumb_distance
+        out.append(np.stack([i[keep], j[keep], dist[keep]], 1))
+    return np.concatenate(out).astype(np.int64) if out else np.zeros((0, 3), np.int64)
+
+
+def _listed(table: ImageTable, idx: Sequence[int], limit: int) -> List[Dict[str, Any]]:
+    return [table.describe(int(i)) for i in list(idx)[:limit]]
+
+
+def _more(n: int, limit: int) -> str:
+    return f" (first {limit} listed)" if n > limit else ""
+
+
+# ----------------------------------------------------------------------------- checks
+def corrupt(table: ImageTable, max_listed: int = 50) -> Verdict:
+    """data.corrupt: files that cannot be opened or decoded (listed by path, with the error)."""
+    bad = np.flatnonzero(~table.ok)
+    files = [dict(table.describe(int(i)), error=table.error[i]) for i in bad[:max_listed]]
+    if len(bad):
+        return Verdict("data.corrupt", "fail", value=int(len(bad)), expected="0 unreadable images",
+                       message=f"{len(bad)} of {len(table)} images cannot be read{_more(len(bad), max_listed)}: "
+                               + ", ".join(f"{f['name']} ({f['error']})" for f in files[:3])
+                               + ("..." if len(bad) > 3 else "")
+                               + "; training skips them, but fix or remove them",
+                       details={"files": files, "count": int(len(bad))})
+    return Verdict("data.corrupt", "pass", value=0, expected="0 unreadable images",
+                   message=f"all {len(table)} images decode")
+
+
+def class_balance(table: ImageTable, imbalance_ratio: float = 10.0,
+                  split_shift_tv: float = 0.2) -> Verdict:
+    """data.class_balance: counts per class and split (unreadable files count: they are there).
+
+    fail: a class with no images at all, or present in only one split (it cannot be learnt,
+    or cannot be evaluated). warn: the largest class in train has more than `imbalance_ratio`
+    times the images of the smallest, or val's class proportions differ from train's by more
+    than `split_shift_tv` (total variation distance)."""
+    names = table.class_names
+    k = len(names)
+    counts = {s: np.bincount(table.label[(table.split == si) & (table.label >= 0)], minlength=k)[:k]
+              for si, s in enumerate(SPLITS)}
+    present = [s for s in SPLITS if counts[s].sum() > 0]
+    per_class = {names[c]: {s: int(counts[s][c]) for s in SPLITS} for c in range(k)}
+    details: Dict[str, Any] = {"counts": per_class, "totals": {s: int(counts[s].sum()) for s in SPLITS}}
+    problems, warnings = [], []
+    empty = [names[c] for c in range(k) if all(counts[s][c] == 0 for s in SPLITS)]
+    if empty:
+        problems.append(f"{len(empty)} empty class(es) with no images: {', '.join(empty[:10])}")
+    if len(present) == 2:
+        one = [f"{names[c]} (only in {'train' if counts['train'][c] else 'val'})" for c in range(k)
+               if (counts["train"][c] == 0) != (counts["val"][c] == 0)]
+        if one:
+            problems.append(f"{len(one)} class(es) present in only one split: {', '.join(one[:10])}")
+    tr = counts["train"] if counts["train"].sum() else counts[present[0]] if present else counts["train"]
+    nonzero = tr[tr > 0]
+    ratio = float(nonzero.max() / nonzero.min()) if len(nonzero) else float("nan")
+    details["imbalance_ratio"] = ratio
+    if len(nonzero) and ratio > imbalance_ratio:
+        big, small = names[int(np.argmax(tr))], names[int(np.argmin(np.where(tr > 0, tr, tr.max() + 1)))]
+        warnings.append(f"strong imbalance: {big!r} has {ratio:.1f}x the training images of {small!r} "
+                        f"(> {imbalance_ratio:g}); accuracy will flatter a majority-class guess")
+    if len(present) == 2:
+        p_tr = counts["train"] / counts["train"].sum()
+        p_va = counts["val"] / counts["val"].sum()
+        tv = float(0.5 * np.abs(p_tr - p_va).sum())
+        details["train_val_tv"] = tv
+        if tv > split_shift_tv:
+            warnings.append(f"val's class mix differs from train's (total variation {tv:.2f} > "
+                            f"{split_shift_tv:g}); val accuracy will not estimate train-distribution accuracy")
+    summary = (f"{k} classes; train {int(counts['train'].sum())}, val {int(counts['val'].sum())} images; "
+               f"largest/smallest train class {ratio:.2f}")
+    expected = f"every class in both splits; max/min <= {imbalance_ratio:g}"
+    if problems:
+        return Verdict("data.class_balance", "fail", value=round(ratio, 3) if math.isfinite(ratio) else None,
+                       expected=expected, message="; ".join(problems + warnings), details=details)
+    if warnings:
+        return Verdict("data.class_balance", "warn", value=round(ratio, 3), expected=expected,
+                       message="; ".join(warnings) + f" ({summary})", details=details)
+    return Verdict("data.class_balance", "pass", value=round(ratio, 3) if math.isfinite(ratio) else None,
+                   expected=expected, message=summary, details=details)
+
+
+def duplicate_groups(table: ImageTable, pairs: np.ndarray) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+    """(groups inside one split, leakage pairs across splits) from exact hashes and near pairs.
+
+    A group is {"kind": "exact"|"near", "split", "members": [index...], "labels_differ"}.
+    A leakage pair is {"train": index, "val": index, "kind", "hash_distance"}."""
+    groups, leaks = [], []
+    seen_leak = set()
+    for g in _exact_groups(table):
+        for si, s in enumerate(SPLITS):
+            mem = [i for i in g if table.split[i] == si]
+            if len(mem) > 1:
+                groups.append({"kind": "exact", "split": s, "members": mem,
+                               "labels_differ": len({int(table.label[i]) for i in mem}) > 1})
+        tr = [i for i in g if table.split[i] == 0]
+        va = [i for i in g if table.split[i] == 1]
+        for v in va:
+            for t in tr[:1]:  # one train twin per val image is enough evidence
+                leaks.append({"train": t, "val": v, "kind": "exact", "hash_distance": 0})
+                seen_leak.add(v)
+    # near pairs join exact groups' representatives; expand to the full exact groups
+    members_of: Dict[str, List[int]] = {}
+    for i in np.flatnonzero(table.ok):
+        members_of.setdefault(table.content_hash[i], []).append(int(i))
+    uf = {s: _UnionFind() for s in SPLITS}
+    for i, j, d in pairs.tolist():
+        for a in members_of[table.content_hash[i]]:
+            for b in members_of[table.content_hash[j]]:
+                sa, sb = int(table.split[a]), int(table.split[b])
+                if sa == sb:
+                    uf[SPLITS[sa]].union(a, b)
+                else:
+                    t, v = (a, b) if sa == 0 else (b, a)
+                    if v not in seen_leak:
+                        leaks.append({"train": t, "val": v, "kind": "near", "hash_distance": int(d)})
+                        seen_leak.add(v)
+    exact_sets = {frozenset(g["members"]) for g in groups}
+    for s in SPLITS:
+        for mem in uf[s].groups():
+            if frozenset(mem) in exact_sets:
+                continue  # near links only inside an exact group add nothing
+            groups.append({"kind": "near", "split": s, "members": mem,
+                           "labels_differ": len({int(table.label[i]) for i in mem}) > 1})
+    groups.sort(key=lambda g: (-len(g["members"]), g["members"][0]))
+    return groups, leaks
+
+
+def duplicates(table: ImageTable, groups: List[Dict[str, Any]], max_listed: int = 50) -> Verdict:
+    """data.duplicates: exact and near-duplicate groups inside a split (warn; the redundant
+    copies over-weight some images and inflate val accuracy). Groups whose copies carry
+    different labels are label noise and named first."""
+    expected = "no duplicate images inside a split"
+    if not groups:
+        return Verdict("data.duplicates", "pass", value=0, expected=expected,
+                       message=f"no exact or near duplicates among {int(table.ok.sum())} readable images")
+    extra = sum(len(g["members"]) - 1 for g in groups)
+    n_exact = sum(g["kind"] == "exact" for g in groups)
+    conflicting = [g for g in groups if g["labels_differ"]]
+    listed = [{"kind": g["kind"], "split": g["split"], "labels_differ": g["labels_differ"],
+               "members": [table.describe(i) for i in g["members"][:max_listed]]}
+              for g in sorted(groups, key=lambda g: not g["labels_differ"])[:max_listed]]
+    msg = (f"{len(groups)} duplicate group(s) inside a split ({n_exact} exact, {len(groups) - n_exact} near), "
+           f"{extra} redundant image(s){_more(len(groups), max_listed)}")
+    if conflicting:
+        msg += f"; {len(conflicting)} group(s) carry different labels (label noise)"
+    return Verdict("data.duplicates", "warn", value=extra, expected=expected, message=msg,
+                   details={"groups": listed, "count_groups": len(groups), "count_redundant": extra})
+
+
+def leakage(table: ImageTable, leaks: List[Dict[str, Any]], max_listed: int = 50) -> Verdict:
+    """data.leakage: the same or near-same image in train and val (fail: val then measures
+    memory, not generalisation)."""
+    expected = "no val image also in train"
+    if not int((table.split == 1).sum()):
+        return Verdict("data.leakage", "skip", expected=expected, message="no val split to compare")
+    if not leaks:
+        return Verdict("data.leakage", "pass", value=0, expected=expected,
+                       message=f"no val image has an exact or near copy among the train images")
+    pairs = [{"train": table.describe(p["train"]), "val": table.describe(p["val"]), "kind": p["kind"],
+              "hash_distance": p["hash_distance"]} for p in leaks[:max_listed]]
+    n_exact = sum(p["kind"] == "exact" for p in leaks)
+    n_val = int((table.split == 1).sum())
+    return Verdict("data.leakage", "fail", value=len(leaks), expected=expected,
+                   message=f"{len(leaks)} of {n_val} val images have a copy in train ({n_exact} exact, "
+                           f"{len(leaks) - n_exact} near){_more(len(leaks), max_listed)}, e.g. "
+                           f"{pairs[0]['val']['name']} ~ {pairs[0]['train']['name']}; remove them from one split",
+                   details={"pairs": pairs, "count": len(leaks)})
+
+
+OUTLIER_FEATURES = ("brightness", "contrast", "log_area", "log_aspect")
+
+
+def outlier_scores(table: ImageTable) -> Dict[str, np.ndarray]:
+    """Robust z-scores of the features outliers are judged on (NaN-free; 0 for unreadable)."""
+    n = table.num
+    feats = {"brightness": n["brightness"], "contrast": n["contrast"],
+             "log_area": np.log(n["width"] * n["height"]),
+             "log_aspect": np.log(n["width"] / n["height"])}
+    return {k: robust_z(v) for k, v in feats.items()}
+
+
+def outliers(table: ImageTable, z_max: float = 5.0, rare_mode_fraction: float = 0.01,
+             max_listed: int = 50) -> Verdict:
+    """data.outliers: images far from the rest on brightness, contrast, size or aspect ratio
+    (robust z-score beyond `z_max`), or in a mode (RGB/L/RGBA/...) fewer than
+    `rare_mode_fraction` of the images have. warn: look at them, they often reveal a bug."""
+    ok = table.ok
+    z = outlier_scores(table)
+    zs = np.stack([z[k] for k in OUTLIER_FEATURES], 1)
+    modes: Dict[str, int] = {}
+    for i in np.flatnonzero(ok):
+        modes[table.mode[i]] = modes.get(table.mode[i], 0) + 1
+    n_ok = int(ok.sum())
+    rare = {m for m, c in modes.items() if c < rare_mode_fraction * n_ok}
+    flagged = []
+    for i in np.flatnonzero(ok):
+        why = [f"{k} z={zs[i, f]:+.1f}" for f, k in enumerate(OUTLIER_FEATURES) if abs(zs[i, f]) > z_max]
+        if table.mode[i] in rare:
+            why.append(f"mode {table.mode[i]} ({modes[table.mode[i]]} of {n_ok} images)")
+        if why:
+            flagged.append((float(np.max(np.abs(zs[i]))) + (1e6 if table.mode[i] in rare else 0), int(i), why))
+    flagged.sort(key=lambda t: -t[0])
+    expected = f"|robust z| <= {z_max:g} on {', '.join(OUTLIER_FEATURES)}; no mode under {rare_mode_fraction:.0%}"
+    details = {"modes": modes,
+               "images": [dict(table.describe(i), why=w) for _, i, w in flagged[:max_listed]],
+               "indices": [i for _, i, _ in flagged], "count": len(flagged)}
+    if not flagged:
+        return Verdict("data.outliers", "pass", value=0, expected=expected,
+                       message=f"no image of {n_ok} stands out on {', '.join(OUTLIER_FEATURES)} or mode",
+                       details=details)
+    ex = flagged[0]
+    return Verdict("data.outliers", "warn", value=len(flagged), expected=expected,
+                   message=f"{len(flagged)} of {n_ok} images stand out{_more(len(flagged), max_listed)}, "
+                           f"e.g. {table.name[ex[1]]}: {', '.join(ex[2])}",
+                   details=details)
+
+
+def property_flags(table: ImageTable, dark_max: float = 32.0, bright_min: float = 223.0,
+                   blurry_max: float = 0.05, entropy_min: float = 1.0, low_contrast_max: float = 2.0,
+                   odd_size_factor: float = 3.0, odd_aspect_factor: float = 2.0,
+                   grayscale_tolerance: float = 1.0) -> Dict[str, Tuple[np.ndarray, np.ndarray, str]]:
+    """CleanVision-style flags: check name -> (boolean mask over images, score to sort the
+    flagged ones by (most extreme first = ascending), the rule in words)."""
+    n, ok = table.num, table.ok
+    with np.errstate(invalid="ignore", divide="ignore"):
+        side = np.sqrt(n["width"] * n["height"])
+        aspect = np.log(n["width"] / n["height"])
+        med_side = np.nanmedian(side[ok]) if ok.any() else np.nan
+        med_aspect = np.nanmedian(aspect[ok]) if ok.any() else np.nan
+        size_off = np.abs(np.log(side / med_side))
+        aspect_off = np.abs(aspect - med_aspect)
+        grey = ok & ((n["channels"] == 1) | (n["colourfulness"] < grayscale_tolerance))
+        low_info = ok & ((n["entropy"] < entropy_min) | (n["contrast"] < low_contrast_max))
+        colour_majority = grey.sum() < 0.5 * ok.sum()
+        return {
+            "data.dark": (ok & (n["p99"] < dark_max), n["p99"],
+                          f"99th-percentile brightness < {dark_max:g} of 255"),
+            "data.bright": (ok & (n["p01"] > bright_min), -n["p01"],
+                            f"1st-percentile brightness > {bright_min:g} of 255"),
+            "data.blurry": (ok & ~low_info & (n["sharpness"] < blurry_max), n["sharpness"],
+                            f"std(Laplacian)/std(image) < {blurry_max:g}"),
+            "data.low_information": (low_info, n["entropy"],
+                                     f"grey-level entropy < {entropy_min:g} bits or contrast < {low_contrast_max:g}"),
+            "data.odd_size": (ok & (size_off > math.log(odd_size_factor)), -size_off,
+                              f"side {odd_size_factor:g}x smaller or larger than the median "
+                              f"({med_side:.0f} px)" if np.isfinite(med_side) else "odd size"),
+            "data.odd_aspect": (ok & (aspect_off > math.log(odd_aspect_factor)), -aspect_off,
+                                f"aspect ratio {odd_aspect_factor:g}x off the median "
+                                f"({math.exp(med_aspect):.2f})" if np.isfinite(med_aspect) else "odd aspect"),
+            "data.grayscale": (grey if colour_majority else np.zeros_like(ok), n["colourfulness"],
+                               f"grey (1 channel, or mean |R-G|+|G-B| < {grayscale_tolerance:g}) "
+                               "while most images are in colour"),
+        }
+
+
+def property_verdict(name: str, table: ImageTable, mask: np.ndarray, score: np.ndarray, rule: str,
+                     max_listed: int = 50) -> Verdict:
+    """One flag as a verdict: warn when any image has the property, listing the most extreme."""
+    idx = np.flatnonzero(mask)
+    idx = idx[np.argsort(score[idx], kind="stable")]
+    n_ok = int(table.ok.sum())
+    what = name.split(".", 1)[1].replace("_", " ")
+    details = {"rule": rule, "count": int(len(idx)), "images": _listed(table, idx, max_listed),
+               "indices": [int(i) for i in idx]}
+    if not len(idx):
+        return Verdict(name, "pass", value=0, expected=f"no image {what}: {rule}",
+                       message=f"no image of {n_ok} is {what}", details=details)
+    return Verdict(name, "warn", value=int(len(idx)), expected=f"no image {what}: {rule}",
+                   message=f"{len(idx)} of {n_ok} images are {what} ({len(idx) / max(n_ok, 1):.1%}; {rule})"
+                           f"{_more(len(idx), max_listed)}, e.g. {table.name[idx[0]]}",
+                   details=details)

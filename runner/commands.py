@@ -1,0 +1,36 @@
+"""`python -m runner <command> ...`: commands that are not a Hydra run (a plain dispatch dict).
+
+runner/__main__.py sends `argv[0] in COMMANDS` here; everything else goes to Hydra.
+Each command takes its own argv and returns the exit code (DESIGN.md: 2 = bad input).
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable, Dict, List
+
+
+def _aggregate(args: List[str]) -> int:
+    from runner.aggregate import aggregate_main
+
+    return aggregate_main(args)
+
+
+def _init(args: List[str]) -> int:
+    # placeholder: the lead replaces this with the experiment-repo scaffold
+    print("config error: `python -m runner init` is not yet available in this version; "
+          "copy conf/ into your experiment repo and run with --config-dir ./conf", file=sys.stderr)
+    return 2
+
+
+COMMANDS: Dict[str, Callable[[List[str]], int]] = {
+    "aggregate": _aggregate,
+    "init": _init,
+}
+
+
+def run_command(name: str, args: List[str]) -> int:
+    if name not in COMMANDS:
+        print(f"config error: unknown command {name!r}; expected one of {', '.join(COMMANDS)}",
+              file=sys.stderr)
+        return 2
+    return COMMANDS[name](list(args))

@@ -1,0 +1,81 @@
+"""Shared test helpers: run the real CLI in a temp folder, find the run dir, validate it."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CHECK_RUNDIR = REPO.parent / "shared" / "tools" / "check_rundir.py"
+
+# tiny and fast: every CLI test starts from these and adds its own overrides
+FAST = ["data=synthetic", "trainer.epochs=2", "trainer.batch_size=32", "trainer.progress=false",
+        "data.num_workers=0"]
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    cwd: Path
+
+    @property
+    def run_dirs(self) -> List[Path]:
+        return sorted(p.parent for p in self.cwd.glob("outputs/*/*/.hydra"))
+
+    @property
+    def run_dir(self) -> Path:
+        dirs = self.run_dirs
+        assert dirs, f"no run directory under {self.cwd}/outputs\n{self.out}"
+        return dirs[-1]
+
+    def json(self, name: str, run_dir: Optional[Path] = None):
+        return json.loads(((run_dir or self.run_dir) / name).read_text())
+
+
+def run_cli(args: List[str], cwd: Path, env: Optional[dict] = None, timeout: int = 300) -> CliResult:
+    """`python -m runner ARGS` in `cwd`, as a user would run it."""
+    Path(cwd).mkdir(parents=True, exist_ok=True)
+    e = dict(os.environ)
+    e.pop("HYDRA_FULL_ERROR", None)
+    e["PYTHONPATH"] = os.pathsep.join([str(REPO), str(cwd), e.get("PYTHONPATH", "")])
+    e.update(env or {})
+    p = subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd, env=e,
+                       capture_output=True, text=True, timeout=timeout)
+    return CliResult(p.returncode, p.stdout + p.stderr, Path(cwd))
+
+
+def assert_contract(*run_dirs: Path) -> None:
+    """DESIGN.md's run-directory contract, checked by the shared validator."""
+    if not CHECK_RUNDIR.exists():
+        pytest.skip(f"{CHECK_RUNDIR} not present")
+    p = subprocess.run([sys.executable, str(CHECK_RUNDIR), *map(str, run_dirs)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """cli([...overrides]) -> CliResult, run in this test's temp folder."""
+    def _run(args, **kw):
+        return run_cli(args, tmp_path, **kw)
+    return _run
+
+
+def compose(overrides: List[str] = (), config_dir: Optional[str] = None):
+    """The composed config, as the CLI would build it (no run)."""
+    from hydra import compose as _compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from runner.config import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=config_dir or str(REPO / "conf")):
+        return _compose(config_name="config", overrides=list(overrides), return_hydra_config=False)
