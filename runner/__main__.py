@@ -84,7 +84,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return code
     finally:
         sys.argv = saved
-    return max(state["codes"], default=0)
+    # a sweep's own summary (runner/aggregate.py) knows the codes of jobs run in other
+    # processes (joblib launcher), whose return values never come back here
+    from runner.aggregate import pop_sweep_exit_codes
+
+    codes = [c for c in state["codes"] if isinstance(c, int)] + pop_sweep_exit_codes()
+    return max(codes, default=0)
 
 
 if __name__ == "__main__":

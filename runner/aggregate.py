@@ -183,6 +183,14 @@ class Job:
     checks: Dict[str, int]
     checks_failed: List[str]
     resumed: bool
+    config: Any = None  # the composed config (.hydra/config.yaml), for keys other jobs varied
+    choices: Dict[str, Any] = field(default_factory=dict)  # config group -> option
+
+    def value(self, key: str) -> Any:
+        """This job's value of `key`, also when another sweep varied it and this one did not."""
+        if key in self.overrides:
+            return self.overrides[key]
+        return self.choices[key] if key in self.choices else _select(self.config, key)
 
 
 def load_job(path: Path) -> Job:
@@ -242,7 +250,7 @@ def load_job(path: Path) -> Job:
     resumed = bool((summary or {}).get("resumed_from")) or bool(earlier)
     return Job(path=path, overrides=overrides, stage=stage, seed=seed, status=status, error=err,
                exit_code=code, figures=figures, checks=checks, checks_failed=checks_failed,
-               resumed=resumed)
+               resumed=resumed, config=cfg, choices=choices)
 
 
 def _last_log_error(path: Path) -> Optional[str]:
@@ -305,7 +313,7 @@ def build_table(jobs: Sequence[Job], out_dir: Path, metric: str = "val_acc",
         row: Dict[str, Any] = {
             "sweep": _rel(j.path.parent, out_dir) if multi_sweep else j.path.parent.name,
             "job": j.path.name, "stage": j.stage}
-        row.update({k: j.overrides.get(k) for k in keys})
+        row.update({k: j.value(k) for k in keys})
         row["seed"] = j.seed
         row.update({"status": j.status, "exit_code": j.exit_code, "error": j.error})
         row.update(j.figures if j.status in DONE else {k: None for k in FIGURES})
@@ -318,7 +326,8 @@ def build_table(jobs: Sequence[Job], out_dir: Path, metric: str = "val_acc",
     fixed = {k: rows[0].get(k) for k in group_keys if k not in varied} if rows else {}
     groups = seed_groups(rows, group_keys, varied, metric, mode)
     codes = [r["exit_code"] for r in rows if isinstance(r["exit_code"], int)]
-    failed = [r for r in rows if r["status"] not in DONE]
+    failed = [dict(r, path=_rel(j.path, Path.cwd())) for r, j in zip(rows, jobs)
+              if r["status"] not in DONE]
     return SweepTable(rows=rows, groups=groups, keys=keys, varied=varied, fixed=fixed,
                       metric=metric, mode=mode, exit_code=max(codes, default=0), failed=failed)
 
@@ -400,7 +409,8 @@ def metric_by_key(tab: SweepTable):
     from runner import plots  # noqa: F401  (selects the Agg backend)
     import matplotlib.pyplot as plt
 
-    keys = [k for k in tab.varied] or ["seed"]
+    done = [r for r in tab.rows if _finite(r.get(tab.metric))]
+    keys = [k for k in tab.varied if len({_key(r.get(k)) for r in done}) > 1] or ["seed"]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys) + 0.8, 3.6), squeeze=False)
     for ax, key in zip(axes[0], keys):
         pts = [(r.get(key), float(r[tab.metric])) for r in tab.rows if _finite(r.get(tab.metric))]
@@ -423,6 +433,11 @@ def metric_by_key(tab: SweepTable):
                  f"{'higher' if tab.mode == 'max' else 'lower'} is better)")
     fig.tight_layout()
     return fig
+
+
+def _show(v: Any) -> str:
+    """A config value as the user wrote it (0.0001, not fmt's 0.0001 -> '0.0001' rounding)."""
+    return "null" if v is None else str(v)
 
 
 def _pm(mean: Any, std: Any) -> str:
@@ -450,7 +465,7 @@ def render_report(tab: SweepTable, out_dir: Path, figs: Sequence[str], sources: 
         rows = [{"job": f'<a href="{esc(r["run_dir"])}/runner.log">{esc(r["run_dir"])}</a>',
                  "status": status_badge("fail" if r["status"] == "failed" else "skip") + " "
                  + esc(r["status"]),
-                 "overrides": esc(" ".join(f"{k}={r.get(k)}" for k in tab.varied + ["seed"])),
+                 "overrides": esc(" ".join(f"{k}={_show(r.get(k))}" for k in tab.varied + ["seed"])),
                  "error": esc(r["error"] or "")} for r in tab.failed]
         rep.add("Failed jobs", table(rows, ["job", "status", "overrides", "error"],
                                      raw=("job", "status", "overrides", "error")))
@@ -463,11 +478,13 @@ def render_report(tab: SweepTable, out_dir: Path, figs: Sequence[str], sources: 
     fig_cols = [tab.metric] + [f for f in GROUP_FIGURES if f != tab.metric]
     grows = []
     for g in tab.groups:
-        row = {k: g.get(k) for k in ["rank"] + tab.varied + ["n", "failed", "vs_best", "delta_vs_best"]}
+        row = {k: g.get(k) for k in ["rank", "n", "failed", "vs_best", "delta_vs_best"]}
+        row.update({k: _show(g.get(k)) for k in tab.varied})
         row.update({f: _pm(g[f"{f}_mean"], g[f"{f}_std"]) for f in fig_cols})
         row["seeds"] = g["seeds"]
         grows.append(row)
-    rep.add("Seed groups", note + table(grows, sortable=True))
+    gcols = ["rank"] + tab.varied + ["n", "failed", "vs_best", "delta_vs_best"] + fig_cols + ["seeds"]
+    rep.add("Seed groups", note + table(grows, gcols, sortable=True))
     if figs:
         rep.add(f"{tab.metric} per varied key", images(figs))
     run_cols = ["sweep", "job", "stage"] + tab.keys + ["seed", "status", "error"] + \
@@ -477,6 +494,8 @@ def render_report(tab: SweepTable, out_dir: Path, figs: Sequence[str], sources: 
     rrows = []
     for r in tab.rows:
         rr = {c: r.get(c) for c in run_cols}
+        rr.update({k: _show(r.get(k)) for k in tab.keys + ["seed"] if k in rr})
+        rr["error"] = r.get("error") or ""
         report_file = out_dir / r["run_dir"] / "report.html"
         link = f'{r["run_dir"]}/report.html' if report_file.exists() else f'{r["run_dir"]}'
         rr["job"] = f'<a href="{esc(link)}">{esc(r["job"])}</a>'
@@ -495,7 +514,7 @@ def console_table(tab: SweepTable, limit: int = 20) -> str:
     cols = ["rank"] + tab.varied + ["n", tab.metric, "vs_best"]
     body = []
     for g in tab.groups[:limit]:
-        body.append([str(g.get("rank") or "-")] + [str(g.get(k)) for k in tab.varied] +
+        body.append([str(g.get("rank") or "-")] + [_show(g.get(k)) for k in tab.varied] +
                     [str(g["n"]), _pm(g[f"{tab.metric}_mean"], g[f"{tab.metric}_std"]),
                      str(g["vs_best"])])
     widths = [max(len(c), *(len(b[i]) for b in body)) if body else len(c) for i, c in enumerate(cols)]
@@ -504,7 +523,7 @@ def console_table(tab: SweepTable, limit: int = 20) -> str:
     if len(tab.groups) > limit:
         lines.append(f"... {len(tab.groups) - limit} more groups in groups.csv")
     for r in tab.failed:
-        lines.append(f"{r['status'].upper()}: {r['run_dir']}: {r['error']}")
+        lines.append(f"{r['status'].upper()}: {r['path']}: {r['error']}")
     return "\n".join(lines)
 
 
@@ -585,4 +604,5 @@ def aggregate_main(argv: Sequence[str]) -> int:
     print(console_table(tab))
     print(f"{len(tab.rows)} jobs, {len(tab.groups)} seed groups -> {out / 'runs.csv'}, "
           f"{out / 'groups.csv'}, {out / 'report.html'}")
-    return tab.exit_code
+    # 1: some job failed (or failed a check); 2 stays for bad input to this command
+    return 1 if tab.exit_code or tab.failed else 0

@@ -20,14 +20,35 @@ def run(cfg: DictConfig) -> int:
     run_dir = Path(hc.runtime.output_dir)
     original_cwd = hc.runtime.cwd
     overrides = list(hc.overrides.task)
+    # in a sweep, a failing job records why (error.json) and returns its code instead of
+    # raising: the other jobs and the sweep summary (runner/aggregate.py) still happen
+    from hydra.types import RunMode
+
+    sweep = hc.mode == RunMode.MULTIRUN
     try:
         return _run(cfg, run_dir, original_cwd, overrides)
     except ConfigError as e:
         log.error("config error: %s", e)
+        if sweep:
+            _record_error(run_dir, e, e.exit_code, "config error: ")
         return e.exit_code
     except RunnerError as e:
         log.error("%s", e)
+        if sweep:
+            _record_error(run_dir, e, e.exit_code)
         return e.exit_code
+    except Exception as e:
+        if not sweep:
+            raise
+        log.exception("job failed: %s: %s", type(e).__name__, e)
+        _record_error(run_dir, e, 1)
+        return 1
+
+
+def _record_error(run_dir: Path, e: BaseException, code: int, prefix: str = "") -> None:
+    from runner.aggregate import write_job_error
+
+    write_job_error(run_dir, e, code, prefix)
 
 
 def _run(cfg, run_dir: Path, original_cwd: str, overrides) -> int:

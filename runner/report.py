@@ -23,6 +23,22 @@ font-size:.85rem} .sub{color:#57606a} .kpi{display:inline-block;margin-right:1.6
 """
 
 
+# click a header of a `table(..., sortable=True)` to sort by it (numbers numerically, n/a last);
+# inline so the page stays self-contained
+SORT_JS = """
+document.querySelectorAll('table.sortable').forEach(function(t){
+ t.querySelectorAll('th').forEach(function(th,i){th.style.cursor='pointer';th.title='sort';
+  th.addEventListener('click',function(){
+   var rows=Array.from(t.querySelectorAll('tr')).slice(1),asc=th.dataset.asc!=='1';
+   t.querySelectorAll('th').forEach(function(h){h.dataset.asc='';});th.dataset.asc=asc?'1':'0';
+   function key(r){var c=r.children[i],s=c?c.textContent.trim():'',n=parseFloat(s);
+    return isNaN(n)||!/^[-+.0-9]/.test(s)?[1,s.toLowerCase()]:[0,n];}
+   rows.sort(function(a,b){var x=key(a),y=key(b);if(x[0]!==y[0])return x[0]-y[0];
+    return (x[1]<y[1]?-1:x[1]>y[1]?1:0)*(asc?1:-1);});
+   rows.forEach(function(r){r.parentNode.appendChild(r);});});});});
+"""
+
+
 @dataclass
 class Section:
     title: str
@@ -44,6 +60,8 @@ class Report:
         kpis = "".join(f'<span class="kpi"><b>{esc(fmt(v))}</b>{esc(k)}</span>' for k, v in self.kpis.items())
         toc = " · ".join(f'<a href="#{s.anchor or slug(s.title)}">{esc(s.title)}</a>' for s in self.sections)
         body = "".join(f'<h2 id="{s.anchor or slug(s.title)}">{esc(s.title)}</h2>{s.body}' for s in self.sections)
+        if 'class="sortable"' in body:
+            body += f"<script>{SORT_JS}</script>"
         return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
                 f'<title>{esc(self.title)}</title><style>{CSS}</style></head><body>'
                 f'<h1>{esc(self.title)}</h1><p class="sub">{esc(self.subtitle)}</p>'
@@ -66,8 +84,9 @@ def fmt(v: Any) -> str:
     return "n/a" if v is None else str(v)
 
 
-def table(rows: Sequence[Dict[str, Any]], columns: Optional[Sequence[str]] = None, raw: Sequence[str] = ()) -> str:
-    """An HTML table; columns named in `raw` hold trusted HTML."""
+def table(rows: Sequence[Dict[str, Any]], columns: Optional[Sequence[str]] = None, raw: Sequence[str] = (),
+          sortable: bool = False) -> str:
+    """An HTML table; columns named in `raw` hold trusted HTML; `sortable`: click a header to sort."""
     if not rows:
         return "<p class='sub'>(none)</p>"
     cols = list(columns or rows[0].keys())
@@ -75,7 +94,8 @@ def table(rows: Sequence[Dict[str, Any]], columns: Optional[Sequence[str]] = Non
     body = "".join(
         "<tr>" + "".join(f"<td>{r.get(c, '') if c in raw else esc(fmt(r.get(c, '')))}</td>" for c in cols) + "</tr>"
         for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    cls = ' class="sortable"' if sortable else ""
+    return f"<table{cls}><tr>{head}</tr>{body}</table>"
 
 
 def kv_table(d: Dict[str, Any]) -> str:
