@@ -32,20 +32,24 @@ def image_grid(images: torch.Tensor, titles: Sequence[str], title: str, ncol: in
     ncol = max(1, min(ncol, n))
     nrow = max(1, math.ceil(n / ncol))
     pad = max(1, h // 16)
-    canvas = torch.ones(3, nrow * (h + pad) + pad, ncol * (w + pad) + pad)
+    cell = 1.25  # inches per tile
+    # room under each tile for its caption lines (about 10 pt per line at this scale)
+    lines = max((str(t).count("\n") + 1 for t in titles), default=1)
+    cap = math.ceil(lines * 10 * (w + pad) / (cell * 72)) + pad
+    canvas = torch.ones(3, nrow * (h + cap) + pad, ncol * (w + pad) + pad)
     for i in range(n):
         r, k = divmod(i, ncol)
         img = images[i]
         img = img.expand(3, h, w) if c == 1 else img[:3]
-        y0, x0 = pad + r * (h + pad), pad + k * (w + pad)
+        y0, x0 = pad + r * (h + cap), pad + k * (w + pad)
         canvas[:, y0:y0 + h, x0:x0 + w] = img
-    cell = 1.25 if h >= 24 else 1.0
-    fig, ax = plt.subplots(figsize=(ncol * cell + 0.4, nrow * (cell + 0.3) + 0.6))
+    width = ncol * cell
+    fig, ax = plt.subplots(figsize=(width, width * canvas.shape[1] / canvas.shape[2] + 0.5))
     ax.imshow(canvas.permute(1, 2, 0).numpy(), interpolation="nearest")
     for i, t in enumerate(titles[:n]):
         r, k = divmod(i, ncol)
-        ax.text(pad + k * (w + pad) + w / 2, pad + r * (h + pad) + h + pad * 0.4, t,
-                ha="center", va="top", fontsize=7,
+        ax.text(pad + k * (w + pad) + w / 2, pad + r * (h + cap) + h + pad / 2, t,
+                ha="center", va="top", fontsize=7, linespacing=1.1,
                 color=(title_colors[i] if title_colors else "black"))
     ax.set_axis_off()
     ax.set_title(title, fontsize=10)

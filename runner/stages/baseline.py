@@ -187,7 +187,8 @@ def _input_independent(cfg, ctx, data, device, res, majority) -> Tuple[Verdict, 
         return v, math.nan
     zcfg = copy.deepcopy(cfg)
     if s.get("epochs"):
-        zcfg.trainer.epochs = int(s.epochs)
+        zcfg.trainer.epochs = min(int(s.epochs), cfg.trainer.epochs)
+    log.info("input_independent: %d epoch(s) on zeroed inputs", zcfg.trainer.epochs)
     set_seed(cfg.seed)
     zmodel = build_model(cfg.model, data.num_classes, data.in_chans, ctx.original_cwd).to(device)
     if cfg.checks.init_bias.get("enabled", True):
