@@ -195,6 +195,46 @@ class StageConfig:
 
 
 @dataclass
+class TensorboardLoggerConfig:
+    """torch.utils.tensorboard SummaryWriter (runner/loggers.py); `tensorboard --logdir outputs`."""
+
+    enabled: bool = False
+    # null = <run dir>/tensorboard, so every run's events sit beside its report
+    log_dir: Optional[str] = None
+    # histograms of the first layer's weights every epoch: dead or exploding filters show here
+    histograms: bool = True
+    # images in the input grid logged once at the start (0 = none): what the net is fed
+    images: int = 32
+
+
+@dataclass
+class MlflowLoggerConfig:
+    """MLflow tracking (runner/loggers.py): config as params, epoch figures as metrics."""
+
+    enabled: bool = False
+    # null = a local SQLite store, sqlite:///<cwd>/mlruns/mlflow.db (MLflow 3 retired plain
+    # file stores); any URI MLflow accepts works (http://..., databricks, sqlite:///...)
+    tracking_uri: Optional[str] = None
+    # null = the experiment's `name`
+    experiment_name: Optional[str] = None
+    # null = "<stage>/<run dir name>"
+    run_name: Optional[str] = None
+    # extra tags on the MLflow run
+    tags: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class LoggerConfig:
+    """Where epoch figures go besides metrics.csv (always written). `logger=[tensorboard,mlflow]`
+    combines them; each conf/logger/<name>.yaml only switches its own on."""
+
+    tensorboard: TensorboardLoggerConfig = field(default_factory=TensorboardLoggerConfig)
+    mlflow: MlflowLoggerConfig = field(default_factory=MlflowLoggerConfig)
+    # logger=csv: metrics.csv is the run directory contract and is always written
+    csv: Dict[str, Any] = field(default_factory=lambda: {"enabled": True})
+
+
+@dataclass
 class RunnerConfig:
     stage: StageConfig = field(default_factory=StageConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -204,6 +244,7 @@ class RunnerConfig:
     aug: AugConfig = field(default_factory=AugConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checks: ChecksConfig = field(default_factory=ChecksConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
     # false, true (latest interrupted run under outputs/), or a run directory / checkpoint path
     resume: Any = False
