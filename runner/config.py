@@ -235,6 +235,58 @@ class LoggerConfig:
 
 
 @dataclass
+class InspectConfig:
+    """stage=inspect (recipe stage 1, runner/stages/inspect.py): thresholds of the data checks
+    (runner/checks/data.py) and how much of the evidence the report shows."""
+
+    # pixel statistics are measured on a copy whose longer side is at most this many pixels
+    # (sharpness depends on scale, so every image is judged at one scale)
+    analysis_size: int = 128
+    # near-duplicates: dHashes (64 bits) within this many bits are candidates ...
+    near_hash_distance: int = 4
+    # ... confirmed when their 16x16 grey thumbnails differ by at most this mean |a-b| (0..255):
+    # a re-save or light noise moves it by ~1; two of the digits' "1"s by different writers ~4
+    near_thumb_distance: float = 3.0
+    # class_balance warns when the largest train class has this many times the smallest's
+    # images: beyond ~10:1 accuracy mostly measures the majority class
+    imbalance_ratio: float = 10.0
+    # class_balance warns when val's class mix differs from train's by this total variation
+    split_shift_tv: float = 0.2
+    # outliers: robust z-score (median/MAD) of brightness, contrast, log area or log aspect
+    # beyond this; 5 MADs is rare in real data, so what stands out is worth a look
+    outlier_z: float = 5.0
+    # outliers: a mode (RGB, L, RGBA, P, ...) held by fewer than this fraction of images
+    rare_mode_fraction: float = 0.01
+    # dark: 99th-percentile brightness below this (0..255): hardly a pixel above 12% grey
+    dark_max: float = 32.0
+    # bright: 1st-percentile brightness above this: hardly a pixel below 87% grey
+    bright_min: float = 223.0
+    # blurry: std(Laplacian) / std(image) below this (at analysis_size): sharp photos ~0.2-1.5,
+    # 8x8 digits upsampled to 32 px ~0.15, a photo under a Gaussian blur of 2-4 px ~0-0.1
+    blurry_max: float = 0.05
+    # low information: grey-level entropy below this many bits (a near two-tone image) ...
+    entropy_min: float = 1.0
+    # ... or brightness std below this (0..255): a near-constant image
+    low_contrast_max: float = 2.0
+    # odd size: side (sqrt of area) this many times smaller or larger than the median image's
+    odd_size_factor: float = 3.0
+    # odd aspect: width/height this many times off the median aspect ratio
+    odd_aspect_factor: float = 2.0
+    # grayscale: mean |R-G|+|G-B| below this counts as grey (flagged only among colour images)
+    grayscale_tolerance: float = 1.0
+    # images listed per check in checks.json and the report (all are in images.csv)
+    max_listed: int = 50
+    # report: sample images per class and split, and how many classes the grids show
+    samples_per_class: int = 8
+    max_classes_shown: int = 20
+    # report: images per "sorted by" strip and per flag, groups of duplicates shown
+    strip_length: int = 10
+    max_groups_shown: int = 12
+    # report thumbnails are drawn this many pixels on their longer side
+    thumb_size: int = 64
+
+
+@dataclass
 class RunnerConfig:
     stage: StageConfig = field(default_factory=StageConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -244,6 +296,7 @@ class RunnerConfig:
     aug: AugConfig = field(default_factory=AugConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checks: ChecksConfig = field(default_factory=ChecksConfig)
+    inspect: InspectConfig = field(default_factory=InspectConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
     # false, true (latest interrupted run under outputs/), or a run directory / checkpoint path

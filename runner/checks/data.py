@@ -63,7 +63,7 @@ def _luma(a: np.ndarray) -> np.ndarray:
 
 
 def _resize_grey(g: np.ndarray, w: int, h: int) -> np.ndarray:
-    """Area-average (box) resize of a float grey image; pure numpy, exact for integer factors."""
+    """Area-average (box) resize of a float grey image."""
     from PIL import Image
 
     return np.asarray(Image.fromarray(g.astype(np.float32), mode="F").resize((w, h), Image.BOX))
@@ -81,7 +81,9 @@ def image_stats(img, analysis_size: int = 128) -> Tuple[Dict[str, Any], np.ndarr
 
     Size and mode come from the full image; the pixel statistics from a copy shrunk so its
     longer side is at most `analysis_size` (sharpness depends on scale, so it is measured at
-    one scale for every image). brightness/contrast/p01/p99 are on the 0..255 luma scale.
+    one scale for every image). brightness/contrast/p01/p99 are on the 0..255 luma scale;
+    sharpness is ~std(Laplacian) / std(image), low for blurry images whatever their contrast;
+    colourfulness is the mean |R-G| + |G-B| (0 for grey images).
     """
     from PIL import Image
 
@@ -95,23 +97,31 @@ def image_stats(img, analysis_size: int = 128) -> Tuple[Dict[str, Any], np.ndarr
         if a.ndim == 2:
             a = a[..., None]
     g = _luma(a)
-    lap = (-4.0 * g[1:-1, 1:-1] + g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:]) \
-        if min(g.shape) >= 3 else np.zeros(1, np.float32)
-    hist = np.bincount(np.clip(g, 0, 255).astype(np.uint8).ravel(), minlength=256)
+    std = float(g.std())
+    if min(g.shape) >= 3:
+        lap = -4.0 * g[1:-1, 1:-1] + g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:]
+        # edge strength relative to contrast (the Laplacian scales with contrast, blur does
+        # not), less the Laplacian of 8-bit rounding noise (variance 20/12), which would
+        # otherwise make a smooth low-contrast image look sharp
+        sharp = math.sqrt(max(float(lap.var()) - 20.0 / 12.0, 0.0)) / std if std > 1e-6 else 0.0
+    else:
+        sharp = float("nan")
+    hist = np.bincount(np.clip(g + 0.5, 0, 255).astype(np.uint8).ravel(), minlength=256)
+    cdf = np.cumsum(hist) / hist.sum()
     p = hist[hist > 0] / hist.sum()
     if a.shape[-1] == 3:
-        af = a.astype(np.float32)
+        af = a.astype(np.int16)
         colour = float(np.mean(np.abs(af[..., 0] - af[..., 1]) + np.abs(af[..., 1] - af[..., 2])))
     else:
         colour = 0.0
-    p01, p99 = np.percentile(g, [1, 99])
+    p01, p99 = float(np.searchsorted(cdf, 0.01)), float(np.searchsorted(cdf, 0.99))
     row = {
         "width": int(w), "height": int(h), "mode": mode,
         "channels": int(a.shape[-1]),
-        "brightness": float(g.mean()), "contrast": float(g.std()),
-        "p01": float(p01), "p99": float(p99),
-        "sharpness": float(lap.var()),
-        "entropy": float(-(p * np.log2(p)).sum()),
+        "brightness": float(g.mean()), "contrast": std,
+        "p01": p01, "p99": p99,
+        "sharpness": sharp,
+        "entropy": float(abs((p * np.log2(p)).sum())),
         "colourfulness": colour,
         "dhash": dhash(g),
         "pixel_hash": pixel_hash,
@@ -474,39 +484,51 @@ def outlier_scores(table: ImageTable) -> Dict[str, np.ndarray]:
     return {k: robust_z(v) for k, v in feats.items()}
 
 
-def outliers(table: ImageTable, z_max: float = 5.0, rare_mode_fraction: float = 0.01,
-             max_listed: int = 50) -> Verdict:
-    """data.outliers: images far from the rest on brightness, contrast, size or aspect ratio
-    (robust z-score beyond `z_max`), or in a mode (RGB/L/RGBA/...) fewer than
-    `rare_mode_fraction` of the images have. warn: look at them, they often reveal a bug."""
+def find_outliers(table: ImageTable, z_max: float = 5.0,
+                  rare_mode_fraction: float = 0.01) -> List[Tuple[int, List[str]]]:
+    """Images far from the rest on brightness, contrast, size or aspect ratio (robust z-score
+    beyond `z_max`), or in a mode (RGB/L/RGBA/...) fewer than `rare_mode_fraction` of the
+    images have: [(index, reasons)], most extreme first."""
     ok = table.ok
     z = outlier_scores(table)
     zs = np.stack([z[k] for k in OUTLIER_FEATURES], 1)
-    modes: Dict[str, int] = {}
-    for i in np.flatnonzero(ok):
-        modes[table.mode[i]] = modes.get(table.mode[i], 0) + 1
+    modes = mode_counts(table)
     n_ok = int(ok.sum())
     rare = {m for m, c in modes.items() if c < rare_mode_fraction * n_ok}
-    flagged = []
+    found = []
     for i in np.flatnonzero(ok):
         why = [f"{k} z={zs[i, f]:+.1f}" for f, k in enumerate(OUTLIER_FEATURES) if abs(zs[i, f]) > z_max]
         if table.mode[i] in rare:
             why.append(f"mode {table.mode[i]} ({modes[table.mode[i]]} of {n_ok} images)")
         if why:
-            flagged.append((float(np.max(np.abs(zs[i]))) + (1e6 if table.mode[i] in rare else 0), int(i), why))
-    flagged.sort(key=lambda t: -t[0])
+            found.append((float(np.max(np.abs(zs[i]))) + (1e6 if table.mode[i] in rare else 0), int(i), why))
+    found.sort(key=lambda t: -t[0])
+    return [(i, why) for _, i, why in found]
+
+
+def mode_counts(table: ImageTable) -> Dict[str, int]:
+    modes: Dict[str, int] = {}
+    for i in np.flatnonzero(table.ok):
+        modes[table.mode[i]] = modes.get(table.mode[i], 0) + 1
+    return dict(sorted(modes.items(), key=lambda kv: -kv[1]))
+
+
+def outliers(table: ImageTable, found: List[Tuple[int, List[str]]], z_max: float = 5.0,
+             rare_mode_fraction: float = 0.01, max_listed: int = 50) -> Verdict:
+    """data.outliers: warn when `find_outliers` found any (look at them: outliers almost
+    always reveal a data-quality or preprocessing bug)."""
+    n_ok = int(table.ok.sum())
     expected = f"|robust z| <= {z_max:g} on {', '.join(OUTLIER_FEATURES)}; no mode under {rare_mode_fraction:.0%}"
-    details = {"modes": modes,
-               "images": [dict(table.describe(i), why=w) for _, i, w in flagged[:max_listed]],
-               "indices": [i for _, i, _ in flagged], "count": len(flagged)}
-    if not flagged:
+    details = {"modes": mode_counts(table), "count": len(found),
+               "images": [dict(table.describe(i), why=w) for i, w in found[:max_listed]]}
+    if not found:
         return Verdict("data.outliers", "pass", value=0, expected=expected,
                        message=f"no image of {n_ok} stands out on {', '.join(OUTLIER_FEATURES)} or mode",
                        details=details)
-    ex = flagged[0]
-    return Verdict("data.outliers", "warn", value=len(flagged), expected=expected,
-                   message=f"{len(flagged)} of {n_ok} images stand out{_more(len(flagged), max_listed)}, "
-                           f"e.g. {table.name[ex[1]]}: {', '.join(ex[2])}",
+    i, why = found[0]
+    return Verdict("data.outliers", "warn", value=len(found), expected=expected,
+                   message=f"{len(found)} of {n_ok} images stand out{_more(len(found), max_listed)}, "
+                           f"e.g. {table.name[i]}: {', '.join(why)}",
                    details=details)
 
 
@@ -542,7 +564,7 @@ def property_flags(table: ImageTable, dark_max: float = 32.0, bright_min: float 
             "data.odd_aspect": (ok & (aspect_off > math.log(odd_aspect_factor)), -aspect_off,
                                 f"aspect ratio {odd_aspect_factor:g}x off the median "
                                 f"({math.exp(med_aspect):.2f})" if np.isfinite(med_aspect) else "odd aspect"),
-            "data.grayscale": (grey if colour_majority else np.zeros_like(ok), n["colourfulness"],
+            "data.grayscale": (grey & ~low_info if colour_majority else np.zeros_like(ok), n["colourfulness"],
                                f"grey (1 channel, or mean |R-G|+|G-B| < {grayscale_tolerance:g}) "
                                "while most images are in colour"),
         }
@@ -555,8 +577,7 @@ def property_verdict(name: str, table: ImageTable, mask: np.ndarray, score: np.n
     idx = idx[np.argsort(score[idx], kind="stable")]
     n_ok = int(table.ok.sum())
     what = name.split(".", 1)[1].replace("_", " ")
-    details = {"rule": rule, "count": int(len(idx)), "images": _listed(table, idx, max_listed),
-               "indices": [int(i) for i in idx]}
+    details = {"rule": rule, "count": int(len(idx)), "images": _listed(table, idx, max_listed)}
     if not len(idx):
         return Verdict(name, "pass", value=0, expected=f"no image {what}: {rule}",
                        message=f"no image of {n_ok} is {what}", details=details)

@@ -6,6 +6,7 @@ tests keep it in sync with conf/stage/*.yaml.
 STAGES = {
     "train": "runner.stages.train",
     "baseline": "runner.stages.baseline",
+    "inspect": "runner.stages.inspect",
 }
 
 

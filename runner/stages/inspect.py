@@ -1,0 +1,635 @@
+"""stage=inspect: recipe stage 1 - become one with the data. No network at all.
+
+Stream every image of both splits once (bounded memory: a row of numbers and a 16x16 grey
+thumbnail per image), run the data checks (runner/checks/data.py) on that table, and write
+what a person needs to look at: per-class sample grids, distributions, class counts,
+duplicate/leakage groups, corrupt files, outliers and "sorted by" strips, plus the same
+evidence as images.csv and inspect.json for programs.
+
+Folders are scanned here (not through build_data) so that an empty class or an undecodable
+file is reported instead of stopping the run; every other data kind comes from build_data.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from runner.checks import Verdict, skip
+from runner.checks import data as dc
+from runner.errors import ConfigError
+from runner.stages.common import Context, finish, timed
+
+log = logging.getLogger("runner")
+
+
+# ----------------------------------------------------------------------------- sources
+class _FileItems:
+    """Image files read from disk: content hash of the bytes, full decode (catches truncation)."""
+
+    def __init__(self, paths: Sequence[str], analysis_size: int):
+        self.paths, self.analysis_size = list(paths), analysis_size
+
+    def open(self, i: int):
+        """(PIL image, content hash, file bytes, full (width, height)); raises on a bad file."""
+        from PIL import Image
+
+        with open(self.paths[i], "rb") as f:
+            raw = f.read()
+        im = Image.open(io.BytesIO(raw))
+        size = im.size
+        if im.format == "JPEG" and max(size) > 2 * self.analysis_size:
+            # decode at a reduced scale (DCT scaling): the statistics use a small copy anyway
+            im.draft(im.mode, (2 * self.analysis_size, 2 * self.analysis_size))
+        im.load()
+        return im, hashlib.sha1(raw).hexdigest()[:16], len(raw), size
+
+
+class _SplitItems:
+    """Images of a DataBundle's two splits (in-memory tensors or a map-style dataset)."""
+
+    def __init__(self, train, val):
+        self.splits = (train, val)
+        self.n_train = len(train)
+
+    def open(self, i: int):
+        split = self.splits[0] if i < self.n_train else self.splits[1]
+        j = i if i < self.n_train else i - self.n_train
+        if hasattr(split, "x"):  # TensorSplit
+            return split.x[j], "", -1, None
+        return split.dataset[j][0], "", -1, None
+
+
+class _StatsDataset:
+    """Map-style dataset for a DataLoader: item i -> (i, stats row or None, thumb, error, hash)."""
+
+    def __init__(self, items, analysis_size: int):
+        self.items, self.analysis_size = items, analysis_size
+
+    def __len__(self):
+        return len(self.items.paths) if hasattr(self.items, "paths") else \
+            sum(len(s) for s in self.items.splits)
+
+    def __getitem__(self, i: int):
+        try:
+            img, content_hash, nbytes, size = self.items.open(i)
+        except Exception as e:  # noqa: BLE001 - every way a file can fail to decode is a finding
+            return i, None, None, f"{type(e).__name__}: {e}", ""
+        row, thumb = dc.image_stats(img, self.analysis_size)
+        if size is not None:  # a JPEG decoded at reduced scale keeps its real size
+            row["width"], row["height"] = int(size[0]), int(size[1])
+        row["file_bytes"] = nbytes if nbytes >= 0 else float("nan")
+        return i, row, thumb, "", content_hash
+
+
+def _as_list(batch):
+    return batch
+
+
+@dataclass
+class Source:
+    """What will be inspected: every image's split, label and name, and how to open it."""
+
+    kind: str
+    class_names: List[str]
+    split: np.ndarray
+    label: np.ndarray
+    names: List[str]
+    items: Any
+    fingerprint: str
+    notes: List[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def image(self, i: int):
+        """Image i as an HxWxC uint8 array for display (None when unreadable)."""
+        try:
+            img = self.items.open(i)[0]
+            return dc.to_array(img)[0]
+        except Exception:  # noqa: BLE001
+            return None
+
+
+def scan_imagefolder(root: Path, val_fraction: float, split_seed: int, analysis_size: int) -> Source:
+    """The files training would read (timm's folder walk and extensions, data.py's split),
+    plus class folders without images, which training would refuse and inspect reports."""
+    from timm.data.readers.img_extensions import get_img_extensions
+    from timm.data.readers.reader_image_folder import find_images_and_targets
+    from timm.utils.misc import natural_key
+
+    from runner.data import _fingerprint, _random_split, list_class_folders
+
+    two = (root / "train").is_dir() and (root / "val").is_dir()
+    tops = [root / "train", root / "val"] if two else [root]
+    exts = get_img_extensions(as_set=True)
+    per_top = []
+    names = set()
+    notes = []
+    for top in tops:
+        samples, class_to_idx = find_images_and_targets(str(top))
+        idx_to_class = {v: k for k, v in class_to_idx.items()}
+        per_top.append([(p, idx_to_class[t]) for p, t in samples])
+        names |= set(class_to_idx) | {c.name for c in list_class_folders(top)}
+        ignored = sum(1 for dp, _, fs in os.walk(top) for f in fs
+                      if os.path.splitext(f)[1].lower() not in exts)
+        if ignored:
+            notes.append(f"{top}: {ignored} file(s) ignored: not {', '.join(sorted(exts))} "
+                         "(training does not read them either)")
+    class_names = sorted(names, key=natural_key)
+    cidx = {c: k for k, c in enumerate(class_names)}
+    if not class_names:
+        raise ConfigError(f"data.root: {root} has no class folders; expected one folder per class "
+                          "(or train/ and val/ folders of class folders)")
+    if two:
+        paths = [p for p, _ in per_top[0]] + [p for p, _ in per_top[1]]
+        labels = [cidx[c] for _, c in per_top[0]] + [cidx[c] for _, c in per_top[1]]
+        split = np.r_[np.zeros(len(per_top[0]), np.int8), np.ones(len(per_top[1]), np.int8)]
+    else:
+        paths = [p for p, _ in per_top[0]]
+        labels = [cidx[c] for _, c in per_top[0]]
+        split = np.zeros(len(paths), np.int8)
+        if paths:
+            # the split training will use (same order as timm's ImageDataset, same seed)
+            _, va = _random_split(len(paths), val_fraction, split_seed, np.array(labels))
+            split[va] = 1
+    fp = _fingerprint(*[f"{Path(p).relative_to(root)}:{os.path.getsize(p)}" for p in paths])
+    return Source("imagefolder", class_names, split, np.array(labels, np.int32),
+                  [str(p) for p in paths], _FileItems(paths, analysis_size), fp, notes)
+
+
+def bundle_source(cfg, ctx: Context) -> Source:
+    """Every other data kind: the splits build_data makes (the images training sees)."""
+    from runner.stages.common import build_data_for
+
+    data = build_data_for(cfg, ctx)
+    tr, va = data.train, data.val
+    labels = np.r_[tr.labels.numpy(), va.labels.numpy()].astype(np.int32)
+    split = np.r_[np.zeros(len(tr), np.int8), np.ones(len(va), np.int8)]
+    names = [f"train/{tr.name(i)}" for i in range(len(tr))] + [f"val/{va.name(i)}" for i in range(len(va))]
+    notes = list(data.notes)
+    if hasattr(tr, "x"):
+        notes.append(f"in-memory images at the net's input size ({data.image_size} px): "
+                     "sizes and modes are the preprocessed ones")
+    return Source(data.kind, list(data.class_names), split, labels, names, _SplitItems(tr, va),
+                  data.fingerprint, notes)
+
+
+def stream_table(source: Source, analysis_size: int, num_workers: int,
+                 progress: bool = True) -> Tuple[dc.ImageTable, float]:
+    """Every image through `image_stats`, in workers, in order; returns (table, images/s)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    n = len(source)
+    table = dc.ImageTable.empty(n, source.class_names)
+    ds = _StatsDataset(source.items, analysis_size)
+    loader = DataLoader(ds, batch_size=32, num_workers=num_workers, collate_fn=_as_list,
+                        shuffle=False, persistent_workers=False)
+    t0 = time.perf_counter()
+    next_log = t0 + 10.0
+    done = 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # per-image numpy work; workers give the parallelism
+    try:
+        for batch in loader:
+            for i, row, thumb, error, content_hash in batch:
+                table.set_row(i, int(source.split[i]), int(source.label[i]), source.names[i], row,
+                              thumb, error, content_hash)
+            done += len(batch)
+            if progress and time.perf_counter() > next_log:
+                rate = done / (time.perf_counter() - t0)
+                log.info("inspect: %d / %d images (%.0f images/s)", done, n, rate)
+                next_log = time.perf_counter() + 10.0
+    finally:
+        torch.set_num_threads(threads)
+    secs = time.perf_counter() - t0
+    return table, (n / secs if secs > 0 else float("nan"))
+
+
+# ----------------------------------------------------------------------------- figures
+def _thumb(a: Optional[np.ndarray], size: int) -> np.ndarray:
+    """HxWxC uint8 -> RGB tile no larger than size x size (aspect kept); grey X when missing."""
+    from PIL import Image
+
+    if a is None:
+        t = np.full((size, size, 3), 200, np.uint8)
+        d = np.arange(size)
+        t[d, d] = t[d, size - 1 - d] = 120
+        return t
+    im = Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)
+    if max(im.size) > size:
+        im.thumbnail((size, size), Image.BILINEAR)
+    elif max(im.size) < size:  # small images (digits) are upscaled with visible pixels
+        k = max(1, size // max(im.size))
+        im = im.resize((im.size[0] * k, im.size[1] * k), Image.NEAREST)
+    t = np.asarray(im.convert("RGB"))
+    return t
+
+
+def thumb_rows(rows: Sequence[Tuple[str, Sequence[Tuple[Optional[np.ndarray], str]]]], title: str,
+               size: int = 64):
+    """One mosaic: a row per (row title, [(image, caption), ...]); a caption under each tile.
+
+    Drawn as one imshow at one canvas pixel per screen pixel (fast for hundreds of tiles)."""
+    import runner.plots  # noqa: F401  (Agg backend)
+    import matplotlib.pyplot as plt
+
+    cell_w, cell_h, cap_h, label_w, pad = size + 40, size, 26, 140, 6
+    ncol = max(1, max((len(r[1]) for r in rows), default=1))
+    W = label_w + ncol * cell_w + pad
+    H = len(rows) * (cell_h + cap_h + pad) + pad + 30
+    canvas = np.full((H, W, 3), 255, np.uint8)
+    texts = []
+    for r, (row_title, tiles) in enumerate(rows):
+        y0 = 30 + pad + r * (cell_h + cap_h + pad)
+        texts.append((pad, y0 + cell_h / 2, row_title, 8, "left"))
+        for c, (img, cap) in enumerate(tiles):
+            t = _thumb(img, size)
+            x0 = label_w + c * cell_w + (cell_w - t.shape[1]) // 2
+            yy = y0 + (cell_h - t.shape[0]) // 2
+            canvas[yy:yy + t.shape[0], x0:x0 + t.shape[1]] = t
+            canvas[yy - 1:yy + t.shape[0] + 1, [x0 - 1, x0 + t.shape[1]]] = 160
+            canvas[[yy - 1, yy + t.shape[0]], x0 - 1:x0 + t.shape[1] + 1] = 160
+            for k, line in enumerate(_wrap(cap, 18, 2)):
+                texts.append((label_w + c * cell_w + cell_w / 2, y0 + cell_h + 9 + 10 * k, line, 6.5, "center"))
+    fig = plt.figure(figsize=(W / 100, H / 100), dpi=100)
+    ax = fig.add_axes([0, 0, 1, 1])
+    ax.imshow(canvas, interpolation="nearest")
+    ax.set_axis_off()
+    ax.text(pad, 16, title, fontsize=10, weight="bold", va="center")
+    for x, y, s, fs, ha in texts:
+        ax.text(x, y, s, fontsize=fs, ha=ha, va="center")
+    return fig
+
+
+def _wrap(s: str, width: int, lines: int) -> List[str]:
+    out = [s[k:k + width] for k in range(0, len(s), width)][:lines]
+    if len(s) > width * lines:
+        out[-1] = "…" + s[-(width - 1):]
+    return out
+
+
+def _short(name: str) -> str:
+    p = Path(name)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
+
+
+def fig_class_counts(table: dc.ImageTable):
+    import runner.plots  # noqa: F401
+    import matplotlib.pyplot as plt
+
+    k = len(table.class_names)
+    counts = {s: np.bincount(table.label[(table.split == si) & (table.label >= 0)], minlength=k)[:k]
+              for si, s in enumerate(dc.SPLITS)}
+    if k <= 60:
+        fig, ax = plt.subplots(figsize=(8, max(2.5, 0.28 * k + 1)))
+        y = np.arange(k)
+        ax.barh(y - 0.2, counts["train"], height=0.4, label="train")
+        ax.barh(y + 0.2, counts["val"], height=0.4, label="val")
+        ax.set_yticks(y, [c[:24] for c in table.class_names], fontsize=8)
+        ax.invert_yaxis()
+        ax.set(title="Images per class and split", xlabel="images")
+        ax.legend()
+    else:
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        for s in dc.SPLITS:
+            ax.hist(counts[s], bins=40, histtype="step", label=s)
+        ax.set(title=f"Images per class ({k} classes)", xlabel="images in the class", ylabel="classes")
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def fig_distributions(table: dc.ImageTable, max_classes: int):
+    """Size, aspect ratio, and brightness/contrast per class (box plots), readable images only."""
+    import runner.plots  # noqa: F401
+    import matplotlib.pyplot as plt
+
+    ok = table.ok
+    n = table.num
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    ax = axes[0, 0]
+    ax.scatter(n["width"][ok], n["height"][ok], s=6, alpha=0.4, rasterized=True)
+    ax.set(title="Image size (each dot an image)", xlabel="width (px)", ylabel="height (px)")
+    ax = axes[0, 1]
+    asp = (n["width"] / n["height"])[ok]
+    ax.hist(asp, bins=40)
+    ax.set(title="Aspect ratio", xlabel="width / height", ylabel="images")
+    classes = [c for c in range(len(table.class_names)) if (ok & (table.label == c)).any()][:max_classes]
+    for ax, key, unit in ((axes[1, 0], "brightness", "mean brightness (0-255)"),
+                          (axes[1, 1], "contrast", "brightness std (0-255)")):
+        data = [n[key][ok & (table.label == c)] for c in classes]
+        if data:
+            ax.boxplot(data, vert=False, showfliers=True, flierprops={"markersize": 2})
+            ax.set_yticks(range(1, len(classes) + 1), [table.class_names[c][:20] for c in classes], fontsize=7)
+            ax.invert_yaxis()
+        ax.set(title=f"{key.capitalize()} per class", xlabel=unit)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- the stage
+@dataclass
+class Findings:
+    """Everything the checks found: verdicts plus the groups/pairs/lists the report draws."""
+
+    verdicts: List[Verdict]
+    groups: List[Dict[str, Any]]
+    leaks: List[Dict[str, Any]]
+    outliers: List[Tuple[int, List[str]]]
+    flags: Dict[str, Tuple[np.ndarray, np.ndarray, str]]
+
+
+def run_checks(table: dc.ImageTable, ic, enabled: Callable[[str], bool] = lambda name: True) -> Findings:
+    """Every data check on the table, with the thresholds of the `inspect` config node."""
+    verdicts: List[Verdict] = []
+
+    def check(name, fn, *args):
+        if not enabled(name):
+            verdicts.append(skip(name, f"checks.{name.replace('.', '_')}.enabled=false"))
+            return
+        log.info("check: %s", name)
+        verdicts.append(timed(fn, *args))
+
+    L = ic.max_listed
+    check("data.corrupt", dc.corrupt, table, L)
+    check("data.class_balance", dc.class_balance, table, ic.imbalance_ratio, ic.split_shift_tv)
+    t0 = time.perf_counter()
+    pairs = dc.near_pairs(table, ic.near_hash_distance, ic.near_thumb_distance)
+    groups, leaks = dc.duplicate_groups(table, pairs)
+    log.info("inspect: %d near pair(s), %d duplicate group(s), %d leak(s) in %.1f s", len(pairs),
+             len(groups), len(leaks), time.perf_counter() - t0)
+    check("data.duplicates", dc.duplicates, table, groups, L)
+    check("data.leakage", dc.leakage, table, leaks, L)
+    found = dc.find_outliers(table, ic.outlier_z, ic.rare_mode_fraction)
+    check("data.outliers", dc.outliers, table, found, ic.outlier_z, ic.rare_mode_fraction, L)
+    flags = dc.property_flags(table, ic.dark_max, ic.bright_min, ic.blurry_max, ic.entropy_min,
+                              ic.low_contrast_max, ic.odd_size_factor, ic.odd_aspect_factor,
+                              ic.grayscale_tolerance)
+    for name, (mask, score, rule) in flags.items():
+        check(name, dc.property_verdict, name, table, mask, score, rule, L)
+    return Findings(verdicts, groups, leaks, found, flags)
+
+
+def _enabled(cfg, name: str) -> bool:
+    node = cfg.checks.get(name.replace(".", "_"))
+    return bool(node.get("enabled", True)) if node is not None else True
+
+
+def run(cfg, ctx: Context) -> int:
+    from runner.report import esc, images, kv_table, table as html_table
+
+    ic = cfg.inspect
+    t_start = time.perf_counter()
+    log.info("inspect: %s (no network: looking at the data)", cfg.data.kind)
+    if cfg.data.kind == "imagefolder":
+        root = (Path(ctx.original_cwd) / cfg.data.root).expanduser()
+        source = scan_imagefolder(root, cfg.data.val_fraction, cfg.data.split_seed, ic.analysis_size)
+    else:
+        source = bundle_source(cfg, ctx)
+    for note in source.notes:
+        log.info("inspect: %s", note)
+    n_tr = int((source.split == 0).sum())
+    log.info("inspect: %d train / %d val images, %d classes", n_tr, len(source) - n_tr,
+             len(source.class_names))
+
+    log.info("inspect: reading every image once (%d worker(s))", cfg.data.num_workers)
+    table, ips = stream_table(source, ic.analysis_size, cfg.data.num_workers, cfg.trainer.progress)
+    log.info("inspect: %d images in %.1f s (%.0f images/s)", len(table), len(table) / ips if ips else 0, ips)
+
+    found = run_checks(table, ic, enabled=lambda name: _enabled(cfg, name))
+    verdicts = found.verdicts
+    groups, leaks, outl, flags = found.groups, found.leaks, found.outliers, found.flags
+
+    log.info("report: figures and tables")
+    sections = report_sections(cfg, ctx, source, table, verdicts, groups, leaks, outl, flags)
+    outputs = write_tables(ctx, table, groups, leaks, outl, flags, cfg)
+    sections.append(("Machine-readable files", "<ul>" + "".join(
+        f'<li><a href="{esc(p)}">{esc(p)}</a></li>' for p in outputs) + "</ul>"))
+
+    counts = {s: sum(v.status == s for v in verdicts) for s in ("pass", "warn", "fail", "skip")}
+    wall = time.perf_counter() - t_start
+    summary = {
+        "stage": cfg.stage.name, "name": cfg.name, "status": "finished",
+        "val_acc": None, "val_loss": None, "train_loss": None, "train_acc": None,
+        "epochs": 0, "params": 0, "model": None,
+        "images": len(table), "readable": int(table.ok.sum()),
+        "images_per_s": ips, "wall_s": wall,
+        "checks": counts, "checks_failed": [v.name for v in verdicts if v.status == "fail"],
+        "data": {"kind": source.kind, "num_train": n_tr, "num_val": len(source) - n_tr,
+                 "num_classes": len(source.class_names), "class_names": source.class_names,
+                 "fingerprint": source.fingerprint, "root": cfg.data.root},
+        "notes": source.notes,
+        "provenance": _provenance(cfg, ctx, source),
+        "run_dir": str(ctx.run.path),
+    }
+    return finish(cfg, ctx, None, verdicts, summary, sections,
+                  title=f"inspect: {source.kind} data, {len(table)} images, "
+                        f"{len(source.class_names)} classes")
+
+
+def _provenance(cfg, ctx: Context, source: Source) -> Dict[str, Any]:
+    from types import SimpleNamespace
+
+    import torch
+
+    from runner.stages.common import provenance
+
+    return provenance(cfg, ctx.original_cwd, SimpleNamespace(fingerprint=source.fingerprint),
+                      torch.device("cpu"))
+
+
+def write_tables(ctx: Context, table: dc.ImageTable, groups, leaks, found, flags, cfg) -> List[str]:
+    """images.csv (one row per image, with its flags) and inspect.json (every finding)."""
+    rows = table.rows()
+    group_of = {}
+    for g_id, g in enumerate(groups):
+        for i in g["members"]:
+            group_of.setdefault(i, g_id)
+    leaked = {p["val"] for p in leaks} | {p["train"] for p in leaks}
+    outlier_why = {i: "; ".join(w) for i, w in found}
+    for i, r in enumerate(rows):
+        r["duplicate_group"] = group_of.get(i, "")
+        r["leakage"] = i in leaked
+        r["outlier"] = outlier_why.get(i, "")
+        for name, (mask, _, _) in flags.items():
+            r[name.split(".", 1)[1]] = bool(mask[i])
+    ctx.run.write_csv("images.csv", rows)
+    names = table.name
+    k = len(table.class_names)
+    doc = {
+        "class_names": table.class_names,
+        "class_counts": {s: {table.class_names[c]: int(v) for c, v in enumerate(
+            np.bincount(table.label[(table.split == si) & (table.label >= 0)], minlength=k)[:k])}
+            for si, s in enumerate(dc.SPLITS)},
+        "modes": dc.mode_counts(table),
+        "corrupt": [{"name": names[i], "split": dc.SPLITS[int(table.split[i])], "error": table.error[i]}
+                    for i in np.flatnonzero(~table.ok)],
+        "duplicate_groups": [{"kind": g["kind"], "split": g["split"], "labels_differ": g["labels_differ"],
+                              "members": [names[i] for i in g["members"]]} for g in groups],
+        "leakage": [{"train": names[p["train"]], "val": names[p["val"]], "kind": p["kind"],
+                     "hash_distance": p["hash_distance"]} for p in leaks],
+        "outliers": [{"name": names[i], "why": w} for i, w in found],
+        "flags": {name: [names[i] for i in np.flatnonzero(mask)] for name, (mask, _, _) in flags.items()},
+        "thresholds": dict(cfg.inspect),
+    }
+    ctx.run.write_json("inspect.json", doc)
+    return ["images.csv", "inspect.json", "checks.json", "summary.json"]
+
+
+def report_sections(cfg, ctx: Context, source: Source, table: dc.ImageTable, verdicts, groups,
+                    leaks, found, flags) -> List[Tuple[str, str]]:
+    """The page a person reads: what the data looks like, then each finding with thumbnails."""
+    from runner.report import esc, images, table as html_table
+
+    ic = cfg.inspect
+    size = ic.thumb_size
+    by_name = {v.name: v for v in verdicts}
+    cache: Dict[int, Optional[np.ndarray]] = {}
+
+    def img(i: int):
+        if i not in cache:
+            cache[i] = source.image(i) if table.ok[i] else None
+        return cache[i]
+
+    def save(fig, name):
+        return ctx.run.save_figure(fig, name)
+
+    def cap(i: int, extra: str = "") -> str:
+        return (extra + " " if extra else "") + _short(table.name[i])
+
+    def rows_html(idx, extra=None, limit=None):
+        idx = list(idx)[:limit or ic.max_listed]
+        return html_table([dict(table.describe(i), **(extra(i) if extra else {})) for i in idx])
+
+    out: List[Tuple[str, str]] = []
+    ok = table.ok
+    n = table.num
+    rng = np.random.default_rng(cfg.seed)
+
+    # overview
+    modes = dc.mode_counts(table)
+    overview = [{"split": s, "images": int((table.split == si).sum()),
+                 "readable": int((ok & (table.split == si)).sum())} for si, s in enumerate(dc.SPLITS)]
+    body = html_table(overview) + f"<p>Modes: {esc(', '.join(f'{m}: {c}' for m, c in modes.items()))}</p>"
+    if source.notes:
+        body += "<ul>" + "".join(f"<li>{esc(x)}</li>" for x in source.notes) + "</ul>"
+    out.append(("Data overview", body))
+
+    # class counts
+    rel = save(fig_class_counts(table), "inspect_class_counts")
+    counts = (by_name.get("data.class_balance") or Verdict("x", "skip")).details.get("counts", {})
+    out.append(("Class counts per split", images([rel]) + html_table(
+        [dict({"class": c}, **v) for c, v in counts.items()])))
+
+    # per-class sample grids
+    rels = []
+    k_show = min(len(table.class_names), ic.max_classes_shown)
+    for si, s in enumerate(dc.SPLITS):
+        rows = []
+        for c in range(k_show):
+            idx = np.flatnonzero(ok & (table.split == si) & (table.label == c))
+            pick = np.sort(rng.choice(idx, min(len(idx), ic.samples_per_class), replace=False)) if len(idx) else []
+            rows.append((f"{table.class_names[c][:20]} ({len(idx)})", [(img(i), _short(table.name[i])) for i in pick]))
+        if any(r[1] for r in rows):
+            rels.append(save(thumb_rows(rows, f"{s}: random samples per class", size), f"inspect_samples_{s}"))
+    more = f"<p class='sub'>First {k_show} of {len(table.class_names)} classes.</p>" \
+        if len(table.class_names) > k_show else ""
+    out.append(("Samples per class", images(rels) + more))
+
+    # distributions
+    if ok.any():
+        rel = save(fig_distributions(table, ic.max_classes_shown), "inspect_distributions")
+        out.append(("Distributions", images([rel])))
+
+    # sorted strips
+    if ok.any():
+        okidx = np.flatnonzero(ok)
+        area = n["width"] * n["height"]
+        strips = [("darkest", n["brightness"], "{:.0f}", "brightness"),
+                  ("brightest", -n["brightness"], "{:.0f}", "brightness"),
+                  ("lowest contrast", n["contrast"], "{:.1f}", "contrast"),
+                  ("highest contrast", -n["contrast"], "{:.1f}", "contrast"),
+                  ("blurriest", n["sharpness"], "{:.3f}", "sharpness"),
+                  ("smallest", area, None, None), ("largest", -area, None, None)]
+        rows = []
+        for title, key, fmt, col in strips:
+            order = okidx[np.argsort(key[okidx], kind="stable")][:ic.strip_length]
+            tiles = []
+            for i in order:
+                lab = fmt.format(n[col][i]) if col else f"{int(n['width'][i])}x{int(n['height'][i])}"
+                tiles.append((img(i), cap(i, lab)))
+            rows.append((title, tiles))
+        rel = save(thumb_rows(rows, "Sorted by: outliers along each axis often reveal a bug", size),
+                   "inspect_sorted")
+        out.append(("Sorted by brightness, contrast, sharpness, size", images([rel])))
+
+    # corrupt files
+    bad = np.flatnonzero(~ok)
+    out.append(("Corrupt files", rows_html(bad, lambda i: {"error": table.error[i]}) if len(bad)
+                else "<p>None: every image decodes.</p>"))
+
+    # duplicates (inside a split)
+    v = by_name.get("data.duplicates")
+    if groups and v is not None:
+        shown = groups[:ic.max_groups_shown]
+        rows = [(f"{g['kind']} · {g['split']}" + (" · labels differ" if g["labels_differ"] else ""),
+                 [(img(i), cap(i, table.class_names[table.label[i]][:8])) for i in g["members"][:8]])
+                for g in shown]
+        v.figures["groups"] = thumb_rows(rows, "Duplicate groups inside a split", size)
+        listing = [{"group": gi, "kind": g["kind"], "split": g["split"],
+                    "class": table.class_names[table.label[i]], "name": table.name[i]}
+                   for gi, g in enumerate(groups[:ic.max_listed]) for i in g["members"][:20]]
+        out.append(("Duplicate groups", html_table(listing)))
+    else:
+        out.append(("Duplicate groups", "<p>None found.</p>"))
+
+    # leakage (train vs val)
+    v = by_name.get("data.leakage")
+    if leaks and v is not None:
+        rows = [(f"{p['kind']} (d={p['hash_distance']})",
+                 [(img(p["train"]), cap(p["train"], "train")), (img(p["val"]), cap(p["val"], "val"))])
+                for p in leaks[:ic.max_groups_shown * 2]]
+        v.figures["pairs"] = thumb_rows(rows, "Leakage: the same image in train and val", size)
+        out.append(("Leakage pairs", html_table(
+            [{"kind": p["kind"], "train": table.name[p["train"]], "val": table.name[p["val"]],
+              "train class": table.class_names[table.label[p["train"]]],
+              "val class": table.class_names[table.label[p["val"]]]} for p in leaks[:ic.max_listed]])))
+    else:
+        out.append(("Leakage pairs", "<p>None found.</p>"))
+
+    # outliers
+    v = by_name.get("data.outliers")
+    if found and v is not None:
+        per_row = 8
+        shown = found[:ic.max_groups_shown * per_row // 2]
+        rows = [("", [(img(i), cap(i, w[0].split(" (")[0])) for i, w in shown[r:r + per_row]])
+                for r in range(0, len(shown), per_row)]
+        v.figures["images"] = thumb_rows(rows, "Outliers (most extreme first)", size)
+        out.append(("Outliers", rows_html([i for i, _ in found], lambda i: {"why": "; ".join(dict(found)[i])})))
+    else:
+        out.append(("Outliers", "<p>None found.</p>"))
+
+    # property flags
+    flag_rows = []
+    for name, (mask, score, rule) in flags.items():
+        idx = np.flatnonzero(mask)
+        idx = idx[np.argsort(score[idx], kind="stable")]
+        flag_rows.append({"flag": name, "images": len(idx), "rule": rule,
+                          "examples": ", ".join(_short(table.name[i]) for i in idx[:3])})
+        v = by_name.get(name)
+        if len(idx) and v is not None:
+            v.figures["examples"] = thumb_rows(
+                [(name.split(".", 1)[1], [(img(i), cap(i)) for i in idx[:ic.strip_length]])],
+                f"{name}: {rule}", size)
+    out.append(("Image properties", html_table(flag_rows)))
+    return out

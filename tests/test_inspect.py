@@ -1,0 +1,304 @@
+"""stage=inspect (recipe stage 1): ImageFolders with planted faults; each must be found by
+the right check with the right status, and a clean folder must raise nothing."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from runner.checks import data as dc
+from runner.config import InspectConfig
+from runner.stages.inspect import run_checks, scan_imagefolder, stream_table
+
+from conftest import assert_contract
+
+SIZE = 48
+
+
+def photo_crops(n: int, seed: int = 0):
+    """n distinct, ordinary RGB photos: 48x48 tiles of scikit-learn's two bundled sample photos
+    (no download), keeping tiles with some texture (not flat sky); n < 0: the last -n tiles
+    (never among the first ones, whatever n)."""
+    from sklearn.datasets import load_sample_images
+
+    tiles = []
+    for photo in load_sample_images().images:
+        for y in range(0, photo.shape[0] - SIZE + 1, SIZE):
+            for x in range(0, photo.shape[1] - SIZE + 1, SIZE):
+                t = photo[y:y + SIZE, x:x + SIZE]
+                g = t.mean(axis=2)
+                if g.std() > 20 and 40 < g.mean() < 200:
+                    tiles.append(t)
+    order = np.random.default_rng(seed).permutation(len(tiles))
+    assert len(tiles) >= abs(n) + 40, len(tiles)
+    return [tiles[i] for i in (order[:n] if n >= 0 else order[n:])]
+
+
+def make_folder(root: Path, classes=("cat", "dog", "bird"), n_train=6, n_val=3, seed=0) -> Path:
+    tiles = iter(photo_crops(len(classes) * (n_train + n_val), seed))
+    for split, n in (("train", n_train), ("val", n_val)):
+        for c in classes:
+            d = root / split / c
+            d.mkdir(parents=True, exist_ok=True)
+            for k in range(n):
+                Image.fromarray(next(tiles)).save(d / f"{c}{k}.png")
+    return root
+
+
+def plant_faults(root: Path) -> dict:
+    """Every fault the issue names, each in a file whose name says what it is."""
+    tr, va = root / "train", root / "val"
+    rng = np.random.default_rng(1)
+    spare = iter(photo_crops(-6))  # faults made from a photo must not be copies of a kept one
+    shutil.copy(tr / "cat" / "cat0.png", va / "cat" / "leak_exact.png")
+    noisy = np.asarray(Image.open(tr / "dog" / "dog1.png")).astype(int) + rng.integers(-3, 4, (SIZE, SIZE, 3))
+    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(va / "dog" / "leak_near.png")
+    shutil.copy(tr / "dog" / "dog0.png", tr / "dog" / "dup_exact.png")
+    noisy = np.asarray(Image.open(tr / "bird" / "bird0.png")).astype(int) + rng.integers(-3, 4, (SIZE, SIZE, 3))
+    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(tr / "bird" / "dup_near.png")
+    raw = (tr / "cat" / "cat1.png").read_bytes()
+    (tr / "cat" / "truncated.png").write_bytes(raw[: len(raw) // 2])
+    (tr / "dog" / "zero.png").write_bytes(b"")
+    (va / "bird" / "not_an_image.jpg").write_text("this is not a JPEG")
+    Image.new("RGB", (SIZE, SIZE)).save(tr / "bird" / "black.png")
+    bright = np.clip(245 + rng.integers(-6, 7, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(bright).save(tr / "cat" / "bright.png")
+    Image.fromarray(next(spare)).convert("L").save(tr / "cat" / "grey.png")
+    Image.fromarray(next(spare)).filter(ImageFilter.GaussianBlur(3)).save(tr / "dog" / "blurry.png")
+    Image.fromarray(next(spare)).resize((4 * SIZE, 4 * SIZE), Image.BICUBIC).save(tr / "bird" / "huge.png")
+    wide = np.concatenate([next(spare) for _ in range(3)], 1)
+    Image.fromarray(wide[SIZE // 4: SIZE * 3 // 4]).save(tr / "cat" / "wide.png")
+    (tr / "empty").mkdir()
+    (va / "empty").mkdir()
+    (tr / "cat" / "notes.txt").write_text("not an image extension: ignored, like training does")
+    return {"corrupt": {"truncated.png", "zero.png", "not_an_image.jpg"}}
+
+
+def inspect_folder(root: Path, **thresholds):
+    ic = InspectConfig(**thresholds)
+    source = scan_imagefolder(root, 0.2, 0, ic.analysis_size)
+    table, ips = stream_table(source, ic.analysis_size, num_workers=0, progress=False)
+    found = run_checks(table, ic)
+    return source, table, found, {v.name: v for v in found.verdicts}
+
+
+def names_of(listed):
+    return {Path(d["name"]).name for d in listed}
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory):
+    root = make_folder(tmp_path_factory.mktemp("faulty") / "imgs")
+    plant_faults(root)
+    return root, inspect_folder(root)
+
+
+def test_clean_folder_flags_nothing(tmp_path):
+    root = make_folder(tmp_path / "clean", n_train=8, n_val=4)
+    source, table, found, v = inspect_folder(root)
+    assert len(table) == 36 and table.ok.all()
+    assert set(v) == set(dc.DATA_CHECKS)
+    assert {n: x.status for n, x in v.items() if x.status != "pass"} == {}
+    assert v["data.class_balance"].details["counts"]["cat"] == {"train": 8, "val": 4}
+
+
+def test_corrupt_files_are_listed_not_fatal(faulty):
+    root, (source, table, found, v) = faulty
+    c = v["data.corrupt"]
+    assert c.status == "fail" and c.value == 3
+    assert names_of(c.details["files"]) == {"truncated.png", "zero.png", "not_an_image.jpg"}
+    errors = {Path(f["name"]).name: f["error"] for f in c.details["files"]}
+    assert "truncated" in errors["truncated.png"]
+    assert "notes.txt" not in {Path(n).name for n in table.name}
+    assert any("1 file(s) ignored" in note for note in source.notes)
+
+
+def test_leakage_finds_exact_and_near_copies_across_splits(faulty):
+    root, (source, table, found, v) = faulty
+    lk = v["data.leakage"]
+    assert lk.status == "fail" and lk.value == 2
+    pairs = {(Path(p["train"]["name"]).name, Path(p["val"]["name"]).name, p["kind"]) for p in lk.details["pairs"]}
+    assert pairs == {("cat0.png", "leak_exact.png", "exact"), ("dog1.png", "leak_near.png", "near")}
+
+
+def test_duplicates_inside_a_split_are_grouped(faulty):
+    root, (source, table, found, v) = faulty
+    d = v["data.duplicates"]
+    assert d.status == "warn" and d.value == 2
+    groups = {(g["kind"], frozenset(names_of(g["members"]))) for g in d.details["groups"]}
+    assert groups == {("exact", frozenset({"dog0.png", "dup_exact.png"})),
+                      ("near", frozenset({"bird0.png", "dup_near.png"}))}
+    # the cross-split copies are leakage, not within-split duplicates
+    assert all(g["split"] == "train" for g in d.details["groups"])
+
+
+def test_empty_class_fails_class_balance(faulty):
+    root, (source, table, found, v) = faulty
+    cb = v["data.class_balance"]
+    assert cb.status == "fail"
+    assert "empty class" in cb.message and "empty" in cb.message
+    assert cb.details["counts"]["empty"] == {"train": 0, "val": 0}
+    # unreadable files still count: they are in the folder
+    assert cb.details["counts"]["dog"]["train"] == 6 + 3  # dup_exact, zero, blurry
+
+
+def test_class_in_only_one_split_fails(tmp_path):
+    root = make_folder(tmp_path / "imgs", classes=("a", "b"), n_train=4, n_val=2)
+    shutil.rmtree(root / "val" / "b")
+    *_, v = inspect_folder(root)
+    assert v["data.class_balance"].status == "fail"
+    assert "b (only in train)" in v["data.class_balance"].message
+
+
+def test_imbalance_warns(tmp_path):
+    root = make_folder(tmp_path / "imgs", classes=("a", "b"), n_train=6, n_val=2)
+    for f in sorted((root / "train" / "b").iterdir())[1:]:
+        f.unlink()
+    *_, v = inspect_folder(root, imbalance_ratio=3.0)
+    cb = v["data.class_balance"]
+    assert cb.status == "warn" and cb.value == pytest.approx(6.0)
+    assert "'a' has 6.0x" in cb.message
+
+
+@pytest.mark.parametrize("check,expected", [
+    ("data.dark", {"black.png"}),
+    ("data.bright", {"bright.png"}),
+    ("data.low_information", {"black.png"}),
+    ("data.blurry", {"blurry.png"}),
+    ("data.grayscale", {"grey.png"}),
+    ("data.odd_size", {"huge.png"}),
+    ("data.odd_aspect", {"wide.png"}),
+])
+def test_image_property_flags(faulty, check, expected):
+    root, (source, table, found, v) = faulty
+    assert v[check].status == "warn", v[check].message
+    assert names_of(v[check].details["images"]) == expected
+
+
+def test_outliers_name_the_odd_images(faulty):
+    root, (source, table, found, v) = faulty
+    o = v["data.outliers"]
+    assert o.status == "warn"
+    why = {Path(d["name"]).name: d["why"] for d in o.details["images"]}
+    assert any(w.startswith("log_area") for w in why["huge.png"])
+    assert any(w.startswith("log_aspect") for w in why["wide.png"])
+    assert set(why) == {"huge.png", "wide.png"}  # black.png: dark, but photos vary in brightness
+
+
+def test_outliers_on_a_homogeneous_feature():
+    """One image far from a tight brightness distribution, one in a rare mode."""
+    rng = np.random.default_rng(0)
+    n = 200
+    t = dc.ImageTable.empty(n, ["a"])
+    for i in range(n):
+        row = {"mode": "RGBA" if i == 7 else "RGB", "pixel_hash": str(i), "dhash": i, "width": 32,
+               "height": 32, "brightness": 10.0 if i == 3 else 120 + 5 * rng.standard_normal(),
+               "contrast": 40 + rng.standard_normal()}
+        t.set_row(i, 0, 0, f"#{i}", row, np.zeros((16, 16), np.uint8))
+    found = dict(dc.find_outliers(t, 5.0, 0.01))
+    assert set(found) == {3, 7}
+    assert found[3][0].startswith("brightness z=-2") and found[7] == ["mode RGBA (1 of 200 images)"]
+    v = dc.outliers(t, dc.find_outliers(t, 5.0, 0.01))
+    assert v.status == "warn" and v.value == 2 and v.details["modes"] == {"RGB": 199, "RGBA": 1}
+
+
+def test_single_folder_uses_the_training_split(tmp_path):
+    """root/<class>/ without train/val: inspect splits exactly as data.py does."""
+    from runner.data import build_data
+    from omegaconf import OmegaConf
+    from runner.config import DataConfig
+
+    root = tmp_path / "one"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+    for k, t in enumerate(photo_crops(20)):
+        Image.fromarray(t).save(root / ("a" if k % 2 else "b") / f"{k}.png")
+    cfg = OmegaConf.structured(DataConfig(kind="imagefolder", root=str(root), num_workers=0))
+    bundle = build_data(cfg)
+    source = scan_imagefolder(root, cfg.val_fraction, cfg.split_seed, 128)
+    val_names = {n for n, s in zip(source.names, source.split) if s == 1}
+    assert val_names == {bundle.val.name(i) for i in range(len(bundle.val))}
+
+
+def test_near_pairs_find_every_pair_within_the_distance():
+    """Banding finds exactly the pairs a brute-force comparison finds."""
+    rng = np.random.default_rng(0)
+    n = 300
+    t = dc.ImageTable.empty(n, ["a"])
+    base = rng.integers(0, 2**63, 30, dtype=np.int64).astype(np.uint64)
+    for i in range(n):
+        h = int(base[i % 30])
+        for b in rng.choice(64, rng.integers(0, 7), replace=False):
+            h ^= 1 << int(b)
+        t.set_row(i, 0, 0, f"#{i}", {"mode": "L", "pixel_hash": f"{i}", "dhash": h}, np.zeros((16, 16), np.uint8))
+    got = {(i, j) for i, j, _ in dc.near_pairs(t, 4, 255.0).tolist()}
+    x = t.dhash[:, None] ^ t.dhash[None, :]
+    dist = np.array([[bin(int(v)).count("1") for v in row] for row in x])
+    want = {(i, j) for i in range(n) for j in range(i + 1, n) if dist[i, j] <= 4}
+    assert got == want and len(want) > 100
+
+
+def test_robust_z_two_valued_feature_is_not_an_outlier():
+    assert np.abs(dc.robust_z(np.r_[np.full(60, 10.0), np.full(40, 20.0)])).max() < 3
+    z = dc.robust_z(np.r_[np.full(999, 10.0), 20.0])
+    assert z[-1] > 100 and np.abs(z[:-1]).max() == 0
+
+
+# ----------------------------------------------------------------------------- the CLI
+def test_cli_inspect_imagefolder(cli, faulty, tmp_path):
+    root, _ = faulty
+    r = cli(["stage=inspect", "data=imagefolder", f"data.root={root}", "data.num_workers=2",
+             "trainer.progress=false"])
+    assert r.code == 1, r.out  # corrupt files, leakage and an empty class are failures
+    assert_contract(r.run_dir)
+    checks = {c["name"]: c for c in r.json("checks.json")}
+    assert {n: checks[n]["status"] for n in ("data.corrupt", "data.leakage", "data.class_balance")} == \
+        {"data.corrupt": "fail", "data.leakage": "fail", "data.class_balance": "fail"}
+    assert checks["data.duplicates"]["status"] == "warn" and checks["data.duplicates"]["artifacts"]
+    s = r.json("summary.json")
+    assert s["stage"] == "inspect" and s["val_acc"] is None and s["images_per_s"] > 0
+    doc = r.json("inspect.json")
+    assert {Path(p["val"]).name for p in doc["leakage"]} == {"leak_exact.png", "leak_near.png"}
+    import csv
+
+    rows = list(csv.DictReader((r.run_dir / "images.csv").open()))
+    assert len(rows) == s["images"]
+    black = next(x for x in rows if x["name"].endswith("black.png"))
+    assert black["dark"] == "True" and float(black["brightness"]) == 0.0
+    html = (r.run_dir / "report.html").read_text()
+    for needle in ("Samples per class", "Sorted by", "leak_exact.png", "truncated.png", "Outliers"):
+        assert needle in html
+    assert "data.corrupt" in r.out and "failed checks" in r.out
+
+
+def test_cli_inspect_in_memory_kinds(cli):
+    """digits and synthetic in one Hydra multirun (one process start for both)."""
+    r = cli(["-m", "stage=inspect", "data=digits,synthetic", "data.num_workers=0", "trainer.progress=false"])
+    assert r.code == 0, r.out
+    runs = sorted(p.parent for p in r.cwd.glob("multirun/*/*/*/.hydra"))
+    assert len(runs) == 2
+    assert_contract(*runs)
+    for run, n in zip(runs, (1797, 384)):
+        s = json.loads((run / "summary.json").read_text())
+        checks = json.loads((run / "checks.json").read_text())
+        assert s["images"] == n and s["checks_failed"] == []
+        assert {c["name"] for c in checks} == set(dc.DATA_CHECKS)
+        assert (run / "plots" / "inspect_samples_train.png").exists()
+
+
+def test_training_skips_a_truncated_png(cli, tmp_path):
+    """data.corrupt's promise: a corrupt file never crashes training."""
+    root = make_folder(tmp_path / "imgs", classes=("a", "b"), n_train=4, n_val=2)
+    raw = (root / "train" / "a" / "a0.png").read_bytes()
+    (root / "train" / "a" / "a0.png").write_bytes(raw[: len(raw) // 3])
+    (root / "train" / "b" / "zero.png").write_bytes(b"")
+    r = cli(["stage=train", "data=imagefolder", f"data.root={root}", "data.image_size=16",
+             "model=tiny_cnn", "trainer.epochs=1", "trainer.batch_size=4", "data.num_workers=0",
+             "trainer.progress=false"])
+    assert r.code == 0, r.out
+    assert "truncated" in r.out
+    assert r.json("summary.json")["epochs"] == 1
