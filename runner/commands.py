@@ -16,10 +16,9 @@ def _aggregate(args: List[str]) -> int:
 
 
 def _init(args: List[str]) -> int:
-    # placeholder: the lead replaces this with the experiment-repo scaffold
-    print("config error: `python -m runner init` is not yet available in this version; "
-          "copy conf/ into your experiment repo and run with --config-dir ./conf", file=sys.stderr)
-    return 2
+    from runner.scaffold import init_main
+
+    return init_main(args)
 
 
 COMMANDS: Dict[str, Callable[[List[str]], int]] = {
