@@ -15,9 +15,20 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def _preprocess(argv: List[str]) -> List[str]:
-    """`resume=<run dir>` continues *in* that directory: point Hydra's run dir at it."""
+    """`resume=<interrupted run dir>` continues *in* that directory: point Hydra's run dir at it.
+
+    A finished run (it has summary.json) is never written to again: resuming from it
+    (e.g. to train longer) starts a new run directory that loads its checkpoint.
+    """
     out = list(argv)
     for a in argv:
+        if a.startswith("hydra.run.dir=") and "-m" not in argv and "--multirun" not in argv:
+            target = Path(a.split("=", 1)[1]).expanduser()
+            if (target / "summary.json").exists():
+                print(f"config error: hydra.run.dir={target} already holds a finished run "
+                      "(summary.json); refusing to overwrite it: choose another directory",
+                      file=sys.stderr)
+                raise SystemExit(2)
         if a.startswith("resume=") and not any(x.startswith("hydra.run.dir=") for x in argv):
             value = a.split("=", 1)[1]
             if value.lower() in ("", "false", "none", "null"):
@@ -37,7 +48,7 @@ def _preprocess(argv: List[str]) -> List[str]:
             else:
                 p = Path(value).expanduser()
                 target = p.parent.parent if p.is_file() and p.parent.name == "checkpoints" else p
-            if target is not None and target.is_dir():
+            if target is not None and target.is_dir() and not (target / "summary.json").exists():
                 out.append(f"hydra.run.dir={target.resolve()}")
                 hydra_dir = target / ".hydra"
                 if hydra_dir.is_dir():  # keep the original record of the interrupted run
@@ -48,19 +59,43 @@ def _preprocess(argv: List[str]) -> List[str]:
     return out
 
 
+def _distributed(argv: List[str]) -> List[str]:
+    """Under torchrun every rank must use rank 0's run directory; only rank 0 writes it."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "-m" in argv or "--multirun" in argv:
+        return argv
+    from datetime import datetime
+
+    from runner.distributed import broadcast_str, init_process_group
+
+    d = init_process_group()
+    out = list(argv)
+    if not any(a.startswith("hydra.run.dir=") for a in argv):
+        mine = "outputs/" + datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f")
+        out.append(f"hydra.run.dir={broadcast_str(mine)}")
+    if not d.main:
+        out += ["hydra.output_subdir=null", "hydra.job_logging.root.level=WARNING"]
+    return out
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("aggregate", "init"):
         from runner.commands import run_command
 
         return run_command(argv[0], argv[1:])
-    argv = _preprocess(argv)
+    try:
+        argv = _distributed(_preprocess(argv))
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 2
 
     import hydra
 
     from runner.config import register_configs
 
     register_configs()
+    from runner.help import register_resolvers
+
+    register_resolvers()  # ${runner_stages:} in --help
     state = {"entered": False, "codes": []}
 
     @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")

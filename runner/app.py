@@ -57,8 +57,10 @@ def _run(cfg, run_dir: Path, original_cwd: str, overrides) -> int:
     from runner.stages import get_stage
     from runner.stages.common import Context
 
+    from runner.distributed import from_env
+
     validate(cfg, original_cwd)
-    run = RunDir(run_dir)
+    run = RunDir(run_dir, enabled=from_env().main)  # DDP: only rank 0 writes
     resuming = cfg.resume not in (False, None, "false", "False")
     if run.finished() and not resuming:
         raise ConfigError(f"{run_dir} already holds a finished run (summary.json); refusing to "

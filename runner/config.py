@@ -195,46 +195,6 @@ class StageConfig:
 
 
 @dataclass
-class TensorboardLoggerConfig:
-    """torch.utils.tensorboard SummaryWriter (runner/loggers.py); `tensorboard --logdir outputs`."""
-
-    enabled: bool = False
-    # null = <run dir>/tensorboard, so every run's events sit beside its report
-    log_dir: Optional[str] = None
-    # histograms of the first layer's weights every epoch: dead or exploding filters show here
-    histograms: bool = True
-    # images in the input grid logged once at the start (0 = none): what the net is fed
-    images: int = 32
-
-
-@dataclass
-class MlflowLoggerConfig:
-    """MLflow tracking (runner/loggers.py): config as params, epoch figures as metrics."""
-
-    enabled: bool = False
-    # null = a local SQLite store, sqlite:///<cwd>/mlruns/mlflow.db (MLflow 3 retired plain
-    # file stores); any URI MLflow accepts works (http://..., databricks, sqlite:///...)
-    tracking_uri: Optional[str] = None
-    # null = the experiment's `name`
-    experiment_name: Optional[str] = None
-    # null = "<stage>/<run dir name>"
-    run_name: Optional[str] = None
-    # extra tags on the MLflow run
-    tags: Dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class LoggerConfig:
-    """Where epoch figures go besides metrics.csv (always written). `logger=[tensorboard,mlflow]`
-    combines them; each conf/logger/<name>.yaml only switches its own on."""
-
-    tensorboard: TensorboardLoggerConfig = field(default_factory=TensorboardLoggerConfig)
-    mlflow: MlflowLoggerConfig = field(default_factory=MlflowLoggerConfig)
-    # logger=csv: metrics.csv is the run directory contract and is always written
-    csv: Dict[str, Any] = field(default_factory=lambda: {"enabled": True})
-
-
-@dataclass
 class InspectConfig:
     """stage=inspect (recipe stage 1, runner/stages/inspect.py): thresholds of the data checks
     (runner/checks/data.py) and how much of the evidence the report shows."""
@@ -287,6 +247,59 @@ class InspectConfig:
 
 
 @dataclass
+class TuneConfig:
+    """A trial of `python -m runner -m stage=tune` (runner/stages/tune.py). The Optuna sweeper
+    (hydra_plugins/recipe_optuna_sweeper) sets these on each trial job; outside a sweep they
+    stay null and stage=tune trains once with the current config."""
+
+    # the trial's number in the study (its directory's name)
+    trial: Optional[int] = None
+    # the study's storage: sqlite:///..., a *.journal file, or any Optuna RDB URL
+    storage: Optional[str] = None
+    study_name: Optional[str] = None
+
+
+@dataclass
+class TensorboardLoggerConfig:
+    """torch.utils.tensorboard SummaryWriter (runner/loggers.py); `tensorboard --logdir outputs`."""
+
+    enabled: bool = False
+    # null = <run dir>/tensorboard, so every run's events sit beside its report
+    log_dir: Optional[str] = None
+    # histograms of the first layer's weights every epoch: dead or exploding filters show here
+    histograms: bool = True
+    # images in the input grid logged once at the start (0 = none): what the net is fed
+    images: int = 32
+
+
+@dataclass
+class MlflowLoggerConfig:
+    """MLflow tracking (runner/loggers.py): config as params, epoch figures as metrics."""
+
+    enabled: bool = False
+    # null = a local SQLite store, sqlite:///<cwd>/mlruns/mlflow.db (MLflow 3 retired plain
+    # file stores); any URI MLflow accepts works (http://..., databricks, sqlite:///...)
+    tracking_uri: Optional[str] = None
+    # null = the experiment's `name`
+    experiment_name: Optional[str] = None
+    # null = "<stage>/<run dir name>"
+    run_name: Optional[str] = None
+    # extra tags on the MLflow run
+    tags: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class LoggerConfig:
+    """Where epoch figures go besides metrics.csv (always written). `logger=[tensorboard,mlflow]`
+    combines them; each conf/logger/<name>.yaml only switches its own on."""
+
+    tensorboard: TensorboardLoggerConfig = field(default_factory=TensorboardLoggerConfig)
+    mlflow: MlflowLoggerConfig = field(default_factory=MlflowLoggerConfig)
+    # logger=csv: metrics.csv is the run directory contract and is always written
+    csv: Dict[str, Any] = field(default_factory=lambda: {"enabled": True})
+
+
+@dataclass
 class RunnerConfig:
     stage: StageConfig = field(default_factory=StageConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -296,8 +309,9 @@ class RunnerConfig:
     aug: AugConfig = field(default_factory=AugConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checks: ChecksConfig = field(default_factory=ChecksConfig)
-    inspect: InspectConfig = field(default_factory=InspectConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    inspect: InspectConfig = field(default_factory=InspectConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     seed: int = 0
     # false, true (latest interrupted run under outputs/), or a run directory / checkpoint path
     resume: Any = False
@@ -339,6 +353,12 @@ def validate(cfg, original_cwd: Optional[str] = None) -> None:
     Type and unknown-key errors are Hydra's (compose time); these are the semantic ones.
     Only light imports here except the timm model lookup, done only when a name is set.
     """
+    from omegaconf import OmegaConf
+
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:  # `???` in YAML: the user must give these
+        raise ConfigError([f"{k} is required but not set (the YAML has ???); add {k}=..."
+                           for k in missing])
     p: List[str] = []
     d, m, o, s, t, a = cfg.data, cfg.model, cfg.optim, cfg.sched, cfg.trainer, cfg.aug
     base = Path(original_cwd or os.getcwd())

@@ -39,31 +39,59 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return g
 
 
+def batch_indices(n: int, batch_size: int, shuffle: bool, seed: int, epoch: int,
+                  drop_last: bool = False, rank: int = 0, world: int = 1,
+                  even: bool = True) -> List[torch.Tensor]:
+    """This process's share of each *global* batch of an epoch.
+
+    The order depends only on (seed, epoch), so a resumed run, or a run on `world`
+    processes, sees exactly the batches of a single uninterrupted run: global batch i is
+    split across ranks (rank r takes every world-th example of it). `even` (training):
+    every rank gets the same number of non-empty batches, as DDP needs; otherwise
+    (evaluation) every example is in exactly one rank's share, some shares maybe empty.
+    """
+    order = torch.randperm(n, generator=_epoch_generator(seed, epoch)) if shuffle else torch.arange(n)
+    n_batches = n // batch_size if drop_last else math.ceil(n / batch_size)
+    out = []
+    for i in range(n_batches):
+        idx = order[i * batch_size:(i + 1) * batch_size]
+        if world > 1:
+            if len(idx) < world and even:  # too small to give every rank an example
+                break
+            idx = idx[rank::world]
+            if len(idx) == 0:
+                continue
+        out.append(idx)
+    return out
+
+
 class TensorLoader:
     """Batches of an in-memory uint8 tensor, normalised on the fly on the target device."""
 
     def __init__(self, split: "TensorSplit", batch_size: int, shuffle: bool, seed: int,
-                 device: torch.device, drop_last: bool = False, zero_inputs: bool = False):
+                 device: torch.device, drop_last: bool = False, zero_inputs: bool = False,
+                 rank: int = 0, world: int = 1, train: bool = True):
         self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
+        self.train = train
         self.drop_last, self.device, self.zero_inputs = drop_last, device, zero_inputs
+        self.rank, self.world = rank, world
         # data moved once; a few MB for the datasets this path is used for
         self._x = split.x.to(device)
         self._y = split.y.to(device)
         self._mean = torch.tensor(split.mean, device=device).view(1, -1, 1, 1)
         self._std = torch.tensor(split.std, device=device).view(1, -1, 1, 1)
 
-    def __len__(self) -> int:
-        n = len(self.split)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+    def _batches(self, epoch: int) -> List[torch.Tensor]:
+        return batch_indices(len(self.split), self.batch_size, self.shuffle, self.seed, epoch,
+                             self.drop_last, self.rank, self.world, even=self.train)
 
-    def epoch(self, epoch: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.split)
-        if self.shuffle:
-            order = torch.randperm(n, generator=_epoch_generator(self.seed, epoch)).to(self.device)
-        else:
-            order = torch.arange(n, device=self.device)
-        for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+    def __len__(self) -> int:
+        return len(self._batches(0))
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of `epoch`, from batch number `start` on (to continue a half-done epoch)."""
+        for idx in self._batches(epoch)[start:]:
+            idx = idx.to(self.device)
             x = (self._x[idx].float().div_(255.0) - self._mean) / self._std
             if self.zero_inputs:
                 x = torch.zeros_like(x)
@@ -78,26 +106,36 @@ def _collate_skip_bad(items):
 
 
 class StreamLoader:
-    """A DataLoader over a StreamSplit, reseeded per epoch; batches of unreadable files shrink."""
+    """A DataLoader over a StreamSplit, with the same global batches as TensorLoader.
+
+    Undecodable files come back as None and are dropped from their batch (logged).
+    """
 
     def __init__(self, split: "StreamSplit", batch_size: int, shuffle: bool, seed: int,
                  device: torch.device, train: bool, num_workers: int, drop_last: bool = False,
-                 zero_inputs: bool = False):
+                 zero_inputs: bool = False, rank: int = 0, world: int = 1):
         self.split, self.seed, self.device, self.zero_inputs = split, seed, device, zero_inputs
-        self._gen = torch.Generator()
-        self._loader = DataLoader(
-            _Transformed(split, train), batch_size=batch_size, shuffle=shuffle,
-            num_workers=num_workers, collate_fn=_collate_skip_bad, drop_last=drop_last,
-            generator=self._gen, pin_memory=device.type == "cuda",
-            persistent_workers=False,
-        )
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.rank, self.world, self.num_workers, self.train = rank, world, num_workers, train
+        self._dataset = _Transformed(split, train)
+
+    def _batches(self, epoch: int) -> List[torch.Tensor]:
+        return batch_indices(len(self.split), self.batch_size, self.shuffle, self.seed, epoch,
+                             self.drop_last, self.rank, self.world, even=self.train)
 
     def __len__(self) -> int:
-        return len(self._loader)
+        return len(self._batches(0))
 
-    def epoch(self, epoch: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        self._gen.manual_seed(self.seed * 100_003 + epoch)
-        for batch in self._loader:
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        batches = [b.tolist() for b in self._batches(epoch)[start:]]
+        if not batches:
+            return
+        # worker seeds (random augmentation) depend on (seed, epoch, start) only
+        g = _epoch_generator(self.seed + 7919 * start, epoch)
+        loader = DataLoader(self._dataset, batch_sampler=batches, num_workers=self.num_workers,
+                            collate_fn=_collate_skip_bad, generator=g,
+                            pin_memory=self.device.type == "cuda")
+        for batch in loader:
             if batch is None:
                 continue
             x, y = batch
@@ -134,12 +172,13 @@ class TensorSplit:
         return self.names[i] if self.names else f"#{i}"
 
     def loader(self, batch_size, shuffle, seed, device, train=False, num_workers=0,
-               drop_last=False, zero_inputs=False, aug_transform=None):
+               drop_last=False, zero_inputs=False, aug_transform=None, rank=0, world=1):
         if aug_transform is not None and train:
             # augmentation works per image (timm transforms on PIL): stream this split instead
             return StreamLoader(self.as_stream(aug_transform), batch_size, shuffle, seed,
-                                device, True, num_workers, drop_last, zero_inputs)
-        return TensorLoader(self, batch_size, shuffle, seed, device, drop_last, zero_inputs)
+                                device, True, num_workers, drop_last, zero_inputs, rank, world)
+        return TensorLoader(self, batch_size, shuffle, seed, device, drop_last, zero_inputs,
+                            rank, world, train)
 
     def as_stream(self, train_transform) -> "StreamSplit":
         return StreamSplit(_TensorImages(self.x, self.y), self.y, train_transform, None,
@@ -201,13 +240,13 @@ class StreamSplit:
         return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
 
     def loader(self, batch_size, shuffle, seed, device, train=False, num_workers=0,
-               drop_last=False, zero_inputs=False, aug_transform=None):
+               drop_last=False, zero_inputs=False, aug_transform=None, rank=0, world=1):
         split = self
         if aug_transform is not None and train:
             split = StreamSplit(self.dataset, self._labels, aug_transform, self.eval_transform,
                                 self.mean, self.std, self.filename_fn, self.image_size)
         return StreamLoader(split, batch_size, shuffle, seed, device, train, num_workers,
-                            drop_last, zero_inputs)
+                            drop_last, zero_inputs, rank, world)
 
 
 def _tensor_item(img: torch.Tensor, mean, std, image_size) -> torch.Tensor:

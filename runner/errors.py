@@ -37,3 +37,14 @@ class NonFiniteLoss(RunnerError):
             "earlier checkpoints are kept. Common causes: optim.lr too high, a log/div of zero in "
             "the model or loss, unscaled inputs."
         )
+
+
+class Interrupted(RunnerError):
+    """SIGINT/SIGTERM: a checkpoint of the exact position was saved; exit 128 + signal."""
+
+    def __init__(self, signum: int, run_dir, epoch: int, step: int):
+        self.exit_code = 128 + signum
+        super().__init__(
+            f"interrupted by signal {signum} in epoch {epoch + 1} after step {step}; checkpoint "
+            f"saved. Continue with: python -m runner <same overrides> resume={run_dir}"
+        )

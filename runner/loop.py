@@ -11,11 +11,12 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 import torch
 from torch import nn
 
+from runner.distributed import all_reduce_sum
 from runner.errors import NonFiniteLoss
 
 
@@ -45,6 +46,7 @@ class EpochRecord:
     val_targets: Optional[torch.Tensor] = None
     best: bool = False  # best val loss so far
     stop_reason: Optional[str] = None  # set on the last record when stopping early
+    interrupted: bool = False  # stopped mid-epoch on request; not a finished epoch
 
 
 @dataclass
@@ -57,6 +59,12 @@ class LoopState:
     best_val_loss: float = math.inf
     evals_since_best: int = 0
     history: List[dict] = field(default_factory=list)
+    # a half-done epoch (after SIGINT/SIGTERM): batches done and their running sums
+    batch_in_epoch: int = 0
+    partial_loss_sum: float = 0.0
+    partial_correct: int = 0
+    partial_seen: int = 0
+    partial_s: float = 0.0
 
 
 def autocast(device: torch.device, precision: str):
@@ -89,10 +97,14 @@ def evaluate(model: nn.Module, loader, device: torch.device, precision: str = "f
             all_logits.append(logits.cpu())
             all_targets.append(y.cpu())
     model.train(was_training)
+    # DDP: each rank saw its share of the validation set; sum over ranks
+    totals = all_reduce_sum(torch.stack([loss_sum, correct.double(),
+                                         torch.tensor(float(n), device=device, dtype=torch.float64)]))
+    n = int(totals[2])
     if n == 0:
         return EvalResult(math.nan, math.nan, 0)
     return EvalResult(
-        float(loss_sum) / n, float(correct) / n, n,
+        float(totals[0]) / n, float(totals[1]) / n, n,
         torch.cat(all_logits) if keep_logits else None,
         torch.cat(all_targets) if keep_logits else None,
     )
@@ -100,6 +112,16 @@ def evaluate(model: nn.Module, loader, device: torch.device, precision: str = "f
 
 def current_lr(optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
+
+
+def _nonfinite_anywhere(loss: torch.Tensor) -> bool:
+    """Is the loss NaN/Inf here or (under DDP) on any rank? All ranks must stop together."""
+    import torch.distributed as dist
+
+    bad = (~torch.isfinite(loss.detach())).double()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        all_reduce_sum(bad)
+    return bool(bad > 0)
 
 
 def fit(
@@ -122,10 +144,14 @@ def fit(
     keep_val_logits: bool = False,
     progress: bool = False,
     state: Optional[LoopState] = None,
+    stop_requested: Optional[Callable[[], bool]] = None,
 ) -> Iterator[EpochRecord]:
-    """Train for `epochs` epochs (continuing from `state.epoch`), yielding a record per epoch.
+    """Train for `epochs` epochs (continuing from `state`), yielding a record per epoch.
 
-    Raises NonFiniteLoss at the step where the loss stops being finite.
+    Raises NonFiniteLoss at the step where the loss stops being finite. When
+    `stop_requested()` turns true (a signal), the loop stops after the current step and
+    yields one record with `interrupted=True`; `state` then describes the half-done epoch
+    exactly, so a checkpoint of it resumes to the same result.
     """
     state = state or LoopState()
     loss_fn = loss_fn or nn.CrossEntropyLoss()
@@ -138,15 +164,19 @@ def fit(
     for epoch in range(state.epoch, epochs):
         model.train()
         t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
+        start = state.batch_in_epoch
+        loss_sum = torch.tensor(state.partial_loss_sum, device=device, dtype=torch.float64)
+        correct = torch.tensor(state.partial_correct, device=device, dtype=torch.float64)
+        seen = torch.tensor(float(state.partial_seen), device=device, dtype=torch.float64)
         bar = None
         if show:
             from tqdm import tqdm
 
-            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", leave=False)
-        for i, (x, y) in enumerate(train_loader.epoch(epoch)):
+            bar = tqdm(total=steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{epochs}",
+                       leave=False)
+        interrupted = False
+        i = start
+        for x, y in train_loader.epoch(epoch, start):
             if i >= steps_per_epoch:
                 break
             # forward
@@ -159,7 +189,7 @@ def fit(
                 logits = model(x)
                 loss = loss_fn(logits, y)
             # a NaN/Inf loss stops the run here, naming where (recipe: fail loudly, not silently)
-            if not torch.isfinite(loss.detach()):
+            if _nonfinite_anywhere(loss):
                 if bar is not None:
                     bar.close()
                 raise NonFiniteLoss(epoch + 1, state.step + 1, "loss", float(loss.detach()))
@@ -178,6 +208,7 @@ def fit(
                     nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
                 optimizer.step()
             state.step += 1
+            i += 1
             if scheduler is not None:
                 scheduler.step_update(num_updates=state.step)
             # accumulate on device: no host sync per step beyond the finiteness test
@@ -186,13 +217,32 @@ def fit(
             seen += len(hard_y)
             if bar is not None:
                 bar.update(1)
+            if stop_requested is not None and stop_requested() and i < steps_per_epoch:
+                interrupted = True
+                break
         if bar is not None:
             bar.close()
+        train_s = time.perf_counter() - t0
+        if interrupted:
+            state.batch_in_epoch = i
+            state.partial_loss_sum, state.partial_correct = float(loss_sum), int(correct)
+            state.partial_seen, state.partial_s = int(seen), state.partial_s + train_s
+            state.wall_s += train_s
+            yield EpochRecord(epoch=epoch, step=state.step, train_loss=math.nan, train_acc=math.nan,
+                              val_loss=math.nan, val_acc=math.nan, lr=current_lr(optimizer),
+                              wall_s=state.wall_s, epoch_s=train_s, images_per_s=0.0,
+                              evaluated=False, interrupted=True)
+            return
         if scheduler is not None:
             scheduler.step(epoch + 1)
-        train_s = time.perf_counter() - t0
+        # DDP: every rank trained on its share of each global batch
+        totals = all_reduce_sum(torch.stack([loss_sum, correct, seen]))
+        n_seen = max(float(totals[2]), 1.0)
+        epoch_s = train_s + state.partial_s
         state.epoch = epoch + 1
         state.wall_s += train_s
+        state.batch_in_epoch, state.partial_loss_sum, state.partial_correct = 0, 0.0, 0
+        state.partial_seen, state.partial_s = 0, 0.0
 
         # evaluate on the whole validation set
         last = epoch + 1 == epochs
@@ -201,9 +251,9 @@ def fit(
             if evaluated else EvalResult(math.nan, math.nan, 0)
         rec = EpochRecord(
             epoch=epoch + 1, step=state.step,
-            train_loss=float(loss_sum) / max(seen, 1), train_acc=float(correct) / max(seen, 1),
+            train_loss=float(totals[0]) / n_seen, train_acc=float(totals[1]) / n_seen,
             val_loss=ev.loss, val_acc=ev.acc, lr=current_lr(optimizer), wall_s=state.wall_s,
-            epoch_s=train_s, images_per_s=seen / train_s if train_s > 0 else 0.0,
+            epoch_s=epoch_s, images_per_s=n_seen / epoch_s if epoch_s > 0 else 0.0,
             evaluated=evaluated, val_logits=ev.logits, val_targets=ev.targets,
         )
         if evaluated:
@@ -219,4 +269,6 @@ def fit(
             "epoch_s", "images_per_s")})
         yield rec
         if rec.stop_reason:
+            return
+        if stop_requested is not None and stop_requested():
             return

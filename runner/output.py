@@ -56,11 +56,18 @@ def _clean(obj: Any) -> Any:
 class RunDir:
     """A run's output directory; all writes go through here."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, enabled: bool = True):
+        """`enabled=False` (DDP ranks other than 0): same API, nothing is written."""
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.enabled = enabled
+        if enabled:
+            self.path.mkdir(parents=True, exist_ok=True)
         self.plots = self.path / "plots"
         self.checkpoints = self.path / "checkpoints"
+
+    def _write(self, path: Path, data: bytes) -> None:
+        if self.enabled:
+            _atomic_write_bytes(path, data)
 
     # -- queries
     def finished(self) -> bool:
@@ -79,12 +86,12 @@ class RunDir:
         for r in rows:
             w.writerow({k: ("" if isinstance(v, float) and not math.isfinite(v) else
                             (f"{v:.6g}" if isinstance(v, float) else v)) for k, v in r.items()})
-        _atomic_write_bytes(self.path / "metrics.csv", buf.getvalue().encode())
+        self._write(self.path / "metrics.csv", buf.getvalue().encode())
 
     # -- JSON files
     def write_json(self, name: str, obj: Any) -> Path:
         p = self.path / name
-        _atomic_write_bytes(p, (json.dumps(_clean(obj), indent=2) + "\n").encode())
+        self._write(p, (json.dumps(_clean(obj), indent=2) + "\n").encode())
         return p
 
     def write_summary(self, summary: Dict[str, Any]) -> Path:
@@ -103,7 +110,7 @@ class RunDir:
         w.writeheader()
         w.writerows([_clean(r) for r in rows])
         p = self.path / name
-        _atomic_write_bytes(p, buf.getvalue().encode())
+        self._write(p, buf.getvalue().encode())
         return p
 
     # -- plots
@@ -115,13 +122,19 @@ class RunDir:
         fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
         plt.close(fig)
         p = self.plots / f"{name}.png"
-        _atomic_write_bytes(p, buf.getvalue())
+        self._write(p, buf.getvalue())
         return self.rel(p)
 
+    # -- text files (a sweep's best.yaml)
+    def write_text(self, name: str, text: str) -> Path:
+        p = self.path / name
+        self._write(p, text.encode())
+        return p
+
     # -- report
-    def write_report(self, html: str) -> Path:
-        p = self.path / "report.html"
-        _atomic_write_bytes(p, html.encode())
+    def write_report(self, html: str, name: str = "report.html") -> Path:
+        p = self.path / name
+        self._write(p, html.encode())
         return p
 
     # -- checkpoints
@@ -131,5 +144,5 @@ class RunDir:
         buf = io.BytesIO()
         torch.save(payload, buf)
         p = self.checkpoints / name
-        _atomic_write_bytes(p, buf.getvalue())
+        self._write(p, buf.getvalue())
         return p

@@ -24,7 +24,9 @@ from omegaconf import OmegaConf
 from runner.checks import Verdict
 from runner.checkpoint import find_resume_checkpoint, load_checkpoint, make_checkpoint, restore
 from runner.data import DataBundle, build_data, train_transform
-from runner.errors import ConfigError, NonFiniteLoss
+from runner.distributed import from_env
+from runner.errors import ConfigError, Interrupted, NonFiniteLoss
+from runner.loggers import build_loggers
 from runner.loop import EpochRecord, LoopState, fit
 from runner.models import build_model, count_params
 from runner.optim import build_loss_and_mixup, build_optimizer, build_scheduler
@@ -55,6 +57,7 @@ class TrainResult:
     params: int
     stop_reason: Optional[str] = None
     records: List[EpochRecord] = field(default_factory=list)
+    pruned: bool = False  # stopped by a tuning trial's pruner (trial_reporter)
 
 
 # ----------------------------------------------------------------------------- runtime
@@ -79,11 +82,15 @@ def set_seed(seed: int) -> None:
 def setup_runtime(cfg) -> torch.device:
     """Seed, threads and device in one place (STYLE habit 11)."""
     t = cfg.trainer
+    dist_info = from_env()
     device = resolve_device(t.device)
+    if device.type == "cuda" and dist_info.enabled:
+        device = torch.device("cuda", dist_info.local_rank)
     if t.precision == "fp16" and device.type != "cuda":
         raise ConfigError(f"trainer.precision='fp16' needs CUDA (device is {device.type}); "
                           "use bf16 or fp32 on CPU")
-    threads = t.threads or os.cpu_count() or 1
+    # DDP ranks share the machine's cores instead of each taking all of them
+    threads = t.threads or max(1, (os.cpu_count() or 1) // dist_info.world)
     torch.set_num_threads(threads)
     set_seed(cfg.seed)
     if device.type == "cuda":
@@ -140,21 +147,64 @@ def build_model_for(cfg, data: DataBundle, ctx: Context, device: torch.device) -
 
 def loaders(cfg, data: DataBundle, device: torch.device, zero_inputs: bool = False):
     t, d = cfg.trainer, cfg.data
+    di = from_env()
+    if t.batch_size % di.world:
+        raise ConfigError(f"trainer.batch_size={t.batch_size} must be divisible by the "
+                          f"{di.world} DDP processes (it is the global batch)")
     aug_tf = train_transform(cfg.aug, data.image_size, data.mean, data.std)
     mixup = cfg.aug.mixup_alpha > 0 or cfg.aug.cutmix_alpha > 0
     train_loader = data.train.loader(t.batch_size, True, cfg.seed, device, train=True,
                                      num_workers=d.num_workers, drop_last=mixup,
-                                     zero_inputs=zero_inputs, aug_transform=aug_tf)
+                                     zero_inputs=zero_inputs, aug_transform=aug_tf,
+                                     rank=di.rank, world=di.world)
     val_loader = data.val.loader(t.batch_size * 2, False, cfg.seed, device, train=False,
-                                 num_workers=d.num_workers, zero_inputs=zero_inputs)
+                                 num_workers=d.num_workers, zero_inputs=zero_inputs,
+                                 rank=di.rank, world=di.world)
     return train_loader, val_loader
 
 
 # ----------------------------------------------------------------------------- one run
+class _StopOnSignal:
+    """SIGINT/SIGTERM ask the loop to stop after the current step (it then checkpoints)."""
+
+    def __init__(self):
+        import signal
+        import threading
+
+        self.signum = None
+        self._old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("signal %d: stopping after this step and saving a checkpoint "
+                    "(again to stop at once)", signum)
+
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def restore(self) -> None:
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+
+
 def train_run(cfg, ctx: Context, data: Optional[DataBundle] = None, zero_inputs: bool = False,
               save_checkpoints: bool = True, keep_val_logits: bool = False,
-              model: Optional[torch.nn.Module] = None, write_metrics: bool = True) -> TrainResult:
-    """Train and evaluate per the config; checkpoint each epoch; resume when asked."""
+              model: Optional[torch.nn.Module] = None, write_metrics: bool = True,
+              trial_reporter=None) -> TrainResult:
+    """Train and evaluate per the config; checkpoint each epoch; resume when asked.
+
+    `trial_reporter` (a tuning trial, runner/tuning.py): gets the epoch's `.metric` after each
+    evaluation and stops the run when `.should_prune()` says so (TrainResult.pruned).
+    """
     device = setup_runtime(cfg)
     data = data or build_data_for(cfg, ctx)
     if model is None:
@@ -181,7 +231,13 @@ def train_run(cfg, ctx: Context, data: Optional[DataBundle] = None, zero_inputs:
         if write_metrics:
             ctx.run.write_metrics(state.history)
 
-    compiled = torch.compile(model) if cfg.trainer.compile else model
+    di = from_env()
+    net = model
+    if di.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    compiled = torch.compile(net) if cfg.trainer.compile else net
     meta = {"model": cfg.model._target_ or cfg.model.name, "num_classes": data.num_classes,
             "in_chans": data.in_chans, "image_size": data.image_size,
             "data_fingerprint": data.fingerprint, "stage": cfg.stage.name}
@@ -190,8 +246,12 @@ def train_run(cfg, ctx: Context, data: Optional[DataBundle] = None, zero_inputs:
     records: List[EpochRecord] = []
     nonfinite = None
     stop_reason = None
+    pruned = False
     log.info("train: %d epochs%s", cfg.trainer.epochs,
              f" (continuing after epoch {state.epoch})" if state.epoch else "")
+    stop = _StopOnSignal() if save_checkpoints else None
+    # logger=tensorboard/mlflow mirror each epoch; metrics.csv is written whatever they are
+    loggers = build_loggers(cfg, ctx.run, ctx.original_cwd, data, model) if write_metrics else None
     try:
         for rec in fit(compiled, optimizer, train_loader, val_loader, epochs=cfg.trainer.epochs,
                        device=device, loss_fn=loss_fn, scheduler=scheduler, mixup=mixup,
@@ -199,13 +259,20 @@ def train_run(cfg, ctx: Context, data: Optional[DataBundle] = None, zero_inputs:
                        grad_clip=cfg.trainer.grad_clip, eval_every=cfg.trainer.eval_every,
                        early_stopping_patience=cfg.trainer.early_stopping_patience,
                        max_steps_per_epoch=cfg.trainer.max_steps_per_epoch,
-                       keep_val_logits=keep_val_logits, progress=cfg.trainer.progress, state=state):
+                       keep_val_logits=keep_val_logits, progress=cfg.trainer.progress, state=state,
+                       stop_requested=stop.requested if stop else None):
+            if rec.interrupted:  # a signal mid-epoch: save the half-done epoch exactly
+                ctx.run.save_checkpoint(make_checkpoint(model, optimizer, scheduler, state,
+                                                        config_yaml, meta), "last.pt")
+                break
             records.append(rec)
             log.info("epoch %d/%d  train_loss %.4f  train_acc %.4f  val_loss %.4f  val_acc %.4f  "
                      "lr %.3g  %.0f img/s", rec.epoch, cfg.trainer.epochs, rec.train_loss,
                      rec.train_acc, rec.val_loss, rec.val_acc, rec.lr, rec.images_per_s)
             if write_metrics:
                 ctx.run.write_metrics(state.history)
+            if loggers:
+                loggers.log_epoch(rec)
             if save_checkpoints:
                 payload = make_checkpoint(model, optimizer, scheduler, state, config_yaml, meta)
                 ctx.run.save_checkpoint(payload, "last.pt")
@@ -214,13 +281,29 @@ def train_run(cfg, ctx: Context, data: Optional[DataBundle] = None, zero_inputs:
             if rec.stop_reason:
                 stop_reason = rec.stop_reason
                 log.info("%s", stop_reason)
+            if trial_reporter is not None and rec.evaluated:
+                trial_reporter.report(rec.epoch, getattr(rec, trial_reporter.metric))
+                if trial_reporter.should_prune():
+                    pruned = True
+                    stop_reason = f"pruned by the study's pruner after epoch {rec.epoch}"
+                    log.info("%s", stop_reason)
+                    break
     except NonFiniteLoss as e:
         nonfinite = e
         log.error("%s", e)
+    finally:
+        if stop is not None:
+            stop.restore()
+        if loggers:
+            interrupted = stop is not None and stop.signum is not None
+            loggers.close("FAILED" if nonfinite else "KILLED" if interrupted else "FINISHED")
+    if stop is not None and stop.signum is not None and state.epoch < cfg.trainer.epochs \
+            and not (pruned or stop_reason or nonfinite):
+        raise Interrupted(stop.signum, ctx.run.path, state.epoch, state.step)
     return TrainResult(data=data, model=model, device=device, history=list(state.history),
                        last=records[-1] if records else None, state=state, nonfinite=nonfinite,
                        resumed_from=resumed_from, params=count_params(model),
-                       stop_reason=stop_reason, records=records)
+                       stop_reason=stop_reason, records=records, pruned=pruned)
 
 
 def summary_of(cfg, ctx: Context, res: TrainResult, verdicts: List[Verdict],
