@@ -79,3 +79,56 @@ def test_init_bad_usage_is_exit_2(tmp_path):
     (tmp_path / "afile").write_text("x")
     r = run_cli(["init", "afile"], tmp_path)
     assert r.code == 2 and "is a file" in r.out
+
+
+# ----------------------------------------------------------------------------- --help
+def test_help_lists_stages_groups_examples_without_importing_torch(tmp_path):
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    from runner.help import stage_summary
+    from runner.stages import STAGES
+
+    p = subprocess.run([sys.executable, "-X", "importtime", "-m", "runner", "--help"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    stages = out.split("Stages (stage=NAME)")[1].split("Config groups")[0]
+    for name, module in STAGES.items():  # one line per registered stage, with its docstring
+        summary = stage_summary(module)
+        assert summary and re.search(rf"^  {name} +{re.escape(summary)}$", stages, re.M), name
+    assert len([ln for ln in stages.splitlines() if ln.startswith("  ")]) == len(STAGES)
+    # in the recipe's order: inspect (stage 1) before baseline (stage 2)
+    assert stages.index("  inspect ") < stages.index("  baseline ")
+    for group in ("data", "model", "optim", "sched", "aug", "logger", "stage", "experiment"):
+        options = sorted(f.stem for f in (REPO / "conf" / group).glob("*.yaml"))
+        assert f"{group}: {', '.join(options)}" in out
+    examples = out.split("Examples:")[1].split("\n\n")[0].strip().splitlines()
+    assert len(examples) == 3 and all(e.strip().startswith("python -m runner ") for e in examples)
+    assert "--config-dir" in out and "-sc install=bash" in out and "Exit codes" in out
+    # STYLE habit 11: --help does not import torch or timm (python -X importtime lists modules)
+    imported = re.findall(r"\|\s+([\w.]+)\s*$", p.stderr, re.M)
+    assert imported and not [m for m in imported if m.split(".")[0] in ("torch", "timm", "mlflow")]
+
+
+def test_help_shows_a_user_config_dir_group_option(tmp_path):
+    repo = tmp_path / "repo"
+    assert run_cli(["init", str(repo)], tmp_path).code == 0
+    r = run_cli(["--config-dir", str(repo / "conf"), "--help"], tmp_path)
+    assert r.code == 0
+    assert "data: custom, digits, example, imagefolder" in r.out
+    assert "experiment: digits_resnet, example" in r.out
+
+
+def test_shell_completion_offers_stages(tmp_path):
+    from runner.stages import STAGES
+
+    line = "recipe-runner stage="
+    r = run_cli(["-sc", "query=bash"], tmp_path, env={"COMP_LINE": line, "COMP_POINT": str(len(line))})
+    assert r.code == 0, r.out
+    assert sorted(r.out.split()) == sorted(f"stage={s}" for s in STAGES)
