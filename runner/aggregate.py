@@ -46,8 +46,9 @@ GROUP_FIGURES = ("val_acc", "val_loss", "train_loss", "best_val_acc", "epochs", 
 CHECK_STATUSES = ("pass", "warn", "fail", "skip")
 # override keys that say how a job was started, not what it is
 NOT_IDENTITY = {"resume"}
-# statuses of jobs that ran to the end (summary.json of this run is current)
-DONE = {"finished", "stopped_early", "nonfinite"}
+# jobs without results: error.json is newer than any summary.json, or neither exists;
+# every other status comes from summary.json (finished, stopped_early, nonfinite, pruned...)
+NO_RESULT = ("failed", "incomplete")
 ERROR_FILE = "error.json"
 
 
@@ -280,6 +281,7 @@ class SweepTable:
     mode: str
     exit_code: int
     failed: List[Dict[str, Any]] = field(default_factory=list)
+    report: Optional[Path] = None  # report.html, or runs.html beside another tool's report.html
 
     def counts(self) -> Dict[str, int]:
         out: Dict[str, int] = {}
@@ -316,7 +318,7 @@ def build_table(jobs: Sequence[Job], out_dir: Path, metric: str = "val_acc",
         row.update({k: j.value(k) for k in keys})
         row["seed"] = j.seed
         row.update({"status": j.status, "exit_code": j.exit_code, "error": j.error})
-        row.update(j.figures if j.status in DONE else {k: None for k in FIGURES})
+        row.update(j.figures if j.status not in NO_RESULT else {k: None for k in FIGURES})
         row.update({f"checks_{s}": j.checks[s] for s in CHECK_STATUSES})
         row.update({"checks_failed": " ".join(j.checks_failed), "resumed": j.resumed,
                     "run_dir": _rel(j.path, out_dir)})
@@ -327,7 +329,7 @@ def build_table(jobs: Sequence[Job], out_dir: Path, metric: str = "val_acc",
     groups = seed_groups(rows, group_keys, varied, metric, mode)
     codes = [r["exit_code"] for r in rows if isinstance(r["exit_code"], int)]
     failed = [dict(r, path=_rel(j.path, Path.cwd())) for r, j in zip(rows, jobs)
-              if r["status"] not in DONE]
+              if r["status"] in NO_RESULT]
     return SweepTable(rows=rows, groups=groups, keys=keys, varied=varied, fixed=fixed,
                       metric=metric, mode=mode, exit_code=max(codes, default=0), failed=failed)
 
@@ -357,7 +359,7 @@ def seed_groups(rows: Sequence[Dict[str, Any]], group_keys: Sequence[str], varie
         g: Dict[str, Any] = {k: members[0].get(k) for k in varied}
         done = [r for r in members if _finite(r.get(metric))]
         g.update({"n": len(done), "jobs": len(members),
-                  "failed": sum(r["status"] not in DONE for r in members),
+                  "failed": sum(r["status"] in NO_RESULT for r in members),
                   "seeds": " ".join(str(r.get("seed")) for r in members)})
         for f in figures:
             vals = [float(r[f]) for r in members if _finite(r.get(f))]
@@ -386,6 +388,20 @@ def seed_groups(rows: Sequence[Dict[str, Any]], group_keys: Sequence[str], varie
 
 
 # ----------------------------------------------------------------------------- writing
+# marks report.html as this module's page: another page of that name (e.g. the tune
+# sweeper's study report) is never overwritten; the table then goes to runs.html
+MARKER = '<meta name="generator" content="runner.aggregate">'
+
+
+def report_name(out_dir: Path) -> str:
+    page = Path(out_dir) / "report.html"
+    try:
+        theirs = page.exists() and MARKER not in page.read_text(errors="replace")[:2000]
+    except OSError:
+        theirs = False
+    return "runs.html" if theirs else "report.html"
+
+
 def summarize(paths: Sequence[Path], out_dir: Path, metric: str = "val_acc",
               mode: str = "max") -> SweepTable:
     """Read every job under `paths`, write runs.csv, groups.csv, report.html into out_dir."""
@@ -400,7 +416,9 @@ def summarize(paths: Sequence[Path], out_dir: Path, metric: str = "val_acc",
     figs = []
     if any(_finite(r.get(metric)) for r in tab.rows):
         figs.append(run.save_figure(metric_by_key(tab), f"{metric}_by_key"))
-    run.write_report(render_report(tab, out_dir, figs, [str(p) for p in paths]))
+    html = render_report(tab, out_dir, figs, [str(p) for p in paths])
+    html = html.replace('<meta charset="utf-8">', '<meta charset="utf-8">' + MARKER, 1)
+    tab.report = run.write_report(html, report_name(out_dir))
     return tab
 
 
@@ -456,7 +474,8 @@ def render_report(tab: SweepTable, out_dir: Path, figs: Sequence[str], sources: 
     rep = Report(f"Sweep: {len(tab.rows)} jobs, {len(tab.groups)} seed groups",
                  subtitle=f"from {', '.join(sources)}  ·  ranked by {tab.metric} "
                           f"({'higher' if tab.mode == 'max' else 'lower'} is better)",
-                 kpis={"jobs": len(tab.rows), "finished": sum(counts.get(s, 0) for s in DONE),
+                 kpis={"jobs": len(tab.rows),
+                       "with results": len(tab.rows) - sum(counts.get(s, 0) for s in NO_RESULT),
                        "failed": counts.get("failed", 0),
                        "incomplete": counts.get("incomplete", 0),
                        f"best {tab.metric}": _pm(best[f"{tab.metric}_mean"], best[f"{tab.metric}_std"])
@@ -545,9 +564,22 @@ class SweepSummary(Callback):
     Works for any sweeper and launcher: it reads the job directories, not return values.
     """
 
-    def __init__(self, metric: str = "val_acc", mode: str = "max", enabled: bool = True) -> None:
+    def __init__(self, metric: Optional[str] = None, mode: Optional[str] = None,
+                 enabled: bool = True) -> None:
         self.metric, self.mode, self.enabled = metric, mode, enabled
         self.sweep_dir: Optional[Path] = None
+
+    def ranking(self, config) -> Tuple[str, str]:
+        """metric and mode: as set here, else the sweeper's objective (tune), else val_acc/max."""
+        from omegaconf import OmegaConf
+
+        sweeper = OmegaConf.select(config, "hydra.sweeper", default=None)
+        metric = self.metric or (sweeper.get("metric") if sweeper is not None else None) or "val_acc"
+        direction = sweeper.get("direction") if sweeper is not None else None
+        mode = self.mode or {"maximize": "max", "minimize": "min"}.get(str(direction), None)
+        if mode is None:  # losses go down, everything else (accuracy) up
+            mode = "min" if "loss" in metric else "max"
+        return metric, mode
 
     def on_multirun_start(self, config, **kwargs: Any) -> None:
         # resolve ${now:...} once, before the launcher does, so both see the same folder
@@ -558,13 +590,18 @@ class SweepSummary(Callback):
             return
         sweep_dir = self.sweep_dir or Path(str(config.hydra.sweep.dir))
         try:
-            tab = summarize([sweep_dir], sweep_dir, self.metric, self.mode)
+            tab = summarize([sweep_dir], sweep_dir, *self.ranking(config))
         except ConfigError as e:
             log.error("sweep summary: %s", e)
             _sweep_exit_codes.append(1)
             return
+        except Exception:  # the jobs' own results are on disk; never lose them to a summary bug
+            log.exception("sweep summary failed; rebuild it with: python -m runner aggregate %s",
+                          sweep_dir)
+            _sweep_exit_codes.append(1)
+            return
         _sweep_exit_codes.append(tab.exit_code)
-        log.info("sweep summary (%d jobs): %s\n%s", len(tab.rows), sweep_dir / "report.html",
+        log.info("sweep summary (%d jobs): %s\n%s", len(tab.rows), tab.report,
                  console_table(tab))
         if tab.failed:
             log.error("%d of %d jobs did not finish (listed above, and in %s)", len(tab.failed),
@@ -603,6 +640,6 @@ def aggregate_main(argv: Sequence[str]) -> int:
         return e.exit_code
     print(console_table(tab))
     print(f"{len(tab.rows)} jobs, {len(tab.groups)} seed groups -> {out / 'runs.csv'}, "
-          f"{out / 'groups.csv'}, {out / 'report.html'}")
+          f"{out / 'groups.csv'}, {tab.report}")
     # 1: some job failed (or failed a check); 2 stays for bad input to this command
     return 1 if tab.exit_code or tab.failed else 0

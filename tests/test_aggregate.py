@@ -22,7 +22,7 @@ from conftest import run_cli
 
 TINY = ["stage=train", "data=synthetic", "data.num_train=128", "data.num_val=64",
         "trainer.epochs=1", "trainer.batch_size=32", "trainer.progress=false",
-        "data.num_workers=0"]
+        "data.num_workers=0", "trainer.threads=1"]
 LRS, WDS, SEEDS = ("0.001", "0.003", "-1"), ("0.0", "0.0001"), ("1", "2")
 
 BOOM = '''
@@ -191,22 +191,27 @@ def test_aggregate_sees_resumed_and_unfinished_jobs(sweeps, tmp_path):
     rows = {r["job"]: r for r in read_csv(d / "runs.csv")}
     ok = [j for j, r in rows.items() if r["status"] == "finished"]
     resumed, killed = d / ok[0], d / ok[1]
+    for job in (resumed, killed):  # as if killed after the epoch-1 checkpoint of 2 epochs
+        (job / "summary.json").unlink()
+    res = run_cli(["aggregate", str(d)], sweeps["cwd"])
+    assert res.code == 1 and res.out.count("INCOMPLETE: ") == 2, res.out
+    k = {r["job"]: r for r in read_csv(d / "runs.csv")}[killed.name]
+    assert k["status"] == "incomplete" and k["val_acc"] == "" and "no summary.json" in k["error"]
+    # continue one of them in its own directory, with the sweep's overrides
     ov = overrides_of(resumed)
-    # continue job ok[0] for one more epoch in its own directory
     args = [f"{k}={v}" for k, v in ov.items() if k != "trainer.epochs"] + ["trainer.epochs=2"]
     res = run_cli([f"resume={resumed}", *args], sweeps["cwd"])
     assert res.code == 0, res.out[-3000:]
-    (killed / "summary.json").unlink()  # as if killed mid-run: no results, no error.json
-    res = run_cli(["aggregate", str(d)], sweeps["cwd"])
+    run_cli(["aggregate", str(d)], sweeps["cwd"])
     after = {r["job"]: r for r in read_csv(d / "runs.csv")}
     r = after[resumed.name]
-    assert r["resumed"] == "True" and r["epochs"] == "2" and r["trainer.epochs"] == "2"
+    assert r["status"] == "finished" and r["resumed"] == "True" and r["epochs"] == "2"
+    assert r["trainer.epochs"] == "2"  # what produced the current results
     assert (r["optim.lr"], r["optim.weight_decay"], r["seed"]) == (
-        rows[resumed.name]["optim.lr"], rows[resumed.name]["optim.weight_decay"], rows[resumed.name]["seed"])
-    assert "resume" not in after[resumed.name]  # how a job was started is not what it is
-    k = after[killed.name]
-    assert k["status"] == "incomplete" and k["val_acc"] == "" and "no summary.json" in k["error"]
-    assert "INCOMPLETE: " in res.out
+        rows[resumed.name]["optim.lr"], rows[resumed.name]["optim.weight_decay"],
+        rows[resumed.name]["seed"])
+    assert "resume" not in r  # how a job was started is not what it is
+    assert after[killed.name]["status"] == "incomplete"
 
 
 def test_seed_groups_significance_on_known_numbers(tmp_path):
