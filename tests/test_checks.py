@@ -31,6 +31,16 @@ def normalise(x8: torch.Tensor) -> torch.Tensor:
     return (x8.float() / 255 - MEAN[0]) / STD[0]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from 2 threads, and on a shared CPU OpenMP's spinning threads
+    make these tests ~10x slower; one thread keeps the file at seconds."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def batch():
     """64 clean, normalised synthetic images (balanced classes) and their labels."""
@@ -183,9 +193,17 @@ def test_checks_leave_the_model_untouched(batch, prior):
 
 
 # ----------------------------------------------------------------------------- broken cases
-def test_batch_mixing_reshape_fails_batch_independence(batch):
+class TransposeMixer(TinyCNN):
+    """Swaps batch and channel axes, then views the result back to the input shape."""
+
+    def forward(self, x):
+        return super().forward(x.transpose(0, 1).reshape(x.shape))
+
+
+@pytest.mark.parametrize("cls", [BatchMixer, TransposeMixer])
+def test_batch_mixing_fails_batch_independence(batch, cls):
     x, _ = batch
-    v = batch_independence(make(BatchMixer), x[:8])
+    v = batch_independence(make(cls), x[:8])
     assert v.status == "fail"
     assert "mixes information across the batch" in v.message
 
@@ -195,6 +213,28 @@ def test_batch_independence_runs_batchnorm_in_eval_and_says_so(batch):
     v = batch_independence(timm_resnet(), x[:8])
     assert v.status == "pass"
     assert "BatchNorm layer(s) in eval mode" in v.message
+    # why: in plain train mode BatchNorm's batch statistics couple every example
+    model = timm_resnet().train()
+    xi = x[:8].clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(model(xi)[0].sum(), xi)
+    assert float(g[1:].abs().max()) > 0
+
+
+def test_prediction_evidence_figures():
+    from runner.checks.predictions import (confusion, confusion_figure, fixed_examples,
+                                           prediction_dynamics, top_losses)
+
+    targets = torch.tensor([0, 1, 2, 0, 1, 2])
+    logits = torch.eye(3)[torch.tensor([0, 1, 1, 0, 2, 2])] * 4
+    cm = confusion(logits, targets, 3)
+    assert cm.tolist() == [[2, 0, 0], [0, 1, 1], [0, 1, 1]]
+    idx = fixed_examples(targets, 3, k=4)
+    assert idx == [0, 1, 2, 3]  # one per class first, then round again
+    top, losses = top_losses(logits, targets, k=2)
+    assert sorted(top) == [2, 4] and losses[0] == pytest.approx(losses[1])
+    probs = [logits[idx].softmax(1), (2 * logits[idx]).softmax(1)]
+    assert prediction_dynamics([1, 2], probs, targets, idx) is not None
+    assert confusion_figure(cm, ["a", "b", "c"]) is not None
 
 
 def test_over_scaled_final_layer_fails_init_loss(batch, prior):

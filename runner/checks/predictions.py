@@ -28,30 +28,34 @@ def fixed_examples(targets: torch.Tensor, num_classes: int, k: int = 8) -> List[
 
 
 def prediction_dynamics(epochs: Sequence[int], probs: Sequence[torch.Tensor], targets: torch.Tensor,
-                        indices: Sequence[int], class_names: Optional[Sequence[str]] = None):
-    """One panel per fixed example: each class's predicted probability at every epoch.
+                        indices: Sequence[int], class_names: Optional[Sequence[str]] = None,
+                        max_lines: int = 6):
+    """One panel per fixed example: its predicted class probabilities at every epoch.
 
-    `probs[e]` is [n_val, C] softmax output after epoch `epochs[e]`; the true class is drawn
-    thick and green, the others thin (the final wrong prediction, if any, in red).
+    `probs[e]` is [len(indices), C], the softmax outputs for `indices` after epoch
+    `epochs[e]`. The true class is drawn thick and green, the final wrong prediction (if any)
+    red, and the other classes that ever came near the top thin grey (at most `max_lines`
+    lines per panel, so 1000 classes stay readable).
     """
     n = len(indices)
     ncol = min(4, n)
     nrow = (n + ncol - 1) // ncol
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.1 * ncol, 2.3 * nrow), squeeze=False,
                              sharex=True, sharey=True)
-    P = torch.stack([p[list(indices)] for p in probs])  # [E, n, C]
+    P = torch.stack([p.float().cpu() for p in probs])  # [E, n, C]
     C = P.shape[-1]
     names = list(class_names) if class_names else [str(c) for c in range(C)]
     for k, idx in enumerate(indices):
         ax = axes[k // ncol][k % ncol]
         t = int(targets[idx])
         final = int(P[-1, k].argmax())
-        for c in range(C):
-            if c == t:
-                continue
+        peak = P[:, k].amax(0)
+        peak[t] = -1.0
+        others = peak.topk(min(max_lines - 1, C - 1)).indices.tolist()
+        for c in others:
             colour = "#cf222e" if c == final else "#aaaaaa"
-            ax.plot(epochs, P[:, k, c].numpy(), color=colour, lw=1.0 if c != final else 1.6)
-        ax.plot(epochs, P[:, k, t].numpy(), color="#1a7f37", lw=2.4, label=f"true {names[t]}")
+            ax.plot(epochs, P[:, k, c].numpy(), color=colour, lw=1.6 if c == final else 1.0)
+        ax.plot(epochs, P[:, k, t].numpy(), color="#1a7f37", lw=2.4)
         ax.set_title(f"val #{idx}: true {names[t]}, pred {names[final]}", fontsize=8,
                      color="black" if final == t else "#cf222e")
         ax.set_ylim(-0.02, 1.02)

@@ -129,7 +129,8 @@ def run(cfg, ctx: Context) -> int:
     log.info("train: the skeleton, end to end")
     res = train_run(cfg, ctx, data=data, model=model, keep_val_logits=on_predictions(cfg))
     if on("train.finite"):
-        verdicts.append(train_finite(res.nonfinite, res.state.step))
+        log.info("check: train.finite (no NaN/Inf loss in the real run)")
+        verdicts.append(timed(train_finite, res.nonfinite, res.state.step))
 
     # dumb baselines the real model must beat
     majority = majority_accuracy(data.train.labels, data.val.labels, data.num_classes)
@@ -226,7 +227,7 @@ def predictions_sections(ctx, data, res, s) -> List[Tuple[str, str]]:
     logits = recs[-1].val_logits
     out = []
     idx = fixed_examples(targets, data.num_classes, int(s.examples))
-    fig = prediction_dynamics([r.epoch for r in recs], [r.val_logits.float().softmax(1) for r in recs],
+    fig = prediction_dynamics([r.epoch for r in recs], [r.val_logits[idx].float().softmax(1) for r in recs],
                               targets, idx, data.class_names)
     out.append(("Prediction dynamics", images([ctx.run.save_figure(fig, "prediction_dynamics")])
                 + "<p class='sub'>Predicted probabilities of fixed validation examples after each "
