@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def _finite(xs: Sequence[float]):
@@ -21,7 +22,7 @@ def curves(history: List[Dict], title: str = "Training curves"):
     ax = axes[0]
     ax.plot(ep, _finite([r["train_loss"] for r in history]), "o-", label="train")
     ax.plot(ep, _finite([r["val_loss"] for r in history]), "o-", label="val")
-    ax.set(title="Loss (cross-entropy)", xlabel="epoch", ylabel="loss")
+    ax.set(title="Loss (cross-entropy)", xlabel="epoch", ylabel="loss (nats per example)")
     ax.legend()
     ax = axes[1]
     ax.plot(ep, _finite([100 * r["train_acc"] for r in history]), "o-", label="train")
@@ -30,8 +31,11 @@ def curves(history: List[Dict], title: str = "Training curves"):
     ax.legend()
     ax = axes[2]
     ax.plot(ep, [r["lr"] for r in history], "o-")
-    ax.set(title="Learning rate (end of epoch)", xlabel="epoch", ylabel="lr")
+    ax.set(title="Learning rate (end of epoch)", xlabel="epoch", ylabel="learning rate")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    for ax in axes:  # epochs are whole numbers; a grid makes values readable at a glance
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -45,5 +49,7 @@ def line(ys: Sequence[float], title: str, xlabel: str, ylabel: str, logy: bool =
     if logy:
         ax.set_yscale("log")
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

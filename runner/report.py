@@ -1,25 +1,39 @@
 """HTML report rendering: a self-contained page (images beside it in plots/).
 
-Pure functions from data to HTML strings; RunDir.write_report puts the page on disk.
+Every report (a run's, a sweep's, a study's, a recipe's) is a `Report`: a header (title,
+facts such as stage/data/model, key figures, verdict counts, links to related reports),
+sections, and a footer listing the run's files. Pure functions from data to HTML strings;
+RunDir.write_report puts the page on disk. No external assets: it reads offline.
 """
 from __future__ import annotations
 
 import html
 import math
+import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 STATUS_COLOURS = {"pass": "#1a7f37", "warn": "#9a6700", "fail": "#cf222e", "skip": "#6e7781"}
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5rem auto;max-width:1180px;
 color:#1f2328;padding:0 1rem;line-height:1.45}
-h1{font-size:1.6rem;margin-bottom:.2rem} h2{border-bottom:1px solid #d0d7de;padding-bottom:.2rem;margin-top:2rem}
+h1{font-size:1.6rem;margin:.2rem 0} h2{border-bottom:1px solid #d0d7de;padding-bottom:.2rem;margin-top:2rem}
+h3{font-size:1.05rem;margin:1.2rem 0 .3rem}
 table{border-collapse:collapse;margin:.5rem 0} td,th{border:1px solid #d0d7de;padding:.25rem .6rem;text-align:left;
 vertical-align:top;font-size:.92rem} th{background:#f6f8fa}
 .status{font-weight:600;text-transform:uppercase;color:#fff;border-radius:4px;padding:0 .4rem;font-size:.8rem}
-.figs img{max-width:520px;margin:.3rem;border:1px solid #d0d7de} pre{background:#f6f8fa;padding:.8rem;overflow:auto;
-font-size:.85rem} .sub{color:#57606a} .kpi{display:inline-block;margin-right:1.6rem} .kpi b{font-size:1.3rem;display:block}
+.figs a{display:inline-block} .figs img{max-width:100%;height:auto;margin:.3rem;border:1px solid #d0d7de}
+pre{background:#f6f8fa;padding:.8rem;overflow:auto;font-size:.85rem} .sub{color:#57606a}
+.kpis{display:flex;flex-wrap:wrap;gap:.4rem 1.8rem;margin:.8rem 0} .kpi b{font-size:1.3rem;display:block}
+.kpi{color:#57606a;font-size:.85rem} .kpi b{color:#1f2328}
+.facts{display:grid;grid-template-columns:max-content 1fr;gap:.1rem 1rem;margin:.6rem 0;font-size:.92rem}
+.facts dt{color:#57606a} .facts dd{margin:0}
+.verdict{border-radius:6px;padding:.45rem .8rem;margin:.6rem 0;font-weight:600;color:#fff}
+.nav{font-size:.9rem;margin:.2rem 0} .nav a{margin-right:1rem} .toc{font-size:.9rem}
+footer{margin-top:2.5rem;border-top:1px solid #d0d7de;padding-top:.5rem;font-size:.85rem;color:#57606a}
+footer a{margin-right:.8rem}
 """
 
 
@@ -52,20 +66,59 @@ class Report:
     subtitle: str = ""
     kpis: Dict[str, Any] = field(default_factory=dict)
     sections: List[Section] = field(default_factory=list)
+    # header: label -> text (stage, data, model, ...), shown under the title
+    facts: Dict[str, Any] = field(default_factory=dict)
+    # verdict counts {"pass": n, "warn": n, "fail": n, "skip": n}: the coloured banner
+    counts: Optional[Dict[str, int]] = None
+    # (label, href) of related reports: the sweep/recipe above, the trials below
+    links: List[Tuple[str, str]] = field(default_factory=list)
+    # files beside the report, linked in the footer (relative paths)
+    files: List[str] = field(default_factory=list)
 
     def add(self, title: str, body: str, anchor: Optional[str] = None) -> None:
         self.sections.append(Section(title, body, anchor))
 
     def render(self) -> str:
-        kpis = "".join(f'<span class="kpi"><b>{esc(fmt(v))}</b>{esc(k)}</span>' for k, v in self.kpis.items())
+        kpis = "".join(f'<span class="kpi"><b>{esc(fmt(v))}</b>{esc(k)}</span>'
+                       for k, v in self.kpis.items())
+        facts = "".join(f"<dt>{esc(k)}</dt><dd>{esc(fmt(v))}</dd>" for k, v in self.facts.items())
+        nav = " ".join(f'<a href="{esc(h)}">{esc(t)}</a>' for t, h in self.links)
         toc = " · ".join(f'<a href="#{s.anchor or slug(s.title)}">{esc(s.title)}</a>' for s in self.sections)
         body = "".join(f'<h2 id="{s.anchor or slug(s.title)}">{esc(s.title)}</h2>{s.body}' for s in self.sections)
         if 'class="sortable"' in body:
             body += f"<script>{SORT_JS}</script>"
+        files = " ".join(f'<a href="{esc(f)}">{esc(f)}</a>' for f in self.files)
         return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+                f'<meta name="viewport" content="width=device-width,initial-scale=1">'
                 f'<title>{esc(self.title)}</title><style>{CSS}</style></head><body>'
-                f'<h1>{esc(self.title)}</h1><p class="sub">{esc(self.subtitle)}</p>'
-                f'<p>{kpis}</p><p class="sub">{toc}</p>{body}</body></html>')
+                + (f'<p class="nav">{nav}</p>' if nav else "")
+                + f'<h1>{esc(self.title)}</h1>'
+                + (f'<p class="sub">{esc(self.subtitle)}</p>' if self.subtitle else "")
+                + (verdict_banner(self.counts) if self.counts is not None else "")
+                + (f'<dl class="facts">{facts}</dl>' if facts else "")
+                + (f'<div class="kpis">{kpis}</div>' if kpis else "")
+                + f'<p class="toc">{toc}</p>{body}'
+                + f'<footer>{("files: " + files + "<br>") if files else ""}'
+                f'written {esc(time.strftime("%Y-%m-%d %H:%M:%S"))} by recipe-runner</footer>'
+                + '</body></html>')
+
+
+def verdict_banner(counts: Dict[str, int]) -> str:
+    """One line that says how the checks went, coloured by the worst verdict."""
+    n = {k: int(counts.get(k, 0) or 0) for k in ("pass", "warn", "fail", "skip")}
+    total = sum(n.values())
+    worst = "fail" if n["fail"] else "warn" if n["warn"] else "pass" if n["pass"] else "skip"
+    if not total:
+        text = "no checks ran"
+    else:
+        text = {"fail": f"{n['fail']} of {total} checks failed",
+                "warn": f"no check failed; {n['warn']} of {total} warn",
+                "pass": f"all {n['pass']} checks passed" if not n["skip"] else
+                        f"{n['pass']} checks passed, none failed",
+                "skip": f"all {total} checks skipped"}[worst]
+        text += "  ·  " + " / ".join(f"{n[k]} {k}" for k in ("pass", "warn", "fail", "skip"))
+    return (f'<div class="verdict" id="verdict" data-status="{worst}" '
+            f'style="background:{STATUS_COLOURS[worst]}">{esc(text)}</div>')
 
 
 def esc(x: Any) -> str:
@@ -107,7 +160,10 @@ def status_badge(status: str) -> str:
 
 
 def images(paths: Sequence[str]) -> str:
-    return '<div class="figs">' + "".join(f'<img src="{esc(p)}" alt="{esc(p)}">' for p in paths) + "</div>"
+    """Figures beside the report (relative paths); each opens full size when clicked."""
+    return '<div class="figs">' + "".join(
+        f'<a href="{esc(p)}"><img src="{esc(p)}" alt="{esc(Path(p).stem.replace("_", " "))}"></a>'
+        for p in paths) + "</div>"
 
 
 def pre(text: str) -> str:
@@ -128,3 +184,88 @@ def checks_section(verdicts: Sequence[Any]) -> str:
         detail.append(f'<h3 id="check-{slug(d["name"])}">{esc(d["name"])} {status_badge(d["status"])}</h3>'
                       f'<p>{esc(d.get("message", ""))}</p>' + images(d.get("artifacts") or []))
     return table(rows, ["check", "status", "value", "expected", "message"], raw=("check", "status")) + "".join(detail)
+
+
+# ----------------------------------------------------------------------------- a run's header
+def verdict_counts(verdicts: Sequence[Any]) -> Dict[str, int]:
+    statuses = [(v.to_dict() if hasattr(v, "to_dict") else v)["status"] for v in verdicts]
+    return {s: statuses.count(s) for s in ("pass", "warn", "fail", "skip")}
+
+
+def _pct(x: Any) -> Optional[str]:
+    return f"{100 * x:.2f}%" if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+def run_facts(summary: Dict[str, Any]) -> Dict[str, str]:
+    """What ran, on what: the lines under a run report's title (missing facts are left out)."""
+    out: Dict[str, str] = {"stage": summary.get("stage")}
+    if summary.get("name") not in (None, "default"):
+        out["experiment"] = summary["name"]
+    d = summary.get("data")
+    if isinstance(d, dict):
+        shape = "×".join(str(x) for x in (d.get("in_chans"), d.get("image_size"), d.get("image_size")))
+        out["data"] = (f'{d.get("kind")} · {d.get("num_train")} train / {d.get("num_val")} val · '
+                       f'{d.get("num_classes")} classes · {shape} px')
+    if summary.get("model"):
+        params = summary.get("params")
+        out["model"] = str(summary["model"]) + (f" · {params:,} parameters" if isinstance(params, int) else "")
+    prov = summary.get("provenance") or {}
+    if prov.get("device"):
+        out["device"] = f'{prov["device"]} ({prov.get("device_name") or "?"}, {prov.get("threads")} threads)'
+    status = summary.get("status")
+    if status and status != "finished":
+        out["status"] = f"{status}: {summary.get('stop_reason') or summary.get('error') or ''}".rstrip(": ")
+    if summary.get("resumed_from"):
+        out["resumed from"] = summary["resumed_from"]
+    if summary.get("run_dir"):
+        out["run"] = summary["run_dir"]
+    return {k: v for k, v in out.items() if v not in (None, "")}
+
+
+def run_kpis(summary: Dict[str, Any]) -> Dict[str, Any]:
+    """The key figures of a run, formatted for people; figures the run does not have are left out."""
+    best = _pct(summary.get("best_val_acc"))
+    if best and summary.get("best_epoch") is not None:
+        best += f" (epoch {summary['best_epoch']})"
+    ips, wall, params = summary.get("images_per_s"), summary.get("wall_s"), summary.get("params")
+    k = {"val accuracy": _pct(summary.get("val_acc")),
+         "best val accuracy": best,
+         "human baseline": _pct(summary.get("human_baseline")),
+         "val loss": summary.get("val_loss"),
+         "train loss": summary.get("train_loss"),
+         "epochs": summary.get("epochs"),
+         "images/s": f"{ips:,.0f}" if isinstance(ips, (int, float)) and math.isfinite(ips) else None,
+         "training time": f"{wall:.1f} s" if isinstance(wall, (int, float)) and math.isfinite(wall) else None,
+         "parameters": f"{params:,}" if isinstance(params, int) else None}
+    return {key: v for key, v in k.items() if v is not None and not (isinstance(v, float) and not math.isfinite(v))}
+
+
+def related_links(run_path: Path) -> List[Tuple[str, str]]:
+    """Links from a run's report up to the report of what it is part of: the sweep summary
+    (multirun jobs, tuning trials) or the run whose folder holds this one (recipe stages)."""
+    links: List[Tuple[str, str]] = []
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            links.append(("↑ sweep summary", "../report.html"))
+    except ImportError:  # pragma: no cover - hydra is a dependency
+        pass
+    parent = Path(run_path).parent
+    if not links and ((parent / ".hydra").is_dir() or (parent / "summary.json").exists()):
+        links.append(("↑ parent run", "../report.html"))
+    return links
+
+
+# files beside a run's report worth a click; anything else at the top level is listed too
+RUN_FILES = ("metrics.csv", "summary.json", "checks.json", "runner.log", ".hydra/config.yaml",
+             ".hydra/overrides.yaml")
+
+
+def run_files(run_path: Path) -> List[str]:
+    run_path = Path(run_path)
+    named = [f for f in RUN_FILES if (run_path / f).is_file()]
+    others = sorted(p.name for p in run_path.iterdir() if p.is_file() and not p.name.startswith(".")
+                    and p.name != "report.html" and p.name not in named)
+    return named + others

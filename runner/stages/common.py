@@ -373,21 +373,19 @@ def finish(cfg, ctx: Context, res: Optional[TrainResult], verdicts: List[Verdict
            summary: Dict[str, Any], sections=(), title: Optional[str] = None) -> int:
     """Write checks.json, summary.json, plots and report.html; log the outcome; exit code."""
     from runner import plots
-    from runner.report import Report, checks_section, images, kv_table, pre, table
+    from runner.report import (Report, checks_section, esc, images, kv_table, pre, related_links,
+                               run_facts, run_files, run_kpis, table, verdict_counts)
 
     save_verdict_figures(ctx, verdicts)
     ctx.run.write_checks(verdicts)
     ctx.run.write_summary(summary)
 
+    # header: what ran on what, key figures, verdict counts, links up to a sweep/recipe report
     rep = Report(title or f"{cfg.stage.name}: {summary.get('model', '')} on {cfg.data.kind}",
-                 subtitle=f"run {ctx.run.path}  ·  experiment {cfg.name}",
-                 kpis={"val acc": summary.get("val_acc"), "val loss": summary.get("val_loss"),
-                       "train loss": summary.get("train_loss"), "epochs": summary.get("epochs"),
-                       "images/s": summary.get("images_per_s"),
-                       "checks pass/warn/fail": "/".join(str(summary.get("checks", {}).get(s, 0))
-                                                         for s in ("pass", "warn", "fail"))})
+                 kpis=run_kpis(summary), facts=run_facts(summary), counts=verdict_counts(verdicts),
+                 links=related_links(ctx.run.path), files=run_files(ctx.run.path))
     if summary.get("error"):
-        rep.add("Stopped", f"<p><b>{summary['error']}</b></p>")
+        rep.add("Stopped", f"<p><b>{esc(summary['error'])}</b></p>")
     rep.add("Checks", checks_section(verdicts))
     if res is not None and res.history:
         rel = ctx.run.save_figure(plots.curves(res.history, f"{cfg.stage.name}: training curves"), "curves")
