@@ -44,8 +44,9 @@ FIGURES = ("val_acc", "val_loss", "train_loss", "train_acc", "best_val_acc", "be
 # figures that get mean/std per seed group (the main metric is always added)
 GROUP_FIGURES = ("val_acc", "val_loss", "train_loss", "best_val_acc", "epochs", "wall_s")
 CHECK_STATUSES = ("pass", "warn", "fail", "skip")
-# override keys that say how a job was started, not what it is
-NOT_IDENTITY = {"resume"}
+# override keys that say how a job was started, not what it is: `resume`, and the
+# bookkeeping the tune sweeper gives each trial (tune.trial, tune.storage, tune.study_name)
+NOT_IDENTITY = ("resume", "tune")
 # jobs without results: error.json is newer than any summary.json, or neither exists;
 # every other status comes from summary.json (finished, stopped_early, nonfinite, pruned...)
 NO_RESULT = ("failed", "incomplete")
@@ -134,7 +135,7 @@ def _override_pairs(lines: Sequence[str]) -> List[Tuple[str, str]]:
             continue
         key, value = line.split("=", 1)
         key = key.lstrip("+")
-        if key.startswith("hydra.") or key.startswith("hydra/") or key in NOT_IDENTITY:
+        if key.startswith(("hydra.", "hydra/")) or key.split(".")[0] in NOT_IDENTITY:
             continue
         out.append((key, value))
     return out
@@ -567,7 +568,6 @@ class SweepSummary(Callback):
     def __init__(self, metric: Optional[str] = None, mode: Optional[str] = None,
                  enabled: bool = True) -> None:
         self.metric, self.mode, self.enabled = metric, mode, enabled
-        self.sweep_dir: Optional[Path] = None
 
     def ranking(self, config) -> Tuple[str, str]:
         """metric and mode: as set here, else the sweeper's objective (tune), else val_acc/max."""
@@ -581,14 +581,12 @@ class SweepSummary(Callback):
             mode = "min" if "loss" in metric else "max"
         return metric, mode
 
-    def on_multirun_start(self, config, **kwargs: Any) -> None:
-        # resolve ${now:...} once, before the launcher does, so both see the same folder
-        self.sweep_dir = Path(str(config.hydra.sweep.dir))
-
     def on_multirun_end(self, config, **kwargs: Any) -> None:
         if not self.enabled:
             return
-        sweep_dir = self.sweep_dir or Path(str(config.hydra.sweep.dir))
+        # read at the end: a sweeper may move the sweep (tune: its study folder), and Hydra
+        # caches ${now:...}, so this is the folder the launcher used
+        sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
             tab = summarize([sweep_dir], sweep_dir, *self.ranking(config))
         except ConfigError as e:

@@ -256,3 +256,29 @@ def test_aggregate_bad_input_exits_2_with_a_clear_message(tmp_path):
     (tmp_path / "empty").mkdir()
     res = run_cli(["aggregate", str(tmp_path / "empty")], tmp_path)
     assert res.code == 2 and "no run directories (with .hydra/)" in res.out
+
+
+def test_another_tools_report_html_is_never_overwritten(sweeps, tmp_path):
+    from runner.aggregate import MARKER, summarize
+
+    d = tmp_path / "tune_sweep"
+    shutil.copytree(sweeps["dir_b"], d)
+    assert MARKER in (d / "report.html").read_text()  # ours: rebuilt in place
+    theirs = "<!doctype html><title>study report</title>"
+    (d / "report.html").write_text(theirs)  # e.g. the tune sweeper's study page
+    tab = summarize([d], d)
+    assert tab.report == d / "runs.html" and (d / "report.html").read_text() == theirs
+    assert MARKER in (d / "runs.html").read_text() and len(read_csv(d / "runs.csv")) == 4
+
+
+def test_callback_ranks_by_the_sweepers_objective_unless_told_otherwise():
+    from omegaconf import OmegaConf
+
+    from runner.aggregate import SweepSummary
+
+    tune = OmegaConf.create({"hydra": {"sweeper": {"metric": "val_loss", "direction": "minimize"}}})
+    basic = OmegaConf.create({"hydra": {"sweeper": {"max_batch_size": None}}})
+    assert SweepSummary().ranking(tune) == ("val_loss", "min")
+    assert SweepSummary().ranking(basic) == ("val_acc", "max")
+    assert SweepSummary(metric="train_loss").ranking(basic) == ("train_loss", "min")
+    assert SweepSummary(metric="best_val_acc", mode="max").ranking(tune) == ("best_val_acc", "max")
