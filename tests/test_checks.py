@@ -96,8 +96,8 @@ class DeadBranch(TinyCNN):
 
     def __init__(self, *a, **k):
         super().__init__(*a, **k)
-        self.branch = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                                    nn.Flatten(), nn.Linear(4, C))
+        self.branch = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
+                                    nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, C))
 
     def forward(self, x):
         return super().forward(x) + self.branch(x).detach()
@@ -138,7 +138,9 @@ class ConvHead(nn.Module):
 
 def make(cls):
     torch.manual_seed(0)
-    return cls(num_classes=C, in_chans=3, width=8) if isinstance(cls, type) and issubclass(cls, TinyCNN) else cls()
+    if issubclass(cls, TinyCNN):
+        return cls(num_classes=C, in_chans=3, width=8)
+    return cls()
 
 
 # ----------------------------------------------------------------------------- clean controls
@@ -324,7 +326,8 @@ def test_overfit_batch_reaches_zero_loss_and_plots(batch):
 
 def test_nan_layer_fails_train_finite_and_grads_flow(batch):
     x, y = batch
-    split = TensorSplit(((x * STD[0] + MEAN[0]).clamp(0, 1) * 255).round().to(torch.uint8), y, MEAN, STD)
+    x8 = ((x * STD[0] + MEAN[0]).clamp(0, 1) * 255).round().to(torch.uint8)
+    split = TensorSplit(x8, y, MEAN, STD)
     loader = split.loader(16, True, 0, torch.device("cpu"))
     model = make(NaNLayer)
     stopped = None
@@ -346,7 +349,8 @@ def test_input_stats_pass_on_normalised_inputs(batch):
     v = input_stats(x, y, MEAN, STD, [f"c{k}" for k in range(C)])
     assert v.status == "pass", v.message
     ch = v.details["channels"][0]
-    assert ch["min"] == pytest.approx(float(x[:, 0].min())) and ch["max"] == pytest.approx(float(x[:, 0].max()))
+    assert ch["min"] == pytest.approx(float(x[:, 0].min()))
+    assert ch["max"] == pytest.approx(float(x[:, 0].max()))
     assert set(v.figures) == {"grid"}
 
 
@@ -374,7 +378,8 @@ def _train_eval(model, train, val, zero_inputs=False, epochs=6):
     tl = train.loader(32, True, 0, cpu, zero_inputs=zero_inputs)
     vl = val.loader(64, False, 0, cpu, zero_inputs=zero_inputs)
     rec = None
-    for rec in fit(model, torch.optim.Adam(model.parameters(), lr=3e-3), tl, vl, epochs=epochs, device=cpu):
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for rec in fit(model, opt, tl, vl, epochs=epochs, device=cpu):
         pass
     return rec
 

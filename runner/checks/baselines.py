@@ -17,7 +17,8 @@ from runner.checks import Verdict, skip
 from runner.checks.probes import preserved, trainable
 
 
-def majority_accuracy(train_labels: torch.Tensor, val_labels: torch.Tensor, num_classes: int) -> float:
+def majority_accuracy(train_labels: torch.Tensor, val_labels: torch.Tensor,
+                      num_classes: int) -> float:
     """Validation accuracy of always predicting the most frequent *training* class."""
     if len(val_labels) == 0:
         return math.nan
@@ -58,8 +59,9 @@ def overfit_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int
             logits = m(x).float()
             if not losses:
                 out = logits.detach()
+                ones = torch.ones(len(out), device=out.device)
                 probs_out = bool(((out >= 0) & (out <= 1)).all()) and \
-                    bool(torch.allclose(out.sum(1), torch.ones(len(out), device=out.device), atol=1e-3))
+                    bool(torch.allclose(out.sum(1), ones, atol=1e-3))
             loss = loss_fn(logits, y)
             losses.append(float(loss.detach()))
             accs.append(float((logits.detach().argmax(1) == y).float().mean()))
@@ -81,7 +83,8 @@ def overfit_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int
     msg = (f"{n} examples: loss {first:.4f} -> {final:.4g}, accuracy {100 * acc:.1f}% after "
            f"{len(losses)} step(s)")
     if status == "warn":
-        msg += f"; memorised, but the loss is not yet below {loss_below:g} (more steps or a larger lr)"
+        msg += (f"; memorised, but the loss is not yet below {loss_below:g} (more steps or a "
+                "larger lr)")
     elif status == "fail":
         if probs_out:
             hint = ("the model's outputs are already probabilities (each row in [0, 1], summing to "
@@ -135,7 +138,8 @@ def input_independent(model_acc: float, model_loss: float, zero_acc: float, zero
                "gain": gain}
     human = f", human {100 * human_acc:.1f}%" if human_acc is not None else ""
     msg = (f"val accuracy: model {100 * model_acc:.2f}% (loss {model_loss:.4f}) vs zeroed inputs "
-           f"{100 * zero_acc:.2f}% (loss {zero_loss:.4f}); majority class {100 * majority_acc:.2f}%{human}")
+           f"{100 * zero_acc:.2f}% (loss {zero_loss:.4f}); majority class "
+           f"{100 * majority_acc:.2f}%{human}")
     fig = _baseline_bars(model_acc, zero_acc, majority_acc, human_acc)
     expected = f"model beats zeroed inputs and majority class by >= {100 * margin:g} points"
     if gain >= margin:
@@ -143,17 +147,21 @@ def input_independent(model_acc: float, model_loss: float, zero_acc: float, zero
                        message=msg, figures={"bars": fig})
     return Verdict(name, "fail", value=gain, expected=expected, details=details,
                    figures={"bars": fig},
-                   message=msg + ": the model does no better than one that never sees its input; "
-                                 "the labels may be unrelated to the images, or the model ignores x")
+                   message=msg + ": the model does no better than one that never sees its "
+                                 "input; the labels may be unrelated to the images, or the model "
+                                 "ignores x")
 
 
 def _baseline_bars(model_acc, zero_acc, majority_acc, human_acc):
     from runner.checks.figures import plt
 
-    names = ["majority class", "zeroed inputs", "model"] + (["human"] if human_acc is not None else [])
-    vals = [majority_acc, zero_acc, model_acc] + ([human_acc] if human_acc is not None else [])
+    names = ["majority class", "zeroed inputs", "model"]
+    vals = [majority_acc, zero_acc, model_acc]
+    if human_acc is not None:
+        names, vals = names + ["human"], vals + [human_acc]
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    bars = ax.barh(names, [100 * v for v in vals], color=["#bbb", "#999", "#1a7f37", "#0969da"][:len(vals)])
+    colours = ["#bbbbbb", "#999999", "#1a7f37", "#0969da"][:len(vals)]
+    bars = ax.barh(names, [100 * v for v in vals], color=colours)
     for b, v in zip(bars, vals):
         ax.text(b.get_width() + 1, b.get_y() + b.get_height() / 2, f"{100 * v:.1f}%", va="center")
     ax.set(xlim=(0, 110), xlabel="validation accuracy (%)", title="Model vs. dumb baselines")

@@ -154,11 +154,12 @@ def batch_independence(model: nn.Module, x: torch.Tensor, examples: Sequence[int
         return Verdict(name, "fail", value=len(leaks), expected=expected, details=details,
                        message=f"the output of example {i} has a gradient on other examples' "
                                f"inputs (largest {r:.3g}x its own): the model mixes information "
-                               f"across the batch dimension (a view/reshape/transpose bug?); ran in {mode}")
+                               "across the batch dimension (a view/reshape/transpose bug?); "
+                               f"ran in {mode}")
     if self_zero:
         return Verdict(name, "warn", value=0, expected=expected, details=details,
-                       message=f"example(s) {self_zero}: the output does not depend on its own input "
-                               f"at all; ran in {mode}")
+                       message=f"example(s) {self_zero}: the output does not depend on its own "
+                               f"input at all; ran in {mode}")
     return Verdict(name, "pass", value=0, expected=expected, details=details,
                    message=f"outputs of examples {rows} depend only on their own inputs "
                            f"(batch of {B}); ran in {mode}")

@@ -73,7 +73,7 @@ def init_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, prior: torch.T
 
 def init_bias(model: nn.Module, x: torch.Tensor, y: torch.Tensor, prior: torch.Tensor,
               tolerance: float = 0.25, head: Optional[nn.Linear] = None) -> Verdict:
-    """init.bias: set the final Linear's bias to log(prior) *in place*; report the loss before/after.
+    """init.bias: set the final Linear's bias to log(prior) *in place*; loss before and after.
 
     After it, an uninformed net should predict the base rates: loss about H(prior). Fail when
     the loss is still far from it (the logits are dominated by the weights, or the "final"
@@ -99,7 +99,8 @@ def init_bias(model: nn.Module, x: torch.Tensor, y: torch.Tensor, prior: torch.T
                "bias": [round(float(b), 4) for b in log_prior]}
     expected = f"{target:.2f} +/- {tolerance:.2f} (H(prior))"
     balanced = float(prior.max()) <= 1.25 * float(prior.min())
-    msg = (f"final bias set to log(prior) ({'classes (nearly) balanced, so the loss hardly moves' if balanced else 'imbalanced classes'}); "
+    how = "classes (nearly) balanced, so the loss hardly moves" if balanced else "imbalanced"
+    msg = (f"final bias set to log(prior) ({how}); "
            f"init loss {before:.4f} -> {after:.4f}, H(prior) = {target:.4f}")
     if math.isfinite(after) and abs(after - target) <= tolerance:
         return Verdict(name, "pass", value=after, expected=expected, message=msg, details=details)

@@ -58,13 +58,15 @@ def input_stats(x: torch.Tensor, y: torch.Tensor, mean: Sequence[float] = (0.0,)
         return verdict("fail", f"{n_bad} NaN/Inf value(s) in the inputs")
     spread = float(flat.max() - flat.min())
     if spread == 0.0:
-        return verdict("fail", f"every input value is {float(flat[0, 0]):.4g}: the batch is constant")
+        return verdict("fail", f"every input value is {float(flat[0, 0]):.4g}: the batch is "
+                               "constant")
     if max_abs > max_abs_fail:
         return verdict("fail", f"values reach {max_abs:.4g}: inputs look unscaled (0-255 pixels "
                                "not divided by 255, or normalised twice the wrong way)")
     warns = []
     if max_abs > max_abs_warn:
-        warns.append(f"values reach {max_abs:.4g}, more than {max_abs_warn:g}: check scaling/normalisation")
+        warns.append(f"values reach {max_abs:.4g}, more than {max_abs_warn:g}: check "
+                     "scaling/normalisation")
     const = [r["channel"] for r in rows if r["std"] == 0.0]
     if const:
         warns.append(f"channel(s) {const} are constant")

@@ -109,16 +109,16 @@ def top_losses(logits: torch.Tensor, targets: torch.Tensor, k: int = 16):
     return idx.tolist(), vals.tolist()
 
 
-def top_loss_figure(images: torch.Tensor, mean, std, indices: Sequence[int], losses: Sequence[float],
-                    logits: torch.Tensor, targets: torch.Tensor,
+def top_loss_figure(images: torch.Tensor, mean, std, indices: Sequence[int],
+                    losses: Sequence[float], logits: torch.Tensor, targets: torch.Tensor,
                     class_names: Optional[Sequence[str]] = None):
     """The top-loss validation images (de-normalised) captioned true/predicted (p) and loss."""
     names = list(class_names) if class_names else [str(c) for c in range(logits.shape[1])]
     probs = logits.float().softmax(1)
     titles, colours = [], []
-    for i, l in zip(indices, losses):
+    for i, loss in zip(indices, losses):
         t, p = int(targets[i]), int(probs[i].argmax())
-        titles.append(f"{names[t]}->{names[p]} {float(probs[i, p]):.2f}\nloss {l:.2f}")
+        titles.append(f"{names[t]}->{names[p]} {float(probs[i, p]):.2f}\nloss {loss:.2f}")
         colours.append("#cf222e" if p != t else "black")
     return image_grid(denormalise(images, mean, std), titles,
                       "Top-loss validation examples (true -> predicted, its probability; loss)",

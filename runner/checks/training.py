@@ -75,8 +75,9 @@ def loss_decreases(losses: Sequence[float], initial: Optional[float] = None,
     drop = (first - last) / first if first > 0 else 0.0
     details = {"losses": xs, "first": first, "last": last, "window": k}
     expected = f"falls by >= {100 * min_drop:g}% (median of first vs last {k} of {len(xs)})"
+    start = ", starting from the loss at init" if initial is not None else ""
     msg = (f"training loss {first:.4f} -> {last:.4f} ({-100 * drop:+.1f}%; medians of the first "
-           f"and last {k} of {len(xs)} values{', starting from the loss at init' if initial is not None else ''})")
+           f"and last {k} of {len(xs)} values{start})")
     if last >= first:
         return Verdict(name, "fail", value=drop, expected=expected, details=details,
                        message=msg + ": the loss does not go down; lr too low/high, frozen "
