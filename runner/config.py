@@ -207,6 +207,9 @@ class InspectConfig:
     # ... confirmed when their 16x16 grey thumbnails differ by at most this mean |a-b| (0..255):
     # a re-save or light noise moves it by ~1; two of the digits' "1"s by different writers ~4
     near_thumb_distance: float = 3.0
+    # ... and in a crowd sharing a hash band (thousands of blank images) each image is compared
+    # with this many neighbours in thumbnail brightness, not all: bounds the work at N x this
+    near_window: int = 64
     # class_balance warns when the largest train class has this many times the smallest's
     # images: beyond ~10:1 accuracy mostly measures the majority class
     imbalance_ratio: float = 10.0

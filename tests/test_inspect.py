@@ -221,7 +221,8 @@ def test_single_folder_uses_the_training_split(tmp_path):
     bundle = build_data(cfg)
     source = scan_imagefolder(root, cfg.val_fraction, cfg.split_seed, 128)
     val_names = {n for n, s in zip(source.names, source.split) if s == 1}
-    assert val_names == {bundle.val.name(i) for i in range(len(bundle.val))}
+    assert val_names == {str(Path(bundle.val.name(i)).relative_to(root)) for i in range(len(bundle.val))}
+    assert len(val_names) == 4
 
 
 def test_near_pairs_find_every_pair_within_the_distance():
@@ -240,6 +241,20 @@ def test_near_pairs_find_every_pair_within_the_distance():
     dist = np.array([[bin(int(v)).count("1") for v in row] for row in x])
     want = {(i, j) for i in range(n) for j in range(i + 1, n) if dist[i, j] <= 4}
     assert got == want and len(want) > 100
+
+
+def test_near_pairs_in_a_crowd_of_equal_hashes_stay_bounded():
+    """500 different images with one dHash (blank-ish): the planted copy is still found, and
+    only near neighbours in thumbnail brightness are compared."""
+    rng = np.random.default_rng(0)
+    n = 500
+    t = dc.ImageTable.empty(n, ["a"])
+    for i in range(n):
+        thumb = np.full((16, 16), i % 250, np.uint8) + rng.integers(0, 3, (16, 16), dtype=np.uint8)
+        t.set_row(i, 0, 0, f"#{i}", {"mode": "L", "pixel_hash": f"{i}", "dhash": 0}, thumb)
+    t.thumbs[499] = t.thumbs[17]
+    pairs = dc.near_pairs(t, 4, 0.5, window=8)
+    assert [tuple(p[:2]) for p in pairs.tolist()] == [(17, 499)]
 
 
 def test_robust_z_two_valued_feature_is_not_an_outlier():
@@ -275,14 +290,56 @@ def test_cli_inspect_imagefolder(cli, faulty, tmp_path):
     assert "data.corrupt" in r.out and "failed checks" in r.out
 
 
-def test_cli_inspect_in_memory_kinds(cli):
-    """digits and synthetic in one Hydra multirun (one process start for both)."""
-    r = cli(["-m", "stage=inspect", "data=digits,synthetic", "data.num_workers=0", "trainer.progress=false"])
+CUSTOM_DATA = """
+import torch
+
+class Items(torch.utils.data.Dataset):
+    def __init__(self, n, seed, bad=()):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.rand(n, 3, 12, 12, generator=g)
+        self.targets = [i % 2 for i in range(n)]
+        self.bad = set(bad)
+    def __len__(self):
+        return len(self.targets)
+    def __getitem__(self, i):
+        if i in self.bad:
+            raise OSError(f"item {i} is unreadable")
+        return self.x[i], self.targets[i]
+
+def make(bad=()):
+    return Items(40, 0, bad), Items(20, 1)
+"""
+
+
+def test_custom_dataset_items_that_raise_are_corrupt(tmp_path, monkeypatch):
+    """data=custom: images are tensors from the user's dataset; an item that raises is reported."""
+    from types import SimpleNamespace
+
+    from conftest import compose
+    from runner.stages.inspect import bundle_source
+
+    (tmp_path / "my_items.py").write_text(CUSTOM_DATA)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = compose(["stage=inspect", "data=custom", "data._target_=my_items.make", "+data.kwargs.bad=[5]"])
+    source = bundle_source(cfg, SimpleNamespace(original_cwd=str(tmp_path)))
+    table, _ = stream_table(source, 128, num_workers=0, progress=False)
+    v = {x.name: x for x in run_checks(table, cfg.inspect).verdicts}
+    assert v["data.corrupt"].status == "fail"
+    assert [f["name"] for f in v["data.corrupt"].details["files"]] == ["train/#5"]
+    assert "item 5 is unreadable" in v["data.corrupt"].details["files"][0]["error"]
+    assert (table.num["width"][table.ok] == 12).all() and v["data.class_balance"].status == "pass"
+
+
+def test_cli_inspect_in_memory_and_custom_kinds(cli, tmp_path):
+    """digits, synthetic and a custom dataset in one Hydra multirun (one process start)."""
+    (tmp_path / "my_items.py").write_text(CUSTOM_DATA)
+    r = cli(["-m", "stage=inspect", "data=digits,synthetic,custom", "data._target_=my_items.make",
+             "data.num_workers=0", "trainer.progress=false"])
     assert r.code == 0, r.out
-    runs = sorted(p.parent for p in r.cwd.glob("multirun/*/*/*/.hydra"))
-    assert len(runs) == 2
+    runs = sorted((p.parent for p in r.cwd.glob("multirun/*/*/*/.hydra")), key=lambda p: int(p.name))
+    assert len(runs) == 3
     assert_contract(*runs)
-    for run, n in zip(runs, (1797, 384)):
+    for run, n in zip(runs, (1797, 384, 60)):
         s = json.loads((run / "summary.json").read_text())
         checks = json.loads((run / "checks.json").read_text())
         assert s["images"] == n and s["checks_failed"] == []

@@ -187,19 +187,22 @@ class ImageTable:
         return {"index": int(i), "split": SPLITS[int(self.split[i])], "name": self.name[i],
                 "class": self.class_names[c] if 0 <= c < len(self.class_names) else None}
 
-    def rows(self) -> List[Dict[str, Any]]:
-        """images.csv: one dict per image."""
-        out = []
-        for i in range(len(self)):
-            r = self.describe(i)
-            r.update(ok=bool(self.ok[i]), error=self.error[i], mode=self.mode[i],
-                     content_hash=self.content_hash[i],
-                     dhash=f"{int(self.dhash[i]):016x}" if self.ok[i] else "")
-            for k, col in self.num.items():
-                v = col[i]
-                r[k] = None if not np.isfinite(v) else (int(v) if k in ("width", "height", "channels", "file_bytes") else round(float(v), 4))
-            out.append(r)
-        return out
+    def columns(self) -> Dict[str, List[Any]]:
+        """images.csv as columns (no per-row dicts: cheap for 100k+ images)."""
+        ints = ("width", "height", "channels", "file_bytes")
+        cols: Dict[str, List[Any]] = {
+            "index": list(range(len(self))),
+            "split": [SPLITS[int(s)] for s in self.split],
+            "name": list(self.name),
+            "class": [self.class_names[c] if 0 <= c < len(self.class_names) else "" for c in self.label.tolist()],
+            "ok": self.ok.tolist(), "error": list(self.error), "mode": list(self.mode),
+            "content_hash": list(self.content_hash),
+            "dhash": [f"{int(h):016x}" if ok else "" for h, ok in zip(self.dhash.tolist(), self.ok.tolist())],
+        }
+        for k, col in self.num.items():
+            cols[k] = ["" if not math.isfinite(v) else (int(v) if k in ints else round(v, 4))
+                       for v in col.tolist()]
+        return cols
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -257,18 +260,20 @@ def _exact_groups(table: ImageTable) -> List[List[int]]:
     return [g for g in by_hash.values() if len(g) > 1]
 
 
-def near_pairs(table: ImageTable, hash_distance: int, thumb_distance: float,
-               chunk: int = 200_000) -> np.ndarray:
+def near_pairs(table: ImageTable, hash_distance: int, thumb_distance: float, window: int = 64,
+               chunk: int = 500_000) -> np.ndarray:
     """Pairs (i < j) of readable images whose dHashes differ in at most `hash_distance` bits
     and whose grey thumbnails differ by at most `thumb_distance` (mean |a-b|, 0..255).
 
     Candidates come from splitting the 64-bit hash into hash_distance+1 bands: two hashes
     within that distance agree exactly on at least one band (pigeonhole), so sorting by each
-    band finds every candidate without comparing all pairs. Exact duplicates are represented
-    by one member (they are reported as exact). Returns an int64 array [P, 3] of
+    band and comparing neighbours that share it finds every candidate without comparing all
+    pairs. In a crowd of more than `window` images sharing a band (thousands of blank
+    images, say) each is compared with its `window` nearest in thumbnail brightness instead
+    of with all, which bounds the work at N * window per band. Exact duplicates are
+    represented by one member (they are reported as exact). Returns int64 [P, 3] of
     (i, j, hamming distance).
     """
-    # one representative per exact-duplicate group
     reps: Dict[str, int] = {}
     for i in np.flatnonzero(table.ok):
         reps.setdefault(table.content_hash[i], int(i))
@@ -276,35 +281,34 @@ def near_pairs(table: ImageTable, hash_distance: int, thumb_distance: float,
     if len(idx) < 2:
         return np.zeros((0, 3), np.int64)
     h = table.dhash[idx]
-    bands = hash_distance + 1
-    edges = np.linspace(0, 64, bands + 1).round().astype(int)
+    level = table.thumbs[idx].reshape(len(idx), -1).mean(axis=1)
+    edges = np.linspace(0, 64, hash_distance + 2).round().astype(int)
     found = []
-    for b in range(bands):
-        lo, hi = edges[b], edges[b + 1]
-        key = (h >> np.uint64(64 - hi)) & np.uint64((1 << (hi - lo)) - 1)
-        order = np.argsort(key, kind="stable")
+
+    def confirm(a: np.ndarray, b: np.ndarray) -> None:
+        for lo in range(0, len(a), chunk):
+            i, j = idx[a[lo:lo + chunk]], idx[b[lo:lo + chunk]]
+            dist = _popcount64(table.dhash[i] ^ table.dhash[j])
+            keep = dist <= hash_distance
+            i, j, dist = i[keep], j[keep], dist[keep]
+            td = np.abs(table.thumbs[i].astype(np.int16) - table.thumbs[j].astype(np.int16)).mean(axis=(1, 2))
+            keep = td <= thumb_distance
+            found.append(np.stack([np.minimum(i, j)[keep], np.maximum(i, j)[keep], dist[keep]], 1))
+
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        key = (h >> np.uint64(64 - hi)) & np.uint64((1 << int(hi - lo)) - 1)
+        order = np.lexsort((level, key))
         k = key[order]
-        starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
-        sizes = np.diff(np.r_[starts, len(k)])
-        for s, m in zip(starts[sizes > 1], sizes[sizes > 1]):
-            members = order[s:s + m]
-            a, c = np.triu_indices(m, 1)
-            for lo_ in range(0, len(a), chunk):
-                found.append(np.stack([members[a[lo_:lo_ + chunk]], members[c[lo_:lo_ + chunk]]], 1))
-    if not found:
-        return np.zeros((0, 3), np.int64)
-    cand = np.unique(np.sort(np.concatenate(found), axis=1), axis=0)
-    out = []
-    for lo_ in range(0, len(cand), chunk):
-        p = cand[lo_:lo_ + chunk]
-        i, j = idx[p[:, 0]], idx[p[:, 1]]
-        dist = _popcount64(table.dhash[i] ^ table.dhash[j])
-        keep = dist <= hash_distance
-        i, j, dist = i[keep], j[keep], dist[keep]
-        td = np.abs(table.thumbs[i].astype(np.int16) - table.thumbs[j].astype(np.int16)).mean(axis=(1, 2))
-        keep = td <= thumb_distance
-        out.append(np.stack([i[keep], j[keep], dist[keep]], 1))
-    return np.concatenate(out).astype(np.int64) if out else np.zeros((0, 3), np.int64)
+        for d in range(1, window + 1):  # runs of equal keys are contiguous in this order
+            same = k[d:] == k[:-d]
+            if not same.any():
+                break
+            confirm(order[:-d][same], order[d:][same])
+    pairs = np.concatenate(found) if found else np.zeros((0, 3), np.int64)
+    if not len(pairs):
+        return pairs.astype(np.int64)
+    _, first = np.unique(pairs[:, 0] * len(table) + pairs[:, 1], return_index=True)
+    return pairs[np.sort(first)].astype(np.int64)
 
 
 def _listed(table: ImageTable, idx: Sequence[int], limit: int) -> List[Dict[str, Any]]:

@@ -11,6 +11,7 @@ file is reported instead of stopping the run; every other data kind comes from b
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import logging
@@ -106,6 +107,8 @@ class Source:
     items: Any
     fingerprint: str
     notes: List[str] = field(default_factory=list)
+    # folders: the absolute data.root that `names` are relative to
+    root: Optional[str] = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -161,9 +164,10 @@ def scan_imagefolder(root: Path, val_fraction: float, split_seed: int, analysis_
             # the split training will use (same order as timm's ImageDataset, same seed)
             _, va = _random_split(len(paths), val_fraction, split_seed, np.array(labels))
             split[va] = 1
-    fp = _fingerprint(*[f"{Path(p).relative_to(root)}:{os.path.getsize(p)}" for p in paths])
-    return Source("imagefolder", class_names, split, np.array(labels, np.int32),
-                  [str(p) for p in paths], _FileItems(paths, analysis_size), fp, notes)
+    rel = [str(Path(p).relative_to(root)) for p in paths]  # names: relative to data.root
+    fp = _fingerprint(*[f"{r}:{os.path.getsize(p)}" for r, p in zip(rel, paths)])
+    return Source("imagefolder", class_names, split, np.array(labels, np.int32), rel,
+                  _FileItems(paths, analysis_size), fp, notes, str(root))
 
 
 def bundle_source(cfg, ctx: Context) -> Source:
@@ -272,9 +276,19 @@ def thumb_rows(rows: Sequence[Tuple[str, Sequence[Tuple[Optional[np.ndarray], st
 
 
 def _wrap(s: str, width: int, lines: int) -> List[str]:
-    out = [s[k:k + width] for k in range(0, len(s), width)][:lines]
-    if len(s) > width * lines:
-        out[-1] = "…" + s[-(width - 1):]
+    """Caption lines, broken after a '/' where one is near; the end of a long name is kept."""
+    out = []
+    while s and len(out) < lines:
+        if len(s) <= width:
+            out.append(s)
+            s = ""
+            break
+        cut = s.rfind("/", 0, width) + 1 or width
+        cut = cut if cut > width // 2 else width
+        out.append(s[:cut])
+        s = s[cut:]
+    if s:
+        out[-1] = "…" + (out[-1] + s)[-(width - 1):]
     return out
 
 
@@ -364,7 +378,7 @@ def run_checks(table: dc.ImageTable, ic, enabled: Callable[[str], bool] = lambda
     check("data.corrupt", dc.corrupt, table, L)
     check("data.class_balance", dc.class_balance, table, ic.imbalance_ratio, ic.split_shift_tv)
     t0 = time.perf_counter()
-    pairs = dc.near_pairs(table, ic.near_hash_distance, ic.near_thumb_distance)
+    pairs = dc.near_pairs(table, ic.near_hash_distance, ic.near_thumb_distance, ic.near_window)
     groups, leaks = dc.duplicate_groups(table, pairs)
     log.info("inspect: %d near pair(s), %d duplicate group(s), %d leak(s) in %.1f s", len(pairs),
              len(groups), len(leaks), time.perf_counter() - t0)
@@ -412,7 +426,7 @@ def run(cfg, ctx: Context) -> int:
 
     log.info("report: figures and tables")
     sections = report_sections(cfg, ctx, source, table, verdicts, groups, leaks, outl, flags)
-    outputs = write_tables(ctx, table, groups, leaks, outl, flags, cfg)
+    outputs = write_tables(ctx, source, table, groups, leaks, outl, flags, cfg)
     sections.append(("Machine-readable files", "<ul>" + "".join(
         f'<li><a href="{esc(p)}">{esc(p)}</a></li>' for p in outputs) + "</ul>"))
 
@@ -427,7 +441,7 @@ def run(cfg, ctx: Context) -> int:
         "checks": counts, "checks_failed": [v.name for v in verdicts if v.status == "fail"],
         "data": {"kind": source.kind, "num_train": n_tr, "num_val": len(source) - n_tr,
                  "num_classes": len(source.class_names), "class_names": source.class_names,
-                 "fingerprint": source.fingerprint, "root": cfg.data.root},
+                 "fingerprint": source.fingerprint, "root": source.root},
         "notes": source.notes,
         "provenance": _provenance(cfg, ctx, source),
         "run_dir": str(ctx.run.path),
@@ -448,25 +462,32 @@ def _provenance(cfg, ctx: Context, source: Source) -> Dict[str, Any]:
                       torch.device("cpu"))
 
 
-def write_tables(ctx: Context, table: dc.ImageTable, groups, leaks, found, flags, cfg) -> List[str]:
+def write_tables(ctx: Context, source: Source, table: dc.ImageTable, groups, leaks, found, flags,
+                 cfg) -> List[str]:
     """images.csv (one row per image, with its flags) and inspect.json (every finding)."""
-    rows = table.rows()
-    group_of = {}
+    cols = table.columns()
+    group_of: Dict[int, int] = {}
     for g_id, g in enumerate(groups):
         for i in g["members"]:
             group_of.setdefault(i, g_id)
     leaked = {p["val"] for p in leaks} | {p["train"] for p in leaks}
     outlier_why = {i: "; ".join(w) for i, w in found}
-    for i, r in enumerate(rows):
-        r["duplicate_group"] = group_of.get(i, "")
-        r["leakage"] = i in leaked
-        r["outlier"] = outlier_why.get(i, "")
-        for name, (mask, _, _) in flags.items():
-            r[name.split(".", 1)[1]] = bool(mask[i])
-    ctx.run.write_csv("images.csv", rows)
+    n = len(table)
+    cols["duplicate_group"] = [group_of.get(i, "") for i in range(n)]
+    cols["leakage"] = [i in leaked for i in range(n)]
+    cols["outlier"] = [outlier_why.get(i, "") for i in range(n)]
+    for name, (mask, _, _) in flags.items():
+        cols[name.split(".", 1)[1]] = mask.tolist()
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(list(cols))
+    w.writerows(zip(*cols.values()))
+    ctx.run.write_text("images.csv", buf.getvalue())
+    del cols, buf
     names = table.name
     k = len(table.class_names)
     doc = {
+        "kind": source.kind, "root": source.root, "images": len(table),
         "class_names": table.class_names,
         "class_counts": {s: {table.class_names[c]: int(v) for c, v in enumerate(
             np.bincount(table.label[(table.split == si) & (table.label >= 0)], minlength=k)[:k])}
@@ -521,6 +542,8 @@ def report_sections(cfg, ctx: Context, source: Source, table: dc.ImageTable, ver
     overview = [{"split": s, "images": int((table.split == si).sum()),
                  "readable": int((ok & (table.split == si)).sum())} for si, s in enumerate(dc.SPLITS)]
     body = html_table(overview) + f"<p>Modes: {esc(', '.join(f'{m}: {c}' for m, c in modes.items()))}</p>"
+    if source.root:
+        body = f"<p>Folder <code>{esc(source.root)}</code> (names below are relative to it)</p>" + body
     if source.notes:
         body += "<ul>" + "".join(f"<li>{esc(x)}</li>" for x in source.notes) + "</ul>"
     out.append(("Data overview", body))
