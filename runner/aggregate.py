@@ -223,8 +223,9 @@ def load_job(path: Path) -> Job:
     error = _read_json(path / ERROR_FILE)
     summary = summary if isinstance(summary, dict) else None
     error = error if isinstance(error, dict) else None
-    error_is_current = error is not None and (
-        summary is None or (path / ERROR_FILE).stat().st_mtime >= (path / "summary.json").stat().st_mtime)
+    error_is_current = error is not None and (  # a later resume may have finished the job
+        summary is None
+        or (path / ERROR_FILE).stat().st_mtime >= (path / "summary.json").stat().st_mtime)
     figures: Dict[str, Any] = {}
     checks = {s: 0 for s in CHECK_STATUSES}
     checks_failed: List[str] = []
@@ -300,17 +301,22 @@ def _key(v: Any) -> str:
 
 
 def build_table(jobs: Sequence[Job], out_dir: Path, metric: str = "val_acc",
-                mode: str = "max") -> SweepTable:
+                mode: str = "max", require_metric: bool = True) -> SweepTable:
     if mode not in ("max", "min"):
         raise ConfigError(f"aggregate: mode={mode!r} must be 'max' or 'min'")
     keys: List[str] = []
     for j in jobs:
         keys += [k for k in j.overrides if k not in keys]
-    if not any(metric in j.figures for j in jobs) and any(j.figures for j in jobs):
+    if not any(_finite(j.figures.get(metric)) for j in jobs) and any(j.figures for j in jobs):
         avail = sorted({k for j in jobs for k, v in j.figures.items() if _finite(v)})
-        raise ConfigError(f"aggregate: metric={metric!r} is in no summary.json; expected one of "
-                          f"{', '.join(avail)}")
+        msg = (f"metric={metric!r} is in no summary.json; expected one of {', '.join(avail)}")
+        if require_metric:
+            raise ConfigError(f"aggregate: {msg}")
+        log.warning("sweep summary: %s; groups are not ranked", msg)
     multi_sweep = len({j.path.parent for j in jobs}) > 1
+    figure_keys = list(FIGURES)  # then stage-specific ones, so every row has the same columns
+    for j in jobs:
+        figure_keys += [k for k in j.figures if k not in figure_keys]
     rows = []
     for j in jobs:
         row: Dict[str, Any] = {
@@ -319,7 +325,8 @@ def build_table(jobs: Sequence[Job], out_dir: Path, metric: str = "val_acc",
         row.update({k: j.value(k) for k in keys})
         row["seed"] = j.seed
         row.update({"status": j.status, "exit_code": j.exit_code, "error": j.error})
-        row.update(j.figures if j.status not in NO_RESULT else {k: None for k in FIGURES})
+        has_result = j.status not in NO_RESULT
+        row.update({k: j.figures.get(k) if has_result else None for k in figure_keys})
         row.update({f"checks_{s}": j.checks[s] for s in CHECK_STATUSES})
         row.update({"checks_failed": " ".join(j.checks_failed), "resumed": j.resumed,
                     "run_dir": _rel(j.path, out_dir)})
@@ -383,7 +390,8 @@ def seed_groups(rows: Sequence[Dict[str, Any]], group_keys: Sequence[str], varie
             spread = max(g[f"{metric}_std"], best[f"{metric}_std"])
             g["vs_best"] = "not significant" if abs(g["delta_vs_best"]) <= spread else "significant"
     for g in unranked:
-        g.update({"rank": None, "delta_vs_best": None, "vs_best": "no result"})
+        g.update({"rank": None, "delta_vs_best": None,
+                  "vs_best": "no result" if g["failed"] == g["jobs"] else f"no {metric}"})
     order = ["rank"] + list(varied) + ["n", "jobs", "failed", "vs_best", "delta_vs_best"]
     return [{**{k: g.get(k) for k in order}, **g} for g in ranked + unranked]
 
@@ -404,13 +412,13 @@ def report_name(out_dir: Path) -> str:
 
 
 def summarize(paths: Sequence[Path], out_dir: Path, metric: str = "val_acc",
-              mode: str = "max") -> SweepTable:
+              mode: str = "max", require_metric: bool = True) -> SweepTable:
     """Read every job under `paths`, write runs.csv, groups.csv, report.html into out_dir."""
     from runner.output import RunDir
 
     out_dir = Path(out_dir)
     jobs = [load_job(p) for p in find_job_dirs(paths)]
-    tab = build_table(jobs, out_dir, metric, mode)
+    tab = build_table(jobs, out_dir, metric, mode, require_metric)
     run = RunDir(out_dir)
     run.write_csv("runs.csv", tab.rows)
     run.write_csv("groups.csv", tab.groups)
@@ -425,8 +433,9 @@ def summarize(paths: Sequence[Path], out_dir: Path, metric: str = "val_acc",
 
 def metric_by_key(tab: SweepTable):
     """The main metric against each varied key: every job as a dot, mean +/- std as a bar."""
-    from runner import plots  # noqa: F401  (selects the Agg backend)
     import matplotlib.pyplot as plt
+
+    from runner import plots  # noqa: F401  (selects the Agg backend)
 
     done = [r for r in tab.rows if _finite(r.get(tab.metric))]
     keys = [k for k in tab.varied if len({_key(r.get(k)) for r in done}) > 1] or ["seed"]
@@ -467,7 +476,8 @@ def _pm(mean: Any, std: Any) -> str:
     return fmt(mean) + (f" ± {fmt(std)}" if std is not None else "")
 
 
-def render_report(tab: SweepTable, out_dir: Path, figs: Sequence[str], sources: Sequence[str]) -> str:
+def render_report(tab: SweepTable, out_dir: Path, figs: Sequence[str],
+                  sources: Sequence[str]) -> str:
     from runner.report import Report, esc, images, kv_table, status_badge, table
 
     counts = tab.counts()
@@ -479,13 +489,14 @@ def render_report(tab: SweepTable, out_dir: Path, figs: Sequence[str], sources: 
                        "with results": len(tab.rows) - sum(counts.get(s, 0) for s in NO_RESULT),
                        "failed": counts.get("failed", 0),
                        "incomplete": counts.get("incomplete", 0),
-                       f"best {tab.metric}": _pm(best[f"{tab.metric}_mean"], best[f"{tab.metric}_std"])
-                       if best else "n/a"})
+                       f"best {tab.metric}": (_pm(best[f"{tab.metric}_mean"],
+                                                  best[f"{tab.metric}_std"]) if best else "n/a")})
     if tab.failed:
         rows = [{"job": f'<a href="{esc(r["run_dir"])}/runner.log">{esc(r["run_dir"])}</a>',
                  "status": status_badge("fail" if r["status"] == "failed" else "skip") + " "
                  + esc(r["status"]),
-                 "overrides": esc(" ".join(f"{k}={_show(r.get(k))}" for k in tab.varied + ["seed"])),
+                 "overrides": esc(" ".join(f"{k}={_show(r.get(k))}"
+                                           for k in tab.varied + ["seed"])),
                  "error": esc(r["error"] or "")} for r in tab.failed]
         rep.add("Failed jobs", table(rows, ["job", "status", "overrides", "error"],
                                      raw=("job", "status", "overrides", "error")))
@@ -503,7 +514,7 @@ def render_report(tab: SweepTable, out_dir: Path, figs: Sequence[str], sources: 
         row.update({f: _pm(g[f"{f}_mean"], g[f"{f}_std"]) for f in fig_cols})
         row["seeds"] = g["seeds"]
         grows.append(row)
-    gcols = ["rank"] + tab.varied + ["n", "failed", "vs_best", "delta_vs_best"] + fig_cols + ["seeds"]
+    gcols = ["rank", *tab.varied, "n", "failed", "vs_best", "delta_vs_best", *fig_cols, "seeds"]
     rep.add("Seed groups", note + table(grows, gcols, sortable=True))
     if figs:
         rep.add(f"{tab.metric} per varied key", images(figs))
@@ -537,7 +548,7 @@ def console_table(tab: SweepTable, limit: int = 20) -> str:
         body.append([str(g.get("rank") or "-")] + [_show(g.get(k)) for k in tab.varied] +
                     [str(g["n"]), _pm(g[f"{tab.metric}_mean"], g[f"{tab.metric}_std"]),
                      str(g["vs_best"])])
-    widths = [max(len(c), *(len(b[i]) for b in body)) if body else len(c) for i, c in enumerate(cols)]
+    widths = [max([len(c)] + [len(b[i]) for b in body]) for i, c in enumerate(cols)]
     lines.append("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
     lines += ["  ".join(v.ljust(w) for v, w in zip(b, widths)) for b in body]
     if len(tab.groups) > limit:
@@ -574,8 +585,9 @@ class SweepSummary(Callback):
         from omegaconf import OmegaConf
 
         sweeper = OmegaConf.select(config, "hydra.sweeper", default=None)
-        metric = self.metric or (sweeper.get("metric") if sweeper is not None else None) or "val_acc"
-        direction = sweeper.get("direction") if sweeper is not None else None
+        sweeper = sweeper if sweeper is not None else {}
+        metric = self.metric or sweeper.get("metric") or "val_acc"
+        direction = sweeper.get("direction")
         mode = self.mode or {"maximize": "max", "minimize": "min"}.get(str(direction), None)
         if mode is None:  # losses go down, everything else (accuracy) up
             mode = "min" if "loss" in metric else "max"
@@ -588,7 +600,8 @@ class SweepSummary(Callback):
         # caches ${now:...}, so this is the folder the launcher used
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
-            tab = summarize([sweep_dir], sweep_dir, *self.ranking(config))
+            # a stage without the metric (e.g. inspect) still gets its table, unranked
+            tab = summarize([sweep_dir], sweep_dir, *self.ranking(config), require_metric=False)
         except ConfigError as e:
             log.error("sweep summary: %s", e)
             _sweep_exit_codes.append(1)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import run_cli
 
 TINY = ["stage=train", "data=synthetic", "data.num_train=128", "data.num_val=64",
@@ -42,7 +41,8 @@ def overrides_of(job: Path) -> dict:
 
 
 def sweep_dir(cwd: Path, before=()) -> Path:
-    dirs = [p for p in sorted(cwd.glob("multirun/*/*")) if p.name != "aggregate" and p not in before]
+    dirs = [p for p in sorted(cwd.glob("multirun/*/*"))
+            if p.name != "aggregate" and p not in before]
     assert len(dirs) == 1, dirs
     return dirs[0]
 
@@ -109,7 +109,8 @@ def test_seed_groups_mean_std_count_equal_the_per_run_summaries(sweeps):
         if (job / ".hydra").is_dir():
             ov = overrides_of(job)
             key = (float(ov["optim.lr"]), float(ov["optim.weight_decay"]))
-            s = json.loads((job / "summary.json").read_text()) if (job / "summary.json").exists() else None
+            done = (job / "summary.json").exists()
+            s = json.loads((job / "summary.json").read_text()) if done else None
             by_cfg.setdefault(key, []).append(s)
     for g in groups:
         runs = by_cfg[(float(g["optim.lr"]), float(g["optim.weight_decay"]))]
@@ -136,9 +137,11 @@ def test_seed_groups_mean_std_count_equal_the_per_run_summaries(sweeps):
 def test_sweep_report_has_sortable_tables_failures_and_the_metric_plot(sweeps):
     d = sweeps["dir_a"]
     html = (d / "report.html").read_text()
-    assert 'class="sortable"' in html and "<script>" in html and "http" not in html.split("<script>")[1]
+    assert 'class="sortable"' in html and "<script>" in html
+    assert "http" not in html.split("<script>")[1]  # self-contained: no CDN
     assert "Failed jobs" in html and "optim.lr=-1.0 must be &gt; 0" in html
-    assert 'src="plots/val_acc_by_key.png"' in html and (d / "plots" / "val_acc_by_key.png").stat().st_size > 5000
+    assert 'src="plots/val_acc_by_key.png"' in html
+    assert (d / "plots" / "val_acc_by_key.png").stat().st_size > 5000
     assert 'href="0/report.html"' in html  # each job links to its own report
 
 
@@ -171,7 +174,8 @@ def test_aggregate_two_sweeps_gives_one_combined_table(sweeps):
     for r in b_rows:
         cfg = yaml.safe_load((out / r["run_dir"] / ".hydra" / "config.yaml").read_text())
         assert float(r["optim.lr"]) == cfg["optim"]["lr"] and r["data._target_"] == "boom.make"
-    assert {r["data"] for r in a_rows} == {"synthetic"} and {r["data._target_"] for r in a_rows} == {""}
+    assert {r["data"] for r in a_rows} == {"synthetic"}
+    assert {r["data._target_"] for r in a_rows} == {""}  # null in sweep A's configs
     groups = read_csv(out / "groups.csv")
     assert len(groups) == 6 + 2 and sum(int(g["jobs"]) for g in groups) == 16
     assert (out / "report.html").exists() and "Sweep: 16 jobs" in (out / "report.html").read_text()
@@ -280,3 +284,16 @@ def test_callback_ranks_by_the_sweepers_objective_unless_told_otherwise():
     assert SweepSummary().ranking(basic) == ("val_acc", "max")
     assert SweepSummary(metric="train_loss").ranking(basic) == ("train_loss", "min")
     assert SweepSummary(metric="best_val_acc", mode="max").ranking(tune) == ("best_val_acc", "max")
+
+
+def test_a_sweep_without_the_metric_still_gets_its_table(sweeps, tmp_path):
+    from runner.aggregate import summarize
+    from runner.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="metric='objective' is in no summary.json"):
+        summarize([sweeps["dir_b"]], tmp_path / "strict", "objective")  # the CLI: exit 2
+    # the sweep callback (e.g. stage=inspect has no val_acc): unranked, nothing hidden
+    tab = summarize([sweeps["dir_b"]], tmp_path / "cb", "objective", require_metric=False)
+    assert len(read_csv(tmp_path / "cb" / "runs.csv")) == 4
+    assert {g["vs_best"] for g in tab.groups} == {"no objective", "no result"}
+    assert all(g["rank"] is None for g in tab.groups)
