@@ -7,6 +7,7 @@ STAGES = {
     "train": "runner.stages.train",
     "baseline": "runner.stages.baseline",
     "inspect": "runner.stages.inspect",
+    "tune": "runner.stages.tune",
 }
 
 

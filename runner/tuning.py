@@ -1,0 +1,531 @@
+"""Optuna parts of stage=tune, shared by the sweeper plugin and the trial jobs.
+
+The sweeper (hydra_plugins/recipe_optuna_sweeper) asks the study for trials and launches each
+as a Hydra job; the job (runner/stages/tune.py) reports its validation metric every epoch
+through a TrialReporter and stops when the study's pruner says so. Both ends open the same
+storage from its URL, so workers on one or many machines share one study.
+
+Here: search-space parsing (Hydra's sweep grammar -> Optuna distributions), storage, sampler
+and pruner builders, the job-side reporter, and the sweep's outputs (trials.csv, best.yaml,
+Optuna's plots, report.html). Optuna is imported inside functions: `--help` stays fast.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from runner.errors import ConfigError
+
+log = logging.getLogger("runner")
+
+SAMPLERS = {"random": "RandomSampler", "qmc": "QMCSampler", "tpe": "TPESampler"}
+# samplers whose randomness is drawn per trial: reseeded from (seed, trial number) so a resumed
+# study or a second worker never replays the first one's draws
+PER_TRIAL_SEED = ("random", "tpe")
+PRUNERS = {"median": "MedianPruner", "hyperband": "HyperbandPruner", "none": "NopPruner"}
+DIRECTIONS = ("maximize", "minimize")
+METRICS = ("val_acc", "val_loss")
+STORAGE_FILES = {"sqlite": "optuna.db", "journal": "optuna.journal"}
+FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+# study user attributes the sweeper writes and the jobs read
+ATTR_METRIC, ATTR_PRUNER = "runner.metric", "runner.pruner"
+
+
+# ----------------------------------------------------------------------------- search space
+@dataclass
+class SearchSpace:
+    """What the sweeper samples (Optuna distributions by config key) and what it fixes."""
+
+    distributions: Dict[str, Any]
+    fixed: List[str]  # plain `key=value` overrides passed to every trial
+
+
+def parse_search_space(params: Dict[str, Any], arguments: Sequence[str] = ()) -> SearchSpace:
+    """`hydra.sweeper.params` plus command-line overrides -> Optuna distributions.
+
+    Grammar (Hydra's own sweep syntax, as in the published Optuna sweeper):
+    `interval(a, b)` float uniform, `tag(log, interval(a, b))` log-uniform,
+    `int(interval(a, b))` integer, `range(a, b, step)` stepped (end exclusive),
+    `choice(a, b, c)` or `a,b,c` categorical. A YAML list is a categorical too. A plain value
+    is fixed for every trial; null drops the key (an overlay's way to remove a default one).
+    Command-line overrides win over `params` of the same key.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    problems: List[str] = []
+    entries: Dict[str, Any] = {}
+    for key, value in (params or {}).items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            value = "choice(" + ", ".join(format_value(v) for v in value) + ")"
+        entries[str(key)] = f"{key}={value}"
+    fixed: List[str] = []
+    for arg in arguments:
+        o = parser.parse_override(arg)
+        if o.is_sweep_override():
+            entries[o.get_key_element()] = arg
+        else:
+            entries.pop(o.get_key_element(), None)
+            fixed.append(arg)
+    dists: Dict[str, Any] = {}
+    for key, text in entries.items():
+        try:
+            o = parser.parse_override(text)
+        except Exception as e:  # Hydra's grammar error names the position
+            problems.append(f"hydra.sweeper.params.{key}: cannot parse {text!r}: {e}")
+            continue
+        if not o.is_sweep_override():
+            fixed.append(text)
+            continue
+        try:
+            dists[key] = to_distribution(o.value())
+        except ValueError as e:
+            problems.append(f"hydra.sweeper.params.{key}: {e}")
+    if problems:
+        raise ConfigError(problems)
+    return SearchSpace(dists, fixed)
+
+
+def to_distribution(sweep) -> Any:
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+    from optuna.distributions import (CategoricalDistribution, FloatDistribution,
+                                      IntDistribution)
+
+    log_scale = "log" in (sweep.tags or set())
+    if isinstance(sweep, ChoiceSweep):
+        choices = list(sweep.list)
+        bad = [c for c in choices if not (c is None or isinstance(c, (bool, int, float, str)))]
+        if bad:
+            raise ValueError(f"choice() values must be numbers, strings, booleans or null, got {bad}")
+        if len(choices) < 1:
+            raise ValueError("choice() needs at least one value")
+        return CategoricalDistribution(choices)
+    if isinstance(sweep, IntervalSweep):
+        lo, hi = sweep.start, sweep.end
+        if not lo < hi:
+            raise ValueError(f"interval({lo}, {hi}) needs start < end")
+        if log_scale and lo <= 0:
+            raise ValueError(f"tag(log, interval({lo}, {hi})) needs start > 0 on a log scale")
+        if isinstance(lo, int) and isinstance(hi, int):
+            return IntDistribution(lo, hi, log=log_scale)
+        return FloatDistribution(float(lo), float(hi), log=log_scale)
+    if isinstance(sweep, RangeSweep):
+        start, stop, step = sweep.start, sweep.stop, sweep.step
+        if log_scale:
+            raise ValueError("range() is stepped; for a log scale use tag(log, int(interval(a, b)))")
+        # like Python's range: the end is excluded (counted here, not summed: 0.1 steps drift)
+        n = math.ceil((stop - start) / step - 1e-9) if step > 0 else 0
+        if n < 1:
+            raise ValueError(f"range({start}, {stop}, step={step}) is empty")
+        if all(isinstance(v, int) for v in (start, stop, step)):
+            return IntDistribution(start, start + (n - 1) * step, step=step)
+        return FloatDistribution(float(start), round(start + (n - 1) * step, 12), step=float(step))
+    raise ValueError(f"unsupported sweep {sweep!r}; use interval, range or choice")
+
+
+def suggest(trial, name: str, dist) -> Any:
+    """Ask `trial` for `name` through Optuna's public suggest API."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, list(dist.choices))
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+
+
+def contains(dist, value) -> bool:
+    """Whether `value` is a legal value of `dist` (for the warm-start trial)."""
+    try:
+        return bool(dist._contains(dist.to_internal_repr(value)))
+    except (ValueError, TypeError):
+        return False
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9_./:@+-]+")
+
+
+def format_value(v: Any) -> str:
+    """A value as Hydra override text (strings quoted only when they need it)."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, int):
+        return str(v)
+    s = str(v)
+    if _PLAIN.fullmatch(s) and s.lower() not in ("null", "true", "false") and not _is_number(s):
+        return s
+    return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+# ----------------------------------------------------------------------------- storage
+def storage_url(spec: Optional[str], study_dir: Path, n_jobs: int = 1) -> str:
+    """The study's storage as a URL both the sweeper and the jobs can open.
+
+    null: a SQLite file in the study folder for one worker, a journal file for several
+    (SQLite locks under parallel writers) - whichever already exists there wins, so a resumed
+    study finds its file. `journal`: the journal file in the study folder. A path ending in
+    .journal or .log: a journal file there. Anything with `://`: an RDB URL (sqlite, postgresql,
+    mysql) as Optuna takes it.
+    """
+    study_dir = Path(study_dir).resolve()
+    sqlite_file, journal_file = study_dir / STORAGE_FILES["sqlite"], study_dir / STORAGE_FILES["journal"]
+    if spec in (None, "", "null"):
+        if journal_file.exists() and not sqlite_file.exists():
+            return str(journal_file)
+        if sqlite_file.exists() or n_jobs <= 1:
+            return f"sqlite:///{sqlite_file}"
+        return str(journal_file)
+    spec = str(spec)
+    if spec == "journal":
+        return str(journal_file)
+    if spec.startswith("sqlite:///") and not spec.startswith("sqlite:////"):
+        rel = spec[len("sqlite:///"):]
+        return spec if rel in ("", ":memory:") else f"sqlite:///{Path(rel).resolve()}"
+    if "://" in spec:
+        return spec
+    if spec.endswith((".journal", ".log")):
+        return str(Path(spec).resolve())
+    raise ConfigError(f"hydra.sweeper.storage={spec!r} is not a storage; expected null (SQLite file "
+                      "in the study folder), 'journal', a *.journal file path, or an RDB URL such as "
+                      "sqlite:///optuna.db or postgresql://user@host/db")
+
+
+def open_storage(url: str):
+    import optuna
+
+    if "://" not in url:
+        from optuna.storages.journal import JournalFileBackend
+
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(url))
+    kwargs: Dict[str, Any] = {}
+    if url.startswith("sqlite:"):
+        Path(url.split("sqlite:///", 1)[-1]).parent.mkdir(parents=True, exist_ok=True)
+        # wait for a writer's lock instead of failing at once (jobs report while the sweeper tells)
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    return optuna.storages.RDBStorage(url, **kwargs)
+
+
+def dashboard_command(url: str) -> str:
+    return f"optuna-dashboard {url}"
+
+
+# ----------------------------------------------------------------------------- sampler, pruner
+def _spec(spec: Any, key: str) -> Dict[str, Any]:
+    if spec is None:
+        return {"name": "none"} if key == "pruner" else {"name": "random"}
+    if isinstance(spec, str):
+        return {"name": spec}
+    if isinstance(spec, dict):
+        return dict(spec)
+    raise ConfigError(f"hydra.sweeper.{key}={spec!r} must be a name or a mapping with `name` "
+                      "(or `_target_`) and keyword arguments")
+
+
+def _unknown(key: str, name: str, options) -> ConfigError:
+    import difflib
+
+    near = difflib.get_close_matches(str(name), list(options), n=2, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(x) for x in near)}?" if near else ""
+    return ConfigError(f"hydra.sweeper.{key}.name={name!r} is not one of "
+                       f"{', '.join(options)}{hint} (or give `_target_: optuna.samplers.X`)"
+                       if key == "sampler" else
+                       f"hydra.sweeper.{key}.name={name!r} is not one of {', '.join(options)}{hint}")
+
+
+def check_sampler(spec: Any) -> None:
+    s = _spec(spec, "sampler")
+    if "_target_" not in s and s.get("name", "random") not in SAMPLERS:
+        raise _unknown("sampler", s.get("name"), SAMPLERS)
+
+
+def build_sampler(spec: Any, trial_number: Optional[int] = None):
+    """random (default, seeded), qmc or tpe, or any `_target_`; remaining keys are kwargs.
+
+    With `trial_number`, random and tpe get a seed drawn from (seed, trial number).
+    """
+    import optuna
+
+    s = _spec(spec, "sampler")
+    if "_target_" in s:
+        from hydra.utils import instantiate
+
+        s.pop("name", None)
+        return instantiate(s)
+    name = s.pop("name", "random")
+    if name not in SAMPLERS:
+        raise _unknown("sampler", name, SAMPLERS)
+    seed = s.pop("seed", None)
+    if seed is not None and trial_number is not None and name in PER_TRIAL_SEED:
+        import numpy as np
+
+        seed = int(np.random.SeedSequence([int(seed), int(trial_number)]).generate_state(1)[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return getattr(optuna.samplers, SAMPLERS[name])(seed=seed, **s)
+
+
+def pruner_spec(spec: Any) -> Dict[str, Any]:
+    s = _spec(spec, "pruner")
+    if "_target_" not in s and s.get("name", "none") not in PRUNERS:
+        raise _unknown("pruner", s.get("name"), PRUNERS)
+    return s
+
+
+def build_pruner(spec: Any):
+    """median, hyperband or none (or `_target_`); remaining keys are the pruner's kwargs."""
+    import optuna
+
+    s = pruner_spec(spec)
+    if "_target_" in s:
+        from hydra.utils import instantiate
+
+        s.pop("name", None)
+        return instantiate(s)
+    name = s.pop("name", "none")
+    return getattr(optuna.pruners, PRUNERS[name])(**s)
+
+
+# ----------------------------------------------------------------------------- job side
+class TrialReporter:
+    """What a trial job hands to the training loop: report the metric, ask whether to stop.
+
+    Writes intermediate values straight to the study's storage and asks the study's pruner,
+    exactly what optuna.Trial.report/should_prune do, from a process that did not ask the trial.
+    """
+
+    def __init__(self, study, storage, trial_id: int, number: int, metric: str):
+        self.study, self.storage, self.trial_id, self.number = study, storage, trial_id, number
+        self.metric = metric
+        self.reported: Dict[int, float] = {}
+
+    def report(self, epoch: int, value: float) -> None:
+        if value is None or not math.isfinite(value):
+            return  # a NaN epoch ends the run anyway (NonFiniteLoss); nothing to compare
+        self.storage.set_trial_intermediate_value(self.trial_id, int(epoch), float(value))
+        self.reported[int(epoch)] = float(value)
+
+    def should_prune(self) -> bool:
+        if not self.reported:
+            return False
+        return bool(self.study.pruner.prune(self.study, self.storage.get_trial(self.trial_id)))
+
+
+def open_trial_reporter(url: str, study_name: str, number: int) -> Optional[TrialReporter]:
+    """The reporter of trial `number`, or None when that trial is no longer running (a re-run
+    of a finished trial's overrides trains without touching the study)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = open_storage(url)
+    study_id = storage.get_study_id_from_name(study_name)
+    attrs = storage.get_study_user_attrs(study_id)
+    study = optuna.load_study(study_name=study_name, storage=storage,
+                              sampler=optuna.samplers.RandomSampler(),
+                              pruner=build_pruner(attrs.get(ATTR_PRUNER)))
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, int(number))
+    state = storage.get_trial(trial_id).state
+    if state != TrialState.RUNNING:
+        log.warning("tune: trial %d of study %r is %s, not running: training without reporting",
+                    number, study_name, state.name)
+        return None
+    return TrialReporter(study, storage, trial_id, int(number), attrs.get(ATTR_METRIC, "val_acc"))
+
+
+# ----------------------------------------------------------------------------- sweep outputs
+def trial_rows(study, metric: str, root: Optional[Path] = None) -> List[Dict[str, Any]]:
+    """One row per trial for trials.csv and the report."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        d = t.user_attrs.get("dir")
+        if d and root is not None:
+            try:
+                d = str(Path(d).resolve().relative_to(Path(root).resolve()))
+            except ValueError:
+                pass
+        row = {"number": t.number, "state": t.state.name, metric: t.value,
+               "epochs": t.user_attrs.get("epochs"),
+               "duration_s": round(t.duration.total_seconds(), 2) if t.duration else None}
+        row.update({f"params.{k}": v for k, v in t.params.items()})
+        row.update({"dir": d, "reason": t.user_attrs.get("reason"),
+                    "retry_of": t.system_attrs.get("failed_trial")})
+        rows.append(row)
+    return rows
+
+
+def best_trial(study):
+    from optuna.trial import TrialState
+
+    return study.best_trial if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) else None
+
+
+def edge_warnings(params: Dict[str, Any], distributions: Dict[str, Any], fraction: float) -> List[str]:
+    """Best values within `fraction` of a range's end (on its own scale): widen that range."""
+    from optuna.distributions import CategoricalDistribution
+
+    out = []
+    for key, v in params.items():
+        dist = distributions.get(key)
+        if dist is None:
+            continue
+        if isinstance(dist, CategoricalDistribution):
+            nums = [c for c in dist.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+            # 0 (no weight decay, no dropout) is a natural end, not an edge to widen past
+            if len(nums) == len(dist.choices) >= 3 and v in (min(nums), max(nums)) and v != 0:
+                end = "largest" if v == max(nums) else "smallest"
+                out.append(f"best {key}={v!r} is the {end} of its choices {list(dist.choices)}: "
+                           f"add values beyond it")
+            continue
+        lo, hi = float(dist.low), float(dist.high)
+        if dist.log:
+            pos = (math.log(v) - math.log(lo)) / (math.log(hi) - math.log(lo))
+        else:
+            pos = (v - lo) / (hi - lo)
+        if pos <= fraction or pos >= 1 - fraction:
+            end = "upper" if pos >= 1 - fraction else "lower"
+            out.append(f"best {key}={v:.4g} lies near the {end} edge of its range [{dist.low:g}, "
+                       f"{dist.high:g}]{' (log scale)' if dist.log else ''}: widen the range "
+                       f"past it and search again")
+    return out
+
+
+def best_yaml(overrides: Sequence[str], groups: Sequence[str], header: Sequence[str]) -> str:
+    """The best trial's overrides as a primary config on top of conf/config.yaml.
+
+    Group choices become `override` entries of the defaults list, values nested keys; the
+    trial's own bookkeeping (stage=tune, tune.*) is left out and stage becomes train.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    parser = OverridesParser.create()
+    defaults: List[Any] = ["config", {"override stage": "train"}]
+    values = OmegaConf.create({})
+    for text in overrides:
+        o = parser.parse_override(text)
+        key = o.get_key_element().lstrip("+~")
+        if o.is_delete() or key == "stage" or key.startswith(("tune.", "hydra.", "hydra/")) or key == "tune":
+            continue
+        value = o.value()
+        if key in groups:
+            defaults.append({f"override {key}" if not o.is_add() else key: value})
+        else:
+            OmegaConf.update(values, key, value, force_add=True)
+    defaults.append("_self_")
+    body = OmegaConf.to_yaml(OmegaConf.create({"defaults": defaults, **OmegaConf.to_container(values)}))
+    return "".join(f"# {h}\n" for h in header) + body
+
+
+def _figure(ax):
+    import numpy as np
+
+    return np.ravel(ax)[0].figure
+
+
+def save_plots(study, out, metric: str) -> List[str]:
+    """Optuna's own plots (matplotlib backend) into <study dir>/plots/; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # "categorical units" chatter
+    import optuna
+    from optuna.trial import TrialState
+    from optuna.visualization import matplotlib as ovm
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return []
+    plots = [("history", ovm.plot_optimization_history, {"target_name": metric}, 1)]
+    if len(study.best_trial.params if complete else {}) >= 1:
+        # importances (fANOVA) mean little on a handful of trials, and take seconds
+        plots += [("importances", ovm.plot_param_importances, {"target_name": metric}, 5),
+                  ("slice", ovm.plot_slice, {"target_name": metric}, 1)]
+    if any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
+        plots.append(("intermediate_values", ovm.plot_intermediate_values, {}, 0))
+    paths = []
+    for name, fn, kwargs, need in plots:
+        if len(complete) < need:
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ax = fn(study, **kwargs)
+            paths.append(out.save_figure(_figure(ax), f"optuna_{name}"))
+        except (ValueError, RuntimeError, ZeroDivisionError, optuna.exceptions.OptunaError) as e:
+            log.warning("tune: Optuna's %s plot skipped: %s", name, e)
+        finally:
+            import matplotlib.pyplot as plt
+
+            plt.close("all")
+    return paths
+
+
+def study_summary(study, metric: str, direction: str, url: str, n_trials: int,
+                  warnings_: List[str]) -> Dict[str, Any]:
+    trials = study.get_trials(deepcopy=False)
+    counts = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")}
+    best = best_trial(study)
+    return {
+        "study_name": study.study_name, "storage": url, "direction": direction, "metric": metric,
+        "n_trials": n_trials, "trials": len(trials), "states": counts,
+        "epochs_trained": sum(int(t.user_attrs.get("epochs") or 0) for t in trials),
+        "best": None if best is None else {"number": best.number, "value": best.value,
+                                           "params": best.params, "dir": best.user_attrs.get("dir")},
+        "warnings": warnings_, "dashboard": dashboard_command(url),
+        "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def report_html(summary: Dict[str, Any], rows: List[Dict[str, Any]], plots: List[str],
+                space: Dict[str, Any], sampler: Any, pruner: Any) -> str:
+    from runner.report import Report, esc, images, kv_table, pre, table
+
+    st = summary["states"]
+    best = summary["best"] or {}
+    rep = Report(f"tune: study {summary['study_name']}",
+                 subtitle=f"{summary['direction']} {summary['metric']}  ·  storage {summary['storage']}",
+                 kpis={f"best {summary['metric']}": best.get("value"), "best trial": best.get("number"),
+                       "complete / pruned / failed": f"{st['COMPLETE']} / {st['PRUNED']} / {st['FAIL']}",
+                       "epochs trained": summary["epochs_trained"]})
+    if summary["warnings"]:
+        rep.add("Warnings", "<ul>" + "".join(f"<li>{esc(w)}</li>" for w in summary["warnings"]) + "</ul>")
+    if best:
+        link = f'<p><a href="{esc(best["dir"])}/report.html">trial {best["number"]} report</a> · ' \
+               f'run it again: <code>python -m runner --config-dir {esc(summary.get("study_dir", "."))} ' \
+               f'--config-name best</code></p>' if best.get("dir") else ""
+        rep.add("Best trial", link + kv_table(best.get("params", {})))
+    if plots:
+        rep.add("Optuna plots", images(plots))
+    linked = []
+    for r in rows:
+        r = dict(r)
+        if r.get("dir"):
+            r["dir"] = f'<a href="{esc(r["dir"])}/report.html">{esc(r["dir"])}</a>'
+        linked.append(r)
+    rep.add("Trials", table(linked, raw=("dir",)))
+    rep.add("Search space", table([{"key": k, "distribution": repr(v)} for k, v in space.items()]))
+    rep.add("Study", kv_table({"sampler": sampler, "pruner": pruner, "storage": summary["storage"],
+                               "n_trials (budget)": summary["n_trials"],
+                               "dashboard": summary["dashboard"]}))
+    rep.add("Summary", pre(__import__("json").dumps(summary, indent=2, default=str)))
+    return rep.render()

@@ -1,0 +1,233 @@
+"""stage=tune: an Optuna study as a Hydra multirun (hydra_plugins/recipe_optuna_sweeper).
+
+Tiny sweeps on synthetic data through the real CLI: trials land in the storage with the right
+states, a NaN or crashing trial never stops the sweep, a resumed study repeats nothing and
+honours its budget, an aggressive pruner prunes, joblib runs trials side by side, a killed
+worker's trial is failed and retried, and best.yaml runs with --config-dir.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import FAST, REPO, assert_contract, run_cli
+from runner import tuning
+from runner.errors import ConfigError
+
+# one torch thread per trial: joblib runs two trials side by side on these 2 cores
+TUNE = ["-m", "stage=tune", *FAST, "trainer.threads=1"]
+
+
+def study_of(cwd: Path, name: str, journal: bool = False):
+    d = cwd / "multirun" / "tune" / name
+    url = str(d / "optuna.journal") if journal else f"sqlite:///{d / 'optuna.db'}"
+    return optuna.load_study(study_name=name, storage=tuning.open_storage(url)), d
+
+
+def states(study):
+    return [t.state.name for t in study.get_trials()]
+
+
+def write_experiment(cwd: Path, name: str, text: str) -> str:
+    d = cwd / "conf" / "experiment"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"{name}.yaml").write_text("# @package _global_\n" + text)
+    return str(cwd / "conf")
+
+
+# ----------------------------------------------------------------------------- units
+def test_search_space_grammar():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    s = tuning.parse_search_space(
+        {"optim.lr": "tag(log, interval(1e-5, 1e-2))", "model.kwargs.width": "int(interval(8, 64))",
+         "trainer.batch_size": [32, 64], "optim.weight_decay": None, "trainer.epochs": 3,
+         "optim": "choice(adam, sgd)"},
+        ["data.noise=range(0.1, 0.4, 0.1)", "seed=1", "optim.lr=interval(0.1, 0.2)"])
+    d = s.distributions
+    assert d["optim.lr"] == FloatDistribution(0.1, 0.2)  # the command line wins
+    assert d["model.kwargs.width"] == IntDistribution(8, 64)
+    assert d["trainer.batch_size"] == CategoricalDistribution([32, 64])
+    assert d["optim"] == CategoricalDistribution(["adam", "sgd"])
+    assert d["data.noise"].step == pytest.approx(0.1) and d["data.noise"].high == pytest.approx(0.3)
+    assert "optim.weight_decay" not in d  # null removes a default key
+    assert sorted(s.fixed) == ["seed=1", "trainer.epochs=3"]
+    log_space = tuning.parse_search_space({"a": "tag(log, int(interval(1, 64)))"}).distributions["a"]
+    assert log_space == IntDistribution(1, 64, log=True)
+    with pytest.raises(ConfigError, match=r"hydra.sweeper.params.optim.lr: .*start > 0"):
+        tuning.parse_search_space({"optim.lr": "tag(log, interval(0, 1))"})
+
+
+def test_samplers_pruners_storage_and_edges(tmp_path):
+    assert isinstance(tuning.build_sampler({"name": "qmc", "seed": 0}), optuna.samplers.QMCSampler)
+    assert isinstance(tuning.build_sampler("tpe"), optuna.samplers.TPESampler)
+    # per-trial seeds: the same trial number draws the same value, another number another one
+    a, b = (tuning.build_sampler({"name": "random", "seed": 0}, n) for n in (3, 4))
+    study = optuna.create_study()
+    dist = optuna.distributions.FloatDistribution(0, 1)
+    t = study.ask()
+    va = a.sample_independent(study, t, "x", dist)
+    vb = b.sample_independent(study, t, "x", dist)
+    va2 = tuning.build_sampler({"name": "random", "seed": 0}, 3).sample_independent(study, t, "x", dist)
+    assert va == va2 and va != vb
+    with pytest.raises(ConfigError, match="did you mean 'tpe'"):
+        tuning.check_sampler({"name": "tpee"})
+    assert isinstance(tuning.build_pruner({"name": "hyperband", "min_resource": 1}),
+                      optuna.pruners.HyperbandPruner)
+    assert isinstance(tuning.build_pruner({"name": "median"}), optuna.pruners.MedianPruner)
+    assert isinstance(tuning.build_pruner(None), optuna.pruners.NopPruner)
+    with pytest.raises(ConfigError, match="hydra.sweeper.pruner.name='medain'"):
+        tuning.build_pruner("medain")
+
+    d = tmp_path / "s"
+    assert tuning.storage_url(None, d, 1) == f"sqlite:///{d.resolve() / 'optuna.db'}"
+    assert tuning.storage_url(None, d, 2) == str(d.resolve() / "optuna.journal")
+    assert tuning.storage_url("postgresql://u@h/db", d) == "postgresql://u@h/db"
+    with pytest.raises(ConfigError, match="is not a storage"):
+        tuning.storage_url("optuna.db", d)
+
+    lr = optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)
+    bs = optuna.distributions.CategoricalDistribution([32, 64, 128])
+    w = tuning.edge_warnings({"optim.lr": 0.08, "trainer.batch_size": 128}, {"optim.lr": lr,
+                             "trainer.batch_size": bs}, 0.1)
+    assert len(w) == 2 and "upper edge" in w[0] and "largest" in w[1]
+    assert tuning.edge_warnings({"optim.lr": 3e-3}, {"optim.lr": lr}, 0.1) == []
+
+
+# ----------------------------------------------------------------------------- the CLI
+def test_sweep_resumes_without_repeats_and_best_yaml_runs(tmp_path):
+    args = TUNE + ["hydra.sweeper.study_name=t", "hydra.sweeper.n_trials=2"]
+    r = run_cli(args, tmp_path)
+    assert r.code == 0, r.out
+    study, d = study_of(tmp_path, "t")
+    assert states(study) == ["COMPLETE"] * 2
+    # warm start: trial 0 is the current config (Adam's 3e-4, no decay); FAST fixes the batch
+    # size on the command line, which takes it out of the search space
+    assert study.trials[0].params == {"optim.lr": 3e-4, "optim.weight_decay": 0.0}
+    for t in study.trials:  # trial directories are named by trial number
+        s = json.loads((d / str(t.number) / "summary.json").read_text())
+        assert s["stage"] == "tune" and s["trial"] == t.number and s["epochs"] == 2
+        assert s["val_acc"] == pytest.approx(t.value)
+        assert sorted(t.intermediate_values) == [1, 2]  # reported every epoch
+    assert_contract(*(d / str(n) for n in range(2)))
+    rows = list(csv.DictReader((d / "trials.csv").open()))
+    assert [row["state"] for row in rows] == ["COMPLETE"] * 2 and "params.optim.lr" in rows[0]
+    assert (d / "plots" / "optuna_history.png").stat().st_size > 1000
+    html = (d / "report.html").read_text()
+    assert "optuna_history.png" in html and "Best trial" in html
+    summary = json.loads((d / "study.json").read_text())
+    assert summary["states"]["COMPLETE"] == 2 and summary["epochs_trained"] == 4
+    finished = [t.datetime_complete for t in study.trials]
+
+    # the same command with a budget of 3 resumes: the two finished trials count, one more runs
+    r = run_cli(args[:-1] + ["hydra.sweeper.n_trials=3"], tmp_path)
+    assert r.code == 0, r.out
+    assert "2 trial(s) already, budget 3" in r.out
+    study, _ = study_of(tmp_path, "t")
+    assert [t.number for t in study.trials] == [0, 1, 2] and states(study) == ["COMPLETE"] * 3
+    assert [t.datetime_complete for t in study.trials[:2]] == finished
+    assert (d / "2" / "summary.json").exists()
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 3  # no repeats
+
+    # best.yaml is a config to run with --config-dir
+    best = study.best_trial
+    text = (d / "best.yaml").read_text()
+    assert f"Best trial {best.number}" in text and "tune" not in OmegaConf.create(text)
+    r = run_cli(["--config-dir", str(d), "--config-name", "best", "trainer.epochs=1"], tmp_path)
+    assert r.code == 0, r.out
+    cfg = OmegaConf.load(r.run_dir / ".hydra" / "config.yaml")
+    assert cfg.stage.name == "train" and cfg.data.kind == "synthetic"
+    assert cfg.optim.lr == pytest.approx(best.params["optim.lr"])
+    assert cfg.optim.weight_decay == best.params["optim.weight_decay"]
+
+
+def test_nan_crash_and_pruned_trials_are_recorded_and_the_sweep_goes_on(tmp_path):
+    conf = write_experiment(tmp_path, "outcomes", """
+optim:
+  lr: 0.003
+hydra:
+  sweeper:
+    study_name: outcomes
+    n_trials: 6
+    metric: val_loss
+    direction: minimize
+    # every combination once: the NaN, the crash and the pruned trial are never the last word
+    sampler: {_target_: optuna.samplers.BruteForceSampler, seed: 0}
+    # forced aggressive: any trial worse than the (one) finished trial's median is stopped
+    pruner: {name: median, n_startup_trials: 1, n_warmup_steps: 0}
+    params:
+      optim.weight_decay: null
+      trainer.batch_size: null
+      optim.lr: choice(0.003, 1e-7, 1e30)
+      model.kwargs.width: choice(32, -1)
+""")
+    r = run_cli(["-m", "--config-dir", conf, "experiment=outcomes", *TUNE[1:], "trainer.epochs=3"],
+                tmp_path)
+    assert r.code == 1, r.out  # the sweep ran to its end; 1 says some trials failed (DESIGN.md)
+    study, d = study_of(tmp_path, "outcomes")
+    by = {(t.params["optim.lr"], t.params["model.kwargs.width"]): t for t in study.trials}
+    assert len(study.trials) == 6 and len(by) == 6
+    good = study.trials[0]  # the warm start: the config's own lr and width
+    assert (good.params["optim.lr"], good.params["model.kwargs.width"]) == (0.003, 32)
+    assert good.state.name == "COMPLETE" and sorted(good.intermediate_values) == [1, 2, 3]
+
+    nan = by[(1e30, 32)]
+    assert nan.state.name == "FAIL" and "non-finite" in nan.user_attrs["reason"]
+    assert json.loads((d / str(nan.number) / "summary.json").read_text())["status"] == "nonfinite"
+    for lr in (0.003, 1e-7, 1e30):
+        crash = by[(lr, -1)]
+        assert crash.state.name == "FAIL" and crash.user_attrs["reason"].startswith("crashed")
+
+    slow = by[(1e-7, 32)]  # barely moves: worse than the finished trial after epoch 1
+    assert slow.state.name == "PRUNED" and list(slow.intermediate_values) == [1]
+    s = json.loads((d / str(slow.number) / "summary.json").read_text())
+    assert s["status"] == "pruned" and s["epochs"] == 1 and slow.user_attrs["epochs"] == 1
+    assert len((d / str(slow.number) / "metrics.csv").read_text().strip().splitlines()) == 2
+    assert_contract(d / str(slow.number))
+    assert "1 complete, 1 pruned, 4 failed" in r.out
+
+
+def test_joblib_runs_two_trials_at_once_on_a_journal(tmp_path):
+    r = run_cli(TUNE + ["hydra.sweeper.study_name=par", "hydra.sweeper.n_trials=2",
+                        "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], tmp_path)
+    assert r.code == 0, r.out
+    study, d = study_of(tmp_path, "par", journal=True)
+    assert not (d / "optuna.db").exists()  # several workers: the journal file, not SQLite
+    assert sorted(t.number for t in study.trials) == [0, 1]
+    assert states(study) == ["COMPLETE"] * 2
+    assert all((d / str(n) / "summary.json").exists() for n in range(2))
+    spans = [(t.datetime_start, t.datetime_complete) for t in study.trials]
+    overlap = any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1:])
+    assert overlap, spans  # each worker asked for its next trial while the other was running
+
+
+def test_killed_workers_trial_is_failed_and_retried(tmp_path):
+    d = tmp_path / "multirun" / "tune" / "stale"
+    params = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "stage" / "tune.yaml").hydra.sweeper.params)
+    space = tuning.parse_search_space(params).distributions
+    study = optuna.create_study(study_name="stale", direction="maximize",
+                                storage=tuning.open_storage(f"sqlite:///{d / 'optuna.db'}"))
+    ghost = study.ask(space)  # a worker asked for it, then died without a word
+    ghost.set_user_attr("heartbeat", time.time() - 3600)
+
+    r = run_cli(TUNE + ["hydra.sweeper.study_name=stale", "hydra.sweeper.n_trials=1",
+                        "hydra.sweeper.retry=1"], tmp_path)
+    assert r.code == 0, r.out
+    study, _ = study_of(tmp_path, "stale")
+    assert states(study) == ["FAIL", "COMPLETE"]  # the budget of 1 counts the retry, once
+    assert study.trials[1].params == ghost.params
+    assert study.trials[1].system_attrs["failed_trial"] == 0
+    assert "marked failed" in r.out
+
+
+def test_typo_in_search_space_is_a_config_error(tmp_path):
+    r = run_cli(TUNE + ["hydra.sweeper.study_name=typo", "optim.lrr=interval(0.1, 0.2)"], tmp_path)
+    assert r.code == 2, r.out
+    assert "optim.lrr" in r.out
+    assert not (tmp_path / "multirun" / "tune" / "typo" / "0").exists()
