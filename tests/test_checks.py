@@ -249,6 +249,17 @@ def test_over_scaled_final_layer_fails_init_loss(batch, prior):
     assert init_bias(make(OverScaled), x, y, prior).status == "fail"
 
 
+@pytest.mark.parametrize("scale, status", [(1, "pass"), (30, "warn"), (100, "fail")])
+def test_init_loss_grades_how_over_confident_the_init_is(batch, prior, scale, status):
+    # warn: moderately over-confident heads (timm's EfficientNet/MobileNet start ~1-1.5 nats
+    # above log C); fail: beyond twice the uninformed loss
+    x, y = batch
+    model = make(TinyCNN)
+    with torch.no_grad():
+        model.fc.weight.mul_(scale)
+    assert init_loss(model, x, y, prior).status == status
+
+
 def test_init_bias_moves_the_loss_to_the_prior_entropy():
     p = torch.tensor([0.7, 0.1, 0.1, 0.1])
     g = torch.Generator().manual_seed(0)
