@@ -89,7 +89,8 @@ class TensorboardLogger:
         found = first_layer_weight(self.model)
         if found is not None:
             name, w = found
-            self.writer.add_histogram(f"weights/{name}", w.detach().float().cpu(), global_step=epoch)
+            self.writer.add_histogram(f"weights/{name}", w.detach().float().cpu(),
+                                      global_step=epoch)
 
     def log_epoch(self, rec: Any) -> None:
         epoch = int(_get(rec, "epoch"))
@@ -223,8 +224,9 @@ def build_loggers(cfg, run, original_cwd: str, data=None, model=None) -> Loggers
                 "model": str(cfg.model.get("_target_") or cfg.model.name),
                 "data": str(cfg.data.kind), **{str(k): str(v) for k, v in ml.tags.items()}}
         params = flat_params(OmegaConf.to_container(cfg, resolve=True))
-        out.append(MlflowLogger(uri, ml.experiment_name or str(cfg.name),
-                                ml.run_name or f"{cfg.stage.name}/{run_path.name}", tags, params, run))
+        run_name = ml.run_name or f"{cfg.stage.name}/{run_path.name}"
+        out.append(MlflowLogger(uri, ml.experiment_name or str(cfg.name), run_name, tags, params,
+                                run))
     return Loggers(out)
 
 

@@ -12,7 +12,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def _finite(xs: Sequence[float]):
-    return [x if x is not None and isinstance(x, (int, float)) and math.isfinite(x) else float("nan") for x in xs]
+    return [x if x is not None and isinstance(x, (int, float)) and math.isfinite(x)
+            else float("nan") for x in xs]
 
 
 def curves(history: List[Dict], title: str = "Training curves"):

@@ -17,23 +17,26 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 STATUS_COLOURS = {"pass": "#1a7f37", "warn": "#9a6700", "fail": "#cf222e", "skip": "#6e7781"}
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5rem auto;max-width:1180px;
-color:#1f2328;padding:0 1rem;line-height:1.45}
-h1{font-size:1.6rem;margin:.2rem 0} h2{border-bottom:1px solid #d0d7de;padding-bottom:.2rem;margin-top:2rem}
-h3{font-size:1.05rem;margin:1.2rem 0 .3rem}
-table{border-collapse:collapse;margin:.5rem 0} td,th{border:1px solid #d0d7de;padding:.25rem .6rem;text-align:left;
-vertical-align:top;font-size:.92rem} th{background:#f6f8fa}
-.status{font-weight:600;text-transform:uppercase;color:#fff;border-radius:4px;padding:0 .4rem;font-size:.8rem}
-.figs a{display:inline-block} .figs img{max-width:100%;height:auto;margin:.3rem;border:1px solid #d0d7de}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5rem auto;
+max-width:1180px;color:#1f2328;padding:0 1rem;line-height:1.45}
+h1{font-size:1.6rem;margin:.2rem 0}
+h2{border-bottom:1px solid #d0d7de;padding-bottom:.2rem;margin-top:2rem}
+h3{font-size:1.05rem;margin:1.2rem 0 .3rem} table{border-collapse:collapse;margin:.5rem 0}
+td,th{border:1px solid #d0d7de;padding:.25rem .6rem;text-align:left;vertical-align:top;
+font-size:.92rem} th{background:#f6f8fa}
+.status{font-weight:600;text-transform:uppercase;color:#fff;border-radius:4px;padding:0 .4rem;
+font-size:.8rem}
+.figs a{display:inline-block}
+.figs img{max-width:100%;height:auto;margin:.3rem;border:1px solid #d0d7de}
 pre{background:#f6f8fa;padding:.8rem;overflow:auto;font-size:.85rem} .sub{color:#57606a}
-.kpis{display:flex;flex-wrap:wrap;gap:.4rem 1.8rem;margin:.8rem 0} .kpi b{font-size:1.3rem;display:block}
-.kpi{color:#57606a;font-size:.85rem} .kpi b{color:#1f2328}
-.facts{display:grid;grid-template-columns:max-content 1fr;gap:.1rem 1rem;margin:.6rem 0;font-size:.92rem}
-.facts dt{color:#57606a} .facts dd{margin:0}
+.kpis{display:flex;flex-wrap:wrap;gap:.4rem 1.8rem;margin:.8rem 0}
+.kpi{color:#57606a;font-size:.85rem} .kpi b{font-size:1.3rem;display:block;color:#1f2328}
+.facts{display:grid;grid-template-columns:max-content 1fr;gap:.1rem 1rem;margin:.6rem 0;
+font-size:.92rem} .facts dt{color:#57606a} .facts dd{margin:0}
 .verdict{border-radius:6px;padding:.45rem .8rem;margin:.6rem 0;font-weight:600;color:#fff}
 .nav{font-size:.9rem;margin:.2rem 0} .nav a{margin-right:1rem} .toc{font-size:.9rem}
-footer{margin-top:2.5rem;border-top:1px solid #d0d7de;padding-top:.5rem;font-size:.85rem;color:#57606a}
-footer a{margin-right:.8rem}
+footer{margin-top:2.5rem;border-top:1px solid #d0d7de;padding-top:.5rem;font-size:.85rem;
+color:#57606a} footer a{margin-right:.8rem}
 """
 
 
@@ -83,8 +86,10 @@ class Report:
                        for k, v in self.kpis.items())
         facts = "".join(f"<dt>{esc(k)}</dt><dd>{esc(fmt(v))}</dd>" for k, v in self.facts.items())
         nav = " ".join(f'<a href="{esc(h)}">{esc(t)}</a>' for t, h in self.links)
-        toc = " · ".join(f'<a href="#{s.anchor or slug(s.title)}">{esc(s.title)}</a>' for s in self.sections)
-        body = "".join(f'<h2 id="{s.anchor or slug(s.title)}">{esc(s.title)}</h2>{s.body}' for s in self.sections)
+        toc = " · ".join(f'<a href="#{s.anchor or slug(s.title)}">{esc(s.title)}</a>'
+                         for s in self.sections)
+        body = "".join(f'<h2 id="{s.anchor or slug(s.title)}">{esc(s.title)}</h2>{s.body}'
+                       for s in self.sections)
         if 'class="sortable"' in body:
             body += f"<script>{SORT_JS}</script>"
         files = " ".join(f'<a href="{esc(f)}">{esc(f)}</a>' for f in self.files)
@@ -137,15 +142,17 @@ def fmt(v: Any) -> str:
     return "n/a" if v is None else str(v)
 
 
-def table(rows: Sequence[Dict[str, Any]], columns: Optional[Sequence[str]] = None, raw: Sequence[str] = (),
-          sortable: bool = False) -> str:
-    """An HTML table; columns named in `raw` hold trusted HTML; `sortable`: click a header to sort."""
+def table(rows: Sequence[Dict[str, Any]], columns: Optional[Sequence[str]] = None,
+          raw: Sequence[str] = (), sortable: bool = False) -> str:
+    """An HTML table; columns named in `raw` hold trusted HTML; `sortable`: click a header
+    to sort."""
     if not rows:
         return "<p class='sub'>(none)</p>"
     cols = list(columns or rows[0].keys())
     head = "".join(f"<th>{esc(c)}</th>" for c in cols)
     body = "".join(
-        "<tr>" + "".join(f"<td>{r.get(c, '') if c in raw else esc(fmt(r.get(c, '')))}</td>" for c in cols) + "</tr>"
+        "<tr>" + "".join(f"<td>{r.get(c, '') if c in raw else esc(fmt(r.get(c, '')))}</td>"
+                         for c in cols) + "</tr>"
         for r in rows)
     cls = ' class="sortable"' if sortable else ""
     return f"<table{cls}><tr>{head}</tr>{body}</table>"
@@ -156,7 +163,8 @@ def kv_table(d: Dict[str, Any]) -> str:
 
 
 def status_badge(status: str) -> str:
-    return f'<span class="status" style="background:{STATUS_COLOURS.get(status, "#6e7781")}">{esc(status)}</span>'
+    colour = STATUS_COLOURS.get(status, "#6e7781")
+    return f'<span class="status" style="background:{colour}">{esc(status)}</span>'
 
 
 def images(paths: Sequence[str]) -> str:
@@ -181,9 +189,11 @@ def checks_section(verdicts: Sequence[Any]) -> str:
         rows.append({"check": f'<a href="#check-{slug(d["name"])}">{esc(d["name"])}</a>',
                      "status": status_badge(d["status"]), "value": d.get("value"),
                      "expected": d.get("expected"), "message": d.get("message")})
-        detail.append(f'<h3 id="check-{slug(d["name"])}">{esc(d["name"])} {status_badge(d["status"])}</h3>'
+        detail.append(f'<h3 id="check-{slug(d["name"])}">{esc(d["name"])} '
+                      f'{status_badge(d["status"])}</h3>'
                       f'<p>{esc(d.get("message", ""))}</p>' + images(d.get("artifacts") or []))
-    return table(rows, ["check", "status", "value", "expected", "message"], raw=("check", "status")) + "".join(detail)
+    return table(rows, ["check", "status", "value", "expected", "message"],
+                 raw=("check", "status")) + "".join(detail)
 
 
 # ----------------------------------------------------------------------------- a run's header
@@ -193,7 +203,7 @@ def verdict_counts(verdicts: Sequence[Any]) -> Dict[str, int]:
 
 
 def _pct(x: Any) -> Optional[str]:
-    return f"{100 * x:.2f}%" if isinstance(x, (int, float)) and math.isfinite(x) else None
+    return f"{100 * x:.2f}%" if _finite(x) else None
 
 
 def run_facts(summary: Dict[str, Any]) -> Dict[str, str]:
@@ -203,18 +213,22 @@ def run_facts(summary: Dict[str, Any]) -> Dict[str, str]:
         out["experiment"] = summary["name"]
     d = summary.get("data")
     if isinstance(d, dict):
-        shape = "×".join(str(x) for x in (d.get("in_chans"), d.get("image_size"), d.get("image_size")))
+        size = d.get("image_size")
+        shape = f'{d.get("in_chans")}×{size}×{size}'
         out["data"] = (f'{d.get("kind")} · {d.get("num_train")} train / {d.get("num_val")} val · '
                        f'{d.get("num_classes")} classes · {shape} px')
     if summary.get("model"):
         params = summary.get("params")
-        out["model"] = str(summary["model"]) + (f" · {params:,} parameters" if isinstance(params, int) else "")
+        out["model"] = str(summary["model"]) + (
+            f" · {params:,} parameters" if isinstance(params, int) else "")
     prov = summary.get("provenance") or {}
     if prov.get("device"):
-        out["device"] = f'{prov["device"]} ({prov.get("device_name") or "?"}, {prov.get("threads")} threads)'
+        out["device"] = (f'{prov["device"]} ({prov.get("device_name") or "?"}, '
+                         f'{prov.get("threads")} threads)')
     status = summary.get("status")
     if status and status != "finished":
-        out["status"] = f"{status}: {summary.get('stop_reason') or summary.get('error') or ''}".rstrip(": ")
+        why = summary.get("stop_reason") or summary.get("error") or ""
+        out["status"] = f"{status}: {why}".rstrip(": ")
     if summary.get("resumed_from"):
         out["resumed from"] = summary["resumed_from"]
     if summary.get("run_dir"):
@@ -223,7 +237,7 @@ def run_facts(summary: Dict[str, Any]) -> Dict[str, str]:
 
 
 def run_kpis(summary: Dict[str, Any]) -> Dict[str, Any]:
-    """The key figures of a run, formatted for people; figures the run does not have are left out."""
+    """The key figures of a run, formatted for people; figures it does not have are left out."""
     best = _pct(summary.get("best_val_acc"))
     if best and summary.get("best_epoch") is not None:
         best += f" (epoch {summary['best_epoch']})"
@@ -234,10 +248,15 @@ def run_kpis(summary: Dict[str, Any]) -> Dict[str, Any]:
          "val loss": summary.get("val_loss"),
          "train loss": summary.get("train_loss"),
          "epochs": summary.get("epochs"),
-         "images/s": f"{ips:,.0f}" if isinstance(ips, (int, float)) and math.isfinite(ips) else None,
-         "training time": f"{wall:.1f} s" if isinstance(wall, (int, float)) and math.isfinite(wall) else None,
+         "images/s": f"{ips:,.0f}" if _finite(ips) else None,
+         "training time": f"{wall:.1f} s" if _finite(wall) else None,
          "parameters": f"{params:,}" if isinstance(params, int) else None}
-    return {key: v for key, v in k.items() if v is not None and not (isinstance(v, float) and not math.isfinite(v))}
+    return {key: v for key, v in k.items()
+            if v is not None and not (isinstance(v, float) and not math.isfinite(v))}
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def related_links(run_path: Path) -> List[Tuple[str, str]]:

@@ -10,11 +10,13 @@ def test_init_writes_a_repo_whose_example_runs_from_elsewhere(tmp_path):
     repo = tmp_path / "my-exps"
     r = run_cli(["init", str(repo)], tmp_path)
     assert r.code == 0, r.out
-    for rel in ("conf/experiment/example.yaml", "conf/data/example.yaml", "README.md", ".gitignore"):
+    for rel in ("conf/experiment/example.yaml", "conf/data/example.yaml", "README.md",
+                ".gitignore"):
         assert (repo / rel).is_file(), rel
     assert f"--config-dir {repo / 'conf'} experiment=example" in r.out
     assert "outputs/" in (repo / ".gitignore").read_text().split()
-    assert "python -m runner --config-dir conf experiment=example" in (repo / "README.md").read_text()
+    readme = (repo / "README.md").read_text()
+    assert "python -m runner --config-dir conf experiment=example" in readme
 
     # a user's own option in a packaged group (conf/data/example.yaml extends packaged digits),
     # composed and run from another folder; stage=train on the command line keeps it quick
@@ -33,7 +35,8 @@ def test_init_writes_a_repo_whose_example_runs_from_elsewhere(tmp_path):
 def test_init_starter_experiment_composes_to_the_baseline_stage(tmp_path):
     repo = tmp_path / "repo"
     assert run_cli(["init", str(repo)], tmp_path).code == 0
-    r = run_cli(["--config-dir", str(repo / "conf"), "experiment=example", "--cfg", "job"], tmp_path)
+    r = run_cli(["--config-dir", str(repo / "conf"), "experiment=example", "--cfg", "job"],
+                tmp_path)
     assert r.code == 0, r.out
     assert "name: baseline" in r.out and "name: example" in r.out and "image_size: 16" in r.out
 
@@ -129,6 +132,7 @@ def test_shell_completion_offers_stages(tmp_path):
     from runner.stages import STAGES
 
     line = "recipe-runner stage="
-    r = run_cli(["-sc", "query=bash"], tmp_path, env={"COMP_LINE": line, "COMP_POINT": str(len(line))})
+    r = run_cli(["-sc", "query=bash"], tmp_path,
+                env={"COMP_LINE": line, "COMP_POINT": str(len(line))})
     assert r.code == 0, r.out
     assert sorted(r.out.split()) == sorted(f"stage={s}" for s in STAGES)

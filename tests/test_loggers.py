@@ -59,9 +59,11 @@ def test_tensorboard_and_mlflow_together_log_what_metrics_csv_has(cli):
 
 def test_default_logger_is_csv_only_and_options_combine():
     cfg = compose([])
-    assert cfg.logger.csv.enabled and not cfg.logger.tensorboard.enabled and not cfg.logger.mlflow.enabled
+    lg = cfg.logger
+    assert lg.csv.enabled and not lg.tensorboard.enabled and not lg.mlflow.enabled
     cfg = compose(["logger=tensorboard"])
-    assert cfg.logger.tensorboard.enabled and not cfg.logger.mlflow.enabled and cfg.logger.csv.enabled
+    lg = cfg.logger
+    assert lg.tensorboard.enabled and not lg.mlflow.enabled and lg.csv.enabled
     cfg = compose(["logger=many"])
     assert cfg.logger.tensorboard.enabled and cfg.logger.mlflow.enabled
 

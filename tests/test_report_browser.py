@@ -3,13 +3,15 @@
 Debian's `chromium` (installed by .ci/run) and websocket-client (test extra). The page is
 loaded from file://, as a person opens it; the test collects console errors, uncaught
 exceptions and failed resource loads, asks the page which images did not decode, and saves
-a screenshot (the test's tmp dir; RECIPE_UPDATE_DOCS=1 also writes docs/report.png).
+a screenshot (in the test's tmp dir; pytest -s prints where).
+
+Run as a script to check and photograph any report (docs/report.png was made so):
+    python tests/test_report_browser.py outputs/<date>/<time>/report.html docs/report.png
 """
 from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import pytest
-from conftest import FAST, REPO
+from conftest import FAST
 from test_reports import dangling as missing_refs
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -45,14 +47,16 @@ class Browser:
     def __init__(self, profile: Path, width: int = 1280, height: int = 1000):
         import websocket
 
-        self.proc = subprocess.Popen([chromium_binary(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+        self.proc = subprocess.Popen([chromium_binary(), *CHROMIUM_FLAGS,
+                                      f"--user-data-dir={profile}",
                                       f"--window-size={width},{height}", "about:blank"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         port_file = profile / "DevToolsActivePort"
         deadline = time.monotonic() + 60
         while not (port_file.exists() and port_file.read_text().strip()):
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.poll() is not None else ""
+                exited = self.proc.poll() is not None
+                err = self.proc.stderr.read().decode(errors="replace") if exited else ""
                 self.close()
                 raise AssertionError(f"chromium did not start its DevTools endpoint\n{err[-2000:]}")
             time.sleep(0.1)
@@ -112,7 +116,8 @@ class Browser:
             p = e.get("params", {})
             if e["method"] == "Runtime.exceptionThrown":
                 d = p["exceptionDetails"]
-                out.append(f"exception: {d.get('exception', {}).get('description') or d.get('text')}")
+                what = d.get("exception", {}).get("description") or d.get("text")
+                out.append(f"exception: {what}")
             elif e["method"] == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
                 out.append("console.error: " + " ".join(str(a.get("value", a.get("description")))
                                                         for a in p.get("args", [])))
@@ -184,7 +189,8 @@ def test_baseline_report_renders_cleanly_in_chromium(cli, browser, tmp_path):
     assert n_images >= 5  # curves, input grid, overfit loss, confusion matrix, ...
     assert browser.evaluate(BROKEN_IMAGES_JS) == []
     # every image is drawn at a readable size, and the header says how the checks went
-    widths = browser.evaluate("Array.from(document.images).map(i => i.getBoundingClientRect().width)")
+    widths = browser.evaluate(
+        "Array.from(document.images).map(i => i.getBoundingClientRect().width)")
     assert min(widths) >= 200, widths
     checks = r.json("checks.json")
     counts = {s: sum(c["status"] == s for c in checks) for s in ("pass", "warn", "fail", "skip")}
@@ -213,9 +219,6 @@ def test_baseline_report_renders_cleanly_in_chromium(cli, browser, tmp_path):
     (fw, fh), _ = _png_size_and_colours(full)
     assert fw == 1280 and fh > 2000  # the whole report: checks, curves, config, ...
     print(f"screenshots: {shot} {full}")
-    if os.environ.get("RECIPE_UPDATE_DOCS"):
-        (REPO / "docs").mkdir(exist_ok=True)
-        shutil.copy(shot, REPO / "docs" / "report.png")
 
 
 def test_sortable_tables_sort_by_the_clicked_column(browser, tmp_path):
@@ -223,17 +226,36 @@ def test_sortable_tables_sort_by_the_clicked_column(browser, tmp_path):
     numbers numerically with n/a last."""
     from runner.report import Report, table
 
-    rows = [{"job": "a", "val_acc": 0.5}, {"job": "b", "val_acc": None}, {"job": "c", "val_acc": 0.9},
-            {"job": "d", "val_acc": 0.10}]
+    rows = [{"job": "a", "val_acc": 0.5}, {"job": "b", "val_acc": None},
+            {"job": "c", "val_acc": 0.9}, {"job": "d", "val_acc": 0.10}]
     rep = Report("sweep")
     rep.add("Runs", table(rows, sortable=True))
     page = tmp_path / "report.html"
     page.write_text(rep.render())
     browser.open(page)
-    col = "Array.from(document.querySelectorAll('table.sortable tr')).slice(1).map(r => r.children[0].textContent)"
+    col = ("Array.from(document.querySelectorAll('table.sortable tr')).slice(1)"
+           ".map(r => r.children[0].textContent)")
     assert browser.evaluate(col) == ["a", "b", "c", "d"]
     browser.evaluate("document.querySelectorAll('table.sortable th')[1].click()")
     assert browser.evaluate(col) == ["d", "a", "c", "b"]  # 0.1 < 0.5 < 0.9, n/a last
     browser.evaluate("document.querySelectorAll('table.sortable th')[1].click()")
     assert browser.evaluate(col)[:3] == ["c", "a", "d"]
     assert browser.problems() == []
+
+
+if __name__ == "__main__":
+    import sys
+    import tempfile
+
+    if len(sys.argv) != 3:
+        sys.exit("usage: python tests/test_report_browser.py REPORT.html OUT.png")
+    with tempfile.TemporaryDirectory() as profile:
+        b = Browser(Path(profile) / "chromium-profile", height=1100)
+        try:
+            b.open(Path(sys.argv[1]))
+            issues = b.problems() + [f"broken image: {s}" for s in b.evaluate(BROKEN_IMAGES_JS)]
+            b.screenshot(Path(sys.argv[2]))
+        finally:
+            b.close()
+    print("\n".join(issues) or f"no console errors or broken images; wrote {sys.argv[2]}")
+    sys.exit(1 if issues else 0)

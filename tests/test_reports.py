@@ -69,7 +69,7 @@ def test_header_facts_and_key_figures_of_a_run():
     kpis = run_kpis(SUMMARY)
     assert kpis == {"val accuracy": "81.25%", "best val accuracy": "87.50% (epoch 3)",
                     "val loss": 0.5, "train loss": 0.25, "epochs": 4, "images/s": "1,234",
-                    "training time": "12.3 s", "parameters": "23,492"}  # no human baseline: left out
+                    "training time": "12.3 s", "parameters": "23,492"}  # no human baseline
     stopped = dict(SUMMARY, status="nonfinite", error="loss became nan at step 7", name="default")
     facts = run_facts(stopped)
     assert facts["status"] == "nonfinite: loss became nan at step 7" and "experiment" not in facts
@@ -155,4 +155,5 @@ def test_every_curve_panel_has_a_title_and_labelled_axes():
     assert "%" in fig.axes[1].get_ylabel()
     fig = plots.line([3.0, 2.0, 1.0], "Overfit one batch", "optimiser step", "loss", logy=True)
     (ax,) = fig.axes
-    assert (ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) == ("Overfit one batch", "optimiser step", "loss")
+    assert (ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) == \
+        ("Overfit one batch", "optimiser step", "loss")
