@@ -210,6 +210,12 @@ def test_batch_mixing_fails_batch_independence(batch, cls):
     assert "mixes information across the batch" in v.message
 
 
+def test_batch_independence_sees_through_softmax_outputs(batch):
+    # the outputs of a softmax sum to 1 whatever the input: backprop of a plain sum is zero
+    x, _ = batch
+    assert batch_independence(make(SoftmaxOutputs), x[:8]).status == "pass"
+
+
 def test_batch_independence_runs_batchnorm_in_eval_and_says_so(batch):
     x, _ = batch
     v = batch_independence(timm_resnet(), x[:8])

@@ -135,7 +135,10 @@ def batch_independence(model: nn.Module, x: torch.Tensor, examples: Sequence[int
         for i in rows:
             xi = x.detach().clone().requires_grad_(True)
             out = model(xi).float()
-            (g,) = torch.autograd.grad(out[i].sum(), xi, allow_unused=True)
+            # a fixed random projection of example i's outputs, not their plain sum: a sum is
+            # constant for softmax outputs and would hide every dependency
+            w = torch.randn(out.shape[1:], generator=torch.Generator().manual_seed(i))
+            (g,) = torch.autograd.grad((out[i] * w.to(out.device)).sum(), xi, allow_unused=True)
             if g is None:
                 self_zero.append(i)
                 continue
