@@ -76,9 +76,14 @@ class TensorboardLogger:
         from torch.utils.tensorboard import SummaryWriter
 
         self.log_dir = log_dir
+        # a resumed run appends to its events; the step-0 records are there already (and the
+        # model now holds trained weights, which must not be logged as the init)
+        resumed = log_dir.is_dir() and any(log_dir.iterdir())
         self.writer = SummaryWriter(log_dir=str(log_dir))
         self.model = model
         self.histograms = histograms
+        if resumed:
+            return
         if images and data is not None and len(data.train):
             # "visualize just before the net" (recipe stage 1): what the model is fed
             self.writer.add_image("input/grid", input_grid(data, images), global_step=0)

@@ -7,7 +7,8 @@ import math
 import pytest
 from conftest import FAST, compose
 
-from runner.loggers import MlflowLogger, epoch_scalars, first_layer_weight, flat_params
+from runner.loggers import (MlflowLogger, TensorboardLogger, epoch_scalars, first_layer_weight,
+                            flat_params)
 
 
 def _events(log_dir):
@@ -119,3 +120,23 @@ def test_first_layer_weight_and_flat_params():
     assert name == "1.weight" and tuple(w.shape) == (4, 3, 3, 3)  # BatchNorm's 1-d weight skipped
     assert flat_params({"a": {"b": 1, "c": [1, 2]}, "d": None, "e": {}}) == \
         {"a.b": "1", "a.c": "[1, 2]", "d": "None", "e": "{}"}
+
+
+def test_tensorboard_resumed_run_appends_without_a_second_init(tmp_path):
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3))
+    log_dir = tmp_path / "tb"
+    tb = TensorboardLogger(log_dir, net, None, histograms=True, images=0)
+    tb.log_epoch({"epoch": 1, "train_loss": 2.0, "lr": 0.1})
+    tb.close()
+    with torch.no_grad():
+        net[0].weight.add_(5.0)  # "trained" weights, as restored from a checkpoint
+    tb = TensorboardLogger(log_dir, net, None, histograms=True, images=0)
+    tb.log_epoch({"epoch": 2, "train_loss": 1.0, "lr": 0.1})
+    tb.close()
+    ea = _events(log_dir)
+    assert [e.step for e in ea.Scalars("train/loss")] == [1, 2]
+    hist = ea.Histograms("weights/0.weight")
+    assert [h.step for h in hist] == [0, 1, 2]  # one init, not a second one at the resume
+    assert hist[0].histogram_value.max < 2.0 < hist[2].histogram_value.min
