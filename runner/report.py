@@ -214,9 +214,9 @@ def run_facts(summary: Dict[str, Any]) -> Dict[str, str]:
     d = summary.get("data")
     if isinstance(d, dict):
         size = d.get("image_size")
-        shape = f'{d.get("in_chans")}×{size}×{size}'
+        shape = f' · {d.get("in_chans")}×{size}×{size} px' if size and d.get("in_chans") else ""
         out["data"] = (f'{d.get("kind")} · {d.get("num_train")} train / {d.get("num_val")} val · '
-                       f'{d.get("num_classes")} classes · {shape} px')
+                       f'{d.get("num_classes")} classes{shape}')
     if summary.get("model"):
         params = summary.get("params")
         out["model"] = str(summary["model"]) + (
@@ -247,10 +247,11 @@ def run_kpis(summary: Dict[str, Any]) -> Dict[str, Any]:
          "human baseline": _pct(summary.get("human_baseline")),
          "val loss": summary.get("val_loss"),
          "train loss": summary.get("train_loss"),
-         "epochs": summary.get("epochs"),
+         "epochs": summary.get("epochs") or None,  # 0 epochs: a stage that trains nothing
+         "images": summary.get("images"),
          "images/s": f"{ips:,.0f}" if _finite(ips) else None,
-         "training time": f"{wall:.1f} s" if _finite(wall) else None,
-         "parameters": f"{params:,}" if isinstance(params, int) else None}
+         "wall time": f"{wall:.1f} s" if _finite(wall) else None,
+         "parameters": f"{params:,}" if isinstance(params, int) and params else None}
     return {key: v for key, v in k.items()
             if v is not None and not (isinstance(v, float) and not math.isfinite(v))}
 

@@ -69,11 +69,16 @@ def test_header_facts_and_key_figures_of_a_run():
     kpis = run_kpis(SUMMARY)
     assert kpis == {"val accuracy": "81.25%", "best val accuracy": "87.50% (epoch 3)",
                     "val loss": 0.5, "train loss": 0.25, "epochs": 4, "images/s": "1,234",
-                    "training time": "12.3 s", "parameters": "23,492"}  # no human baseline
+                    "wall time": "12.3 s", "parameters": "23,492"}  # no human baseline
     stopped = dict(SUMMARY, status="nonfinite", error="loss became nan at step 7", name="default")
     facts = run_facts(stopped)
     assert facts["status"] == "nonfinite: loss became nan at step 7" and "experiment" not in facts
     assert run_kpis({"stage": "inspect", "val_acc": None, "val_loss": float("nan")}) == {}
+    # a stage that trains nothing (inspect): no epochs, parameters or image shape to show
+    inspect = {"stage": "inspect", "epochs": 0, "params": 0, "images": 40, "wall_s": 1.5,
+               "data": {"kind": "imagefolder", "num_train": 30, "num_val": 10, "num_classes": 2}}
+    assert run_kpis(inspect) == {"images": 40, "wall time": "1.5 s"}
+    assert run_facts(inspect)["data"] == "imagefolder · 30 train / 10 val · 2 classes"
 
 
 def test_verdict_banner_says_the_worst_outcome_and_all_counts():
