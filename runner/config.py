@@ -215,7 +215,7 @@ class InspectConfig:
     imbalance_ratio: float = 10.0
     # class_balance warns when val's class mix differs from train's by this total variation
     split_shift_tv: float = 0.2
-    # outliers: robust z-score (median/MAD) of brightness, contrast, log area or log aspect
+    # outliers: robust z-score (median/MAD) of brightness, log contrast, log area or log aspect
     # beyond this; 5 MADs is rare in real data, so what stands out is worth a look
     outlier_z: float = 5.0
     # outliers: a mode (RGB, L, RGBA, P, ...) held by fewer than this fraction of images

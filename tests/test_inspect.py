@@ -55,11 +55,13 @@ def plant_faults(root: Path) -> dict:
     rng = np.random.default_rng(1)
     spare = iter(photo_crops(-6))  # faults made from a photo must not be copies of a kept one
     shutil.copy(tr / "cat" / "cat0.png", va / "cat" / "leak_exact.png")
-    noisy = np.asarray(Image.open(tr / "dog" / "dog1.png")).astype(int) + rng.integers(-3, 4, (SIZE, SIZE, 3))
-    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(va / "dog" / "leak_near.png")
+    def resave_with_noise(src: Path, dst: Path) -> None:
+        noisy = np.asarray(Image.open(src)).astype(int) + rng.integers(-3, 4, (SIZE, SIZE, 3))
+        Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(dst)
+
+    resave_with_noise(tr / "dog" / "dog1.png", va / "dog" / "leak_near.png")
     shutil.copy(tr / "dog" / "dog0.png", tr / "dog" / "dup_exact.png")
-    noisy = np.asarray(Image.open(tr / "bird" / "bird0.png")).astype(int) + rng.integers(-3, 4, (SIZE, SIZE, 3))
-    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(tr / "bird" / "dup_near.png")
+    resave_with_noise(tr / "bird" / "bird0.png", tr / "bird" / "dup_near.png")
     raw = (tr / "cat" / "cat1.png").read_bytes()
     (tr / "cat" / "truncated.png").write_bytes(raw[: len(raw) // 2])
     (tr / "dog" / "zero.png").write_bytes(b"")
@@ -69,7 +71,8 @@ def plant_faults(root: Path) -> dict:
     Image.fromarray(bright).save(tr / "cat" / "bright.png")
     Image.fromarray(next(spare)).convert("L").save(tr / "cat" / "grey.png")
     Image.fromarray(next(spare)).filter(ImageFilter.GaussianBlur(3)).save(tr / "dog" / "blurry.png")
-    Image.fromarray(next(spare)).resize((4 * SIZE, 4 * SIZE), Image.BICUBIC).save(tr / "bird" / "huge.png")
+    huge = Image.fromarray(next(spare)).resize((4 * SIZE, 4 * SIZE), Image.BICUBIC)
+    huge.save(tr / "bird" / "huge.png")
     wide = np.concatenate([next(spare) for _ in range(3)], 1)
     Image.fromarray(wide[SIZE // 4: SIZE * 3 // 4]).save(tr / "cat" / "wide.png")
     (tr / "empty").mkdir()
@@ -121,7 +124,8 @@ def test_leakage_finds_exact_and_near_copies_across_splits(faulty):
     root, (source, table, found, v) = faulty
     lk = v["data.leakage"]
     assert lk.status == "fail" and lk.value == 2
-    pairs = {(Path(p["train"]["name"]).name, Path(p["val"]["name"]).name, p["kind"]) for p in lk.details["pairs"]}
+    pairs = {(Path(p["train"]["name"]).name, Path(p["val"]["name"]).name, p["kind"])
+             for p in lk.details["pairs"]}
     assert pairs == {("cat0.png", "leak_exact.png", "exact"), ("dog1.png", "leak_near.png", "near")}
 
 
@@ -186,7 +190,11 @@ def test_outliers_name_the_odd_images(faulty):
     why = {Path(d["name"]).name: d["why"] for d in o.details["images"]}
     assert any(w.startswith("log_area") for w in why["huge.png"])
     assert any(w.startswith("log_aspect") for w in why["wide.png"])
-    assert set(why) == {"huge.png", "wide.png"}  # black.png: dark, but photos vary in brightness
+    # flat images stand out on (log) contrast; black.png is no brightness outlier among photos
+    # that range from 40 to 200
+    assert any(w.startswith("log_contrast z=-") for w in why["black.png"])
+    assert any(w.startswith("log_contrast z=-") for w in why["bright.png"])
+    assert set(why) == {"huge.png", "wide.png", "black.png", "bright.png"}
 
 
 def test_outliers_on_a_homogeneous_feature():
@@ -208,9 +216,10 @@ def test_outliers_on_a_homogeneous_feature():
 
 def test_single_folder_uses_the_training_split(tmp_path):
     """root/<class>/ without train/val: inspect splits exactly as data.py does."""
-    from runner.data import build_data
     from omegaconf import OmegaConf
+
     from runner.config import DataConfig
+    from runner.data import build_data
 
     root = tmp_path / "one"
     for c in ("a", "b"):
@@ -221,7 +230,8 @@ def test_single_folder_uses_the_training_split(tmp_path):
     bundle = build_data(cfg)
     source = scan_imagefolder(root, cfg.val_fraction, cfg.split_seed, 128)
     val_names = {n for n, s in zip(source.names, source.split) if s == 1}
-    assert val_names == {str(Path(bundle.val.name(i)).relative_to(root)) for i in range(len(bundle.val))}
+    want = {str(Path(bundle.val.name(i)).relative_to(root)) for i in range(len(bundle.val))}
+    assert val_names == want
     assert len(val_names) == 4
 
 
@@ -235,10 +245,11 @@ def test_near_pairs_find_every_pair_within_the_distance():
         h = int(base[i % 30])
         for b in rng.choice(64, rng.integers(0, 7), replace=False):
             h ^= 1 << int(b)
-        t.set_row(i, 0, 0, f"#{i}", {"mode": "L", "pixel_hash": f"{i}", "dhash": h}, np.zeros((16, 16), np.uint8))
+        t.set_row(i, 0, 0, f"#{i}", {"mode": "L", "pixel_hash": f"{i}", "dhash": h},
+                  np.zeros((16, 16), np.uint8))
     got = {(i, j) for i, j, _ in dc.near_pairs(t, 4, 255.0).tolist()}
     x = t.dhash[:, None] ^ t.dhash[None, :]
-    dist = np.array([[bin(int(v)).count("1") for v in row] for row in x])
+    dist = np.array([[int(v).bit_count() for v in row] for row in x])
     want = {(i, j) for i in range(n) for j in range(i + 1, n) if dist[i, j] <= 4}
     assert got == want and len(want) > 100
 
@@ -271,8 +282,8 @@ def test_cli_inspect_imagefolder(cli, faulty, tmp_path):
     assert r.code == 1, r.out  # corrupt files, leakage and an empty class are failures
     assert_contract(r.run_dir)
     checks = {c["name"]: c for c in r.json("checks.json")}
-    assert {n: checks[n]["status"] for n in ("data.corrupt", "data.leakage", "data.class_balance")} == \
-        {"data.corrupt": "fail", "data.leakage": "fail", "data.class_balance": "fail"}
+    for name in ("data.corrupt", "data.leakage", "data.class_balance"):
+        assert checks[name]["status"] == "fail", name
     assert checks["data.duplicates"]["status"] == "warn" and checks["data.duplicates"]["artifacts"]
     s = r.json("summary.json")
     assert s["stage"] == "inspect" and s["val_acc"] is None and s["images_per_s"] > 0
@@ -320,7 +331,8 @@ def test_custom_dataset_items_that_raise_are_corrupt(tmp_path, monkeypatch):
 
     (tmp_path / "my_items.py").write_text(CUSTOM_DATA)
     monkeypatch.syspath_prepend(str(tmp_path))
-    cfg = compose(["stage=inspect", "data=custom", "data._target_=my_items.make", "+data.kwargs.bad=[5]"])
+    cfg = compose(["stage=inspect", "data=custom", "data._target_=my_items.make",
+                   "+data.kwargs.bad=[5]"])
     source = bundle_source(cfg, SimpleNamespace(original_cwd=str(tmp_path)))
     table, _ = stream_table(source, 128, num_workers=0, progress=False)
     v = {x.name: x for x in run_checks(table, cfg.inspect).verdicts}
@@ -334,9 +346,10 @@ def test_cli_inspect_in_memory_and_custom_kinds(cli, tmp_path):
     """digits, synthetic and a custom dataset in one Hydra multirun (one process start)."""
     (tmp_path / "my_items.py").write_text(CUSTOM_DATA)
     r = cli(["-m", "stage=inspect", "data=digits,synthetic,custom", "data._target_=my_items.make",
-             "data.num_workers=0", "trainer.progress=false"])
+             "data.num_workers=0", "trainer.progress=false", "+checks.data_dark={enabled:false}"])
     assert r.code == 0, r.out
-    runs = sorted((p.parent for p in r.cwd.glob("multirun/*/*/*/.hydra")), key=lambda p: int(p.name))
+    runs = sorted((p.parent for p in r.cwd.glob("multirun/*/*/*/.hydra")),
+                  key=lambda p: int(p.name))
     assert len(runs) == 3
     assert_contract(*runs)
     for run, n in zip(runs, (1797, 384, 60)):
@@ -344,6 +357,9 @@ def test_cli_inspect_in_memory_and_custom_kinds(cli, tmp_path):
         checks = json.loads((run / "checks.json").read_text())
         assert s["images"] == n and s["checks_failed"] == []
         assert {c["name"] for c in checks} == set(dc.DATA_CHECKS)
+        status = {c["name"]: c["status"] for c in checks}
+        assert status.pop("data.dark") == "skip"  # checks.<name>.enabled=false
+        assert set(status.values()) == {"pass"}, status  # nothing odd in these three
         assert (run / "plots" / "inspect_samples_train.png").exists()
 
 

@@ -59,7 +59,8 @@ def to_array(img) -> Tuple[np.ndarray, str]:
 def _luma(a: np.ndarray) -> np.ndarray:
     if a.shape[-1] == 1:
         return a[..., 0].astype(np.float32)
-    return a[..., 0] * np.float32(0.299) + a[..., 1] * np.float32(0.587) + a[..., 2] * np.float32(0.114)
+    r, g, b = (a[..., k].astype(np.float32) for k in range(3))
+    return 0.299 * r + 0.587 * g + 0.114 * b
 
 
 def _resize_grey(g: np.ndarray, w: int, h: int) -> np.ndarray:
@@ -194,10 +195,12 @@ class ImageTable:
             "index": list(range(len(self))),
             "split": [SPLITS[int(s)] for s in self.split],
             "name": list(self.name),
-            "class": [self.class_names[c] if 0 <= c < len(self.class_names) else "" for c in self.label.tolist()],
+            "class": [self.class_names[c] if 0 <= c < len(self.class_names) else ""
+                      for c in self.label.tolist()],
             "ok": self.ok.tolist(), "error": list(self.error), "mode": list(self.mode),
             "content_hash": list(self.content_hash),
-            "dhash": [f"{int(h):016x}" if ok else "" for h, ok in zip(self.dhash.tolist(), self.ok.tolist())],
+            "dhash": [f"{int(h):016x}" if ok else ""
+                      for h, ok in zip(self.dhash.tolist(), self.ok.tolist())],
         }
         for k, col in self.num.items():
             cols[k] = ["" if not math.isfinite(v) else (int(v) if k in ints else round(v, 4))
@@ -250,7 +253,8 @@ class _UnionFind:
         out: Dict[int, List[int]] = {}
         for a in self.parent:
             out.setdefault(self.find(a), []).append(a)
-        return sorted((sorted(g) for g in out.values() if len(g) > 1), key=lambda g: (-len(g), g[0]))
+        groups = [sorted(g) for g in out.values() if len(g) > 1]
+        return sorted(groups, key=lambda g: (-len(g), g[0]))
 
 
 def _exact_groups(table: ImageTable) -> List[List[int]]:
@@ -291,7 +295,8 @@ def near_pairs(table: ImageTable, hash_distance: int, thumb_distance: float, win
             dist = _popcount64(table.dhash[i] ^ table.dhash[j])
             keep = dist <= hash_distance
             i, j, dist = i[keep], j[keep], dist[keep]
-            td = np.abs(table.thumbs[i].astype(np.int16) - table.thumbs[j].astype(np.int16)).mean(axis=(1, 2))
+            diff = table.thumbs[i].astype(np.int16) - table.thumbs[j].astype(np.int16)
+            td = np.abs(diff).mean(axis=(1, 2))
             keep = td <= thumb_distance
             found.append(np.stack([np.minimum(i, j)[keep], np.maximum(i, j)[keep], dist[keep]], 1))
 
@@ -325,11 +330,12 @@ def corrupt(table: ImageTable, max_listed: int = 50) -> Verdict:
     bad = np.flatnonzero(~table.ok)
     files = [dict(table.describe(int(i)), error=table.error[i]) for i in bad[:max_listed]]
     if len(bad):
+        examples = ", ".join(f"{f['name']} ({f['error']})" for f in files[:3])
         return Verdict("data.corrupt", "fail", value=int(len(bad)), expected="0 unreadable images",
-                       message=f"{len(bad)} of {len(table)} images cannot be read{_more(len(bad), max_listed)}: "
-                               + ", ".join(f"{f['name']} ({f['error']})" for f in files[:3])
-                               + ("..." if len(bad) > 3 else "")
-                               + "; training skips them, but fix or remove them",
+                       message=f"{len(bad)} of {len(table)} images cannot be read"
+                               f"{_more(len(bad), max_listed)}: {examples}"
+                               f"{'...' if len(bad) > 3 else ''}; training skips them, but fix "
+                               "or remove them",
                        details={"files": files, "count": int(len(bad))})
     return Verdict("data.corrupt", "pass", value=0, expected="0 unreadable images",
                    message=f"all {len(table)} images decode")
@@ -349,7 +355,8 @@ def class_balance(table: ImageTable, imbalance_ratio: float = 10.0,
               for si, s in enumerate(SPLITS)}
     present = [s for s in SPLITS if counts[s].sum() > 0]
     per_class = {names[c]: {s: int(counts[s][c]) for s in SPLITS} for c in range(k)}
-    details: Dict[str, Any] = {"counts": per_class, "totals": {s: int(counts[s].sum()) for s in SPLITS}}
+    totals = {s: int(counts[s].sum()) for s in SPLITS}
+    details: Dict[str, Any] = {"counts": per_class, "totals": totals}
     problems, warnings = [], []
     empty = [names[c] for c in range(k) if all(counts[s][c] == 0 for s in SPLITS)]
     if empty:
@@ -358,15 +365,19 @@ def class_balance(table: ImageTable, imbalance_ratio: float = 10.0,
         one = [f"{names[c]} (only in {'train' if counts['train'][c] else 'val'})" for c in range(k)
                if (counts["train"][c] == 0) != (counts["val"][c] == 0)]
         if one:
-            problems.append(f"{len(one)} class(es) present in only one split: {', '.join(one[:10])}")
-    tr = counts["train"] if counts["train"].sum() else counts[present[0]] if present else counts["train"]
+            problems.append(f"{len(one)} class(es) present in only one split: "
+                            f"{', '.join(one[:10])}")
+    # imbalance is judged on train (what the model learns from), or the one split there is
+    tr = counts[present[0]] if present and not totals["train"] else counts["train"]
     nonzero = tr[tr > 0]
     ratio = float(nonzero.max() / nonzero.min()) if len(nonzero) else float("nan")
     details["imbalance_ratio"] = ratio
     if len(nonzero) and ratio > imbalance_ratio:
-        big, small = names[int(np.argmax(tr))], names[int(np.argmin(np.where(tr > 0, tr, tr.max() + 1)))]
-        warnings.append(f"strong imbalance: {big!r} has {ratio:.1f}x the training images of {small!r} "
-                        f"(> {imbalance_ratio:g}); accuracy will flatter a majority-class guess")
+        big = names[int(np.argmax(tr))]
+        small = names[int(np.argmin(np.where(tr > 0, tr, tr.max() + 1)))]
+        warnings.append(f"strong imbalance: {big!r} has {ratio:.1f}x the training images of "
+                        f"{small!r} (> {imbalance_ratio:g}); accuracy will flatter a "
+                        "majority-class guess")
     if len(present) == 2:
         p_tr = counts["train"] / counts["train"].sum()
         p_va = counts["val"] / counts["val"].sum()
@@ -374,21 +385,24 @@ def class_balance(table: ImageTable, imbalance_ratio: float = 10.0,
         details["train_val_tv"] = tv
         if tv > split_shift_tv:
             warnings.append(f"val's class mix differs from train's (total variation {tv:.2f} > "
-                            f"{split_shift_tv:g}); val accuracy will not estimate train-distribution accuracy")
-    summary = (f"{k} classes; train {int(counts['train'].sum())}, val {int(counts['val'].sum())} images; "
+                            f"{split_shift_tv:g}); val accuracy will not estimate accuracy on "
+                            "train's distribution")
+    summary = (f"{k} classes; train {totals['train']}, val {totals['val']} images; "
                f"largest/smallest train class {ratio:.2f}")
     expected = f"every class in both splits; max/min <= {imbalance_ratio:g}"
+    value = round(ratio, 3) if math.isfinite(ratio) else None
     if problems:
-        return Verdict("data.class_balance", "fail", value=round(ratio, 3) if math.isfinite(ratio) else None,
-                       expected=expected, message="; ".join(problems + warnings), details=details)
+        return Verdict("data.class_balance", "fail", value=value, expected=expected,
+                       message="; ".join(problems + warnings), details=details)
     if warnings:
-        return Verdict("data.class_balance", "warn", value=round(ratio, 3), expected=expected,
+        return Verdict("data.class_balance", "warn", value=value, expected=expected,
                        message="; ".join(warnings) + f" ({summary})", details=details)
-    return Verdict("data.class_balance", "pass", value=round(ratio, 3) if math.isfinite(ratio) else None,
-                   expected=expected, message=summary, details=details)
+    return Verdict("data.class_balance", "pass", value=value, expected=expected, message=summary,
+                   details=details)
 
 
-def duplicate_groups(table: ImageTable, pairs: np.ndarray) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+def duplicate_groups(table: ImageTable,
+                     pairs: np.ndarray) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
     """(groups inside one split, leakage pairs across splits) from exact hashes and near pairs.
 
     A group is {"kind": "exact"|"near", "split", "members": [index...], "labels_differ"}.
@@ -421,7 +435,8 @@ def duplicate_groups(table: ImageTable, pairs: np.ndarray) -> Tuple[List[Dict[st
                 else:
                     t, v = (a, b) if sa == 0 else (b, a)
                     if v not in seen_leak:
-                        leaks.append({"train": t, "val": v, "kind": "near", "hash_distance": int(d)})
+                        leaks.append({"train": t, "val": v, "kind": "near",
+                                      "hash_distance": int(d)})
                         seen_leak.add(v)
     exact_sets = {frozenset(g["members"]) for g in groups}
     for s in SPLITS:
@@ -441,19 +456,22 @@ def duplicates(table: ImageTable, groups: List[Dict[str, Any]], max_listed: int 
     expected = "no duplicate images inside a split"
     if not groups:
         return Verdict("data.duplicates", "pass", value=0, expected=expected,
-                       message=f"no exact or near duplicates among {int(table.ok.sum())} readable images")
+                       message=f"no exact or near duplicates among {int(table.ok.sum())} "
+                               "readable images")
     extra = sum(len(g["members"]) - 1 for g in groups)
     n_exact = sum(g["kind"] == "exact" for g in groups)
     conflicting = [g for g in groups if g["labels_differ"]]
     listed = [{"kind": g["kind"], "split": g["split"], "labels_differ": g["labels_differ"],
                "members": [table.describe(i) for i in g["members"][:max_listed]]}
               for g in sorted(groups, key=lambda g: not g["labels_differ"])[:max_listed]]
-    msg = (f"{len(groups)} duplicate group(s) inside a split ({n_exact} exact, {len(groups) - n_exact} near), "
-           f"{extra} redundant image(s){_more(len(groups), max_listed)}")
+    msg = (f"{len(groups)} duplicate group(s) inside a split ({n_exact} exact, "
+           f"{len(groups) - n_exact} near), {extra} redundant image(s)"
+           f"{_more(len(groups), max_listed)}")
     if conflicting:
         msg += f"; {len(conflicting)} group(s) carry different labels (label noise)"
     return Verdict("data.duplicates", "warn", value=extra, expected=expected, message=msg,
-                   details={"groups": listed, "count_groups": len(groups), "count_redundant": extra})
+                   details={"groups": listed, "count_groups": len(groups),
+                            "count_redundant": extra})
 
 
 def leakage(table: ImageTable, leaks: List[Dict[str, Any]], max_listed: int = 50) -> Verdict:
@@ -464,25 +482,27 @@ def leakage(table: ImageTable, leaks: List[Dict[str, Any]], max_listed: int = 50
         return Verdict("data.leakage", "skip", expected=expected, message="no val split to compare")
     if not leaks:
         return Verdict("data.leakage", "pass", value=0, expected=expected,
-                       message=f"no val image has an exact or near copy among the train images")
-    pairs = [{"train": table.describe(p["train"]), "val": table.describe(p["val"]), "kind": p["kind"],
-              "hash_distance": p["hash_distance"]} for p in leaks[:max_listed]]
+                       message="no val image has an exact or near copy among the train images")
+    pairs = [{"train": table.describe(p["train"]), "val": table.describe(p["val"]),
+              "kind": p["kind"], "hash_distance": p["hash_distance"]} for p in leaks[:max_listed]]
     n_exact = sum(p["kind"] == "exact" for p in leaks)
     n_val = int((table.split == 1).sum())
     return Verdict("data.leakage", "fail", value=len(leaks), expected=expected,
-                   message=f"{len(leaks)} of {n_val} val images have a copy in train ({n_exact} exact, "
-                           f"{len(leaks) - n_exact} near){_more(len(leaks), max_listed)}, e.g. "
-                           f"{pairs[0]['val']['name']} ~ {pairs[0]['train']['name']}; remove them from one split",
+                   message=f"{len(leaks)} of {n_val} val images have a copy in train "
+                           f"({n_exact} exact, {len(leaks) - n_exact} near)"
+                           f"{_more(len(leaks), max_listed)}, e.g. {pairs[0]['val']['name']} ~ "
+                           f"{pairs[0]['train']['name']}; remove them from one split",
                    details={"pairs": pairs, "count": len(leaks)})
 
 
-OUTLIER_FEATURES = ("brightness", "contrast", "log_area", "log_aspect")
+# contrast, area and aspect are scales: judged on a log scale, where their spread is symmetric
+OUTLIER_FEATURES = ("brightness", "log_contrast", "log_area", "log_aspect")
 
 
 def outlier_scores(table: ImageTable) -> Dict[str, np.ndarray]:
     """Robust z-scores of the features outliers are judged on (NaN-free; 0 for unreadable)."""
     n = table.num
-    feats = {"brightness": n["brightness"], "contrast": n["contrast"],
+    feats = {"brightness": n["brightness"], "log_contrast": np.log1p(n["contrast"]),
              "log_area": np.log(n["width"] * n["height"]),
              "log_aspect": np.log(n["width"] / n["height"])}
     return {k: robust_z(v) for k, v in feats.items()}
@@ -501,11 +521,14 @@ def find_outliers(table: ImageTable, z_max: float = 5.0,
     rare = {m for m, c in modes.items() if c < rare_mode_fraction * n_ok}
     found = []
     for i in np.flatnonzero(ok):
-        why = [f"{k} z={zs[i, f]:+.1f}" for f, k in enumerate(OUTLIER_FEATURES) if abs(zs[i, f]) > z_max]
+        why = [f"{k} z={zs[i, f]:+.1f}" for f, k in enumerate(OUTLIER_FEATURES)
+               if abs(zs[i, f]) > z_max]
         if table.mode[i] in rare:
             why.append(f"mode {table.mode[i]} ({modes[table.mode[i]]} of {n_ok} images)")
         if why:
-            found.append((float(np.max(np.abs(zs[i]))) + (1e6 if table.mode[i] in rare else 0), int(i), why))
+            # a rare mode sorts first: it is a categorical fact, not a matter of degree
+            score = float(np.max(np.abs(zs[i]))) + (1e6 if table.mode[i] in rare else 0)
+            found.append((score, int(i), why))
     found.sort(key=lambda t: -t[0])
     return [(i, why) for _, i, why in found]
 
@@ -522,24 +545,28 @@ def outliers(table: ImageTable, found: List[Tuple[int, List[str]]], z_max: float
     """data.outliers: warn when `find_outliers` found any (look at them: outliers almost
     always reveal a data-quality or preprocessing bug)."""
     n_ok = int(table.ok.sum())
-    expected = f"|robust z| <= {z_max:g} on {', '.join(OUTLIER_FEATURES)}; no mode under {rare_mode_fraction:.0%}"
+    expected = (f"|robust z| <= {z_max:g} on {', '.join(OUTLIER_FEATURES)}; "
+                f"no mode under {rare_mode_fraction:.0%}")
     details = {"modes": mode_counts(table), "count": len(found),
                "images": [dict(table.describe(i), why=w) for i, w in found[:max_listed]]}
     if not found:
         return Verdict("data.outliers", "pass", value=0, expected=expected,
-                       message=f"no image of {n_ok} stands out on {', '.join(OUTLIER_FEATURES)} or mode",
+                       message=f"no image of {n_ok} stands out on "
+                               f"{', '.join(OUTLIER_FEATURES)} or mode",
                        details=details)
     i, why = found[0]
     return Verdict("data.outliers", "warn", value=len(found), expected=expected,
-                   message=f"{len(found)} of {n_ok} images stand out{_more(len(found), max_listed)}, "
+                   message=f"{len(found)} of {n_ok} images stand out"
+                           f"{_more(len(found), max_listed)}, "
                            f"e.g. {table.name[i]}: {', '.join(why)}",
                    details=details)
 
 
 def property_flags(table: ImageTable, dark_max: float = 32.0, bright_min: float = 223.0,
-                   blurry_max: float = 0.05, entropy_min: float = 1.0, low_contrast_max: float = 2.0,
-                   odd_size_factor: float = 3.0, odd_aspect_factor: float = 2.0,
-                   grayscale_tolerance: float = 1.0) -> Dict[str, Tuple[np.ndarray, np.ndarray, str]]:
+                   blurry_max: float = 0.05, entropy_min: float = 1.0,
+                   low_contrast_max: float = 2.0, odd_size_factor: float = 3.0,
+                   odd_aspect_factor: float = 2.0, grayscale_tolerance: float = 1.0
+                   ) -> Dict[str, Tuple[np.ndarray, np.ndarray, str]]:
     """CleanVision-style flags: check name -> (boolean mask over images, score to sort the
     flagged ones by (most extreme first = ascending), the rule in words)."""
     n, ok = table.num, table.ok
@@ -561,14 +588,17 @@ def property_flags(table: ImageTable, dark_max: float = 32.0, bright_min: float 
             "data.blurry": (ok & ~low_info & (n["sharpness"] < blurry_max), n["sharpness"],
                             f"std(Laplacian)/std(image) < {blurry_max:g}"),
             "data.low_information": (low_info, n["entropy"],
-                                     f"grey-level entropy < {entropy_min:g} bits or contrast < {low_contrast_max:g}"),
+                                     f"grey-level entropy < {entropy_min:g} bits or contrast "
+                                     f"< {low_contrast_max:g}"),
             "data.odd_size": (ok & (size_off > math.log(odd_size_factor)), -size_off,
                               f"side {odd_size_factor:g}x smaller or larger than the median "
                               f"({med_side:.0f} px)" if np.isfinite(med_side) else "odd size"),
             "data.odd_aspect": (ok & (aspect_off > math.log(odd_aspect_factor)), -aspect_off,
                                 f"aspect ratio {odd_aspect_factor:g}x off the median "
-                                f"({math.exp(med_aspect):.2f})" if np.isfinite(med_aspect) else "odd aspect"),
-            "data.grayscale": (grey & ~low_info if colour_majority else np.zeros_like(ok), n["colourfulness"],
+                                f"({math.exp(med_aspect):.2f})" if np.isfinite(med_aspect)
+                                else "odd aspect"),
+            "data.grayscale": (grey & ~low_info if colour_majority else np.zeros_like(ok),
+                               n["colourfulness"],
                                f"grey (1 channel, or mean |R-G|+|G-B| < {grayscale_tolerance:g}) "
                                "while most images are in colour"),
         }
@@ -586,6 +616,7 @@ def property_verdict(name: str, table: ImageTable, mask: np.ndarray, score: np.n
         return Verdict(name, "pass", value=0, expected=f"no image {what}: {rule}",
                        message=f"no image of {n_ok} is {what}", details=details)
     return Verdict(name, "warn", value=int(len(idx)), expected=f"no image {what}: {rule}",
-                   message=f"{len(idx)} of {n_ok} images are {what} ({len(idx) / max(n_ok, 1):.1%}; {rule})"
+                   message=f"{len(idx)} of {n_ok} images are {what} "
+                           f"({len(idx) / max(n_ok, 1):.1%}; {rule})"
                            f"{_more(len(idx), max_listed)}, e.g. {table.name[idx[0]]}",
                    details=details)

@@ -15,7 +15,6 @@ import csv
 import hashlib
 import io
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -122,7 +121,8 @@ class Source:
             return None
 
 
-def scan_imagefolder(root: Path, val_fraction: float, split_seed: int, analysis_size: int) -> Source:
+def scan_imagefolder(root: Path, val_fraction: float, split_seed: int,
+                     analysis_size: int) -> Source:
     """The files training would read (timm's folder walk and extensions, data.py's split),
     plus class folders without images, which training would refuse and inspect reports."""
     from timm.data.readers.img_extensions import get_img_extensions
@@ -178,7 +178,8 @@ def bundle_source(cfg, ctx: Context) -> Source:
     tr, va = data.train, data.val
     labels = np.r_[tr.labels.numpy(), va.labels.numpy()].astype(np.int32)
     split = np.r_[np.zeros(len(tr), np.int8), np.ones(len(va), np.int8)]
-    names = [f"train/{tr.name(i)}" for i in range(len(tr))] + [f"val/{va.name(i)}" for i in range(len(va))]
+    names = [f"train/{tr.name(i)}" for i in range(len(tr))] + \
+        [f"val/{va.name(i)}" for i in range(len(va))]
     notes = list(data.notes)
     if hasattr(tr, "x"):
         notes.append(f"in-memory images at the net's input size ({data.image_size} px): "
@@ -247,7 +248,7 @@ def thumb_rows(rows: Sequence[Tuple[str, Sequence[Tuple[Optional[np.ndarray], st
     import runner.plots  # noqa: F401  (Agg backend)
     import matplotlib.pyplot as plt
 
-    cell_w, cell_h, cap_h, label_w, pad = size + 40, size, 26, 140, 6
+    cell_w, cell_h, cap_h, label_w, pad = size + 44, size, 36, 140, 6
     ncol = max(1, max((len(r[1]) for r in rows), default=1))
     W = label_w + ncol * cell_w + pad
     H = len(rows) * (cell_h + cap_h + pad) + pad + 30
@@ -263,8 +264,10 @@ def thumb_rows(rows: Sequence[Tuple[str, Sequence[Tuple[Optional[np.ndarray], st
             canvas[yy:yy + t.shape[0], x0:x0 + t.shape[1]] = t
             canvas[yy - 1:yy + t.shape[0] + 1, [x0 - 1, x0 + t.shape[1]]] = 160
             canvas[[yy - 1, yy + t.shape[0]], x0 - 1:x0 + t.shape[1] + 1] = 160
-            for k, line in enumerate(_wrap(cap, 18, 2)):
-                texts.append((label_w + c * cell_w + cell_w / 2, y0 + cell_h + 9 + 10 * k, line, 6.5, "center"))
+            lines = [ln for part in cap.split("\n") for ln in _wrap(part, 21, 2)][:3]
+            for k, line in enumerate(lines):
+                x = label_w + c * cell_w + cell_w / 2
+                texts.append((x, y0 + cell_h + 9 + 10 * k, line, 6.5, "center"))
     fig = plt.figure(figsize=(W / 100, H / 100), dpi=100)
     ax = fig.add_axes([0, 0, 1, 1])
     ax.imshow(canvas, interpolation="nearest")
@@ -317,7 +320,8 @@ def fig_class_counts(table: dc.ImageTable):
         fig, ax = plt.subplots(figsize=(7, 3.5))
         for s in dc.SPLITS:
             ax.hist(counts[s], bins=40, histtype="step", label=s)
-        ax.set(title=f"Images per class ({k} classes)", xlabel="images in the class", ylabel="classes")
+        ax.set(title=f"Images per class ({k} classes)", xlabel="images in the class",
+               ylabel="classes")
         ax.legend()
     fig.tight_layout()
     return fig
@@ -338,13 +342,15 @@ def fig_distributions(table: dc.ImageTable, max_classes: int):
     asp = (n["width"] / n["height"])[ok]
     ax.hist(asp, bins=40)
     ax.set(title="Aspect ratio", xlabel="width / height", ylabel="images")
-    classes = [c for c in range(len(table.class_names)) if (ok & (table.label == c)).any()][:max_classes]
+    classes = [c for c in range(len(table.class_names))
+               if (ok & (table.label == c)).any()][:max_classes]
     for ax, key, unit in ((axes[1, 0], "brightness", "mean brightness (0-255)"),
                           (axes[1, 1], "contrast", "brightness std (0-255)")):
         data = [n[key][ok & (table.label == c)] for c in classes]
         if data:
             ax.boxplot(data, vert=False, showfliers=True, flierprops={"markersize": 2})
-            ax.set_yticks(range(1, len(classes) + 1), [table.class_names[c][:20] for c in classes], fontsize=7)
+            ax.set_yticks(range(1, len(classes) + 1), [table.class_names[c][:20] for c in classes],
+                          fontsize=7)
             ax.invert_yaxis()
         ax.set(title=f"{key.capitalize()} per class", xlabel=unit)
     fig.tight_layout()
@@ -363,7 +369,8 @@ class Findings:
     flags: Dict[str, Tuple[np.ndarray, np.ndarray, str]]
 
 
-def run_checks(table: dc.ImageTable, ic, enabled: Callable[[str], bool] = lambda name: True) -> Findings:
+def run_checks(table: dc.ImageTable, ic,
+               enabled: Callable[[str], bool] = lambda name: True) -> Findings:
     """Every data check on the table, with the thresholds of the `inspect` config node."""
     verdicts: List[Verdict] = []
 
@@ -400,14 +407,15 @@ def _enabled(cfg, name: str) -> bool:
 
 
 def run(cfg, ctx: Context) -> int:
-    from runner.report import esc, images, kv_table, table as html_table
+    from runner.report import esc
 
     ic = cfg.inspect
     t_start = time.perf_counter()
     log.info("inspect: %s (no network: looking at the data)", cfg.data.kind)
     if cfg.data.kind == "imagefolder":
         root = (Path(ctx.original_cwd) / cfg.data.root).expanduser()
-        source = scan_imagefolder(root, cfg.data.val_fraction, cfg.data.split_seed, ic.analysis_size)
+        source = scan_imagefolder(root, cfg.data.val_fraction, cfg.data.split_seed,
+                                  ic.analysis_size)
     else:
         source = bundle_source(cfg, ctx)
     for note in source.notes:
@@ -418,7 +426,8 @@ def run(cfg, ctx: Context) -> int:
 
     log.info("inspect: reading every image once (%d worker(s))", cfg.data.num_workers)
     table, ips = stream_table(source, ic.analysis_size, cfg.data.num_workers, cfg.trainer.progress)
-    log.info("inspect: %d images in %.1f s (%.0f images/s)", len(table), len(table) / ips if ips else 0, ips)
+    log.info("inspect: %d images in %.1f s (%.0f images/s)", len(table),
+             len(table) / ips if ips else 0, ips)
 
     found = run_checks(table, ic, enabled=lambda name: _enabled(cfg, name))
     verdicts = found.verdicts
@@ -493,14 +502,16 @@ def write_tables(ctx: Context, source: Source, table: dc.ImageTable, groups, lea
             np.bincount(table.label[(table.split == si) & (table.label >= 0)], minlength=k)[:k])}
             for si, s in enumerate(dc.SPLITS)},
         "modes": dc.mode_counts(table),
-        "corrupt": [{"name": names[i], "split": dc.SPLITS[int(table.split[i])], "error": table.error[i]}
-                    for i in np.flatnonzero(~table.ok)],
-        "duplicate_groups": [{"kind": g["kind"], "split": g["split"], "labels_differ": g["labels_differ"],
+        "corrupt": [{"name": names[i], "split": dc.SPLITS[int(table.split[i])],
+                     "error": table.error[i]} for i in np.flatnonzero(~table.ok)],
+        "duplicate_groups": [{"kind": g["kind"], "split": g["split"],
+                              "labels_differ": g["labels_differ"],
                               "members": [names[i] for i in g["members"]]} for g in groups],
         "leakage": [{"train": names[p["train"]], "val": names[p["val"]], "kind": p["kind"],
                      "hash_distance": p["hash_distance"]} for p in leaks],
         "outliers": [{"name": names[i], "why": w} for i, w in found],
-        "flags": {name: [names[i] for i in np.flatnonzero(mask)] for name, (mask, _, _) in flags.items()},
+        "flags": {name: [names[i] for i in np.flatnonzero(mask)]
+                  for name, (mask, _, _) in flags.items()},
         "thresholds": dict(cfg.inspect),
     }
     ctx.run.write_json("inspect.json", doc)
@@ -526,7 +537,11 @@ def report_sections(cfg, ctx: Context, source: Source, table: dc.ImageTable, ver
         return ctx.run.save_figure(fig, name)
 
     def cap(i: int, extra: str = "") -> str:
-        return (extra + " " if extra else "") + _short(table.name[i])
+        return (extra + "\n" if extra else "") + _short(table.name[i])
+
+    def cap_class(i: int) -> str:  # the class, unless the name already shows it
+        c = table.class_names[table.label[i]] if table.label[i] >= 0 else ""
+        return cap(i, "" if c in Path(table.name[i]).parts else c[:10])
 
     def rows_html(idx, extra=None, limit=None):
         idx = list(idx)[:limit or ic.max_listed]
@@ -540,10 +555,13 @@ def report_sections(cfg, ctx: Context, source: Source, table: dc.ImageTable, ver
     # overview
     modes = dc.mode_counts(table)
     overview = [{"split": s, "images": int((table.split == si).sum()),
-                 "readable": int((ok & (table.split == si)).sum())} for si, s in enumerate(dc.SPLITS)]
-    body = html_table(overview) + f"<p>Modes: {esc(', '.join(f'{m}: {c}' for m, c in modes.items()))}</p>"
+                 "readable": int((ok & (table.split == si)).sum())}
+                for si, s in enumerate(dc.SPLITS)]
+    body = html_table(overview) + \
+        f"<p>Modes: {esc(', '.join(f'{m}: {c}' for m, c in modes.items()))}</p>"
     if source.root:
-        body = f"<p>Folder <code>{esc(source.root)}</code> (names below are relative to it)</p>" + body
+        body = f"<p>Folder <code>{esc(source.root)}</code> (names below are relative to " \
+               "it)</p>" + body
     if source.notes:
         body += "<ul>" + "".join(f"<li>{esc(x)}</li>" for x in source.notes) + "</ul>"
     out.append(("Data overview", body))
@@ -561,10 +579,12 @@ def report_sections(cfg, ctx: Context, source: Source, table: dc.ImageTable, ver
         rows = []
         for c in range(k_show):
             idx = np.flatnonzero(ok & (table.split == si) & (table.label == c))
-            pick = np.sort(rng.choice(idx, min(len(idx), ic.samples_per_class), replace=False)) if len(idx) else []
-            rows.append((f"{table.class_names[c][:20]} ({len(idx)})", [(img(i), _short(table.name[i])) for i in pick]))
+            pick = np.sort(rng.choice(idx, min(len(idx), ic.samples_per_class), replace=False))
+            rows.append((f"{table.class_names[c][:20]} ({len(idx)})",
+                         [(img(i), _short(table.name[i])) for i in pick]))
         if any(r[1] for r in rows):
-            rels.append(save(thumb_rows(rows, f"{s}: random samples per class", size), f"inspect_samples_{s}"))
+            fig = thumb_rows(rows, f"{s}: random samples per class", size)
+            rels.append(save(fig, f"inspect_samples_{s}"))
     more = f"<p class='sub'>First {k_show} of {len(table.class_names)} classes.</p>" \
         if len(table.class_names) > k_show else ""
     out.append(("Samples per class", images(rels) + more))
@@ -589,7 +609,8 @@ def report_sections(cfg, ctx: Context, source: Source, table: dc.ImageTable, ver
             order = okidx[np.argsort(key[okidx], kind="stable")][:ic.strip_length]
             tiles = []
             for i in order:
-                lab = fmt.format(n[col][i]) if col else f"{int(n['width'][i])}x{int(n['height'][i])}"
+                lab = fmt.format(n[col][i]) if col else \
+                    f"{int(n['width'][i])}x{int(n['height'][i])}"
                 tiles.append((img(i), cap(i, lab)))
             rows.append((title, tiles))
         rel = save(thumb_rows(rows, "Sorted by: outliers along each axis often reveal a bug", size),
@@ -606,7 +627,7 @@ def report_sections(cfg, ctx: Context, source: Source, table: dc.ImageTable, ver
     if groups and v is not None:
         shown = groups[:ic.max_groups_shown]
         rows = [(f"{g['kind']} · {g['split']}" + (" · labels differ" if g["labels_differ"] else ""),
-                 [(img(i), cap(i, table.class_names[table.label[i]][:8])) for i in g["members"][:8]])
+                 [(img(i), cap_class(i)) for i in g["members"][:8]])
                 for g in shown]
         v.figures["groups"] = thumb_rows(rows, "Duplicate groups inside a split", size)
         listing = [{"group": gi, "kind": g["kind"], "split": g["split"],
@@ -620,13 +641,14 @@ def report_sections(cfg, ctx: Context, source: Source, table: dc.ImageTable, ver
     v = by_name.get("data.leakage")
     if leaks and v is not None:
         rows = [(f"{p['kind']} (d={p['hash_distance']})",
-                 [(img(p["train"]), cap(p["train"], "train")), (img(p["val"]), cap(p["val"], "val"))])
+                 [(img(p["train"]), table.name[p["train"]]), (img(p["val"]), table.name[p["val"]])])
                 for p in leaks[:ic.max_groups_shown * 2]]
         v.figures["pairs"] = thumb_rows(rows, "Leakage: the same image in train and val", size)
         out.append(("Leakage pairs", html_table(
             [{"kind": p["kind"], "train": table.name[p["train"]], "val": table.name[p["val"]],
               "train class": table.class_names[table.label[p["train"]]],
-              "val class": table.class_names[table.label[p["val"]]]} for p in leaks[:ic.max_listed]])))
+              "val class": table.class_names[table.label[p["val"]]]}
+             for p in leaks[:ic.max_listed]])))
     else:
         out.append(("Leakage pairs", "<p>None found.</p>"))
 
@@ -638,7 +660,8 @@ def report_sections(cfg, ctx: Context, source: Source, table: dc.ImageTable, ver
         rows = [("", [(img(i), cap(i, w[0].split(" (")[0])) for i, w in shown[r:r + per_row]])
                 for r in range(0, len(shown), per_row)]
         v.figures["images"] = thumb_rows(rows, "Outliers (most extreme first)", size)
-        out.append(("Outliers", rows_html([i for i, _ in found], lambda i: {"why": "; ".join(dict(found)[i])})))
+        why = dict(found)
+        out.append(("Outliers", rows_html(list(why), lambda i: {"why": "; ".join(why[i])})))
     else:
         out.append(("Outliers", "<p>None found.</p>"))
 
