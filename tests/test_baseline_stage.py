@@ -14,7 +14,7 @@ TINY = [*FAST, "model.kwargs.width=8", "optim.lr=3e-3", "trainer.threads=1"]
 
 
 def test_baseline_stage_runs_every_check_and_writes_the_evidence(cli):
-    r = cli(["stage=baseline", *TINY])
+    r = cli(["stage=baseline", *TINY, "human_baseline=0.98"])
     assert r.code == 0, r.out
     assert_contract(r.run_dir)
     checks = r.json("checks.json")
@@ -34,6 +34,8 @@ def test_baseline_stage_runs_every_check_and_writes_the_evidence(cli):
     summary = r.json("summary.json")
     assert set(summary["check_seconds"]) == set(BASELINE_CHECKS) | {"predictions"}
     assert summary["baselines"]["majority_acc"] is not None
+    assert summary["baselines"]["human_baseline"] == 0.98
+    assert "human 98.0%" in by["baseline.input_independent"]["message"]
     for name in BASELINE_CHECKS:
         assert f"check: {name}" in r.out, name
 

@@ -170,6 +170,10 @@ def test_init_loss_is_log_c_for_balanced_classes(batch, prior):
     assert v.expected == "1.39 +/- 0.25"
     # 10 balanced classes: the recipe's own number, -log(1/10) = 2.303
     assert expected_init_loss(torch.full((10,), 0.1)) == pytest.approx((math.log(10), math.log(10)))
+    torch.manual_seed(0)
+    ten = TinyCNN(num_classes=10, in_chans=3, width=8)
+    v10 = init_loss(ten, x, torch.arange(len(x)) % 10, torch.full((10,), 0.1))
+    assert v10.status == "pass" and v10.value == pytest.approx(math.log(10), abs=0.05)
 
 
 def test_prior_entropy_known_numbers():
