@@ -262,7 +262,8 @@ def _finite(x: Any) -> bool:
 
 def related_links(run_path: Path) -> List[Tuple[str, str]]:
     """Links from a run's report up to the report of what it is part of: the sweep summary
-    (multirun jobs, tuning trials) or the run whose folder holds this one (recipe stages)."""
+    (multirun jobs, tuning trials) or the run whose folder holds this one (recipe stages);
+    and down to the reports of runs in its own subfolders (a recipe's stages)."""
     links: List[Tuple[str, str]] = []
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -275,6 +276,11 @@ def related_links(run_path: Path) -> List[Tuple[str, str]]:
     parent = Path(run_path).parent
     if not links and ((parent / ".hydra").is_dir() or (parent / "summary.json").exists()):
         links.append(("↑ parent run", "../report.html"))
+    run_path = Path(run_path)
+    if run_path.is_dir():
+        children = sorted(p.name for p in run_path.iterdir()
+                          if p.is_dir() and (p / "report.html").is_file())
+        links += [(f"↓ {name}", f"{name}/report.html") for name in children]
     return links
 
 

@@ -122,7 +122,9 @@ def test_related_links_point_up_to_a_parent_run(tmp_path):
     child = parent / "baseline"
     child.mkdir()
     assert related_links(child) == [("↑ parent run", "../report.html")]
-    assert related_links(parent) == []
+    assert related_links(parent) == []  # the stage has no report yet
+    (child / "report.html").write_text("<!doctype html>")
+    assert related_links(parent) == [("↓ baseline", "baseline/report.html")]
     (child / "metrics.csv").write_text("epoch\n")
     (child / "summary.json").write_text("{}")
     (child / "images.csv").write_text("x\n")
