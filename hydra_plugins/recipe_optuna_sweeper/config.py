@@ -33,11 +33,14 @@ class OptunaSweeperConf:
     # report.html. Fixed per study name so that re-running the command resumes; an explicit
     # hydra.sweep.dir on the command line wins; null = Hydra's hydra.sweep.dir
     study_dir: Optional[str] = "multirun/tune/${.study_name}"
-    # random (seeded; the recipe's first choice), qmc (quasi-random) or tpe; or _target_: a class
-    # in optuna.samplers. Other keys are the sampler's keyword arguments
-    sampler: Any = field(default_factory=lambda: {"name": "random", "seed": 0})
-    # median, hyperband or none; or _target_. Other keys are the pruner's keyword arguments
-    pruner: Any = field(default_factory=lambda: {"name": "none"})
+    # random (the recipe's first choice), qmc (quasi-random) or tpe: a name, or a mapping with
+    # `name` (or `_target_: optuna.samplers.X`) and the sampler's keyword arguments
+    sampler: Any = "random"
+    # the sampler's seed when the mapping gives none (null = unseeded)
+    seed: Optional[int] = 0
+    # median, hyperband or none: a name, or a mapping with `name` (or `_target_`) and the
+    # pruner's keyword arguments, e.g. {name: median, n_startup_trials: 4, n_warmup_steps: 2}
+    pruner: Any = "none"
     # search space: config key -> interval(a, b) | tag(log, interval(a, b)) | int(interval(a, b))
     # | range(a, b, step) | choice(a, b, ...) (Hydra's sweep grammar)
     params: Dict[str, Any] = field(default_factory=dict)
