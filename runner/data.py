@@ -275,6 +275,11 @@ class _Transformed(Dataset):
         except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for bad files
             log.warning("skipping unreadable image %s: %s", self.split.name(i), e)
             return None
+        except RuntimeError as e:  # timm's ImageDataset gives up after 10 bad files in a row
+            if "consecutive samples" not in str(e):
+                raise
+            log.warning("skipping unreadable image %s: %s", self.split.name(i), e)
+            return None
 
 
 # ----------------------------------------------------------------------------- bundle

@@ -369,6 +369,8 @@ def test_training_skips_a_truncated_png(cli, tmp_path):
     raw = (root / "train" / "a" / "a0.png").read_bytes()
     (root / "train" / "a" / "a0.png").write_bytes(raw[: len(raw) // 3])
     (root / "train" / "b" / "zero.png").write_bytes(b"")
+    for k in range(12):  # more in a row than timm's ImageDataset retries (10)
+        (root / "train" / "a" / f"z{k:02d}.png").write_bytes(b"")
     r = cli(["stage=train", "data=imagefolder", f"data.root={root}", "data.image_size=16",
              "model=tiny_cnn", "trainer.epochs=1", "trainer.batch_size=4", "data.num_workers=0",
              "trainer.progress=false"])
