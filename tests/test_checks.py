@@ -16,7 +16,7 @@ from runner.checks.baselines import input_independent, majority_accuracy, overfi
 from runner.checks.gradients import batch_independence, grads_flow
 from runner.checks.init import expected_init_loss, init_bias, init_loss, prior_entropy
 from runner.checks.inputs import input_stats
-from runner.checks.training import loss_decreases, train_finite
+from runner.checks.training import loss_decreases, seed_determinism, train_finite
 from runner.data import TensorSplit, synthetic_images
 from runner.errors import NonFiniteLoss
 from runner.loop import fit
@@ -362,6 +362,27 @@ def test_nan_layer_fails_train_finite_and_grads_flow(batch):
     assert v.status == "fail" and "epoch 1, step 1" in v.value
     assert train_finite(None, 10).status == "pass"
     assert grads_flow(make(NaNLayer), x[:16], y[:16]).status == "fail"
+
+
+class UnseededNoise(TinyCNN):
+    """Draws its noise from a generator nobody seeds (e.g. seeded from the clock)."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.gen = torch.Generator()
+        self.gen.seed()  # from the OS: different in every build of the model
+
+    def forward(self, x):
+        return super().forward(x + 0.1 * torch.randn(x.shape, generator=self.gen))
+
+
+@pytest.mark.parametrize("cls, status", [(TinyCNN, "pass"), (UnseededNoise, "fail")])
+def test_seed_determinism(batch, cls, status):
+    x, y = batch
+    batches = [(x[:16], y[:16]), (x[16:32], y[16:32])]
+    v = seed_determinism(lambda: cls(num_classes=C, in_chans=3, width=8),
+                         lambda m: torch.optim.Adam(m.parameters(), lr=1e-3), batches, seed=0)
+    assert v.status == status, v.message
 
 
 # ----------------------------------------------------------------------------- inputs
