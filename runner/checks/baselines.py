@@ -74,7 +74,7 @@ def overfit_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int
     details = {"examples": n, "steps": len(losses), "first_loss": first, "final_loss": final,
                "final_acc": acc, "outputs_are_probabilities": probs_out,
                "losses": [round(v, 5) for v in losses]}
-    figures = {"loss": _loss_curve(losses, loss_below, n)}
+    figures = {"loss": _loss_curve(losses, accs, loss_below, n)}
     status = "fail"
     if acc == 1.0 and final <= loss_below:
         status = "pass"
@@ -99,17 +99,23 @@ def overfit_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int
                    figures=figures)
 
 
-def _loss_curve(losses: List[float], target: float, n: int):
+def _loss_curve(losses: List[float], accs: List[float], target: float, n: int):
     from runner.checks.figures import plt
 
     fig, ax = plt.subplots(figsize=(6, 3.4))
     ys = [v if math.isfinite(v) and v > 0 else float("nan") for v in losses]
-    ax.plot(range(len(ys)), ys, lw=1.5)
-    ax.axhline(target, color="grey", ls="--", lw=1, label=f"target {target:g}")
+    ax.plot(range(len(ys)), ys, lw=1.5, label="loss")
+    ax.axhline(target, color="grey", ls="--", lw=1, label=f"target loss {target:g}")
     ax.set_yscale("log")
     ax.set(title=f"Overfit one batch ({n} examples)", xlabel="optimiser step",
            ylabel="training loss (cross-entropy, log scale)")
-    ax.legend()
+    acc_ax = ax.twinx()
+    acc_ax.plot(range(len(accs)), [100 * a for a in accs], color="#1a7f37", lw=1, alpha=0.7,
+                label="accuracy")
+    acc_ax.set(ylabel="accuracy on the batch (%)", ylim=(-2, 102))
+    lines = ax.get_legend_handles_labels()
+    more = acc_ax.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], loc="center right", fontsize=8)
     fig.tight_layout()
     return fig
 
