@@ -405,7 +405,8 @@ MARKER = '<meta name="generator" content="runner.aggregate">'
 def report_name(out_dir: Path) -> str:
     page = Path(out_dir) / "report.html"
     try:
-        theirs = page.exists() and MARKER not in page.read_text(errors="replace")[:2000]
+        head = page.read_text(errors="replace")[:2000] if page.exists() else MARKER
+        theirs = MARKER not in head and "<title>Sweep: " not in head  # (older pages: no marker)
     except OSError:
         theirs = False
     return "runs.html" if theirs else "report.html"
@@ -453,8 +454,9 @@ def metric_by_key(tab: SweepTable):
                     label="mean ± std")
         if numeric and len(values) > 1 and min(values) > 0 and max(values) / min(values) >= 10:
             ax.set_xscale("log")
-        if not numeric:
-            ax.set_xticks(range(len(values)), [str(v) for v in values], rotation=20)
+        if not numeric or len(values) <= 8:  # label the values tried, not a dense number line
+            ax.set_xticks([pos[v] for v in values], [str(v) for v in values], rotation=20)
+            ax.minorticks_off()
         ax.set(title=f"{tab.metric} by {key}", xlabel=key, ylabel=tab.metric)
         ax.legend(fontsize=8)
     fig.suptitle(f"{tab.metric} per varied key ({len(tab.rows)} jobs, "
