@@ -22,6 +22,8 @@ from runner.errors import ConfigError
 
 # one torch thread per trial: joblib runs two trials side by side on these 2 cores
 TUNE = ["-m", "stage=tune", *FAST, "trainer.threads=1"]
+# stage=tune prunes by default; these tests want every trial to run to its end
+NO_PRUNING = ["hydra/sweeper/pruner=none"]
 
 
 def study_of(cwd: Path, name: str, journal: bool = False):
@@ -102,7 +104,7 @@ def test_samplers_pruners_storage_and_edges(tmp_path):
 
 # ----------------------------------------------------------------------------- the CLI
 def test_sweep_resumes_without_repeats_and_best_yaml_runs(tmp_path):
-    args = TUNE + ["hydra.sweeper.study_name=t", "hydra.sweeper.n_trials=2"]
+    args = TUNE + NO_PRUNING + ["hydra.sweeper.study_name=t", "hydra.sweeper.n_trials=2"]
     r = run_cli(args, tmp_path)
     assert r.code == 0, r.out
     study, d = study_of(tmp_path, "t")
@@ -194,7 +196,7 @@ hydra:
 
 
 def test_joblib_runs_two_trials_at_once_on_a_journal(tmp_path):
-    r = run_cli(TUNE + ["hydra.sweeper.study_name=par", "hydra.sweeper.n_trials=2",
+    r = run_cli(TUNE + NO_PRUNING + ["hydra.sweeper.study_name=par", "hydra.sweeper.n_trials=2",
                         "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], tmp_path)
     assert r.code == 0, r.out
     study, d = study_of(tmp_path, "par", journal=True)
@@ -216,7 +218,7 @@ def test_killed_workers_trial_is_failed_and_retried(tmp_path):
     ghost = study.ask(space)  # a worker asked for it, then died without a word
     ghost.set_user_attr("heartbeat", time.time() - 3600)
 
-    r = run_cli(TUNE + ["hydra.sweeper.study_name=stale", "hydra.sweeper.n_trials=1",
+    r = run_cli(TUNE + NO_PRUNING + ["hydra.sweeper.study_name=stale", "hydra.sweeper.n_trials=1",
                         "hydra.sweeper.retry=1"], tmp_path)
     assert r.code == 0, r.out
     study, _ = study_of(tmp_path, "stale")

@@ -4,9 +4,10 @@
 Imported by Hydra's plugin scan on every start: no Optuna import here.
 """
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
 
 
 @dataclass
@@ -33,14 +34,13 @@ class OptunaSweeperConf:
     # report.html. Fixed per study name so that re-running the command resumes; an explicit
     # hydra.sweep.dir on the command line wins; null = Hydra's hydra.sweep.dir
     study_dir: Optional[str] = "multirun/tune/${.study_name}"
-    # random (the recipe's first choice), qmc (quasi-random) or tpe: a name, or a mapping with
-    # `name` (or `_target_: optuna.samplers.X`) and the sampler's keyword arguments
-    sampler: Any = "random"
-    # the sampler's seed when the mapping gives none (null = unseeded)
-    seed: Optional[int] = 0
-    # median, hyperband or none: a name, or a mapping with `name` (or `_target_`) and the
-    # pruner's keyword arguments, e.g. {name: median, n_startup_trials: 4, n_warmup_steps: 2}
-    pruner: Any = "none"
+    # sampler and pruner are config groups, like Hydra's launchers: hydra/sweeper/sampler=tpe,
+    # hydra/sweeper/pruner=hyperband; then hydra.sweeper.pruner.<key>=... sets an argument
+    defaults: List[Any] = field(default_factory=lambda: [{"sampler": "random"}, {"pruner": "none"}])
+    # `name` (random, qmc, tpe) or `_target_: optuna.samplers.X`; other keys are its arguments
+    sampler: Any = MISSING
+    # `name` (median, hyperband, none) or `_target_`; other keys are its arguments
+    pruner: Any = MISSING
     # search space: config key -> interval(a, b) | tag(log, interval(a, b)) | int(interval(a, b))
     # | range(a, b, step) | choice(a, b, ...) (Hydra's sweep grammar)
     params: Dict[str, Any] = field(default_factory=dict)
@@ -56,5 +56,29 @@ class OptunaSweeperConf:
     edge_fraction: float = 0.1
 
 
-ConfigStore.instance().store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf,
-                             provider="recipe-runner")
+# the options: plain mappings (`name` + keyword arguments of the Optuna class), so an overlay
+# may add any argument the class takes
+SAMPLERS = {
+    # the recipe's first choice: random search, seeded
+    "random": {"name": "random", "seed": 0},
+    # quasi-random (scrambled Sobol): covers the space more evenly than random draws
+    "qmc": {"name": "qmc", "seed": 0},
+    # model-based, once random search has shown where the good region is
+    "tpe": {"name": "tpe", "seed": 0},
+}
+PRUNERS = {
+    "none": {"name": "none"},
+    # stop a trial behind the median of the finished ones at the same epoch; the warm-start
+    # trial is the first reference; no verdict before epoch 2 (early epochs rank learning
+    # rates by speed). On digits, 16 trials: 58% of the epochs, same best trial (docs/tune.md)
+    "median": {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 2},
+    # successive halving in brackets; resources are epochs
+    "hyperband": {"name": "hyperband", "min_resource": 1, "reduction_factor": 3},
+}
+
+cs = ConfigStore.instance()
+cs.store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="recipe-runner")
+for _name, _node in SAMPLERS.items():
+    cs.store(group="hydra/sweeper/sampler", name=_name, node=_node, provider="recipe-runner")
+for _name, _node in PRUNERS.items():
+    cs.store(group="hydra/sweeper/pruner", name=_name, node=_node, provider="recipe-runner")

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 class OptunaSweeper(Sweeper):
     def __init__(self, n_trials: int, n_jobs: Optional[int], direction: str, metric: str,
                  study_name: str, storage: Optional[str], study_dir: Optional[str], sampler: Any,
-                 seed: Optional[int], pruner: Any, params: Any, warm_start: bool, heartbeat_interval: int,
+                 pruner: Any, params: Any, warm_start: bool, heartbeat_interval: int,
                  grace_period: int, retry: int, edge_fraction: float) -> None:
         def plain(x):
             return OmegaConf.to_container(x, resolve=True) if isinstance(x, DictConfig) else x
@@ -37,7 +37,8 @@ class OptunaSweeper(Sweeper):
         self.n_trials, self.n_jobs, self.direction, self.metric = n_trials, n_jobs, direction, metric
         self.study_name, self.storage, self.study_dir = str(study_name), storage, study_dir
         self.sampler, self.pruner, self.params = plain(sampler), plain(pruner), plain(params) or {}
-        self.sampler = tuning_sampler_spec(self.sampler, seed)
+        if isinstance(self.sampler, str):  # hydra.sweeper.sampler=tpe: the class's defaults
+            self.sampler = {"name": self.sampler}
         self.warm_start, self.retry, self.edge_fraction = warm_start, retry, edge_fraction
         self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
         self.config: Optional[DictConfig] = None
@@ -397,15 +398,6 @@ class _Heartbeat:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-
-
-def tuning_sampler_spec(spec: Any, seed: Optional[int]) -> Any:
-    """The sampler mapping with `hydra.sweeper.seed` filled in where it gives no seed."""
-    if spec is None or isinstance(spec, str):
-        spec = {"name": spec or "random"}
-    if isinstance(spec, dict) and "seed" not in spec and seed is not None:
-        spec = {**spec, "seed": seed}
-    return spec
 
 
 def _first(dist) -> Any:
