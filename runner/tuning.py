@@ -9,6 +9,7 @@ Here: search-space parsing (Hydra's sweep grammar -> Optuna distributions), stor
 and pruner builders, the job-side reporter, and the sweep's outputs (trials.csv, best.yaml,
 Optuna's plots, report.html). Optuna is imported inside functions: `--help` stays fast.
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,7 +19,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 from runner.errors import ConfigError
 
@@ -96,15 +97,16 @@ def parse_search_space(params: Dict[str, Any], arguments: Sequence[str] = ()) ->
 
 def to_distribution(sweep) -> Any:
     from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
-    from optuna.distributions import (CategoricalDistribution, FloatDistribution,
-                                      IntDistribution)
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     log_scale = "log" in (sweep.tags or set())
     if isinstance(sweep, ChoiceSweep):
         choices = list(sweep.list)
         bad = [c for c in choices if not (c is None or isinstance(c, (bool, int, float, str)))]
         if bad:
-            raise ValueError(f"choice() values must be numbers, strings, booleans or null, got {bad}")
+            raise ValueError(
+                f"choice() values must be numbers, strings, booleans or null, got {bad}"
+            )
         if len(choices) < 1:
             raise ValueError("choice() needs at least one value")
         return CategoricalDistribution(choices)
@@ -120,7 +122,9 @@ def to_distribution(sweep) -> Any:
     if isinstance(sweep, RangeSweep):
         start, stop, step = sweep.start, sweep.stop, sweep.step
         if log_scale:
-            raise ValueError("range() is stepped; for a log scale use tag(log, int(interval(a, b)))")
+            raise ValueError(
+                "range() is stepped; for a log scale use tag(log, int(interval(a, b)))"
+            )
         # like Python's range: the end is excluded (counted here, not summed: 0.1 steps drift)
         n = math.ceil((stop - start) / step - 1e-9) if step > 0 else 0
         if n < 1:
@@ -188,7 +192,10 @@ def storage_url(spec: Optional[str], study_dir: Path, n_jobs: int = 1) -> str:
     mysql) as Optuna takes it.
     """
     study_dir = Path(study_dir).resolve()
-    sqlite_file, journal_file = study_dir / STORAGE_FILES["sqlite"], study_dir / STORAGE_FILES["journal"]
+    sqlite_file, journal_file = (
+        study_dir / STORAGE_FILES["sqlite"],
+        study_dir / STORAGE_FILES["journal"],
+    )
     if spec in (None, "", "null"):
         if journal_file.exists() and not sqlite_file.exists():
             return str(journal_file)
@@ -199,15 +206,17 @@ def storage_url(spec: Optional[str], study_dir: Path, n_jobs: int = 1) -> str:
     if spec == "journal":
         return str(journal_file)
     if spec.startswith("sqlite:///") and not spec.startswith("sqlite:////"):
-        rel = spec[len("sqlite:///"):]
+        rel = spec[len("sqlite:///") :]
         return spec if rel in ("", ":memory:") else f"sqlite:///{Path(rel).resolve()}"
     if "://" in spec:
         return spec
     if spec.endswith((".journal", ".log")):
         return str(Path(spec).resolve())
-    raise ConfigError(f"hydra.sweeper.storage={spec!r} is not a storage; expected null (SQLite file "
-                      "in the study folder), 'journal', a *.journal file path, or an RDB URL such as "
-                      "sqlite:///optuna.db or postgresql://user@host/db")
+    raise ConfigError(
+        f"hydra.sweeper.storage={spec!r} is not a storage; expected null (SQLite file "
+        "in the study folder), 'journal', a *.journal file path, or an RDB URL such as "
+        "sqlite:///optuna.db or postgresql://user@host/db"
+    )
 
 
 def open_storage(url: str):
@@ -238,8 +247,10 @@ def _spec(spec: Any, key: str) -> Dict[str, Any]:
         return {"name": spec}
     if isinstance(spec, dict):
         return dict(spec)
-    raise ConfigError(f"hydra.sweeper.{key}={spec!r} must be a name or a mapping with `name` "
-                      "(or `_target_`) and keyword arguments")
+    raise ConfigError(
+        f"hydra.sweeper.{key}={spec!r} must be a name or a mapping with `name` "
+        "(or `_target_`) and keyword arguments"
+    )
 
 
 def _unknown(key: str, name: str, options) -> ConfigError:
@@ -247,10 +258,12 @@ def _unknown(key: str, name: str, options) -> ConfigError:
 
     near = difflib.get_close_matches(str(name), list(options), n=2, cutoff=0.5)
     hint = f"; did you mean {', '.join(repr(x) for x in near)}?" if near else ""
-    return ConfigError(f"hydra.sweeper.{key}.name={name!r} is not one of "
-                       f"{', '.join(options)}{hint} (or give `_target_: optuna.samplers.X`)"
-                       if key == "sampler" else
-                       f"hydra.sweeper.{key}.name={name!r} is not one of {', '.join(options)}{hint}")
+    return ConfigError(
+        f"hydra.sweeper.{key}.name={name!r} is not one of "
+        f"{', '.join(options)}{hint} (or give `_target_: optuna.samplers.X`)"
+        if key == "sampler"
+        else f"hydra.sweeper.{key}.name={name!r} is not one of {', '.join(options)}{hint}"
+    )
 
 
 def check_sampler(spec: Any) -> None:
@@ -340,14 +353,21 @@ def open_trial_reporter(url: str, study_name: str, number: int) -> Optional[Tria
     storage = open_storage(url)
     study_id = storage.get_study_id_from_name(study_name)
     attrs = storage.get_study_user_attrs(study_id)
-    study = optuna.load_study(study_name=study_name, storage=storage,
-                              sampler=optuna.samplers.RandomSampler(),
-                              pruner=build_pruner(attrs.get(ATTR_PRUNER)))
+    study = optuna.load_study(
+        study_name=study_name,
+        storage=storage,
+        sampler=optuna.samplers.RandomSampler(),
+        pruner=build_pruner(attrs.get(ATTR_PRUNER)),
+    )
     trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, int(number))
     state = storage.get_trial(trial_id).state
     if state != TrialState.RUNNING:
-        log.warning("tune: trial %d of study %r is %s, not running: training without reporting",
-                    number, study_name, state.name)
+        log.warning(
+            "tune: trial %d of study %r is %s, not running: training without reporting",
+            number,
+            study_name,
+            state.name,
+        )
         return None
     return TrialReporter(study, storage, trial_id, int(number), attrs.get(ATTR_METRIC, "val_acc"))
 
@@ -363,12 +383,21 @@ def trial_rows(study, metric: str, root: Optional[Path] = None) -> List[Dict[str
                 d = str(Path(d).resolve().relative_to(Path(root).resolve()))
             except ValueError:
                 pass
-        row = {"number": t.number, "state": t.state.name, metric: t.value,
-               "epochs": t.user_attrs.get("epochs"),
-               "duration_s": round(t.duration.total_seconds(), 2) if t.duration else None}
+        row = {
+            "number": t.number,
+            "state": t.state.name,
+            metric: t.value,
+            "epochs": t.user_attrs.get("epochs"),
+            "duration_s": round(t.duration.total_seconds(), 2) if t.duration else None,
+        }
         row.update({f"params.{k}": v for k, v in t.params.items()})
-        row.update({"dir": d, "reason": t.user_attrs.get("reason"),
-                    "retry_of": t.system_attrs.get("failed_trial")})
+        row.update(
+            {
+                "dir": d,
+                "reason": t.user_attrs.get("reason"),
+                "retry_of": t.system_attrs.get("failed_trial"),
+            }
+        )
         rows.append(row)
     return rows
 
@@ -376,10 +405,16 @@ def trial_rows(study, metric: str, root: Optional[Path] = None) -> List[Dict[str
 def best_trial(study):
     from optuna.trial import TrialState
 
-    return study.best_trial if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) else None
+    return (
+        study.best_trial
+        if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        else None
+    )
 
 
-def edge_warnings(params: Dict[str, Any], distributions: Dict[str, Any], fraction: float) -> List[str]:
+def edge_warnings(
+    params: Dict[str, Any], distributions: Dict[str, Any], fraction: float
+) -> List[str]:
     """Best values within `fraction` of a range's end (on its own scale): widen that range."""
     from optuna.distributions import CategoricalDistribution
 
@@ -389,12 +424,16 @@ def edge_warnings(params: Dict[str, Any], distributions: Dict[str, Any], fractio
         if dist is None:
             continue
         if isinstance(dist, CategoricalDistribution):
-            nums = [c for c in dist.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+            nums = [
+                c for c in dist.choices if isinstance(c, (int, float)) and not isinstance(c, bool)
+            ]
             # 0 (no weight decay, no dropout) is a natural end, not an edge to widen past
             if len(nums) == len(dist.choices) >= 3 and v in (min(nums), max(nums)) and v != 0:
                 end = "largest" if v == max(nums) else "smallest"
-                out.append(f"best {key}={v!r} is the {end} of its choices {list(dist.choices)}: "
-                           f"add values beyond it")
+                out.append(
+                    f"best {key}={v!r} is the {end} of its choices {list(dist.choices)}: "
+                    f"add values beyond it"
+                )
             continue
         lo, hi = float(dist.low), float(dist.high)
         if dist.log:
@@ -403,9 +442,11 @@ def edge_warnings(params: Dict[str, Any], distributions: Dict[str, Any], fractio
             pos = (v - lo) / (hi - lo)
         if pos <= fraction or pos >= 1 - fraction:
             end = "upper" if pos >= 1 - fraction else "lower"
-            out.append(f"best {key}={v:.4g} lies near the {end} edge of its range [{dist.low:g}, "
-                       f"{dist.high:g}]{' (log scale)' if dist.log else ''}: widen the range "
-                       f"past it and search again")
+            out.append(
+                f"best {key}={v:.4g} lies near the {end} edge of its range [{dist.low:g}, "
+                f"{dist.high:g}]{' (log scale)' if dist.log else ''}: widen the range "
+                f"past it and search again"
+            )
     return out
 
 
@@ -424,7 +465,12 @@ def best_yaml(overrides: Sequence[str], groups: Sequence[str], header: Sequence[
     for text in overrides:
         o = parser.parse_override(text)
         key = o.get_key_element().lstrip("+~")
-        if o.is_delete() or key == "stage" or key.startswith(("tune.", "hydra.", "hydra/")) or key == "tune":
+        if (
+            o.is_delete()
+            or key == "stage"
+            or key.startswith(("tune.", "hydra.", "hydra/"))
+            or key == "tune"
+        ):
             continue
         value = o.value()
         if key in groups:
@@ -432,7 +478,9 @@ def best_yaml(overrides: Sequence[str], groups: Sequence[str], header: Sequence[
         else:
             OmegaConf.update(values, key, value, force_add=True)
     defaults.append("_self_")
-    body = OmegaConf.to_yaml(OmegaConf.create({"defaults": defaults, **OmegaConf.to_container(values)}))
+    body = OmegaConf.to_yaml(
+        OmegaConf.create({"defaults": defaults, **OmegaConf.to_container(values)})
+    )
     return "".join(f"# {h}\n" for h in header) + body
 
 
@@ -458,8 +506,10 @@ def save_plots(study, out, metric: str) -> List[str]:
     plots = [("history", ovm.plot_optimization_history, {"target_name": metric}, 1)]
     if len(study.best_trial.params if complete else {}) >= 1:
         # importances (fANOVA) mean little on a handful of trials, and take seconds
-        plots += [("importances", ovm.plot_param_importances, {"target_name": metric}, 5),
-                  ("slice", ovm.plot_slice, {"target_name": metric}, 1)]
+        plots += [
+            ("importances", ovm.plot_param_importances, {"target_name": metric}, 5),
+            ("slice", ovm.plot_slice, {"target_name": metric}, 1),
+        ]
     if any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
         plots.append(("intermediate_values", ovm.plot_intermediate_values, {}, 0))
     paths = []
@@ -480,39 +530,73 @@ def save_plots(study, out, metric: str) -> List[str]:
     return paths
 
 
-def study_summary(study, metric: str, direction: str, url: str, n_trials: int,
-                  warnings_: List[str]) -> Dict[str, Any]:
+def study_summary(
+    study, metric: str, direction: str, url: str, n_trials: int, warnings_: List[str]
+) -> Dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
-    counts = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")}
+    counts = {
+        s: sum(t.state.name == s for t in trials)
+        for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+    }
     best = best_trial(study)
     return {
-        "study_name": study.study_name, "storage": url, "direction": direction, "metric": metric,
-        "n_trials": n_trials, "trials": len(trials), "states": counts,
+        "study_name": study.study_name,
+        "storage": url,
+        "direction": direction,
+        "metric": metric,
+        "n_trials": n_trials,
+        "trials": len(trials),
+        "states": counts,
         "epochs_trained": sum(int(t.user_attrs.get("epochs") or 0) for t in trials),
-        "best": None if best is None else {"number": best.number, "value": best.value,
-                                           "params": best.params, "dir": best.user_attrs.get("dir")},
-        "warnings": warnings_, "dashboard": dashboard_command(url),
+        "best": None
+        if best is None
+        else {
+            "number": best.number,
+            "value": best.value,
+            "params": best.params,
+            "dir": best.user_attrs.get("dir"),
+        },
+        "warnings": warnings_,
+        "dashboard": dashboard_command(url),
         "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
 
-def report_html(summary: Dict[str, Any], rows: List[Dict[str, Any]], plots: List[str],
-                space: Dict[str, Any], sampler: Any, pruner: Any) -> str:
+def report_html(
+    summary: Dict[str, Any],
+    rows: List[Dict[str, Any]],
+    plots: List[str],
+    space: Dict[str, Any],
+    sampler: Any,
+    pruner: Any,
+) -> str:
     from runner.report import Report, esc, images, kv_table, pre, table
 
     st = summary["states"]
     best = summary["best"] or {}
-    rep = Report(f"tune: study {summary['study_name']}",
-                 subtitle=f"{summary['direction']} {summary['metric']}  ·  storage {summary['storage']}",
-                 kpis={f"best {summary['metric']}": best.get("value"), "best trial": best.get("number"),
-                       "complete / pruned / failed": f"{st['COMPLETE']} / {st['PRUNED']} / {st['FAIL']}",
-                       "epochs trained": summary["epochs_trained"]})
+    rep = Report(
+        f"tune: study {summary['study_name']}",
+        subtitle=f"{summary['direction']} {summary['metric']}  ·  storage {summary['storage']}",
+        kpis={
+            f"best {summary['metric']}": best.get("value"),
+            "best trial": best.get("number"),
+            "complete / pruned / failed": f"{st['COMPLETE']} / {st['PRUNED']} / {st['FAIL']}",
+            "epochs trained": summary["epochs_trained"],
+        },
+    )
     if summary["warnings"]:
-        rep.add("Warnings", "<ul>" + "".join(f"<li>{esc(w)}</li>" for w in summary["warnings"]) + "</ul>")
+        rep.add(
+            "Warnings",
+            "<ul>" + "".join(f"<li>{esc(w)}</li>" for w in summary["warnings"]) + "</ul>",
+        )
     if best:
-        link = f'<p><a href="{esc(best["dir"])}/report.html">trial {best["number"]} report</a> · ' \
-               f'run it again: <code>python -m runner --config-dir {esc(summary.get("study_dir", "."))} ' \
-               f'--config-name best</code></p>' if best.get("dir") else ""
+        link = (
+            f'<p><a href="{esc(best["dir"])}/report.html">trial {best["number"]} report</a> · '
+            f"run it again: <code>python -m runner --config-dir "
+            f"{esc(summary.get('study_dir', '.'))} --config-name best</code></p>"
+            if best.get("dir")
+            else ""
+        )
         rep.add("Best trial", link + kv_table(best.get("params", {})))
     if plots:
         rep.add("Optuna plots", images(plots))
@@ -524,8 +608,17 @@ def report_html(summary: Dict[str, Any], rows: List[Dict[str, Any]], plots: List
         linked.append(r)
     rep.add("Trials", table(linked, raw=("dir",)))
     rep.add("Search space", table([{"key": k, "distribution": repr(v)} for k, v in space.items()]))
-    rep.add("Study", kv_table({"sampler": sampler, "pruner": pruner, "storage": summary["storage"],
-                               "n_trials (budget)": summary["n_trials"],
-                               "dashboard": summary["dashboard"]}))
+    rep.add(
+        "Study",
+        kv_table(
+            {
+                "sampler": sampler,
+                "pruner": pruner,
+                "storage": summary["storage"],
+                "n_trials (budget)": summary["n_trials"],
+                "dashboard": summary["dashboard"],
+            }
+        ),
+    )
     rep.add("Summary", pre(__import__("json").dumps(summary, indent=2, default=str)))
     return rep.render()

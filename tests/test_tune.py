@@ -5,6 +5,7 @@ states, a NaN or crashing trial never stops the sweep, a resumed study repeats n
 honours its budget, an aggressive pruner prunes, joblib runs trials side by side, a killed
 worker's trial is failed and retried, and best.yaml runs with --config-dir.
 """
+
 from __future__ import annotations
 
 import csv
@@ -48,10 +49,16 @@ def test_search_space_grammar():
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     s = tuning.parse_search_space(
-        {"optim.lr": "tag(log, interval(1e-5, 1e-2))", "model.kwargs.width": "int(interval(8, 64))",
-         "trainer.batch_size": [32, 64], "optim.weight_decay": None, "trainer.epochs": 3,
-         "optim": "choice(adam, sgd)"},
-        ["data.noise=range(0.1, 0.4, 0.1)", "seed=1", "optim.lr=interval(0.1, 0.2)"])
+        {
+            "optim.lr": "tag(log, interval(1e-5, 1e-2))",
+            "model.kwargs.width": "int(interval(8, 64))",
+            "trainer.batch_size": [32, 64],
+            "optim.weight_decay": None,
+            "trainer.epochs": 3,
+            "optim": "choice(adam, sgd)",
+        },
+        ["data.noise=range(0.1, 0.4, 0.1)", "seed=1", "optim.lr=interval(0.1, 0.2)"],
+    )
     d = s.distributions
     assert d["optim.lr"] == FloatDistribution(0.1, 0.2)  # the command line wins
     assert d["model.kwargs.width"] == IntDistribution(8, 64)
@@ -60,7 +67,9 @@ def test_search_space_grammar():
     assert d["data.noise"].step == pytest.approx(0.1) and d["data.noise"].high == pytest.approx(0.3)
     assert "optim.weight_decay" not in d  # null removes a default key
     assert sorted(s.fixed) == ["seed=1", "trainer.epochs=3"]
-    log_space = tuning.parse_search_space({"a": "tag(log, int(interval(1, 64)))"}).distributions["a"]
+    log_space = tuning.parse_search_space({"a": "tag(log, int(interval(1, 64)))"}).distributions[
+        "a"
+    ]
     assert log_space == IntDistribution(1, 64, log=True)
     with pytest.raises(ConfigError, match=r"hydra.sweeper.params.optim.lr: .*start > 0"):
         tuning.parse_search_space({"optim.lr": "tag(log, interval(0, 1))"})
@@ -76,12 +85,16 @@ def test_samplers_pruners_storage_and_edges(tmp_path):
     t = study.ask()
     va = a.sample_independent(study, t, "x", dist)
     vb = b.sample_independent(study, t, "x", dist)
-    va2 = tuning.build_sampler({"name": "random", "seed": 0}, 3).sample_independent(study, t, "x", dist)
+    va2 = tuning.build_sampler({"name": "random", "seed": 0}, 3).sample_independent(
+        study, t, "x", dist
+    )
     assert va == va2 and va != vb
     with pytest.raises(ConfigError, match="did you mean 'tpe'"):
         tuning.check_sampler({"name": "tpee"})
-    assert isinstance(tuning.build_pruner({"name": "hyperband", "min_resource": 1}),
-                      optuna.pruners.HyperbandPruner)
+    assert isinstance(
+        tuning.build_pruner({"name": "hyperband", "min_resource": 1}),
+        optuna.pruners.HyperbandPruner,
+    )
     assert isinstance(tuning.build_pruner({"name": "median"}), optuna.pruners.MedianPruner)
     assert isinstance(tuning.build_pruner(None), optuna.pruners.NopPruner)
     with pytest.raises(ConfigError, match="hydra.sweeper.pruner.name='medain'"):
@@ -96,8 +109,11 @@ def test_samplers_pruners_storage_and_edges(tmp_path):
 
     lr = optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)
     bs = optuna.distributions.CategoricalDistribution([32, 64, 128])
-    w = tuning.edge_warnings({"optim.lr": 0.08, "trainer.batch_size": 128}, {"optim.lr": lr,
-                             "trainer.batch_size": bs}, 0.1)
+    w = tuning.edge_warnings(
+        {"optim.lr": 0.08, "trainer.batch_size": 128},
+        {"optim.lr": lr, "trainer.batch_size": bs},
+        0.1,
+    )
     assert len(w) == 2 and "upper edge" in w[0] and "largest" in w[1]
     assert tuning.edge_warnings({"optim.lr": 3e-3}, {"optim.lr": lr}, 0.1) == []
 
@@ -150,7 +166,10 @@ def test_sweep_resumes_without_repeats_and_best_yaml_runs(tmp_path):
 
 
 def test_nan_crash_and_pruned_trials_are_recorded_and_the_sweep_goes_on(tmp_path):
-    conf = write_experiment(tmp_path, "outcomes", """
+    conf = write_experiment(
+        tmp_path,
+        "outcomes",
+        """
 optim:
   lr: 0.003
 hydra:
@@ -168,9 +187,11 @@ hydra:
       trainer.batch_size: null
       optim.lr: choice(0.003, 1e-7, 1e30)
       model.kwargs.width: choice(32, -1)
-""")
-    r = run_cli(["-m", "--config-dir", conf, "experiment=outcomes", *TUNE[1:], "trainer.epochs=3"],
-                tmp_path)
+""",
+    )
+    r = run_cli(
+        ["-m", "--config-dir", conf, "experiment=outcomes", *TUNE[1:], "trainer.epochs=3"], tmp_path
+    )
     assert r.code == 1, r.out  # the sweep ran to its end; 1 says some trials failed (DESIGN.md)
     study, d = study_of(tmp_path, "outcomes")
     by = {(t.params["optim.lr"], t.params["model.kwargs.width"]): t for t in study.trials}
@@ -196,8 +217,17 @@ hydra:
 
 
 def test_joblib_runs_two_trials_at_once_on_a_journal(tmp_path):
-    r = run_cli(TUNE + NO_PRUNING + ["hydra.sweeper.study_name=par", "hydra.sweeper.n_trials=2",
-                        "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], tmp_path)
+    r = run_cli(
+        TUNE
+        + NO_PRUNING
+        + [
+            "hydra.sweeper.study_name=par",
+            "hydra.sweeper.n_trials=2",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+        ],
+        tmp_path,
+    )
     assert r.code == 0, r.out
     study, d = study_of(tmp_path, "par", journal=True)
     assert not (d / "optuna.db").exists()  # several workers: the journal file, not SQLite
@@ -205,21 +235,30 @@ def test_joblib_runs_two_trials_at_once_on_a_journal(tmp_path):
     assert states(study) == ["COMPLETE"] * 2
     assert all((d / str(n) / "summary.json").exists() for n in range(2))
     spans = [(t.datetime_start, t.datetime_complete) for t in study.trials]
-    overlap = any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1:])
+    overlap = any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1 :])
     assert overlap, spans  # each worker asked for its next trial while the other was running
 
 
 def test_killed_workers_trial_is_failed_and_retried(tmp_path):
     d = tmp_path / "multirun" / "tune" / "stale"
-    params = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "stage" / "tune.yaml").hydra.sweeper.params)
+    params = OmegaConf.to_container(
+        OmegaConf.load(REPO / "conf" / "stage" / "tune.yaml").hydra.sweeper.params
+    )
     space = tuning.parse_search_space(params).distributions
-    study = optuna.create_study(study_name="stale", direction="maximize",
-                                storage=tuning.open_storage(f"sqlite:///{d / 'optuna.db'}"))
+    study = optuna.create_study(
+        study_name="stale",
+        direction="maximize",
+        storage=tuning.open_storage(f"sqlite:///{d / 'optuna.db'}"),
+    )
     ghost = study.ask(space)  # a worker asked for it, then died without a word
     ghost.set_user_attr("heartbeat", time.time() - 3600)
 
-    r = run_cli(TUNE + NO_PRUNING + ["hydra.sweeper.study_name=stale", "hydra.sweeper.n_trials=1",
-                        "hydra.sweeper.retry=1"], tmp_path)
+    r = run_cli(
+        TUNE
+        + NO_PRUNING
+        + ["hydra.sweeper.study_name=stale", "hydra.sweeper.n_trials=1", "hydra.sweeper.retry=1"],
+        tmp_path,
+    )
     assert r.code == 0, r.out
     study, _ = study_of(tmp_path, "stale")
     assert states(study) == ["FAIL", "COMPLETE"]  # the budget of 1 counts the retry, once

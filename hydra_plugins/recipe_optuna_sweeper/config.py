@@ -3,6 +3,7 @@
 
 Imported by Hydra's plugin scan on every start: no Optuna import here.
 """
+
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 

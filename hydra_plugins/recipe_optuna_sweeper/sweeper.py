@@ -6,6 +6,7 @@ The loop, per worker (one, or `n_jobs` threads each asking when free - no batche
 The job reports every epoch to the study itself (runner/tuning.py TrialReporter), so pruning
 happens inside the job; a NaN, pruned or crashing trial is told as such and the sweep goes on.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,7 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
@@ -27,14 +28,33 @@ log = logging.getLogger(__name__)
 
 
 class OptunaSweeper(Sweeper):
-    def __init__(self, n_trials: int, n_jobs: Optional[int], direction: str, metric: str,
-                 study_name: str, storage: Optional[str], study_dir: Optional[str], sampler: Any,
-                 pruner: Any, params: Any, warm_start: bool, heartbeat_interval: int,
-                 grace_period: int, retry: int, edge_fraction: float) -> None:
+    def __init__(
+        self,
+        n_trials: int,
+        n_jobs: Optional[int],
+        direction: str,
+        metric: str,
+        study_name: str,
+        storage: Optional[str],
+        study_dir: Optional[str],
+        sampler: Any,
+        pruner: Any,
+        params: Any,
+        warm_start: bool,
+        heartbeat_interval: int,
+        grace_period: int,
+        retry: int,
+        edge_fraction: float,
+    ) -> None:
         def plain(x):
             return OmegaConf.to_container(x, resolve=True) if isinstance(x, DictConfig) else x
 
-        self.n_trials, self.n_jobs, self.direction, self.metric = n_trials, n_jobs, direction, metric
+        self.n_trials, self.n_jobs, self.direction, self.metric = (
+            n_trials,
+            n_jobs,
+            direction,
+            metric,
+        )
         self.study_name, self.storage, self.study_dir = str(study_name), storage, study_dir
         self.sampler, self.pruner, self.params = plain(sampler), plain(pruner), plain(params) or {}
         if isinstance(self.sampler, str):  # hydra.sweeper.sampler=tpe: the class's defaults
@@ -47,11 +67,13 @@ class OptunaSweeper(Sweeper):
         self._exhausted = False
         self._interrupted = False
 
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
-              config: DictConfig) -> None:
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
         self.hydra_context, self.config, self.task_function = hydra_context, config, task_function
         self.launcher = Plugins.instance().instantiate_launcher(
-            hydra_context=hydra_context, task_function=task_function, config=config)
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
 
     # ------------------------------------------------------------------------- the sweep
     def sweep(self, arguments: List[str]) -> Any:
@@ -64,8 +86,10 @@ class OptunaSweeper(Sweeper):
         self._check_settings()
         space = tuning.parse_search_space(self.params, arguments)
         if not space.distributions:
-            raise ConfigError("hydra.sweeper.params is empty: nothing to search. Give a search "
-                              "space, e.g. optim.lr='tag(log, interval(1e-4, 1e-1))' (docs/tune.md)")
+            raise ConfigError(
+                "hydra.sweeper.params is empty: nothing to search. Give a search "
+                "space, e.g. optim.lr='tag(log, interval(1e-4, 1e-1))' (docs/tune.md)"
+            )
         study_dir = self._set_study_dir()
         n_jobs = self._workers()
         url = tuning.storage_url(self.storage, study_dir, n_jobs)
@@ -74,13 +98,19 @@ class OptunaSweeper(Sweeper):
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = tuning.open_storage(url)
-        study = optuna.create_study(study_name=self.study_name, storage=storage,
-                                    sampler=tuning.build_sampler(self.sampler),
-                                    direction=self.direction, load_if_exists=True)
+        study = optuna.create_study(
+            study_name=self.study_name,
+            storage=storage,
+            sampler=tuning.build_sampler(self.sampler),
+            direction=self.direction,
+            load_if_exists=True,
+        )
         if study.direction.name.lower() != self.direction:
-            raise ConfigError(f"hydra.sweeper.direction={self.direction!r} but study "
-                              f"{self.study_name!r} in {url} was created to "
-                              f"{study.direction.name.lower()}; use another study_name")
+            raise ConfigError(
+                f"hydra.sweeper.direction={self.direction!r} but study "
+                f"{self.study_name!r} in {url} was created to "
+                f"{study.direction.name.lower()}; use another study_name"
+            )
         study.set_user_attr(tuning.ATTR_METRIC, self.metric)
         study.set_user_attr(tuning.ATTR_PRUNER, tuning.pruner_spec(self.pruner))
         if self._sampler_name() == "qmc":
@@ -89,8 +119,16 @@ class OptunaSweeper(Sweeper):
         self._fail_stale(study)
         if self.warm_start and before == 0:
             self._enqueue_current(study, space)
-        log.info("tune: study %r in %s: %d trial(s) already, budget %d; %d worker(s); %s %s",
-                 self.study_name, url, before, self.n_trials, n_jobs, self.direction, self.metric)
+        log.info(
+            "tune: study %r in %s: %d trial(s) already, budget %d; %d worker(s); %s %s",
+            self.study_name,
+            url,
+            before,
+            self.n_trials,
+            n_jobs,
+            self.direction,
+            self.metric,
+        )
         log.info("tune: dashboard: %s", tuning.dashboard_command(url))
 
         self.out = RunDir(study_dir)
@@ -104,12 +142,15 @@ class OptunaSweeper(Sweeper):
                     f.result()
         self._write_outputs(study, final=True)
         if self._interrupted:
-            log.warning("tune: interrupted; run the same command again to resume study %r",
-                        self.study_name)
+            log.warning(
+                "tune: interrupted; run the same command again to resume study %r", self.study_name
+            )
             return results
         if tuning.best_trial(study) is None:
-            raise RuntimeError(f"no trial of study {self.study_name!r} completed ({url}); see the "
-                               f"trials' logs under {study_dir} and {study_dir / 'trials.csv'}")
+            raise RuntimeError(
+                f"no trial of study {self.study_name!r} completed ({url}); see the "
+                f"trials' logs under {study_dir} and {study_dir / 'trials.csv'}"
+            )
         return results
 
     # ------------------------------------------------------------------------- one worker
@@ -133,11 +174,15 @@ class OptunaSweeper(Sweeper):
         # a sampler seeded by (seed, trial number): resumed or parallel workers never replay draws
         study.sampler = self._qmc or tuning.build_sampler(self.sampler, trial.number)
         values = {k: tuning.suggest(trial, k, d) for k, d in self.space.distributions.items()}
-        overrides = list(self.space.fixed) + [f"{k}={tuning.format_value(v)}" for k, v in values.items()]
+        overrides = list(self.space.fixed) + [
+            f"{k}={tuning.format_value(v)}" for k, v in values.items()
+        ]
         trial.set_user_attr("overrides", overrides)
-        overrides += [f"tune.trial={trial.number}",
-                      f"tune.storage={tuning.format_value(self.url)}",
-                      f"tune.study_name={tuning.format_value(self.study_name)}"]
+        overrides += [
+            f"tune.trial={trial.number}",
+            f"tune.storage={tuning.format_value(self.url)}",
+            f"tune.study_name={tuning.format_value(self.study_name)}",
+        ]
         return trial, overrides
 
     def _run_trial(self, study, trial, overrides: List[str]):
@@ -160,8 +205,13 @@ class OptunaSweeper(Sweeper):
         if self._interrupted:
             self._retry(study, trial.number)
         shown = f"{self.metric} {value:.4f}" if value is not None else attrs.get("reason", "")
-        log.info("tune: trial %d %s: %s (%s epochs)", trial.number, state.name.lower(), shown,
-                 attrs.get("epochs"))
+        log.info(
+            "tune: trial %d %s: %s (%s epochs)",
+            trial.number,
+            state.name.lower(),
+            shown,
+            attrs.get("epochs"),
+        )
         with self._lock:
             self._write_outputs(study, final=False)
         return ret
@@ -206,9 +256,12 @@ class OptunaSweeper(Sweeper):
                 self._interrupted = True
                 attrs["reason"] = f"interrupted: {why}"[:500]
                 return TrialState.FAIL, None, attrs
-            attrs["reason"] = f"crashed: {why}" if why else \
-                f"crashed: exit code {ret._return_value}, no summary.json; see {out_dir / 'runner.log'}"
-            attrs["reason"] = attrs["reason"][:500]
+            log_file = out_dir / "runner.log"
+            attrs["reason"] = (
+                f"crashed: {why}"
+                if why
+                else f"crashed: exit code {ret._return_value}, no summary.json; see {log_file}"
+            )[:500]
             return TrialState.FAIL, None, attrs
         attrs["epochs"] = summary.get("epochs")
         attrs["status"] = summary.get("status")
@@ -237,20 +290,26 @@ class OptunaSweeper(Sweeper):
 
         now = time.time()
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            last = t.user_attrs.get("heartbeat") or (t.datetime_start.timestamp() if t.datetime_start else now)
+            last = t.user_attrs.get("heartbeat") or (
+                t.datetime_start.timestamp() if t.datetime_start else now
+            )
             if now - last <= self.grace_period:
                 continue
             try:
                 study.tell(t.number, state=TrialState.FAIL)
             except (ValueError, RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
                 continue  # another worker got there first
-            log.warning("tune: trial %d was running without a heartbeat for %.0f s (its worker "
-                        "stopped): marked failed%s", t.number, now - last,
-                        "; retrying its parameters" if self.retry else "")
+            log.warning(
+                "tune: trial %d was running without a heartbeat for %.0f s (its worker "
+                "stopped): marked failed%s",
+                t.number,
+                now - last,
+                "; retrying its parameters" if self.retry else "",
+            )
             self._retry(study, t.number)
 
     def _retry(self, study, number: int) -> None:
-        """Enqueue a failed (killed, interrupted) trial's parameters again, `retry` times at most."""
+        """A failed (killed, interrupted) trial's parameters again, `retry` times at most."""
         import optuna
 
         if not self.retry:
@@ -268,14 +327,21 @@ class OptunaSweeper(Sweeper):
         params, skipped = {}, []
         for key, dist in space.distributions.items():
             bare = key.lstrip("+")
-            value = choices.get(bare) if bare in choices else OmegaConf.select(self.config, bare, default=None)
+            value = (
+                choices.get(bare)
+                if bare in choices
+                else OmegaConf.select(self.config, bare, default=None)
+            )
             if tuning.contains(dist, value):
                 params[key] = value
             else:
                 skipped.append(f"{key}={value!r}")
         if skipped:
-            log.info("tune: warm start: %s outside the search space; trial 0 samples %s",
-                     ", ".join(skipped), "it" if len(skipped) == 1 else "them")
+            log.info(
+                "tune: warm start: %s outside the search space; trial 0 samples %s",
+                ", ".join(skipped),
+                "it" if len(skipped) == 1 else "them",
+            )
         study.enqueue_trial(params, skip_if_exists=True)
         log.info("tune: warm start: trial 0 is the current config %s", params)
 
@@ -288,16 +354,23 @@ class OptunaSweeper(Sweeper):
         if self.direction not in tuning.DIRECTIONS:
             p.append(f"hydra.sweeper.direction={self.direction!r} is not one of maximize, minimize")
         if self.metric not in tuning.METRICS:
-            p.append(f"hydra.sweeper.metric={self.metric!r} is not one of {', '.join(tuning.METRICS)}")
+            p.append(
+                f"hydra.sweeper.metric={self.metric!r} is not one of {', '.join(tuning.METRICS)}"
+            )
         elif (self.metric == "val_loss") != (self.direction == "minimize"):
-            p.append(f"hydra.sweeper.metric={self.metric} with direction={self.direction}: the "
-                     f"study would look for the worst trial; use direction="
-                     f"{'minimize' if self.metric == 'val_loss' else 'maximize'}")
+            p.append(
+                f"hydra.sweeper.metric={self.metric} with direction={self.direction}: the "
+                f"study would look for the worst trial; use direction="
+                f"{'minimize' if self.metric == 'val_loss' else 'maximize'}"
+            )
         if self.n_trials < 1:
             p.append(f"hydra.sweeper.n_trials={self.n_trials} must be >= 1")
         if self.n_jobs is not None and self.n_jobs < 1:
             p.append(f"hydra.sweeper.n_jobs={self.n_jobs} must be >= 1 (or null)")
-        for check in (lambda: tuning.check_sampler(self.sampler), lambda: tuning.pruner_spec(self.pruner)):
+        for check in (
+            lambda: tuning.check_sampler(self.sampler),
+            lambda: tuning.pruner_spec(self.pruner),
+        ):
             try:
                 check()
             except ConfigError as e:
@@ -307,7 +380,13 @@ class OptunaSweeper(Sweeper):
 
     def _sampler_name(self) -> str:
         s = self.sampler
-        return s if isinstance(s, str) else (s or {}).get("name", "random") if "_target_" not in (s or {}) else ""
+        return (
+            s
+            if isinstance(s, str)
+            else (s or {}).get("name", "random")
+            if "_target_" not in (s or {})
+            else ""
+        )
 
     def _workers(self) -> int:
         from hydra._internal.core_plugins.basic_launcher import BasicLauncher
@@ -317,8 +396,11 @@ class OptunaSweeper(Sweeper):
             n = int(OmegaConf.select(self.config, "hydra.launcher.n_jobs", default=1) or 1)
             n = max(n, 1)
         if n > 1 and isinstance(self.launcher, BasicLauncher):
-            log.warning("tune: the basic launcher runs one job at a time in this process; "
-                        "n_jobs=%d needs hydra/launcher=joblib (or submitit): using 1", n)
+            log.warning(
+                "tune: the basic launcher runs one job at a time in this process; "
+                "n_jobs=%d needs hydra/launcher=joblib (or submitit): using 1",
+                n,
+            )
             n = 1
         return n
 
@@ -354,28 +436,46 @@ class OptunaSweeper(Sweeper):
         warn: List[str] = []
         if best is not None:
             warn = tuning.edge_warnings(best.params, best.distributions, self.edge_fraction)
-            header = [f"Best trial {best.number} of Optuna study {self.study_name!r}: "
-                      f"{self.metric} {best.value:.6g} ({self.direction}); {best.user_attrs.get('dir')}",
-                      f"python -m runner --config-dir {out.path} --config-name best [stage=...]",
-                      "Check it into your experiment repo's conf/ (e.g. as tuned.yaml) and run",
-                      "  python -m runner --config-dir ./conf --config-name tuned"]
+            header = [
+                (
+                    f"Best trial {best.number} of Optuna study {self.study_name!r}: {self.metric} "
+                    f"{best.value:.6g} ({self.direction}); {best.user_attrs.get('dir')}"
+                ),
+                f"python -m runner --config-dir {out.path} --config-name best [stage=...]",
+                "Check it into your experiment repo's conf/ (e.g. as tuned.yaml) and run",
+                "  python -m runner --config-dir ./conf --config-name tuned",
+            ]
             groups = list(self.config.hydra.runtime.choices.keys())
-            out.write_text("best.yaml", tuning.best_yaml(best.user_attrs.get("overrides", []), groups, header))
+            out.write_text(
+                "best.yaml", tuning.best_yaml(best.user_attrs.get("overrides", []), groups, header)
+            )
         if not final:
             return
-        summary = tuning.study_summary(study, self.metric, self.direction, self.url, self.n_trials, warn)
+        summary = tuning.study_summary(
+            study, self.metric, self.direction, self.url, self.n_trials, warn
+        )
         summary["study_dir"] = str(out.path)
         out.write_json("study.json", summary)
         for w in warn:
             log.warning("tune: %s", w)
         plots = tuning.save_plots(study, out, self.metric) if rows else []
-        out.write_report(tuning.report_html(summary, rows, plots, self.space.distributions,
-                                            self.sampler, self.pruner))
+        out.write_report(
+            tuning.report_html(
+                summary, rows, plots, self.space.distributions, self.sampler, self.pruner
+            )
+        )
         st = summary["states"]
-        log.info("tune: %d complete, %d pruned, %d failed; %d epochs trained; best %s -> %s",
-                 st["COMPLETE"], st["PRUNED"], st["FAIL"], summary["epochs_trained"],
-                 f"trial {best.number}: {self.metric} {best.value:.4f} {best.params}" if best else "none",
-                 out.path / "report.html")
+        log.info(
+            "tune: %d complete, %d pruned, %d failed; %d epochs trained; best %s -> %s",
+            st["COMPLETE"],
+            st["PRUNED"],
+            st["FAIL"],
+            summary["epochs_trained"],
+            f"trial {best.number}: {self.metric} {best.value:.4f} {best.params}"
+            if best
+            else "none",
+            out.path / "report.html",
+        )
 
 
 class _Heartbeat:
@@ -384,8 +484,12 @@ class _Heartbeat:
     def __init__(self, trial, interval: float):
         self._stop = threading.Event()
         self._trial = trial
-        self._thread = threading.Thread(target=self._run, args=(max(float(interval), 0.1),),
-                                        daemon=True, name=f"tune-heartbeat-{trial.number}")
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(max(float(interval), 0.1),),
+            daemon=True,
+            name=f"tune-heartbeat-{trial.number}",
+        )
         self._thread.start()
 
     def _run(self, interval: float) -> None:

@@ -5,6 +5,7 @@ samples each trial's hyperparameters and launches this stage as a normal Hydra j
 trains like stage=train and reports its validation metric every epoch to the study, which
 stops it early when the pruner says so. Without `-m` it trains once with the current config.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,12 +21,16 @@ def run(cfg, ctx: Context) -> int:
     t = cfg.tune
     reporter = None
     if t.trial is None:
-        log.warning("stage=tune without -m: one training run with the current config; "
-                    "`python -m runner -m stage=tune` runs the search")
+        log.warning(
+            "stage=tune without -m: one training run with the current config; "
+            "`python -m runner -m stage=tune` runs the search"
+        )
     else:
         if not t.storage or not t.study_name:
-            raise ConfigError(f"tune.trial={t.trial} needs tune.storage and tune.study_name "
-                              "(the sweeper sets all three)")
+            raise ConfigError(
+                f"tune.trial={t.trial} needs tune.storage and tune.study_name "
+                "(the sweeper sets all three)"
+            )
         from runner.tuning import open_trial_reporter
 
         log.info("tune: trial %d of study %r (%s)", t.trial, t.study_name, t.storage)
