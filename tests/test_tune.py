@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import time
 from pathlib import Path
 
@@ -237,6 +238,23 @@ def test_joblib_runs_two_trials_at_once_on_a_journal(tmp_path):
     spans = [(t.datetime_start, t.datetime_complete) for t in study.trials]
     overlap = any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1 :])
     assert overlap, spans  # each worker asked for its next trial while the other was running
+
+
+def test_two_worker_processes_share_one_study(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    args = TUNE + NO_PRUNING + ["hydra.sweeper.study_name=two", "hydra.sweeper.storage=journal",
+                                "hydra.sweeper.n_trials=4"]
+    with ThreadPoolExecutor(2) as pool:  # two `python -m runner -m stage=tune` at once
+        results = list(pool.map(lambda _: run_cli(args, tmp_path), range(2)))
+    assert [r.code for r in results] == [0, 0], results[0].out + results[1].out
+    study, d = study_of(tmp_path, "two", journal=True)
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]  # no number twice
+    assert states(study) == ["COMPLETE"] * 4
+    assert all((d / str(n) / "summary.json").exists() for n in range(4))
+    ran = [int(x) for r in results for x in re.findall(r"tune: trial (\d+) complete", r.out)]
+    assert sorted(ran) == [0, 1, 2, 3]  # each trial ran in exactly one worker
+    assert sum("warm start: trial 0" in r.out for r in results) == 1
 
 
 def test_killed_workers_trial_is_failed_and_retried(tmp_path):

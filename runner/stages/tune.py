@@ -1,4 +1,4 @@
-"""stage=tune: recipe stage 5 - one trial of an Optuna study (random search first).
+"""stage=tune: recipe stage 5 - an Optuna study run with -m: random search, pruning, resume.
 
 `python -m runner -m stage=tune` runs the study: the sweeper (hydra_plugins/recipe_optuna_sweeper)
 samples each trial's hyperparameters and launches this stage as a normal Hydra job. A trial
