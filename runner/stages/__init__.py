@@ -8,6 +8,8 @@ STAGES = {
     "baseline": "runner.stages.baseline",
     "inspect": "runner.stages.inspect",
     "tune": "runner.stages.tune",
+    "overfit": "runner.stages.overfit",
+    "regularize": "runner.stages.regularize",
 }
 
 

@@ -199,8 +199,11 @@ class _StopOnSignal:
 def train_run(cfg, ctx: Context, data: Optional[DataBundle] = None, zero_inputs: bool = False,
               save_checkpoints: bool = True, keep_val_logits: bool = False,
               model: Optional[torch.nn.Module] = None, write_metrics: bool = True,
-              trial_reporter=None) -> TrainResult:
+              trial_reporter=None, until_train_loss: float = 0.0) -> TrainResult:
     """Train and evaluate per the config; checkpoint each epoch; resume when asked.
+
+    `until_train_loss` > 0 (stage=overfit): stop after the first epoch whose training loss is
+    at or below it (TrainResult.stop_reason says so).
 
     `trial_reporter` (a tuning trial, runner/tuning.py): gets the epoch's `.metric` after each
     evaluation and stops the run when `.should_prune()` says so (TrainResult.pruned).
@@ -281,6 +284,12 @@ def train_run(cfg, ctx: Context, data: Optional[DataBundle] = None, zero_inputs:
             if rec.stop_reason:
                 stop_reason = rec.stop_reason
                 log.info("%s", stop_reason)
+            if until_train_loss > 0 and math.isfinite(rec.train_loss) \
+                    and rec.train_loss <= until_train_loss:
+                stop_reason = (f"training loss {rec.train_loss:.4g} <= target {until_train_loss:g} "
+                               f"after epoch {rec.epoch}")
+                log.info("%s", stop_reason)
+                break
             if trial_reporter is not None and rec.evaluated:
                 trial_reporter.report(rec.epoch, getattr(rec, trial_reporter.metric))
                 if trial_reporter.should_prune():

@@ -1,0 +1,85 @@
+"""stage=overfit (recipe stage 3): a proven model big enough to drive training loss to ~0.
+
+Trains the stage config until the training loss reaches `stage.params.train_loss_target` or
+the epoch budget ends, checks `overfit.train_fit` and reports the train/val gap.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Dict, Optional
+
+from runner.checks import Verdict
+from runner.checks.training import train_finite
+from runner.stages.common import Context, finish, summary_of, train_run
+
+log = logging.getLogger("runner")
+
+DEFAULTS = {"train_loss_target": 0.02, "train_acc_target": 0.999}
+
+
+def params(cfg) -> Dict[str, Any]:
+    p = dict(DEFAULTS)
+    p.update({k: v for k, v in (cfg.stage.get("params") or {}).items() if k in DEFAULTS})
+    return p
+
+
+def train_fit(train_loss: Optional[float], train_acc: Optional[float], loss_target: float,
+              acc_target: float, epochs: int, budget: int) -> Verdict:
+    """Pass when the final training loss <= loss_target or training accuracy >= acc_target."""
+    name = "overfit.train_fit"
+    expected = f"train_loss <= {loss_target:g} or train_acc >= {acc_target:g}"
+    if train_loss is None or not math.isfinite(train_loss):
+        return Verdict(name, "fail", value=train_loss, expected=expected,
+                       message="no finite training loss: fix the baseline stage first")
+    acc = train_acc if train_acc is not None else float("nan")
+    if train_loss <= loss_target or (math.isfinite(acc) and acc >= acc_target):
+        return Verdict(name, "pass", value=train_loss, expected=expected,
+                       message=f"the model fits the training set (loss {train_loss:.4g}, "
+                               f"accuracy {acc:.4f}) after {epochs} epoch(s)",
+                       details={"train_acc": train_acc})
+    advice = ["a bigger model (model.name=resnet18 or wider)"]
+    if epochs >= budget:
+        advice.insert(0, f"a longer budget (trainer.epochs > {budget})")
+    advice.append("another learning rate (optim.lr: try 1e-3 and 1e-4)")
+    return Verdict(name, "fail", value=train_loss, expected=expected,
+                   message=f"training loss {train_loss:.4g} (accuracy {acc:.4f}) after {epochs} "
+                           f"epoch(s) did not reach the target; try " + ", ".join(advice) +
+                           "; then check the labels (stage=inspect)",
+                   details={"train_acc": train_acc, "advice": advice})
+
+
+def gap_of(summary: Dict[str, Any]) -> Dict[str, Any]:
+    """Train/val gap at the last epoch: accuracy (train - val) and loss (val - train)."""
+    ta, va = summary.get("train_acc"), summary.get("val_acc")
+    tl, vl = summary.get("train_loss"), summary.get("val_loss")
+    ok = lambda *xs: all(isinstance(x, (int, float)) and math.isfinite(x) for x in xs)  # noqa: E731
+    return {"gap_acc": ta - va if ok(ta, va) else None,
+            "gap_loss": vl - tl if ok(tl, vl) else None}
+
+
+def run(cfg, ctx: Context) -> int:
+    from runner.report import kv_table
+
+    p = params(cfg)
+    res = train_run(cfg, ctx, until_train_loss=float(p["train_loss_target"]))
+    verdicts = []
+    if cfg.checks.train_finite.get("enabled", True):
+        verdicts.append(train_finite(res.nonfinite, res.state.step))
+    last = res.history[-1] if res.history else {}
+    verdicts.append(train_fit(last.get("train_loss"), last.get("train_acc"),
+                              float(p["train_loss_target"]), float(p["train_acc_target"]),
+                              res.state.epoch, cfg.trainer.epochs))
+    summary = summary_of(cfg, ctx, res, verdicts)
+    gap = gap_of(summary)
+    summary.update({"train_val_gap_acc": gap["gap_acc"], "train_val_gap_loss": gap["gap_loss"],
+                    "train_loss_target": p["train_loss_target"]})
+    body = kv_table({"train accuracy": summary.get("train_acc"), "val accuracy": summary.get("val_acc"),
+                     "gap (train - val accuracy)": gap["gap_acc"],
+                     "train loss": summary.get("train_loss"), "val loss": summary.get("val_loss"),
+                     "gap (val - train loss)": gap["gap_loss"],
+                     "stopped because": res.stop_reason or "epoch budget used"})
+    body += ("<p>A large gap is expected here: this stage only proves the model can fit; "
+             "stage=regularize trades some training fit for validation accuracy.</p>")
+    code = finish(cfg, ctx, res, verdicts, summary, sections=[("Train/val gap", body)])
+    return 1 if res.nonfinite else code

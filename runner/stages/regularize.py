@@ -1,0 +1,292 @@
+"""stage=regularize (recipe stage 4): a ladder of single changes, each kept only when it helps.
+
+Rung 0 is the stage config as composed; every rung k composes the same command plus the
+overrides kept so far plus its own, trains in `rungs/<k>-<name>/` (its own run directory,
+report and checkpoints) and is compared with the current best on val accuracy at the best
+val-loss epoch. Decision rule (`decide`): keep when the gain exceeds
+max(min_delta, sqrt(2 p (1 - p) / n_val)), p the current best accuracy: one standard error of
+the difference of two accuracies on n_val examples. Outputs: ladder.csv, regularized.yaml (the
+kept overrides as an experiment file), regularized_config.yaml (the final composed config),
+and `regularize.first_layer` (the best model's first-layer filters).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+from omegaconf import OmegaConf
+
+from runner.checks import Verdict
+from runner.checks.training import train_finite
+from runner.output import RunDir
+from runner.stages.common import Context, finish, summary_of, train_run
+
+log = logging.getLogger("runner")
+
+DEFAULTS: Dict[str, Any] = {"rungs": [], "min_delta": 0.005, "first_layer_min_corr": 0.1}
+
+
+def params(cfg) -> Dict[str, Any]:
+    p = dict(DEFAULTS)
+    raw = cfg.stage.get("params") or {}
+    raw = OmegaConf.to_container(raw, resolve=True) if OmegaConf.is_config(raw) else dict(raw)
+    p.update({k: v for k, v in raw.items() if k in DEFAULTS})
+    return p
+
+
+# ----------------------------------------------------------------------------- decision rule
+def noise_threshold(p: float, n_val: int, min_delta: float) -> float:
+    """max(min_delta, one standard error of a difference of two accuracies p on n_val)."""
+    p = min(max(p, 0.0), 1.0)
+    se = math.sqrt(2.0 * p * (1.0 - p) / max(n_val, 1))
+    return max(min_delta, se)
+
+
+def decide(best_acc: float, cand_acc: Optional[float], n_val: int, min_delta: float) -> Dict[str, Any]:
+    """Keep the candidate when cand_acc - best_acc > noise_threshold(best_acc, n_val, min_delta)."""
+    thr = noise_threshold(best_acc, n_val, min_delta)
+    if cand_acc is None or not math.isfinite(cand_acc):
+        return {"keep": False, "delta": None, "threshold": thr}
+    delta = cand_acc - best_acc
+    return {"keep": delta > thr, "delta": delta, "threshold": thr}
+
+
+# ----------------------------------------------------------------------------- experiment YAML
+def experiment_yaml(overrides: Sequence[str], groups: Iterable[str], header: str = "") -> str:
+    """Hydra overrides -> a `# @package _global_` experiment file.
+
+    Group choices (`aug=light`) become `defaults: - override /aug: light`; other keys
+    (`optim.lr=3e-3`) are nested (`optim: {lr: 0.003}`) with their parsed types.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    groups = set(groups)
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    defaults: List[Dict[str, Any]] = []
+    body: Dict[str, Any] = {}
+    for o in parsed:
+        if o.is_delete():
+            continue
+        key, value = o.key_or_group, o.value()
+        if key in groups and not o.is_add():
+            defaults = [d for d in defaults if f"override /{key}" not in d]
+            defaults.append({f"override /{key}": value})
+            continue
+        node = body
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    doc: Dict[str, Any] = {}
+    if defaults:
+        doc["defaults"] = defaults
+    doc.update(body)
+    text = OmegaConf.to_yaml(OmegaConf.create(doc)) if doc else "{}\n"
+    lines = ["# @package _global_"] + [f"# {h}" if h else "#" for h in header.splitlines()]
+    return "\n".join(lines) + "\n" + text
+
+
+def experiment_overrides(overrides: Sequence[str]) -> List[str]:
+    """The command's overrides an experiment file should carry: not the stage or hydra ones."""
+    skip = ("stage=", "stage.", "hydra.", "hydra/", "experiment=", "+experiment=")
+    return [o for o in overrides if not o.lstrip("+~").startswith(skip)]
+
+
+# ----------------------------------------------------------------------------- first layer
+def first_layer_weight(model):
+    """The first Conv2d's weight (out, in, k, k), or None."""
+    import torch
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            return m.weight.detach().float().cpu()
+    return None
+
+
+def neighbour_corr(w) -> float:
+    """Mean over filters of the correlation of horizontally and vertically adjacent weights.
+
+    Smooth, structured filters (edges, blobs) are positively correlated with their
+    neighbours; untrained or noisy ones sit near 0.
+    """
+    import torch
+
+    out = []
+    for f in w:  # (in, k, k)
+        if f.shape[-1] < 2 and f.shape[-2] < 2:
+            continue
+        a = torch.cat([f[:, :, :-1].reshape(-1), f[:, :-1, :].reshape(-1)])
+        b = torch.cat([f[:, :, 1:].reshape(-1), f[:, 1:, :].reshape(-1)])
+        a, b = a - a.mean(), b - b.mean()
+        den = float(a.norm() * b.norm())
+        if den > 0:
+            out.append(float((a * b).sum()) / den)
+    return float(sum(out) / len(out)) if out else float("nan")
+
+
+def first_layer_figure(w, title: str = "first-layer filters"):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    n = min(int(w.shape[0]), 64)
+    cols = min(8, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.0, rows * 1.0 + 0.4), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        f = w[i].numpy()
+        img = f.transpose(1, 2, 0) if f.shape[0] == 3 else f.mean(0)
+        lo, hi = float(img.min()), float(img.max())
+        img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+        ax.imshow(img, cmap=None if img.ndim == 3 else "gray", interpolation="nearest")
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def first_layer_verdict(model, min_corr: float) -> Verdict:
+    name = "regularize.first_layer"
+    w = first_layer_weight(model)
+    if w is None:
+        return Verdict(name, "skip", message="the model has no Conv2d layer")
+    corr = neighbour_corr(w)
+    k = tuple(w.shape[-2:])
+    fig = first_layer_figure(w, f"first-layer filters {tuple(w.shape)}, neighbour corr {corr:.2f}")
+    expected = f"mean neighbour correlation >= {min_corr:g}"
+    if math.isfinite(corr) and corr >= min_corr:
+        status, msg = "pass", f"the {w.shape[0]} filters ({k[0]}x{k[1]}) look smooth/structured"
+    else:
+        status = "warn"
+        msg = (f"the first-layer filters look like noise (neighbour correlation {corr:.3f}): "
+               "train longer, lower the lr, or add weight decay/augmentation; small kernels "
+               "(3x3 stems) show less structure")
+    v = Verdict(name, status, value=corr, expected=expected, message=msg,
+                details={"shape": list(w.shape)})
+    v.figures["filters"] = fig
+    return v
+
+
+# ----------------------------------------------------------------------------- the ladder
+def _compose(overrides: List[str]):
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+
+    return compose(config_name=HydraConfig.get().job.config_name, overrides=list(overrides))
+
+
+def _groups() -> List[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return [g for g in HydraConfig.get().runtime.choices if not g.startswith("hydra")]
+
+
+def _slug(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in str(s))[:40] or "rung"
+
+
+def _train_rung(cfg, ctx: Context, path: Path, overrides: List[str]):
+    from runner.config import validate
+
+    validate(cfg, ctx.original_cwd)
+    sub = Context(run=RunDir(path, enabled=ctx.run.enabled), original_cwd=ctx.original_cwd,
+                  overrides=list(overrides))
+    res = train_run(cfg, sub)
+    verdicts = [train_finite(res.nonfinite, res.state.step)]
+    summary = summary_of(cfg, sub, res, verdicts)
+    finish(cfg, sub, res, verdicts, summary, title=f"regularize rung: {path.name}")
+    return res, summary
+
+
+def run(cfg, ctx: Context) -> int:
+    from runner.report import esc, pre, table
+
+    p = params(cfg)
+    rungs = list(p["rungs"] or [])
+    min_delta = float(p["min_delta"])
+    rung_root = ctx.run.path / "rungs"
+    kept: List[str] = []
+    rows: List[Dict[str, Any]] = []
+
+    log.info("regularize: rung 0 (base), then %d rung(s)", len(rungs))
+    best_res, best_summary = _train_rung(cfg, ctx, rung_root / "0-base", list(ctx.overrides))
+    best_cfg = cfg
+    if best_res.nonfinite or best_summary.get("best_val_acc") is None:
+        verdicts = [train_finite(best_res.nonfinite, best_res.state.step)]
+        return finish(cfg, ctx, best_res, verdicts, summary_of(cfg, ctx, best_res, verdicts)) or 1
+    best_acc = float(best_summary["best_val_acc"])
+    n_val = len(best_res.data.val)
+    rows.append({"rung": 0, "name": "base", "change": "(stage config)", "val_acc": best_acc,
+                 "val_loss": best_summary.get("best_val_loss"),
+                 "best_epoch": best_summary.get("best_epoch"), "epochs": best_summary.get("epochs"),
+                 "delta": None, "threshold": None, "best_before": None, "kept": True,
+                 "dir": "rungs/0-base"})
+    base_acc = best_acc
+
+    for k, rung in enumerate(rungs, start=1):
+        name = str(rung.get("name") or f"rung{k}")
+        change = [str(o) for o in (rung.get("overrides") or [])]
+        path = rung_root / f"{k}-{_slug(name)}"
+        overrides = list(ctx.overrides) + kept + change
+        log.info("regularize: rung %d/%d %s: %s", k, len(rungs), name, " ".join(change))
+        row = {"rung": k, "name": name, "change": " ".join(change), "val_acc": None,
+               "val_loss": None, "best_epoch": None, "epochs": None, "delta": None,
+               "threshold": None, "best_before": best_acc, "kept": False,
+               "dir": f"rungs/{path.name}"}
+        try:
+            rcfg = _compose(overrides)
+            res, summ = _train_rung(rcfg, ctx, path, overrides)
+        except Exception as e:  # a bad rung (typo, invalid value) is reverted, the ladder goes on
+            log.error("regularize: rung %s failed: %s: %s (reverted)", name, type(e).__name__, e)
+            row["error"] = f"{type(e).__name__}: {e}"
+            rows.append(row)
+            continue
+        acc = None if res.nonfinite else summ.get("best_val_acc")
+        d = decide(best_acc, acc, n_val, min_delta)
+        row.update({"val_acc": acc, "val_loss": summ.get("best_val_loss"),
+                    "best_epoch": summ.get("best_epoch"), "epochs": summ.get("epochs"),
+                    "delta": d["delta"], "threshold": d["threshold"], "kept": d["keep"]})
+        log.info("regularize: %s val_acc %s vs best %.4f (delta %s, threshold %.4f) -> %s", name,
+                 acc, best_acc, d["delta"], d["threshold"], "KEPT" if d["keep"] else "reverted")
+        rows.append(row)
+        if d["keep"]:
+            kept += change
+            best_acc, best_res, best_summary, best_cfg = float(acc), res, summ, rcfg
+
+    # outputs: the best rung's metrics, ladder.csv, the experiment file, the final config
+    ctx.run.write_metrics(best_res.history)
+    ctx.run.write_csv("ladder.csv", rows)
+    header = ("Written by stage=regularize: the command's own overrides plus the kept ladder changes.\n"
+              "Copy into conf/experiment/; the best rung again (no ladder):\n"
+              "  python -m runner stage=regularize 'stage.params.rungs=[]' experiment=regularized\n"
+              "The full composed config: regularized_config.yaml beside this file.")
+    ctx.run.write_text("regularized.yaml", experiment_yaml(experiment_overrides(ctx.overrides) + kept,
+                                                           _groups(), header))
+    ctx.run.write_text("regularized_config.yaml", OmegaConf.to_yaml(best_cfg))
+
+    verdicts = [train_finite(best_res.nonfinite, best_res.state.step),
+                first_layer_verdict(best_res.model, float(p["first_layer_min_corr"]))]
+    extra = {"ladder": rows, "kept_overrides": kept, "base_val_acc": base_acc,
+             "ladder_val_acc": best_acc, "ladder_gain": best_acc - base_acc,
+             "decision_rule": f"keep when gain > max({min_delta:g}, sqrt(2p(1-p)/n_val)), n_val={n_val}"}
+    summary = summary_of(best_cfg, ctx, best_res, verdicts, extra)
+    summary["stage"] = cfg.stage.name
+    cols = ["rung", "name", "change", "val_acc", "val_loss", "delta", "threshold", "kept",
+            "best_epoch", "epochs", "dir"]
+    ladder_html = (f"<p>Rule: {esc(extra['decision_rule'])}, p = current best val accuracy "
+                   "(at the best val-loss epoch; early stopping on val loss). Rung reports: "
+                   "the dir column.</p>" + table(rows, cols) +
+                   f"<p>Kept: <code>{esc(' '.join(kept) or '(nothing)')}</code>; base "
+                   f"{base_acc:.4f} -> {best_acc:.4f}. Files: ladder.csv, regularized.yaml, "
+                   "regularized_config.yaml.</p>")
+    sections = [("Ladder", ladder_html), ("regularized.yaml", pre((ctx.run.path / "regularized.yaml").read_text()
+                                                                 if ctx.run.enabled else "")),
+                ("Final config", pre(OmegaConf.to_yaml(best_cfg)))]
+    code = finish(best_cfg, ctx, best_res, verdicts, summary, sections=sections,
+                  title=f"regularize: {summary.get('model', '')} on {cfg.data.kind}")
+    return 1 if best_res.nonfinite else code

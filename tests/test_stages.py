@@ -1,0 +1,150 @@
+"""stage=overfit and stage=regularize: end to end on tiny data, stage inheritance, the
+ladder's keep/revert decisions, and the pure pieces (decision rule, experiment YAML, filters)."""
+from __future__ import annotations
+
+import csv
+import math
+import shutil
+
+import pytest
+import torch
+import yaml
+from omegaconf import OmegaConf
+
+from conftest import FAST, REPO, assert_contract, compose
+from runner.stages.overfit import gap_of, train_fit
+from runner.stages.regularize import (decide, experiment_overrides, experiment_yaml,
+                                      neighbour_corr, noise_threshold)
+
+TINY = FAST + ["model.name=test_resnet"]
+
+
+def _flat(cfg) -> dict:
+    out = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict):  # an empty mapping adds no leaf
+            for k, v in node.items():
+                walk(v, f"{prefix}.{k}" if prefix else str(k))
+        else:
+            out[prefix] = node
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return out
+
+
+def _diff(a, b) -> set:
+    fa, fb = _flat(a), _flat(b)
+    return {k for k in set(fa) | set(fb) if fa.get(k, "<absent>") != fb.get(k, "<absent>")}
+
+
+# ----------------------------------------------------------------------------- inheritance
+def test_overfit_differs_from_baseline_exactly_where_its_yaml_says():
+    base, ovf = compose(["stage=baseline"]), compose(["stage=overfit"])
+    assert _diff(base, ovf) == {"stage.name", "stage.params.train_loss_target",
+                                "stage.params.train_acc_target", "model.name", "model._target_",
+                                "model.kwargs.width", "trainer.epochs"}
+    assert ovf.model.name == "resnet10t" and ovf.model._target_ is None
+    assert ovf.optim.name == "adam" and ovf.optim.lr == 3e-4 and ovf.optim.weight_decay == 0
+    assert ovf.sched.name == "none" and ovf.aug.name == "none"
+
+
+def test_regularize_differs_from_overfit_exactly_where_its_yaml_says():
+    ovf, reg = compose(["stage=overfit"]), compose(["stage=regularize"])
+    assert _diff(ovf, reg) == {"stage.name", "stage.params.min_delta",
+                               "stage.params.first_layer_min_corr", "stage.params.rungs",
+                               "trainer.epochs", "trainer.early_stopping_patience"}
+    assert all(r.name and r.overrides for r in reg.stage.params.rungs)
+
+
+# ----------------------------------------------------------------------------- pure pieces
+def test_decision_rule_with_known_numbers():
+    # p = 0.9 on 200 examples: sqrt(2 * 0.9 * 0.1 / 200) = 0.03
+    assert noise_threshold(0.9, 200, 0.005) == pytest.approx(0.03)
+    assert decide(0.9, 0.935, 200, 0.005)["keep"] is True
+    assert decide(0.9, 0.925, 200, 0.005)["keep"] is False
+    assert decide(0.9, 0.925, 200, 0.005)["delta"] == pytest.approx(0.025)
+    # at p = 1 the standard error is 0 and min_delta is the floor
+    assert noise_threshold(1.0, 200, 0.005) == 0.005
+    assert decide(0.5, 0.51, 10_000, 0.02)["keep"] is False  # se 0.007 < min_delta 0.02
+    assert decide(0.5, None, 100, 0.0)["keep"] is False
+    assert decide(0.5, float("nan"), 100, 0.0)["keep"] is False
+
+
+def test_train_fit_verdict_and_gap():
+    assert train_fit(0.01, 1.0, 0.02, 0.999, 5, 30).status == "pass"
+    assert train_fit(0.3, 0.999, 0.02, 0.999, 5, 30).status == "pass"  # accuracy target
+    v = train_fit(0.5, 0.8, 0.02, 0.999, 30, 30)
+    assert v.status == "fail" and "bigger model" in v.message and "trainer.epochs" in v.message
+    assert "trainer.epochs" not in train_fit(0.5, 0.8, 0.02, 0.999, 10, 30).message
+    assert train_fit(float("nan"), None, 0.02, 0.999, 1, 30).status == "fail"
+    g = gap_of({"train_acc": 1.0, "val_acc": 0.9, "train_loss": 0.01, "val_loss": 0.31})
+    assert g["gap_acc"] == pytest.approx(0.1) and g["gap_loss"] == pytest.approx(0.3)
+
+
+def test_experiment_yaml_composes_to_the_kept_changes(tmp_path):
+    text = experiment_yaml(["aug=light", "optim.lr=3e-3", "model.drop_rate=0.2", "trainer.epochs=7"],
+                           groups={"aug", "optim", "model"}, header="test")
+    assert text.startswith("# @package _global_\n")
+    doc = yaml.safe_load(text)
+    assert doc["defaults"] == [{"override /aug": "light"}]
+    assert doc["optim"]["lr"] == pytest.approx(3e-3) and doc["model"]["drop_rate"] == 0.2
+    conf = tmp_path / "conf"
+    shutil.copytree(REPO / "conf", conf)
+    (conf / "experiment" / "regularized.yaml").write_text(text)
+    cfg = compose(["experiment=regularized"], config_dir=str(conf))
+    assert cfg.aug.name == "light" and cfg.optim.lr == pytest.approx(3e-3)
+    assert cfg.model.drop_rate == 0.2 and cfg.trainer.epochs == 7
+    assert experiment_overrides(["stage=regularize", "stage.params.min_delta=0.1", "optim.lr=1",
+                                 "hydra.run.dir=x", "data=synthetic"]) == ["optim.lr=1", "data=synthetic"]
+
+
+def test_neighbour_corr_smooth_vs_noise():
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(32, 3, 7, 7, generator=g)
+    yy, xx = torch.meshgrid(torch.arange(7.0), torch.arange(7.0), indexing="ij")
+    blobs = torch.stack([torch.exp(-((xx - c) ** 2 + (yy - 3) ** 2) / 6.0) for c in range(1, 7)])
+    smooth = blobs[:, None].repeat(1, 3, 1, 1)
+    assert neighbour_corr(smooth) > 0.5
+    assert abs(neighbour_corr(noise)) < 0.15
+
+
+# ----------------------------------------------------------------------------- end to end
+def test_overfit_stage_reaches_the_training_loss_target(cli):
+    r = cli(TINY + ["stage=overfit", "trainer.epochs=20", "optim.lr=3e-3",
+                    "stage.params.train_loss_target=0.05"])
+    assert r.code == 0, r.out
+    s = r.json("summary.json")
+    assert s["stage"] == "overfit" and s["train_loss"] <= 0.05 and s["epochs"] < 20
+    assert "target" in s["stop_reason"]
+    assert s["train_val_gap_acc"] == pytest.approx(s["train_acc"] - s["val_acc"])
+    assert math.isfinite(s["train_val_gap_loss"])
+    checks = {c["name"]: c for c in r.json("checks.json")}
+    assert checks["overfit.train_fit"]["status"] == "pass"
+    assert "Train/val gap" in (r.run_dir / "report.html").read_text()
+    assert_contract(r.run_dir)
+
+
+def test_regularize_ladder_keeps_the_rung_that_helps_and_reverts_the_one_that_hurts(cli):
+    rungs = ("stage.params.rungs=[{name:up,overrides:['optim.lr=3e-3']},"
+             "{name:down,overrides:['optim.lr=1e-7']},{name:typo,overrides:['optim.nope=1']}]")
+    r = cli(TINY + ["stage=regularize", "trainer.epochs=3", "optim.lr=1e-6", rungs])
+    assert r.code == 0, r.out
+    with open(r.run_dir / "ladder.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(x["name"], x["kept"]) for x in rows] == [
+        ("base", "True"), ("up", "True"), ("down", "False"), ("typo", "False")]
+    assert float(rows[1]["delta"]) > float(rows[1]["threshold"]) > 0
+    assert float(rows[2]["delta"]) < 0 and rows[3]["error"]
+    s = r.json("summary.json")
+    assert s["kept_overrides"] == ["optim.lr=3e-3"] and s["ladder_val_acc"] > s["base_val_acc"]
+    doc = yaml.safe_load((r.run_dir / "regularized.yaml").read_text())
+    assert doc["optim"]["lr"] == pytest.approx(3e-3)  # the kept value beats the command's 1e-6
+    assert doc["model"]["name"] == "test_resnet" and "stage" not in doc
+    assert OmegaConf.load(r.run_dir / "regularized_config.yaml").optim.lr == pytest.approx(3e-3)
+    checks = {c["name"]: c for c in r.json("checks.json")}
+    fl = checks["regularize.first_layer"]
+    assert fl["status"] in ("pass", "warn") and (r.run_dir / fl["artifacts"][0]).exists()
+    for d in ("0-base", "1-up", "2-down"):
+        assert (r.run_dir / "rungs" / d / "summary.json").exists()
+    assert "Ladder" in (r.run_dir / "report.html").read_text()
+    assert_contract(r.run_dir, r.run_dir / "rungs" / "1-up")
