@@ -9,12 +9,18 @@ import shutil
 import pytest
 import torch
 import yaml
+from conftest import FAST, REPO, assert_contract, compose
 from omegaconf import OmegaConf
 
-from conftest import FAST, REPO, assert_contract, compose
+from runner.errors import ConfigError
 from runner.stages.overfit import gap_of, train_fit
-from runner.stages.regularize import (decide, experiment_overrides, experiment_yaml,
-                                      neighbour_corr, noise_threshold)
+from runner.stages.regularize import (
+    decide,
+    experiment_overrides,
+    experiment_yaml,
+    neighbour_corr,
+    noise_threshold,
+)
 
 TINY = FAST + ["model.name=test_resnet"]
 
@@ -108,6 +114,27 @@ def test_neighbour_corr_smooth_vs_noise():
     assert abs(neighbour_corr(noise)) < 0.15
 
 
+def test_ensemble_scores_from_known_member_logits():
+    from runner.stages.squeeze import ensemble_scores
+
+    targets = torch.tensor([0, 1, 1, 1])
+    a = torch.tensor([[2.0, 0], [0, 1], [1, 0], [0, 3]])  # right on 0, 1, 3: 0.75
+    b = torch.tensor([[0.0, 1], [0, 2], [0, 2], [1, 0]])  # right on 1, 2: 0.5
+    sc = ensemble_scores([a, b], targets)  # mean [[1,.5],[0,1.5],[.5,1],[.5,1.5]]: all right
+    assert sc["member_acc"] == [0.75, 0.5] and sc["ensemble_acc"] == 1.0
+    mean = (a + b) / 2
+    assert sc["ensemble_loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(mean, targets)))
+
+
+def test_squeeze_candidates_need_finished_runs(tmp_path):
+    from runner.stages.squeeze import candidates
+
+    with pytest.raises(ConfigError, match="no finished run"):
+        candidates([tmp_path])
+    with pytest.raises(ConfigError, match="not a directory"):
+        candidates([tmp_path / "missing"])
+
+
 # ----------------------------------------------------------------------------- end to end
 def test_overfit_stage_reaches_the_training_loss_target(cli):
     r = cli(TINY + ["stage=overfit", "trainer.epochs=20", "optim.lr=3e-3",
@@ -148,3 +175,15 @@ def test_regularize_ladder_keeps_the_rung_that_helps_and_reverts_the_one_that_hu
         assert (r.run_dir / "rungs" / d / "summary.json").exists()
     assert "Ladder" in (r.run_dir / "report.html").read_text()
     assert_contract(r.run_dir, r.run_dir / "rungs" / "1-up")
+
+    # stage=squeeze on that ladder: the best 2 rungs, reloaded from their checkpoints
+    ladder = r.run_dir
+    q = cli(FAST + ["stage=squeeze", f"stage.params.from={ladder}", "stage.params.k=2"])
+    assert q.code == 0, q.out
+    sq_dir = next(d for d in q.run_dirs if d != ladder and (d / "ensemble.csv").exists())
+    s = q.json("summary.json", sq_dir)
+    assert s["stage"] == "squeeze" and len(s["members"]) == 2
+    assert s["members"][0].endswith("1-up")  # the best recorded val accuracy first
+    assert s["member_val_acc"][0] == pytest.approx(float(rows[1]["val_acc"]))
+    assert s["val_acc"] >= 0.0 and "Ensemble" in (sq_dir / "report.html").read_text()
+    assert_contract(sq_dir)

@@ -10,6 +10,7 @@ STAGES = {
     "tune": "runner.stages.tune",
     "overfit": "runner.stages.overfit",
     "regularize": "runner.stages.regularize",
+    "squeeze": "runner.stages.squeeze",
 }
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Dict, Optional
+from typing import Any
 
 from runner.checks import Verdict
 from runner.checks.training import train_finite
@@ -18,13 +18,13 @@ log = logging.getLogger("runner")
 DEFAULTS = {"train_loss_target": 0.02, "train_acc_target": 0.999}
 
 
-def params(cfg) -> Dict[str, Any]:
+def params(cfg) -> dict[str, Any]:
     p = dict(DEFAULTS)
     p.update({k: v for k, v in (cfg.stage.get("params") or {}).items() if k in DEFAULTS})
     return p
 
 
-def train_fit(train_loss: Optional[float], train_acc: Optional[float], loss_target: float,
+def train_fit(train_loss: float | None, train_acc: float | None, loss_target: float,
               acc_target: float, epochs: int, budget: int) -> Verdict:
     """Pass when the final training loss <= loss_target or training accuracy >= acc_target."""
     name = "overfit.train_fit"
@@ -49,11 +49,11 @@ def train_fit(train_loss: Optional[float], train_acc: Optional[float], loss_targ
                    details={"train_acc": train_acc, "advice": advice})
 
 
-def gap_of(summary: Dict[str, Any]) -> Dict[str, Any]:
+def gap_of(summary: dict[str, Any]) -> dict[str, Any]:
     """Train/val gap at the last epoch: accuracy (train - val) and loss (val - train)."""
     ta, va = summary.get("train_acc"), summary.get("val_acc")
     tl, vl = summary.get("train_loss"), summary.get("val_loss")
-    ok = lambda *xs: all(isinstance(x, (int, float)) and math.isfinite(x) for x in xs)  # noqa: E731
+    ok = lambda *xs: all(isinstance(x, (int, float)) and math.isfinite(x) for x in xs)
     return {"gap_acc": ta - va if ok(ta, va) else None,
             "gap_loss": vl - tl if ok(tl, vl) else None}
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -25,10 +26,10 @@ from runner.stages.common import Context, finish, summary_of, train_run
 
 log = logging.getLogger("runner")
 
-DEFAULTS: Dict[str, Any] = {"rungs": [], "min_delta": 0.005, "first_layer_min_corr": 0.1}
+DEFAULTS: dict[str, Any] = {"rungs": [], "min_delta": 0.005, "first_layer_min_corr": 0.1}
 
 
-def params(cfg) -> Dict[str, Any]:
+def params(cfg) -> dict[str, Any]:
     p = dict(DEFAULTS)
     raw = cfg.stage.get("params") or {}
     raw = OmegaConf.to_container(raw, resolve=True) if OmegaConf.is_config(raw) else dict(raw)
@@ -44,7 +45,7 @@ def noise_threshold(p: float, n_val: int, min_delta: float) -> float:
     return max(min_delta, se)
 
 
-def decide(best_acc: float, cand_acc: Optional[float], n_val: int, min_delta: float) -> Dict[str, Any]:
+def decide(best_acc: float, cand_acc: float | None, n_val: int, min_delta: float) -> dict[str, Any]:
     """Keep the candidate when cand_acc - best_acc > noise_threshold(best_acc, n_val, min_delta)."""
     thr = noise_threshold(best_acc, n_val, min_delta)
     if cand_acc is None or not math.isfinite(cand_acc):
@@ -64,8 +65,8 @@ def experiment_yaml(overrides: Sequence[str], groups: Iterable[str], header: str
 
     groups = set(groups)
     parsed = OverridesParser.create().parse_overrides(list(overrides))
-    defaults: List[Dict[str, Any]] = []
-    body: Dict[str, Any] = {}
+    defaults: list[dict[str, Any]] = []
+    body: dict[str, Any] = {}
     for o in parsed:
         if o.is_delete():
             continue
@@ -79,7 +80,7 @@ def experiment_yaml(overrides: Sequence[str], groups: Iterable[str], header: str
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = value
-    doc: Dict[str, Any] = {}
+    doc: dict[str, Any] = {}
     if defaults:
         doc["defaults"] = defaults
     doc.update(body)
@@ -88,7 +89,7 @@ def experiment_yaml(overrides: Sequence[str], groups: Iterable[str], header: str
     return "\n".join(lines) + "\n" + text
 
 
-def experiment_overrides(overrides: Sequence[str]) -> List[str]:
+def experiment_overrides(overrides: Sequence[str]) -> list[str]:
     """The command's overrides an experiment file should carry: not the stage or hydra ones."""
     skip = ("stage=", "stage.", "hydra.", "hydra/", "experiment=", "+experiment=")
     return [o for o in overrides if not o.lstrip("+~").startswith(skip)]
@@ -173,14 +174,14 @@ def first_layer_verdict(model, min_corr: float) -> Verdict:
 
 
 # ----------------------------------------------------------------------------- the ladder
-def _compose(overrides: List[str]):
+def _compose(overrides: list[str]):
     from hydra import compose
     from hydra.core.hydra_config import HydraConfig
 
     return compose(config_name=HydraConfig.get().job.config_name, overrides=list(overrides))
 
 
-def _groups() -> List[str]:
+def _groups() -> list[str]:
     from hydra.core.hydra_config import HydraConfig
 
     return [g for g in HydraConfig.get().runtime.choices if not g.startswith("hydra")]
@@ -190,7 +191,7 @@ def _slug(s: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in str(s))[:40] or "rung"
 
 
-def _train_rung(cfg, ctx: Context, path: Path, overrides: List[str]):
+def _train_rung(cfg, ctx: Context, path: Path, overrides: list[str]):
     from runner.config import validate
 
     validate(cfg, ctx.original_cwd)
@@ -210,8 +211,8 @@ def run(cfg, ctx: Context) -> int:
     rungs = list(p["rungs"] or [])
     min_delta = float(p["min_delta"])
     rung_root = ctx.run.path / "rungs"
-    kept: List[str] = []
-    rows: List[Dict[str, Any]] = []
+    kept: list[str] = []
+    rows: list[dict[str, Any]] = []
 
     log.info("regularize: rung 0 (base), then %d rung(s)", len(rungs))
     best_res, best_summary = _train_rung(cfg, ctx, rung_root / "0-base", list(ctx.overrides))
@@ -241,7 +242,7 @@ def run(cfg, ctx: Context) -> int:
         try:
             rcfg = _compose(overrides)
             res, summ = _train_rung(rcfg, ctx, path, overrides)
-        except Exception as e:  # a bad rung (typo, invalid value) is reverted, the ladder goes on
+        except Exception as e:  # noqa: BLE001 -- a bad rung (typo, bad value) is reverted, the ladder goes on
             log.error("regularize: rung %s failed: %s: %s (reverted)", name, type(e).__name__, e)
             row["error"] = f"{type(e).__name__}: {e}"
             rows.append(row)
