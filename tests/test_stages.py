@@ -136,21 +136,6 @@ def test_squeeze_candidates_need_finished_runs(tmp_path):
 
 
 # ----------------------------------------------------------------------------- end to end
-def test_overfit_stage_reaches_the_training_loss_target(cli):
-    r = cli(TINY + ["stage=overfit", "trainer.epochs=20", "optim.lr=3e-3",
-                    "stage.params.train_loss_target=0.05"])
-    assert r.code == 0, r.out
-    s = r.json("summary.json")
-    assert s["stage"] == "overfit" and s["train_loss"] <= 0.05 and s["epochs"] < 20
-    assert "target" in s["stop_reason"]
-    assert s["train_val_gap_acc"] == pytest.approx(s["train_acc"] - s["val_acc"])
-    assert math.isfinite(s["train_val_gap_loss"])
-    checks = {c["name"]: c for c in r.json("checks.json")}
-    assert checks["overfit.train_fit"]["status"] == "pass"
-    assert "Train/val gap" in (r.run_dir / "report.html").read_text()
-    assert_contract(r.run_dir)
-
-
 def test_regularize_ladder_keeps_the_rung_that_helps_and_reverts_the_one_that_hurts(cli):
     rungs = ("stage.params.rungs=[{name:up,overrides:['optim.lr=3e-3']},"
              "{name:down,overrides:['optim.lr=1e-7']},{name:typo,overrides:['optim.nope=1']}]")
@@ -187,3 +172,37 @@ def test_regularize_ladder_keeps_the_rung_that_helps_and_reverts_the_one_that_hu
     assert s["member_val_acc"][0] == pytest.approx(float(rows[1]["val_acc"]))
     assert s["val_acc"] >= 0.0 and "Ensemble" in (sq_dir / "report.html").read_text()
     assert_contract(sq_dir)
+
+
+def test_recipe_overfit_then_squeeze_and_stops_at_a_failing_gate(cli):
+    """Also stage=overfit end to end (the recipe's first stage) and squeeze from a single run."""
+    ok = cli(TINY + ["stage=recipe", "stage.params.stages=[overfit,squeeze]", "trainer.epochs=20",
+                     "optim.lr=3e-3",
+                     'stage.params.per_stage.overfit=["stage.params.train_loss_target=0.05"]'])
+    assert ok.code == 0, ok.out
+    top = min(ok.run_dirs, key=lambda d: len(d.parts))
+    s = ok.json("summary.json", top)
+    assert [x["stage"] for x in s["stages"]] == ["overfit", "squeeze"] and not s["stopped"]
+    assert s["val_acc"] == s["stages"][-1]["val_acc"] is not None
+    assert (top / "1-overfit" / "report.html").exists() and (top / "2-squeeze" / "ensemble.csv").exists()
+    assert "1-overfit/report.html" in (top / "report.html").read_text()
+    assert_contract(top, top / "1-overfit", top / "2-squeeze")
+    # stage=overfit: trained until the training-loss target, with the train/val gap
+    o = ok.json("summary.json", top / "1-overfit")
+    assert o["stage"] == "overfit" and o["train_loss"] <= 0.05 and o["epochs"] < 20
+    assert "target" in o["stop_reason"]
+    assert o["train_val_gap_acc"] == pytest.approx(o["train_acc"] - o["val_acc"])
+    assert math.isfinite(o["train_val_gap_loss"])
+    checks = {c["name"]: c for c in ok.json("checks.json", top / "1-overfit")}
+    assert checks["overfit.train_fit"]["status"] == "pass"
+    assert "Train/val gap" in (top / "1-overfit" / "report.html").read_text()
+
+    # overfit cannot reach its target in 1 epoch at lr 1e-7: overfit.train_fit fails, recipe stops
+    bad = cli(TINY + ["stage=recipe", "stage.params.stages=[overfit,squeeze]", "trainer.epochs=1",
+                      "optim.lr=1e-7"])
+    assert bad.code == 1, bad.out
+    top = max((d for d in bad.run_dirs if (d / "recipe.csv").exists()), key=lambda d: d.stat().st_mtime)
+    s = bad.json("summary.json", top)
+    assert [x["stage"] for x in s["stages"]] == ["overfit"]
+    assert s["stages"][0]["checks_failed"] == ["overfit.train_fit"]
+    assert "overfit" in s["stopped"] and not (top / "2-squeeze").exists()

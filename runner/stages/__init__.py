@@ -11,6 +11,7 @@ STAGES = {
     "overfit": "runner.stages.overfit",
     "regularize": "runner.stages.regularize",
     "squeeze": "runner.stages.squeeze",
+    "recipe": "runner.stages.recipe",
 }
 
 
