@@ -15,8 +15,9 @@ REPO = Path(__file__).resolve().parent.parent
 CHECK_RUNDIR = REPO.parent / "shared" / "tools" / "check_rundir.py"
 
 # tiny and fast: every CLI test starts from these and adds its own overrides
+# one torch thread: on 2 shared cores two threads per process spin against each other
 FAST = ["data=synthetic", "trainer.epochs=2", "trainer.batch_size=32", "trainer.progress=false",
-        "data.num_workers=0"]
+        "data.num_workers=0", "trainer.threads=1"]
 
 
 @dataclass

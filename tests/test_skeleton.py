@@ -31,7 +31,7 @@ def write_png_folder(root: Path, classes=("a", "b"), per_class=6, size=12, split
 
 
 def test_default_main_job_on_digits(cli):
-    r = cli(["trainer.epochs=2", "trainer.progress=false"])
+    r = cli(["trainer.epochs=2", "trainer.progress=false", "trainer.threads=1"])
     assert r.code == 0, r.out
     assert_contract(r.run_dir)
     s = r.json("summary.json")

@@ -231,8 +231,8 @@ def train_run(cfg, ctx: Context, data: Optional[DataBundle] = None, zero_inputs:
         state = restore(ckpt, ckpt_path, model, optimizer, scheduler)
         resumed_from = str(ckpt_path)
         log.info("resume: from %s at epoch %d, step %d", ckpt_path, state.epoch, state.step)
-        if write_metrics:
-            ctx.run.write_metrics(state.history)
+    if write_metrics:  # the header at once: a run that dies in epoch 1 still has metrics.csv
+        ctx.run.write_metrics(state.history)
 
     di = from_env()
     net = model
