@@ -57,7 +57,8 @@ def test_overfit_differs_from_baseline_exactly_where_its_yaml_says():
 def test_regularize_differs_from_overfit_exactly_where_its_yaml_says():
     ovf, reg = compose(["stage=overfit"]), compose(["stage=regularize"])
     assert _diff(ovf, reg) == {"stage.name", "stage.params.min_delta",
-                               "stage.params.first_layer_min_corr", "stage.params.rungs",
+                               "stage.params.first_layer_min_corr", "stage.params.first_layer_min_kernel",
+                               "stage.params.rungs",
                                "trainer.epochs", "trainer.early_stopping_patience"}
     assert all(r.name and r.overrides for r in reg.stage.params.rungs)
 
@@ -112,6 +113,16 @@ def test_neighbour_corr_smooth_vs_noise():
     smooth = blobs[:, None].repeat(1, 3, 1, 1)
     assert neighbour_corr(smooth) > 0.5
     assert abs(neighbour_corr(noise)) < 0.15
+    from runner.stages.regularize import first_layer_verdict
+
+    def net(w):
+        conv = torch.nn.Conv2d(w.shape[1], w.shape[0], w.shape[-1])
+        conv.weight.data.copy_(w)
+        return torch.nn.Sequential(conv)
+    assert first_layer_verdict(net(smooth), 0.1).status == "pass"
+    v = first_layer_verdict(net(noise), 0.1)
+    assert v.status == "warn" and "noise" in v.message and "filters" in v.figures
+    assert first_layer_verdict(net(noise[:, :, :3, :3]), 0.1).status == "skip"
 
 
 def test_ensemble_scores_from_known_member_logits():
@@ -155,7 +166,7 @@ def test_regularize_ladder_keeps_the_rung_that_helps_and_reverts_the_one_that_hu
     assert OmegaConf.load(r.run_dir / "regularized_config.yaml").optim.lr == pytest.approx(3e-3)
     checks = {c["name"]: c for c in r.json("checks.json")}
     fl = checks["regularize.first_layer"]
-    assert fl["status"] in ("pass", "warn") and (r.run_dir / fl["artifacts"][0]).exists()
+    assert fl["status"] in ("pass", "warn", "skip") and (r.run_dir / fl["artifacts"][0]).exists()
     for d in ("0-base", "1-up", "2-down"):
         assert (r.run_dir / "rungs" / d / "summary.json").exists()
     assert "Ladder" in (r.run_dir / "report.html").read_text()

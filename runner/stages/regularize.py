@@ -26,7 +26,8 @@ from runner.stages.common import Context, finish, summary_of, train_run
 
 log = logging.getLogger("runner")
 
-DEFAULTS: dict[str, Any] = {"rungs": [], "min_delta": 0.005, "first_layer_min_corr": 0.1}
+DEFAULTS: dict[str, Any] = {"rungs": [], "min_delta": 0.005, "first_layer_min_corr": 0.1,
+                            "first_layer_min_kernel": 5}
 
 
 def params(cfg) -> dict[str, Any]:
@@ -151,7 +152,8 @@ def first_layer_figure(w, title: str = "first-layer filters"):
     return fig
 
 
-def first_layer_verdict(model, min_corr: float) -> Verdict:
+def first_layer_verdict(model, min_corr: float, min_kernel: int = 5) -> Verdict:
+    """Plot the first conv's filters; warn when they look like noise (kernels >= min_kernel)."""
     name = "regularize.first_layer"
     w = first_layer_weight(model)
     if w is None:
@@ -160,6 +162,13 @@ def first_layer_verdict(model, min_corr: float) -> Verdict:
     k = tuple(w.shape[-2:])
     fig = first_layer_figure(w, f"first-layer filters {tuple(w.shape)}, neighbour corr {corr:.2f}")
     expected = f"mean neighbour correlation >= {min_corr:g}"
+    if max(k) < min_kernel:
+        v = Verdict(name, "skip", value=corr, expected=expected,
+                    message=f"{k[0]}x{k[1]} first-layer kernels are too small to judge by "
+                            f"neighbour correlation (needs >= {min_kernel}); see the plot",
+                    details={"shape": list(w.shape)})
+        v.figures["filters"] = fig
+        return v
     if math.isfinite(corr) and corr >= min_corr:
         status, msg = "pass", f"the {w.shape[0]} filters ({k[0]}x{k[1]}) look smooth/structured"
     else:
@@ -271,7 +280,8 @@ def run(cfg, ctx: Context) -> int:
     ctx.run.write_text("regularized_config.yaml", OmegaConf.to_yaml(best_cfg))
 
     verdicts = [train_finite(best_res.nonfinite, best_res.state.step),
-                first_layer_verdict(best_res.model, float(p["first_layer_min_corr"]))]
+                first_layer_verdict(best_res.model, float(p["first_layer_min_corr"]),
+                                    int(p["first_layer_min_kernel"]))]
     extra = {"ladder": rows, "kept_overrides": kept, "base_val_acc": base_acc,
              "ladder_val_acc": best_acc, "ladder_gain": best_acc - base_acc,
              "decision_rule": f"keep when gain > max({min_delta:g}, sqrt(2p(1-p)/n_val)), n_val={n_val}"}
