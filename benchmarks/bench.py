@@ -1,0 +1,369 @@
+"""Benchmark: the runner's loop against a hand-written PyTorch loop, side by side.
+
+    python benchmarks/bench.py            # full run (~3 min on 2 CPU cores)
+    python benchmarks/bench.py --compile  # also torch.compile (adds a minute or more)
+    python benchmarks/bench.py --quick    # a tiny version (what tests/test_bench.py runs)
+
+Measures, in one process tree, and prints ratios; writes benchmarks/results.json and
+benchmarks/results.md (or --out DIR):
+  * training images/s of runner.loop.fit (loaders from runner.data) vs a minimal loop on
+    the same model / batch / image size / threads / in-memory data; A,B,A,B repeats, medians;
+  * an imagefolder of PNGs through the runner's StreamLoader with DataLoader workers:
+    time waiting for data as a share of step time;
+  * the baseline check suite (stage=baseline minus stage=train, same settings) and
+    stage=inspect per 1,000 images, as subprocesses;
+  * achieved FLOP/s of the training step (FlopCounterMode) / a measured fp32 matmul peak;
+  * `python -m runner --help` start-up time;
+  * options on/off: channels_last, bf16 autocast, torch.compile (compile time separately).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from runner.data import StreamSplit, TensorSplit, eval_transform
+from runner.loop import fit
+from runner.models import TinyCNN
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CPU = torch.device("cpu")
+
+
+# ----------------------------------------------------------------------------- models
+def make_model(name: str, num_classes: int = 10) -> nn.Module:
+    torch.manual_seed(0)
+    if name == "tiny_cnn":
+        return TinyCNN(num_classes=num_classes, in_chans=3)
+    import timm
+
+    return timm.create_model(name, pretrained=False, num_classes=num_classes)
+
+
+def in_memory(n: int, size: int, num_classes: int = 10, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, num_classes, (n,), generator=g)
+    return x, y
+
+
+# ----------------------------------------------------------------------------- the two loops
+def runner_epoch(model, opt, train_loader, val_loader, precision="fp32", channels_last=False):
+    """One epoch through runner.loop.fit; returns training images/s (fit's own clock)."""
+    recs = list(fit(model, opt, train_loader, val_loader, epochs=1, device=CPU,
+                    precision=precision, channels_last=channels_last))
+    return recs[-1].images_per_s
+
+
+def hand_epoch(model, opt, xf, y, batch_size, seed):
+    """What a user writes by hand: pre-normalised float tensor, randperm, five lines."""
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    t0 = time.perf_counter()
+    n = 0
+    for i in range(0, len(y) - batch_size + 1, batch_size):
+        idx = perm[i:i + batch_size]
+        xb, yb = xf[idx], y[idx]
+        loss = loss_fn(model(xb), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        n += len(yb)
+    return n / (time.perf_counter() - t0)
+
+
+def throughput(name, size, batch, steps, repeats):
+    x, y = in_memory(batch * steps, size)
+    xv, yv = x[:batch], y[:batch]
+    split, val = TensorSplit(x, y, MEAN, STD), TensorSplit(xv, yv, MEAN, STD)
+    tl = split.loader(batch, True, 0, CPU, train=True)
+    vl = val.loader(batch, False, 0, CPU, train=False)
+    xf = (x.float() / 255.0 - torch.tensor(MEAN).view(1, -1, 1, 1)) / torch.tensor(STD).view(1, -1, 1, 1)
+    m_r, m_h = make_model(name), make_model(name)
+    o_r = torch.optim.Adam(m_r.parameters(), 1e-3)
+    o_h = torch.optim.Adam(m_h.parameters(), 1e-3)
+    runner_epoch(m_r, o_r, tl, vl)  # warm-up (allocator, oneDNN primitives)
+    hand_epoch(m_h, o_h, xf, y, batch, 0)
+    r, h = [], []
+    for k in range(repeats):  # A,B,A,B
+        r.append(runner_epoch(m_r, o_r, tl, vl))
+        h.append(hand_epoch(m_h, o_h, xf, y, batch, k))
+    mr, mh = statistics.median(r), statistics.median(h)
+    return {"model": name, "image_size": size, "batch_size": batch, "steps": steps,
+            "repeats": repeats, "runner_img_s": mr, "hand_img_s": mh, "ratio": mr / mh,
+            # median of the per-pair ratios (A_k/B_k): less sensitive to load that drifts
+            "paired_ratio": statistics.median(a / b for a, b in zip(r, h)),
+            "runner_all": r, "hand_all": h}
+
+
+# ----------------------------------------------------------------------------- options
+def options(name, size, batch, steps, repeats, compile_steps, do_compile):
+    x, y = in_memory(batch * steps, size)
+    split, val = TensorSplit(x, y, MEAN, STD), TensorSplit(x[:batch], y[:batch], MEAN, STD)
+    tl = split.loader(batch, True, 0, CPU, train=True)
+    vl = val.loader(batch, False, 0, CPU, train=False)
+    variants = {"fp32": ("fp32", False), "channels_last": ("fp32", True), "bf16": ("bf16", False)}
+    arms = {}
+    for k, (prec, cl) in variants.items():
+        m = make_model(name)
+        if cl:
+            m = m.to(memory_format=torch.channels_last)
+        o = torch.optim.Adam(m.parameters(), 1e-3)
+        runner_epoch(m, o, tl, vl, prec, cl)
+        arms[k] = (m, o, prec, cl, [])
+    for _ in range(repeats):
+        for k, (m, o, prec, cl, out) in arms.items():
+            out.append(runner_epoch(m, o, tl, vl, prec, cl))
+    base = statistics.median(arms["fp32"][4])
+    res = {k: {"img_s": statistics.median(v[4]), "vs_fp32": statistics.median(v[4]) / base,
+              "all": v[4]}
+           for k, v in arms.items()}
+    if do_compile:
+        xs, ys = in_memory(batch * compile_steps, size, seed=1)
+        ctl = TensorSplit(xs, ys, MEAN, STD).loader(batch, True, 0, CPU, train=True)
+        m = make_model(name)
+        o = torch.optim.Adam(m.parameters(), 1e-3)
+        cm = torch.compile(m)
+        t0 = time.perf_counter()
+        list(fit(cm, o, ctl, vl, epochs=1, device=CPU))
+        first_s = time.perf_counter() - t0
+        steady = [runner_epoch(cm, o, tl, vl) for _ in range(max(1, repeats // 2))]
+        s = statistics.median(steady)
+        # compile time: the first (compiling) epoch minus what its steps cost once compiled,
+        # the eval pass in it compiles too (a second graph), so it is included
+        compile_s = first_s - len(ys) / s
+        res["compile"] = {"img_s": s, "vs_fp32": s / base, "compile_s": compile_s}
+    return {"model": name, "image_size": size, "batch_size": batch, "results": res}
+
+
+# ----------------------------------------------------------------------------- FLOP/s
+def matmul_peak(n=1024, reps=10):
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        ts.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / min(ts)
+
+
+def step_flops(name, size, batch):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    m = make_model(name)
+    x, y = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
+    with FlopCounterMode(display=False) as fc:
+        nn.functional.cross_entropy(m(x), y).backward()
+    return fc.get_total_flops()
+
+
+# ----------------------------------------------------------------------------- imagefolder
+def write_pngs(root: Path, n: int, size: int, classes: int = 4):
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for i in range(n):
+        d = root / f"c{i % classes}"
+        d.mkdir(parents=True, exist_ok=True)
+        a = torch.randint(0, 256, (size, size, 3), dtype=torch.uint8, generator=g).numpy()
+        Image.fromarray(a).save(d / f"{i:05d}.png")
+
+
+class _Timed:
+    """Wraps a runner loader; counts the time fit spends waiting for the next batch."""
+
+    def __init__(self, inner):
+        self.inner, self.wait = inner, 0.0
+
+    def __len__(self):
+        return len(self.inner)
+
+    def epoch(self, epoch, start=0):
+        it = iter(self.inner.epoch(epoch, start))
+        while True:
+            t0 = time.perf_counter()
+            try:
+                b = next(it)
+            except StopIteration:
+                return
+            self.wait += time.perf_counter() - t0
+            yield b
+
+
+def imagefolder(root: Path, size: int, batch: int, workers_list, model_name="tiny_cnn"):
+    from timm.data import ImageDataset
+
+    ds = ImageDataset(str(root), input_img_mode="RGB")
+    labels = torch.tensor([t for _, t in ds.reader.samples])
+    split = StreamSplit(ds, labels, None, eval_transform(size, MEAN, STD), MEAN, STD, None, size)
+    out = []
+    for w in workers_list:
+        m = make_model(model_name, num_classes=4)
+        o = torch.optim.Adam(m.parameters(), 1e-3)
+        tl = _Timed(split.loader(batch, True, 0, CPU, train=True, num_workers=w))
+        vl = TensorSplit(*in_memory(batch, size, 4), MEAN, STD).loader(batch, False, 0, CPU)
+        t0 = time.perf_counter()
+        rec = list(fit(m, o, tl, vl, epochs=1, device=CPU))[-1]
+        total = time.perf_counter() - t0
+        out.append({"num_workers": w, "images": len(ds), "img_s": rec.images_per_s,
+                    "epoch_s": rec.epoch_s, "data_wait_s": tl.wait,
+                    "data_share": tl.wait / rec.epoch_s, "wall_s": total})
+    return out
+
+
+# ----------------------------------------------------------------------------- subprocesses
+def run_cli(args, tmp: Path, tag: str):
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "runner", *args, f"hydra.run.dir={tmp / tag}"],
+                       cwd=ROOT, capture_output=True, text=True, check=False)
+    dt = time.perf_counter() - t0
+    return dt, p.returncode
+
+
+def startup(reps=3):
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "runner", "--help"], cwd=ROOT, capture_output=True,
+                       check=True)
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def checks_cost(tmp: Path, epochs: int):
+    common = ["data=digits", f"trainer.epochs={epochs}", "trainer.progress=false"]
+    tb, rb = run_cli(["stage=baseline", *common], tmp, "baseline")
+    tt, rt = run_cli(["stage=train", *common], tmp, "train")
+    ti, ri = run_cli(["stage=inspect", "data=digits"], tmp, "inspect_digits")
+    return {"baseline_s": tb, "train_s": tt, "checks_s": tb - tt, "baseline_rc": rb,
+            "train_rc": rt, "inspect_digits_s": ti, "inspect_rc": ri,
+            "inspect_digits_s_per_1000": ti / 1.797}
+
+
+# ----------------------------------------------------------------------------- report
+def markdown(res) -> str:
+    L = [f"# Benchmark ({res['machine']})", "",
+         f"torch {res['torch']}, {res['threads']} threads, {res['when']}", "",
+         "## Training throughput, runner loop vs hand-written loop (median images/s)", "",
+         "| model | image | batch | runner img/s | hand img/s | ratio | paired ratio |",
+         "|---|---|---|---|---|---|---|"]
+    for t in res["throughput"]:
+        L.append(f"| {t['model']} | {t['image_size']} | {t['batch_size']} | "
+                 f"{t['runner_img_s']:.0f} | {t['hand_img_s']:.0f} | {t['ratio']:.3f} | "
+                 f"{t['paired_ratio']:.3f} |")
+    L += ["", "## Imagefolder (PNG) through StreamLoader: data wait as a share of step time", "",
+          "| workers | images | img/s | data wait s | epoch s | data share |", "|---|---|---|---|---|---|"]
+    for d in res["imagefolder"]:
+        L.append(f"| {d['num_workers']} | {d['images']} | {d['img_s']:.0f} | {d['data_wait_s']:.2f} | "
+                 f"{d['epoch_s']:.2f} | {d['data_share']:.1%} |")
+    f = res["flops"]
+    L += ["", "## Achieved FLOP/s of the training step", "",
+          "| model | GFLOP/step | steps/s | achieved GFLOP/s | matmul peak GFLOP/s | fraction |",
+          "|---|---|---|---|---|---|"]
+    for r in f["models"]:
+        L.append(f"| {r['model']} | {r['gflop_per_step']:.3f} | {r['steps_s']:.1f} | "
+                 f"{r['gflops']:.1f} | {f['peak_gflops']:.1f} | {r['fraction_of_peak']:.1%} |")
+    o = res["options"]
+    L += ["", f"## Options ({o['model']}, {o['image_size']} px, batch {o['batch_size']}, runner loop)", "",
+          "| option | img/s | vs fp32 | compile s |", "|---|---|---|---|"]
+    for k, v in o["results"].items():
+        cs = f"{v['compile_s']:.1f}" if "compile_s" in v else ""
+        L.append(f"| {k} | {v['img_s']:.0f} | {v['vs_fp32']:.3f} | {cs} |")
+    L += ["", "## Overheads", "", "| what | seconds |", "|---|---|",
+          f"| `python -m runner --help` start-up (target < 3 s) | {res['startup_s']:.2f} |"]
+    c = res.get("checks")
+    if c:
+        L += [f"| stage=baseline data=digits ({c['epochs']} epoch) | {c['baseline_s']:.1f} |",
+              f"| stage=train, same settings | {c['train_s']:.1f} |",
+              f"| baseline check suite (difference) | {c['checks_s']:.1f} |",
+              f"| stage=inspect data=digits (1,797 images, incl. start-up) | {c['inspect_digits_s']:.1f} |",
+              f"| stage=inspect per 1,000 images | {c['inspect_digits_s_per_1000']:.1f} |"]
+    return "\n".join(L) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (for the test)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks"))
+    ap.add_argument("--threads", type=int, default=0, help="0 = all cores")
+    ap.add_argument("--no-cli", action="store_true", help="skip the stage subprocesses")
+    ap.add_argument("--compile", action="store_true",
+                    help="also torch.compile (resnet10t: ~80 s to compile on 2 busy cores)")
+    a = ap.parse_args(argv)
+    threads = a.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    q = a.quick
+    reps = 3 if q else 5
+    res = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+           "threads": threads, "when": time.strftime("%Y-%m-%d %H:%M"), "quick": q}
+    t_all = time.perf_counter()
+
+    cfgs = [("tiny_cnn", 32, 64, 4 if q else 16), ("resnet10t", 32, 32, 2 if q else 4)]
+    res["throughput"] = [throughput(n, s, b, st, reps) for n, s, b, st in cfgs]
+    for t in res["throughput"]:
+        print(f"throughput {t['model']:10s} runner/hand = {t['ratio']:.3f} "
+              f"(paired {t['paired_ratio']:.3f}) "
+              f"({t['runner_img_s']:.0f} vs {t['hand_img_s']:.0f} img/s)", flush=True)
+
+    peak = matmul_peak(256 if q else 1024)
+    fl = []
+    for t in res["throughput"]:
+        f = step_flops(t["model"], t["image_size"], t["batch_size"])
+        sps = t["runner_img_s"] / t["batch_size"]
+        fl.append({"model": t["model"], "gflop_per_step": f / 1e9, "steps_s": sps,
+                   "gflops": f * sps / 1e9, "fraction_of_peak": f * sps / peak})
+    res["flops"] = {"peak_gflops": peak / 1e9, "models": fl}
+    for r in fl:
+        print(f"flops      {r['model']:10s} {r['gflops']:.1f} GFLOP/s = "
+              f"{r['fraction_of_peak']:.1%} of matmul peak {peak / 1e9:.1f}", flush=True)
+
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td)
+        write_pngs(tmp / "png", 64 if q else 256, 64)
+        res["imagefolder"] = imagefolder(tmp / "png", 64, 32, [0] if q else [0, 2])
+        for d in res["imagefolder"]:
+            print(f"imagefolder workers={d['num_workers']} data wait share = {d['data_share']:.1%}",
+                  flush=True)
+        o_name, o_size, o_batch = ("tiny_cnn", 32, 32) if q else ("resnet10t", 32, 32)
+        res["options"] = options(o_name, o_size, o_batch, 2 if q else 4, 1 if q else 3,
+                                 2 if q else 4, a.compile)
+        for k, v in res["options"]["results"].items():
+            extra = f", compile {v['compile_s']:.1f} s" if "compile_s" in v else ""
+            print(f"option     {k:13s} vs fp32 = {v['vs_fp32']:.3f}{extra}", flush=True)
+        res["startup_s"] = startup(1 if q else 3)
+        print(f"startup    python -m runner --help = {res['startup_s']:.2f} s (target < 3 s)",
+              flush=True)
+        if not a.no_cli:
+            res["checks"] = checks_cost(tmp, 1)
+            res["checks"]["epochs"] = 1
+            c = res["checks"]
+            print(f"checks     baseline suite = {c['checks_s']:.1f} s "
+                  f"(baseline {c['baseline_s']:.1f} s - train {c['train_s']:.1f} s); "
+                  f"inspect {c['inspect_digits_s_per_1000']:.1f} s per 1,000 images", flush=True)
+    res["bench_wall_s"] = time.perf_counter() - t_all
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(res, indent=2))
+    (out / "results.md").write_text(markdown(res))
+    print(f"wrote {out / 'results.json'} and {out / 'results.md'} ({res['bench_wall_s']:.0f} s)")
+    return res
+
+
+if __name__ == "__main__":
+    main()
