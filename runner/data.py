@@ -65,7 +65,27 @@ def batch_indices(n: int, batch_size: int, shuffle: bool, seed: int, epoch: int,
     return out
 
 
-class TensorLoader:
+class _GlobalBatches:
+    """Shared by both loaders: this rank's share of each epoch's global batches."""
+
+    split: object
+    batch_size: int
+    shuffle: bool
+    seed: int
+    drop_last: bool
+    rank: int
+    world: int
+    train: bool
+
+    def _batches(self, epoch: int) -> List[torch.Tensor]:
+        return batch_indices(len(self.split), self.batch_size, self.shuffle, self.seed, epoch,
+                             self.drop_last, self.rank, self.world, even=self.train)
+
+    def __len__(self) -> int:
+        return len(self._batches(0))
+
+
+class TensorLoader(_GlobalBatches):
     """Batches of an in-memory uint8 tensor, normalised on the fly on the target device."""
 
     def __init__(self, split: "TensorSplit", batch_size: int, shuffle: bool, seed: int,
@@ -80,13 +100,6 @@ class TensorLoader:
         self._y = split.y.to(device)
         self._mean = torch.tensor(split.mean, device=device).view(1, -1, 1, 1)
         self._std = torch.tensor(split.std, device=device).view(1, -1, 1, 1)
-
-    def _batches(self, epoch: int) -> List[torch.Tensor]:
-        return batch_indices(len(self.split), self.batch_size, self.shuffle, self.seed, epoch,
-                             self.drop_last, self.rank, self.world, even=self.train)
-
-    def __len__(self) -> int:
-        return len(self._batches(0))
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         """Batches of `epoch`, from batch number `start` on (to continue a half-done epoch)."""
@@ -105,7 +118,7 @@ def _collate_skip_bad(items):
     return torch.stack([g[0] for g in good]), torch.tensor([int(g[1]) for g in good])
 
 
-class StreamLoader:
+class StreamLoader(_GlobalBatches):
     """A DataLoader over a StreamSplit, with the same global batches as TensorLoader.
 
     Undecodable files come back as None and are dropped from their batch (logged).
@@ -118,13 +131,6 @@ class StreamLoader:
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.rank, self.world, self.num_workers, self.train = rank, world, num_workers, train
         self._dataset = _Transformed(split, train)
-
-    def _batches(self, epoch: int) -> List[torch.Tensor]:
-        return batch_indices(len(self.split), self.batch_size, self.shuffle, self.seed, epoch,
-                             self.drop_last, self.rank, self.world, even=self.train)
-
-    def __len__(self) -> int:
-        return len(self._batches(0))
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         batches = [b.tolist() for b in self._batches(epoch)[start:]]

@@ -428,3 +428,24 @@ def finish(cfg, ctx: Context, res: Optional[TrainResult], verdicts: List[Verdict
 
 def _f(x) -> str:
     return f"{x:.4f}" if isinstance(x, float) and math.isfinite(x) else str(x)
+
+
+def stage_params(cfg, defaults: Dict[str, Any], inherited=()) -> Dict[str, Any]:
+    """`stage.params` over the stage's documented defaults; an unknown key is a ConfigError.
+
+    `inherited`: keys of the stages this one's YAML builds on (set there, not used here).
+    """
+    import difflib
+
+    raw = cfg.stage.get("params") or {}
+    raw = OmegaConf.to_container(raw, resolve=True) if OmegaConf.is_config(raw) else dict(raw)
+    raw = {k: v for k, v in raw.items() if k in defaults or k not in set(inherited)}
+    unknown = [k for k in raw if k not in defaults]
+    if unknown:
+        raise ConfigError([
+            f"stage.params.{k} is not a setting of stage {cfg.stage.name!r}"
+            + (f"; did you mean {difflib.get_close_matches(k, list(defaults), n=1)[0]!r}?"
+               if difflib.get_close_matches(k, list(defaults), n=1) else
+               f"; allowed: {', '.join(sorted(defaults))}")
+            for k in unknown])
+    return {**defaults, **raw}

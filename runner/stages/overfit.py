@@ -11,7 +11,7 @@ from typing import Any
 
 from runner.checks import Verdict
 from runner.checks.training import train_finite
-from runner.stages.common import Context, finish, summary_of, train_run
+from runner.stages.common import Context, finish, summary_of, train_run, stage_params
 
 log = logging.getLogger("runner")
 
@@ -19,9 +19,7 @@ DEFAULTS = {"train_loss_target": 0.02, "train_acc_target": 0.999}
 
 
 def params(cfg) -> dict[str, Any]:
-    p = dict(DEFAULTS)
-    p.update({k: v for k, v in (cfg.stage.get("params") or {}).items() if k in DEFAULTS})
-    return p
+    return stage_params(cfg, DEFAULTS)
 
 
 def train_fit(train_loss: float | None, train_acc: float | None, loss_target: float,

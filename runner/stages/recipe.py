@@ -20,7 +20,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from runner.checks import Verdict
-from runner.stages.common import Context, finish
+from runner.stages.common import Context, finish, stage_params
 
 log = logging.getLogger("runner")
 
@@ -29,11 +29,7 @@ DEFAULTS: dict[str, Any] = {"stages": ["inspect", "baseline", "overfit", "regula
 
 
 def params(cfg) -> dict[str, Any]:
-    p = dict(DEFAULTS)
-    raw = cfg.stage.get("params") or {}
-    raw = OmegaConf.to_container(raw, resolve=True) if OmegaConf.is_config(raw) else dict(raw)
-    p.update({k: v for k, v in raw.items() if k in DEFAULTS})
-    return p
+    return stage_params(cfg, DEFAULTS)
 
 
 def passthrough(overrides: list[str]) -> list[str]:

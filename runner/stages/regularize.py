@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from runner.checks import Verdict
 from runner.checks.training import train_finite
 from runner.output import RunDir
-from runner.stages.common import Context, finish, summary_of, train_run
+from runner.stages.common import Context, finish, summary_of, train_run, stage_params
 
 log = logging.getLogger("runner")
 
@@ -31,11 +31,9 @@ DEFAULTS: dict[str, Any] = {"rungs": [], "min_delta": 0.005, "first_layer_min_co
 
 
 def params(cfg) -> dict[str, Any]:
-    p = dict(DEFAULTS)
-    raw = cfg.stage.get("params") or {}
-    raw = OmegaConf.to_container(raw, resolve=True) if OmegaConf.is_config(raw) else dict(raw)
-    p.update({k: v for k, v in raw.items() if k in DEFAULTS})
-    return p
+    from runner.stages import overfit
+
+    return stage_params(cfg, DEFAULTS, inherited=overfit.DEFAULTS)
 
 
 # ----------------------------------------------------------------------------- decision rule

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from runner.checks import Verdict
 from runner.errors import ConfigError
-from runner.stages.common import Context, finish
+from runner.stages.common import Context, finish, stage_params
 
 log = logging.getLogger("runner")
 
@@ -25,11 +25,9 @@ DEFAULTS: dict[str, Any] = {"from": None, "runs": [], "k": 3}
 
 
 def params(cfg) -> dict[str, Any]:
-    p = dict(DEFAULTS)
-    raw = cfg.stage.get("params") or {}
-    raw = OmegaConf.to_container(raw, resolve=True) if OmegaConf.is_config(raw) else dict(raw)
-    p.update({k: v for k, v in raw.items() if k in DEFAULTS})
-    return p
+    from runner.stages import overfit, regularize
+
+    return stage_params(cfg, DEFAULTS, inherited=[*overfit.DEFAULTS, *regularize.DEFAULTS])
 
 
 def ensemble_scores(member_logits: list[torch.Tensor], targets: torch.Tensor) -> dict[str, Any]:
