@@ -52,6 +52,23 @@ def run_cli(args: List[str], cwd: Path, env: Optional[dict] = None, timeout: int
     return CliResult(p.returncode, p.stdout + p.stderr, Path(cwd))
 
 
+def start_cli(args: List[str], cwd: Path, **popen_kw) -> subprocess.Popen:
+    """`python -m runner ARGS` in the background (to kill or signal it mid-run)."""
+    Path(cwd).mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    popen_kw.setdefault("stdout", subprocess.DEVNULL)
+    popen_kw.setdefault("stderr", subprocess.DEVNULL)
+    return subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=cwd, env=env, **popen_kw)
+
+
+def metric_rows(run_dir: Path) -> List[dict]:
+    """metrics.csv without its timing columns: what must match between equivalent runs."""
+    import csv
+
+    keep = ("epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
+    return [{k: r[k] for k in keep} for r in csv.DictReader((run_dir / "metrics.csv").open())]
+
+
 def assert_contract(*run_dirs: Path) -> None:
     """DESIGN.md's run-directory contract, checked by the shared validator."""
     if not CHECK_RUNDIR.exists():

@@ -1,21 +1,19 @@
 """Reliability (issue 7): bad input table, signals, DDP on 2 CPU processes."""
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import FAST, REPO, run_cli
+from conftest import FAST, REPO, metric_rows, run_cli, start_cli
 
 
 def _tree_digest(root: Path) -> dict:
@@ -125,11 +123,6 @@ def test_nan_producing_lr_is_a_failed_check_exit_1(cli):
     assert "optim.lr" in checks["train.finite"]["message"]
 
 
-def _metrics(run_dir: Path):
-    keep = ("epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
-    return [{k: r[k] for k in keep} for r in csv.DictReader((run_dir / "metrics.csv").open())]
-
-
 def test_sigterm_checkpoints_mid_epoch_and_resumes_exactly(tmp_path):
     args = FAST + ["stage=train", "trainer.epochs=3", "data.num_train=4096", "trainer.batch_size=16",
                    "model.kwargs.width=8", "+model.kwargs.drop_rate=0.2"]
@@ -137,10 +130,7 @@ def test_sigterm_checkpoints_mid_epoch_and_resumes_exactly(tmp_path):
     assert full.code == 0, full.out
 
     b = tmp_path / "b"
-    b.mkdir()
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=b, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_cli(args, b, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not list(b.glob("outputs/*/*/checkpoints/last.pt")):
         time.sleep(0.01)
@@ -156,7 +146,7 @@ def test_sigterm_checkpoints_mid_epoch_and_resumes_exactly(tmp_path):
 
     resumed = run_cli(args + [f"resume={run_dir}"], b)
     assert resumed.code == 0, resumed.out
-    assert _metrics(run_dir) == _metrics(full.run_dir)
+    assert metric_rows(run_dir) == metric_rows(full.run_dir)
 
 
 def test_ddp_two_cpu_processes_match_single_process(tmp_path):
@@ -172,7 +162,7 @@ def test_ddp_two_cpu_processes_match_single_process(tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     runs = [x.parent for x in d.glob("outputs/*/*/summary.json")]
     assert len(runs) == 1  # both ranks used rank 0's run directory; only rank 0 wrote it
-    a, b = _metrics(single.run_dir), _metrics(runs[0])
+    a, b = metric_rows(single.run_dir), metric_rows(runs[0])
     assert len(a) == len(b) == 3
     for ra, rb in zip(a, b):
         assert ra["step"] == rb["step"]  # same global batches

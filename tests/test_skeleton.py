@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import FAST, assert_contract, compose, run_cli
+from conftest import FAST, assert_contract, compose, metric_rows, run_cli, start_cli
 
 
 def write_png_folder(root: Path, classes=("a", "b"), per_class=6, size=12, split=True):
@@ -181,21 +181,10 @@ def test_nan_loss_stops_run_and_keeps_checkpoints(cli, tmp_path):
     assert_contract(r.run_dir)
 
 
-def _metric_rows(run_dir: Path):
-    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
-    return [{k: v for k, v in r.items() if k in ("epoch", "step", "train_loss", "train_acc",
-                                                   "val_loss", "val_acc", "lr")} for r in rows]
-
-
 def test_killed_run_resumes_to_the_same_metrics(tmp_path):
     """SIGKILL mid-run, then resume=<run dir>: same metrics as an uninterrupted run (CPU, same seed)."""
-    import os
     import signal
-    import subprocess
-    import sys
     import time
-
-    from conftest import REPO
 
     args = FAST + ["stage=train", "trainer.epochs=6", "sched=cosine", "model.kwargs.width=8",
                    "+model.kwargs.drop_rate=0.3", "data.num_train=1024"]
@@ -203,10 +192,7 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
     assert full.code == 0, full.out
 
     b = tmp_path / "b"
-    b.mkdir()
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=b, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_cli(args, b)
     deadline = time.time() + 240
     while time.time() < deadline:
         ck = list(b.glob("outputs/*/*/checkpoints/last.pt"))
@@ -224,7 +210,7 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
     resumed = run_cli(args + [f"resume={run_dir}"], b)
     assert resumed.code == 0, resumed.out
     assert resumed.run_dirs == [run_dir]  # continued in the same directory
-    assert _metric_rows(run_dir) == _metric_rows(full.run_dir)
+    assert metric_rows(run_dir) == metric_rows(full.run_dir)
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["resumed_from"].endswith("last.pt") and s["epochs"] == 6
     assert (run_dir / ".hydra.before-resume-1" / "overrides.yaml").exists()
@@ -256,16 +242,7 @@ def test_experiment_repo_config_dir(tmp_path):
 
 
 def test_run_dirs_never_collide(tmp_path):
-    import subprocess
-    import sys
-    import os
-
-    from conftest import REPO
-
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    procs = [subprocess.Popen([sys.executable, "-m", "runner", *FAST, "stage=train",
-                               "trainer.epochs=1"], cwd=tmp_path, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    procs = [start_cli([*FAST, "stage=train", "trainer.epochs=1"], tmp_path) for _ in range(2)]
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
     assert len(list(tmp_path.glob("outputs/*/*/summary.json"))) == 2
 
