@@ -232,7 +232,28 @@ def open_storage(url: str):
         Path(url.split("sqlite:///", 1)[-1]).parent.mkdir(parents=True, exist_ok=True)
         # wait for a writer's lock instead of failing at once (jobs report while the sweeper tells)
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
-    return optuna.storages.RDBStorage(url, **kwargs)
+    return _rdb_storage(url, kwargs)
+
+
+def _rdb_storage(url: str, kwargs: Dict[str, Any], tries: int = 6):
+    """RDBStorage, retried when another worker creates the schema of a fresh database at the same
+    moment: Optuna checks for its tables, then creates them (and stamps alembic_version), so two
+    workers starting together on an empty PostgreSQL database collide (a duplicate key on the
+    table's type, a table that already exists). The loser's transaction rolls back; once the
+    winner commits, a retry finds the tables and goes on."""
+    import random
+
+    import optuna
+    import sqlalchemy.exc as sa_exc
+
+    for attempt in range(tries):
+        try:
+            return optuna.storages.RDBStorage(url, **kwargs)
+        except (sa_exc.IntegrityError, sa_exc.ProgrammingError, sa_exc.OperationalError) as e:
+            clash = isinstance(e, sa_exc.IntegrityError) or "already exists" in str(e)
+            if not clash or attempt == tries - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1) + random.random() * 0.2)
 
 
 def dashboard_command(url: str) -> str:

@@ -3,16 +3,24 @@
 Tiny sweeps on synthetic data through the real CLI: trials land in the storage with the right
 states, a NaN or crashing trial never stops the sweep, a resumed study repeats nothing and
 honours its budget, an aggressive pruner prunes, joblib runs trials side by side, a killed
-worker's trial is failed and retried, and best.yaml runs with --config-dir.
+worker's trial is failed and retried, and best.yaml runs with --config-dir. Two worker
+processes share one study on a journal file and on a real PostgreSQL server (started here from
+the installed server binaries; .ci/run installs Debian's `postgresql` package).
 """
 
 from __future__ import annotations
 
 import csv
+import glob
 import json
+import os
 import re
+import shutil
+import subprocess
+import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import optuna
 import pytest
@@ -28,9 +36,9 @@ TUNE = ["-m", "stage=tune", *FAST, "trainer.threads=1"]
 NO_PRUNING = ["hydra/sweeper/pruner=none"]
 
 
-def study_of(cwd: Path, name: str, journal: bool = False):
+def study_of(cwd: Path, name: str, journal: bool = False, url: Optional[str] = None):
     d = cwd / "multirun" / "tune" / name
-    url = str(d / "optuna.journal") if journal else f"sqlite:///{d / 'optuna.db'}"
+    url = url or (str(d / "optuna.journal") if journal else f"sqlite:///{d / 'optuna.db'}")
     return optuna.load_study(study_name=name, storage=tuning.open_storage(url)), d
 
 
@@ -240,21 +248,144 @@ def test_joblib_runs_two_trials_at_once_on_a_journal(tmp_path):
     assert overlap, spans  # each worker asked for its next trial while the other was running
 
 
-def test_two_worker_processes_share_one_study(tmp_path):
+def two_workers(tmp_path, name: str, storage: str, url: Optional[str] = None, n: int = 4):
+    """Two `python -m runner -m stage=tune` on one study at once: every trial of the budget
+    ran exactly once, in one worker, into its own trial directory."""
     from concurrent.futures import ThreadPoolExecutor
 
-    args = TUNE + NO_PRUNING + ["hydra.sweeper.study_name=two", "hydra.sweeper.storage=journal",
-                                "hydra.sweeper.n_trials=4"]
+    args = TUNE + NO_PRUNING + [f"hydra.sweeper.study_name={name}",
+                                f"hydra.sweeper.storage={tuning.format_value(storage)}",
+                                f"hydra.sweeper.n_trials={n}"]
     with ThreadPoolExecutor(2) as pool:  # two `python -m runner -m stage=tune` at once
         results = list(pool.map(lambda _: run_cli(args, tmp_path), range(2)))
     assert [r.code for r in results] == [0, 0], results[0].out + results[1].out
-    study, d = study_of(tmp_path, "two", journal=True)
-    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]  # no number twice
-    assert states(study) == ["COMPLETE"] * 4
-    assert all((d / str(n) / "summary.json").exists() for n in range(4))
+    study, d = study_of(tmp_path, name, journal=url is None, url=url)
+    assert sorted(t.number for t in study.trials) == list(range(n))  # no number twice, none lost
+    assert states(study) == ["COMPLETE"] * n
+    assert all((d / str(k) / "summary.json").exists() for k in range(n))
     ran = [int(x) for r in results for x in re.findall(r"tune: trial (\d+) complete", r.out)]
-    assert sorted(ran) == [0, 1, 2, 3]  # each trial ran in exactly one worker
+    assert sorted(ran) == list(range(n))  # each trial ran in exactly one worker
     assert sum("warm start: trial 0" in r.out for r in results) == 1
+    # the warm start is trial 0 only, not enqueued by both workers (a duplicate trial)
+    assert study.trials[0].params == {"optim.lr": 3e-4, "optim.weight_decay": 0.0}
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == n
+    return study, results
+
+
+def test_two_worker_processes_share_one_study(tmp_path):
+    two_workers(tmp_path, "two", "journal")
+
+
+# ----------------------------------------------------------------------------- PostgreSQL
+def _postgres_bin() -> Optional[Path]:
+    """The folder of the installed server's initdb/pg_ctl: on PATH, or Debian's
+    /usr/lib/postgresql/<version>/bin (not on PATH there); None when no server is installed."""
+    found = shutil.which("initdb") and shutil.which("pg_ctl")
+    if found:
+        return Path(os.path.realpath(found)).parent
+    dirs = [Path(p) for p in glob.glob("/usr/lib/postgresql/*/bin")
+            if Path(p, "initdb").exists() and Path(p, "pg_ctl").exists()]
+    dirs.sort(key=lambda p: [int(x) if x.isdigit() else 0 for x in p.parent.name.split(".")])
+    return dirs[-1] if dirs else None
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL server for this test session: initdb into a temp folder, started
+    with pg_ctl on a unix socket in that folder only (no TCP port, so nothing to collide with),
+    trust auth, stopped and deleted at teardown. As root it runs as the `postgres` user
+    (initdb refuses root). Skips only when no server is installed at all (a laptop without
+    PostgreSQL); installed but failing to start is a test failure. Yields a function that
+    creates a fresh database and returns its SQLAlchemy URL."""
+    bindir = _postgres_bin()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server installed (initdb/pg_ctl not on PATH nor in "
+                    "/usr/lib/postgresql/*/bin); .ci/run installs Debian's postgresql")
+    try:
+        import psycopg2
+    except ImportError as e:  # the test extras carry the driver: a broken install, not a skip
+        pytest.fail(f"{e}: PostgreSQL is installed but its driver is not; "
+                    "pip install -e '.[test]' (psycopg2-binary)")
+
+    # in /tmp, not $TMPDIR: short (a socket path has ~107 chars) and reachable by `postgres`
+    tmp = "/tmp" if Path("/tmp").is_dir() else None
+    root = Path(tempfile.mkdtemp(prefix="recipe-pg-", dir=tmp))
+    prefix = []
+    if os.geteuid() == 0:
+        import pwd
+
+        user = "postgres" if _has_user("postgres") else "nobody"
+        pw = pwd.getpwnam(user)
+        os.chown(root, pw.pw_uid, pw.pw_gid)
+        os.chmod(root, 0o755)
+        assert shutil.which("runuser"), "running as root needs runuser (util-linux) for initdb"
+        prefix = ["runuser", "-u", user, "--"]
+    data, log = root / "data", root / "server.log"
+
+    def sh(*cmd, timeout=120):
+        p = subprocess.run(prefix + [str(c) for c in cmd], capture_output=True, text=True,
+                           timeout=timeout, cwd=root, check=False)
+        server_log = log.read_text() if log.exists() else ""
+        assert p.returncode == 0, f"{cmd}: {p.stdout}{p.stderr}\n{server_log}"
+
+    opts = (f"-k {root} -c listen_addresses='' -p 5432 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=50")
+    try:
+        sh(bindir / "initdb", "-D", data, "-U", "recipe", "--auth=trust", "-E", "UTF8", "--no-sync")
+        sh(bindir / "pg_ctl", "-D", data, "-l", log, "-w", "-t", "60", "-o", opts, "start")
+        count = iter(range(1000))
+
+        def new_database(name: str) -> str:
+            db = f"{name}_{next(count)}"
+            con = psycopg2.connect(dbname="postgres", user="recipe", host=str(root), port=5432)
+            con.autocommit = True
+            con.cursor().execute(f'CREATE DATABASE "{db}"')
+            con.close()
+            return f"postgresql+psycopg2://recipe@/{db}?host={root}&port=5432"
+
+        yield new_database
+    finally:
+        subprocess.run(prefix + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w",
+                                 "stop"], capture_output=True, timeout=60, cwd=root, check=False)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _has_user(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+def test_workers_opening_a_fresh_postgres_database_at_once(postgres):
+    """Optuna creates its schema check-then-create: workers starting together on an empty
+    database collide; open_storage retries until the winner's tables are there."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    for _ in range(3):  # a fresh database each round: the race is in the schema creation
+        url, gate = postgres("fresh"), Barrier(6)
+
+        def open_it(_, url=url, gate=gate):
+            gate.wait()
+            return tuning.open_storage(url)
+
+        with ThreadPoolExecutor(6) as pool:
+            storages = list(pool.map(open_it, range(6)))
+        study_id = storages[0].create_new_study([optuna.study.StudyDirection.MAXIMIZE], "s")
+        assert all(s.get_study_id_from_name("s") == study_id for s in storages)
+        for s in storages:
+            s.engine.dispose()
+
+
+def test_two_worker_processes_share_one_study_on_postgres(tmp_path, postgres):
+    url = postgres("two_pg")
+    _, results = two_workers(tmp_path, "two_pg", url, url=url)  # the study read back from it
+    assert all(f"study 'two_pg' in {url}" in r.out for r in results)  # no file storage used
+    assert not list((tmp_path / "multirun" / "tune" / "two_pg").glob("optuna.*"))
 
 
 def test_killed_workers_trial_is_failed_and_retried(tmp_path):

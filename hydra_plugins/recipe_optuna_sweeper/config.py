@@ -45,7 +45,7 @@ class OptunaSweeperConf:
     # search space: config key -> interval(a, b) | tag(log, interval(a, b)) | int(interval(a, b))
     # | range(a, b, step) | choice(a, b, ...) (Hydra's sweep grammar)
     params: Dict[str, Any] = field(default_factory=dict)
-    # enqueue the current config as the first trial, so the search can only improve on it
+    # the current config as trial 0 of a new study, so the search can only improve on it
     warm_start: bool = True
     # a running trial's worker records a heartbeat this often (seconds) ...
     heartbeat_interval: int = 30

@@ -64,6 +64,7 @@ class OptunaSweeper(Sweeper):
         self.config: Optional[DictConfig] = None
         self._lock = threading.Lock()
         self._qmc = None
+        self._warm: Optional[Tuple[Dict[str, Any], List[str]]] = None
         self._exhausted = False
         self._interrupted = False
 
@@ -118,7 +119,7 @@ class OptunaSweeper(Sweeper):
         before = len(study.get_trials(deepcopy=False))
         self._fail_stale(study)
         if self.warm_start and before == 0:
-            self._enqueue_current(study, space)
+            self._warm = self._current_params(space)
         log.info(
             "tune: study %r in %s: %d trial(s) already, budget %d; %d worker(s); %s %s",
             self.study_name,
@@ -173,6 +174,9 @@ class OptunaSweeper(Sweeper):
                 trial.set_user_attr(key, None)
         # a sampler seeded by (seed, trial number): resumed or parallel workers never replay draws
         study.sampler = self._qmc or tuning.build_sampler(self.sampler, trial.number)
+        warm, self._warm = self._warm, None
+        if warm is not None and trial.number == 0:
+            study.sampler = self._warm_sampler(study.sampler, *warm)
         values = {k: tuning.suggest(trial, k, d) for k, d in self.space.distributions.items()}
         overrides = list(self.space.fixed) + [
             f"{k}={tuning.format_value(v)}" for k, v in values.items()
@@ -319,8 +323,8 @@ class OptunaSweeper(Sweeper):
             retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.retry)
             retry(study, study.get_trials(deepcopy=True)[number])
 
-    def _enqueue_current(self, study, space) -> None:
-        """Warm start: the current config's values as trial 0."""
+    def _current_params(self, space) -> Tuple[Dict[str, Any], List[str]]:
+        """Warm start: the current config's values of the search space (and what is outside it)."""
         from runner import tuning
 
         choices = self.config.hydra.runtime.choices
@@ -336,14 +340,25 @@ class OptunaSweeper(Sweeper):
                 params[key] = value
             else:
                 skipped.append(f"{key}={value!r}")
+        return params, skipped
+
+    def _warm_sampler(self, sampler, params: Dict[str, Any], skipped: List[str]):
+        """Trial 0 takes the current config's values: whichever worker's ask creates trial number
+        0 (Optuna numbers trials under a lock on the study, so exactly one) samples it with them
+        fixed. Not an enqueued trial: two workers starting a fresh study together both see it
+        empty and would both enqueue (Optuna's skip_if_exists is not atomic across processes)."""
+        import optuna
+
         if skipped:
             log.info(
                 "tune: warm start: %s outside the search space; trial 0 samples %s",
                 ", ".join(skipped),
                 "it" if len(skipped) == 1 else "them",
             )
-        study.enqueue_trial(params, skip_if_exists=True)
         log.info("tune: warm start: trial 0 is the current config %s", params)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.PartialFixedSampler(params, sampler)
 
     # ------------------------------------------------------------------------- checks, paths
     def _check_settings(self) -> None:
