@@ -15,13 +15,18 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def _preprocess(argv: List[str]) -> List[str]:
-    """`resume=<interrupted run dir>` continues *in* that directory: point Hydra's run dir at it.
+    """`from=<run dir>` becomes `+from=` (runner/lineage.py reads it in the task).
+
+    `resume=<interrupted run dir>` continues *in* that directory: point Hydra's run dir at it.
 
     A finished run (it has summary.json) is never written to again: resuming from it
     (e.g. to train longer) starts a new run directory that loads its checkpoint.
     """
     out = list(argv)
-    for a in argv:
+    for i, a in enumerate(argv):
+        # `from` is a Python keyword, so it is no schema field: add it as a plain key
+        if a.startswith("from="):
+            out[i] = "+" + a
         if a.startswith("hydra.run.dir=") and "-m" not in argv and "--multirun" not in argv:
             target = Path(a.split("=", 1)[1]).expanduser()
             if (target / "summary.json").exists():

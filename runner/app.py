@@ -59,6 +59,9 @@ def _run(cfg, run_dir: Path, original_cwd: str, overrides) -> int:
 
     from runner.distributed import from_env
 
+    from runner.lineage import apply
+
+    cfg, lineage = apply(cfg, overrides, original_cwd)  # from=<run dir>
     validate(cfg, original_cwd)
     run = RunDir(run_dir, enabled=from_env().main)  # DDP: only rank 0 writes
     resuming = cfg.resume not in (False, None, "false", "False")
@@ -69,7 +72,11 @@ def _run(cfg, run_dir: Path, original_cwd: str, overrides) -> int:
         # an earlier finish of this run (e.g. stopped early or NaN): keep it beside the new one
         shutil.copy2(run.path / "summary.json", run.path / "summary.previous.json")
     log.info("stage %s -> %s", cfg.stage.name, run_dir)
-    ctx = Context(run=run, original_cwd=original_cwd, overrides=overrides)
+    ctx = Context(run=run, original_cwd=original_cwd, overrides=overrides,
+                  lineage=lineage.as_dict() if lineage else None)
+    if lineage is not None:  # .hydra/config.yaml is the composition before from=
+        run.write_json("lineage.json", ctx.lineage)
+        run.write_text("config.yaml", OmegaConf.to_yaml(cfg))
     return get_stage(cfg.stage.name).run(cfg, ctx)
 
 

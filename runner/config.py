@@ -318,6 +318,9 @@ class RunnerConfig:
     seed: int = 0
     # false, true (latest interrupted run under outputs/), or a run directory / checkpoint path
     resume: Any = False
+    # a run directory or checkpoint whose model weights initialise this run (a warm start:
+    # fresh optimiser and epochs); `from=<run dir>` sets it for stage=train (runner/lineage.py)
+    init_from: Optional[str] = None
     # accuracy a person gets on this data, when known (reported next to the model's)
     human_baseline: Optional[float] = None
     # experiment name (set by experiment/*.yaml); shown in reports

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import matplotlib
 
@@ -16,8 +16,10 @@ def _finite(xs: Sequence[float]):
             else float("nan") for x in xs]
 
 
-def curves(history: List[Dict], title: str = "Training curves"):
-    """Loss, accuracy and learning rate per epoch, from metrics rows."""
+def curves(history: List[Dict], title: str = "Training curves", mark_epoch: Optional[float] = None,
+           mark_label: str = ""):
+    """Loss, accuracy and learning rate per epoch, from metrics rows; `mark_epoch` draws a
+    vertical line (e.g. where a continued run picked up)."""
     ep = [r["epoch"] for r in history]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     ax = axes[0]
@@ -37,6 +39,8 @@ def curves(history: List[Dict], title: str = "Training curves"):
     for ax in axes:  # epochs are whole numbers; a grid makes values readable at a glance
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
+        if mark_epoch is not None:
+            ax.axvline(mark_epoch, color="grey", ls="--", lw=1, label=mark_label or None)
     fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -273,14 +273,22 @@ def related_links(run_path: Path) -> List[Tuple[str, str]]:
             links.append(("↑ sweep summary", "../report.html"))
     except ImportError:  # pragma: no cover - hydra is a dependency
         pass
+    def is_run(d: Path) -> bool:
+        return (d / ".hydra").is_dir() or (d / "summary.json").exists()
+
     parent = Path(run_path).parent
-    if not links and ((parent / ".hydra").is_dir() or (parent / "summary.json").exists()):
+    if not links and is_run(parent):
         links.append(("↑ parent run", "../report.html"))
+    elif not links and is_run(parent.parent):  # a ladder rung or seed rerun: <run>/rungs/<k>
+        links.append(("↑ parent run", "../../report.html"))
     run_path = Path(run_path)
     if run_path.is_dir():
-        children = sorted(p.name for p in run_path.iterdir()
-                          if p.is_dir() and (p / "report.html").is_file())
-        links += [(f"↓ {name}", f"{name}/report.html") for name in children]
+        for d in sorted(p for p in run_path.iterdir() if p.is_dir()):
+            if (d / "report.html").is_file():
+                links.append((f"↓ {d.name}", f"{d.name}/report.html"))
+            elif not is_run(d):  # a folder of runs (rungs/, seeds/): one level further
+                links += [(f"↓ {d.name}/{c.name}", f"{d.name}/{c.name}/report.html")
+                          for c in sorted(d.iterdir()) if (c / "report.html").is_file()]
     return links
 
 

@@ -174,7 +174,8 @@ def test_regularize_ladder_keeps_the_rung_that_helps_and_reverts_the_one_that_hu
 
     # stage=squeeze on that ladder: the best 2 rungs, reloaded from their checkpoints
     ladder = r.run_dir
-    q = cli(FAST + ["stage=squeeze", f"stage.params.from={ladder}", "stage.params.k=2"])
+    q = cli(FAST + ["stage=squeeze", f"stage.params.from={ladder}", "stage.params.k=2",
+                    "stage.params.seeds=0", "stage.params.continue_epochs=0"])  # test_lineage.py
     assert q.code == 0, q.out
     sq_dir = next(d for d in q.run_dirs if d != ladder and (d / "ensemble.csv").exists())
     s = q.json("summary.json", sq_dir)
@@ -189,7 +190,8 @@ def test_recipe_overfit_then_squeeze_and_stops_at_a_failing_gate(cli):
     """Also stage=overfit end to end (the recipe's first stage) and squeeze from a single run."""
     ok = cli(TINY + ["stage=recipe", "stage.params.stages=[overfit,squeeze]", "trainer.epochs=20",
                      "optim.lr=3e-3",
-                     'stage.params.per_stage.overfit=["stage.params.train_loss_target=0.05"]'])
+                     'stage.params.per_stage.overfit=["stage.params.train_loss_target=0.05"]',
+                     'stage.params.per_stage.squeeze=["stage.params.seeds=0"]'])
     assert ok.code == 0, ok.out
     top = min(ok.run_dirs, key=lambda d: len(d.parts))
     s = ok.json("summary.json", top)

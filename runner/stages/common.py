@@ -42,6 +42,8 @@ class Context:
     run: RunDir
     original_cwd: str
     overrides: List[str] = field(default_factory=list)
+    # from=<run dir>: where the config came from (runner/lineage.py), else None
+    lineage: Optional[Dict[str, Any]] = None
 
 
 @dataclass
@@ -196,6 +198,21 @@ class _StopOnSignal:
 
 
 
+def init_weights(model: torch.nn.Module, spec: str, original_cwd: str) -> Path:
+    """`init_from=<run dir or .pt>`: load only the model weights (a warm start)."""
+    p = (Path(original_cwd) / str(spec)).expanduser()
+    if p.is_dir():
+        found = [p / "checkpoints" / n for n in ("best.pt", "last.pt") if (p / "checkpoints" / n).is_file()]
+        if not found:
+            raise ConfigError(f"init_from={spec!r}: no checkpoints/best.pt or last.pt in {p}")
+        p = found[0]
+    if not p.is_file():
+        raise ConfigError(f"init_from={spec!r}: no such file or run directory ({p})")
+    restore({"model": load_checkpoint(p)["model"], "loop": {}}, p, model)
+    log.info("init_from: model weights from %s (fresh optimiser and epochs)", p)
+    return p
+
+
 def train_run(cfg, ctx: Context, data: Optional[DataBundle] = None, zero_inputs: bool = False,
               save_checkpoints: bool = True, keep_val_logits: bool = False,
               model: Optional[torch.nn.Module] = None, write_metrics: bool = True,
@@ -231,6 +248,8 @@ def train_run(cfg, ctx: Context, data: Optional[DataBundle] = None, zero_inputs:
         state = restore(ckpt, ckpt_path, model, optimizer, scheduler)
         resumed_from = str(ckpt_path)
         log.info("resume: from %s at epoch %d, step %d", ckpt_path, state.epoch, state.step)
+    elif cfg.get("init_from"):
+        init_weights(model, cfg.init_from, ctx.original_cwd)
     if write_metrics:  # the header at once: a run that dies in epoch 1 still has metrics.csv
         ctx.run.write_metrics(state.history)
 
@@ -315,6 +334,24 @@ def train_run(cfg, ctx: Context, data: Optional[DataBundle] = None, zero_inputs:
                        stop_reason=stop_reason, records=records, pruned=pruned)
 
 
+def sub_run(cfg, ctx: Context, path: Path, overrides: List[str], title: Optional[str] = None,
+            mark_epoch: Optional[float] = None):
+    """One training run of a stage's own (a ladder rung, a seed rerun) in `path`, with its
+    own summary, checks and report; returns (TrainResult, summary)."""
+    from runner.checks.training import train_finite
+    from runner.config import validate
+
+    validate(cfg, ctx.original_cwd)
+    sub = Context(run=RunDir(path, enabled=ctx.run.enabled), original_cwd=ctx.original_cwd,
+                  overrides=list(overrides), lineage=ctx.lineage)
+    res = train_run(cfg, sub)
+    verdicts = [train_finite(res.nonfinite, res.state.step)]
+    summary = summary_of(cfg, sub, res, verdicts)
+    finish(cfg, sub, res, verdicts, summary, title=title or f"{cfg.stage.name}: {path.name}",
+           mark_epoch=mark_epoch)
+    return res, summary
+
+
 def summary_of(cfg, ctx: Context, res: TrainResult, verdicts: List[Verdict],
                extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     h = res.history
@@ -379,13 +416,18 @@ def console_checks(verdicts: List[Verdict]) -> str:
 
 
 def finish(cfg, ctx: Context, res: Optional[TrainResult], verdicts: List[Verdict],
-           summary: Dict[str, Any], sections=(), title: Optional[str] = None) -> int:
-    """Write checks.json, summary.json, plots and report.html; log the outcome; exit code."""
+           summary: Dict[str, Any], sections=(), title: Optional[str] = None,
+           mark_epoch: Optional[float] = None) -> int:
+    """Write checks.json, summary.json, plots and report.html; log the outcome; exit code.
+
+    `mark_epoch`: a dashed line on the curves there (where a continued run picked up)."""
     from runner import plots
     from runner.report import (Report, checks_section, esc, images, kv_table, pre, related_links,
                                run_facts, run_files, run_kpis, table, verdict_counts)
 
     save_verdict_figures(ctx, verdicts)
+    if ctx.lineage:
+        summary.setdefault("from", {k: ctx.lineage[k] for k in ("source", "source_stage", "weights")})
     ctx.run.write_checks(verdicts)
     ctx.run.write_summary(summary)
 
@@ -397,10 +439,16 @@ def finish(cfg, ctx: Context, res: Optional[TrainResult], verdicts: List[Verdict
         rep.add("Stopped", f"<p><b>{esc(summary['error'])}</b></p>")
     rep.add("Checks", checks_section(verdicts))
     if res is not None and res.history:
-        rel = ctx.run.save_figure(plots.curves(res.history, f"{cfg.stage.name}: training curves"), "curves")
+        rel = ctx.run.save_figure(plots.curves(res.history, f"{cfg.stage.name}: training curves",
+                                               mark_epoch=None if mark_epoch is None else mark_epoch + 0.5,
+                                               mark_label="continued here"), "curves")
         rep.add("Curves", images([rel]) + table(res.history))
     for title_, body in sections:
         rep.add(title_, body)
+    if ctx.lineage:
+        from runner.lineage import lineage_html
+
+        rep.add("Started from", lineage_html(ctx.lineage))
     flat = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
     rep.add("Summary", kv_table(flat))
     if "data" in summary:

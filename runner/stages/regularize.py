@@ -14,15 +14,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Sequence
-from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
 from runner.checks import Verdict
 from runner.checks.training import train_finite
-from runner.output import RunDir
-from runner.stages.common import Context, finish, summary_of, train_run, stage_params
+from runner.lineage import apply as apply_lineage
+from runner.stages.common import Context, finish, stage_params, sub_run, summary_of
 
 log = logging.getLogger("runner")
 
@@ -54,11 +53,13 @@ def decide(best_acc: float, cand_acc: float | None, n_val: int, min_delta: float
 
 
 # ----------------------------------------------------------------------------- experiment YAML
-def experiment_yaml(overrides: Sequence[str], groups: Iterable[str], header: str = "") -> str:
+def experiment_yaml(overrides: Sequence[str], groups: Iterable[str], header: str = "",
+                    values: Optional[dict] = None) -> str:
     """Hydra overrides -> a `# @package _global_` experiment file.
 
     Group choices (`aug=light`) become `defaults: - override /aug: light`; other keys
-    (`optim.lr=3e-3`) are nested (`optim: {lr: 0.003}`) with their parsed types.
+    (`optim.lr=3e-3`) are nested (`optim: {lr: 0.003}`) with their parsed types. `values`
+    (dotted key -> value, e.g. what `from=` took from a source run) go in first.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -66,6 +67,16 @@ def experiment_yaml(overrides: Sequence[str], groups: Iterable[str], header: str
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     defaults: list[dict[str, Any]] = []
     body: dict[str, Any] = {}
+
+    def put(key: str, value: Any) -> None:
+        node = body
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+
+    for key, value in (values or {}).items():
+        put(key, value)
     for o in parsed:
         if o.is_delete():
             continue
@@ -74,11 +85,7 @@ def experiment_yaml(overrides: Sequence[str], groups: Iterable[str], header: str
             defaults = [d for d in defaults if f"override /{key}" not in d]
             defaults.append({f"override /{key}": value})
             continue
-        node = body
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
+        put(key, value)
     doc: dict[str, Any] = {}
     if defaults:
         doc["defaults"] = defaults
@@ -90,7 +97,7 @@ def experiment_yaml(overrides: Sequence[str], groups: Iterable[str], header: str
 
 def experiment_overrides(overrides: Sequence[str]) -> list[str]:
     """The command's overrides an experiment file should carry: not the stage or hydra ones."""
-    skip = ("stage=", "stage.", "hydra.", "hydra/", "experiment=", "+experiment=")
+    skip = ("stage=", "stage.", "hydra.", "hydra/", "experiment=", "from=", "init_from=")
     return [o for o in overrides if not o.lstrip("+~").startswith(skip)]
 
 
@@ -198,19 +205,6 @@ def _slug(s: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in str(s))[:40] or "rung"
 
 
-def _train_rung(cfg, ctx: Context, path: Path, overrides: list[str]):
-    from runner.config import validate
-
-    validate(cfg, ctx.original_cwd)
-    sub = Context(run=RunDir(path, enabled=ctx.run.enabled), original_cwd=ctx.original_cwd,
-                  overrides=list(overrides))
-    res = train_run(cfg, sub)
-    verdicts = [train_finite(res.nonfinite, res.state.step)]
-    summary = summary_of(cfg, sub, res, verdicts)
-    finish(cfg, sub, res, verdicts, summary, title=f"regularize rung: {path.name}")
-    return res, summary
-
-
 def run(cfg, ctx: Context) -> int:
     from runner.report import esc, pre, table
 
@@ -222,8 +216,9 @@ def run(cfg, ctx: Context) -> int:
     rows: list[dict[str, Any]] = []
 
     log.info("regularize: rung 0 (base), then %d rung(s)", len(rungs))
-    best_res, best_summary = _train_rung(cfg, ctx, rung_root / "0-base", list(ctx.overrides))
-    best_cfg = cfg
+    best_res, best_summary = sub_run(cfg, ctx, rung_root / "0-base", list(ctx.overrides),
+                                       "regularize rung: 0-base")
+    best_cfg, best_dir = cfg, "rungs/0-base"
     if best_res.nonfinite or best_summary.get("best_val_acc") is None:
         verdicts = [train_finite(best_res.nonfinite, best_res.state.step)]
         return finish(cfg, ctx, best_res, verdicts, summary_of(cfg, ctx, best_res, verdicts)) or 1
@@ -247,8 +242,8 @@ def run(cfg, ctx: Context) -> int:
                "threshold": None, "best_before": best_acc, "kept": False,
                "dir": f"rungs/{path.name}"}
         try:
-            rcfg = _compose(overrides)
-            res, summ = _train_rung(rcfg, ctx, path, overrides)
+            rcfg, _ = apply_lineage(_compose(overrides), overrides, ctx.original_cwd)  # from=
+            res, summ = sub_run(rcfg, ctx, path, overrides, f"regularize rung: {path.name}")
         except Exception as e:  # noqa: BLE001 -- a bad rung (typo, bad value) is reverted, the ladder goes on
             log.error("regularize: rung %s failed: %s: %s (reverted)", name, type(e).__name__, e)
             row["error"] = f"{type(e).__name__}: {e}"
@@ -265,6 +260,7 @@ def run(cfg, ctx: Context) -> int:
         if d["keep"]:
             kept += change
             best_acc, best_res, best_summary, best_cfg = float(acc), res, summ, rcfg
+            best_dir = f"rungs/{path.name}"
 
     # outputs: the best rung's metrics, ladder.csv, the experiment file, the final config
     ctx.run.write_metrics(best_res.history)
@@ -273,14 +269,15 @@ def run(cfg, ctx: Context) -> int:
               "Copy into conf/experiment/; the best rung again (no ladder):\n"
               "  python -m runner stage=regularize 'stage.params.rungs=[]' experiment=regularized\n"
               "The full composed config: regularized_config.yaml beside this file.")
+    inherited = (ctx.lineage or {}).get("from_source") or {}
     ctx.run.write_text("regularized.yaml", experiment_yaml(experiment_overrides(ctx.overrides) + kept,
-                                                           _groups(), header))
+                                                           _groups(), header, inherited))
     ctx.run.write_text("regularized_config.yaml", OmegaConf.to_yaml(best_cfg))
 
     verdicts = [train_finite(best_res.nonfinite, best_res.state.step),
                 first_layer_verdict(best_res.model, float(p["first_layer_min_corr"]),
                                     int(p["first_layer_min_kernel"]))]
-    extra = {"ladder": rows, "kept_overrides": kept, "base_val_acc": base_acc,
+    extra = {"ladder": rows, "kept_overrides": kept, "base_val_acc": base_acc, "best_rung_dir": best_dir,
              "ladder_val_acc": best_acc, "ladder_gain": best_acc - base_acc,
              "decision_rule": f"keep when gain > max({min_delta:g}, sqrt(2p(1-p)/n_val)), n_val={n_val}"}
     summary = summary_of(best_cfg, ctx, best_res, verdicts, extra)

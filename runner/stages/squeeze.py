@@ -1,16 +1,27 @@
-"""stage=squeeze (recipe stage 6, ensemble part): average the logits of the best k models.
+"""stage=squeeze (recipe stage 6): ensemble, seed reruns of the winner, and "leave it training".
 
 Candidates come from `stage.params.from` (a regularize run's `rungs/`, a sweep's trial dirs,
-or one run dir) and `stage.params.runs`; the k with the best recorded val accuracy are
-reloaded from `checkpoints/best.pt` (else `last.pt`) with the config saved in the checkpoint,
-evaluated on the full validation set, and their averaged logits scored as the ensemble.
+or one run dir; `from=<dir>` on the command line means the same here) and
+`stage.params.runs`, ranked by recorded val accuracy (at the best val-loss epoch).
+
+1. Ensemble: the best k are reloaded from `checkpoints/best.pt` (else `last.pt`) with the
+   config saved in the checkpoint, evaluated on the full validation set, and their averaged
+   logits scored (`squeeze.ensemble`; ensemble.csv).
+2. Seeds: before adopting the winner, it and the runner-up are rerun with `seeds - 1` more
+   seeds each (same config and split, seed+1, seed+2, ...; `seeds/`), and compared as mean
+   +/- std. A lead smaller than the seed spread (the larger of the two stds) is not a win
+   (`squeeze.seed_spread` warns; seeds.csv).
+3. Leave it training: the winner continues from its `last.pt` (the resume machinery: model,
+   optimiser, schedule and history) for `continue_epochs` more epochs without early stopping
+   (`continued/`); the curve marks where it picked up, and the summary says whether val loss
+   still improved.
 """
 from __future__ import annotations
 
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from omegaconf import OmegaConf
@@ -21,7 +32,7 @@ from runner.stages.common import Context, finish, stage_params
 
 log = logging.getLogger("runner")
 
-DEFAULTS: dict[str, Any] = {"from": None, "runs": [], "k": 3}
+DEFAULTS: dict[str, Any] = {"from": None, "runs": [], "k": 3, "seeds": 3, "continue_epochs": None}
 
 
 def params(cfg) -> dict[str, Any]:
@@ -69,6 +80,113 @@ def _recorded_acc(d: Path) -> float:
     return float(acc) if isinstance(acc, (int, float)) and math.isfinite(acc) else -1.0
 
 
+def _checkpoint(run_dir: Path, name: str = "best.pt") -> Path:
+    ck = run_dir / "checkpoints" / name
+    return ck if ck.exists() else run_dir / "checkpoints" / ("last.pt" if name == "best.pt" else "best.pt")
+
+
+def member_config(run_dir: Path):
+    """A finished run's config (saved in its checkpoint) on the schema, ready to train again."""
+    from runner.checkpoint import load_checkpoint
+    from runner.config import RunnerConfig
+
+    raw = OmegaConf.to_container(OmegaConf.create(load_checkpoint(_checkpoint(run_dir))["config"]))
+    for key in ("from", "hydra"):
+        raw.pop(key, None)
+    raw.update({"init_from": None, "resume": False})
+    return OmegaConf.merge(OmegaConf.structured(RunnerConfig), raw)
+
+
+def _mean_std(xs: list) -> tuple[float, float]:
+    vals = [float(x) for x in xs if isinstance(x, (int, float)) and math.isfinite(x)]
+    if not vals:
+        return float("nan"), float("nan")
+    m = sum(vals) / len(vals)
+    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else float("nan")
+    return m, sd
+
+
+def seed_reruns(cand: Path, label: str, n: int, ctx: Context, root: Path) -> dict[str, Any]:
+    """The candidate plus n - 1 reruns with the next seeds: val accuracies, mean, std."""
+    from runner.stages.common import sub_run
+
+    base = member_config(cand)
+    s0 = int(base.seed)
+    seeds, accs, dirs = [s0], [_recorded_acc(cand)], [str(cand)]
+    for i in range(1, max(1, n)):
+        c = base.copy()
+        c.seed = s0 + i
+        path = root / f"{label}-seed{s0 + i}"
+        log.info("squeeze: %s (%s) again with seed %d", label, cand.name, s0 + i)
+        res, summ = sub_run(c, ctx, path, [f"seed={s0 + i}"], f"squeeze: {label} seed {s0 + i}")
+        seeds.append(s0 + i)
+        accs.append(None if res.nonfinite else summ.get("best_val_acc"))
+        dirs.append(str(path))
+    mean, std = _mean_std(accs)
+    return {"run": str(cand), "label": label, "seeds": seeds, "val_acc": accs, "dirs": dirs,
+            "mean": mean, "std": std}
+
+
+def seed_verdict(winner: dict[str, Any], runner_up: Optional[dict[str, Any]], n: int) -> Verdict:
+    """Pass when the winner's mean leads the runner-up's by more than the seed spread."""
+    name = "squeeze.seed_spread"
+    if n < 2:
+        return Verdict(name, "skip", message="stage.params.seeds < 2: no seed reruns")
+    w = f"{winner['mean']:.4f} +/- {winner['std']:.4f}"
+    if runner_up is None:
+        return Verdict(name, "skip", value=winner["mean"],
+                       message=f"only one candidate: winner {w} over {n} seeds, nothing to compare")
+    r = f"{runner_up['mean']:.4f} +/- {runner_up['std']:.4f}"
+    lead = winner["mean"] - runner_up["mean"]
+    spread = max(winner["std"], runner_up["std"])
+    spread = spread if math.isfinite(spread) else math.inf
+    expected = "winner mean - runner-up mean > max(std of either) over the seeds"
+    details = {"winner": winner, "runner_up": runner_up, "lead": lead, "spread": spread}
+    if math.isfinite(lead) and lead > spread:
+        return Verdict(name, "pass", value=lead, expected=expected, details=details,
+                       message=f"the winner ({w}) leads the runner-up ({r}) by {lead:.4f}, more "
+                               f"than the seed spread {spread:.4f} over {n} seeds")
+    return Verdict(name, "warn", value=lead, expected=expected, details=details,
+                   message=f"not a win: winner {w} vs runner-up {r} over {n} seeds; the lead "
+                           f"{lead:+.4f} is within the seed spread {spread:.4f}. Treat them as "
+                           "tied and prefer the simpler or cheaper one")
+
+
+def leave_training(cand: Path, extra: Optional[int], ctx: Context, path: Path) -> dict[str, Any]:
+    """Continue a finished run from its last.pt for `extra` more epochs (None: as many again)."""
+    from runner.checkpoint import load_checkpoint
+    from runner.stages.common import sub_run
+
+    last = _checkpoint(cand, "last.pt")
+    e0 = int(load_checkpoint(last)["loop"]["epoch"])
+    extra = e0 if extra is None else int(extra)
+    c = member_config(cand)
+    c.trainer.epochs = e0 + extra
+    c.trainer.early_stopping_patience = 0
+    c.resume = str(last)
+    log.info("squeeze: leave it training: %s from epoch %d to %d", cand.name, e0, e0 + extra)
+    res, summ = sub_run(c, ctx, path, [f"resume={last}", f"trainer.epochs={e0 + extra}",
+                                       "trainer.early_stopping_patience=0"],
+                        f"squeeze: {cand.name} left training to epoch {e0 + extra}",
+                        mark_epoch=e0)
+    hist = [r for r in res.history if r.get("val_loss") is not None and math.isfinite(r["val_loss"])]
+    before = [r for r in hist if r["epoch"] <= e0]
+    after = [r for r in hist if r["epoch"] > e0]
+    b = min(before, key=lambda r: r["val_loss"]) if before else None
+    a = min(after, key=lambda r: r["val_loss"]) if after else None
+    improved = bool(a and b and a["val_loss"] < b["val_loss"])
+    msg = ("no epoch was added" if not after else
+           f"val loss still improves: best {b['val_loss']:.4f} (epoch {b['epoch']}) -> "
+           f"{a['val_loss']:.4f} (epoch {a['epoch']}, val acc {a['val_acc']:.4f}): a longer budget pays"
+           if improved else
+           f"val loss stopped improving: best {b['val_loss']:.4f} at epoch {b['epoch']}; the "
+           f"{extra} more epochs reached {a['val_loss']:.4f} at best: the budget was long enough")
+    return {"run": str(cand), "dir": str(path), "from_epoch": e0, "to_epoch": res.state.epoch,
+            "best_val_loss_before": b and b["val_loss"], "best_val_loss_after": a and a["val_loss"],
+            "val_acc_before": b and b["val_acc"], "val_acc_after": a and a["val_acc"],
+            "val_loss_improved": improved, "message": msg}
+
+
 def member_logits(run_dir: Path, original_cwd: str, device: torch.device):
     """(logits, targets, config, fingerprint) of a run's best checkpoint on its full val set."""
     from runner.checkpoint import load_checkpoint
@@ -76,9 +194,7 @@ def member_logits(run_dir: Path, original_cwd: str, device: torch.device):
     from runner.loop import evaluate
     from runner.models import build_model
 
-    ck = run_dir / "checkpoints" / "best.pt"
-    ck = ck if ck.exists() else run_dir / "checkpoints" / "last.pt"
-    ckpt = load_checkpoint(ck)
+    ckpt = load_checkpoint(_checkpoint(run_dir))
     mcfg = OmegaConf.create(ckpt["config"])
     data = build_data(mcfg.data, original_cwd)
     model = build_model(mcfg.model, data.num_classes, data.in_chans, original_cwd)
@@ -96,7 +212,8 @@ def run(cfg, ctx: Context) -> int:
 
     p = params(cfg)
     cwd = Path(ctx.original_cwd)
-    sources = ([cwd / str(p["from"])] if p["from"] else []) + [cwd / str(r) for r in p["runs"] or []]
+    src = p["from"] or cfg.get("from")  # `from=<dir>` on the command line: the candidates
+    sources = ([cwd / str(src)] if src else []) + [cwd / str(r) for r in p["runs"] or []]
     if not sources:
         raise ConfigError("stage=squeeze needs stage.params.from=<regularize or sweep dir> "
                           "or stage.params.runs=[<run dir>, ...]")
@@ -125,7 +242,6 @@ def run(cfg, ctx: Context) -> int:
                  "recorded_val_acc": None, "val_acc": sc["ensemble_acc"],
                  "val_loss": sc["ensemble_loss"]})
     ctx.run.write_csv("ensemble.csv", rows)
-    ctx.run.write_metrics([])
     v = Verdict("squeeze.ensemble", "pass" if gain >= 0 else "warn", value=sc["ensemble_acc"],
                 expected=f">= best member {best_member:.4f}",
                 message=(f"ensemble of {len(members)}: val acc {sc['ensemble_acc']:.4f} "
@@ -133,20 +249,54 @@ def run(cfg, ctx: Context) -> int:
                          f"the ensemble ({sc['ensemble_acc']:.4f}) is below its best member "
                          f"({best_member:.4f}): use fewer, better members (stage.params.k)"),
                 details={"members": [str(m) for m in members]})
+    verdicts = [v]
+    sections = [("Ensemble", (
+        f"<p>{len(members)} of {len(cands)} candidate(s), ranked by recorded val accuracy; "
+        "each reloaded from its best checkpoint and evaluated on the full val set "
+        f"({len(data.val)} images); the ensemble averages their logits.</p>" +
+        table(rows, ["member", "model", "recorded_val_acc", "val_acc", "val_loss"]) +
+        f"<p>Ensemble {sc['ensemble_acc']:.4f} vs best member {best_member:.4f} "
+        f"({esc(f'{gain:+.4f}')}).</p>"))]
+
+    # seeds: the winner and the runner-up again with more seeds, before adopting the winner
+    n_seeds = int(p["seeds"] or 0)
+    seeds = None
+    if n_seeds >= 2:
+        win = seed_reruns(cands[0], "winner", n_seeds, ctx, ctx.run.path / "seeds")
+        up = seed_reruns(cands[1], "runner-up", n_seeds, ctx, ctx.run.path / "seeds") \
+            if len(cands) > 1 else None
+        seeds = {"winner": win, "runner_up": up}
+        seed_rows = [{"candidate": f"{g['label']} ({Path(g['run']).name})", "seed": sd, "val_acc": a,
+                      "dir": d} for g in (win, up) if g for sd, a, d in zip(g["seeds"], g["val_acc"], g["dirs"])]
+        ctx.run.write_csv("seeds.csv", seed_rows)
+        sv = seed_verdict(win, up, n_seeds)
+        verdicts.append(sv)
+        stats = [{"candidate": f"{g['label']}: {g['run']}", "seeds": len(g["seeds"]),
+                  "mean val_acc": g["mean"], "std": g["std"]} for g in (win, up) if g]
+        sections.append(("Seeds", f"<p>{esc(sv.message)}</p>" + table(stats) + table(seed_rows)))
+    else:
+        verdicts.append(seed_verdict({}, None, n_seeds))
+
+    # leave it training: the winner continues from its last checkpoint
+    longer = None
+    if p["continue_epochs"] is None or int(p["continue_epochs"]) > 0:
+        longer = leave_training(cands[0], p["continue_epochs"], ctx, ctx.run.path / "continued")
+        sections.append(("Leave it training", (
+            f"<p>{esc(Path(longer['run']).name)} continued from epoch {longer['from_epoch']} to "
+            f"{longer['to_epoch']} without early stopping: {esc(longer['message'])}.</p>"
+            '<p><img src="continued/plots/curves.png" alt="curves of the continued run" '
+            'style="max-width:100%"> <a href="continued/report.html">continued run report</a></p>')))
+
+    ctx.run.write_metrics([])
     summary = {"stage": cfg.stage.name, "name": cfg.name, "val_acc": sc["ensemble_acc"],
                "val_loss": sc["ensemble_loss"], "best_member_val_acc": best_member,
                "ensemble_gain": gain, "members": [str(m) for m in members],
                "member_val_acc": sc["member_acc"], "candidates": len(cands),
-               "checks": {"pass": int(v.status == "pass"), "warn": int(v.status == "warn"),
-                          "fail": 0, "skip": 0},
-               "checks_failed": [], "run_dir": str(ctx.run.path),
+               "seeds": seeds, "continued": longer,
+               "checks": {st: sum(x.status == st for x in verdicts) for st in ("pass", "warn", "fail", "skip")},
+               "checks_failed": [x.name for x in verdicts if x.status == "fail"],
+               "run_dir": str(ctx.run.path),
                "data": {"kind": data.kind, "num_val": len(data.val), "num_classes": data.num_classes,
                         "fingerprint": data.fingerprint}}
-    body = (f"<p>{len(members)} of {len(cands)} candidate(s), ranked by recorded val accuracy; "
-            "each reloaded from its best checkpoint and evaluated on the full val set "
-            f"({len(data.val)} images); the ensemble averages their logits.</p>" +
-            table(rows, ["member", "model", "recorded_val_acc", "val_acc", "val_loss"]) +
-            f"<p>Ensemble {sc['ensemble_acc']:.4f} vs best member {best_member:.4f} "
-            f"({esc(f'{gain:+.4f}')}).</p>")
-    return finish(cfg, ctx, None, [v], summary, sections=[("Ensemble", body)],
+    return finish(cfg, ctx, None, verdicts, summary, sections=sections,
                   title=f"squeeze: ensemble of {len(members)} on {data.kind}")

@@ -1,0 +1,301 @@
+"""`from=<run dir>`: start a stage from an earlier run's outcome.
+
+A stage YAML states only what it changes relative to the stage it builds on
+(conf/stage/overfit.yaml: `defaults: [baseline]` plus a ResNet). `from=` applies that idea
+to results: the new run's config is
+
+    the source run's outcome config          (what that run ended with)
+    + what this stage's YAML chain changes   (relative to the stages both share)
+    + what this command changed              (its overrides and experiment files)
+
+later lines winning. The source's *outcome* is its composed config for a plain run, the
+kept ladder for stage=regularize (regularized_config.yaml), the best trial for a tune sweep
+(study.json), and the last training stage for a recipe run. Training stages start from
+scratch (overfit, regularize and tune compare fresh runs); stage=train also loads the
+source's best weights (a warm start) when the model is the same, and `init_from=<run dir or
+.pt>` does that explicitly in any training stage.
+
+Everything decided lands in the run directory: lineage.json (source, the outcome file read,
+every key taken from the source or set by the stage, the weights loaded) and config.yaml
+(the config the run used; .hydra/config.yaml holds the composition before `from=`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from runner.errors import ConfigError
+
+log = logging.getLogger("runner")
+
+# top-level keys that belong to one run and are never taken from the source
+PER_RUN = ("stage", "hydra", "from", "resume", "init_from", "tune")
+# stages that warm-start from the source's best weights (when the architecture matches)
+WARM_START_STAGES = ("train",)
+# stages that read `from=` themselves (squeeze: the candidates) or pass it on (recipe)
+OWN_FROM_STAGES = ("squeeze", "recipe")
+
+
+@dataclass
+class Outcome:
+    """What `from=<dir>` points at: the config a run ended with and its best weights."""
+
+    source: Path
+    config: Dict[str, Any]
+    config_file: Path
+    stage: str
+    weights: Optional[Path]
+    note: str = ""
+
+
+@dataclass
+class Lineage:
+    source: str
+    source_stage: str
+    config_file: str
+    note: str
+    common_stage: Optional[str]
+    from_source: Dict[str, Any] = field(default_factory=dict)
+    from_stage: Dict[str, Any] = field(default_factory=dict)
+    from_command: Dict[str, Any] = field(default_factory=dict)
+    weights: Optional[str] = None
+
+    def as_dict(self) -> Dict[str, Any]:
+        return dict(self.__dict__)
+
+
+# ----------------------------------------------------------------------------- outcomes
+def _load_yaml(p: Path) -> Dict[str, Any]:
+    try:
+        c = OmegaConf.load(p)
+    except Exception as e:  # noqa: BLE001 -- any parse error: one message naming the file
+        raise ConfigError(f"from=: cannot read {p}: {e}") from e
+    return OmegaConf.to_container(c, resolve=False)  # type: ignore[return-value]
+
+
+def _best_pt(run_dir: Path) -> Optional[Path]:
+    for name in ("best.pt", "last.pt"):
+        p = run_dir / "checkpoints" / name
+        if p.is_file():
+            return p
+    return None
+
+
+def _json(p: Path) -> Optional[Dict[str, Any]]:
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _run_config(d: Path) -> Optional[Path]:
+    """A plain run's final config: config.yaml (written when it had `from=`) or Hydra's."""
+    for p in (d / "config.yaml", d / ".hydra" / "config.yaml"):
+        if p.is_file():
+            return p
+    return None
+
+
+def outcome(src: Path) -> Outcome:
+    """The outcome config and best weights of a run, ladder, sweep or recipe directory."""
+    if not src.is_dir():
+        raise ConfigError(f"from={src}: not a directory; expected a run directory "
+                          "(outputs/<date>/<time>), a tune sweep or a recipe run")
+    summary = _json(src / "summary.json") or {}
+    if summary.get("stage") == "recipe":
+        for row in reversed(summary.get("stages") or []):
+            d = Path(row.get("dir", ""))
+            if row.get("stage") in ("inspect", "squeeze") or not d.is_dir():
+                continue
+            try:
+                o = outcome(d)
+            except ConfigError:
+                continue
+            o.note = f"the recipe's last training stage ({row['stage']}, {d.name})"
+            return o
+        raise ConfigError(f"from={src}: this recipe run has no finished training stage to start from")
+    if (src / "regularized_config.yaml").is_file():
+        best_dir = summary.get("best_rung_dir")
+        weights = _best_pt(src / best_dir) if best_dir else None
+        return Outcome(src, _load_yaml(src / "regularized_config.yaml"),
+                       src / "regularized_config.yaml", "regularize", weights,
+                       f"the ladder's kept changes ({' '.join(summary.get('kept_overrides') or []) or 'none'})")
+    study = _json(src / "study.json")
+    if study is not None:
+        best = study.get("best") or {}
+        d = Path(best["dir"]) if best.get("dir") else None
+        if d is not None and not d.is_absolute():
+            d = src / d
+        cfg_file = _run_config(d) if d is not None else None
+        if cfg_file is None:
+            raise ConfigError(f"from={src}: the study has no finished best trial with a config yet")
+        return Outcome(src, _load_yaml(cfg_file), cfg_file, "tune", _best_pt(d),
+                       f"the study's best trial {best.get('number')} "
+                       f"({study.get('metric', 'val_acc')} {best.get('value')})")
+    cfg_file = _run_config(src)
+    if cfg_file is not None:
+        conf = _load_yaml(cfg_file)
+        return Outcome(src, conf, cfg_file, str((conf.get("stage") or {}).get("name", "?")),
+                       _best_pt(src), "the run's composed config")
+    ck = _best_pt(src)
+    if ck is not None:
+        from runner.checkpoint import load_checkpoint
+
+        conf = OmegaConf.to_container(OmegaConf.create(load_checkpoint(ck)["config"]))
+        return Outcome(src, conf, ck, str((conf.get("stage") or {}).get("name", "?")), ck,
+                       "the config saved in the checkpoint")
+    raise ConfigError(f"from={src}: no run there: expected config.yaml, .hydra/config.yaml, "
+                      "regularized_config.yaml, study.json or checkpoints/*.pt")
+
+
+# ----------------------------------------------------------------------------- stage chains
+def stage_chain(name: str) -> List[str]:
+    """The stages a stage YAML builds on, root first: overfit -> [train, baseline, overfit]."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.default_element import ConfigDefault
+
+    repo = GlobalHydra.instance().config_loader().repository
+    chain: List[str] = []
+    cur: Optional[str] = name
+    while cur and cur not in chain:
+        chain.insert(0, cur)
+        res = repo.load_config(f"stage/{cur}")
+        parents = [d.path for d in (res.defaults_list or []) if isinstance(d, ConfigDefault)
+                   and d.path and d.path != "_self_"] if res is not None else []
+        cur = parents[0].rsplit("/", 1)[-1] if parents else None
+    return chain
+
+
+def common_stage(a: Sequence[str], b: Sequence[str]) -> Optional[str]:
+    out = None
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        out = x
+    return out
+
+
+# ----------------------------------------------------------------------------- merging
+def flatten(d: Any, prefix: str = "") -> Dict[str, Any]:
+    """Dotted leaves of a nested dict; lists and empty dicts are leaves."""
+    if not isinstance(d, dict) or (not d and prefix):
+        return {prefix: d}
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        out.update(flatten(v, key))
+    return out
+
+
+def _top(key: str) -> str:
+    return key.split(".", 1)[0]
+
+
+def _plain(cfg) -> Dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=False)  # type: ignore[return-value]
+
+
+def _diff(a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Any]:
+    """Leaves of b that differ from (or are missing in) a."""
+    return {k: v for k, v in b.items() if k not in a or a[k] != v}
+
+
+def command_keys(overrides: Sequence[str], include_per_run: bool = False) -> List[str]:
+    """The dotted keys (or whole group packages) this command set explicitly."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    keys: List[str] = []
+    for o in OverridesParser.create().parse_overrides(list(overrides)):
+        k = o.key_or_group
+        if (_top(k) in PER_RUN and not include_per_run) or k.startswith("hydra") or k == "experiment":
+            continue
+        keys.append(k)
+    return keys
+
+
+def _compose_stage(config_name: str, stage: str):
+    from hydra import compose
+
+    return compose(config_name=config_name, overrides=[f"stage={stage}"])
+
+
+def inherit(cfg: DictConfig, overrides: Sequence[str], original_cwd: str,
+            config_name: str = "config") -> Tuple[DictConfig, Lineage]:
+    """The config of a run with `from=`: source outcome + stage changes + command changes."""
+    src = Path(original_cwd) / str(cfg["from"])
+    out = outcome(src.expanduser())
+    new_stage = str(cfg.stage.name)
+    try:
+        chain_new, chain_src = stage_chain(new_stage), stage_chain(out.stage)
+    except Exception:  # noqa: BLE001 -- an unknown stage of the source: compare with itself
+        chain_new, chain_src = stage_chain(new_stage), []
+    anc = common_stage(chain_new, chain_src)
+    stage_new = flatten(_plain(_compose_stage(config_name, new_stage)))
+    stage_anc = flatten(_plain(_compose_stage(config_name, anc))) if anc else {}
+    by_stage = {k: v for k, v in _diff(stage_anc, stage_new).items() if _top(k) not in PER_RUN}
+    user = flatten(_plain(cfg))
+    by_command = {k: v for k, v in _diff(stage_new, user).items() if _top(k) not in PER_RUN}
+    for k in command_keys(overrides):  # set explicitly, even to the stage's own value
+        by_command.update({u: v for u, v in user.items() if u == k or u.startswith(k + ".")})
+    source = {k: v for k, v in flatten(out.config).items() if _top(k) not in PER_RUN}
+
+    def covered(k: str, keys) -> bool:
+        parts = k.split(".")
+        return any(".".join(parts[:i]) in keys for i in range(1, len(parts) + 1))
+
+    taken = {k: v for k, v in source.items()
+             if not covered(k, by_stage) and not covered(k, by_command) and user.get(k, object()) != v}
+    result = cfg.copy()
+    with open_dict(result):
+        for k, v in taken.items():
+            try:
+                OmegaConf.update(result, k, v, merge=False, force_add=True)
+            except Exception as e:  # noqa: BLE001 -- a schema clash: name the key and the file
+                raise ConfigError(f"from={src}: {k}={v!r} from {out.config_file} does not fit "
+                                  f"this run's config: {e}") from e
+    lin = Lineage(source=str(src), source_stage=out.stage, config_file=str(out.config_file),
+                  note=out.note, common_stage=anc, from_source=taken,
+                  from_stage={k: v for k, v in by_stage.items()
+                              if source.get(k, object()) != v and not covered(k, by_command)},
+                  from_command={k: v for k, v in by_command.items() if source.get(k, object()) != v})
+    explicit = "init_from" in command_keys(overrides, include_per_run=True)  # init_from=null: none
+    if new_stage in WARM_START_STAGES and not explicit and not cfg.get("init_from") \
+            and out.weights is not None:
+        with open_dict(result):
+            result.init_from = str(out.weights)
+        lin.weights = str(out.weights)
+    log.info("from %s (%s, %s): %d key(s) from the source, %d set by stage %s, %d by the command%s",
+             src, out.stage, out.note, len(taken), len(lin.from_stage), new_stage,
+             len(lin.from_command), f"; weights from {out.weights}" if lin.weights else "")
+    return result, lin
+
+
+def apply(cfg: DictConfig, overrides: Sequence[str], original_cwd: str) -> Tuple[DictConfig, Optional[Lineage]]:
+    """`inherit` when the config has `from`, else the config unchanged."""
+    if not cfg.get("from") or cfg.stage.name in OWN_FROM_STAGES:
+        return cfg, None
+    from hydra.core.hydra_config import HydraConfig
+
+    name = HydraConfig.get().job.config_name if HydraConfig.initialized() else "config"
+    return inherit(cfg, overrides, original_cwd, name or "config")
+
+
+def lineage_html(lin: Dict[str, Any]) -> str:
+    """The report section: where the run started and which keys came from where."""
+    from runner.report import esc, table
+
+    rows = ([{"key": k, "value": v, "from": "source run"} for k, v in lin["from_source"].items()]
+            + [{"key": k, "value": v, "from": "this stage's YAML"} for k, v in lin["from_stage"].items()]
+            + [{"key": k, "value": v, "from": "this command"} for k, v in lin["from_command"].items()])
+    head = (f"<p>Started from <code>{esc(lin['source'])}</code>: {esc(lin['note'])} "
+            f"(<code>{esc(lin['config_file'])}</code>, stage {esc(lin['source_stage'])}; "
+            f"stages in common: up to {esc(str(lin['common_stage']))}).")
+    if lin.get("weights"):
+        head += f" Weights loaded from <code>{esc(lin['weights'])}</code>."
+    head += " Keys that differ from the source's defaults and where each value came from:</p>"
+    return head + table(rows, ["key", "value", "from"])
