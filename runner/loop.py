@@ -16,7 +16,7 @@ from typing import Callable, Iterator, List, Optional
 import torch
 from torch import nn
 
-from runner.distributed import all_reduce_sum
+from runner.distributed import all_reduce_sum, barrier
 from runner.errors import NonFiniteLoss
 
 
@@ -114,14 +114,97 @@ def current_lr(optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
 
 
-def _nonfinite_anywhere(loss: torch.Tensor) -> bool:
-    """Is the loss NaN/Inf here or (under DDP) on any rank? All ranks must stop together."""
+# The loop reads device values on the host only at check points: every `check_every` steps
+# (more often when steps are slow, so checks come about every `check_seconds` and a signal
+# is acted on well within torchrun's/a scheduler's grace period before SIGKILL) and at
+# each epoch end, before the epoch's record (and so its checkpoint) leaves the loop. Between
+# them the finiteness of the loss is accumulated on the device, so a CUDA step never waits
+# for the host. Under DDP each check is one all_reduce(MAX) that every rank joins at the same
+# step, so all ranks stop together, for a NaN on any rank or a signal to any rank.
+CHECK_EVERY = 50
+CHECK_SECONDS = 2.0
+
+
+class _Watch:
+    """Device-side record of the steps since the last check: was a loss non-finite, where first."""
+
+    def __init__(self, device: torch.device, steps_before: int):
+        self.bad = torch.zeros((), device=device, dtype=torch.bool)
+        self.clean = torch.zeros((), device=device, dtype=torch.long)  # steps before the first bad
+        self.value = torch.zeros((), device=device, dtype=torch.float32)  # the first bad loss
+        self.steps_before = steps_before  # optimiser steps done before this window
+        self.t0 = time.perf_counter()
+
+    def update(self, loss: torch.Tensor) -> None:
+        """Device ops only: no host sync."""
+        loss = loss.detach().float()
+        self.value = torch.where(self.bad, self.value, loss)
+        self.bad = self.bad | ~torch.isfinite(loss)
+        self.clean += ~self.bad
+
+
+@dataclass
+class _Flags:
+    stop: bool  # a rank was asked to stop
+    signum: int  # the (largest) signal number a rank got; 0 when unknown or none
+    bad: bool  # a loss since the last check was NaN/Inf on some rank
+    first_bad_step: int  # global step of the first one
+    value: float  # that loss on this rank (NaN when it was another rank's)
+    seconds: float  # the slowest rank's time since the last check
+
+
+def _world_size() -> int:
     import torch.distributed as dist
 
-    bad = (~torch.isfinite(loss.detach())).double()
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        all_reduce_sum(bad)
-    return bool(bad > 0)
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _local_signum(stop_requested) -> int:
+    """The signal behind `stop_requested` when it says (train_run's handler has `.signum`)."""
+    return int(getattr(getattr(stop_requested, "__self__", None), "signum", None) or 0)
+
+
+def _sync_flags(watch: _Watch, stop_local: bool, signum: int) -> _Flags:
+    """The loop's one host read of device state at a check point (one all_reduce under DDP)."""
+    import torch.distributed as dist
+
+    dev = watch.bad.device
+    host = torch.tensor([float(stop_local), float(signum), time.perf_counter() - watch.t0],
+                        dtype=torch.float64, device=dev)
+    t = torch.cat([host, watch.bad.double().view(1), (-watch.clean.double()).view(1)])
+    if _world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    stop, sig, seconds, bad, neg_clean = t.tolist()
+    value = math.nan
+    if bad and bool(watch.bad):  # failure path only: a second read is fine
+        value = float(watch.value)
+    return _Flags(stop > 0, int(sig), bad > 0, watch.steps_before + int(-neg_clean) + 1, value,
+                  seconds)
+
+
+def _join_stop(stop_requested, signum: int) -> None:
+    """Another rank got a signal: behave as if this one had got it too (same exit code).
+
+    train_run's handler records the signal; delivering it here keeps every rank's
+    after-the-loop path (checkpoint by rank 0, Interrupted, exit 128+signal) the same.
+    """
+    import signal
+    import threading
+
+    if stop_requested is None or stop_requested() or signum <= 0:
+        return
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if callable(signal.getsignal(signum)):  # a Python handler, not SIG_DFL/SIG_IGN
+        signal.raise_signal(signum)
 
 
 def fit(
@@ -145,13 +228,20 @@ def fit(
     progress: bool = False,
     state: Optional[LoopState] = None,
     stop_requested: Optional[Callable[[], bool]] = None,
+    check_every: int = CHECK_EVERY,
+    check_seconds: float = CHECK_SECONDS,
 ) -> Iterator[EpochRecord]:
     """Train for `epochs` epochs (continuing from `state`), yielding a record per epoch.
 
-    Raises NonFiniteLoss at the step where the loss stops being finite. When
-    `stop_requested()` turns true (a signal), the loop stops after the current step and
-    yields one record with `interrupted=True`; `state` then describes the half-done epoch
-    exactly, so a checkpoint of it resumes to the same result.
+    Raises NonFiniteLoss when a loss was NaN/Inf, naming its epoch and step. The loss is
+    checked on the device every step but read on the host only at check points (every
+    `check_every` steps, more often when steps are slow so that they come about every
+    `check_seconds`, and at every epoch end), so a bad loss stops the run at the next check
+    point, naming its first bad step, always before the epoch's record is yielded (and
+    checkpointed). When `stop_requested()` turns true (a signal), the loop stops after the
+    current step (under DDP: at the next check point, on every rank together) and yields one
+    record with `interrupted=True`; `state` then describes the half-done epoch exactly (its
+    sums over all ranks), so a checkpoint of it resumes to the same result.
     """
     state = state or LoopState()
     loss_fn = loss_fn or nn.CrossEntropyLoss()
@@ -160,14 +250,40 @@ def fit(
     if max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, max_steps_per_epoch)
     show = progress and sys.stderr.isatty()
+    ddp = _world_size() > 1
+    interval = max(1, int(check_every))
+
+    def asked() -> bool:
+        return stop_requested is not None and bool(stop_requested())
+
+    def check(watch: _Watch, bar) -> _Flags:
+        """A check point: read (and under DDP agree on) the flags; raise on a bad loss."""
+        nonlocal interval
+        flags = _sync_flags(watch, asked(), _local_signum(stop_requested))
+        if flags.bad:
+            if bar is not None:
+                bar.close()
+            raise NonFiniteLoss(epoch + 1, flags.first_bad_step, "loss", flags.value,
+                                found_at=state.step)
+        steps = state.step - watch.steps_before
+        if check_seconds > 0 and steps > 0 and flags.seconds > 0:  # same values on every rank
+            interval = max(1, min(int(check_every), int(check_seconds * steps / flags.seconds)))
+        if flags.stop:
+            _join_stop(stop_requested, flags.signum)
+        return flags
 
     for epoch in range(state.epoch, epochs):
         model.train()
         t0 = time.perf_counter()
         start = state.batch_in_epoch
-        loss_sum = torch.tensor(state.partial_loss_sum, device=device, dtype=torch.float64)
-        correct = torch.tensor(state.partial_correct, device=device, dtype=torch.float64)
-        seen = torch.tensor(float(state.partial_seen), device=device, dtype=torch.float64)
+        # a half-done epoch's sums are over all ranks (see below): rank 0 carries them on
+        carry = _rank() == 0
+        loss_sum = torch.tensor(state.partial_loss_sum if carry else 0.0, device=device,
+                                dtype=torch.float64)
+        correct = torch.tensor(state.partial_correct if carry else 0, device=device,
+                               dtype=torch.float64)
+        seen = torch.tensor(float(state.partial_seen if carry else 0), device=device,
+                            dtype=torch.float64)
         bar = None
         if show:
             from tqdm import tqdm
@@ -176,6 +292,8 @@ def fit(
                        leave=False)
         interrupted = False
         i = start
+        watch = _Watch(device, state.step)
+        next_check = start + interval
         for x, y in train_loader.epoch(epoch, start):
             if i >= steps_per_epoch:
                 break
@@ -188,11 +306,8 @@ def fit(
             with autocast(device, precision):
                 logits = model(x)
                 loss = loss_fn(logits, y)
-            # a NaN/Inf loss stops the run here, naming where (recipe: fail loudly, not silently)
-            if _nonfinite_anywhere(loss):
-                if bar is not None:
-                    bar.close()
-                raise NonFiniteLoss(epoch + 1, state.step + 1, "loss", float(loss.detach()))
+            # a NaN/Inf loss is noted on the device; the next check point stops the run
+            watch.update(loss)
             # backward, update
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
@@ -211,28 +326,43 @@ def fit(
             i += 1
             if scheduler is not None:
                 scheduler.step_update(num_updates=state.step)
-            # accumulate on device: no host sync per step beyond the finiteness test
+            # accumulate on device: no host sync per step
             loss_sum += loss.detach().double() * len(hard_y)
             correct += (logits.detach().argmax(1) == hard_y).sum()
             seen += len(hard_y)
             if bar is not None:
                 bar.update(1)
-            if stop_requested is not None and stop_requested() and i < steps_per_epoch:
-                interrupted = True
-                break
+            # one process reads its own (host) stop flag every step; DDP ranks only at the
+            # shared check points, where they agree. The epoch's last step: its end checks.
+            if i < steps_per_epoch and (i >= next_check or (not ddp and asked())):
+                flags = check(watch, bar)
+                watch, next_check = _Watch(device, state.step), i + interval
+                if flags.stop:
+                    interrupted = True
+                    break
         if bar is not None:
             bar.close()
         train_s = time.perf_counter() - t0
         if interrupted:
             state.batch_in_epoch = i
-            state.partial_loss_sum, state.partial_correct = float(loss_sum), int(correct)
-            state.partial_seen, state.partial_s = int(seen), state.partial_s + train_s
+            # DDP: the checkpoint (rank 0's state) must hold every rank's share of the sums
+            part = all_reduce_sum(torch.stack([loss_sum, correct, seen])).tolist()
+            state.partial_loss_sum, state.partial_correct = part[0], int(part[1])
+            state.partial_seen, state.partial_s = int(part[2]), state.partial_s + train_s
             state.wall_s += train_s
-            yield EpochRecord(epoch=epoch, step=state.step, train_loss=math.nan, train_acc=math.nan,
-                              val_loss=math.nan, val_acc=math.nan, lr=current_lr(optimizer),
-                              wall_s=state.wall_s, epoch_s=train_s, images_per_s=0.0,
-                              evaluated=False, interrupted=True)
+            rec = EpochRecord(epoch=epoch, step=state.step, train_loss=math.nan,
+                              train_acc=math.nan, val_loss=math.nan, val_acc=math.nan,
+                              lr=current_lr(optimizer), wall_s=state.wall_s, epoch_s=train_s,
+                              images_per_s=0.0, evaluated=False, interrupted=True)
+            try:
+                yield rec
+            except GeneratorExit:  # the caller saved its checkpoint (rank 0) and stops
+                barrier()  # no rank exits (and so has torchrun end the others) before that
+                raise
+            barrier()
             return
+        # epoch end: always a check point, before anything of this epoch leaves the loop
+        stop_at_end = check(watch, None).stop
         if scheduler is not None:
             scheduler.step(epoch + 1)
         # DDP: every rank trained on its share of each global batch
@@ -270,5 +400,8 @@ def fit(
         yield rec
         if rec.stop_reason:
             return
-        if stop_requested is not None and stop_requested():
+        # one process: a signal during evaluation/checkpointing stops here; under DDP only
+        # the agreed flag counts (a later signal is agreed on at the next check point)
+        if stop_at_end or (not ddp and asked()):
+            barrier()  # rank 0 has written this epoch's checkpoint before any rank exits
             return

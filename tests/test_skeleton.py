@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import textwrap
 from pathlib import Path
 
@@ -151,16 +152,16 @@ NAN_MODEL = textwrap.dedent('''
     from torch import nn
 
     class Breaks(nn.Module):
-        """Fine for 10 training steps, then produces NaN."""
-        def __init__(self, num_classes, in_chans):
+        """Fine for `after` training steps, then produces NaN."""
+        def __init__(self, num_classes, in_chans, after=10):
             super().__init__()
             self.fc = nn.Linear(in_chans * 16 * 16, num_classes)
-            self.calls = 0
+            self.calls, self.after = 0, after
         def forward(self, x):
             out = self.fc(x.flatten(1))
             if self.training:
                 self.calls += 1
-                if self.calls > 10:
+                if self.calls > self.after:
                     out = out * float("nan")
             return out
 ''')
@@ -179,6 +180,30 @@ def test_nan_loss_stops_run_and_keeps_checkpoints(cli, tmp_path):
     assert ck["loop"]["epoch"] == 1  # the epoch before the NaN survives
     assert r.json("summary.json")["status"] == "nonfinite"
     assert_contract(r.run_dir)
+
+
+def test_nan_mid_epoch_is_found_at_the_next_check_before_any_checkpoint(cli, tmp_path):
+    """The loss is read on the host every 50 steps (runner.loop.CHECK_EVERY), not every step:
+    a NaN in the middle of a long epoch still stops the run, names its step, exit 1, and no
+    checkpoint of the NaN weights is written."""
+    from runner.loop import CHECK_EVERY
+
+    (tmp_path / "nanmodel.py").write_text(NAN_MODEL)
+    # 4096 / 32 = 128 steps per epoch; the first NaN is step 159, 31 steps into epoch 2
+    r = cli(FAST + ["model=custom", "model._target_=nanmodel.Breaks", "+model.kwargs.after=158",
+                    "stage=train", "trainer.epochs=3", "data.num_train=4096"])
+    assert r.code == 1, r.out
+    assert "epoch 2, step 159" in r.out
+    m = re.search(r"epoch 2, step 159 \(found by the check after step (\d+)\)", r.out)
+    found = int(m.group(1)) if m else 159  # (checks come sooner only when steps are slow)
+    assert 159 <= found <= 128 + CHECK_EVERY  # in the same epoch, not at its end
+    checks = {c["name"]: c for c in r.json("checks.json")}
+    assert checks["train.finite"]["status"] == "fail"
+    assert checks["train.finite"]["value"] == "epoch 2, step 159"
+    ck = torch.load(r.run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert ck["loop"]["epoch"] == 1 and ck["loop"]["batch_in_epoch"] == 0  # epoch 1's, finite
+    assert all(torch.isfinite(v).all() for v in ck["model"].values())
+    assert r.json("summary.json")["status"] == "nonfinite"
 
 
 def test_killed_run_resumes_to_the_same_metrics(tmp_path):
