@@ -332,3 +332,21 @@ def test_nan_is_caught_at_the_next_check_and_a_stop_request_never_yields_nan_wei
         _tiny_fit(40, model=Model(3), check_every=50, check_seconds=0,
                   stop_requested=lambda: steps[0] >= 6, out=records)
     assert records == [] and steps[0] == 6  # stopped at the request, without a record
+
+
+def test_a_signal_delivered_twice_at_once_is_one_stop_request_and_a_later_one_stops_now():
+    """Ctrl-C under torchrun reaches a rank from the terminal and from torchrun: one request."""
+    import signal
+
+    from runner.stages.common import _StopOnSignal
+
+    stop = _StopOnSignal()
+    try:
+        stop._handle(signal.SIGINT, None)
+        stop._handle(signal.SIGINT, None)  # the duplicate: still just "stop after this step"
+        assert stop.requested() and stop.signum == signal.SIGINT
+        stop._at -= stop.REPEAT_S + 1  # a person pressing Ctrl-C again, later
+        with pytest.raises(KeyboardInterrupt):
+            stop._handle(signal.SIGINT, None)
+    finally:
+        stop.restore()

@@ -174,15 +174,23 @@ class _StopOnSignal:
         import threading
 
         self.signum = None
+        self._at = 0.0
         self._old = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handle)
 
+    # a repeat within this many seconds is the same request delivered twice (the terminal and
+    # torchrun both forward Ctrl-C), not a person pressing it again
+    REPEAT_S = 2.0
+
     def _handle(self, signum, frame):
-        if self.signum is not None:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.signum = signum
+        now = time.monotonic()
+        if self.signum is not None:
+            if now - self._at < self.REPEAT_S:
+                return
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self.signum, self._at = signum, now
         log.warning("signal %d: stopping after this step and saving a checkpoint "
                     "(again to stop at once)", signum)
 
