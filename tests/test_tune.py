@@ -260,16 +260,84 @@ def two_workers(tmp_path, name: str, storage: str, url: Optional[str] = None, n:
         results = list(pool.map(lambda _: run_cli(args, tmp_path), range(2)))
     assert [r.code for r in results] == [0, 0], results[0].out + results[1].out
     study, d = study_of(tmp_path, name, journal=url is None, url=url)
-    assert sorted(t.number for t in study.trials) == list(range(n))  # no number twice, none lost
-    assert states(study) == ["COMPLETE"] * n
+    # both workers may ask for the last slot at once: the later number is put back as WAITING
+    # (not run, not counted; test_the_budget_holds_when_two_workers_take_the_last_slot)
+    extra = [t for t in study.trials if t.state.name == "WAITING"]
+    assert all(t.number >= n and not t.params for t in extra), extra
+    ran_trials = [t for t in study.trials if t.state.name != "WAITING"]
+    assert sorted(t.number for t in ran_trials) == list(range(n))  # no number twice, none lost
+    assert [t.state.name for t in ran_trials] == ["COMPLETE"] * n
     assert all((d / str(k) / "summary.json").exists() for k in range(n))
     ran = [int(x) for r in results for x in re.findall(r"tune: trial (\d+) complete", r.out)]
     assert sorted(ran) == list(range(n))  # each trial ran in exactly one worker
     assert sum("warm start: trial 0" in r.out for r in results) == 1
     # the warm start is trial 0 only, not enqueued by both workers (a duplicate trial)
     assert study.trials[0].params == {"optim.lr": 3e-4, "optim.weight_decay": 0.0}
-    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == n
+    assert len({tuple(sorted(t.params.items())) for t in ran_trials}) == n
     return study, results
+
+
+def test_the_budget_holds_when_two_workers_take_the_last_slot(tmp_path):
+    """Two workers (two sweepers, each with its own storage object, as two processes have) both
+    see one trial left and both ask, held at a barrier in between so the race always happens.
+    Only the lower number runs; the other is put back as WAITING without parameters, and a
+    resumed study with a larger budget runs it as the next number: no gap, no repeat."""
+    import threading
+
+    from hydra_plugins.recipe_optuna_sweeper.sweeper import OptunaSweeper
+    from optuna.trial import TrialState
+
+    url = str(tmp_path / "race.journal")
+    gate = threading.Barrier(2, timeout=60)
+
+    def sweeper(n_trials, race):
+        sw = OptunaSweeper(
+            n_trials=n_trials, n_jobs=1, direction="maximize", metric="val_acc",
+            study_name="race", storage=url, study_dir=None, sampler={"name": "random", "seed": 0},
+            pruner=None, params={}, warm_start=False, heartbeat_interval=30, grace_period=120,
+            retry=0, edge_fraction=0.1,
+        )
+        sw.space = tuning.parse_search_space({"optim.lr": "interval(0.1, 0.2)"})
+        sw.url = url
+        budget_left = sw._budget_left
+
+        def checked_then_wait(study):  # both workers pass the check before either asks
+            left = budget_left(study)
+            if race and left == 1:
+                gate.wait()
+            return left
+
+        def run_trial(study, trial, overrides):  # the job: a value from the sampled lr
+            study.tell(trial, float(trial.params["optim.lr"]))
+            return trial.number
+
+        sw._budget_left, sw._run_trial = checked_then_wait, run_trial
+        study = optuna.create_study(study_name="race", storage=tuning.open_storage(url),
+                                    direction="maximize", load_if_exists=True)
+        return sw, study
+
+    workers = [sweeper(1, race=True) for _ in range(2)]
+    results = [[], []]
+    threads = [threading.Thread(target=sw._worker, args=(st, res))
+               for (sw, st), res in zip(workers, results)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert sorted(results) == [[], [0]]  # one worker ran trial 0, the other stopped
+    study, _ = study_of(tmp_path, "race", url=url)
+    assert states(study) == ["COMPLETE", "WAITING"]
+    assert study.trials[1].params == {} and "beyond the budget" in study.trials[1].user_attrs[
+        "reason"]
+
+    # resumed with a budget of 2: the waiting trial is the next one, sampled now
+    sw, st = sweeper(2, race=False)
+    res = []
+    sw._worker(st, res)
+    study, _ = study_of(tmp_path, "race", url=url)
+    assert res == [1] and states(study) == ["COMPLETE", "COMPLETE"]
+    assert study.trials[1].params["optim.lr"] != study.trials[0].params["optim.lr"]
+    assert study.trials[1].user_attrs.get("reason") is None
 
 
 def test_two_worker_processes_share_one_study(tmp_path):

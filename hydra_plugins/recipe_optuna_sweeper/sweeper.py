@@ -162,12 +162,17 @@ class OptunaSweeper(Sweeper):
                 if self._exhausted or self._interrupted or self._budget_left(study) <= 0:
                     return
                 trial, overrides = self._ask(study)
+            if trial is None:  # another worker took the budget's last slot: this one stops
+                return
             results.append(self._run_trial(study, trial, overrides))
 
     def _ask(self, study) -> Tuple[Any, List[str]]:
+        """The next trial and its job's overrides; (None, []) when it falls beyond the budget."""
         from runner import tuning
 
         trial = study.ask()
+        if self._beyond_budget(study, trial):
+            return None, []
         trial.set_user_attr("heartbeat", time.time())
         for key in ("reason", "epochs", "status"):  # a retry starts with its original's attributes
             if key in trial.user_attrs:
@@ -286,6 +291,40 @@ class OptunaSweeper(Sweeper):
         replaced = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
         counted = [t for t in trials if t.state != TrialState.WAITING and t.number not in replaced]
         return self.n_trials - len(counted)
+
+    def _beyond_budget(self, study, trial) -> bool:
+        """The budget under concurrency. Each worker (process, or thread of another process)
+        checks `_budget_left` and then asks, so two workers can both see the last slot free and
+        both ask. The storage numbers trials atomically, so the rule is by number: a trial is
+        within the budget when fewer than n_trials trials that count are numbered before it.
+        Here "count" is `_budget_left`'s rule (retried originals do not) plus WAITING trials,
+        which run before any new trial (ask pops them first). So the trials that run are the
+        lowest-numbered ones (0..n-1 without retries), whichever worker asked first.
+
+        A trial beyond the budget is checked right after ask, before it has any parameters, and
+        put back as WAITING: not counted, not run, no gap in the numbering (a resumed study with
+        a larger n_trials pops it first, as the next number). This worker then stops."""
+        from optuna.trial import TrialState
+
+        trials = study.get_trials(deepcopy=False)
+        replaced = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+        before = sum(1 for t in trials if t.number < trial.number and t.number not in replaced)
+        if before < self.n_trials:
+            return False
+        trial.set_user_attr(
+            "reason",
+            f"beyond the budget (n_trials={self.n_trials}; another worker took the last slot): "
+            "not run, waiting for a resumed study with a larger n_trials",
+        )
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+        log.info(
+            "tune: trial %d is beyond the budget of %d (%d trial(s) before it): put back as "
+            "waiting; this worker stops",
+            trial.number,
+            self.n_trials,
+            before,
+        )
+        return True
 
     def _fail_stale(self, study) -> None:
         """Running trials whose worker stopped beating (killed) -> failed (and retried)."""
