@@ -42,7 +42,7 @@ DATA = """\
 # Hydra finds the packaged file first.
 defaults:
   - digits
-image_size: 16
+image_size: 24
 """
 
 README = """\

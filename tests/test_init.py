@@ -26,7 +26,7 @@ def test_init_writes_a_repo_whose_example_runs_from_elsewhere(tmp_path):
     assert r.code == 0, r.out
     s = r.json("summary.json")
     assert s["name"] == "example" and s["stage"] == "train" and s["epochs"] == 1
-    assert s["data"]["kind"] == "digits" and s["data"]["image_size"] == 16  # the user's change
+    assert s["data"]["kind"] == "digits" and s["data"]["image_size"] == 24  # the user's change
     assert s["data"]["num_classes"] == 10 and s["model"] == "runner.models.TinyCNN"
     assert_contract(r.run_dir)
     assert "experiment=example" in (r.run_dir / ".hydra" / "overrides.yaml").read_text()
@@ -38,7 +38,7 @@ def test_init_starter_experiment_composes_to_the_baseline_stage(tmp_path):
     r = run_cli(["--config-dir", str(repo / "conf"), "experiment=example", "--cfg", "job"],
                 tmp_path)
     assert r.code == 0, r.out
-    assert "name: baseline" in r.out and "name: example" in r.out and "image_size: 16" in r.out
+    assert "name: baseline" in r.out and "name: example" in r.out and "image_size: 24" in r.out
 
 
 def test_user_group_option_overrides_packaged_group_in_init_repo(tmp_path):
