@@ -23,10 +23,7 @@ def _preprocess(argv: List[str]) -> List[str]:
     (e.g. to train longer) starts a new run directory that loads its checkpoint.
     """
     out = list(argv)
-    for i, a in enumerate(argv):
-        # `from` is a Python keyword, so it is no schema field: add it as a plain key
-        if a.startswith("from="):
-            out[i] = "+" + a
+    for a in argv:
         if a.startswith("hydra.run.dir=") and "-m" not in argv and "--multirun" not in argv:
             target = Path(a.split("=", 1)[1]).expanduser()
             if (target / "summary.json").exists():
@@ -56,12 +53,33 @@ def _preprocess(argv: List[str]) -> List[str]:
             if target is not None and target.is_dir() and not (target / "summary.json").exists():
                 out.append(f"hydra.run.dir={target.resolve()}")
                 hydra_dir = target / ".hydra"
+                # the interrupted run's own overrides first: `resume=<dir>` alone continues the
+                # same config; overrides typed again (or changed) come later and win
+                out = _original_overrides(hydra_dir / "overrides.yaml", out) + out
                 if hydra_dir.is_dir():  # keep the original record of the interrupted run
                     k = 1
                     while (target / f".hydra.before-resume-{k}").exists():
                         k += 1
                     shutil.copytree(hydra_dir, target / f".hydra.before-resume-{k}")
-    return out
+    # `from` is a Python keyword, so it is no schema field: add it as a plain key
+    return ["+" + a if a.startswith("from=") else a for a in out]
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _original_overrides(path: Path, argv: List[str]) -> List[str]:
+    """A run's recorded overrides that the command does not set itself."""
+    try:
+        import yaml
+
+        recorded = [str(o) for o in (yaml.safe_load(path.read_text()) or [])]
+    except (OSError, ValueError, ImportError):
+        return []
+    mine = {_key(a) for a in argv if "=" in a}
+    return [o for o in recorded if "=" in o and _key(o) not in mine
+            and not _key(o).startswith(("hydra.run", "resume"))]
 
 
 def _distributed(argv: List[str]) -> List[str]:

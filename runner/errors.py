@@ -49,5 +49,5 @@ class Interrupted(RunnerError):
         self.exit_code = 128 + signum
         super().__init__(
             f"interrupted by signal {signum} in epoch {epoch + 1} after step {step}; checkpoint "
-            f"saved. Continue with: python -m runner <same overrides> resume={run_dir}"
+            f"saved. Continue with: python -m runner resume={run_dir}"
         )

@@ -145,7 +145,9 @@ def test_sigterm_checkpoints_mid_epoch_and_resumes_exactly(tmp_path):
     ck = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert ck["loop"]["epoch"] < 3
 
-    resumed = run_cli(args + [f"resume={run_dir}"], b)
+    # the hint as printed: resume= alone replays the interrupted run's own overrides
+    assert f"python -m runner resume={run_dir}" in out
+    resumed = run_cli([f"resume={run_dir}"], b)
     assert resumed.code == 0, resumed.out
     assert metric_rows(run_dir) == metric_rows(full.run_dir)
 
