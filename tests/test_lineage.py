@@ -132,8 +132,11 @@ def test_squeeze_reruns_winner_and_runner_up_over_seeds_and_leaves_the_winner_tr
     with open(sq / "continued" / "metrics.csv") as f:
         assert [int(x["epoch"]) for x in csv.DictReader(f)] == [1, 2, 3, 4]
     assert (sq / "continued" / "plots" / "curves.png").exists()
+    # adopted: the best on val of winner / continued / ensemble, and that is the stage's val_acc
+    assert s["val_acc"] == max(o["val_acc"] for o in s["options"]) == s["adopted"]["val_acc"]
+    assert [o["what"] for o in s["options"]][0] == "winner" and s["ensemble_acc"] is not None
     html = (sq / "report.html").read_text()
-    assert "Leave it training" in html and "Seeds" in html
+    assert "Leave it training" in html and "Seeds" in html and "Adopted" in html
     assert "../../report.html" in (sq / "seeds" / "winner-seed1" / "report.html").read_text()
     assert_contract(sq, sq / "continued")
 

@@ -60,6 +60,8 @@ def changes(name: str, d: Path, s: dict) -> str:
         return "looked at the data (no training)"
     if name == "squeeze":
         parts = [f"ensemble of {len(s.get('members') or [])}"]
+        if s.get("adopted"):
+            parts.insert(0, f"adopted: {s['adopted']['what']}")
         seeds = (s.get("seeds") or {}).get("winner")
         if seeds:
             parts.append(f"winner over {len(seeds['seeds'])} seeds {seeds['mean']:.4f} +/- {seeds['std']:.4f}")

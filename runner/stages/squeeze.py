@@ -110,7 +110,14 @@ def seed_reruns(cand: Path, label: str, n: int, ctx: Context, root: Path) -> dic
     """The candidate plus n - 1 reruns with the next seeds: val accuracies, mean, std."""
     from runner.stages.common import sub_run
 
+    import json
+
     base = member_config(cand)
+    # as many epochs as the candidate ran: a stage's own stop (overfit's training-loss target)
+    # is not in its config; early stopping is, and applies again
+    ran = json.loads((cand / "summary.json").read_text()).get("epochs")
+    if isinstance(ran, int) and ran > 0:
+        base.trainer.epochs = ran
     s0 = int(base.seed)
     seeds, accs, dirs = [s0], [_recorded_acc(cand)], [str(cand)]
     for i in range(1, max(1, n)):
@@ -118,7 +125,8 @@ def seed_reruns(cand: Path, label: str, n: int, ctx: Context, root: Path) -> dic
         c.seed = s0 + i
         path = root / f"{label}-seed{s0 + i}"
         log.info("squeeze: %s (%s) again with seed %d", label, cand.name, s0 + i)
-        res, summ = sub_run(c, ctx, path, [f"seed={s0 + i}"], f"squeeze: {label} seed {s0 + i}")
+        res, summ = sub_run(c, ctx, path, [f"seed={s0 + i}", f"trainer.epochs={c.trainer.epochs}"],
+                            f"squeeze: {label} seed {s0 + i}")
         seeds.append(s0 + i)
         accs.append(None if res.nonfinite else summ.get("best_val_acc"))
         dirs.append(str(path))
@@ -287,16 +295,35 @@ def run(cfg, ctx: Context) -> int:
             '<p><img src="continued/plots/curves.png" alt="curves of the continued run" '
             'style="max-width:100%"> <a href="continued/report.html">continued run report</a></p>')))
 
+    # what to adopt: the best on val of the single winner, its continuation, the ensemble
+    # (in that order of preference on a tie: the simpler, cheaper model first)
+    options = [{"what": "winner", "val_acc": sc["member_acc"][0], "val_loss": sc["member_loss"][0],
+                "run": str(members[0])}]
+    if longer and longer["val_loss_improved"]:
+        options.append({"what": "continued", "val_acc": longer["val_acc_after"],
+                        "val_loss": longer["best_val_loss_after"], "run": longer["dir"]})
+    if len(members) > 1:
+        options.append({"what": "ensemble", "val_acc": sc["ensemble_acc"],
+                        "val_loss": sc["ensemble_loss"], "run": [str(m) for m in members]})
+    adopted = max(options, key=lambda o: (o["val_acc"], -options.index(o)))
+    sections.append(("Adopted", f"<p>Adopted: <b>{esc(adopted['what'])}</b> (val acc "
+                                f"{adopted['val_acc']:.4f}, val loss {adopted['val_loss']:.4f}), the best on "
+                                "val of: " + ", ".join(f"{esc(o['what'])} {o['val_acc']:.4f}" for o in options)
+                     + ". Ties go to the simpler model.</p>"))
+
     ctx.run.write_metrics([])
-    summary = {"stage": cfg.stage.name, "name": cfg.name, "val_acc": sc["ensemble_acc"],
-               "val_loss": sc["ensemble_loss"], "best_member_val_acc": best_member,
+    summary = {"stage": cfg.stage.name, "name": cfg.name, "val_acc": adopted["val_acc"],
+               "val_loss": adopted["val_loss"], "adopted": adopted, "options": options,
+               "ensemble_acc": sc["ensemble_acc"], "ensemble_loss": sc["ensemble_loss"],
+               "best_member_val_acc": best_member,
                "ensemble_gain": gain, "members": [str(m) for m in members],
                "member_val_acc": sc["member_acc"], "candidates": len(cands),
                "seeds": seeds, "continued": longer,
                "checks": {st: sum(x.status == st for x in verdicts) for st in ("pass", "warn", "fail", "skip")},
                "checks_failed": [x.name for x in verdicts if x.status == "fail"],
                "run_dir": str(ctx.run.path),
-               "data": {"kind": data.kind, "num_val": len(data.val), "num_classes": data.num_classes,
+               "data": {"kind": data.kind, "num_train": len(data.train), "num_val": len(data.val),
+                        "num_classes": data.num_classes,
                         "fingerprint": data.fingerprint}}
     return finish(cfg, ctx, None, verdicts, summary, sections=sections,
                   title=f"squeeze: ensemble of {len(members)} on {data.kind}")
