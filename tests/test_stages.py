@@ -149,15 +149,19 @@ def test_squeeze_candidates_need_finished_runs(tmp_path):
 # ----------------------------------------------------------------------------- end to end
 def test_regularize_ladder_keeps_the_rung_that_helps_and_reverts_the_one_that_hurts(cli):
     rungs = ("stage.params.rungs=[{name:up,overrides:['optim.lr=3e-3']},"
-             "{name:down,overrides:['optim.lr=1e-7']},{name:typo,overrides:['optim.nope=1']}]")
+             "{name:down,overrides:['optim.lr=1e-7']},{name:typo,overrides:['optim.nope=1']},"
+             "{name:pre,overrides:['model.pretrained=true'],when:model.pretrained_file}]")
     r = cli(TINY + ["stage=regularize", "trainer.epochs=3", "optim.lr=1e-6", rungs])
     assert r.code == 0, r.out
     with open(r.run_dir / "ladder.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(x["name"], x["kept"]) for x in rows] == [
-        ("base", "True"), ("up", "True"), ("down", "False"), ("typo", "False")]
+        ("base", "True"), ("up", "True"), ("down", "False"), ("typo", "False"), ("pre", "False")]
     assert float(rows[1]["delta"]) > float(rows[1]["threshold"]) > 0
     assert float(rows[2]["delta"]) < 0 and rows[3]["error"]
+    # `when:` a key that is not set: the rung is listed as skipped, nothing trained
+    assert rows[4]["error"] == "skipped: model.pretrained_file is not set"
+    assert not (r.run_dir / "rungs" / "4-pre").exists()
     s = r.json("summary.json")
     assert s["kept_overrides"] == ["optim.lr=3e-3"] and s["ladder_val_acc"] > s["base_val_acc"]
     doc = yaml.safe_load((r.run_dir / "regularized.yaml").read_text())
@@ -172,8 +176,12 @@ def test_regularize_ladder_keeps_the_rung_that_helps_and_reverts_the_one_that_hu
     assert "Ladder" in (r.run_dir / "report.html").read_text()
     assert_contract(r.run_dir, r.run_dir / "rungs" / "1-up")
 
-    # stage=squeeze on that ladder: the best 2 rungs, reloaded from their checkpoints
     ladder = r.run_dir
+    # a rung with a misspelt key is a config error naming it, before anything trains
+    bad = cli(TINY + ["stage=regularize", "stage.params.rungs=[{name:x,overides:['optim.lr=1']}]"])
+    assert bad.code == 2 and "overides" in bad.out and "Traceback" not in bad.out, bad.out
+
+    # stage=squeeze on that ladder: the best 2 rungs, reloaded from their checkpoints
     q = cli(FAST + ["stage=squeeze", f"stage.params.from={ladder}", "stage.params.k=2",
                     "stage.params.seeds=0", "stage.params.continue_epochs=0"])  # test_lineage.py
     assert q.code == 0, q.out

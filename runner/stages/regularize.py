@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 
 from runner.checks import Verdict
 from runner.checks.training import train_finite
+from runner.errors import ConfigError
 from runner.lineage import apply as apply_lineage
 from runner.stages.common import Context, finish, stage_params, sub_run, summary_of
 
@@ -27,6 +28,9 @@ log = logging.getLogger("runner")
 
 DEFAULTS: dict[str, Any] = {"rungs": [], "min_delta": 0.005, "first_layer_min_corr": 0.1,
                             "first_layer_min_kernel": 5}
+
+
+RUNG_KEYS = {"name", "overrides", "when"}
 
 
 def params(cfg) -> dict[str, Any]:
@@ -210,6 +214,12 @@ def run(cfg, ctx: Context) -> int:
 
     p = params(cfg)
     rungs = list(p["rungs"] or [])
+    bad = [f"stage.params.rungs[{i}] has {sorted(set(r) - RUNG_KEYS)}; a rung takes "
+           f"{sorted(RUNG_KEYS)}" for i, r in enumerate(rungs)
+           if not isinstance(r, dict) or set(r) - RUNG_KEYS] if all(isinstance(r, dict) for r in rungs) \
+        else ["stage.params.rungs: each rung is a mapping {name: ..., overrides: [...]}"]
+    if bad:
+        raise ConfigError(bad)
     min_delta = float(p["min_delta"])
     rung_root = ctx.run.path / "rungs"
     kept: list[str] = []
@@ -236,11 +246,16 @@ def run(cfg, ctx: Context) -> int:
         change = [str(o) for o in (rung.get("overrides") or [])]
         path = rung_root / f"{k}-{_slug(name)}"
         overrides = list(ctx.overrides) + kept + change
-        log.info("regularize: rung %d/%d %s: %s", k, len(rungs), name, " ".join(change))
         row = {"rung": k, "name": name, "change": " ".join(change), "val_acc": None,
                "val_loss": None, "best_epoch": None, "epochs": None, "delta": None,
                "threshold": None, "best_before": best_acc, "kept": False,
                "dir": f"rungs/{path.name}"}
+        when = rung.get("when")
+        if when and not OmegaConf.select(best_cfg, str(when), default=None):
+            log.info("regularize: rung %d/%d %s skipped: %s is not set", k, len(rungs), name, when)
+            rows.append({**row, "dir": None, "error": f"skipped: {when} is not set"})
+            continue
+        log.info("regularize: rung %d/%d %s: %s", k, len(rungs), name, " ".join(change))
         try:
             rcfg, _ = apply_lineage(_compose(overrides), overrides, ctx.original_cwd)  # from=
             res, summ = sub_run(rcfg, ctx, path, overrides, f"regularize rung: {path.name}")
