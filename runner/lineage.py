@@ -108,6 +108,11 @@ def outcome(src: Path) -> Outcome:
                           "(outputs/<date>/<time>), a tune sweep or a recipe run")
     summary = _json(src / "summary.json") or {}
     if summary.get("stage") == "recipe":
+        final = summary.get("final") or {}
+        if final.get("run") and Path(final["run"]).is_dir():
+            o = outcome(Path(final["run"]))
+            o.note = f"the recipe's final model: {final.get('what') or o.note}"
+            return o
         for row in reversed(summary.get("stages") or []):
             d = Path(row.get("dir", ""))
             if row.get("stage") in ("inspect", "squeeze") or not d.is_dir():

@@ -10,7 +10,7 @@ import torch
 from conftest import FAST, assert_contract
 from omegaconf import OmegaConf
 
-from runner.lineage import common_stage, flatten
+from runner.lineage import common_stage, flatten, outcome
 from runner.stages.squeeze import _mean_std, seed_verdict
 
 TINY = FAST + ["model.name=test_resnet"]
@@ -155,7 +155,9 @@ def test_recipe_runs_tune_between_regularize_and_squeeze(cli):
     top = min(r.run_dirs, key=lambda d: len(d.parts))
     s = r.json("summary.json", top)
     assert [x["stage"] for x in s["stages"]] == ["baseline", "overfit", "regularize", "tune", "squeeze"]
-    assert s["final"]["stage"] == "tune" and s["final"]["weights"]
+    # the final model is what squeeze adopted; from=<recipe dir> starts from it
+    assert s["final"]["stage"] == "squeeze" and s["final"]["weights"]
+    assert str(outcome(top).source) == s["final"]["run"]
     ovf, reg, tune = top / "2-overfit", top / "3-regularize", top / "4-tune"
     assert r.json("lineage.json", ovf)["source"] == str(top / "1-baseline")
     assert r.json("lineage.json", reg)["source"] == str(ovf)

@@ -84,6 +84,36 @@ def changes(name: str, d: Path, s: dict) -> str:
     return " ".join(parts)
 
 
+def final_model(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The model to adopt: what squeeze adopted, else the last passing training stage's outcome."""
+    from runner.lineage import outcome
+
+    for r in reversed(rows):
+        if r["exit_code"] != 0 or r["stage"] not in (*TRAINING, "squeeze"):
+            continue
+        d = Path(r["dir"])
+        what = None
+        if r["stage"] == "squeeze":
+            ad = (_read(d, "summary.json") or {}).get("adopted") or {}
+            run = ad.get("run")
+            if not run:
+                continue
+            if isinstance(run, list):  # an ensemble: its best member is the single model
+                what = (f"squeeze adopted an ensemble of {len(run)} (val acc {ad['val_acc']:.4f}); "
+                        f"the config and weights of its best member")
+                run = run[0]
+            else:
+                what = f"squeeze adopted the {ad['what']} (val acc {ad['val_acc']:.4f})"
+            d = Path(run)
+        try:
+            o = outcome(d)
+        except Exception:  # noqa: BLE001 -- a stage without an outcome: look further back
+            continue
+        return {"stage": r["stage"], "run": str(d), "config": str(o.config_file),
+                "weights": str(o.weights) if o.weights else None, "what": what or o.note}
+    return None
+
+
 def run(cfg, ctx: Context) -> int:
     from runner.report import esc, table
 
@@ -147,18 +177,7 @@ def run(cfg, ctx: Context) -> int:
                 break
 
     final = next((r["val_acc"] for r in reversed(rows) if isinstance(r["val_acc"], (int, float))), None)
-    final_run = None  # the config/weights to adopt: the last training stage's outcome
-    for r in reversed(rows):
-        if r["stage"] in TRAINING and r["exit_code"] == 0:
-            from runner.lineage import outcome
-
-            try:
-                o = outcome(Path(r["dir"]))
-            except Exception:  # noqa: BLE001 -- a stage without an outcome: look further back
-                continue
-            final_run = {"stage": r["stage"], "config": str(o.config_file),
-                         "weights": str(o.weights) if o.weights else None, "what": o.note}
-            break
+    final_run = final_model(rows)
     ctx.run.write_csv("recipe.csv", [{**r, "checks_failed": " ".join(r["checks_failed"])} for r in rows])
     v = Verdict("recipe.gates", "fail" if stopped else "pass", value=len(rows),
                 expected=f"{len(p['stages'])} stage(s) pass",
@@ -178,7 +197,7 @@ def run(cfg, ctx: Context) -> int:
     if stopped:
         body = f"<p><b>{esc(stopped)}</b></p>" + body
     if final_run:
-        body += (f"<p>Final model: the {esc(final_run['stage'])} stage's outcome, {esc(final_run['what'])}. "
+        body += (f"<p>Final model, from the {esc(final_run['stage'])} stage: {esc(final_run['what'])}. "
                  f"Config <code>{esc(final_run['config'])}</code>; weights "
                  f"<code>{esc(str(final_run['weights']))}</code>. Continue from it with "
                  f"<code>python -m runner stage=train from={esc(str(ctx.run.path))}</code>.</p>")
