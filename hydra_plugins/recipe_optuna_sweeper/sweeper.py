@@ -92,6 +92,7 @@ class OptunaSweeper(Sweeper):
                 "space, e.g. optim.lr='tag(log, interval(1e-4, 1e-1))' (docs/tune.md)"
             )
         study_dir = self._set_study_dir()
+        self._launcher_follows_study_dir()
         n_jobs = self._workers()
         url = tuning.storage_url(self.storage, study_dir, n_jobs)
         self.url = url
@@ -201,7 +202,21 @@ class OptunaSweeper(Sweeper):
         log.info("tune: trial %d: %s", trial.number, " ".join(trial.user_attrs["overrides"]))
         try:
             ret = self.launcher.launch([overrides], initial_job_idx=trial.number)[0]
-        except BaseException as e:  # Ctrl-C or a launcher failure: the trial did not finish
+        except Exception as e:
+            if not _job_died(e):
+                beat.stop()
+                trial.set_user_attr("reason", f"interrupted: {type(e).__name__}: {e}"[:500])
+                self._tell(study, trial, None, TrialState.FAIL)
+                raise
+            # a SLURM job killed at its time limit, preempted, on a node that failed: that
+            # trial failed (retried like a killed worker's), the study goes on
+            beat.stop()
+            trial.set_user_attr("reason", f"job died: {type(e).__name__}: {e}"[:500])
+            self._tell(study, trial, None, TrialState.FAIL)
+            log.warning("tune: trial %d: its job died: %s", trial.number, e)
+            self._retry(study, trial.number)
+            return None
+        except BaseException as e:  # Ctrl-C: the trial did not finish
             beat.stop()
             trial.set_user_attr("reason", f"interrupted: {type(e).__name__}: {e}")
             self._tell(study, trial, None, TrialState.FAIL)
@@ -471,6 +486,16 @@ class OptunaSweeper(Sweeper):
             cfg.hydra.overrides.hydra.append(f"hydra.sweep.dir={_quote(str(path))}")
         return path
 
+    def _launcher_follows_study_dir(self) -> None:
+        """Hydra instantiates the launcher (resolving its settings) before `_set_study_dir` moves
+        the sweep folder: submitit's folder (`${hydra.sweep.dir}/.submitit/%j`: each job's
+        pickles, stdout and stderr) would stay in the dated folder. Resolve it again."""
+        params = getattr(self.launcher, "params", None)
+        if isinstance(params, dict) and "submitit_folder" in params:
+            folder = OmegaConf.select(self.config, "hydra.launcher.submitit_folder")
+            if folder:
+                params["submitit_folder"] = str(folder)
+
     def _check_composes(self, space) -> None:
         """Compose one trial's config before any job runs: typos in keys fail here, once."""
         from runner import tuning
@@ -556,6 +581,15 @@ class _Heartbeat:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+def _job_died(e: BaseException) -> bool:
+    """submitit's word for a job that ended without a result (timeout, preemption, node failure,
+    scancel): UncompletedJobError, FailedJobError. Not a launcher that cannot submit at all."""
+    return type(e).__module__.startswith("submitit") and type(e).__name__ in (
+        "UncompletedJobError",
+        "FailedJobError",
+    )
 
 
 def _first(dist) -> Any:
