@@ -228,19 +228,26 @@ def run(cfg, ctx: Context) -> int:
     device = setup_runtime(cfg)
     cands = sorted(candidates(sources), key=_recorded_acc, reverse=True)
     k = max(1, int(p["k"]))
-    members = cands[:k]
-    log.info("squeeze: %d candidate run(s); ensemble of the best %d", len(cands), len(members))
-    logits, rows, targets, data = [], [], None, None
-    for d in members:
+    log.info("squeeze: %d candidate run(s); ensemble of the best %d", len(cands), k)
+    logits, rows, targets, data, members, skipped = [], [], None, None, [], []
+    for d in cands:
+        if len(members) >= k:
+            break
         lg, tg, mcfg, mdata = member_logits(d, ctx.original_cwd, device)
         if targets is None:
             targets, data = tg, mdata
         elif mdata.fingerprint != data.fingerprint or not torch.equal(tg, targets):
-            raise ConfigError(f"stage=squeeze: {d} was validated on another data set/split "
-                              "than the first member; an ensemble needs one validation set")
+            # another input size or split (a ladder's smaller-input rung): not comparable
+            log.warning("squeeze: %s left out: validated on another data set/split/input size "
+                        "than %s; an ensemble needs one validation set", d, members[0])
+            skipped.append(str(d))
+            continue
+        members.append(d)
         logits.append(lg)
         rows.append({"member": str(d), "model": mcfg.model.get("_target_") or mcfg.model.name,
                      "recorded_val_acc": _recorded_acc(d)})
+    # seeds and continuation compare candidates on the same validation set too
+    cands = [c for c in cands if str(c) not in skipped]
     sc = ensemble_scores(logits, targets)
     for r, a, l_ in zip(rows, sc["member_acc"], sc["member_loss"]):
         r.update({"val_acc": a, "val_loss": l_})
