@@ -26,7 +26,7 @@ import optuna
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import FAST, REPO, assert_contract, run_cli
+from conftest import FAST, REPO, assert_contract, compose, run_cli
 from runner import tuning
 from runner.errors import ConfigError
 
@@ -489,3 +489,32 @@ def test_typo_in_search_space_is_a_config_error(tmp_path):
     assert r.code == 2, r.out
     assert "optim.lrr" in r.out
     assert not (tmp_path / "multirun" / "tune" / "typo" / "0").exists()
+
+
+def test_warm_start_from_a_run_is_the_inherited_config(tmp_path):
+    # a source run (its recorded config is all from= reads) with a distinctive lr and
+    # augmentation, both inside the search space
+    src = tmp_path / "src"
+    (src / ".hydra").mkdir(parents=True)
+    OmegaConf.save(compose(FAST + ["stage=train", "optim.lr=2e-3", "aug=light"]),
+                   src / ".hydra" / "config.yaml")
+    # trial 0 is the config a job gets after from= (the source's lr and aug option), not
+    # stage=tune's own (3e-4, aug=none) read before the lineage is applied
+    r = run_cli(
+        TUNE
+        + NO_PRUNING
+        + [f"from={src}", "hydra.sweeper.study_name=w", "hydra.sweeper.n_trials=1",
+           "trainer.epochs=1", "aug=choice(none, light)"],
+        tmp_path,
+    )
+    assert r.code in (0, 1), r.out
+    study, d = study_of(tmp_path, "w")
+    assert study.trials[0].params == {"optim.lr": 2e-3, "optim.weight_decay": 0.0, "aug": "light"}
+    used = OmegaConf.load(d / "0" / "config.yaml")
+    assert used.optim.lr == pytest.approx(2e-3) and used.aug.name == "light"
+    assert re.search(r"trial 0 is the current config \{'optim.lr': 0.002.*'aug': 'light'", r.out)
+
+    # a wrong source fails before any trial: exit 2, one message naming from=
+    bad = run_cli(TUNE + ["from=no/such/run", "hydra.sweeper.study_name=bad"], tmp_path)
+    assert bad.code == 2 and "config error: from=" in bad.out and "Traceback" not in bad.out
+    assert not (tmp_path / "multirun" / "tune" / "bad" / "0").exists()

@@ -378,23 +378,105 @@ class OptunaSweeper(Sweeper):
             retry(study, study.get_trials(deepcopy=True)[number])
 
     def _current_params(self, space) -> Tuple[Dict[str, Any], List[str]]:
-        """Warm start: the current config's values of the search space (and what is outside it)."""
+        """Warm start: the current config's values of the search space (and what is outside it).
+        The current config is the one each job really gets (without its searched values): with
+        `from=`, the lineage applied (runner/lineage.py), not the sweeper's composition."""
         from runner import tuning
 
-        choices = self.config.hydra.runtime.choices
+        cfg, choices, taken = self._current_config(space)
         params, skipped = {}, []
         for key, dist in space.distributions.items():
             bare = key.lstrip("+")
-            value = (
-                choices.get(bare)
-                if bare in choices
-                else OmegaConf.select(self.config, bare, default=None)
-            )
+            if bare in choices:
+                value = self._current_choice(bare, cfg, choices, taken)
+            else:
+                try:
+                    value = OmegaConf.select(cfg, bare, default=None)
+                except Exception:  # noqa: BLE001 -- an interpolation that cannot resolve here
+                    value = None
             if tuning.contains(dist, value):
                 params[key] = value
             else:
                 skipped.append(f"{key}={value!r}")
         return params, skipped
+
+    def _current_config(self, space) -> Tuple[DictConfig, Any, Optional[Dict[str, Any]]]:
+        """(config, group choices, keys taken from the source run or None without `from=`).
+
+        As runner/app.py does in each job: the job's composition (the command's and the
+        space's fixed overrides; the searched keys are left at their config values, so they
+        do not count as set by the command), then `from=`'s lineage (source outcome + stage
+        changes + command changes)."""
+        from runner import lineage
+        from runner.errors import ConfigError
+
+        cfg = self.config
+        if not cfg.get("from") or str(cfg.stage.name) in lineage.OWN_FROM_STAGES:
+            return cfg, cfg.hydra.runtime.choices, None
+        fixed = list(space.fixed)
+        job = self.hydra_context.config_loader.load_sweep_config(cfg, fixed)
+        choices = OmegaConf.to_container(job.hydra.runtime.choices)
+        with read_write(job), open_dict(job):  # a job's task config has no hydra node
+            del job["hydra"]
+        try:
+            result, lin = lineage.inherit(
+                job,
+                fixed,
+                str(cfg.hydra.runtime.cwd),
+                str(cfg.hydra.job.config_name or "config"),
+            )
+        except ConfigError as e:
+            # a bad from= fails every job the same way: say so once, exit 2, no traceback
+            # (Hydra prints the whole stack of an exception raised outside a job)
+            log.error("config error: %s", e)
+            raise SystemExit(e.exit_code) from None
+        return result, choices, lin.from_source
+
+    def _current_choice(self, group: str, cfg, choices, taken: Optional[Dict[str, Any]]):
+        """A group's current option. With `from=`, when the group's values come (in part) from
+        the source run, the option is the one whose YAML declares the inherited `name` (the
+        lineage holds values, not option names); when that cannot be told, the composed choice
+        (as without `from=`), and the log says so."""
+        current = choices.get(group)
+        prefix = group.replace("/", ".")
+        if not taken or not any(k == prefix or k.startswith(prefix + ".") for k in taken):
+            return current
+        name = OmegaConf.select(cfg, f"{prefix}.name", default=None, throw_on_missing=False)
+        found = [o for o in self._group_options(group) if name is not None and o[1] == name]
+        if len(found) == 1:
+            return found[0][0]
+        log.info(
+            "tune: warm start: %s comes from the source run (from=) but which %s option it is "
+            "cannot be told (%s.name=%r %s); trial 0 uses the composed choice %s=%s",
+            prefix,
+            group,
+            prefix,
+            name,
+            "is declared by " + ", ".join(o[0] for o in found) if found else "is declared by none",
+            group,
+            current,
+        )
+        return current
+
+    def _group_options(self, group: str) -> List[Tuple[str, Any]]:
+        """(option, the `name` its YAML declares) for each option of a config group."""
+        loader = self.hydra_context.config_loader
+        out = []
+        try:
+            options = loader.get_group_options(group)
+        except Exception:  # noqa: BLE001 -- not a group this loader knows: nothing to match
+            return out
+        for o in options:
+            try:
+                res = loader.repository.load_config(f"{group}/{o}")
+                declared = OmegaConf.select(
+                    res.config, "name", default=None, throw_on_missing=False
+                )
+            except Exception as e:  # noqa: BLE001 -- an option that does not load declares nothing
+                log.debug("tune: warm start: %s/%s does not load: %s", group, o, e)
+                continue
+            out.append((o, declared))
+        return out
 
     def _warm_sampler(self, sampler, params: Dict[str, Any], skipped: List[str]):
         """Trial 0 takes the current config's values: whichever worker's ask creates trial number
