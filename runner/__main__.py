@@ -100,6 +100,63 @@ def _distributed(argv: List[str]) -> List[str]:
     return out
 
 
+def unknown_key_message(override: str, err: BaseException) -> Optional[str]:
+    """Our message for Hydra's "Could not override 'KEY'" (a typo in a key): the key, where it
+    was looked up, the closest existing keys. Never the `+KEY` advice Hydra gives: the schema
+    refuses new keys anyway, and a new key under stage.params is a typo of a stage setting."""
+    import difflib
+
+    cause = err.__cause__
+    key = getattr(cause, "full_key", None) or override
+    node = getattr(cause, "parent_node", None)
+    try:
+        options = [str(k) for k in node.keys()] if node is not None else []
+    except Exception:  # noqa: BLE001 -- a node without keys: no suggestion
+        options = []
+    leaf = str(getattr(cause, "key", None) or key.rsplit(".", 1)[-1])
+    parent = key.rsplit(".", 1)[0] if "." in key else ""
+    near = difflib.get_close_matches(leaf, options, n=3, cutoff=0.6)
+    where = f"{parent} has no key {leaf!r}" if parent else f"the config has no key {leaf!r}"
+    if near:
+        hint = "; did you mean " + ", ".join(repr(f"{parent}.{n}" if parent else n) for n in near) + "?"
+    elif not options and parent.endswith("stage.params"):
+        hint = "; this stage takes no stage.params (python -m runner --help lists the stages)"
+    elif options:
+        hint = f"; its keys: {', '.join(sorted(options)[:20])}" + (" ..." if len(options) > 20 else "")
+    else:
+        hint = ""
+    return f"config error: {override}: {where}{hint} (python -m runner --cfg job prints every key)"
+
+
+def _friendly_hydra_errors() -> None:
+    """Rewrite Hydra's message for an override of a key that does not exist (see above)."""
+    try:
+        import hydra._internal.utils as hu
+        from hydra.errors import ConfigCompositionException
+    except ImportError:  # another Hydra layout: its own messages stay
+        return
+    if getattr(hu.run_and_report, "_runner_wrapped", False):
+        return
+    original = hu.run_and_report
+
+    def run_and_report(func):
+        def guarded():
+            try:
+                return func()
+            except ConfigCompositionException as e:
+                text = str(e)
+                if text.startswith("Could not override '") and e.__cause__ is not None:
+                    override = text.split("'", 2)[1]
+                    line = text.split("+", 1)[1].strip() if "+" in text else override
+                    new = ConfigCompositionException(unknown_key_message(line, e))
+                    raise new from None
+                raise
+        return original(guarded)
+
+    run_and_report._runner_wrapped = True  # type: ignore[attr-defined]
+    hu.run_and_report = run_and_report
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("aggregate", "init"):
@@ -119,6 +176,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from runner.help import register_resolvers
 
     register_resolvers()  # ${runner_stages:} in --help
+    _friendly_hydra_errors()
     state = {"entered": False, "codes": []}
 
     @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")

@@ -31,6 +31,8 @@ def run(cfg: DictConfig) -> int:
         log.error("config error: %s", e)
         if sweep:
             _record_error(run_dir, e, e.exit_code, "config error: ")
+        else:
+            _drop_if_empty(run_dir)
         return e.exit_code
     except RunnerError as e:
         log.error("%s", e)
@@ -43,6 +45,24 @@ def run(cfg: DictConfig) -> int:
         log.exception("job failed: %s: %s", type(e).__name__, e)
         _record_error(run_dir, e, 1)
         return 1
+
+
+def _drop_if_empty(run_dir: Path) -> None:
+    """A run refused before it began leaves no folder behind: remove what Hydra created there
+    (.hydra/ and the log) when nothing else is in it. A folder holding anything more (an
+    interrupted run being resumed, a user's files) is left exactly as it was."""
+    if not run_dir.is_dir() or any(p.name != ".hydra" and p.suffix != ".log" for p in run_dir.iterdir()):
+        return
+    for lg in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for h in list(getattr(lg, "handlers", [])):  # the log file: no handler writes there again
+            if isinstance(h, logging.FileHandler) and Path(h.baseFilename).parent == run_dir:
+                lg.removeHandler(h)
+                h.close()
+    shutil.rmtree(run_dir, ignore_errors=True)
+    try:
+        run_dir.parent.rmdir()  # outputs/<date>/ when this was its only run
+    except OSError:
+        pass
 
 
 def _record_error(run_dir: Path, e: BaseException, code: int, prefix: str = "") -> None:

@@ -122,7 +122,8 @@ def test_torchvision_dataset_without_split(cli):
 
 
 @pytest.mark.parametrize("override, needle", [
-    (["trainer.epoch=3"], "trainer.epoch"),
+    (["trainer.epoch=3"], "trainer has no key 'epoch'; did you mean 'trainer.epochs'?"),
+    (["stage=overfit", "stage.params.train_los_target=1"], "did you mean 'stage.params.train_loss_target'"),
     (["trainer.epochs=abc"], "trainer.epochs"),
     (["optim.lr=-0.1"], "optim.lr=-0.1 must be > 0"),
     (["model=timm", "model.name=resnt18"], "did you mean 'resnet18'"),
@@ -136,7 +137,8 @@ def test_bad_config_exit_2_with_clear_message(cli, override, needle):
     assert r.code == 2, r.out
     assert needle in r.out
     assert "Traceback" not in r.out
-    assert not list(r.cwd.glob("outputs/*/*/checkpoints"))  # stopped before training
+    assert "To append to your config use +" not in r.out  # Hydra's advice: the schema refuses it
+    assert not list(r.cwd.glob("outputs/*/*"))  # refused before it began: no run folder left
 
 
 def test_all_problems_reported_at_once(cli):
