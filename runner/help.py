@@ -23,6 +23,8 @@ def stage_summary(module: str) -> str:
     except (OSError, SyntaxError):
         return ""
     first = doc.strip().splitlines()[0] if doc.strip() else ""
+    # "stage=overfit (recipe stage 3): X" reads as the others: "recipe stage 3 - X"
+    first = re.sub(r"^stage=\w+\s*\((recipe stage \d+)\):\s*", r"\1 - ", first)
     return re.sub(r"^stage=\w+:\s*", "", first)
 
 
