@@ -149,19 +149,19 @@ def test_squeeze_candidates_need_finished_runs(tmp_path):
 # ----------------------------------------------------------------------------- end to end
 def test_regularize_ladder_keeps_the_rung_that_helps_and_reverts_the_one_that_hurts(cli):
     rungs = ("stage.params.rungs=[{name:up,overrides:['optim.lr=3e-3']},"
-             "{name:down,overrides:['optim.lr=1e-7']},{name:typo,overrides:['optim.nope=1']},"
+             "{name:down,overrides:['optim.lr=1e-7']},"
              "{name:pre,overrides:['model.pretrained=true'],when:model.pretrained_file}]")
     r = cli(TINY + ["stage=regularize", "trainer.epochs=3", "optim.lr=1e-6", rungs])
     assert r.code == 0, r.out
     with open(r.run_dir / "ladder.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(x["name"], x["kept"]) for x in rows] == [
-        ("base", "True"), ("up", "True"), ("down", "False"), ("typo", "False"), ("pre", "False")]
+        ("base", "True"), ("up", "True"), ("down", "False"), ("pre", "False")]
     assert float(rows[1]["delta"]) > float(rows[1]["threshold"]) > 0
-    assert float(rows[2]["delta"]) < 0 and rows[3]["error"]
-    # `when:` a key that is not set: the rung is listed as skipped, nothing trained
-    assert rows[4]["error"] == "skipped: model.pretrained_file is not set"
-    assert not (r.run_dir / "rungs" / "4-pre").exists()
+    assert float(rows[2]["delta"]) < 0
+    # `when:` a key that is not set: the rung is listed as skipped, nothing trained, no dir
+    assert rows[3]["error"] == "skipped: model.pretrained_file is not set" and not rows[3]["dir"]
+    assert not (r.run_dir / "rungs" / "3-pre").exists()
     s = r.json("summary.json")
     assert s["kept_overrides"] == ["optim.lr=3e-3"] and s["ladder_val_acc"] > s["base_val_acc"]
     doc = yaml.safe_load((r.run_dir / "regularized.yaml").read_text())
@@ -173,7 +173,12 @@ def test_regularize_ladder_keeps_the_rung_that_helps_and_reverts_the_one_that_hu
     assert fl["status"] in ("pass", "warn", "skip") and (r.run_dir / fl["artifacts"][0]).exists()
     for d in ("0-base", "1-up", "2-down"):
         assert (r.run_dir / "rungs" / d / "summary.json").exists()
-    assert "Ladder" in (r.run_dir / "report.html").read_text()
+    html = (r.run_dir / "report.html").read_text()
+    ladder_html = html[html.index("Ladder"):]
+    assert "<th>error</th>" in ladder_html and "skipped: model.pretrained_file is not set" in ladder_html
+    for d in ("0-base", "1-up", "2-down"):  # the dir column links each rung's own report
+        assert f'<a href="rungs/{d}/report.html">' in ladder_html
+    assert "rungs/3-pre" not in ladder_html  # no link to a folder that does not exist
     assert_contract(r.run_dir, r.run_dir / "rungs" / "1-up")
 
     ladder = r.run_dir
@@ -192,6 +197,25 @@ def test_regularize_ladder_keeps_the_rung_that_helps_and_reverts_the_one_that_hu
     assert s["member_val_acc"][0] == pytest.approx(float(rows[1]["val_acc"]))
     assert s["val_acc"] >= 0.0 and "Ensemble" in (sq_dir / "report.html").read_text()
     assert_contract(sq_dir)
+
+
+def test_regularize_checks_every_rung_before_anything_trains(cli):
+    """A typo in any rung (even the last, even one skipped by `when:`) is exit 2 before rung 0
+    trains: every bad rung named with its override, in our words (no Hydra `+key` advice)."""
+    rungs = ("stage.params.rungs=[{name:up,overrides:['optim.lr=3e-3']},"
+             "{name:typo,overrides:['optim.weight_decay=1e-4','optim.nope=1']},"
+             "{name:grp,overrides:['aug=ligth']},"
+             "{name:pre,overrides:['model.pretrained=true','model.nope=1'],when:model.pretrained_file}]")
+    r = cli(TINY + ["stage=regularize", rungs])
+    assert r.code == 2, r.out
+    assert "stage.params.rungs[1] (typo): optim.nope=1: optim.nope is not in the config" in r.out
+    assert "did you mean 'optim.name'" in r.out
+    assert "stage.params.rungs[2] (grp): aug=ligth:" in r.out and "'light'" in r.out
+    assert "stage.params.rungs[3] (pre): model.nope=1:" in r.out
+    assert "rungs[0]" not in r.out and "optim.weight_decay=1e-4:" not in r.out
+    assert "+optim" not in r.out and "+model" not in r.out and "Traceback" not in r.out, r.out
+    assert not any((d / "rungs").exists() for d in r.run_dirs)
+    assert not list(r.cwd.glob("outputs/**/rungs"))
 
 
 def test_recipe_overfit_then_squeeze_and_stops_at_a_failing_gate(cli):

@@ -8,6 +8,15 @@ max(min_delta, sqrt(2 p (1 - p) / n_val)), p the current best accuracy: one stan
 the difference of two accuracies on n_val examples. Outputs: ladder.csv, regularized.yaml (the
 kept overrides as an experiment file), regularized_config.yaml (the final composed config),
 and `regularize.first_layer` (the best model's first-layer filters).
+
+Before rung 0 trains, every rung is checked (`check_rungs`): composed on its own against the
+command (the kept overrides are unknown yet) and validated like a run, so a typo or a bad value
+in any rung is one config error (exit 2) naming the rung, not a rung reverted at the end of the
+ladder. A rung with `when: <key>` is composed too (an unknown key is an error whatever the
+condition) and its `when` key must exist, but it is validated only when the key is set in the
+command's config: a rung that will be skipped may need that key to validate (pretrained weights
+need a file). A rung that still fails at its turn (at run time, or a `when:` rung enabled by a
+kept rung) is recorded with its error and reverted; the ladder goes on.
 """
 from __future__ import annotations
 
@@ -205,6 +214,107 @@ def _groups() -> list[str]:
     return [g for g in HydraConfig.get().runtime.choices if not g.startswith("hydra")]
 
 
+def _flat_keys(cfg) -> list[str]:
+    """Every dotted key of a config, nodes and leaves (for close-match suggestions)."""
+    out: list[str] = []
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                key = f"{prefix}.{k}" if prefix else str(k)
+                out.append(key)
+                walk(v, key)
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return out
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of an error's message, without Hydra's `use +key=value` advice."""
+    lines = [x.strip() for x in str(e).splitlines()
+             if x.strip() and not x.strip().startswith("To append to your config")]
+    return lines[0] if lines else type(e).__name__
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def compose_problem(e: BaseException, override: str | None, keys: Sequence[str]) -> str:
+    """A Hydra compose failure of `override` in our words (never Hydra's `use +key` advice)."""
+    import re
+
+    from hydra.errors import (
+        ConfigCompositionException,
+        MissingConfigException,
+        OverrideParseException,
+    )
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+    from runner.config import _close
+
+    key = _override_key(override) if override else None
+    if isinstance(e, OverrideParseException):
+        return f"not a valid override ({_first_line(e)})"
+    if isinstance(e, MissingConfigException):
+        m = re.search(r"Could not find '([^']+)/([^'/]+)'", str(e))
+        opts = re.search(r"Available options in '[^']+':\n((?:\t.*\n?)*)", str(e))
+        if m:
+            group, choice = m.group(1), m.group(2)
+            options = [x.strip() for x in opts.group(1).splitlines() if x.strip()] if opts else []
+            listed = f" (options: {', '.join(options)})" if options else ""
+            return f"{choice!r} is not an option of {group}{listed}{_close(choice, options)}"
+        return _first_line(e)
+    cause = e.__cause__
+    if isinstance(e, ConfigCompositionException) and key and (
+            isinstance(cause, (ConfigKeyError, ConfigAttributeError))
+            or str(e).startswith("Could not override")):
+        return f"{key} is not in the config{_close(key, keys)}"
+    if isinstance(cause, ValidationError):
+        return f"bad value: {_first_line(cause)}"
+    return _first_line(cause if cause is not None else e)
+
+
+def check_rungs(cfg, rungs: Sequence[dict], ctx: Context) -> None:
+    """Compose and validate every rung on its own against the command before anything trains;
+    one ConfigError lists every bad rung as `stage.params.rungs[<i>] (<name>): <override>: why`."""
+    from runner.config import _close, validate
+
+    keys = _flat_keys(cfg)
+    base = list(ctx.overrides)
+    problems: list[str] = []
+    missing = object()
+    for i, rung in enumerate(rungs):
+        name = str(rung.get("name") or f"rung{i + 1}")
+        where = f"stage.params.rungs[{i}] ({name})"
+        change = [str(o) for o in (rung.get("overrides") or [])]
+        when = rung.get("when")
+        if when and OmegaConf.select(cfg, str(when), default=missing) is missing:
+            problems.append(f"{where}: when: {when} is not in the config{_close(str(when), keys)}")
+            continue
+        try:
+            rcfg = _compose(base + change)
+        except Exception as e:  # noqa: BLE001 -- find which of the rung's overrides is bad
+            bad = []
+            for o in change:
+                try:
+                    _compose(base + [o])
+                except Exception as e1:  # noqa: BLE001
+                    bad.append(f"{where}: {o}: {compose_problem(e1, o, keys)}")
+            problems += bad or [f"{where}: {' '.join(change)}: {compose_problem(e, None, keys)}"]
+            continue
+        if when and not OmegaConf.select(cfg, str(when), default=None):
+            continue  # skipped at its turn unless a kept rung sets the key (then checked there)
+        try:
+            rcfg, _ = apply_lineage(rcfg, base + change, ctx.original_cwd)  # from=
+            validate(rcfg, ctx.original_cwd)
+        except ConfigError as e:
+            problems += [f"{where}: {' '.join(change)}: {x}" for x in e.problems]
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"{where}: {' '.join(change)}: {type(e).__name__}: {_first_line(e)}")
+    if problems:
+        raise ConfigError(problems)
+
+
 def _slug(s: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in str(s))[:40] or "rung"
 
@@ -220,6 +330,7 @@ def run(cfg, ctx: Context) -> int:
         else ["stage.params.rungs: each rung is a mapping {name: ..., overrides: [...]}"]
     if bad:
         raise ConfigError(bad)
+    check_rungs(cfg, rungs, ctx)  # every rung composes and validates, before rung 0 trains
     min_delta = float(p["min_delta"])
     rung_root = ctx.run.path / "rungs"
     kept: list[str] = []
@@ -259,10 +370,10 @@ def run(cfg, ctx: Context) -> int:
         try:
             rcfg, _ = apply_lineage(_compose(overrides), overrides, ctx.original_cwd)  # from=
             res, summ = sub_run(rcfg, ctx, path, overrides, f"regularize rung: {path.name}")
-        except Exception as e:  # noqa: BLE001 -- a bad rung (typo, bad value) is reverted, the ladder goes on
+        except Exception as e:  # noqa: BLE001 -- checked up front (check_rungs); a run-time failure is reverted
             log.error("regularize: rung %s failed: %s: %s (reverted)", name, type(e).__name__, e)
-            row["error"] = f"{type(e).__name__}: {e}"
-            rows.append(row)
+            row["error"] = f"{type(e).__name__}: {_first_line(e)}"
+            rows.append({**row, "dir": row["dir"] if path.is_dir() else None})
             continue
         acc = None if res.nonfinite else summ.get("best_val_acc")
         d = decide(best_acc, acc, n_val, min_delta)
@@ -298,10 +409,10 @@ def run(cfg, ctx: Context) -> int:
     summary = summary_of(best_cfg, ctx, best_res, verdicts, extra)
     summary["stage"] = cfg.stage.name
     cols = ["rung", "name", "change", "val_acc", "val_loss", "delta", "threshold", "kept",
-            "best_epoch", "epochs", "dir"]
+            "best_epoch", "epochs", "error", "dir"]
     ladder_html = (f"<p>Rule: {esc(extra['decision_rule'])}, p = current best val accuracy "
                    "(at the best val-loss epoch; early stopping on val loss). Rung reports: "
-                   "the dir column.</p>" + table(rows, cols) +
+                   "the dir column.</p>" + table(_html_rows(rows, ctx.run.path), cols, raw=["dir"]) +
                    f"<p>Kept: <code>{esc(' '.join(kept) or '(nothing)')}</code>; base "
                    f"{base_acc:.4f} -> {best_acc:.4f}. Files: ladder.csv, regularized.yaml, "
                    "regularized_config.yaml.</p>")
@@ -311,3 +422,19 @@ def run(cfg, ctx: Context) -> int:
     code = finish(best_cfg, ctx, best_res, verdicts, summary, sections=sections,
                   title=f"regularize: {summary.get('model', '')} on {cfg.data.kind}")
     return 1 if best_res.nonfinite else code
+
+
+def _html_rows(rows: Sequence[dict], root) -> list[dict]:
+    """Ladder rows for the report: `dir` a link to the rung's report.html, blank when the rung
+    has no directory (skipped, or failed before it trained)."""
+    from runner.report import esc
+
+    out = []
+    for r in rows:
+        d = r.get("dir")
+        if d and (root / d / "report.html").is_file():
+            cell = f'<a href="{esc(d)}/report.html">{esc(d)}</a>'
+        else:
+            cell = esc(d) if d and (root / d).is_dir() else ""
+        out.append({**r, "error": r.get("error") or "", "dir": cell})
+    return out
