@@ -291,16 +291,23 @@ def apply(cfg: DictConfig, overrides: Sequence[str], original_cwd: str) -> Tuple
 
 
 def lineage_html(lin: Dict[str, Any]) -> str:
-    """The report section: where the run started and which keys came from where."""
+    """The report section: where the run started and which keys came from where.
+
+    Besides `from=`'s keys (Lineage), a stage that reruns a run itself (squeeze's seed reruns)
+    may pass `changed` (key: value set on the source's config) and `changed_by` (who set it).
+    """
     from runner.report import esc, table
 
-    rows = ([{"key": k, "value": v, "from": "source run"} for k, v in lin["from_source"].items()]
-            + [{"key": k, "value": v, "from": "this stage's YAML"} for k, v in lin["from_stage"].items()]
-            + [{"key": k, "value": v, "from": "this command"} for k, v in lin["from_command"].items()])
+    rows = ([{"key": k, "value": v, "from": "source run"} for k, v in (lin.get("from_source") or {}).items()]
+            + [{"key": k, "value": v, "from": "this stage's YAML"} for k, v in (lin.get("from_stage") or {}).items()]
+            + [{"key": k, "value": v, "from": "this command"} for k, v in (lin.get("from_command") or {}).items()]
+            + [{"key": k, "value": v, "from": lin.get("changed_by") or "this stage"}
+               for k, v in (lin.get("changed") or {}).items()])
     head = (f"<p>Started from <code>{esc(lin['source'])}</code>: {esc(lin['note'])} "
             f"(<code>{esc(lin['config_file'])}</code>, stage {esc(lin['source_stage'])}; "
             f"stages in common: up to {esc(str(lin['common_stage']))}).")
     if lin.get("weights"):
         head += f" Weights loaded from <code>{esc(lin['weights'])}</code>."
-    head += " Keys that differ from the source's defaults and where each value came from:</p>"
+    head += (" Keys changed from the source run's config:</p>" if lin.get("changed") is not None
+             else " Keys that differ from the source's defaults and where each value came from:</p>")
     return head + table(rows, ["key", "value", "from"])

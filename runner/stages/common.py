@@ -343,19 +343,28 @@ def train_run(cfg, ctx: Context, data: Optional[DataBundle] = None, zero_inputs:
 
 
 def sub_run(cfg, ctx: Context, path: Path, overrides: List[str], title: Optional[str] = None,
-            mark_epoch: Optional[float] = None):
+            mark_epoch: Optional[float] = None, lineage: Optional[Dict[str, Any]] = None,
+            summary_extra: Optional[Dict[str, Any]] = None):
     """One training run of a stage's own (a ladder rung, a seed rerun) in `path`, with its
-    own summary, checks and report; returns (TrainResult, summary)."""
+    own summary, checks and report; returns (TrainResult, summary).
+
+    `lineage`: where this sub-run came from (written to its lineage.json and shown as "Started
+    from"); None: the stage's own (ctx.lineage), no lineage.json. `summary_extra`: summary
+    fields over the trained config's (e.g. {"stage": "squeeze", "role": "seed rerun"}: a
+    stage that reruns another stage's config labels the run as its own)."""
     from runner.checks.training import train_finite
     from runner.config import validate
 
     validate(cfg, ctx.original_cwd)
     sub = Context(run=RunDir(path, enabled=ctx.run.enabled), original_cwd=ctx.original_cwd,
-                  overrides=list(overrides), lineage=ctx.lineage)
+                  overrides=list(overrides), lineage=ctx.lineage if lineage is None else lineage)
+    if lineage is not None:
+        sub.run.write_json("lineage.json", lineage)
     res = train_run(cfg, sub)
     verdicts = [train_finite(res.nonfinite, res.state.step)]
-    summary = summary_of(cfg, sub, res, verdicts)
-    finish(cfg, sub, res, verdicts, summary, title=title or f"{cfg.stage.name}: {path.name}",
+    summary = summary_of(cfg, sub, res, verdicts, extra=summary_extra)
+    finish(cfg, sub, res, verdicts, summary,
+           title=title or f"{summary.get('stage') or cfg.stage.name}: {path.name}",
            mark_epoch=mark_epoch)
     return res, summary
 
@@ -434,20 +443,21 @@ def finish(cfg, ctx: Context, res: Optional[TrainResult], verdicts: List[Verdict
                                run_facts, run_files, run_kpis, table, verdict_counts)
 
     save_verdict_figures(ctx, verdicts)
+    stage = summary.get("stage") or cfg.stage.name  # a sub-run may label itself (sub_run)
     if ctx.lineage:
         summary.setdefault("from", {k: ctx.lineage[k] for k in ("source", "source_stage", "weights")})
     ctx.run.write_checks(verdicts)
     ctx.run.write_summary(summary)
 
     # header: what ran on what, key figures, verdict counts, links up to a sweep/recipe report
-    rep = Report(title or f"{cfg.stage.name}: {summary.get('model', '')} on {cfg.data.kind}",
+    rep = Report(title or f"{stage}: {summary.get('model', '')} on {cfg.data.kind}",
                  kpis=run_kpis(summary), facts=run_facts(summary), counts=verdict_counts(verdicts),
                  links=related_links(ctx.run.path), files=run_files(ctx.run.path))
     if summary.get("error"):
         rep.add("Stopped", f"<p><b>{esc(summary['error'])}</b></p>")
     rep.add("Checks", checks_section(verdicts))
     if res is not None and res.history:
-        rel = ctx.run.save_figure(plots.curves(res.history, f"{cfg.stage.name}: training curves",
+        rel = ctx.run.save_figure(plots.curves(res.history, f"{stage}: training curves",
                                                mark_epoch=None if mark_epoch is None else mark_epoch + 0.5,
                                                mark_label="continued here"), "curves")
         rep.add("Curves", images([rel]) + table(res.history))
@@ -472,7 +482,7 @@ def finish(cfg, ctx: Context, res: Optional[TrainResult], verdicts: List[Verdict
     if table_:
         log.info("checks:\n%s", table_)
     failed = [v.name for v in verdicts if v.status == "fail"]
-    log.info("%s: val_acc %s  val_loss %s  (%s epochs, %.1f s)  ->  %s", cfg.stage.name,
+    log.info("%s: val_acc %s  val_loss %s  (%s epochs, %.1f s)  ->  %s", stage,
              _f(summary.get("val_acc")), _f(summary.get("val_loss")), summary.get("epochs"),
              summary.get("wall_s") or 0.0, ctx.run.path)
     if failed:

@@ -15,6 +15,13 @@ or one run dir; `from=<dir>` on the command line means the same here) and
    optimiser, schedule and history) for `continue_epochs` more epochs without early stopping
    (`continued/`); the curve marks where it picked up, and the summary says whether val loss
    still improved.
+
+What to adopt (`choose`): the best on val of the winner, its continuation and the ensemble.
+lineage.json records where everything came from: the sources, each candidate (recorded val
+acc; ensemble member, skipped or unused), the winner and runner-up, the sub-runs and the
+adopted option. Each sub-run (seeds/<label>-seed<N>/, continued/) has its own lineage.json
+(the candidate it reruns or continues, and what changed) and says stage "squeeze" in its
+summary, with its role and candidate; the config it trains is the candidate's own.
 """
 from __future__ import annotations
 
@@ -106,6 +113,27 @@ def _mean_std(xs: list) -> tuple[float, float]:
     return m, sd
 
 
+def sub_lineage(cand: Path, cand_cfg, role: str, label: str, ctx: Context, changed: dict[str, Any],
+                note: str, weights: Optional[str] = None) -> dict[str, Any]:
+    """lineage.json of a squeeze sub-run: the candidate it reruns or continues, what changed.
+
+    The keys of runner/lineage.py's Lineage (so `lineage_html` and summary["from"] read it), with
+    `changed` (key: value set on the candidate's config) and the squeeze run it belongs to."""
+    stage = str(cand_cfg.stage.name)
+    return {"source": str(cand), "source_stage": stage, "config_file": str(_checkpoint(cand)),
+            "note": note, "common_stage": stage, "from_source": {}, "from_stage": {},
+            "from_command": {}, "weights": weights, "changed": changed,
+            "changed_by": f"squeeze ({role})", "stage": "squeeze", "role": role, "label": label,
+            "candidate": str(cand), "candidate_recorded_val_acc": _recorded_acc(cand),
+            "squeeze_run": str(ctx.run.path)}
+
+
+def _sub_summary(cand: Path, cand_cfg, role: str, label: str, **more) -> dict[str, Any]:
+    """Summary fields of a squeeze sub-run: it is squeeze's, training the candidate's config."""
+    return {"stage": "squeeze", "role": role, "label": label, "candidate": str(cand),
+            "candidate_stage": str(cand_cfg.stage.name), **more}
+
+
 def seed_reruns(cand: Path, label: str, n: int, ctx: Context, root: Path) -> dict[str, Any]:
     """The candidate plus n - 1 reruns with the next seeds: val accuracies, mean, std."""
     from runner.stages.common import sub_run
@@ -113,6 +141,7 @@ def seed_reruns(cand: Path, label: str, n: int, ctx: Context, root: Path) -> dic
     import json
 
     base = member_config(cand)
+    saved_epochs = int(base.trainer.epochs)
     # as many epochs as the candidate ran: a stage's own stop (overfit's training-loss target)
     # is not in its config; early stopping is, and applies again
     ran = json.loads((cand / "summary.json").read_text()).get("epochs")
@@ -125,8 +154,15 @@ def seed_reruns(cand: Path, label: str, n: int, ctx: Context, root: Path) -> dic
         c.seed = s0 + i
         path = root / f"{label}-seed{s0 + i}"
         log.info("squeeze: %s (%s) again with seed %d", label, cand.name, s0 + i)
+        changed = {"seed": s0 + i}
+        if int(c.trainer.epochs) != saved_epochs:  # the candidate stopped before its budget
+            changed["trainer.epochs"] = int(c.trainer.epochs)
+        lin = sub_lineage(cand, base, "seed rerun", label, ctx, changed,
+                          f"squeeze's rerun of the {label} with seed {s0 + i} (its config and "
+                          f"split otherwise, {int(c.trainer.epochs)} epochs as it ran, from scratch)")
         res, summ = sub_run(c, ctx, path, [f"seed={s0 + i}", f"trainer.epochs={c.trainer.epochs}"],
-                            f"squeeze: {label} seed {s0 + i}")
+                            f"squeeze: {label} seed {s0 + i}", lineage=lin,
+                            summary_extra=_sub_summary(cand, base, "seed rerun", label, seed=s0 + i))
         seeds.append(s0 + i)
         accs.append(None if res.nonfinite else summ.get("best_val_acc"))
         dirs.append(str(path))
@@ -169,6 +205,14 @@ def leave_training(cand: Path, extra: Optional[int], ctx: Context, path: Path) -
     e0 = int(load_checkpoint(last)["loop"]["epoch"])
     extra = e0 if extra is None else int(extra)
     c = member_config(cand)
+    changed: dict[str, Any] = {"resume": str(last), "trainer.epochs": e0 + extra}
+    if int(c.trainer.early_stopping_patience or 0) != 0:
+        changed["trainer.early_stopping_patience"] = 0
+    lin = sub_lineage(cand, c, "continued", "winner", ctx, changed,
+                      f"squeeze's continuation of the winner from its last.pt (epoch {e0}: model, "
+                      f"optimiser, schedule and history) for {extra} more epoch(s) without early "
+                      "stopping", weights=str(last))
+    extra_summary = _sub_summary(cand, c, "continued", "winner", from_epoch=e0)
     c.trainer.epochs = e0 + extra
     c.trainer.early_stopping_patience = 0
     c.resume = str(last)
@@ -176,7 +220,7 @@ def leave_training(cand: Path, extra: Optional[int], ctx: Context, path: Path) -
     res, summ = sub_run(c, ctx, path, [f"resume={last}", f"trainer.epochs={e0 + extra}",
                                        "trainer.early_stopping_patience=0"],
                         f"squeeze: {cand.name} left training to epoch {e0 + extra}",
-                        mark_epoch=e0)
+                        mark_epoch=e0, lineage=lin, summary_extra=extra_summary)
     hist = [r for r in res.history if r.get("val_loss") is not None and math.isfinite(r["val_loss"])]
     before = [r for r in hist if r["epoch"] <= e0]
     after = [r for r in hist if r["epoch"] > e0]
@@ -193,6 +237,25 @@ def leave_training(cand: Path, extra: Optional[int], ctx: Context, path: Path) -
             "best_val_loss_before": b and b["val_loss"], "best_val_loss_after": a and a["val_loss"],
             "val_acc_before": b and b["val_acc"], "val_acc_after": a and a["val_acc"],
             "val_loss_improved": improved, "message": msg}
+
+
+CHOOSE_RULE = ("the highest val accuracy; on a tie, the lower val loss; on a tie of both, the "
+               "simpler model (winner, then continued, then ensemble)")
+
+
+def choose(options: list[dict[str, Any]]) -> dict[str, Any]:
+    """The option to adopt: the highest val accuracy; on a tie, the lower val loss; on a tie
+    of both, the earlier in `options` (listed simplest first: winner, continued, ensemble).
+
+    A missing or non-finite val accuracy ranks last, a missing or non-finite val loss loses
+    a tie."""
+    def num(x: Any, bad: float) -> float:
+        return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else bad
+
+    if not options:
+        raise ValueError("choose: no options")
+    return min(enumerate(options), key=lambda io: (-num(io[1].get("val_acc"), -math.inf),
+                                                   num(io[1].get("val_loss"), math.inf), io[0]))[1]
 
 
 def member_logits(run_dir: Path, original_cwd: str, device: torch.device):
@@ -212,6 +275,46 @@ def member_logits(run_dir: Path, original_cwd: str, device: torch.device):
                              train=False, num_workers=0)
     ev = evaluate(model, loader, device, keep_logits=True)
     return ev.logits.cpu(), ev.targets.cpu(), mcfg, data
+
+
+def squeeze_lineage(ctx: Context, from_: list[Path], runs: list[Path], ranked: list[Path],
+                    members: list[Path], skipped: list[str], comparable: list[Path],
+                    k: int) -> dict[str, Any]:
+    """lineage.json of a squeeze run: its sources, every candidate (recorded val acc, its
+    stage, whether it was an ensemble member, skipped for another input size/split, or not
+    used), the winner and runner-up. run() adds the sub-runs, the options and the adoption."""
+    import json
+
+    def stage_of(d: Path) -> Optional[str]:
+        try:
+            return json.loads((d / "summary.json").read_text()).get("stage")
+        except (OSError, ValueError):
+            return None
+
+    def acc(d: Path) -> Optional[float]:
+        a = _recorded_acc(d)
+        return a if a >= 0 else None
+
+    def used(d: Path) -> str:
+        if d in members:
+            return "ensemble member"
+        if str(d) in skipped:
+            return "skipped: validated on another data set/split/input size than the winner"
+        return f"not used: beyond the best k={k}"
+
+    cands = [{"rank": i + 1, "dir": str(d), "stage": stage_of(d), "recorded_val_acc": acc(d),
+              "member": d in members, "skipped": str(d) in skipped, "used": used(d)}
+             for i, d in enumerate(ranked)]
+
+    def pick(i: int) -> Optional[dict[str, Any]]:
+        return {"dir": str(comparable[i]), "recorded_val_acc": acc(comparable[i])} \
+            if len(comparable) > i else None
+
+    return {"stage": "squeeze", "run_dir": str(ctx.run.path),
+            "sources": {"from": str(from_[0]) if from_ else None, "runs": [str(r) for r in runs]},
+            "k": k, "candidates": cands, "members": [str(m) for m in members],
+            "skipped": list(skipped), "winner": pick(0), "runner_up": pick(1), "sub_runs": [],
+            "rule": CHOOSE_RULE, "options": None, "adopted": None}
 
 
 def run(cfg, ctx: Context) -> int:
@@ -246,8 +349,12 @@ def run(cfg, ctx: Context) -> int:
         logits.append(lg)
         rows.append({"member": str(d), "model": mcfg.model.get("_target_") or mcfg.model.name,
                      "recorded_val_acc": _recorded_acc(d)})
+    ranked = list(cands)
     # seeds and continuation compare candidates on the same validation set too
     cands = [c for c in cands if str(c) not in skipped]
+    lineage = squeeze_lineage(ctx, [cwd / str(src)] if src else [],
+                              [cwd / str(r) for r in p["runs"] or []], ranked, members, skipped, cands, k)
+    ctx.run.write_json("lineage.json", lineage)  # again below, with the sub-runs and the adoption
     sc = ensemble_scores(logits, targets)
     for r, a, l_ in zip(rows, sc["member_acc"], sc["member_loss"]):
         r.update({"val_acc": a, "val_loss": l_})
@@ -281,6 +388,10 @@ def run(cfg, ctx: Context) -> int:
         up = seed_reruns(cands[1], "runner-up", n_seeds, ctx, ctx.run.path / "seeds") \
             if len(cands) > 1 else None
         seeds = {"winner": win, "runner_up": up}
+        for g in (win, up):
+            for sd, d in zip((g or {}).get("seeds", [])[1:], (g or {}).get("dirs", [])[1:]):
+                lineage["sub_runs"].append({"dir": d, "role": "seed rerun", "label": g["label"],
+                                            "candidate": g["run"], "seed": sd})
         seed_rows = [{"candidate": f"{g['label']} ({Path(g['run']).name})", "seed": sd, "val_acc": a,
                       "dir": d} for g in (win, up) if g for sd, a, d in zip(g["seeds"], g["val_acc"], g["dirs"])]
         ctx.run.write_csv("seeds.csv", seed_rows)
@@ -296,6 +407,9 @@ def run(cfg, ctx: Context) -> int:
     longer = None
     if p["continue_epochs"] is None or int(p["continue_epochs"]) > 0:
         longer = leave_training(cands[0], p["continue_epochs"], ctx, ctx.run.path / "continued")
+        lineage["sub_runs"].append({"dir": longer["dir"], "role": "continued", "label": "winner",
+                                    "candidate": longer["run"], "from_epoch": longer["from_epoch"],
+                                    "to_epoch": longer["to_epoch"]})
         sections.append(("Leave it training", (
             f"<p>{esc(Path(longer['run']).name)} continued from epoch {longer['from_epoch']} to "
             f"{longer['to_epoch']} without early stopping: {esc(longer['message'])}.</p>"
@@ -312,11 +426,21 @@ def run(cfg, ctx: Context) -> int:
     if len(members) > 1:
         options.append({"what": "ensemble", "val_acc": sc["ensemble_acc"],
                         "val_loss": sc["ensemble_loss"], "run": [str(m) for m in members]})
-    adopted = max(options, key=lambda o: (o["val_acc"], -options.index(o)))
+    adopted = choose(options)
     sections.append(("Adopted", f"<p>Adopted: <b>{esc(adopted['what'])}</b> (val acc "
                                 f"{adopted['val_acc']:.4f}, val loss {adopted['val_loss']:.4f}), the best on "
-                                "val of: " + ", ".join(f"{esc(o['what'])} {o['val_acc']:.4f}" for o in options)
-                     + ". Ties go to the simpler model.</p>"))
+                                "val of: " + ", ".join(f"{esc(o['what'])} {o['val_acc']:.4f} "
+                                                       f"(loss {o['val_loss']:.4f})" for o in options)
+                     + ". A tie on val accuracy goes to the lower val loss; a tie of both to the "
+                       "simpler model (winner, continued, ensemble in that order).</p>"))
+
+    lineage.update({"options": options, "adopted": adopted})
+    ctx.run.write_json("lineage.json", lineage)
+    sections.append(("Started from", (
+        "<p>Candidates from " + ", ".join(f"<code>{esc(x)}</code>" for x in
+                                          [lineage["sources"]["from"], *lineage["sources"]["runs"]] if x)
+        + ", ranked by recorded val accuracy (lineage.json):</p>"
+        + table(lineage["candidates"], ["rank", "dir", "stage", "recorded_val_acc", "used"]))))
 
     ctx.run.write_metrics([])
     summary = {"stage": cfg.stage.name, "name": cfg.name, "val_acc": adopted["val_acc"],
