@@ -64,6 +64,7 @@ class Lineage:
     from_stage: Dict[str, Any] = field(default_factory=dict)
     from_command: Dict[str, Any] = field(default_factory=dict)
     weights: Optional[str] = None
+    weights_skipped: Optional[str] = None  # why the source's weights were not loaded
 
     def as_dict(self) -> Dict[str, Any]:
         return dict(self.__dict__)
@@ -268,16 +269,39 @@ def inherit(cfg: DictConfig, overrides: Sequence[str], original_cwd: str,
                   from_stage={k: v for k, v in by_stage.items()
                               if source.get(k, object()) != v and not covered(k, by_command)},
                   from_command={k: v for k, v in by_command.items() if source.get(k, object()) != v})
+    # the stage's own settings the command gave (never taken from the source; listed so the
+    # record shows every change the command made)
+    for k in command_keys(overrides, include_per_run=True):
+        if k.startswith("stage.params"):
+            lin.from_command.update({u: v for u, v in user.items() if u == k or u.startswith(k + ".")})
     explicit = "init_from" in command_keys(overrides, include_per_run=True)  # init_from=null: none
     if new_stage in WARM_START_STAGES and not explicit and not cfg.get("init_from") \
             and out.weights is not None:
-        with open_dict(result):
-            result.init_from = str(out.weights)
-        lin.weights = str(out.weights)
+        theirs, ours = architecture(out.config.get("model") or {}), architecture(_plain(result.model))
+        if theirs == ours:
+            with open_dict(result):
+                result.init_from = str(out.weights)
+            lin.weights = str(out.weights)
+        else:  # another model: its weights cannot fit; train from scratch and say so
+            lin.weights_skipped = (f"no warm start: the source's weights are a {_arch_name(theirs)}, "
+                                   f"this run builds a {_arch_name(ours)} (init_from=<run dir> "
+                                   "loads weights explicitly)")
+            log.warning("from=: %s", lin.weights_skipped)
     log.info("from %s (%s, %s): %d key(s) from the source, %d set by stage %s, %d by the command%s",
              src, out.stage, out.note, len(taken), len(lin.from_stage), new_stage,
              len(lin.from_command), f"; weights from {out.weights}" if lin.weights else "")
     return result, lin
+
+
+def architecture(model: Dict[str, Any]) -> Tuple[Any, ...]:
+    """What decides a model's weight shapes (given the data): builder, name, its kwargs.
+    Dropout, drop-path and pretrained weights change no shape."""
+    return (model.get("_target_"), None if model.get("_target_") else model.get("name"),
+            json.dumps(model.get("kwargs") or {}, sort_keys=True, default=str))
+
+
+def _arch_name(a: Tuple[Any, ...]) -> str:
+    return str(a[0] or a[1]) + ("" if a[2] == "{}" else f" with kwargs {a[2]}")
 
 
 def apply(cfg: DictConfig, overrides: Sequence[str], original_cwd: str) -> Tuple[DictConfig, Optional[Lineage]]:
@@ -304,10 +328,19 @@ def lineage_html(lin: Dict[str, Any]) -> str:
             + [{"key": k, "value": v, "from": lin.get("changed_by") or "this stage"}
                for k, v in (lin.get("changed") or {}).items()])
     head = (f"<p>Started from <code>{esc(lin['source'])}</code>: {esc(lin['note'])} "
-            f"(<code>{esc(lin['config_file'])}</code>, stage {esc(lin['source_stage'])}; "
-            f"stages in common: up to {esc(str(lin['common_stage']))}).")
+            f"(<code>{esc(lin['config_file'])}</code>, a {esc(str(lin['source_stage']))} run).")
     if lin.get("weights"):
         head += f" Weights loaded from <code>{esc(lin['weights'])}</code>."
-    head += (" Keys changed from the source run's config:</p>" if lin.get("changed") is not None
-             else " Keys that differ from the source's defaults and where each value came from:</p>")
+    if lin.get("weights_skipped"):
+        head += f" <b>{esc(lin['weights_skipped'])}</b>."
+    if lin.get("changed") is not None:
+        head += " Keys changed from the source run's config:</p>"
+    else:
+        common = lin.get("common_stage")
+        head += ("</p><p>This run's config is the source's config, then what this stage's YAML "
+                 + (f"changes relative to stage {esc(str(common))} (the last stage both build on)"
+                    if common else "sets (the source shares no stage with it)")
+                 + ", then this command's overrides, later ones winning. A row per key whose value "
+                 "here differs from what this stage and command alone give (from: source run) or "
+                 "from the source's (from: this stage's YAML, this command):</p>")
     return head + table(rows, ["key", "value", "from"])

@@ -59,7 +59,10 @@ def test_from_starts_a_stage_from_a_runs_outcome_and_train_warm_starts(cli):
     assert lin["common_stage"] == "baseline"
     assert lin["from_source"]["optim.lr"] == pytest.approx(1e-3)
     assert lin["from_source"]["data.num_train"] == 96 and lin["from_source"]["seed"] == 5
-    assert lin["from_stage"]["trainer.epochs"] == 30 and lin["from_command"] == {"model.name": "test_resnet"}
+    assert lin["from_stage"]["trainer.epochs"] == 30
+    # the command's stage settings are listed too (they are never taken from the source)
+    assert lin["from_command"] == {"model.name": "test_resnet", "stage.params.train_loss_target": 0.5}
+    assert "stage.params.train_loss_target" in (o_dir / "report.html").read_text()
     assert lin["weights"] is None  # overfit trains from scratch
     used = OmegaConf.load(o_dir / "config.yaml")
     assert used.data.kind == "synthetic" and used.data.num_train == 96 and used.seed == 5
@@ -103,6 +106,15 @@ def test_init_from_loads_weights_and_refuses_another_architecture(cli, tmp_path)
     assert torch.allclose(saved[k], got[k], atol=1e-6)  # lr 1e-12: the loaded weights stay
     bad = cli(FAST + ["stage=train", "trainer.epochs=1", f"init_from={a_dir}"])  # TinyCNN
     assert bad.code == 2 and "does not fit this model" in bad.out, bad.out
+    assert "(test_resnet saved" in bad.out, bad.out  # the saved model is named, not '?'
+    # from= chose the warm start (not the user): another architecture trains from scratch, and
+    # lineage.json and the log say why
+    skip = cli(FAST + ["stage=train", "trainer.epochs=1", f"from={a_dir}", "model=tiny_cnn"])
+    assert skip.code in (0, 1) and "no warm start" in skip.out, skip.out
+    s_dir = max(skip.run_dirs, key=lambda d: d.name)
+    lin = skip.json("lineage.json", s_dir)
+    assert lin["weights"] is None and "test_resnet" in lin["weights_skipped"]
+    assert "init_from: model weights" not in skip.out
 
 
 # ----------------------------------------------------------------------------- squeeze

@@ -206,8 +206,12 @@ class _StopOnSignal:
 
 
 
-def init_weights(model: torch.nn.Module, spec: str, original_cwd: str) -> Path:
-    """`init_from=<run dir or .pt>`: load only the model weights (a warm start)."""
+def init_weights(model: torch.nn.Module, spec: str, original_cwd: str,
+                 optional: bool = False) -> Optional[Path]:
+    """`init_from=<run dir or .pt>`: load only the model weights (a warm start).
+
+    `optional` (a warm start `from=` chose, not the user): weights that do not fit this model
+    are skipped with a warning (None) instead of refusing the run."""
     p = (Path(original_cwd) / str(spec)).expanduser()
     if p.is_dir():
         found = [p / "checkpoints" / n for n in ("best.pt", "last.pt") if (p / "checkpoints" / n).is_file()]
@@ -216,7 +220,14 @@ def init_weights(model: torch.nn.Module, spec: str, original_cwd: str) -> Path:
         p = found[0]
     if not p.is_file():
         raise ConfigError(f"init_from={spec!r}: no such file or run directory ({p})")
-    restore({"model": load_checkpoint(p)["model"], "loop": {}}, p, model)
+    ck = load_checkpoint(p)
+    try:
+        restore({"model": ck["model"], "loop": {}, "meta": ck.get("meta") or {}}, p, model)
+    except ConfigError as e:
+        if not optional:
+            raise
+        log.warning("from=: no warm start: %s; training from scratch", e)
+        return None
     log.info("init_from: model weights from %s (fresh optimiser and epochs)", p)
     return p
 
@@ -257,7 +268,8 @@ def train_run(cfg, ctx: Context, data: Optional[DataBundle] = None, zero_inputs:
         resumed_from = str(ckpt_path)
         log.info("resume: from %s at epoch %d, step %d", ckpt_path, state.epoch, state.step)
     elif cfg.get("init_from"):
-        init_weights(model, cfg.init_from, ctx.original_cwd)
+        implicit = bool(ctx.lineage) and ctx.lineage.get("weights") == str(cfg.init_from)
+        init_weights(model, cfg.init_from, ctx.original_cwd, optional=implicit)
     if write_metrics:  # the header at once: a run that dies in epoch 1 still has metrics.csv
         ctx.run.write_metrics(state.history)
 
