@@ -47,6 +47,9 @@ class EpochRecord:
     best: bool = False  # best val loss so far
     stop_reason: Optional[str] = None  # set on the last record when stopping early
     interrupted: bool = False  # stopped mid-epoch on request; not a finished epoch
+    # the signal the ranks agreed to stop on (the largest any rank got), on the record after
+    # which the loop stops for it; 0: none. A rank that got no signal itself learns it here.
+    signum: int = 0
 
 
 @dataclass
@@ -190,23 +193,6 @@ def _sync_flags(watch: _Watch, stop_local: bool, signum: int) -> _Flags:
                   seconds)
 
 
-def _join_stop(stop_requested, signum: int) -> None:
-    """Another rank got a signal: behave as if this one had got it too (same exit code).
-
-    train_run's handler records the signal; delivering it here keeps every rank's
-    after-the-loop path (checkpoint by rank 0, Interrupted, exit 128+signal) the same.
-    """
-    import signal
-    import threading
-
-    if stop_requested is None or stop_requested() or signum <= 0:
-        return
-    if threading.current_thread() is not threading.main_thread():
-        return
-    if callable(signal.getsignal(signum)):  # a Python handler, not SIG_DFL/SIG_IGN
-        signal.raise_signal(signum)
-
-
 def fit(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -268,8 +254,6 @@ def fit(
         steps = state.step - watch.steps_before
         if check_seconds > 0 and steps > 0 and flags.seconds > 0:  # same values on every rank
             interval = max(1, min(int(check_every), int(check_seconds * steps / flags.seconds)))
-        if flags.stop:
-            _join_stop(stop_requested, flags.signum)
         return flags
 
     for epoch in range(state.epoch, epochs):
@@ -291,6 +275,7 @@ def fit(
             bar = tqdm(total=steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{epochs}",
                        leave=False)
         interrupted = False
+        stop_signum = 0
         i = start
         watch = _Watch(device, state.step)
         next_check = start + interval
@@ -338,7 +323,7 @@ def fit(
                 flags = check(watch, bar)
                 watch, next_check = _Watch(device, state.step), i + interval
                 if flags.stop:
-                    interrupted = True
+                    interrupted, stop_signum = True, flags.signum
                     break
         if bar is not None:
             bar.close()
@@ -353,7 +338,8 @@ def fit(
             rec = EpochRecord(epoch=epoch, step=state.step, train_loss=math.nan,
                               train_acc=math.nan, val_loss=math.nan, val_acc=math.nan,
                               lr=current_lr(optimizer), wall_s=state.wall_s, epoch_s=train_s,
-                              images_per_s=0.0, evaluated=False, interrupted=True)
+                              images_per_s=0.0, evaluated=False, interrupted=True,
+                              signum=stop_signum)
             try:
                 yield rec
             except GeneratorExit:  # the caller saved its checkpoint (rank 0) and stops
@@ -362,7 +348,8 @@ def fit(
             barrier()
             return
         # epoch end: always a check point, before anything of this epoch leaves the loop
-        stop_at_end = check(watch, None).stop
+        end_flags = check(watch, None)
+        stop_at_end = end_flags.stop
         if scheduler is not None:
             scheduler.step(epoch + 1)
         # DDP: every rank trained on its share of each global batch
@@ -385,6 +372,7 @@ def fit(
             val_loss=ev.loss, val_acc=ev.acc, lr=current_lr(optimizer), wall_s=state.wall_s,
             epoch_s=epoch_s, images_per_s=n_seen / epoch_s if epoch_s > 0 else 0.0,
             evaluated=evaluated, val_logits=ev.logits, val_targets=ev.targets,
+            signum=end_flags.signum if stop_at_end else 0,
         )
         if evaluated:
             if ev.loss < state.best_val_loss:

@@ -286,6 +286,7 @@ def train_run(cfg, ctx: Context, data: Optional[DataBundle] = None, zero_inputs:
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
 
     records: List[EpochRecord] = []
+    agreed = 0  # the signal the loop stopped on (under DDP maybe another rank's)
     nonfinite = None
     stop_reason = None
     pruned = False
@@ -303,6 +304,7 @@ def train_run(cfg, ctx: Context, data: Optional[DataBundle] = None, zero_inputs:
                        max_steps_per_epoch=cfg.trainer.max_steps_per_epoch,
                        keep_val_logits=keep_val_logits, progress=cfg.trainer.progress, state=state,
                        stop_requested=stop.requested if stop else None):
+            agreed = rec.signum or agreed
             if rec.interrupted:  # a signal mid-epoch: save the half-done epoch exactly
                 ctx.run.save_checkpoint(make_checkpoint(model, optimizer, scheduler, state,
                                                         config_yaml, meta), "last.pt")
@@ -342,12 +344,13 @@ def train_run(cfg, ctx: Context, data: Optional[DataBundle] = None, zero_inputs:
     finally:
         if stop is not None:
             stop.restore()
+        # this process's signal, else the one the ranks agreed on (another rank's, under DDP):
+        # every rank then leaves the same way (rank 0's checkpoint, Interrupted, exit 128+signal)
+        signum = (stop.signum if stop is not None else None) or agreed or None
         if loggers:
-            interrupted = stop is not None and stop.signum is not None
-            loggers.close("FAILED" if nonfinite else "KILLED" if interrupted else "FINISHED")
-    if stop is not None and stop.signum is not None and state.epoch < cfg.trainer.epochs \
-            and not (pruned or stop_reason or nonfinite):
-        raise Interrupted(stop.signum, ctx.run.path, state.epoch, state.step)
+            loggers.close("FAILED" if nonfinite else "KILLED" if signum else "FINISHED")
+    if signum and state.epoch < cfg.trainer.epochs and not (pruned or stop_reason or nonfinite):
+        raise Interrupted(signum, ctx.run.path, state.epoch, state.step)
     return TrainResult(data=data, model=model, device=device, history=list(state.history),
                        last=records[-1] if records else None, state=state, nonfinite=nonfinite,
                        resumed_from=resumed_from, params=count_params(model),
