@@ -439,11 +439,19 @@ def timed(fn, *args, **kwargs) -> Verdict:
 def console_checks(verdicts: List[Verdict]) -> str:
     if not verdicts:
         return ""
+    import textwrap
+
     w = max(len(v.name) for v in verdicts)
     lines = [f"{'check'.ljust(w)}  status  value / message"]
+    indent = " " * (w + 10)
     for v in verdicts:
         val = v.value if not isinstance(v.value, float) else f"{v.value:.4g}"
-        lines.append(f"{v.name.ljust(w)}  {v.status.upper():6}  {val}  {v.message[:110]}")
+        head = f"{v.name.ljust(w)}  {v.status.upper():6}  "
+        # the whole message, wrapped under its column: advice is never cut off
+        text = f"{val}  {v.message}" if val is not None else v.message
+        lines.append(textwrap.fill(text, width=max(60, 120 - len(head)) + len(head),
+                                   initial_indent=head, subsequent_indent=indent,
+                                   break_on_hyphens=False, break_long_words=False))
     return "\n".join(lines)
 
 
@@ -497,9 +505,11 @@ def finish(cfg, ctx: Context, res: Optional[TrainResult], verdicts: List[Verdict
     if table_:
         log.info("checks:\n%s", table_)
     failed = [v.name for v in verdicts if v.status == "fail"]
-    log.info("%s: val_acc %s  val_loss %s  (%s epochs, %.1f s)  ->  %s", stage,
-             _f(summary.get("val_acc")), _f(summary.get("val_loss")), summary.get("epochs"),
-             summary.get("wall_s") or 0.0, ctx.run.path)
+    ran = ", ".join(x for x in (
+        f"{summary['epochs']} epochs" if isinstance(summary.get("epochs"), int) else "",
+        f"{summary['wall_s']:.1f} s" if isinstance(summary.get("wall_s"), (int, float)) else "") if x)
+    log.info("%s: val_acc %s  val_loss %s%s  ->  %s", stage, _f(summary.get("val_acc")),
+             _f(summary.get("val_loss")), f"  ({ran})" if ran else "", ctx.run.path)
     if failed:
         log.warning("failed checks: %s%s", ", ".join(failed),
                     "" if cfg.checks.strict else " (checks.strict=false: exit code 0)")

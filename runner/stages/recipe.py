@@ -85,12 +85,17 @@ def changes(name: str, d: Path, s: dict) -> str:
 
 
 def final_model(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The model to adopt: what squeeze adopted, else the last passing training stage's outcome."""
+    """The model to adopt: the passing stage with the best val accuracy (squeeze's adopted
+    model for squeeze, a training stage's outcome otherwise); on a tie the later stage.
+
+    A later stage can end below an earlier one (a short study whose trials all land under the
+    kept ladder): the recipe then still ends on the better model, and `regressions` says so."""
     from runner.lineage import outcome
 
-    for r in reversed(rows):
-        if r["exit_code"] != 0 or r["stage"] not in (*TRAINING, "squeeze"):
-            continue
+    ranked = sorted((r for r in rows if r["exit_code"] == 0 and r["stage"] in (*TRAINING, "squeeze")
+                     and isinstance(r["val_acc"], (int, float))),
+                    key=lambda r: (r["val_acc"], rows.index(r)), reverse=True)
+    for r in ranked:
         d = Path(r["dir"])
         what = None
         if r["stage"] == "squeeze":
@@ -107,11 +112,73 @@ def final_model(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
             d = Path(run)
         try:
             o = outcome(d)
-        except Exception:  # noqa: BLE001 -- a stage without an outcome: look further back
+        except Exception:  # noqa: BLE001 -- a stage without an outcome: the next best
             continue
         return {"stage": r["stage"], "run": str(d), "config": str(o.config_file),
-                "weights": str(o.weights) if o.weights else None, "what": what or o.note}
+                "weights": str(o.weights) if o.weights else None, "what": what or o.note,
+                "val_acc": r["val_acc"]}
     return None
+
+
+def regressions(rows: list[dict[str, Any]], n_val: int | None, min_delta: float = 0.005) -> list[str]:
+    """Passing training stages (and squeeze) that ended below the best stage before them by
+    more than noise (regularize.noise_threshold: max(min_delta, one standard error))."""
+    from runner.stages.regularize import noise_threshold
+
+    out, best = [], None
+    for r in rows:
+        if r["exit_code"] != 0 or r["stage"] not in (*TRAINING, "squeeze") \
+                or not isinstance(r["val_acc"], (int, float)):
+            continue
+        if best is not None:
+            thr = noise_threshold(best["val_acc"], n_val or 0, min_delta) if n_val else min_delta
+            if best["val_acc"] - r["val_acc"] > thr:
+                out.append(f"{r['stage']} ended at val acc {r['val_acc']:.4f}, below {best['stage']}'s "
+                           f"{best['val_acc']:.4f} by more than noise ({thr:.4f})")
+        if best is None or r["val_acc"] >= best["val_acc"]:
+            best = r
+    return out
+
+
+def _tune_acc(d: Path) -> Any:
+    """A study's best trial's val accuracy (its metric may be val_loss)."""
+    study = _read(d, "study.json") or {}
+    best = study.get("best") or {}
+    if best.get("dir"):
+        bd = Path(best["dir"])
+        s = _read(bd if bd.is_absolute() else d / bd, "summary.json") or {}
+        acc = s.get("best_val_acc", s.get("val_acc"))
+        if isinstance(acc, (int, float)):
+            return acc
+    return best.get("value") if study.get("metric", "val_acc") == "val_acc" else None
+
+
+def _error_line(tail: list[str]) -> str | None:
+    """The reason a stage process failed, from the end of its output."""
+    lines = [ln.strip() for ln in tail if ln.strip()]
+    for ln in reversed(lines):
+        low = ln.lower()
+        if ("error" in low or "exception" in low) and "HYDRA_FULL_ERROR" not in ln:
+            return ln[-500:]
+    return lines[-1][-500:] if lines else None
+
+
+def _run_stage(args: list[str], cwd: str, env: dict) -> tuple[int, list[str]]:
+    """`python -m runner ARGS`, its output passed through live; (exit code, last lines)."""
+    from collections import deque
+
+    tail: deque = deque(maxlen=60)
+    proc = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            tail.append(line.rstrip("\n"))
+    finally:
+        code = proc.wait()
+    return code, list(tail)
 
 
 def run(cfg, ctx: Context) -> int:
@@ -124,6 +191,7 @@ def run(cfg, ctx: Context) -> int:
     done: list[tuple[str, Path, int]] = []
     stopped = None
     prev_acc = None
+    n_val = None
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), ctx.original_cwd,
                                          env.get("PYTHONPATH", "")])
@@ -147,8 +215,7 @@ def run(cfg, ctx: Context) -> int:
                 if len(srcs) > 1:
                     args.append("stage.params.runs=[" + ",".join(str(s) for s in srcs[1:]) + "]")
         log.info("recipe: %d/%d %s: python -m runner %s", k, len(p["stages"]), name, " ".join(args))
-        code = subprocess.run([sys.executable, "-m", "runner", *args], cwd=ctx.original_cwd,
-                              env=env, check=False).returncode
+        code, tail = _run_stage(args, ctx.original_cwd, env)
         dirs[name] = d
         done.append((name, d, code))
         s = _read(d, "summary.json") or {}
@@ -157,49 +224,71 @@ def run(cfg, ctx: Context) -> int:
         if name == "regularize":
             acc = s.get("ladder_val_acc", acc)
         if name == "tune":
-            study = _read(d, "study.json") or {}
-            acc = (study.get("best") or {}).get("value")
+            acc = _tune_acc(d)
+        if isinstance(s.get("data"), dict) and s["data"].get("num_val"):
+            n_val = n_val or int(s["data"]["num_val"])
         row = {"stage": name, "exit_code": code, "change": changes(name, d, s), "val_acc": acc,
                "delta": (acc - prev_acc) if isinstance(acc, (int, float)) and
                isinstance(prev_acc, (int, float)) else None,
                "checks_failed": [c["name"] for c in checks if c.get("status") == "fail"]
                or s.get("checks_failed") or [],
-               "dir": str(d), "report": f"{d.name}/report.html"}
+               "dir": str(d), "report": f"{d.name}/report.html",
+               "error": _error_line(tail) if code != 0 and not (checks and any(
+                   c.get("status") == "fail" for c in checks)) else None}
         rows.append(row)
         if isinstance(acc, (int, float)):
             prev_acc = acc
         if code != 0:
             reason = (f"stage {name} exited {code}"
-                      + (f" (failed: {', '.join(row['checks_failed'])})" if row["checks_failed"] else ""))
+                      + (f" (failed: {', '.join(row['checks_failed'])})" if row["checks_failed"] else "")
+                      + (f": {row['error']}" if row["error"] else ""))
             log.warning("recipe: %s", reason)
             if not p["continue_on_fail"]:
                 stopped = reason + "; the recipe stops here (stage.params.continue_on_fail=true goes on)"
                 break
 
-    final = next((r["val_acc"] for r in reversed(rows) if isinstance(r["val_acc"], (int, float))), None)
+    # the final model is the best passing stage's (not merely the last one's), and its val
+    # accuracy is the recipe's: a failed last stage does not stand for the recipe's result
     final_run = final_model(rows)
+    final = final_run["val_acc"] if final_run else None
     ctx.run.write_csv("recipe.csv", [{**r, "checks_failed": " ".join(r["checks_failed"])} for r in rows])
     v = Verdict("recipe.gates", "fail" if stopped else "pass", value=len(rows),
                 expected=f"{len(p['stages'])} stage(s) pass",
                 message=stopped or f"all {len(rows)} stage(s) ran"
                 + ("" if all(r["exit_code"] == 0 for r in rows) else " (some failed; continue_on_fail)"))
+    worse = regressions(rows, n_val)
+    last_acc = next((r["val_acc"] for r in reversed(rows) if r["exit_code"] == 0
+                     and isinstance(r["val_acc"], (int, float))), None)
+    v_reg = Verdict(
+        "recipe.progress", "warn" if worse else ("pass" if final is not None else "skip"),
+        value=final, expected="no passing stage ends below the best one before it by more than noise",
+        message=("; ".join(worse) + f". The final model is the best stage's ({final_run['stage']}, "
+                 f"{final:.4f}), not the last one's" if worse and final_run else
+                 f"each stage ended at or above the best before it (within noise); final "
+                 f"{final:.4f} from {final_run['stage']}" if final_run else "no passing training stage"),
+        details={"regressions": worse, "last_val_acc": last_acc})
     summary = {"stage": "recipe", "name": cfg.name, "val_acc": final, "val_loss": None,
                "stages": [{"stage": r["stage"], "val_acc": r["val_acc"],
                            "checks_failed": r["checks_failed"], "dir": r["dir"],
-                           "exit_code": r["exit_code"]} for r in rows],
-               "final": final_run,
+                           "exit_code": r["exit_code"], "error": r["error"]} for r in rows],
+               "final": final_run, "regressions": worse,
                "stopped": stopped, "checks_failed": ["recipe.gates"] if stopped else [],
                "run_dir": str(ctx.run.path)}
-    html_rows = [{**r, "report": f'<a href="{esc(r["report"])}">{esc(r["stage"])} report</a>',
-                  "checks_failed": ", ".join(r["checks_failed"])} for r in rows]
+    html_rows = [{**r, "report": f'<a href="{esc(r["report"])}">{esc(r["stage"])} report</a>'
+                  if (Path(r["dir"]) / "report.html").exists() else "(no report)",
+                  "checks_failed": ", ".join(r["checks_failed"]), "error": r["error"] or ""}
+                 for r in rows]
     body = table(html_rows, ["stage", "change", "exit_code", "val_acc", "delta", "checks_failed",
-                             "report"], raw=["report"])
+                             "error", "report"], raw=["report"])
     if stopped:
         body = f"<p><b>{esc(stopped)}</b></p>" + body
+    if worse:
+        body += f"<p><b>{esc(v_reg.message)}</b>.</p>"
     if final_run:
-        body += (f"<p>Final model, from the {esc(final_run['stage'])} stage: {esc(final_run['what'])}. "
+        body += (f"<p>Final model (val acc {final:.4f}), from the {esc(final_run['stage'])} stage: "
+                 f"{esc(final_run['what'])}. "
                  f"Config <code>{esc(final_run['config'])}</code>; weights "
                  f"<code>{esc(str(final_run['weights']))}</code>. Continue from it with "
                  f"<code>python -m runner stage=train from={esc(str(ctx.run.path))}</code>.</p>")
-    return finish(cfg, ctx, None, [v], summary, sections=[("Stages", body)],
+    return finish(cfg, ctx, None, [v, v_reg], summary, sections=[("Stages", body)],
                   title=f"recipe on {cfg.data.kind}")
