@@ -97,3 +97,13 @@ def compose(overrides: List[str] = (), config_dir: Optional[str] = None):
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=config_dir or str(REPO / "conf")):
         return _compose(config_name="config", overrides=list(overrides), return_hydra_config=False)
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Checks hand back matplotlib figures; a test that keeps them (no run dir saving them)
+    would leave them open for the rest of its worker."""
+    yield
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is not None:
+        plt.close("all")
