@@ -104,3 +104,20 @@ def test_squeeze_records_lineage_and_labels_its_sub_runs(cli, tmp_path):
     for d in subs:  # the outcome line of each sub-run says squeeze, not the candidate's stage
         assert [ln.split("]")[-1].split(":")[0].strip() for ln in log if ln.endswith(str(d))] == ["squeeze"]
     assert_contract(sq, w_dir, u_dir, sq / "continued")
+
+
+def test_candidates_not_evaluated_are_checked_by_their_recorded_fingerprint(tmp_path):
+    """With k=1 only the winner is reloaded; the runner-up (seed reruns) must have validated on
+    the same data too: its summary's fingerprint says so without loading it."""
+    import json
+
+    from runner.stages.squeeze import validated_elsewhere
+
+    dirs = []
+    for name, fp in (("same", "abc"), ("other", "xyz"), ("unknown", None)):
+        d = tmp_path / name
+        d.mkdir()
+        data = {"fingerprint": fp} if fp else {}
+        (d / "summary.json").write_text(json.dumps({"best_val_acc": 0.5, "data": data}))
+        dirs.append(d)
+    assert validated_elsewhere(dirs, "abc") == [tmp_path / "other"]

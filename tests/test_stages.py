@@ -173,6 +173,7 @@ def test_regularize_ladder_keeps_the_rung_that_helps_and_reverts_the_one_that_hu
     assert fl["status"] in ("pass", "warn", "skip") and (r.run_dir / fl["artifacts"][0]).exists()
     for d in ("0-base", "1-up", "2-down"):
         assert (r.run_dir / "rungs" / d / "summary.json").exists()
+    assert OmegaConf.load(r.run_dir / "rungs" / "1-up" / "config.yaml").optim.lr == pytest.approx(3e-3)
     html = (r.run_dir / "report.html").read_text()
     ladder_html = html[html.index("Ladder"):]
     assert "<th>error</th>" in ladder_html and "skipped: model.pretrained_file is not set" in ladder_html

@@ -375,6 +375,8 @@ def sub_run(cfg, ctx: Context, path: Path, overrides: List[str], title: Optional
                   overrides=list(overrides), lineage=ctx.lineage if lineage is None else lineage)
     if lineage is not None:
         sub.run.write_json("lineage.json", lineage)
+    # the config it trains with, as a plain run's config.yaml (from=<this dir> reads it)
+    sub.run.write_text("config.yaml", OmegaConf.to_yaml(cfg))
     res = train_run(cfg, sub)
     verdicts = [train_finite(res.nonfinite, res.state.step)]
     summary = summary_of(cfg, sub, res, verdicts, extra=summary_extra)

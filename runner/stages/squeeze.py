@@ -79,6 +79,25 @@ def candidates(sources: list[Path]) -> list[Path]:
     return out
 
 
+def _summary(d: Path) -> dict:
+    import json
+
+    try:
+        return json.loads((d / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def validated_elsewhere(dirs: list[Path], fingerprint: str) -> list[Path]:
+    """The runs whose summary records another data fingerprint (input size, split, data)."""
+    out = []
+    for d in dirs:
+        fp = (_summary(d).get("data") or {}).get("fingerprint")
+        if fp is not None and fp != fingerprint:
+            out.append(d)
+    return out
+
+
 def _recorded_acc(d: Path) -> float:
     import json
 
@@ -349,6 +368,13 @@ def run(cfg, ctx: Context) -> int:
         logits.append(lg)
         rows.append({"member": str(d), "model": mcfg.model.get("_target_") or mcfg.model.name,
                      "recorded_val_acc": _recorded_acc(d)})
+    # candidates beyond the k evaluated (the runner-up when k=1): their recorded data
+    # fingerprint (input size, split) says whether they validated on the same set
+    for d in validated_elsewhere([c for c in cands if c not in members and str(c) not in skipped],
+                                 data.fingerprint):
+        log.warning("squeeze: %s left out: its summary records another data set/split/input "
+                    "size than %s", d, members[0])
+        skipped.append(str(d))
     ranked = list(cands)
     # seeds and continuation compare candidates on the same validation set too
     cands = [c for c in cands if str(c) not in skipped]
