@@ -148,8 +148,9 @@ def _friendly_hydra_errors() -> None:
                 if text.startswith("Could not override '") and e.__cause__ is not None:
                     override = text.split("'", 2)[1]
                     line = text.split("+", 1)[1].strip() if "+" in text else override
-                    new = ConfigCompositionException(unknown_key_message(line, e))
-                    raise new from None
+                    # ours is the whole story: no "HYDRA_FULL_ERROR=1" footer after it
+                    print(unknown_key_message(line, e), file=sys.stderr)
+                    raise SystemExit(1) from None  # a compose error: main() makes it exit 2
                 raise
         return original(guarded)
 

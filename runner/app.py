@@ -48,10 +48,12 @@ def run(cfg: DictConfig) -> int:
 
 
 def _drop_if_empty(run_dir: Path) -> None:
-    """A run refused before it began leaves no folder behind: remove what Hydra created there
-    (.hydra/ and the log) when nothing else is in it. A folder holding anything more (an
-    interrupted run being resumed, a user's files) is left exactly as it was."""
-    if not run_dir.is_dir() or any(p.name != ".hydra" and p.suffix != ".log" for p in run_dir.iterdir()):
+    """A run refused before it began leaves no folder behind: remove what Hydra and this app
+    created there (.hydra/, the log, from='s lineage.json and config.yaml) when nothing else is
+    in it. A folder holding anything more (an interrupted run being resumed: checkpoints/, a
+    finished one: summary.json, a user's files) is left exactly as it was."""
+    ours = {".hydra", "lineage.json", "config.yaml"}
+    if not run_dir.is_dir() or any(p.name not in ours and p.suffix != ".log" for p in run_dir.iterdir()):
         return
     for lg in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
         for h in list(getattr(lg, "handlers", [])):  # the log file: no handler writes there again

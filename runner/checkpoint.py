@@ -98,10 +98,8 @@ def restore(ckpt: Dict[str, Any], path: Path, model, optimizer=None, scheduler=N
     try:
         module.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        first = str(e).splitlines()[0]
-        raise ConfigError(f"checkpoint {path} does not fit this model "
-                          f"({ckpt.get('meta', {}).get('model', '?')} saved, "
-                          f"this run builds another): {first}") from e
+        raise ConfigError(f"checkpoint {path} does not fit this model (saved: "
+                          f"{_saved_model(ckpt.get('meta') or {})}): {_mismatch(e)}") from e
     if optimizer is not None and ckpt.get("optimizer") is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
     if scheduler is not None and ckpt.get("scheduler") is not None:
@@ -110,6 +108,26 @@ def restore(ckpt: Dict[str, Any], path: Path, model, optimizer=None, scheduler=N
         set_rng_state(ckpt["rng"])
     fields = {f.name for f in dataclasses.fields(LoopState)}
     return LoopState(**{k: v for k, v in ckpt["loop"].items() if k in fields})
+
+
+def _saved_model(meta: Dict[str, Any]) -> str:
+    parts = [str(meta.get("model") or "a model of unknown name")]
+    if meta.get("num_classes") is not None:
+        parts.append(f"{meta['num_classes']} classes")
+    if meta.get("in_chans") is not None:
+        parts.append(f"{meta['in_chans']} input channel(s)")
+    return ", ".join(parts)
+
+
+def _mismatch(e: BaseException) -> str:
+    """load_state_dict's first concrete difference (its first line only says there are some)."""
+    lines = [ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()]
+    if not lines:
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    first = lines[0].replace("torch.Size(", "(")
+    if len(first) > 300:
+        first = first[:300] + " ..."
+    return first + (f" (and {len(lines) - 1} more difference(s))" if len(lines) > 1 else "")
 
 
 def find_resume_checkpoint(resume, outputs: Path) -> Optional[Path]:

@@ -450,6 +450,11 @@ def validate(cfg, original_cwd: Optional[str] = None) -> None:
     _positive(p, "trainer.max_steps_per_epoch", t.max_steps_per_epoch, allow_zero=True)
     if cfg.human_baseline is not None and not 0.0 <= cfg.human_baseline <= 1.0:
         p.append(f"human_baseline={cfg.human_baseline!r} must be an accuracy in [0, 1]")
+    init_from = cfg.get("init_from")
+    if init_from and original_cwd is not None \
+            and not (Path(original_cwd) / str(init_from)).expanduser().exists():
+        p.append(f"init_from={init_from!r}: no such run directory or checkpoint file "
+                 f"(looked in {(Path(original_cwd) / str(init_from)).expanduser()})")
     if not isinstance(cfg.resume, (bool, str)):
         p.append(f"resume={cfg.resume!r} must be true, false or a run directory / checkpoint path")
 

@@ -106,7 +106,9 @@ def test_init_from_loads_weights_and_refuses_another_architecture(cli, tmp_path)
     assert torch.allclose(saved[k], got[k], atol=1e-6)  # lr 1e-12: the loaded weights stay
     bad = cli(FAST + ["stage=train", "trainer.epochs=1", f"init_from={a_dir}"])  # TinyCNN
     assert bad.code == 2 and "does not fit this model" in bad.out, bad.out
-    assert "(test_resnet saved" in bad.out, bad.out  # the saved model is named, not '?'
+    # the saved model is named (not '?') with its first concrete difference
+    assert "(saved: test_resnet, 4 classes, 3 input channel(s)): " in bad.out, bad.out
+    assert "Error(s) in loading state_dict" not in bad.out  # a concrete key instead
     # from= chose the warm start (not the user): another architecture trains from scratch, and
     # lineage.json and the log say why
     skip = cli(FAST + ["stage=train", "trainer.epochs=1", f"from={a_dir}", "model=tiny_cnn"])

@@ -230,7 +230,7 @@ class OptunaSweeper(Sweeper):
             self._retry(study, trial.number)
         shown = f"{self.metric} {value:.4f}" if value is not None else attrs.get("reason", "")
         log.info(
-            "tune: trial %d %s: %s (%s epochs)",
+            "tune: trial %d %s: %s (epochs: %s)",
             trial.number,
             state.name.lower(),
             shown,

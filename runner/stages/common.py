@@ -215,8 +215,17 @@ def init_weights(model: torch.nn.Module, spec: str, original_cwd: str,
     p = (Path(original_cwd) / str(spec)).expanduser()
     if p.is_dir():
         found = [p / "checkpoints" / n for n in ("best.pt", "last.pt") if (p / "checkpoints" / n).is_file()]
-        if not found:
-            raise ConfigError(f"init_from={spec!r}: no checkpoints/best.pt or last.pt in {p}")
+        if not found:  # a ladder, a study, a squeeze or recipe run: the weights of its outcome
+            from runner.lineage import outcome
+
+            try:
+                weights = outcome(p).weights
+            except ConfigError:
+                weights = None
+            if weights is None:
+                raise ConfigError(f"init_from={spec!r}: no checkpoints/best.pt or last.pt in {p}, "
+                                  "and it is no ladder, study, squeeze or recipe run with one")
+            found = [weights]
         p = found[0]
     if not p.is_file():
         raise ConfigError(f"init_from={spec!r}: no such file or run directory ({p})")
@@ -507,11 +516,14 @@ def finish(cfg, ctx: Context, res: Optional[TrainResult], verdicts: List[Verdict
     if table_:
         log.info("checks:\n%s", table_)
     failed = [v.name for v in verdicts if v.status == "fail"]
+    n = summary.get("epochs")
     ran = ", ".join(x for x in (
-        f"{summary['epochs']} epochs" if isinstance(summary.get("epochs"), int) else "",
+        f"{n} epoch{'' if n == 1 else 's'}" if isinstance(n, int) else "",
         f"{summary['wall_s']:.1f} s" if isinstance(summary.get("wall_s"), (int, float)) else "") if x)
-    log.info("%s: val_acc %s  val_loss %s%s  ->  %s", stage, _f(summary.get("val_acc")),
-             _f(summary.get("val_loss")), f"  ({ran})" if ran else "", ctx.run.path)
+    loss = summary.get("val_loss")
+    log.info("%s: val_acc %s%s%s  ->  %s", stage, _f(summary.get("val_acc")),
+             f"  val_loss {_f(loss)}" if loss is not None else "", f"  ({ran})" if ran else "",
+             ctx.run.path)
     if failed:
         log.warning("failed checks: %s%s", ", ".join(failed),
                     "" if cfg.checks.strict else " (checks.strict=false: exit code 0)")
@@ -541,4 +553,36 @@ def stage_params(cfg, defaults: Dict[str, Any], inherited=()) -> Dict[str, Any]:
                if difflib.get_close_matches(k, list(defaults), n=1) else
                f"; allowed: {', '.join(sorted(defaults))}")
             for k in unknown])
+    problems: List[str] = []
+    for k, v in raw.items():
+        raw[k] = _typed(k, v, defaults[k], problems)
+    if problems:
+        raise ConfigError(problems)
     return {**defaults, **raw}
+
+
+def _typed(key: str, value: Any, default: Any, problems: List[str]) -> Any:
+    """A stage setting checked against its default's type (None: any). A number where a
+    float is expected becomes a float; a single string where a list is expected, a list of one."""
+    def bad(what: str) -> Any:
+        problems.append(f"stage.params.{key}={value!r} must be {what} (default: {default!r})")
+        return value
+
+    if default is None or value is None and not isinstance(default, (bool, int, float)):
+        return value
+    if isinstance(default, bool):
+        return value if isinstance(value, bool) else bad("true or false")
+    if isinstance(default, int):
+        return value if isinstance(value, int) and not isinstance(value, bool) else bad("an integer")
+    if isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return float(value) if ok else bad("a finite number")
+    if isinstance(default, list):
+        if isinstance(value, str):
+            return [value]
+        return value if isinstance(value, list) else bad("a list")
+    if isinstance(default, dict):
+        return value if isinstance(value, dict) else bad("a mapping")
+    if isinstance(default, str):
+        return value if isinstance(value, str) else bad("a string")
+    return value

@@ -349,7 +349,7 @@ def run(cfg, ctx: Context) -> int:
                  "val_loss": best_summary.get("best_val_loss"),
                  "best_epoch": best_summary.get("best_epoch"), "epochs": best_summary.get("epochs"),
                  "delta": None, "threshold": None, "best_before": None, "kept": True,
-                 "dir": "rungs/0-base"})
+                 "dir": "rungs/0-base", "error": None})
     base_acc = best_acc
 
     for k, rung in enumerate(rungs, start=1):
@@ -360,7 +360,7 @@ def run(cfg, ctx: Context) -> int:
         row = {"rung": k, "name": name, "change": " ".join(change), "val_acc": None,
                "val_loss": None, "best_epoch": None, "epochs": None, "delta": None,
                "threshold": None, "best_before": best_acc, "kept": False,
-               "dir": f"rungs/{path.name}"}
+               "dir": f"rungs/{path.name}", "error": None}
         when = rung.get("when")
         if when and not OmegaConf.select(best_cfg, str(when), default=None):
             log.info("regularize: rung %d/%d %s skipped: %s is not set", k, len(rungs), name, when)
@@ -376,6 +376,9 @@ def run(cfg, ctx: Context) -> int:
             rows.append({**row, "dir": row["dir"] if path.is_dir() else None})
             continue
         acc = None if res.nonfinite else summ.get("best_val_acc")
+        if res.nonfinite:  # diverged: reverted like a rung that hurt, and the ladder says why
+            row["error"] = f"diverged: {res.nonfinite}"
+            log.warning("regularize: rung %s diverged: %s", name, res.nonfinite)
         d = decide(best_acc, acc, n_val, min_delta)
         row.update({"val_acc": acc, "val_loss": summ.get("best_val_loss"),
                     "best_epoch": summ.get("best_epoch"), "epochs": summ.get("epochs"),
