@@ -496,6 +496,7 @@ def test_warm_start_from_a_run_is_the_inherited_config(tmp_path):
     # augmentation, both inside the search space
     src = tmp_path / "src"
     (src / ".hydra").mkdir(parents=True)
+    (src / "summary.json").write_text('{"stage": "train"}')  # a finished run
     OmegaConf.save(compose(FAST + ["stage=train", "optim.lr=2e-3", "aug=light"]),
                    src / ".hydra" / "config.yaml")
     # trial 0 is the config a job gets after from= (the source's lr and aug option), not
