@@ -103,7 +103,10 @@ def _run_config(d: Path) -> Optional[Path]:
 
 
 def outcome(src: Path) -> Outcome:
-    """The outcome config and best weights of a run, ladder, sweep or recipe directory."""
+    """The outcome config and best weights of a run, ladder, sweep, squeeze or recipe directory.
+
+    A squeeze run's outcome is the run it adopted's (an ensemble: its best-ranked member); a
+    plain run without summary.json has not finished and is refused (ConfigError)."""
     if not src.is_dir():
         raise ConfigError(f"from={src}: not a directory; expected a run directory "
                           "(outputs/<date>/<time>), a tune sweep or a recipe run")
@@ -125,6 +128,8 @@ def outcome(src: Path) -> Outcome:
             o.note = f"the recipe's last training stage ({row['stage']}, {d.name})"
             return o
         raise ConfigError(f"from={src}: this recipe run has no finished training stage to start from")
+    if summary.get("stage") == "squeeze" and summary.get("adopted"):
+        return _squeeze_outcome(src, summary["adopted"])
     if (src / "regularized_config.yaml").is_file():
         best_dir = summary.get("best_rung_dir")
         weights = _best_pt(src / best_dir) if best_dir else None
@@ -143,6 +148,7 @@ def outcome(src: Path) -> Outcome:
         return Outcome(src, _load_yaml(cfg_file), cfg_file, "tune", _best_pt(d),
                        f"the study's best trial {best.get('number')} "
                        f"({study.get('metric', 'val_acc')} {best.get('value')})")
+    _refuse_unfinished(src)
     cfg_file = _run_config(src)
     if cfg_file is not None:
         conf = _load_yaml(cfg_file)
@@ -157,6 +163,48 @@ def outcome(src: Path) -> Outcome:
                        "the config saved in the checkpoint")
     raise ConfigError(f"from={src}: no run there: expected config.yaml, .hydra/config.yaml, "
                       "regularized_config.yaml, study.json or checkpoints/*.pt")
+
+
+def _squeeze_outcome(src: Path, adopted: Dict[str, Any]) -> Outcome:
+    """A squeeze run's outcome: the run it adopted (the winner, its continuation, or for an
+    ensemble, which is no single model, its first and best-ranked member)."""
+    run = adopted.get("run")
+    what = str(adopted.get("what") or "model")
+    acc = adopted.get("val_acc")
+    acc_s = f"val acc {acc:.4f}" if isinstance(acc, (int, float)) else "val acc ?"
+    if isinstance(run, list):
+        if not run:
+            raise ConfigError(f"from={src}: this squeeze run adopted an ensemble without members")
+        n = len(run)
+        run = run[0]
+        note = (f"squeeze adopted an ensemble of {n} ({acc_s}), which is no single model: the "
+                f"config and weights of its first, best-ranked member {Path(str(run)).name}")
+    else:
+        note = f"squeeze adopted the {what} ({acc_s})"
+    if not run:
+        raise ConfigError(f"from={src}: this squeeze run records no adopted run")
+    d = Path(str(run))
+    if not d.is_absolute():
+        d = src / d
+    if not d.is_dir():
+        raise ConfigError(f"from={src}: the run squeeze adopted ({d}) is not a directory any more")
+    o = outcome(d)
+    o.note = f"{note}: {o.note}"
+    return o
+
+
+def _refuse_unfinished(src: Path) -> None:
+    """A run directory without summary.json has not finished (it crashed, was refused or was
+    interrupted): its config and checkpoints are no outcome to start from."""
+    if (src / "summary.json").is_file():
+        return
+    if _run_config(src) is None and _best_pt(src) is None:
+        return  # no run there at all: outcome's own message says what it expected
+    last = src / "checkpoints" / "last.pt"
+    hint = (f"continue it with `python -m runner resume={src}`, then start from it" if last.is_file()
+            else "it has no checkpoint to resume from: run it again, then start from that run")
+    raise ConfigError(f"from={src}: this run has not finished (no summary.json: it was "
+                      f"interrupted, crashed or refused before the end); {hint}")
 
 
 # ----------------------------------------------------------------------------- stage chains

@@ -12,6 +12,7 @@ import torch
 from conftest import FAST, assert_contract
 from omegaconf import OmegaConf
 
+from runner.errors import ConfigError
 from runner.stages.squeeze import choose
 
 TINY = FAST + ["model.name=test_resnet"]
@@ -72,7 +73,12 @@ def test_squeeze_records_lineage_and_labels_its_sub_runs(cli, tmp_path):
         (str(w_dir), "seed rerun", win), (str(u_dir), "seed rerun", up),
         (str(sq / "continued"), "continued", win)]
     assert lin["options"] == s["options"] and lin["adopted"] == s["adopted"] == choose(s["options"])
-    assert "Started from" in (sq / "report.html").read_text()
+    html = (sq / "report.html").read_text()
+    assert "Started from" in html
+    # the title says what was adopted, not "ensemble of 2" whatever was adopted
+    title = html.split("<title>", 1)[1].split("</title>", 1)[0]
+    assert title.startswith("squeeze: adopted ") and title.endswith(" on synthetic"), title
+    assert ("ensemble of 2" in title) == (s["adopted"]["what"] == "ensemble"), title
 
     # sub-runs: squeeze's (summary, title, log), trained on the candidate's config, with lineage
     subs = {w_dir: ("seed rerun", win), u_dir: ("seed rerun", up), sq / "continued": ("continued", win)}
@@ -104,6 +110,31 @@ def test_squeeze_records_lineage_and_labels_its_sub_runs(cli, tmp_path):
     for d in subs:  # the outcome line of each sub-run says squeeze, not the candidate's stage
         assert [ln.split("]")[-1].split(":")[0].strip() for ln in log if ln.endswith(str(d))] == ["squeeze"]
     assert_contract(sq, w_dir, u_dir, sq / "continued")
+    # the continued run's "Started from" reads as squeeze's continuation of the candidate
+    chtml = (sq / "continued" / "report.html").read_text()
+    assert "squeeze&#x27;s winning candidate" in chtml or "squeeze's winning candidate" in chtml
+    assert "which this squeeze sub-run continues from its last.pt" in chtml
+    assert cl["config_file"] == last
+
+    # one candidate (stage.params.runs as a single string): no ensemble to judge or adopt
+    one = cli(FAST + ["stage=squeeze", "hydra.run.dir=sq1", "stage.params.runs=runs/1",
+                      "stage.params.seeds=0", "stage.params.continue_epochs=0"])
+    assert one.code == 0, one.out
+    assert "1 candidate run(s); no ensemble (one candidate)" in one.out, one.out
+    s1 = one.json("summary.json", tmp_path / "sq1")
+    assert [o["what"] for o in s1["options"]] == ["winner"] and s1["adopted"]["run"] == str(b)
+    checks = {c["name"]: c for c in one.json("checks.json", tmp_path / "sq1")}
+    assert checks["squeeze.ensemble"]["status"] == "skip"
+    assert "one candidate: no ensemble" in checks["squeeze.ensemble"]["message"]
+    html = (tmp_path / "sq1" / "report.html").read_text()
+    assert "<title>squeeze: adopted the winner (val acc " in html
+    # from=<squeeze dir>: the adopted run's config and best weights (not squeeze's own config)
+    t = cli(FAST + ["stage=train", "hydra.run.dir=t1", "from=sq1", "trainer.epochs=1"])
+    assert t.code in (0, 1), t.out
+    tl = t.json("lineage.json", tmp_path / "t1")
+    assert tl["weights"] == str(b / "checkpoints" / "best.pt") and tl["source_stage"] == "train"
+    assert "squeeze adopted the winner" in tl["note"]
+    assert OmegaConf.load(tmp_path / "t1" / "config.yaml").model == OmegaConf.load(b / ".hydra" / "config.yaml").model
 
 
 def test_candidates_not_evaluated_are_checked_by_their_recorded_fingerprint(tmp_path):
@@ -121,3 +152,97 @@ def test_candidates_not_evaluated_are_checked_by_their_recorded_fingerprint(tmp_
         (d / "summary.json").write_text(json.dumps({"best_val_acc": 0.5, "data": data}))
         dirs.append(d)
     assert validated_elsewhere(dirs, "abc") == [tmp_path / "other"]
+
+
+# ----------------------------------------------------------------------------- settings
+def test_squeeze_settings_are_checked_before_anything_trains(cli, tmp_path):
+    """Every bad setting in one config error (exit 2), each naming its key; a single run dir
+    for stage.params.runs is a list of one (not its characters); from= and a different
+    stage.params.from are refused."""
+    (tmp_path / "a").mkdir()
+    r = cli(TINY + ["stage=squeeze", "stage.params.k=0", "stage.params.seeds=-1",
+                    "stage.params.continue_epochs=-2", "stage.params.runs=nope",
+                    "from=a", "stage.params.from=b"])
+    assert r.code == 2, r.out
+    assert "Traceback" not in r.out and "val_acc" not in r.out
+    for msg in ("stage.params.k=0 must be an integer >= 1",
+                "stage.params.seeds=-1 must be an integer >= 0",
+                "stage.params.continue_epochs=-2 must be null",
+                "stage.params.runs[0]=nope is not a directory",
+                "stage.params.from=b is not a directory",
+                "give one of them"):
+        assert msg in r.out, (msg, r.out)
+    assert not list(tmp_path.glob("outputs/*/*/checkpoints"))
+
+
+def test_check_params_types_and_ranges():
+    from runner.stages.squeeze import DEFAULTS, check_params
+
+    def keys(**kw):
+        return [k for k, _ in check_params({**DEFAULTS, **kw})]
+
+    assert keys() == [] and keys(k=1, seeds=0, continue_epochs=0, runs=["x"], **{"from": "d"}) == []
+    assert keys(k=True, seeds=2.0, continue_epochs="3") == ["k", "seeds", "continue_epochs"]
+    assert keys(runs=["a", 3]) == ["runs"] and keys(runs={"a": 1}) == ["runs"]
+    assert keys(**{"from": 5}) == ["from"]
+    p = {**DEFAULTS, "runs": "one/dir"}
+    assert check_params(p) == [] and p["runs"] == ["one/dir"]
+
+
+# ----------------------------------------------------------------------------- from=<squeeze dir>
+def _fake_run(d: Path, stage: str = "train", summary: bool = True, last: bool = False) -> Path:
+    (d / "checkpoints").mkdir(parents=True)
+    (d / "config.yaml").write_text(f"stage:\n  name: {stage}\nmodel:\n  name: m_{d.name}\n")
+    (d / "checkpoints" / "best.pt").write_bytes(b"x")
+    if last:
+        (d / "checkpoints" / "last.pt").write_bytes(b"x")
+    if summary:
+        (d / "summary.json").write_text(json.dumps({"stage": stage, "best_val_acc": 0.5}))
+    return d
+
+
+def test_outcome_of_a_squeeze_run_is_the_run_it_adopted(tmp_path):
+    from runner.lineage import outcome
+
+    a, b = _fake_run(tmp_path / "a", "regularize"), _fake_run(tmp_path / "b")
+    sq = tmp_path / "sq"
+    _fake_run(sq, "squeeze")  # squeeze's own config (its checkpoints do not matter)
+
+    def adopt(what, run, acc=0.75):
+        (sq / "summary.json").write_text(json.dumps(
+            {"stage": "squeeze", "adopted": {"what": what, "run": run, "val_acc": acc}}))
+        return outcome(sq)
+
+    o = adopt("winner", str(a))
+    assert (o.source, o.config_file, o.weights, o.stage) == \
+        (a, a / "config.yaml", a / "checkpoints" / "best.pt", "regularize")
+    assert o.config["model"]["name"] == "m_a" and o.note.startswith("squeeze adopted the winner (val acc 0.7500)")
+    o = adopt("continued", str(b))
+    assert o.source == b and "squeeze adopted the continued" in o.note
+    o = adopt("ensemble", [str(b), str(a)])  # ranked best first: the first member
+    assert o.source == b and o.weights == b / "checkpoints" / "best.pt"
+    assert "ensemble of 2" in o.note and "best-ranked member b" in o.note
+    with pytest.raises(ConfigError, match="not a directory any more"):
+        adopt("winner", str(tmp_path / "gone"))
+
+
+def test_outcome_refuses_an_unfinished_run(tmp_path):
+    from runner.lineage import outcome
+
+    crashed = _fake_run(tmp_path / "crashed", summary=False)
+    with pytest.raises(ConfigError) as e:
+        outcome(crashed)
+    assert str(crashed) in str(e.value) and "has not finished" in str(e.value)
+    assert "resume=" not in str(e.value)
+    stopped = _fake_run(tmp_path / "stopped", summary=False, last=True)
+    with pytest.raises(ConfigError, match=r"has not finished.*resume=" + str(stopped)):
+        outcome(stopped)
+    hydra_only = tmp_path / "refused" / ".hydra"  # a config error's leftover
+    hydra_only.mkdir(parents=True)
+    (hydra_only / "config.yaml").write_text("stage:\n  name: train\n")
+    with pytest.raises(ConfigError, match="has not finished"):
+        outcome(hydra_only.parent)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no run there"):
+        outcome(tmp_path / "empty")
+    assert outcome(_fake_run(tmp_path / "done")).source == tmp_path / "done"

@@ -1,12 +1,16 @@
 """stage=squeeze (recipe stage 6): ensemble, seed reruns of the winner, and "leave it training".
 
 Candidates come from `stage.params.from` (a regularize run's `rungs/`, a sweep's trial dirs,
-or one run dir; `from=<dir>` on the command line means the same here) and
-`stage.params.runs`, ranked by recorded val accuracy (at the best val-loss epoch).
+or one run dir; `from=<dir>` on the command line means the same here: give one of them) and
+`stage.params.runs` (a list of run dirs; one dir alone is a list of one), ranked by recorded
+val accuracy (at the best val-loss epoch). Settings are checked before anything loads or
+trains (one ConfigError, exit 2, naming each key): k an integer >= 1, seeds an integer >= 0,
+continue_epochs null or an integer >= 0, each source an existing directory.
 
 1. Ensemble: the best k are reloaded from `checkpoints/best.pt` (else `last.pt`) with the
    config saved in the checkpoint, evaluated on the full validation set, and their averaged
-   logits scored (`squeeze.ensemble`; ensemble.csv).
+   logits scored (`squeeze.ensemble`; ensemble.csv). One member (one candidate, k=1) is no
+   ensemble: the check skips and it is no option to adopt.
 2. Seeds: before adopting the winner, it and the runner-up are rerun with `seeds - 1` more
    seeds each (same config and split, seed+1, seed+2, ...; `seeds/`), and compared as mean
    +/- std. A lead smaller than the seed spread (the larger of the two stds) is not a win
@@ -16,7 +20,8 @@ or one run dir; `from=<dir>` on the command line means the same here) and
    (`continued/`); the curve marks where it picked up, and the summary says whether val loss
    still improved.
 
-What to adopt (`choose`): the best on val of the winner, its continuation and the ensemble.
+What to adopt (`choose`): the best on val of the winner, its continuation and the ensemble;
+the report's title names it, and `from=<squeeze dir>` starts from it (runner/lineage.py).
 lineage.json records where everything came from: the sources, each candidate (recorded val
 acc; ensemble member, skipped or unused), the winner and runner-up, the sub-runs and the
 adopted option. Each sub-run (seeds/<label>-seed<N>/, continued/) has its own lineage.json
@@ -42,10 +47,94 @@ log = logging.getLogger("runner")
 DEFAULTS: dict[str, Any] = {"from": None, "runs": [], "k": 3, "seeds": 3, "continue_epochs": None}
 
 
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_params(p: dict[str, Any]) -> list[tuple[str, str]]:
+    """(key, problem) for each squeeze setting out of its type or range."""
+    out: list[tuple[str, str]] = []
+    if not (_int(p["k"]) and p["k"] >= 1):
+        out.append(("k", f"stage.params.k={p['k']!r} must be an integer >= 1 (the ensemble's size)"))
+    if not (_int(p["seeds"]) and p["seeds"] >= 0):
+        out.append(("seeds", f"stage.params.seeds={p['seeds']!r} must be an integer >= 0 (seeds per "
+                             "candidate for the winner and runner-up; 0 or 1: no reruns)"))
+    ce = p["continue_epochs"]
+    if ce is not None and not (_int(ce) and ce >= 0):
+        out.append(("continue_epochs", f"stage.params.continue_epochs={ce!r} must be null (as many "
+                                       "epochs again) or an integer >= 0 (0: don't continue)"))
+    if p["from"] is not None and not (isinstance(p["from"], str) and p["from"]):
+        out.append(("from", f"stage.params.from={p['from']!r} must be null or a directory (a string)"))
+    runs = p["runs"]
+    if runs is None:
+        p["runs"] = []
+    elif isinstance(runs, str):  # one run dir: a list of one, not its characters
+        p["runs"] = [runs]
+    elif not isinstance(runs, (list, tuple)):
+        out.append(("runs", f"stage.params.runs={runs!r} must be a list of run directories"))
+    else:
+        bad = [f"runs[{i}]={r!r}" for i, r in enumerate(runs) if not (isinstance(r, str) and r)]
+        if bad:
+            out.append(("runs", f"stage.params.{', '.join(bad)}: each run must be a directory (a string); "
+                                "stage.params.runs is a list of run directories"))
+    return out
+
+
 def params(cfg) -> dict[str, Any]:
+    """stage.params over DEFAULTS, checked: every problem in one ConfigError (exit 2)."""
+    p, problems = _params(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return p
+
+
+def _params(cfg) -> tuple[dict[str, Any], list[str]]:
+    import re
+
     from runner.stages import overfit, regularize
 
-    return stage_params(cfg, DEFAULTS, inherited=[*overfit.DEFAULTS, *regularize.DEFAULTS])
+    problems: list[str] = []
+    try:
+        p = stage_params(cfg, DEFAULTS, inherited=[*overfit.DEFAULTS, *regularize.DEFAULTS])
+    except ConfigError as e:  # the generic checks (unknown keys, types): ours too, in one message
+        problems = list(e.problems)
+        raw = cfg.stage.get("params") or {}
+        raw = OmegaConf.to_container(raw, resolve=True) if OmegaConf.is_config(raw) else dict(raw)
+        p = {**DEFAULTS, **{k: v for k, v in raw.items() if k in DEFAULTS}}
+    reported = {m.group(1) for m in (re.match(r"stage\.params\.(\w+)", x) for x in problems) if m}
+    problems += [msg for key, msg in check_params(p) if key not in reported]
+    return p, problems
+
+
+def sources(cfg, cwd: Path) -> tuple[dict[str, Any], Optional[Path], list[Path]]:
+    """The checked settings and the candidates' sources: stage.params.from (or `from=`) and
+    stage.params.runs, each an existing directory; a `from=` that differs from
+    stage.params.from is an error. Every problem (settings too) in one ConfigError."""
+    p, problems = _params(cfg)
+    if problems:  # check the directories that are well-formed, skip the rest
+        if not isinstance(p["from"], str):
+            p["from"] = None
+        p["runs"] = [r for r in p["runs"] if isinstance(r, str)] \
+            if isinstance(p["runs"], (list, tuple)) else []
+    top = cfg.get("from")
+    if top is not None and p["from"] is not None and \
+            (cwd / str(top)).expanduser().resolve() != (cwd / str(p["from"])).expanduser().resolve():
+        problems.append(f"stage=squeeze: from={top} and stage.params.from={p['from']} name different "
+                        "sources: give one of them (both mean the same here)")
+    src = p["from"] if p["from"] is not None else top
+    key = "stage.params.from" if p["from"] is not None else "from"
+    from_ = (cwd / str(src)).expanduser() if src is not None else None
+    if from_ is not None and not from_.is_dir():
+        problems.append(f"{key}={src} is not a directory")
+    runs = [(cwd / str(r)).expanduser() for r in p["runs"]]
+    problems += [f"stage.params.runs[{i}]={r} is not a directory"
+                 for i, (r, d) in enumerate(zip(p["runs"], runs)) if not d.is_dir()]
+    if from_ is None and not runs and not problems:
+        problems.append("stage=squeeze needs stage.params.from=<regularize or sweep dir> "
+                        "or stage.params.runs=[<run dir>, ...]")
+    if problems:
+        raise ConfigError(problems)
+    return p, from_, runs
 
 
 def ensemble_scores(member_logits: list[torch.Tensor], targets: torch.Tensor) -> dict[str, Any]:
@@ -106,6 +195,11 @@ def _recorded_acc(d: Path) -> float:
     return float(acc) if isinstance(acc, (int, float)) and math.isfinite(acc) else -1.0
 
 
+def _acc_text(d: Path) -> str:
+    a = _recorded_acc(d)
+    return f"recorded val acc {a:.4f}" if a >= 0 else "no recorded val acc"
+
+
 def _checkpoint(run_dir: Path, name: str = "best.pt") -> Path:
     ck = run_dir / "checkpoints" / name
     return ck if ck.exists() else run_dir / "checkpoints" / ("last.pt" if name == "best.pt" else "best.pt")
@@ -133,13 +227,17 @@ def _mean_std(xs: list) -> tuple[float, float]:
 
 
 def sub_lineage(cand: Path, cand_cfg, role: str, label: str, ctx: Context, changed: dict[str, Any],
-                note: str, weights: Optional[str] = None) -> dict[str, Any]:
+                note: str, weights: Optional[str] = None,
+                config_file: Optional[Path] = None) -> dict[str, Any]:
     """lineage.json of a squeeze sub-run: the candidate it reruns or continues, what changed.
 
     The keys of runner/lineage.py's Lineage (so `lineage_html` and summary["from"] read it), with
-    `changed` (key: value set on the candidate's config) and the squeeze run it belongs to."""
+    `changed` (key: value set on the candidate's config) and the squeeze run it belongs to.
+    `source_stage` is the candidate's own stage (the run it reruns or continues was a
+    regularize/train/... run); `note` says it is squeeze's candidate and what squeeze did."""
     stage = str(cand_cfg.stage.name)
-    return {"source": str(cand), "source_stage": stage, "config_file": str(_checkpoint(cand)),
+    return {"source": str(cand), "source_stage": stage,
+            "config_file": str(config_file or _checkpoint(cand)),
             "note": note, "common_stage": stage, "from_source": {}, "from_stage": {},
             "from_command": {}, "weights": weights, "changed": changed,
             "changed_by": f"squeeze ({role})", "stage": "squeeze", "role": role, "label": label,
@@ -177,8 +275,9 @@ def seed_reruns(cand: Path, label: str, n: int, ctx: Context, root: Path) -> dic
         if int(c.trainer.epochs) != saved_epochs:  # the candidate stopped before its budget
             changed["trainer.epochs"] = int(c.trainer.epochs)
         lin = sub_lineage(cand, base, "seed rerun", label, ctx, changed,
-                          f"squeeze's rerun of the {label} with seed {s0 + i} (its config and "
-                          f"split otherwise, {int(c.trainer.epochs)} epochs as it ran, from scratch)")
+                          f"squeeze's {label} candidate ({_acc_text(cand)}), "
+                          f"which this squeeze sub-run trains again from scratch with seed {s0 + i} "
+                          f"(its config and split otherwise, {int(c.trainer.epochs)} epochs as it ran)")
         res, summ = sub_run(c, ctx, path, [f"seed={s0 + i}", f"trainer.epochs={c.trainer.epochs}"],
                             f"squeeze: {label} seed {s0 + i}", lineage=lin,
                             summary_extra=_sub_summary(cand, base, "seed rerun", label, seed=s0 + i))
@@ -228,9 +327,10 @@ def leave_training(cand: Path, extra: Optional[int], ctx: Context, path: Path) -
     if int(c.trainer.early_stopping_patience or 0) != 0:
         changed["trainer.early_stopping_patience"] = 0
     lin = sub_lineage(cand, c, "continued", "winner", ctx, changed,
-                      f"squeeze's continuation of the winner from its last.pt (epoch {e0}: model, "
+                      f"squeeze's winning candidate ({_acc_text(cand)}), "
+                      f"which this squeeze sub-run continues from its last.pt (epoch {e0}: model, "
                       f"optimiser, schedule and history) for {extra} more epoch(s) without early "
-                      "stopping", weights=str(last))
+                      "stopping", weights=str(last), config_file=last)
     extra_summary = _sub_summary(cand, c, "continued", "winner", from_epoch=e0)
     c.trainer.epochs = e0 + extra
     c.trainer.early_stopping_patience = 0
@@ -340,17 +440,16 @@ def run(cfg, ctx: Context) -> int:
     from runner.report import esc, table
     from runner.stages.common import setup_runtime
 
-    p = params(cfg)
     cwd = Path(ctx.original_cwd)
-    src = p["from"] or cfg.get("from")  # `from=<dir>` on the command line: the candidates
-    sources = ([cwd / str(src)] if src else []) + [cwd / str(r) for r in p["runs"] or []]
-    if not sources:
-        raise ConfigError("stage=squeeze needs stage.params.from=<regularize or sweep dir> "
-                          "or stage.params.runs=[<run dir>, ...]")
+    # `from=<dir>` on the command line means stage.params.from: the candidates
+    p, from_dir, run_dirs = sources(cfg, cwd)
+    cands = sorted(candidates(([from_dir] if from_dir else []) + run_dirs), key=_recorded_acc,
+                   reverse=True)
     device = setup_runtime(cfg)
-    cands = sorted(candidates(sources), key=_recorded_acc, reverse=True)
-    k = max(1, int(p["k"]))
-    log.info("squeeze: %d candidate run(s); ensemble of the best %d", len(cands), k)
+    k = int(p["k"])
+    log.info("squeeze: %d candidate run(s); %s", len(cands),
+             f"ensemble of the best {min(k, len(cands))}" if min(k, len(cands)) > 1 else
+             "no ensemble (" + ("one candidate" if len(cands) == 1 else "stage.params.k=1") + ")")
     logits, rows, targets, data, members, skipped = [], [], None, None, [], []
     for d in cands:
         if len(members) >= k:
@@ -378,33 +477,43 @@ def run(cfg, ctx: Context) -> int:
     ranked = list(cands)
     # seeds and continuation compare candidates on the same validation set too
     cands = [c for c in cands if str(c) not in skipped]
-    lineage = squeeze_lineage(ctx, [cwd / str(src)] if src else [],
-                              [cwd / str(r) for r in p["runs"] or []], ranked, members, skipped, cands, k)
+    lineage = squeeze_lineage(ctx, [from_dir] if from_dir else [], run_dirs, ranked, members,
+                              skipped, cands, k)
     ctx.run.write_json("lineage.json", lineage)  # again below, with the sub-runs and the adoption
     sc = ensemble_scores(logits, targets)
     for r, a, l_ in zip(rows, sc["member_acc"], sc["member_loss"]):
         r.update({"val_acc": a, "val_loss": l_})
     best_member = max(sc["member_acc"])
     gain = sc["ensemble_acc"] - best_member
-    rows.append({"member": "ensemble (mean logits)", "model": f"{len(members)} models",
-                 "recorded_val_acc": None, "val_acc": sc["ensemble_acc"],
-                 "val_loss": sc["ensemble_loss"]})
+    if len(members) > 1:
+        rows.append({"member": "ensemble (mean logits)", "model": f"{len(members)} models",
+                     "recorded_val_acc": None, "val_acc": sc["ensemble_acc"],
+                     "val_loss": sc["ensemble_loss"]})
     ctx.run.write_csv("ensemble.csv", rows)
-    v = Verdict("squeeze.ensemble", "pass" if gain >= 0 else "warn", value=sc["ensemble_acc"],
-                expected=f">= best member {best_member:.4f}",
-                message=(f"ensemble of {len(members)}: val acc {sc['ensemble_acc']:.4f} "
-                         f"({gain:+.4f} vs the best member)" if gain >= 0 else
-                         f"the ensemble ({sc['ensemble_acc']:.4f}) is below its best member "
-                         f"({best_member:.4f}): use fewer, better members (stage.params.k)"),
-                details={"members": [str(m) for m in members]})
+    if len(members) == 1:  # one model is no ensemble: nothing to judge, and no option to adopt
+        why = ("one candidate" if len(ranked) == 1 else "stage.params.k=1" if k == 1 else
+               "one candidate validated on the winner's data")
+        v = Verdict("squeeze.ensemble", "skip", value=sc["ensemble_acc"],
+                    message=f"{why}: no ensemble (the single member scores {best_member:.4f})",
+                    details={"members": [str(m) for m in members]})
+    else:
+        v = Verdict("squeeze.ensemble", "pass" if gain >= 0 else "warn", value=sc["ensemble_acc"],
+                    expected=f">= best member {best_member:.4f}",
+                    message=(f"ensemble of {len(members)}: val acc {sc['ensemble_acc']:.4f} "
+                             f"({gain:+.4f} vs the best member)" if gain >= 0 else
+                             f"the ensemble ({sc['ensemble_acc']:.4f}) is below its best member "
+                             f"({best_member:.4f}): use fewer, better members (stage.params.k)"),
+                    details={"members": [str(m) for m in members]})
     verdicts = [v]
     sections = [("Ensemble", (
         f"<p>{len(members)} of {len(cands)} candidate(s), ranked by recorded val accuracy; "
         "each reloaded from its best checkpoint and evaluated on the full val set "
-        f"({len(data.val)} images); the ensemble averages their logits.</p>" +
+        f"({len(data.val)} images)" + (
+            "; the ensemble averages their logits.</p>" if len(members) > 1 else
+            f": {esc(v.message)}.</p>") +
         table(rows, ["member", "model", "recorded_val_acc", "val_acc", "val_loss"]) +
-        f"<p>Ensemble {sc['ensemble_acc']:.4f} vs best member {best_member:.4f} "
-        f"({esc(f'{gain:+.4f}')}).</p>"))]
+        (f"<p>Ensemble {sc['ensemble_acc']:.4f} vs best member {best_member:.4f} "
+         f"({esc(f'{gain:+.4f}')}).</p>" if len(members) > 1 else "")))]
 
     # seeds: the winner and the runner-up again with more seeds, before adopting the winner
     n_seeds = int(p["seeds"] or 0)
@@ -483,4 +592,13 @@ def run(cfg, ctx: Context) -> int:
                         "num_classes": data.num_classes,
                         "fingerprint": data.fingerprint}}
     return finish(cfg, ctx, None, verdicts, summary, sections=sections,
-                  title=f"squeeze: ensemble of {len(members)} on {data.kind}")
+                  title=f"squeeze: adopted {_adopted_name(adopted)} on {data.kind}")
+
+
+def _adopted_name(adopted: dict[str, Any]) -> str:
+    """'the winner (val acc 0.9123)', 'the continued run (...)', 'an ensemble of 3 (...)'."""
+    what = {"winner": "the winner", "continued": "the continued winner",
+            "ensemble": f"an ensemble of {len(adopted.get('run') or [])}"}.get(
+        adopted["what"], f"the {adopted['what']}")
+    acc = adopted.get("val_acc")
+    return what + (f" (val acc {acc:.4f})" if isinstance(acc, (int, float)) else "")
