@@ -362,6 +362,10 @@ def apply(cfg: DictConfig, overrides: Sequence[str], original_cwd: str) -> Tuple
     return inherit(cfg, overrides, original_cwd, name or "config")
 
 
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
 def lineage_html(lin: Dict[str, Any]) -> str:
     """The report section: where the run started and which keys came from where.
 
@@ -376,7 +380,8 @@ def lineage_html(lin: Dict[str, Any]) -> str:
             + [{"key": k, "value": v, "from": lin.get("changed_by") or "this stage"}
                for k, v in (lin.get("changed") or {}).items()])
     head = (f"<p>Started from <code>{esc(lin['source'])}</code>: {esc(lin['note'])} "
-            f"(<code>{esc(lin['config_file'])}</code>, a {esc(str(lin['source_stage']))} run).")
+            f"(<code>{esc(lin['config_file'])}</code>, {_article(str(lin['source_stage']))} "
+            f"{esc(str(lin['source_stage']))} run).")
     if lin.get("weights"):
         head += f" Weights loaded from <code>{esc(lin['weights'])}</code>."
     if lin.get("weights_skipped"):

@@ -384,7 +384,9 @@ def run(cfg, ctx: Context) -> int:
                     "best_epoch": summ.get("best_epoch"), "epochs": summ.get("epochs"),
                     "delta": d["delta"], "threshold": d["threshold"], "kept": d["keep"]})
         log.info("regularize: %s val_acc %s vs best %.4f (delta %s, threshold %.4f) -> %s", name,
-                 acc, best_acc, d["delta"], d["threshold"], "KEPT" if d["keep"] else "reverted")
+                 "none (diverged)" if acc is None else f"{acc:.4f}", best_acc,
+                 "none" if d["delta"] is None else f"{d['delta']:+.4f}", d["threshold"],
+                 "KEPT" if d["keep"] else "reverted")
         rows.append(row)
         if d["keep"]:
             kept += change
