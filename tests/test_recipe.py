@@ -1,12 +1,14 @@
-"""stage=recipe: which model it ends on, regressions between stages, a failed stage's reason."""
+"""stage=recipe: which model it ends on, regressions between stages, a failed stage's reason,
+the up-front check of its stages, continue_on_fail, stages it never ran."""
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
 from conftest import FAST, assert_contract
 
-from runner.stages.recipe import _error_line, final_model, regressions
+from runner.stages.recipe import _error_line, changes, final_model, regressions
 
 
 def _stage_dir(root, name, stage, acc):
@@ -49,26 +51,75 @@ def test_error_line_names_the_reason_not_hydras_footer():
     assert _error_line(tail) == "config error: stage=squeeze needs stage.params.from=<dir>"
     assert _error_line(["a", "Killed"]) == "Killed"
     assert _error_line([]) is None
+    # no line names an error: the last line that is not Hydra's footer
+    tail = ["stage train -> /x", "Killed by signal 9", "",
+            "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace."]
+    assert _error_line(tail) == "Killed by signal 9"
+    assert _error_line(["Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace."]) is None
 
 
-def test_recipe_failed_stage_reason_and_final_val_acc(cli):
+def test_change_column_lists_the_stage_yaml_and_per_stage_command_changes(tmp_path):
+    (tmp_path / "lineage.json").write_text(json.dumps({
+        "from_stage": {"model.name": "resnet18", "checks.strict": False},
+        "from_command": {"optim.lr": 0.001, "stage.params.train_loss_target": 0.05,
+                         "inspect.max_images": 10}}))
+    line = changes("overfit", tmp_path, {"model": "resnet18", "epochs": 3})
+    assert line == "model.name=resnet18 optim.lr=0.001 stage.params.train_loss_target=0.05"
+    # no from= (no lineage.json): the stage's per_stage overrides as given, not hydra's
+    line = changes("baseline", tmp_path / "none", {"model": "tiny_cnn", "epochs": 2},
+                   ["optim.lr=1e-3", "hydra.job.name=x"])
+    assert line == "tiny_cnn, 2 epochs optim.lr=1e-3"
+
+
+def test_recipe_checks_every_stage_before_running_any(cli):
+    """A misspelt stage and a bad per_stage override: one config error naming both (exit 2)
+    before anything runs: no stage folder, no training, no traceback."""
+    r = cli(FAST + ["stage=recipe", "stage.params.stages=[baseline,overfitt,overfit]",
+                    'stage.params.per_stage.overfit=["trainer.epoch=1"]'])
+    assert r.code == 2, r.out
+    assert "stage.params.stages[1]='overfitt' is not a stage; did you mean 'overfit'?" in r.out
+    assert ("stage.params.per_stage.overfit: trainer.epoch=1: trainer has no key 'epoch'; "
+            "did you mean 'trainer.epochs'?") in r.out
+    assert "Traceback" not in r.out and "HYDRA_FULL_ERROR" not in r.out
+    assert "recipe: 1/" not in r.out and not list(r.cwd.glob("outputs/*/*"))
+
+
+@pytest.mark.parametrize("go_on", [True, False])
+def test_recipe_failed_stage_reason_and_final_val_acc(cli, go_on):
     """A stage that fails with an error (no check): the recipe names the error (console,
-    summary, report) and its val_acc is the final model's, not the failed stage's."""
-    r = cli(FAST + ["stage=recipe", "stage.params.stages=[train,squeeze]"])
+    summary, report) and its val_acc is the final model's, not the failed stage's. With
+    continue_on_fail the recipe goes on and still fails (exit 1); without, it stops and lists
+    the stages it never ran."""
+    r = cli(FAST + ["stage=recipe", "stage.params.stages=[squeeze,train]",
+                    f"stage.params.continue_on_fail={str(go_on).lower()}",
+                    'stage.params.per_stage.squeeze=["stage.params.from=nowhere"]',
+                    'stage.params.per_stage.train=["optim.lr=2e-3"]'])
     assert r.code == 1, r.out
     top = min(r.run_dirs, key=lambda d: len(d.parts))
     s = r.json("summary.json", top)
-    train, squeeze = s["stages"]
-    assert squeeze["exit_code"] == 2 and "stage.params.from" in squeeze["error"]
-    assert "stage.params.from" in s["stopped"] and train["error"] is None
-    assert s["val_acc"] == train["val_acc"] == s["final"]["val_acc"] is not None
-    assert s["final"]["stage"] == "train"
+    squeeze = s["stages"][0]
+    assert squeeze["exit_code"] == 2 and squeeze["error"].endswith("stage.params.from=nowhere is not a directory")
+    with open(top / "recipe.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["change"] == "(did not run)" and rows[0]["report"] == ""
     html = (top / "report.html").read_text()
-    assert "needs stage.params.from" in html and "(no report)" in html
+    assert "nowhere is not a directory" in html and "(no report)" in html
     checks = {c["name"]: c for c in r.json("checks.json", top)}
-    assert checks["recipe.gates"]["status"] == "fail" and checks["recipe.progress"]["status"] == "pass"
+    assert checks["recipe.gates"]["status"] == "fail" and s["checks_failed"] == ["recipe.gates"]
+    if not go_on:
+        assert "nowhere is not a directory" in s["stopped"] and s["not_run"] == ["train"]
+        assert [x["stage"] for x in s["stages"]] == ["squeeze"] and not (top / "2-train").exists()
+        assert rows[1]["stage"] == "train" and rows[1]["change"] == "not run" and rows[1]["exit_code"] == ""
+        assert s["val_acc"] is None and s["final"] is None
+        return
+    train = s["stages"][1]
+    assert s["stopped"] is None and s["not_run"] == [] and train["error"] is None
+    assert "went on" in checks["recipe.gates"]["message"]
+    assert s["val_acc"] == train["val_acc"] == s["final"]["val_acc"] is not None
+    assert s["final"]["stage"] == "train" and checks["recipe.progress"]["status"] == "pass"
+    assert "optim.lr=2e-3" in rows[1]["change"] and rows[1]["report"] == "2-train/report.html"
     assert "None epochs" not in r.out and "recipe: val_acc" in r.out
-    assert_contract(top, top / "1-train")
+    assert_contract(top, top / "2-train")
 
 
 @pytest.mark.parametrize("n_val", [None, 0])

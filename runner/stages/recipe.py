@@ -5,9 +5,13 @@ directory `<k>-<name>/` and report) with this command's overrides. Each training
 starts from the previous one's outcome (`from=<dir>`, runner/lineage.py: overfit from the
 baseline run, regularize from overfit, tune from the kept ladder); squeeze gets the ladder
 and the study as candidates. A non-zero exit (a failed check, a config error) is a failed
-gate: the recipe stops there with the reason unless `stage.params.continue_on_fail=true`.
-Writes summary.json ({"stages": [...], "val_acc": <final>, "final": {...}}), recipe.csv and
-a report with a row per stage (what changed, val acc, delta, failed checks, link).
+gate: the recipe stops there with the reason unless `stage.params.continue_on_fail=true`
+(which only decides whether it goes on: recipe.gates fails, and the recipe exits 1, whenever a
+stage failed). Before any stage runs, `check_plan` checks the stage list, `per_stage` and each
+stage's composed config (one config error, exit 2, listing every problem).
+Writes summary.json ({"stages": [...], "val_acc": <final>, "final": {...}, "not_run": [...]}),
+recipe.csv and a report with a row per stage (what changed, val acc, delta, failed checks,
+link; a stage a stopped recipe never ran: "not run").
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from runner.checks import Verdict
+from runner.errors import ConfigError
 from runner.stages.common import Context, finish, stage_params
 
 log = logging.getLogger("runner")
@@ -31,6 +36,8 @@ DEFAULTS: dict[str, Any] = {"stages": ["inspect", "baseline", "overfit", "regula
                             "continue_on_fail": False, "per_stage": {}}
 # stages whose outcome the next training stage starts from
 TRAINING = ("baseline", "train", "overfit", "regularize", "tune")
+# stages whose runs squeeze takes as candidates (in this order: the first is stage.params.from)
+SQUEEZE_SOURCES = ("regularize", "tune", "overfit", "train")
 
 
 def params(cfg) -> dict[str, Any]:
@@ -41,6 +48,150 @@ def passthrough(overrides: list[str]) -> list[str]:
     """The command's overrides every stage gets: not the recipe's own stage/hydra ones."""
     return [o for o in overrides
             if not o.lstrip("+~").startswith(("stage=", "stage.", "hydra.", "hydra/"))]
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def stage_overrides(per_stage: Any, name: str) -> list[str]:
+    """`stage.params.per_stage.<name>`: a list of overrides (a single string: a list of one)."""
+    v = (per_stage or {}).get(name) or []
+    return [v] if isinstance(v, str) else [str(o) for o in v]
+
+
+def gives_candidates(args: list[str]) -> bool:
+    """Whether squeeze's own args name its candidates (then the recipe adds none)."""
+    return any(_key(a) in ("from", "stage.params.from", "stage.params.runs") for a in args)
+
+
+def _compose(overrides: list[str]):
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+
+    return compose(config_name=HydraConfig.get().job.config_name, overrides=list(overrides))
+
+
+def _compose_problem(e: BaseException, override: str | None, keys: list[str]) -> str:
+    """A compose failure in our words: an unknown key as runner.__main__.unknown_key_message
+    says it (without its 'config error: <override>: ' head and its --cfg advice)."""
+    from hydra.errors import ConfigCompositionException
+
+    if override and isinstance(e, ConfigCompositionException) and str(e).startswith("Could not override") \
+            and e.__cause__ is not None:
+        from runner.__main__ import unknown_key_message
+
+        msg = unknown_key_message(override, e) or ""
+        msg = msg.removeprefix(f"config error: {override}: ")
+        return msg.replace(" (python -m runner --cfg job prints every key)", "")
+    from runner.stages.regularize import compose_problem
+
+    return compose_problem(e, override, keys)
+
+
+def _user_set(overrides: list[str], key: str) -> bool:
+    """Whether the command set stage.params.per_stage.<key> (or the whole per_stage)."""
+    return any(_key(o) in ("stage.params.per_stage", f"stage.params.per_stage.{key}")
+               or _key(o).startswith(f"stage.params.per_stage.{key}.") for o in overrides)
+
+
+def check_plan(cfg, p: dict[str, Any], overrides: list[str]) -> None:
+    """Before any stage runs: the stage list, per_stage and every stage's composed config
+    (stage=<name> + the command's overrides + its per_stage ones; from=/hydra.* left out).
+    Every problem in one ConfigError (exit 2). No data, no model: composition only (and the
+    stage's own stage.params checks where it has them)."""
+    import importlib
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from runner.config import _close
+    from runner.stages import STAGES
+    from runner.stages.regularize import _flat_keys
+
+    names = [k for k in STAGES if k != "recipe"]
+    stages = [str(x) for x in p["stages"]]
+    problems: list[str] = []
+    if not stages:
+        problems.append(f"stage.params.stages is empty: list the stages to run, in order "
+                        f"(from {', '.join(names)})")
+    for i, name in enumerate(stages):
+        if name == "recipe":
+            problems.append(f"stage.params.stages[{i}]='recipe': a recipe cannot run itself")
+        elif name not in STAGES:
+            problems.append(f"stage.params.stages[{i}]={name!r} is not a stage"
+                            + (_close(name, names) or f"; the stages: {', '.join(names)}"))
+    per_stage = p["per_stage"] or {}
+    if not isinstance(per_stage, dict):
+        problems.append(f"stage.params.per_stage={per_stage!r} must map a stage to its overrides")
+        per_stage = {}
+    for key, v in per_stage.items():
+        if key not in STAGES or key == "recipe":
+            problems.append(f"stage.params.per_stage.{key}: {key!r} is not a stage"
+                            + (_close(str(key), names) or f"; the stages: {', '.join(names)}"))
+        elif key not in stages and _user_set(overrides, key):
+            problems.append(f"stage.params.per_stage.{key}: {key} is not in stage.params.stages "
+                            f"[{', '.join(stages)}]")
+        if v is not None and not isinstance(v, (str, list, tuple)):
+            problems.append(f"stage.params.per_stage.{key}={v!r} must be a list of overrides")
+    common = passthrough(overrides)
+    if "squeeze" in stages and not gives_candidates(common):
+        i = stages.index("squeeze")
+        own = stage_overrides(per_stage, "squeeze") if isinstance(per_stage.get("squeeze"),
+                                                                   (str, list, tuple)) else []
+        if not gives_candidates(own) and not any(x in SQUEEZE_SOURCES for x in stages[:i]):
+            problems.append(
+                f"stage.params.stages[{i}]='squeeze' needs a training stage before it "
+                f"({'/'.join(sorted(SQUEEZE_SOURCES))}: its candidates), or "
+                "stage.params.per_stage.squeeze=[\"stage.params.from=<dir>\"] (or stage.params.runs)")
+    keys = _flat_keys(cfg)
+    parser = OverridesParser.create()
+
+    def composable(o: str) -> bool:
+        return not o.lstrip("+~").startswith(("hydra.", "hydra/")) and _key(o) != "from"
+
+    checked: set[str] = set()
+    for name in stages:
+        if name not in STAGES or name == "recipe" or name in checked \
+                or not isinstance(per_stage.get(name, []), (str, list, tuple)):
+            continue
+        checked.add(name)
+        where = f"stage.params.per_stage.{name}"
+        own = [o for o in stage_overrides(per_stage, name) if composable(o)]
+        base = [f"stage={name}", *[o for o in common if composable(o)]]
+        # a sweep value (tune's per_stage: a range, a choice) is not composed: its key must exist
+        plain, swept = [], []
+        for o in own:
+            try:
+                (swept if parser.parse_override(o).is_sweep_override() else plain).append(o)
+            except Exception:  # noqa: BLE001 -- not an override at all: compose says why
+                plain.append(o)
+        try:
+            ccfg = _compose(base + plain)
+        except Exception as e:  # noqa: BLE001 -- which override is bad: each on its own
+            bad = []
+            for o in plain:
+                try:
+                    _compose(base + [o])
+                except Exception as e1:  # noqa: BLE001
+                    bad.append(f"{where}: {o}: {_compose_problem(e1, o, keys)}")
+            whole = f"stage={name} with {' '.join(base[1:] + plain) or 'no overrides'}"
+            problems += bad or [f"{whole}: {_compose_problem(e, None, keys)}"]
+            continue
+        have = set(_flat_keys(ccfg))
+        for o in swept:
+            k = _key(o)
+            if not o.startswith("+") and k not in have:
+                problems.append(f"{where}: {o}: {k} is not in the config{_close(k, sorted(have))}")
+        mod = importlib.import_module(STAGES[name])
+        if hasattr(mod, "params"):  # the stage's own settings: unknown keys, types, ranges
+            try:
+                mod.params(ccfg)
+            except ConfigError as e:
+                problems += [f"{where}: {x}" for x in e.problems]
+            except Exception as e:  # noqa: BLE001 -- the stage itself says so at its turn
+                log.debug("recipe: stage %s's params not checked up front: %s", name, e)
+    if problems:
+        raise ConfigError(problems)
 
 
 def _read(d: Path, name: str):
@@ -54,8 +205,15 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else "null" if v is None else str(v)
 
 
-def changes(name: str, d: Path, s: dict) -> str:
-    """One line: what this stage changed relative to the previous one."""
+def _short(v: Any, n: int = 60) -> str:
+    t = _fmt(v)
+    return t if len(t) <= n else t[:n - 3] + "..."
+
+
+def changes(name: str, d: Path, s: dict, own: list[str] | None = None) -> str:
+    """One line: what this stage changed relative to the previous one (its stage YAML's and
+    its command's changes, from lineage.json; `own`: its per_stage overrides, for a stage
+    without from=)."""
     if name == "inspect":
         return "looked at the data (no training)"
     if name == "squeeze":
@@ -74,9 +232,13 @@ def changes(name: str, d: Path, s: dict) -> str:
         best = (study.get("best") or {}).get("params") or {}
         return (f"{study.get('trials', 0)} trial(s); best " +
                 " ".join(f"{k}={_fmt(v)}" for k, v in best.items())) if study else ""
-    lin = _read(d, "lineage.json") or {}
-    parts = [f"{k}={_fmt(v)}" for k, v in (lin.get("from_stage") or {}).items()
-             if not k.startswith(("checks.", "inspect."))]
+    lin = _read(d, "lineage.json")
+    if lin is not None:  # the stage's YAML's changes, then this stage's command's
+        changed = {**(lin.get("from_stage") or {}), **(lin.get("from_command") or {})}
+        parts = [f"{k}={_short(v)}" for k, v in changed.items()
+                 if not k.startswith(("checks.", "inspect."))]
+    else:  # no from= (the first training stage): its per_stage overrides as given
+        parts = [o for o in own or [] if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
     if name == "regularize":
         parts.append("kept: " + (" ".join(s.get("kept_overrides") or []) or "nothing"))
     if name == "baseline" or not parts:
@@ -155,10 +317,11 @@ def _tune_acc(d: Path) -> Any:
 
 def _error_line(tail: list[str]) -> str | None:
     """The reason a stage process failed, from the end of its output."""
-    lines = [ln.strip() for ln in tail if ln.strip()]
+    # Hydra's "Set the environment variable HYDRA_FULL_ERROR=1 ..." footer is never the reason
+    lines = [ln.strip() for ln in tail if ln.strip() and "HYDRA_FULL_ERROR" not in ln]
     for ln in reversed(lines):
         low = ln.lower()
-        if ("error" in low or "exception" in low) and "HYDRA_FULL_ERROR" not in ln:
+        if "error" in low or "exception" in low:
             return ln[-500:]
     return lines[-1][-500:] if lines else None
 
@@ -190,15 +353,18 @@ def run(cfg, ctx: Context) -> int:
     dirs: dict[str, Path] = {}
     done: list[tuple[str, Path, int]] = []
     stopped = None
+    failed: list[str] = []  # why each failed stage failed
     prev_acc = None
     n_val = None
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), ctx.original_cwd,
                                          env.get("PYTHONPATH", "")])
     env.pop("HYDRA_FULL_ERROR", None)
+    check_plan(cfg, p, list(ctx.overrides))  # every stage's name and config, before any runs
     for k, name in enumerate(p["stages"], start=1):
         d = ctx.run.path / f"{k}-{name}"
-        args = [f"stage={name}", *common, *[str(o) for o in (p["per_stage"] or {}).get(name, [])]]
+        own = stage_overrides(p["per_stage"], name)
+        args = [f"stage={name}", *common, *own]
         # the last training stage that passed: this one starts from its outcome
         prev = next((dd for x, dd, c in reversed(done) if x in TRAINING and c == 0), None) \
             if name in TRAINING and name != "baseline" else None
@@ -208,8 +374,8 @@ def run(cfg, ctx: Context) -> int:
             args = ["-m", *args, f"hydra.sweep.dir={d}"]
         else:
             args.append(f"hydra.run.dir={d}")
-        if name == "squeeze":
-            srcs = [dirs[s] for s in ("regularize", "tune", "overfit") if s in dirs]
+        if name == "squeeze" and not gives_candidates(args):
+            srcs = [dirs[s] for s in SQUEEZE_SOURCES if s in dirs and dirs[s].is_dir()]
             if srcs:
                 args.append(f"stage.params.from={srcs[0]}")
                 if len(srcs) > 1:
@@ -227,12 +393,15 @@ def run(cfg, ctx: Context) -> int:
             acc = _tune_acc(d)
         if isinstance(s.get("data"), dict) and s["data"].get("num_val"):
             n_val = n_val or int(s["data"]["num_val"])
-        row = {"stage": name, "exit_code": code, "change": changes(name, d, s), "val_acc": acc,
+        ran = any((d / f).exists() for f in ("summary.json", "study.json", "runs.csv"))
+        change = changes(name, d, s, own) if ran or code == 0 else \
+            "(did not finish)" if d.is_dir() else "(did not run)"
+        row = {"stage": name, "exit_code": code, "change": change, "val_acc": acc,
                "delta": (acc - prev_acc) if isinstance(acc, (int, float)) and
                isinstance(prev_acc, (int, float)) else None,
                "checks_failed": [c["name"] for c in checks if c.get("status") == "fail"]
                or s.get("checks_failed") or [],
-               "dir": str(d), "report": f"{d.name}/report.html",
+               "dir": str(d), "report": f"{d.name}/report.html" if (d / "report.html").exists() else "",
                "error": _error_line(tail) if code != 0 and not (checks and any(
                    c.get("status") == "fail" for c in checks)) else None}
         rows.append(row)
@@ -243,19 +412,29 @@ def run(cfg, ctx: Context) -> int:
                       + (f" (failed: {', '.join(row['checks_failed'])})" if row["checks_failed"] else "")
                       + (f": {row['error']}" if row["error"] else ""))
             log.warning("recipe: %s", reason)
+            failed.append(reason)
             if not p["continue_on_fail"]:
                 stopped = reason + "; the recipe stops here (stage.params.continue_on_fail=true goes on)"
                 break
+    not_run = [f"{k}-{name}" for k, name in enumerate(p["stages"], start=1)][len(rows):]
+    not_run_rows = [{"stage": x.split("-", 1)[1], "exit_code": None, "change": "not run",
+                     "val_acc": None, "delta": None, "checks_failed": [],
+                     "dir": str(ctx.run.path / x), "report": "", "error": None} for x in not_run]
 
     # the final model is the best passing stage's (not merely the last one's), and its val
     # accuracy is the recipe's: a failed last stage does not stand for the recipe's result
     final_run = final_model(rows)
     final = final_run["val_acc"] if final_run else None
-    ctx.run.write_csv("recipe.csv", [{**r, "checks_failed": " ".join(r["checks_failed"])} for r in rows])
-    v = Verdict("recipe.gates", "fail" if stopped else "pass", value=len(rows),
+    ctx.run.write_csv("recipe.csv", [{**r, "checks_failed": " ".join(r["checks_failed"])}
+                                     for r in rows + not_run_rows])
+    # a failed stage fails the recipe; continue_on_fail only decides whether it went on
+    n_pass = sum(r["exit_code"] == 0 for r in rows)
+    v = Verdict("recipe.gates", "fail" if failed else "pass", value=n_pass,
                 expected=f"{len(p['stages'])} stage(s) pass",
-                message=stopped or f"all {len(rows)} stage(s) ran"
-                + ("" if all(r["exit_code"] == 0 for r in rows) else " (some failed; continue_on_fail)"))
+                message=stopped or (f"{len(failed)} of {len(rows)} stage(s) failed; the recipe went on "
+                                    f"(stage.params.continue_on_fail=true): " + "; ".join(failed)
+                                    if failed else f"all {len(rows)} stage(s) passed"),
+                details={"failed": failed, "not_run": [x.split("-", 1)[1] for x in not_run]})
     worse = regressions(rows, n_val)
     last_acc = next((r["val_acc"] for r in reversed(rows) if r["exit_code"] == 0
                      and isinstance(r["val_acc"], (int, float))), None)
@@ -271,17 +450,19 @@ def run(cfg, ctx: Context) -> int:
                "stages": [{"stage": r["stage"], "val_acc": r["val_acc"],
                            "checks_failed": r["checks_failed"], "dir": r["dir"],
                            "exit_code": r["exit_code"], "error": r["error"]} for r in rows],
+               "not_run": [x.split("-", 1)[1] for x in not_run],
                "final": final_run, "regressions": worse,
-               "stopped": stopped, "checks_failed": ["recipe.gates"] if stopped else [],
+               "stopped": stopped, "checks_failed": ["recipe.gates"] if failed else [],
                "run_dir": str(ctx.run.path)}
     html_rows = [{**r, "report": f'<a href="{esc(r["report"])}">{esc(r["stage"])} report</a>'
                   if (Path(r["dir"]) / "report.html").exists() else "(no report)",
-                  "checks_failed": ", ".join(r["checks_failed"]), "error": r["error"] or ""}
-                 for r in rows]
+                  "checks_failed": ", ".join(r["checks_failed"]), "error": r["error"] or "",
+                  "exit_code": "" if r["exit_code"] is None else r["exit_code"]}
+                 for r in rows + not_run_rows]
     body = table(html_rows, ["stage", "change", "exit_code", "val_acc", "delta", "checks_failed",
                              "error", "report"], raw=["report"])
-    if stopped:
-        body = f"<p><b>{esc(stopped)}</b></p>" + body
+    if failed:
+        body = f"<p><b>{esc(v.message)}</b></p>" + body
     if worse:
         body += f"<p><b>{esc(v_reg.message)}</b>.</p>"
     if final_run:
