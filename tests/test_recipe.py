@@ -127,3 +127,15 @@ def test_regressions_without_a_val_count_use_min_delta(tmp_path, n_val):
     rows = [_row("overfit", tmp_path, 0.9), _row("tune", tmp_path, 0.897), _row("squeeze", tmp_path, 0.8)]
     worse = regressions(rows, n_val, min_delta=0.005)
     assert [w.split()[0] for w in worse] == ["squeeze"]
+
+
+def test_a_recipes_from_is_where_its_chain_starts_not_every_stages():
+    """`stage=recipe from=X`: the recipe decides where each stage starts (X for the first
+    training stage after baseline, or squeeze's candidates when nothing trained before it);
+    X is never passed to every stage, where it would clash with squeeze's own sources."""
+    from runner.stages.recipe import passthrough, recipe_from
+
+    cmd = ["+from=runs/x", "optim.lr=1e-3", "stage=recipe", "stage.params.stages=[squeeze]",
+           "hydra.run.dir=out"]
+    assert passthrough(cmd) == ["optim.lr=1e-3"]
+    assert recipe_from(cmd) == "runs/x" and recipe_from(["optim.lr=1"]) is None

@@ -45,9 +45,16 @@ def params(cfg) -> dict[str, Any]:
 
 
 def passthrough(overrides: list[str]) -> list[str]:
-    """The command's overrides every stage gets: not the recipe's own stage/hydra ones."""
+    """The command's overrides every stage gets: not the recipe's own stage/hydra ones, nor
+    its `from=` (the recipe decides where each stage starts: see `recipe_from`)."""
     return [o for o in overrides
-            if not o.lstrip("+~").startswith(("stage=", "stage.", "hydra.", "hydra/"))]
+            if not o.lstrip("+~").startswith(("stage=", "stage.", "hydra.", "hydra/", "from="))]
+
+
+def recipe_from(overrides: list[str]) -> str | None:
+    """`stage=recipe from=<dir>`: where the first training stage after baseline starts (and
+    squeeze's candidates when no training stage ran before it)."""
+    return next((o.split("=", 1)[1] for o in overrides if o.lstrip("+~").startswith("from=")), None)
 
 
 def _key(override: str) -> str:
@@ -134,7 +141,7 @@ def check_plan(cfg, p: dict[str, Any], overrides: list[str]) -> None:
         if v is not None and not isinstance(v, (str, list, tuple)):
             problems.append(f"stage.params.per_stage.{key}={v!r} must be a list of overrides")
     common = passthrough(overrides)
-    if "squeeze" in stages and not gives_candidates(common):
+    if "squeeze" in stages and not gives_candidates(common) and not recipe_from(overrides):
         i = stages.index("squeeze")
         own = stage_overrides(per_stage, "squeeze") if isinstance(per_stage.get("squeeze"),
                                                                    (str, list, tuple)) else []
@@ -361,12 +368,13 @@ def run(cfg, ctx: Context) -> int:
                                          env.get("PYTHONPATH", "")])
     env.pop("HYDRA_FULL_ERROR", None)
     check_plan(cfg, p, list(ctx.overrides))  # every stage's name and config, before any runs
+    start = recipe_from(list(ctx.overrides))
     for k, name in enumerate(p["stages"], start=1):
         d = ctx.run.path / f"{k}-{name}"
         own = stage_overrides(p["per_stage"], name)
         args = [f"stage={name}", *common, *own]
         # the last training stage that passed: this one starts from its outcome
-        prev = next((dd for x, dd, c in reversed(done) if x in TRAINING and c == 0), None) \
+        prev = next((dd for x, dd, c in reversed(done) if x in TRAINING and c == 0), start) \
             if name in TRAINING and name != "baseline" else None
         if prev is not None and not any(a.lstrip("+").startswith("from=") for a in args):
             args.append(f"from={prev}")
@@ -375,7 +383,8 @@ def run(cfg, ctx: Context) -> int:
         else:
             args.append(f"hydra.run.dir={d}")
         if name == "squeeze" and not gives_candidates(args):
-            srcs = [dirs[s] for s in SQUEEZE_SOURCES if s in dirs and dirs[s].is_dir()]
+            srcs = [dirs[s] for s in SQUEEZE_SOURCES if s in dirs and dirs[s].is_dir()] \
+                or ([start] if start else [])
             if srcs:
                 args.append(f"stage.params.from={srcs[0]}")
                 if len(srcs) > 1:
