@@ -272,6 +272,21 @@ def command_keys(overrides: Sequence[str], include_per_run: bool = False) -> Lis
     return keys
 
 
+def _stage_leaves(config_name: str, stage: str) -> Dict[str, Any]:
+    """The dotted leaves of `stage=<stage>` composed alone. A ladder applies from= once per
+    rung (checked up front, then run): the same two stages each time, composed once."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    sources = tuple(str(getattr(x, "path", x)) for x in GlobalHydra.instance().config_loader().get_sources())
+    key = (sources, config_name, stage)
+    if key not in _STAGE_CACHE:
+        _STAGE_CACHE[key] = flatten(_plain(_compose_stage(config_name, stage)))
+    return dict(_STAGE_CACHE[key])
+
+
+_STAGE_CACHE: Dict[Tuple[Any, str, str], Dict[str, Any]] = {}
+
+
 def _compose_stage(config_name: str, stage: str):
     from hydra import compose
 
@@ -289,8 +304,8 @@ def inherit(cfg: DictConfig, overrides: Sequence[str], original_cwd: str,
     except Exception:  # noqa: BLE001 -- an unknown stage of the source: compare with itself
         chain_new, chain_src = stage_chain(new_stage), []
     anc = common_stage(chain_new, chain_src)
-    stage_new = flatten(_plain(_compose_stage(config_name, new_stage)))
-    stage_anc = flatten(_plain(_compose_stage(config_name, anc))) if anc else {}
+    stage_new = _stage_leaves(config_name, new_stage)
+    stage_anc = _stage_leaves(config_name, anc) if anc else {}
     by_stage = {k: v for k, v in _diff(stage_anc, stage_new).items() if _top(k) not in PER_RUN}
     user = flatten(_plain(cfg))
     by_command = {k: v for k, v in _diff(stage_new, user).items() if _top(k) not in PER_RUN}
