@@ -23,7 +23,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
 
 from runner.checks import Verdict
 from runner.errors import ConfigError
@@ -72,13 +71,6 @@ def gives_candidates(args: list[str]) -> bool:
     return any(_key(a) in ("from", "stage.params.from", "stage.params.runs") for a in args)
 
 
-def _compose(overrides: list[str]):
-    from hydra import compose
-    from hydra.core.hydra_config import HydraConfig
-
-    return compose(config_name=HydraConfig.get().job.config_name, overrides=list(overrides))
-
-
 def _compose_problem(e: BaseException, override: str | None, keys: list[str]) -> str:
     """A compose failure in our words: an unknown key as runner.__main__.unknown_key_message
     says it (without its 'config error: <override>: ' head and its --cfg advice)."""
@@ -113,7 +105,7 @@ def check_plan(cfg, p: dict[str, Any], overrides: list[str]) -> None:
 
     from runner.config import _close
     from runner.stages import STAGES
-    from runner.stages.regularize import _flat_keys
+    from runner.stages.regularize import _flat_keys, compose_each
 
     names = [k for k in STAGES if k != "recipe"]
     stages = [str(x) for x in p["stages"]]
@@ -172,17 +164,10 @@ def check_plan(cfg, p: dict[str, Any], overrides: list[str]) -> None:
                 (swept if parser.parse_override(o).is_sweep_override() else plain).append(o)
             except Exception:  # noqa: BLE001 -- not an override at all: compose says why
                 plain.append(o)
-        try:
-            ccfg = _compose(base + plain)
-        except Exception as e:  # noqa: BLE001 -- which override is bad: each on its own
-            bad = []
-            for o in plain:
-                try:
-                    _compose(base + [o])
-                except Exception as e1:  # noqa: BLE001
-                    bad.append(f"{where}: {o}: {_compose_problem(e1, o, keys)}")
-            whole = f"stage={name} with {' '.join(base[1:] + plain) or 'no overrides'}"
-            problems += bad or [f"{whole}: {_compose_problem(e, None, keys)}"]
+        whole = f"stage={name} with {' '.join(base[1:] + plain) or 'no overrides'}"
+        ccfg, bad = compose_each(base, plain, where, whole, keys, _compose_problem)
+        if bad:
+            problems += bad
             continue
         have = set(_flat_keys(ccfg))
         for o in swept:

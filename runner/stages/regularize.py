@@ -274,6 +274,23 @@ def compose_problem(e: BaseException, override: str | None, keys: Sequence[str])
     return _first_line(cause if cause is not None else e)
 
 
+def compose_each(base: list[str], extra: list[str], where: str, whole: str, keys: Sequence[str],
+                 explain=None) -> tuple[Any, list[str]]:
+    """Compose base + extra: (config, []), or (None, problems) naming each override of `extra`
+    that fails on its own (`where: override: why`), else the whole (`whole: why`)."""
+    explain = explain or compose_problem
+    try:
+        return _compose(base + extra), []
+    except Exception as e:  # noqa: BLE001 -- find which override is bad: each on its own
+        bad = []
+        for o in extra:
+            try:
+                _compose(base + [o])
+            except Exception as e1:  # noqa: BLE001
+                bad.append(f"{where}: {o}: {explain(e1, o, keys)}")
+        return None, bad or [f"{whole}: {explain(e, None, keys)}"]
+
+
 def check_rungs(cfg, rungs: Sequence[dict], ctx: Context) -> None:
     """Compose and validate every rung on its own against the command before anything trains;
     one ConfigError lists every bad rung as `stage.params.rungs[<i>] (<name>): <override>: why`."""
@@ -291,16 +308,9 @@ def check_rungs(cfg, rungs: Sequence[dict], ctx: Context) -> None:
         if when and OmegaConf.select(cfg, str(when), default=missing) is missing:
             problems.append(f"{where}: when: {when} is not in the config{_close(str(when), keys)}")
             continue
-        try:
-            rcfg = _compose(base + change)
-        except Exception as e:  # noqa: BLE001 -- find which of the rung's overrides is bad
-            bad = []
-            for o in change:
-                try:
-                    _compose(base + [o])
-                except Exception as e1:  # noqa: BLE001
-                    bad.append(f"{where}: {o}: {compose_problem(e1, o, keys)}")
-            problems += bad or [f"{where}: {' '.join(change)}: {compose_problem(e, None, keys)}"]
+        rcfg, bad = compose_each(base, change, where, f"{where}: {' '.join(change)}", keys)
+        if bad:
+            problems += bad
             continue
         if when and not OmegaConf.select(cfg, str(when), default=None):
             continue  # skipped at its turn unless a kept rung sets the key (then checked there)
