@@ -188,9 +188,7 @@ def validated_elsewhere(dirs: list[Path], fingerprint: str) -> list[Path]:
 
 
 def _recorded_acc(d: Path) -> float:
-    import json
-
-    s = json.loads((d / "summary.json").read_text())
+    s = _summary(d)
     acc = s.get("best_val_acc", s.get("val_acc"))
     return float(acc) if isinstance(acc, (int, float)) and math.isfinite(acc) else -1.0
 
@@ -255,13 +253,11 @@ def seed_reruns(cand: Path, label: str, n: int, ctx: Context, root: Path) -> dic
     """The candidate plus n - 1 reruns with the next seeds: val accuracies, mean, std."""
     from runner.stages.common import sub_run
 
-    import json
-
     base = member_config(cand)
     saved_epochs = int(base.trainer.epochs)
     # as many epochs as the candidate ran: a stage's own stop (overfit's training-loss target)
     # is not in its config; early stopping is, and applies again
-    ran = json.loads((cand / "summary.json").read_text()).get("epochs")
+    ran = _summary(cand).get("epochs")
     if isinstance(ran, int) and ran > 0:
         base.trainer.epochs = ran
     s0 = int(base.seed)
@@ -402,13 +398,9 @@ def squeeze_lineage(ctx: Context, from_: list[Path], runs: list[Path], ranked: l
     """lineage.json of a squeeze run: its sources, every candidate (recorded val acc, its
     stage, whether it was an ensemble member, skipped for another input size/split, or not
     used), the winner and runner-up. run() adds the sub-runs, the options and the adoption."""
-    import json
 
     def stage_of(d: Path) -> Optional[str]:
-        try:
-            return json.loads((d / "summary.json").read_text()).get("stage")
-        except (OSError, ValueError):
-            return None
+        return _summary(d).get("stage")
 
     def acc(d: Path) -> Optional[float]:
         a = _recorded_acc(d)
