@@ -285,14 +285,42 @@ def test_eval_repeatable_passes_nn_dropout_and_restores_modes_and_rng():
     assert torch.equal(torch.rand(3), expected_next)  # the run's RNG stream is untouched
 
 
+def _val_split(eval_is_training: bool):
+    """A streamed split of PIL images with timm transforms: training augmentation for train
+    reads; for val reads the eval transform, or (the bug) the training one."""
+    from PIL import Image
+    from timm.data import create_transform
+
+    from runner.data import StreamSplit
+
+    images = [
+        (Image.fromarray((VAL[i, 0].numpy() * 255).astype(np.uint8)).convert("RGB"), 0)
+        for i in range(len(VAL))
+    ]
+    aug = create_transform(SIZE, is_training=True, hflip=0.5, scale=(0.5, 1.0))
+    ev = aug if eval_is_training else create_transform(SIZE, is_training=False, crop_pct=1.0)
+    return StreamSplit(images, None, aug, ev, (0.5,) * 3, (0.5,) * 3)
+
+
+def rgb_cnn(dropout: nn.Module) -> nn.Module:
+    model = small_cnn(dropout)
+    model[0] = nn.Conv2d(3, 8, 3, padding=1)
+    return model
+
+
 def test_eval_repeatable_passes_train_only_augmentation():
-    """A split whose training reads are augmented but whose val reads are not."""
-
-    def read(indices, train=False):
-        return read_val_augmented(indices) if train else read_val(indices)[0]
-
-    v = eval_repeatable(small_cnn(nn.Identity()), read, list(range(32)))
+    split = _val_split(eval_is_training=False)
+    assert not torch.equal(split.load(0, train=True)[0], split.load(0, train=True)[0])
+    v = eval_repeatable(rgb_cnn(nn.Dropout(0.5)), split.get, list(range(32)))
     assert v.status == "pass", v.message
+
+
+def test_eval_repeatable_blames_the_data_for_timm_training_transform_on_val():
+    torch.manual_seed(0)
+    v = eval_repeatable(
+        rgb_cnn(nn.Dropout(0.5)), _val_split(eval_is_training=True).get, list(range(32))
+    )
+    assert v.status == "fail" and "DATA" in v.message and "MODEL" not in v.message
 
 
 def test_eval_repeatable_blames_the_model_for_dropout_left_on():
