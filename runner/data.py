@@ -25,9 +25,21 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from runner.errors import ConfigError
+from runner.errors import ConfigError, UnreadableFiles
 
 log = logging.getLogger(__name__)
+
+# The data.* keys each data.kind reads, besides those every kind reads (kind, image_size, mean,
+# std, num_workers, in_memory_max_pixels). config.validate() refuses a key the user set that the
+# selected kind does not read, naming the kind that would: never a silently ignored setting.
+KIND_KEYS = {
+    "digits": ("val_fraction", "split_seed"),
+    "synthetic": ("num_classes", "num_train", "num_val", "noise", "channels", "split_seed"),
+    "imagefolder": ("root", "channels", "val_fraction", "split_seed", "on_unreadable"),
+    "torchvision": ("name", "root", "download", "kwargs", "channels", "val_fraction",
+                    "split_seed", "on_unreadable"),
+    "custom": ("_target_", "kwargs", "channels", "on_unreadable"),
+}
 
 IMG_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -111,17 +123,29 @@ class TensorLoader(_GlobalBatches):
             yield x, self._y[idx]
 
 
+@dataclass
+class Unreadable:
+    """What _Transformed returns for a file it cannot read: the item is left out of its
+    batch (never replaced by another), and the loader records the name for the summary."""
+
+    name: str
+    error: str
+
+
 def _collate_skip_bad(items):
-    good = [it for it in items if it is not None]
+    """(x, y, unreadable items) of a batch; x and y are None when no item was readable."""
+    good = [it for it in items if not isinstance(it, Unreadable)]
+    bad = [it for it in items if isinstance(it, Unreadable)]
     if not good:
-        return None
-    return torch.stack([g[0] for g in good]), torch.tensor([int(g[1]) for g in good])
+        return None, None, bad
+    return torch.stack([g[0] for g in good]), torch.tensor([int(g[1]) for g in good]), bad
 
 
 class StreamLoader(_GlobalBatches):
     """A DataLoader over a StreamSplit, with the same global batches as TensorLoader.
 
-    Undecodable files come back as None and are dropped from their batch (logged).
+    Undecodable files come back as Unreadable and are left out of their batch (logged, and
+    recorded in the split's `unreadable`); with data.on_unreadable=fail the run stops instead.
     """
 
     def __init__(self, split: "StreamSplit", batch_size: int, shuffle: bool, seed: int,
@@ -141,10 +165,13 @@ class StreamLoader(_GlobalBatches):
         loader = DataLoader(self._dataset, batch_sampler=batches, num_workers=self.num_workers,
                             collate_fn=_collate_skip_bad, generator=g,
                             pin_memory=self.device.type == "cuda")
-        for batch in loader:
-            if batch is None:
+        for x, y, bad in loader:
+            if bad:
+                self.split.unreadable.update((b.name, b.error) for b in bad)
+                if self.split.on_unreadable == "fail":
+                    raise UnreadableFiles(bad)
+            if x is None:
                 continue
-            x, y = batch
             x = x.to(self.device, non_blocking=True)
             if self.zero_inputs:
                 x = torch.zeros_like(x)
@@ -215,6 +242,10 @@ class StreamSplit:
         self.mean, self.std = tuple(mean), tuple(std)
         self.filename_fn = filename_fn
         self.image_size = image_size
+        # files that could not be read while iterating (name -> error), shared by the loaders
+        # of this split; `skip` leaves them out of the epoch, `fail` stops the run
+        self.unreadable: dict[str, str] = {}
+        self.on_unreadable = "skip"
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -251,6 +282,7 @@ class StreamSplit:
         if aug_transform is not None and train:
             split = StreamSplit(self.dataset, self._labels, aug_transform, self.eval_transform,
                                 self.mean, self.std, self.filename_fn, self.image_size)
+            split.unreadable, split.on_unreadable = self.unreadable, self.on_unreadable
         return StreamLoader(split, batch_size, shuffle, seed, device, train, num_workers,
                             drop_last, zero_inputs, rank, world)
 
@@ -267,7 +299,7 @@ def _tensor_item(img: torch.Tensor, mean, std, image_size) -> torch.Tensor:
 
 
 class _Transformed(Dataset):
-    """Applies the split's transform per item; an undecodable file becomes None (skipped)."""
+    """Applies the split's transform per item; an undecodable file becomes Unreadable."""
 
     def __init__(self, split: StreamSplit, train: bool):
         self.split, self.train = split, train
@@ -279,13 +311,27 @@ class _Transformed(Dataset):
         try:
             return self.split.load(i, self.train)
         except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for bad files
-            log.warning("skipping unreadable image %s: %s", self.split.name(i), e)
-            return None
-        except RuntimeError as e:  # timm's ImageDataset gives up after 10 bad files in a row
-            if "consecutive samples" not in str(e):
-                raise
-            log.warning("skipping unreadable image %s: %s", self.split.name(i), e)
-            return None
+            log.warning("unreadable image %s: %s", self.split.name(i), e)
+            return Unreadable(self.split.name(i), f"{type(e).__name__}: {e}")
+
+
+class _Files(Dataset):
+    """(PIL image, label) of a timm ImageDataset's files, opened here rather than through its
+    __getitem__, which answers an unreadable file with the *next* one (that neighbour is then
+    trained on twice and the epoch's count is wrong); here the error reaches _Transformed."""
+
+    def __init__(self, ds, mode: str):
+        self.ds, self.mode = ds, mode
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        path, target = self.ds.reader.samples[i]
+        with Image.open(path) as im:
+            return im.convert(self.mode), target  # convert decodes: a truncated file raises here
 
 
 # ----------------------------------------------------------------------------- bundle
@@ -303,6 +349,14 @@ class DataBundle:
     kind: str
     notes: List[str] = field(default_factory=list)
 
+    def unreadable_files(self) -> dict[str, str]:
+        """Files left out so far because they could not be read (name -> error), both splits;
+        for the summary's `unreadable_files` and the report."""
+        out: dict[str, str] = {}
+        for split in (self.train, self.val):
+            out.update(getattr(split, "unreadable", {}))
+        return dict(sorted(out.items()))
+
     def class_prior(self) -> torch.Tensor:
         counts = torch.bincount(self.train.labels, minlength=self.num_classes).float()
         return counts / counts.sum()
@@ -315,7 +369,21 @@ def build_data(cfg, original_cwd: Optional[str] = None) -> DataBundle:
         "torchvision": _torchvision, "custom": _custom,
     }
     base = Path(original_cwd) if original_cwd else Path.cwd()
-    return builders[cfg.kind](cfg, base)
+    bundle = builders[cfg.kind](cfg, base)
+    if bundle.num_classes < 2:
+        raise ConfigError(f"data ({_source(cfg)}) has {bundle.num_classes} class(es): "
+                          f"{bundle.class_names}; a classifier needs at least 2 (with one class "
+                          "the loss is 0 from the start and nothing is learned)")
+    for split in (bundle.train, bundle.val):
+        if isinstance(split, StreamSplit):
+            split.on_unreadable = cfg.get("on_unreadable", "skip")
+    return bundle
+
+
+def _source(cfg) -> str:
+    """Where the data comes from, in the user's keys, for messages."""
+    where = {"imagefolder": "root", "torchvision": "name", "custom": "_target_"}.get(cfg.kind)
+    return f"data={cfg.kind}" + (f" data.{where}={cfg[where]!r}" if where else "")
 
 
 def _tensor_mean_std(x: torch.Tensor):
@@ -463,6 +531,9 @@ def _imagefolder(cfg, base) -> DataBundle:
         classes = list_class_folders(t)
         if not classes:
             problems.append(f"data.root: {t} has no class folders; expected one folder per class")
+        elif len(classes) == 1 and t != root / "val":  # val may hold fewer classes
+            problems.append(f"data.root: {t} has one class folder ({classes[0].name}); a "
+                            "classifier needs at least 2 (one folder per class)")
         for c in classes:
             if not _has_images(c):
                 problems.append(f"data.root: class folder {c} has no images "
@@ -481,9 +552,9 @@ def _imagefolder(cfg, base) -> DataBundle:
             raise ConfigError(f"data.root: {root / 'val'} has classes not in train/: {missing}")
         tr_labels = torch.tensor([t for _, t in tr_ds.reader.samples])
         va_labels = torch.tensor([t for _, t in va_ds.reader.samples])
-        train = StreamSplit(tr_ds, tr_labels, None, tf, mean, std,
+        train = StreamSplit(_Files(tr_ds, mode), tr_labels, None, tf, mean, std,
                             lambda i, d=tr_ds: d.filename(i, absolute=True), cfg.image_size)
-        val = StreamSplit(va_ds, va_labels, None, tf, mean, std,
+        val = StreamSplit(_Files(va_ds, mode), va_labels, None, tf, mean, std,
                           lambda i, d=va_ds: d.filename(i, absolute=True), cfg.image_size)
         samples = tr_ds.reader.samples + va_ds.reader.samples
     else:
@@ -493,10 +564,11 @@ def _imagefolder(cfg, base) -> DataBundle:
         tr, va = _random_split(len(labels), cfg.val_fraction, cfg.split_seed, labels)
         from torch.utils.data import Subset
 
-        train = StreamSplit(Subset(ds, tr.tolist()), torch.from_numpy(labels[tr]), None, tf, mean,
+        files = _Files(ds, mode)
+        train = StreamSplit(Subset(files, tr.tolist()), torch.from_numpy(labels[tr]), None, tf, mean,
                             std, lambda i, d=ds, t=tr: d.filename(int(t[i]), absolute=True),
                             cfg.image_size)
-        val = StreamSplit(Subset(ds, va.tolist()), torch.from_numpy(labels[va]), None, tf, mean,
+        val = StreamSplit(Subset(files, va.tolist()), torch.from_numpy(labels[va]), None, tf, mean,
                           std, lambda i, d=ds, v=va: d.filename(int(v[i]), absolute=True),
                           cfg.image_size)
         samples = ds.reader.samples

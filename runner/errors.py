@@ -25,6 +25,22 @@ class ConfigError(RunnerError):
         return f"{len(self.problems)} problems:\n" + "\n".join(f"  - {x}" for x in self.problems)
 
 
+class UnreadableFiles(RunnerError):
+    """data.on_unreadable=fail: a file of the data could not be read while training; the run
+    stops naming it instead of leaving it out (bad input: exit 2)."""
+
+    exit_code = 2
+
+    def __init__(self, items):
+        self.files = {str(it.name): str(it.error) for it in items}
+        listed = "; ".join(f"{n} ({e})" for n, e in self.files.items())
+        super().__init__(
+            f"data.on_unreadable=fail: {len(self.files)} unreadable file(s): {listed}. Fix or "
+            "remove them (python -m runner stage=inspect lists every one: data.corrupt), or set "
+            "data.on_unreadable=skip to leave them out of the epoch"
+        )
+
+
 class NonFiniteLoss(RunnerError):
     """Raised by the loop when the loss or a gradient is NaN/Inf; names where it happened."""
 
