@@ -13,6 +13,56 @@ from runner.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+# The model.* keys build_model reads for each kind of model: a timm model by name
+# (model=timm, model=resnet18), or a `_target_` callable (model=custom, model=tiny_cnn).
+# config.validate() refuses a key the user set that the selected kind does not read, naming
+# the option that would (`model.name` with model=tiny_cnn): never train another model than
+# the one named.
+MODEL_KEYS = {
+    "timm": ("name", "kwargs", "pretrained", "pretrained_file", "drop_rate", "drop_path_rate"),
+    "custom": ("_target_", "kwargs", "drop_rate"),
+}
+
+
+def model_kind(cfg) -> str:
+    """`custom` when the `model` node names a callable, else `timm` (as build_model decides)."""
+    return "custom" if cfg.get("_target_") else "timm"
+
+
+def input_size_problem(name: str, kwargs, image_size: int) -> str | None:
+    """A message when timm model `name` cannot take image_size x image_size inputs, else None.
+
+    Models that cut the input into patches (ViT, DeiT, Swin, EVA, ...) need a multiple of the
+    patch size, and most are built for one size (224) unless given img_size. The model is
+    built on the meta device (no memory, ~0.1 s) with the user's model.kwargs to find out.
+    """
+    import timm
+
+    try:
+        with torch.device("meta"):
+            m = timm.create_model(name, pretrained=False, **dict(kwargs or {}))
+    except Exception:  # noqa: BLE001 -- build_model reports build errors with their context
+        return None
+    pe = getattr(m, "patch_embed", None)
+    patch = getattr(pe, "patch_size", None)
+    if pe is None or not patch:
+        return None
+    p = int(patch[0]) if isinstance(patch, (tuple, list)) else int(patch)
+    if image_size % p and not getattr(pe, "dynamic_img_pad", False):
+        lo, hi = max(p, image_size // p * p), (image_size // p + 1) * p
+        return (f"data.image_size={image_size} is not a multiple of the patch size {p} of "
+                f"model.name={name!r} (it cuts images into {p}x{p} patches); use "
+                f"data.image_size={lo} or {hi}")
+    fixed = getattr(pe, "img_size", None)
+    dynamic = getattr(m, "dynamic_img_size", False) or getattr(pe, "dynamic_img_size", False)
+    if fixed and getattr(pe, "strict_img_size", False) and not dynamic \
+            and tuple(fixed) != (image_size, image_size):
+        return (f"model.name={name!r} is built for {fixed[0]}x{fixed[1]} inputs but "
+                f"data.image_size={image_size}; add +model.kwargs.img_size={image_size} (timm "
+                f"resizes its position embeddings) or data.image_size={fixed[0]}")
+    return None
+
+
 class TinyCNN(nn.Module):
     """A small convnet you cannot get wrong (recipe stage 2): conv-relu-pool x2, then linear."""
 
