@@ -39,6 +39,13 @@ def workspace(tmp_path_factory):
     (ws / "afile.txt").write_text("x")
     (ws / "tvempty").mkdir()
     (ws / "badcode.py").write_text("def make():\n    return 42\n")
+    for split in ("train", "val"):
+        (ws / "folder_one_class" / split / "a").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(ws / "folder_one_class" / split / "a" / "x.png")
+    exp = ws / "conf" / "experiment"
+    exp.mkdir(parents=True)
+    (exp / "broken.yaml").write_text("# @package _global_\ntrainer:\n  epochs: [1, 2\n")
+    (exp / "ignored.yaml").write_text("# @package _global_\nmodel:\n  name: resnet34\n")
     return ws, r.run_dir
 
 
@@ -77,6 +84,24 @@ BAD_INPUTS = [
     (["human_baseline=1.5"], "human_baseline=1.5"),
     (["aug.label_smoothing=1.2"], "aug.label_smoothing=1.2"),
     (["hydra.run.dir={run}"], "refusing to overwrite"),
+    # issue 17: a key the selected option does not read, named with the option that does
+    (["model.name=resnet18"], "model.name is read by model=timm; did you mean `model=timm model.name=resnet18`?"),
+    (["model.pretrained=true"], "model.pretrained is read by model=timm"),
+    (["data.root={ws}"], "data.root is read by data=imagefolder"),
+    (["data=digits", "data.num_train=100"], "did you mean `data=synthetic data.num_train=100`?"),
+    (["data=imagefolder", "data.root={ws}/folder_one_class", "data.num_val=10"], "data.num_val is read by data=synthetic"),
+    (["--config-dir={ws}/conf", "experiment=ignored"], "model.name=resnet34 (set in experiment=ignored"),
+    # issue 17: one message for each of these, before training
+    (["--config-dir={ws}/conf", "experiment=broken"], "broken.yaml:4:1: not valid YAML"),
+    (["model=timm", "model.name=vit_tiny_patch16_224", "data.image_size=20"], "data.image_size=20 is not a multiple of the patch size 16"),
+    (["model=timm", "model.name=vit_tiny_patch16_224", "data.image_size=32"], "+model.kwargs.img_size=32"),
+    (["data.num_classes=1"], "data.num_classes=1 must be >= 2"),
+    (["data=imagefolder", "data.root={ws}/folder_one_class"], "has one class folder (a)"),
+    (["checks.init_loss.tolerance=-1"], "checks.init_loss.tolerance=-1.0 must be >= 0"),
+    (["checks.baseline_input_independent.margin=-0.1"], "checks.baseline_input_independent.margin=-0.1 must be >= 0"),
+    (["checks.train_grads_flow.steps=0"], "checks.train_grads_flow.steps=0 must be > 0"),
+    (["checks.baseline_overfit_batch.lr=0"], "checks.baseline_overfit_batch.lr=0.0 must be > 0"),
+    (["data.on_unreadable=ignore"], "data.on_unreadable='ignore' is not one of skip, fail"),
 ]
 
 
@@ -90,11 +115,13 @@ def test_bad_input_exit_2_one_message_nothing_lost(workspace, overrides, needle,
     monkeypatch.syspath_prepend(str(ws))
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     args = [o.format(ws=ws, run=finished) for o in overrides]
-    code = main(FAST + ["stage=train", "trainer.epochs=1"] + args)
+    flags = [a for a in args if a.startswith("--")]  # Hydra's flags before the overrides
+    code = main(flags + FAST + ["stage=train", "trainer.epochs=1"] + [a for a in args if a not in flags])
     out = "".join(capfd.readouterr())
     assert code == 2, out
     assert needle.format(ws=ws) in out, out
     assert "Traceback" not in out
+    assert "HYDRA_FULL_ERROR" not in out  # no Hydra footer under our message
     assert _tree_digest(finished) == before  # the finished run is untouched
 
 
@@ -114,6 +141,60 @@ def test_corrupt_and_zero_byte_images_are_skipped_not_fatal(cli, tmp_path):
                     "stage=train", "trainer.epochs=1"])
     assert r.code == 0, r.out
     assert "zero.png" in r.out and "truncated.png" in r.out  # each named in a warning
+
+
+def _folder_with_a_truncated_png(root: Path) -> Path:
+    """2 classes x 4 training images (each a distinct grey), one truncated .png among them."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c, cls in enumerate(("dark", "bright")):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(4):
+                v = 20 + 200 * c + 10 * i
+                Image.new("RGB", (8, 8), (v, v, v)).save(d / f"{i}.png")
+    good = (root / "train" / "bright" / "0.png").read_bytes()
+    (root / "train" / "bright" / "1a.png").write_bytes(good[:30])  # sorts between 1 and 2
+    return root
+
+
+def test_unreadable_file_is_left_out_never_replaced_by_its_neighbour(tmp_path):
+    """issue 17: timm's ImageDataset answers a bad file with the next one (trained twice)."""
+    from omegaconf import OmegaConf
+
+    from runner.config import DataConfig
+    from runner.data import build_data
+
+    root = _folder_with_a_truncated_png(tmp_path / "imgs")
+    cfg = OmegaConf.structured(DataConfig(kind="imagefolder", root=str(root), image_size=8,
+                                          num_workers=0))
+    data = build_data(cfg)
+    assert len(data.train) == 9  # the file is there; it cannot be read
+    loader = data.train.loader(4, True, 0, torch.device("cpu"), train=True)
+    xs, ys = zip(*loader.epoch(0))
+    x, y = torch.cat(xs), torch.cat(ys)
+    assert len(y) == 8 and torch.bincount(y).tolist() == [4, 4]  # 8 readable, none twice
+    greys = {round(float(v) * 1000) for v in x.mean(dim=(1, 2, 3))}
+    assert len(greys) == 8  # 8 distinct images: no neighbour stood in for the bad one
+    bad = data.unreadable_files()
+    assert list(bad) == [str(root / "train" / "bright" / "1a.png")] and bad[next(iter(bad))]
+
+    cfg.on_unreadable = "fail"
+    from runner.errors import UnreadableFiles
+
+    strict = build_data(cfg).train.loader(16, False, 0, torch.device("cpu"), train=True)
+    with pytest.raises(UnreadableFiles, match=r"1a\.png") as e:
+        list(strict.epoch(0))
+    assert e.value.exit_code == 2 and "data.on_unreadable=skip" in str(e.value)
+
+
+def test_on_unreadable_fail_stops_the_run_naming_the_file(cli, tmp_path):
+    root = _folder_with_a_truncated_png(tmp_path / "imgs")
+    r = cli(FAST + ["data=imagefolder", f"data.root={root}", "data.image_size=8",
+                    "stage=train", "trainer.epochs=1", "data.on_unreadable=fail"])
+    assert r.code == 2, r.out
+    assert "1a.png" in r.out and "Traceback" not in r.out
 
 
 def test_nan_producing_lr_is_a_failed_check_exit_1(cli):
