@@ -27,10 +27,11 @@ import math
 import os
 import statistics
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 from hydra.experimental.callback import Callback
 
@@ -78,14 +79,14 @@ def write_job_error(run_dir: Path, exc: BaseException, exit_code: int, prefix: s
 
 
 # ----------------------------------------------------------------------------- reading jobs
-def _read_json(p: Path) -> Optional[Any]:
+def _read_json(p: Path) -> Any | None:
     try:
         return json.loads(p.read_text())
     except (OSError, ValueError):
         return None
 
 
-def _read_yaml(p: Path) -> Optional[Any]:
+def _read_yaml(p: Path) -> Any | None:
     import yaml
 
     try:
@@ -99,7 +100,7 @@ def _load_config(p: Path):
 
     try:
         return OmegaConf.load(p)
-    except Exception:  # a half-written or hand-edited file: fall back to override strings
+    except Exception:  # noqa: BLE001 -- a half-written or hand-edited file: fall back to override strings
         return None
 
 
@@ -110,7 +111,7 @@ def _select(cfg, key: str) -> Any:
         return None
     try:
         v = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
-    except Exception:
+    except Exception:  # noqa: BLE001 -- a key that does not resolve reads as absent
         return None
     if OmegaConf.is_config(v):
         return json.dumps(OmegaConf.to_container(v, resolve=False), sort_keys=True)
@@ -126,7 +127,7 @@ def _parse_scalar(s: str) -> Any:
     return {"true": True, "false": False, "null": None}.get(s.lower(), s)
 
 
-def _override_pairs(lines: Sequence[str]) -> List[Tuple[str, str]]:
+def _override_pairs(lines: Sequence[str]) -> list[tuple[str, str]]:
     """`key=value` overrides -> (key, value); `+`/`++` dropped, deletions and hydra.* skipped."""
     out = []
     for line in lines or []:
@@ -145,9 +146,9 @@ def is_job_dir(p: Path) -> bool:
     return (p / ".hydra").is_dir()
 
 
-def find_job_dirs(paths: Sequence[Path]) -> List[Path]:
+def find_job_dirs(paths: Sequence[Path]) -> list[Path]:
     """Job directories in or under `paths` (a sweep, several sweeps, runs, or a mix)."""
-    found: List[Path] = []
+    found: list[Path] = []
     for p in paths:
         p = Path(p)
         if not p.is_dir():
@@ -175,18 +176,18 @@ class Job:
     """What one job directory says about itself."""
 
     path: Path
-    overrides: Dict[str, Any]  # identity keys -> effective value (from the composed config)
-    stage: Optional[str]
+    overrides: dict[str, Any]  # identity keys -> effective value (from the composed config)
+    stage: str | None
     seed: Any
     status: str
-    error: Optional[str]
-    exit_code: Optional[int]
-    figures: Dict[str, Any]
-    checks: Dict[str, int]
-    checks_failed: List[str]
+    error: str | None
+    exit_code: int | None
+    figures: dict[str, Any]
+    checks: dict[str, int]
+    checks_failed: list[str]
     resumed: bool
     config: Any = None  # the composed config (.hydra/config.yaml), for keys other jobs varied
-    choices: Dict[str, Any] = field(default_factory=dict)  # config group -> option
+    choices: dict[str, Any] = field(default_factory=dict)  # config group -> option
 
     def value(self, key: str) -> Any:
         """This job's value of `key`, also when another sweep varied it and this one did not."""
@@ -201,13 +202,13 @@ def load_job(path: Path) -> Job:
     earlier = sorted(path.glob(".hydra.before-resume-*"))
     # keys: every override the job was ever started with (a resumed job may repeat fewer);
     # values: the current composed config, i.e. what produced the current results
-    pairs: Dict[str, str] = {}
+    pairs: dict[str, str] = {}
     for rec in earlier + [hydra_dir]:
         pairs.update(_override_pairs(_read_yaml(rec / "overrides.yaml") or []))
     cfg = _load_config(hydra_dir / "config.yaml")
     hydra_yaml = _read_yaml(hydra_dir / "hydra.yaml") or {}
     choices = ((hydra_yaml.get("hydra") or {}).get("runtime") or {}).get("choices") or {}
-    overrides: Dict[str, Any] = {}
+    overrides: dict[str, Any] = {}
     for key, raw in pairs.items():
         if key in choices:  # a config group (model=resnet18): the option's name
             overrides[key] = choices[key]
@@ -226,9 +227,9 @@ def load_job(path: Path) -> Job:
     error_is_current = error is not None and (  # a later resume may have finished the job
         summary is None
         or (path / ERROR_FILE).stat().st_mtime >= (path / "summary.json").stat().st_mtime)
-    figures: Dict[str, Any] = {}
+    figures: dict[str, Any] = {}
     checks = {s: 0 for s in CHECK_STATUSES}
-    checks_failed: List[str] = []
+    checks_failed: list[str] = []
     if error_is_current:
         status, err = "failed", error.get("error") or "failed (no message)"
         code = error.get("exit_code") if isinstance(error.get("exit_code"), int) else 1
@@ -256,7 +257,7 @@ def load_job(path: Path) -> Job:
                resumed=resumed, config=cfg, choices=choices)
 
 
-def _last_log_error(path: Path) -> Optional[str]:
+def _last_log_error(path: Path) -> str | None:
     """The last ERROR line of the job's log (a job killed before it wrote error.json)."""
     for log_file in sorted(path.glob("*.log")):
         try:
@@ -274,19 +275,19 @@ def _last_log_error(path: Path) -> Optional[str]:
 class SweepTable:
     """Rows (one per job) and seed groups, ranked by `metric`."""
 
-    rows: List[Dict[str, Any]]
-    groups: List[Dict[str, Any]]
-    keys: List[str]  # identity keys (overrides other than seed), in first-seen order
-    varied: List[str]  # keys with more than one value among the rows
-    fixed: Dict[str, Any]
+    rows: list[dict[str, Any]]
+    groups: list[dict[str, Any]]
+    keys: list[str]  # identity keys (overrides other than seed), in first-seen order
+    varied: list[str]  # keys with more than one value among the rows
+    fixed: dict[str, Any]
     metric: str
     mode: str
     exit_code: int
-    failed: List[Dict[str, Any]] = field(default_factory=list)
-    report: Optional[Path] = None  # report.html, or runs.html beside another tool's report.html
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    report: Path | None = None  # report.html, or runs.html beside another tool's report.html
 
-    def counts(self) -> Dict[str, int]:
-        out: Dict[str, int] = {}
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
         for r in self.rows:
             out[r["status"]] = out.get(r["status"], 0) + 1
         return out
@@ -304,7 +305,7 @@ def build_table(jobs: Sequence[Job], out_dir: Path, metric: str = "val_acc",
                 mode: str = "max", require_metric: bool = True) -> SweepTable:
     if mode not in ("max", "min"):
         raise ConfigError(f"aggregate: mode={mode!r} must be 'max' or 'min'")
-    keys: List[str] = []
+    keys: list[str] = []
     for j in jobs:
         keys += [k for k in j.overrides if k not in keys]
     if not any(_finite(j.figures.get(metric)) for j in jobs) and any(j.figures for j in jobs):
@@ -319,7 +320,7 @@ def build_table(jobs: Sequence[Job], out_dir: Path, metric: str = "val_acc",
         figure_keys += [k for k in j.figures if k not in figure_keys]
     rows = []
     for j in jobs:
-        row: Dict[str, Any] = {
+        row: dict[str, Any] = {
             "sweep": _rel(j.path.parent, out_dir) if multi_sweep else j.path.parent.name,
             "job": j.path.name, "stage": j.stage}
         row.update({k: j.value(k) for k in keys})
@@ -349,8 +350,8 @@ def _rel(p: Path, base: Path) -> str:
         return str(Path(p).resolve())
 
 
-def seed_groups(rows: Sequence[Dict[str, Any]], group_keys: Sequence[str], varied: Sequence[str],
-                metric: str, mode: str) -> List[Dict[str, Any]]:
+def seed_groups(rows: Sequence[dict[str, Any]], group_keys: Sequence[str], varied: Sequence[str],
+                metric: str, mode: str) -> list[dict[str, Any]]:
     """Jobs equal in every key but `seed`: mean, std (n-1) and count per figure, ranked.
 
     The recipe's warning applies: a difference smaller than the seed-to-seed spread is
@@ -358,13 +359,13 @@ def seed_groups(rows: Sequence[Dict[str, Any]], group_keys: Sequence[str], varie
     two groups' std -> "not significant"; with fewer than 2 seeds on either side the
     spread is unknown -> "n/a (1 seed)".
     """
-    buckets: Dict[Tuple[str, ...], List[Dict[str, Any]]] = {}
+    buckets: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for r in rows:
         buckets.setdefault(tuple(_key(r.get(k)) for k in group_keys), []).append(r)
     figures = [metric] + [f for f in GROUP_FIGURES if f != metric]
     groups = []
     for members in buckets.values():
-        g: Dict[str, Any] = {k: members[0].get(k) for k in varied}
+        g: dict[str, Any] = {k: members[0].get(k) for k in varied}
         done = [r for r in members if _finite(r.get(metric))]
         g.update({"n": len(done), "jobs": len(members),
                   "failed": sum(r["status"] in NO_RESULT for r in members),
@@ -563,10 +564,10 @@ def console_table(tab: SweepTable, limit: int = 20) -> str:
 # ----------------------------------------------------------------------------- entry points
 # exit codes of the sweeps summarised in this process, for `python -m runner -m` to return
 # (a joblib job runs in another process, so its return value never reaches the CLI)
-_sweep_exit_codes: List[int] = []
+_sweep_exit_codes: list[int] = []
 
 
-def pop_sweep_exit_codes() -> List[int]:
+def pop_sweep_exit_codes() -> list[int]:
     out = list(_sweep_exit_codes)
     _sweep_exit_codes.clear()
     return out
@@ -578,11 +579,11 @@ class SweepSummary(Callback):
     Works for any sweeper and launcher: it reads the job directories, not return values.
     """
 
-    def __init__(self, metric: Optional[str] = None, mode: Optional[str] = None,
+    def __init__(self, metric: str | None = None, mode: str | None = None,
                  enabled: bool = True) -> None:
         self.metric, self.mode, self.enabled = metric, mode, enabled
 
-    def ranking(self, config) -> Tuple[str, str]:
+    def ranking(self, config) -> tuple[str, str]:
         """metric and mode: as set here, else the sweeper's objective (tune), else val_acc/max."""
         from omegaconf import OmegaConf
 
@@ -590,6 +591,10 @@ class SweepSummary(Callback):
         sweeper = sweeper if sweeper is not None else {}
         metric = self.metric or sweeper.get("metric") or "val_acc"
         direction = sweeper.get("direction")
+        if not isinstance(metric, str):  # several objectives: the table ranks by the first
+            metric, direction = str(next(iter(metric))), next(iter(direction or []), None)
+        elif direction is not None and not isinstance(direction, str):
+            direction = next(iter(direction), None)
         mode = self.mode or {"maximize": "max", "minimize": "min"}.get(str(direction), None)
         if mode is None:  # losses go down, everything else (accuracy) up
             mode = "min" if "loss" in metric else "max"

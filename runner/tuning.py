@@ -17,18 +17,29 @@ import math
 import re
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 from runner.errors import ConfigError
 
 log = logging.getLogger("runner")
 
-SAMPLERS = {"random": "RandomSampler", "qmc": "QMCSampler", "tpe": "TPESampler"}
-# samplers whose randomness is drawn per trial: reseeded from (seed, trial number) so a resumed
-# study or a second worker never replays the first one's draws
-PER_TRIAL_SEED = ("random", "tpe")
+# the sampler options by name (the published hydra-optuna-sweeper's names); `default` is random
+# for one direction and nsgaii for several; `motpe` is TPESampler, which took MOTPESampler's
+# place in Optuna 4
+SAMPLERS = {
+    "random": "RandomSampler",
+    "qmc": "QMCSampler",
+    "tpe": "TPESampler",
+    "gp": "GPSampler",
+    "cmaes": "CmaEsSampler",
+    "nsgaii": "NSGAIISampler",
+    "motpe": "TPESampler",
+    "grid": "GridSampler",
+}
+SAMPLER_NAMES = ("default", *SAMPLERS)
 PRUNERS = {"median": "MedianPruner", "hyperband": "HyperbandPruner", "none": "NopPruner"}
 DIRECTIONS = ("maximize", "minimize")
 METRICS = ("val_acc", "val_loss")
@@ -43,32 +54,35 @@ ATTR_METRIC, ATTR_PRUNER = "runner.metric", "runner.pruner"
 class SearchSpace:
     """What the sweeper samples (Optuna distributions by config key) and what it fixes."""
 
-    distributions: Dict[str, Any]
-    fixed: List[str]  # plain `key=value` overrides passed to every trial
+    distributions: dict[str, Any]
+    fixed: list[str]  # plain `key=value` overrides passed to every trial
 
 
-def parse_search_space(params: Dict[str, Any], arguments: Sequence[str] = ()) -> SearchSpace:
+def parse_search_space(params: dict[str, Any], arguments: Sequence[str] = ()) -> SearchSpace:
     """`hydra.sweeper.params` plus command-line overrides -> Optuna distributions.
 
     Grammar (Hydra's own sweep syntax, as in the published Optuna sweeper):
     `interval(a, b)` float uniform, `tag(log, interval(a, b))` log-uniform,
-    `int(interval(a, b))` integer, `range(a, b, step)` stepped (end exclusive),
-    `choice(a, b, c)` or `a,b,c` categorical. A YAML list is a categorical too. A plain value
-    is fixed for every trial; null drops the key (an overlay's way to remove a default one).
-    Command-line overrides win over `params` of the same key.
+    `int(interval(a, b))` integer, `range(a, b, step)` stepped with the end included (the
+    published plugin's meaning: range(1, 3) is 1, 2 or 3), `shuffle(range(a, b))` categorical
+    over Hydra's own range (end excluded, as the published plugin), `choice(a, b, c)` or
+    `a,b,c` categorical. A YAML list is a categorical too. A plain value is fixed for every
+    trial; null drops the key (an overlay's way to remove a default one). Command-line
+    overrides win over `params` of the same key.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep
 
     parser = OverridesParser.create()
-    problems: List[str] = []
-    entries: Dict[str, Any] = {}
+    problems: list[str] = []
+    entries: dict[str, Any] = {}
     for key, value in (params or {}).items():
         if value is None:
             continue
         if isinstance(value, (list, tuple)):
             value = "choice(" + ", ".join(format_value(v) for v in value) + ")"
         entries[str(key)] = f"{key}={value}"
-    fixed: List[str] = []
+    fixed: list[str] = []
     for arg in arguments:
         o = parser.parse_override(arg)
         if o.is_sweep_override():
@@ -76,18 +90,21 @@ def parse_search_space(params: Dict[str, Any], arguments: Sequence[str] = ()) ->
         else:
             entries.pop(o.get_key_element(), None)
             fixed.append(arg)
-    dists: Dict[str, Any] = {}
+    dists: dict[str, Any] = {}
     for key, text in entries.items():
         try:
             o = parser.parse_override(text)
-        except Exception as e:  # Hydra's grammar error names the position
+        except Exception as e:  # noqa: BLE001 -- Hydra's grammar error names the position
             problems.append(f"hydra.sweeper.params.{key}: cannot parse {text!r}: {e}")
             continue
         if not o.is_sweep_override():
             fixed.append(text)
             continue
         try:
-            dists[key] = to_distribution(o.value())
+            if o.is_range_sweep() and o.value().shuffle:
+                dists[key] = to_distribution(ChoiceSweep(list=[v for v in o.sweep_iterator()]))
+            else:
+                dists[key] = to_distribution(o.value())
         except ValueError as e:
             problems.append(f"hydra.sweeper.params.{key}: {e}")
     if problems:
@@ -113,9 +130,12 @@ def to_distribution(sweep) -> Any:
     if isinstance(sweep, IntervalSweep):
         lo, hi = sweep.start, sweep.end
         if not lo < hi:
-            raise ValueError(f"interval({lo}, {hi}) needs start < end")
+            raise ValueError(f"interval({lo}, {hi}) needs start < end, e.g. interval({hi}, {lo})")
         if log_scale and lo <= 0:
-            raise ValueError(f"tag(log, interval({lo}, {hi})) needs start > 0 on a log scale")
+            raise ValueError(
+                f"tag(log, interval({lo}, {hi})) needs start > 0 on a log scale, e.g. "
+                f"tag(log, interval({hi / 1000:g}, {hi}))"
+            )
         if isinstance(lo, int) and isinstance(hi, int):
             return IntDistribution(lo, hi, log=log_scale)
         return FloatDistribution(float(lo), float(hi), log=log_scale)
@@ -125,10 +145,14 @@ def to_distribution(sweep) -> Any:
             raise ValueError(
                 "range() is stepped; for a log scale use tag(log, int(interval(a, b)))"
             )
-        # like Python's range: the end is excluded (counted here, not summed: 0.1 steps drift)
-        n = math.ceil((stop - start) / step - 1e-9) if step > 0 else 0
-        if n < 1:
-            raise ValueError(f"range({start}, {stop}, step={step}) is empty")
+        if not step > 0 or stop < start:
+            raise ValueError(
+                f"range({start}, {stop}, step={step}) is empty: it needs start <= end and "
+                "step > 0"
+            )
+        # the end is included, as in the published plugin (range(1, 3): 1, 2, 3); an end off the
+        # step grid is rounded down to the last step (counted, not summed: 0.1 steps drift)
+        n = math.floor((stop - start) / step + 1e-9) + 1
         if all(isinstance(v, int) for v in (start, stop, step)):
             return IntDistribution(start, start + (n - 1) * step, step=step)
         return FloatDistribution(float(start), round(start + (n - 1) * step, 12), step=float(step))
@@ -147,11 +171,64 @@ def suggest(trial, name: str, dist) -> Any:
 
 
 def contains(dist, value) -> bool:
-    """Whether `value` is a legal value of `dist` (for the warm-start trial)."""
+    """Whether `value` is a legal value of `dist` (for the warm-start trial): Optuna's public
+    trial constructor validates each parameter against its distribution."""
+    import optuna
+
     try:
-        return bool(dist._contains(dist.to_internal_repr(value)))
+        optuna.trial.create_trial(params={"p": value}, distributions={"p": dist}, value=0.0)
     except (ValueError, TypeError):
         return False
+    return True
+
+
+def search_space_entry(key: str, spec: Any) -> Any:
+    """One entry of the published plugin's deprecated `search_space` ({type: int | float |
+    categorical, low, high, step, log, choices}) as an Optuna distribution."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    where = f"hydra.sweeper.search_space.{key}"
+    if not isinstance(spec, dict) or spec.get("type") not in ("int", "float", "categorical"):
+        raise ConfigError(
+            f"{where}={spec!r}: expected a mapping with type: int, float or categorical "
+            "(or write it in hydra.sweeper.params, e.g. interval(0, 1))"
+        )
+    unknown = sorted(set(spec) - {"type", "low", "high", "step", "log", "choices"})
+    if unknown:
+        raise ConfigError(f"{where} has unknown keys {unknown}; allowed: low, high, step, log, "
+                          "choices")
+    if spec["type"] == "categorical":
+        if not spec.get("choices"):
+            raise ConfigError(f"{where}: type categorical needs a non-empty `choices` list")
+        return CategoricalDistribution(list(spec["choices"]))
+    if spec.get("low") is None or spec.get("high") is None:
+        raise ConfigError(f"{where}: type {spec['type']} needs `low` and `high`")
+    log_scale, step = bool(spec.get("log", False)), spec.get("step")
+    try:
+        if spec["type"] == "int":
+            return IntDistribution(int(spec["low"]), int(spec["high"]), log=log_scale,
+                                   step=int(step) if step is not None else 1)
+        return FloatDistribution(float(spec["low"]), float(spec["high"]), log=log_scale,
+                                 step=float(step) if step is not None else None)
+    except ValueError as e:  # Optuna's own check: low <= high, log needs low > 0, ...
+        raise ConfigError(f"{where}={dict(spec)}: {e}") from None
+
+
+def grid_values(name: str, dist) -> list[Any]:
+    """The values a grid sampler visits for `dist`: every choice, every step (end included)."""
+    from optuna.distributions import CategoricalDistribution
+
+    if isinstance(dist, CategoricalDistribution):
+        return list(dist.choices)
+    if dist.step is None or dist.log:
+        raise ConfigError(
+            f"hydra.sweeper.params.{name}: hydra/sweeper/sampler=grid needs a finite set of "
+            f"values, got a continuous range {dist.low}..{dist.high}; use range(a, b, step) or "
+            "choice(...)"
+        )
+    n = math.floor((dist.high - dist.low) / dist.step + 1e-9) + 1
+    values = [dist.low + i * dist.step for i in range(n)]
+    return values if isinstance(dist.step, int) else [round(v, 12) for v in values]
 
 
 _PLAIN = re.compile(r"[A-Za-z0-9_./:@+-]+")
@@ -182,10 +259,11 @@ def _is_number(s: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- storage
-def storage_url(spec: Optional[str], study_dir: Path, n_jobs: int = 1) -> str:
-    """The study's storage as a URL both the sweeper and the jobs can open.
+def storage_url(spec: str | None, study_dir: Path, n_jobs: int = 1) -> str | None:
+    """The study's storage as a URL both the sweeper and the jobs can open; None in memory.
 
-    null: a SQLite file in the study folder for one worker, a journal file for several
+    `memory` (the sweeper's word for an explicit null, the published plugin's in-memory study):
+    None. `auto` (the default; also None here): a SQLite file in the study folder for one worker, a journal file for several
     (SQLite locks under parallel writers) - whichever already exists there wins, so a resumed
     study finds its file. `journal`: the journal file in the study folder. A path ending in
     .journal or .log: a journal file there. Anything with `://`: an RDB URL (sqlite, postgresql,
@@ -196,7 +274,9 @@ def storage_url(spec: Optional[str], study_dir: Path, n_jobs: int = 1) -> str:
         study_dir / STORAGE_FILES["sqlite"],
         study_dir / STORAGE_FILES["journal"],
     )
-    if spec in (None, "", "null"):
+    if spec == "memory":
+        return None
+    if spec in (None, "", "null", "auto"):
         if journal_file.exists() and not sqlite_file.exists():
             return str(journal_file)
         if sqlite_file.exists() or n_jobs <= 1:
@@ -213,21 +293,23 @@ def storage_url(spec: Optional[str], study_dir: Path, n_jobs: int = 1) -> str:
     if spec.endswith((".journal", ".log")):
         return str(Path(spec).resolve())
     raise ConfigError(
-        f"hydra.sweeper.storage={spec!r} is not a storage; expected null (SQLite file "
-        "in the study folder), 'journal', a *.journal file path, or an RDB URL such as "
-        "sqlite:///optuna.db or postgresql://user@host/db"
+        f"hydra.sweeper.storage={spec!r} is not a storage; expected auto (SQLite file "
+        "in the study folder), null (in memory), 'journal', a *.journal file path, or an RDB "
+        "URL such as sqlite:///optuna.db or postgresql://user@host/db"
     )
 
 
-def open_storage(url: str):
+def open_storage(url: str | None):
     import optuna
 
+    if url is None:
+        return optuna.storages.InMemoryStorage()
     if "://" not in url:
         from optuna.storages.journal import JournalFileBackend
 
         Path(url).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(url))
-    kwargs: Dict[str, Any] = {}
+    kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:"):
         Path(url.split("sqlite:///", 1)[-1]).parent.mkdir(parents=True, exist_ok=True)
         # wait for a writer's lock instead of failing at once (jobs report while the sweeper tells)
@@ -235,7 +317,7 @@ def open_storage(url: str):
     return _rdb_storage(url, kwargs)
 
 
-def _rdb_storage(url: str, kwargs: Dict[str, Any], tries: int = 6):
+def _rdb_storage(url: str, kwargs: dict[str, Any], tries: int = 6):
     """RDBStorage, retried when another worker creates the schema of a fresh database at the same
     moment: Optuna checks for its tables, then creates them (and stamps alembic_version), so two
     workers starting together on an empty PostgreSQL database collide (a duplicate key on the
@@ -256,12 +338,12 @@ def _rdb_storage(url: str, kwargs: Dict[str, Any], tries: int = 6):
             time.sleep(0.2 * (attempt + 1) + random.random() * 0.2)
 
 
-def dashboard_command(url: str) -> str:
-    return f"optuna-dashboard {url}"
+def dashboard_command(url: str | None) -> str:
+    return f"optuna-dashboard {url}" if url else "(in-memory study: no dashboard)"
 
 
 # ----------------------------------------------------------------------------- sampler, pruner
-def _spec(spec: Any, key: str) -> Dict[str, Any]:
+def _spec(spec: Any, key: str) -> dict[str, Any]:
     if spec is None:
         return {"name": "none"} if key == "pruner" else {"name": "random"}
     if isinstance(spec, str):
@@ -289,37 +371,106 @@ def _unknown(key: str, name: str, options) -> ConfigError:
 
 def check_sampler(spec: Any) -> None:
     s = _spec(spec, "sampler")
-    if "_target_" not in s and s.get("name", "random") not in SAMPLERS:
-        raise _unknown("sampler", s.get("name"), SAMPLERS)
+    if "_target_" not in s and s.get("name", "default") not in SAMPLER_NAMES:
+        raise _unknown("sampler", s.get("name"), SAMPLER_NAMES)
 
 
-def build_sampler(spec: Any, trial_number: Optional[int] = None):
-    """random (default, seeded), qmc or tpe, or any `_target_`; remaining keys are kwargs.
+def sampler_name(spec: Any, n_objectives: int = 1) -> str:
+    """The option's name (`default` resolved), or the class name of a `_target_`."""
+    s = _spec(spec, "sampler")
+    if "_target_" in s:
+        return str(s["_target_"]).rsplit(".", 1)[-1]
+    name = str(s.get("name", "default"))
+    if name == "default":
+        return "nsgaii" if n_objectives > 1 else "random"
+    return name
 
-    With `trial_number`, random and tpe get a seed drawn from (seed, trial number).
+
+def trial_seed(seed: int | None, trial_number: int | None) -> int | None:
+    """The seed of trial `trial_number`'s sampler: drawn from (seed, trial number)."""
+    if seed is None or trial_number is None:
+        return seed
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed), int(trial_number)]).generate_state(1)[0])
+
+
+def build_sampler(
+    spec: Any,
+    trial_number: int | None = None,
+    n_objectives: int = 1,
+    grid: dict[str, list[Any]] | None = None,
+):
+    """The sampler that proposes trial `trial_number`: an option by name (SAMPLERS) or any
+    `_target_`; the remaining keys are the class's keyword arguments.
+
+    The sweeper builds it anew for every trial, its `seed` drawn from (seed, trial number): the
+    same seed for every trial would propose the same point every time, and one instance for the
+    whole sweep would replay its draws in a resumed study or a second worker. What a sampler
+    learns lives in the study (Optuna samplers read the trials, CMA-ES and NSGA-II their state
+    from the trials' attributes), so nothing is lost. QMC and grid keep their seed: their
+    points are numbered by the study (a grid id, a sequence index) and the seed only orders or
+    scrambles them, so one seed must hold for the whole study. A seeded study is
+    reproducible; an unseeded one draws fresh points. `grid`: the grid sampler's values.
     """
     import optuna
 
     s = _spec(spec, "sampler")
-    if "_target_" in s:
-        from hydra.utils import instantiate
-
-        s.pop("name", None)
-        return instantiate(s)
-    name = s.pop("name", "random")
-    if name not in SAMPLERS:
-        raise _unknown("sampler", name, SAMPLERS)
-    seed = s.pop("seed", None)
-    if seed is not None and trial_number is not None and name in PER_TRIAL_SEED:
-        import numpy as np
-
-        seed = int(np.random.SeedSequence([int(seed), int(trial_number)]).generate_state(1)[0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return getattr(optuna.samplers, SAMPLERS[name])(seed=seed, **s)
+        if "_target_" in s:
+            return _instantiate_sampler(s, trial_number, grid)
+        name = sampler_name(s, n_objectives)
+        if name not in SAMPLERS:
+            raise _unknown("sampler", name, SAMPLER_NAMES)
+        s.pop("name", None)
+        cls = getattr(optuna.samplers, SAMPLERS[name])
+        if cls not in _study_indexed():
+            s["seed"] = trial_seed(s.get("seed"), trial_number)
+        if cls is optuna.samplers.GridSampler:
+            s.setdefault("search_space", grid or {})
+        return _construct(cls, s, f"hydra/sweeper/sampler={name}")
 
 
-def pruner_spec(spec: Any) -> Dict[str, Any]:
+def _study_indexed():
+    import optuna
+
+    return (optuna.samplers.QMCSampler, optuna.samplers.GridSampler)
+
+
+def _instantiate_sampler(s: dict[str, Any], trial_number: int | None, grid):
+    import optuna
+    from hydra.utils import get_class
+
+    s.pop("name", None)
+    s.pop("_partial_", None)  # the published plugin's grid option: we give its search space
+    target = str(s.pop("_target_"))
+    try:
+        cls = get_class(target)
+    except Exception as e:  # noqa: BLE001 -- Hydra wraps import errors in several types
+        raise ConfigError(
+            f"hydra.sweeper.sampler._target_={target!r} cannot be imported ({e}); expected a "
+            "sampler class such as optuna.samplers.TPESampler"
+        ) from None
+    if isinstance(cls, type) and issubclass(cls, optuna.samplers.GridSampler):
+        s.setdefault("search_space", grid or {})
+    indexed = isinstance(cls, type) and issubclass(cls, _study_indexed())
+    if s.get("seed") is not None and not indexed:
+        s["seed"] = trial_seed(s["seed"], trial_number)
+    return _construct(cls, s, f"hydra.sweeper.sampler._target_={target}")
+
+
+def _construct(cls, kwargs: dict[str, Any], what: str):
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError, ImportError) as e:
+        raise ConfigError(
+            f"{what} with {kwargs}: {type(e).__name__}: {e}; see the arguments of "
+            f"optuna.samplers.{cls.__name__}"
+        ) from None
+
+
+def pruner_spec(spec: Any) -> dict[str, Any]:
     s = _spec(spec, "pruner")
     if "_target_" not in s and s.get("name", "none") not in PRUNERS:
         raise _unknown("pruner", s.get("name"), PRUNERS)
@@ -340,7 +491,77 @@ def build_pruner(spec: Any):
     return getattr(optuna.pruners, PRUNERS[name])(**s)
 
 
+def next_trial_number(study) -> int:
+    """The number `study.ask()` gives next, asked by one worker at a time in this process: the
+    first waiting trial's (ask runs those first), else one past the last."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    waiting = [t.number for t in trials if t.state == TrialState.WAITING]
+    return waiting[0] if waiting else len(trials)
+
+
+def ask(study, sampler_for: Callable[[int], Any]):
+    """`study.ask()` with the sampler built for the trial's own number (`sampler_for(number)`).
+
+    The sampler has to be in place before ask (relative samplers - CMA-ES, GP, QMC, NSGA-II's
+    crossover, multivariate TPE - draw at ask), so it is built for the predicted number; when
+    another process asked in between, the trial's remaining parameters are drawn by the one
+    built for the number it got."""
+    predicted = next_trial_number(study)
+    study.sampler = sampler_for(predicted)
+    trial = study.ask()
+    if trial.number != predicted:
+        study.sampler = sampler_for(trial.number)
+    return trial
+
+
+def optimization_results(study) -> dict[str, Any]:
+    """optimization_results.yaml as the published plugin writes it: the best trial's params and
+    value, or for several directions the Pareto front (`solutions`); plus `best_trials`, the
+    numbers of the trials it lists."""
+    from optuna.trial import TrialState
+
+    out: dict[str, Any] = {"name": "optuna"}
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(study.directions) > 1:
+        front = study.best_trials if complete else []
+        out["solutions"] = [{"params": t.params, "values": list(t.values)} for t in front]
+        out["best_trials"] = [t.number for t in front]
+    elif complete:
+        best = study.best_trial
+        out.update(best_params=best.params, best_value=best.value, best_trials=[best.number])
+    else:
+        out.update(best_params={}, best_value=None, best_trials=[])
+    return out
+
+
 # ----------------------------------------------------------------------------- job side
+# what the sweeper gives a job of an app without a `tune` config key, as environment variables
+# (hydra.job.env_set); trial_reporter() reads them
+ENV_TRIAL, ENV_STORAGE, ENV_STUDY = "RECIPE_TUNE_TRIAL", "RECIPE_TUNE_STORAGE", "RECIPE_TUNE_STUDY"
+
+
+def trial_reporter() -> TrialReporter | None:
+    """Pruning for any Hydra app tuned by this sweeper: the running trial's reporter, or None
+    outside a study (or with an in-memory one, which no other process can reach)::
+
+        reporter = trial_reporter()
+        for epoch in range(epochs):
+            loss = train_one_epoch(...)
+            if reporter is not None:
+                reporter.report(epoch, loss)
+                if reporter.should_prune():
+                    raise optuna.TrialPruned()  # the sweeper records the trial as pruned
+    """
+    import os
+
+    number = os.environ.get(ENV_TRIAL)
+    if number is None or not os.environ.get(ENV_STORAGE):
+        return None
+    return open_trial_reporter(os.environ[ENV_STORAGE], os.environ[ENV_STUDY], int(number))
+
+
 class TrialReporter:
     """What a trial job hands to the training loop: report the metric, ask whether to stop.
 
@@ -351,7 +572,7 @@ class TrialReporter:
     def __init__(self, study, storage, trial_id: int, number: int, metric: str):
         self.study, self.storage, self.trial_id, self.number = study, storage, trial_id, number
         self.metric = metric
-        self.reported: Dict[int, float] = {}
+        self.reported: dict[int, float] = {}
 
     def report(self, epoch: int, value: float) -> None:
         if value is None or not math.isfinite(value):
@@ -365,7 +586,7 @@ class TrialReporter:
         return bool(self.study.pruner.prune(self.study, self.storage.get_trial(self.trial_id)))
 
 
-def open_trial_reporter(url: str, study_name: str, number: int) -> Optional[TrialReporter]:
+def open_trial_reporter(url: str, study_name: str, number: int) -> TrialReporter | None:
     """The reporter of trial `number`, or None when that trial is no longer running (a re-run
     of a finished trial's overrides trains without touching the study)."""
     import optuna
@@ -394,8 +615,9 @@ def open_trial_reporter(url: str, study_name: str, number: int) -> Optional[Tria
 
 
 # ----------------------------------------------------------------------------- sweep outputs
-def trial_rows(study, metric: str, root: Optional[Path] = None) -> List[Dict[str, Any]]:
+def trial_rows(study, metric: Any, root: Path | None = None) -> list[dict[str, Any]]:
     """One row per trial for trials.csv and the report."""
+    names = objective_names(metric, len(study.directions))
     rows = []
     for t in study.get_trials(deepcopy=False):
         d = t.user_attrs.get("dir")
@@ -407,7 +629,7 @@ def trial_rows(study, metric: str, root: Optional[Path] = None) -> List[Dict[str
         row = {
             "number": t.number,
             "state": t.state.name,
-            metric: t.value,
+            **dict(zip(names, t.values or [None] * len(names))),
             "epochs": t.user_attrs.get("epochs"),
             "duration_s": round(t.duration.total_seconds(), 2) if t.duration else None,
         }
@@ -424,8 +646,12 @@ def trial_rows(study, metric: str, root: Optional[Path] = None) -> List[Dict[str
 
 
 def best_trial(study):
+    """The best complete trial; None before one completes, and for several directions (their
+    best trials are the Pareto front: optimization_results)."""
     from optuna.trial import TrialState
 
+    if len(study.directions) > 1:
+        return None
     return (
         study.best_trial
         if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -433,9 +659,17 @@ def best_trial(study):
     )
 
 
+def objective_names(metric: Any, n_objectives: int) -> list[str]:
+    """Column names of the objective values: the metric(s), or value_0, value_1, ..."""
+    names = list(metric) if isinstance(metric, (list, tuple)) else [str(metric)]
+    if len(names) == n_objectives:
+        return names
+    return [f"value_{i}" for i in range(n_objectives)] if n_objectives > 1 else ["value"]
+
+
 def edge_warnings(
-    params: Dict[str, Any], distributions: Dict[str, Any], fraction: float
-) -> List[str]:
+    params: dict[str, Any], distributions: dict[str, Any], fraction: float
+) -> list[str]:
     """Best values within `fraction` of a range's end (on its own scale): widen that range."""
     from optuna.distributions import CategoricalDistribution
 
@@ -481,7 +715,7 @@ def best_yaml(overrides: Sequence[str], groups: Sequence[str], header: Sequence[
     from omegaconf import OmegaConf
 
     parser = OverridesParser.create()
-    defaults: List[Any] = ["config", {"override stage": "train"}]
+    defaults: list[Any] = ["config", {"override stage": "train"}]
     values = OmegaConf.create({})
     for text in overrides:
         o = parser.parse_override(text)
@@ -511,19 +745,22 @@ def _figure(ax):
     return np.ravel(ax)[0].figure
 
 
-def save_plots(study, out, metric: str) -> List[str]:
+def save_plots(study, out, metric: str) -> list[str]:
     """Optuna's own plots (matplotlib backend) into <study dir>/plots/; returns their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # "categorical units" chatter
-    import optuna
     from optuna.trial import TrialState
     from optuna.visualization import matplotlib as ovm
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         return []
+    if len(study.directions) > 1:  # the trade-off between the objectives, not a history
+        names = objective_names(metric, len(study.directions))
+        plots = [("pareto_front", ovm.plot_pareto_front, {"target_names": names}, 1)]
+        return _save(plots, study, out, complete)
     plots = [("history", ovm.plot_optimization_history, {"target_name": metric}, 1)]
     if len(study.best_trial.params if complete else {}) >= 1:
         # importances (fANOVA) mean little on a handful of trials, and take seconds
@@ -533,6 +770,12 @@ def save_plots(study, out, metric: str) -> List[str]:
         ]
     if any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
         plots.append(("intermediate_values", ovm.plot_intermediate_values, {}, 0))
+    return _save(plots, study, out, complete)
+
+
+def _save(plots, study, out, complete) -> list[str]:
+    import optuna
+
     paths = []
     for name, fn, kwargs, need in plots:
         if len(complete) < need:
@@ -552,8 +795,8 @@ def save_plots(study, out, metric: str) -> List[str]:
 
 
 def study_summary(
-    study, metric: str, direction: str, url: str, n_trials: int, warnings_: List[str]
-) -> Dict[str, Any]:
+    study, metric: Any, direction: Any, url: str | None, n_trials: int, warnings_: list[str]
+) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     counts = {
         s: sum(t.state.name == s for t in trials)
@@ -577,17 +820,20 @@ def study_summary(
             "params": best.params,
             "dir": best.user_attrs.get("dir"),
         },
+        "pareto_front": None
+        if len(study.directions) == 1
+        else optimization_results(study)["solutions"],
         "warnings": warnings_,
-        "dashboard": dashboard_command(url),
+        "dashboard": dashboard_command(url) if url else None,
         "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
 
 def report_html(
-    summary: Dict[str, Any],
-    rows: List[Dict[str, Any]],
-    plots: List[str],
-    space: Dict[str, Any],
+    summary: dict[str, Any],
+    rows: list[dict[str, Any]],
+    plots: list[str],
+    space: dict[str, Any],
     sampler: Any,
     pruner: Any,
 ) -> str:

@@ -73,7 +73,8 @@ def test_search_space_grammar():
     assert d["model.kwargs.width"] == IntDistribution(8, 64)
     assert d["trainer.batch_size"] == CategoricalDistribution([32, 64])
     assert d["optim"] == CategoricalDistribution(["adam", "sgd"])
-    assert d["data.noise"].step == pytest.approx(0.1) and d["data.noise"].high == pytest.approx(0.3)
+    # range() includes its end, as in the published hydra-optuna-sweeper
+    assert d["data.noise"].step == pytest.approx(0.1) and d["data.noise"].high == pytest.approx(0.4)
     assert "optim.weight_decay" not in d  # null removes a default key
     assert sorted(s.fixed) == ["seed=1", "trainer.epochs=3"]
     log_space = tuning.parse_search_space({"a": "tag(log, int(interval(1, 64)))"}).distributions[

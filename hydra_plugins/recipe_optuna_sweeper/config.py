@@ -1,11 +1,14 @@
-"""The sweeper's config node (`hydra/sweeper: optuna`), with the published plugin's key names
-(n_trials, sampler, direction, storage, study_name, params) plus pruner and a few of our own.
+"""The sweeper's config node (`hydra/sweeper: optuna`): every key of the published
+hydra-optuna-sweeper 1.3 (n_trials, n_jobs, sampler, direction, storage, study_name, params,
+search_space, custom_search_space, max_failure_rate) plus pruner and a few of our own.
+Where our default differs from the published plugin's, its comment says so (docs/tune.md,
+"Coming from hydra-optuna-sweeper").
 
 Imported by Hydra's plugin scan on every start: no Optuna import here.
 """
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -21,30 +24,51 @@ class OptunaSweeperConf:
     n_trials: int = 8
     # trials this process runs at once, each asking for the next trial as soon as it is free;
     # null = the launcher's n_jobs (e.g. hydra.launcher.n_jobs with hydra/launcher=joblib), else 1
-    n_jobs: Optional[int] = None
-    # maximize or minimize `metric`
-    direction: str = "maximize"
-    # the trial's summary.json figure the study optimises; also reported every epoch for pruning
-    metric: str = "val_acc"
-    # the same name (and storage) again resumes the study
-    study_name: str = "${name}"
-    # null: SQLite file in study_dir (a journal file when n_jobs > 1); 'journal'; a path to a
-    # *.journal file (several local workers); or any Optuna RDB URL (postgresql://..., sqlite:///...)
-    storage: Optional[str] = None
+    n_jobs: int | None = None
+    # maximize or minimize `metric`; a list (e.g. [minimize, minimize]) is a multi-objective
+    # study. Ours maximizes (val_acc); the published plugin's default is minimize
+    direction: Any = "maximize"
+    # the trial's summary.json figure the study optimises (a list with a list of directions);
+    # also reported every epoch for pruning. A job that writes no summary.json (any Hydra app)
+    # is scored by its task function's return value instead
+    metric: Any = "val_acc"
+    # null: an app that declares `tune` (recipe-runner) uses its `name`, so the same command
+    # resumes; any other app gets Optuna's own generated name (as the published plugin)
+    study_name: str | None = None
+    # auto: SQLite file in study_dir (a journal file when n_jobs > 1), kept for resume; null: in
+    # memory, as the published plugin (nothing kept, no pruning from other processes);
+    # 'journal'; a path to a *.journal file; or any Optuna RDB URL (postgresql://, sqlite:///)
+    storage: str | None = "auto"
     # the study's folder: trials by number, the default storage, best.yaml, trials.csv, plots,
-    # report.html. Fixed per study name so that re-running the command resumes; an explicit
-    # hydra.sweep.dir on the command line wins; null = Hydra's hydra.sweep.dir
-    study_dir: Optional[str] = "multirun/tune/${.study_name}"
+    # report.html, optimization_results.yaml. null: multirun/tune/<study name>, fixed per name so
+    # that re-running the command resumes; Hydra's hydra.sweep.dir for an in-memory study or one
+    # named by Optuna. An explicit hydra.sweep.dir on the command line wins
+    study_dir: str | None = None
     # sampler and pruner are config groups, like Hydra's launchers: hydra/sweeper/sampler=tpe,
     # hydra/sweeper/pruner=hyperband; then hydra.sweeper.pruner.<key>=... sets an argument
-    defaults: List[Any] = field(default_factory=lambda: [{"sampler": "random"}, {"pruner": "none"}])
-    # `name` (random, qmc, tpe) or `_target_: optuna.samplers.X`; other keys are its arguments
+    # sampler `default`: random search first (the recipe), NSGA-II for a list of directions
+    defaults: list[Any] = field(
+        default_factory=lambda: [{"sampler": "default"}, {"pruner": "none"}]
+    )
+    # `name` (random, tpe, qmc, gp, cmaes, nsgaii, motpe, grid) or `_target_:
+    # optuna.samplers.X`; other keys are its arguments
     sampler: Any = MISSING
     # `name` (median, hyperband, none) or `_target_`; other keys are its arguments
     pruner: Any = MISSING
     # search space: config key -> interval(a, b) | tag(log, interval(a, b)) | int(interval(a, b))
-    # | range(a, b, step) | choice(a, b, ...) (Hydra's sweep grammar)
-    params: Dict[str, Any] = field(default_factory=dict)
+    # | range(a, b, step) (end included, as the published plugin) | choice(a, b, ...)
+    params: dict[str, Any] | None = field(default_factory=dict)
+    # deprecated by the published plugin, kept so its configs run: key -> {type: int|float|
+    # categorical, low, high, step, log, choices}; params wins when both are given
+    search_space: dict[str, Any] | None = None
+    # a dotted path to a function (cfg, trial) -> None that suggests more parameters on the trial
+    # after `params` (Optuna's define-by-run API); its suggestions become overrides too
+    custom_search_space: str | None = None
+    # null: failed trials never stop the study (ours); a number (the published plugin's default
+    # is 0.0): stop once more than this fraction of this command's finished trials failed
+    max_failure_rate: float | None = None
+    # the published plugin's batching hook (after 1.3): accepted, unused (we ask per free worker)
+    experiment_sequence: str | None = None
     # the current config as trial 0 of a new study, so the search can only improve on it
     warm_start: bool = True
     # a running trial's worker records a heartbeat this often (seconds) ...
@@ -58,14 +82,28 @@ class OptunaSweeperConf:
 
 
 # the options: plain mappings (`name` + keyword arguments of the Optuna class), so an overlay
-# may add any argument the class takes
+# may add any argument the class takes. The published plugin's option names; every option is
+# seeded (0) so that a study is reproducible by default (the published plugin's are unseeded)
 SAMPLERS = {
-    # the recipe's first choice: random search, seeded
+    # random for one direction, nsgaii for a list of directions (the published plugin's tpe is
+    # model-based from the start; the recipe searches at random first)
+    "default": {"name": "default", "seed": 0},
+    # the recipe's first choice: random search
     "random": {"name": "random", "seed": 0},
     # quasi-random (scrambled Sobol): covers the space more evenly than random draws
     "qmc": {"name": "qmc", "seed": 0},
     # model-based, once random search has shown where the good region is
     "tpe": {"name": "tpe", "seed": 0},
+    # Gaussian-process Bayesian optimisation: few, expensive trials
+    "gp": {"name": "gp", "seed": 0},
+    # evolution strategy for continuous spaces (needs the `cmaes` package)
+    "cmaes": {"name": "cmaes", "seed": 0},
+    # genetic algorithm, the published plugin's choice for a list of directions
+    "nsgaii": {"name": "nsgaii", "seed": 0},
+    # multi-objective TPE: Optuna 4 folded MOTPESampler into TPESampler
+    "motpe": {"name": "motpe", "seed": 0},
+    # every combination once (discrete spaces: choice and range); the study stops when done
+    "grid": {"name": "grid", "seed": 0},
 }
 PRUNERS = {
     "none": {"name": "none"},
