@@ -11,7 +11,18 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+def conf_dir() -> str:
+    """The packaged configs: runner/conf in an installed wheel (pyproject.toml maps the repo's
+    top-level conf/ there at build time), else the repo's conf/ (a source checkout or an
+    editable install, where the mapped folder is not copied). A file path, not pkg://: Hydra
+    reads it the same way in both cases, and `--config-dir` adds experiment repos in front."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "conf"
+    return str(packaged if (packaged / "config.yaml").is_file() else here.parent / "conf")
+
+
+CONF_DIR = conf_dir()
 
 
 def _preprocess(argv: List[str]) -> List[str]:
@@ -128,34 +139,64 @@ def unknown_key_message(override: str, err: BaseException) -> Optional[str]:
     return f"config error: {override}: {where}{hint} (python -m runner --cfg job prints every key)"
 
 
-def _friendly_hydra_errors() -> None:
-    """Rewrite Hydra's message for an override of a key that does not exist (see above)."""
+def yaml_error_message(e: BaseException) -> str:
+    """One line for a YAML syntax error in a config file: file:line:column, what the parser
+    expected, and where the construct it was reading began."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"{mark.name}:{mark.line + 1}:{mark.column + 1}" if mark else "a config file"
+    what = getattr(e, "problem", None) or str(e).splitlines()[0]
+    ctx, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
+    started = f" ({ctx} that began at line {cmark.line + 1})" if ctx and cmark else ""
+    return (f"config error: {where}: not valid YAML: {what}{started}; fix the file (a YAML "
+            "checker shows the spot), e.g. a missing closing bracket or quote, or a tab indent")
+
+
+def _friendly_hydra_errors(task):
+    """Run Hydra's main with our message for an override of a key that does not exist (see
+    above) and exit 2 for any other composition error.
+
+    Hydra prints and exits on its own unless HYDRA_FULL_ERROR is set, its documented switch to
+    let the exception through; it is set here for this call only (a user's own setting keeps
+    Hydra's full traceback), and other errors get Hydra's short form: the message, no stack."""
+    import traceback
+
+    from hydra.errors import ConfigCompositionException
+
+    mark = "RUNNER_SETS_HYDRA_FULL_ERROR"  # ours, inherited by a subprocess: not the user's
+    own = "HYDRA_FULL_ERROR" in os.environ and mark not in os.environ
+    if not own:
+        os.environ.update({"HYDRA_FULL_ERROR": "1", mark: "1"})
     try:
-        import hydra._internal.utils as hu
-        from hydra.errors import ConfigCompositionException
-    except ImportError:  # another Hydra layout: its own messages stay
-        return
-    if getattr(hu.run_and_report, "_runner_wrapped", False):
-        return
-    original = hu.run_and_report
+        return task()
+    except ConfigCompositionException as e:
+        if own:
+            raise
+        text = str(e)
+        if text.startswith("Could not override '") and e.__cause__ is not None:
+            override = text.split("'", 2)[1]
+            line = text.split("+", 1)[1].strip() if "+" in text else override
+            # ours is the whole story: no "HYDRA_FULL_ERROR=1" footer after it
+            print(unknown_key_message(line, e), file=sys.stderr)
+        else:
+            cause = f"\n{e.__cause__}" if e.__cause__ is not None else ""
+            print(f"{text}{cause}", file=sys.stderr)
+        raise SystemExit(1) from None  # a compose error: main() makes it exit 2
+    except Exception as e:  # Hydra's short report of an error in the run
+        if own:
+            raise
+        import yaml
 
-    def run_and_report(func):
-        def guarded():
-            try:
-                return func()
-            except ConfigCompositionException as e:
-                text = str(e)
-                if text.startswith("Could not override '") and e.__cause__ is not None:
-                    override = text.split("'", 2)[1]
-                    line = text.split("+", 1)[1].strip() if "+" in text else override
-                    # ours is the whole story: no "HYDRA_FULL_ERROR=1" footer after it
-                    print(unknown_key_message(line, e), file=sys.stderr)
-                    raise SystemExit(1) from None  # a compose error: main() makes it exit 2
-                raise
-        return original(guarded)
-
-    run_and_report._runner_wrapped = True  # type: ignore[attr-defined]
-    hu.run_and_report = run_and_report
+        if isinstance(e, yaml.YAMLError):  # a config file (an experiment, an option) is no YAML
+            print(yaml_error_message(e), file=sys.stderr)
+            raise SystemExit(1) from None  # before the task: main() makes it exit 2
+        print("".join(traceback.format_exception_only(type(e), e)).rstrip(), file=sys.stderr)
+        print("Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.",
+              file=sys.stderr)
+        raise SystemExit(1) from None
+    finally:
+        if not own:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+            os.environ.pop(mark, None)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -177,7 +218,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     from runner.help import register_resolvers
 
     register_resolvers()  # ${runner_stages:} in --help
-    _friendly_hydra_errors()
     state = {"entered": False, "codes": []}
 
     @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
@@ -192,7 +232,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     saved = sys.argv
     sys.argv = [saved[0] if saved else "runner"] + argv
     try:
-        _task()
+        _friendly_hydra_errors(_task)
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         # Hydra exits 1 on a compose error (typo, wrong type): that is bad config -> 2
