@@ -24,7 +24,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adam", "adamw", "sgd", "momentum", "nadam", "radam", "lamb", "lion", "rmsprop")
 SCHEDULERS = ("none", "cosine", "step", "multistep", "plateau", "poly", "tanh")
-NUM_CLASSES_LIMIT = 100_000
+ON_UNREADABLE = ("skip", "fail")
 
 
 @dataclass
@@ -61,6 +61,10 @@ class DataConfig:
     kwargs: Dict[str, Any] = field(default_factory=dict)
     # DataLoader workers for streamed (file/PIL) data; in-memory data needs none
     num_workers: int = 2
+    # a file that cannot be read while training: skip = left out of the epoch (named in the
+    # log and the summary's unreadable_files), fail = stop the run naming it. Skip by default:
+    # one bad file in a large folder should not cost a night's run; inspect lists them all
+    on_unreadable: str = "skip"
     # keep datasets up to this many pixels (N*C*H*W) as one uint8 tensor in memory
     in_memory_max_pixels: int = 200_000_000
 
@@ -149,40 +153,36 @@ class TrainerConfig:
 
 
 @dataclass
-class ChecksConfig:
-    """Sanity checks (runner/checks). `strict`: a failed check makes the exit code 1."""
+class PredictionsConfig:
+    """Report evidence of stage=baseline (not pass/fail): prediction dynamics, confusion
+    matrix, top-loss validation images."""
 
-    strict: bool = True
-    # per-check settings live under the check's name, e.g. checks.init_loss.tolerance
-    seed_determinism: Dict[str, Any] = field(default_factory=lambda: {"enabled": True, "steps": 3})
-    train_finite: Dict[str, Any] = field(default_factory=lambda: {"enabled": True})
-    # stage=baseline (runner/checks/*.py); the key is the check name with '.' -> '_'.
-    # input.stats: |x| above warn/fail = unscaled; `show` images in the grid
-    input_stats: Dict[str, Any] = field(default_factory=lambda: {
-        "enabled": True, "max_abs_warn": 10.0, "max_abs_fail": 50.0, "show": 32})
-    # init.loss: nats away from log C (or H(prior)); 256 examples make the estimate stable
-    init_loss: Dict[str, Any] = field(default_factory=lambda: {
-        "enabled": True, "tolerance": 0.25, "examples": 256})
-    # init.bias: sets the final bias to log(prior) for the real run, then checks the loss
-    init_bias: Dict[str, Any] = field(default_factory=lambda: {"enabled": True, "tolerance": 0.25})
-    # train.grads_flow: >1 step, since zero-init residual gammas block grads until step 1
-    train_grads_flow: Dict[str, Any] = field(default_factory=lambda: {"enabled": True, "steps": 3})
-    # train.batch_independence: a few examples are enough to expose a batch-mixing view
-    train_batch_independence: Dict[str, Any] = field(default_factory=lambda: {
-        "enabled": True, "examples": 8})
-    # baseline.overfit_batch: the recipe's "a few examples"; Adam at lr until loss <= loss_below
-    baseline_overfit_batch: Dict[str, Any] = field(default_factory=lambda: {
-        "enabled": True, "examples": 16, "steps": 300, "lr": 1e-3, "loss_below": 0.05})
-    # baseline.input_independent: "clearly better" = margin in accuracy. A zero-input model can
-    # only learn a constant, which takes few epochs (null = as many as the real run)
-    baseline_input_independent: Dict[str, Any] = field(default_factory=lambda: {
-        "enabled": True, "margin": 0.05, "epochs": 3})
-    # train.loss_decreases: relative drop (median of first vs last third of epochs)
-    train_loss_decreases: Dict[str, Any] = field(default_factory=lambda: {
-        "enabled": True, "min_drop": 0.1})
-    # report evidence (not pass/fail): prediction dynamics, confusion matrix, top-loss images
-    predictions: Dict[str, Any] = field(default_factory=lambda: {
-        "enabled": True, "examples": 8, "top_losses": 16})
+    enabled: bool = True
+    # fixed validation examples whose predictions are followed over the epochs
+    examples: int = 8
+    # highest-loss validation images shown
+    top_losses: int = 16
+
+
+def _checks_schema():
+    """`checks`: `strict`, then one settings node per registered check (runner/checks/registry.py),
+    keyed by the check name with '.' -> '_' (checks.init_loss.tolerance), so every check name
+    that can appear in a checks.json can be switched off and a typo fails at compose time."""
+    from dataclasses import make_dataclass
+
+    from runner.checks.registry import CHECKS
+
+    fields = [("strict", bool, True)]
+    fields += [(c.key, c.settings, field(default_factory=c.settings)) for c in CHECKS.values()]
+    fields.append(("predictions", PredictionsConfig, field(default_factory=PredictionsConfig)))
+    cls = make_dataclass("ChecksConfig", fields)
+    cls.__module__ = __name__
+    cls.__doc__ = ("Sanity checks (runner/checks). `strict`: a failed check makes the exit code "
+                   "1; `<check>.enabled=false` skips a check.")
+    return cls
+
+
+ChecksConfig = _checks_schema()
 
 
 @dataclass
@@ -365,7 +365,7 @@ def validate(cfg, original_cwd: Optional[str] = None) -> None:
     if missing:  # `???` in YAML: the user must give these
         raise ConfigError([f"{k} is required but not set (the YAML has ???); add {k}=..."
                            for k in missing])
-    p: List[str] = []
+    p: List[str] = unknown_keys(cfg)
     d, m, o, s, t, a = cfg.data, cfg.model, cfg.optim, cfg.sched, cfg.trainer, cfg.aug
     base = Path(original_cwd or os.getcwd())
 
@@ -387,6 +387,7 @@ def validate(cfg, original_cwd: Optional[str] = None) -> None:
     if d.std is not None and any(x <= 0 for x in d.std):
         p.append(f"data.std={list(d.std)} must be > 0 per channel")
     _positive(p, "data.num_workers", d.num_workers, allow_zero=True)
+    _choice(p, "data.on_unreadable", d.on_unreadable, ON_UNREADABLE)
     if d.kind == "imagefolder":
         if not d.root:
             p.append("data.root is not set; expected a folder with train/ and val/ class folders "
@@ -402,7 +403,9 @@ def validate(cfg, original_cwd: Optional[str] = None) -> None:
     if d.kind == "custom" and not d._target_:
         p.append("data._target_ is not set; expected a dotted path to a callable returning (train, val)")
     if d.kind == "synthetic":
-        _positive(p, "data.num_classes", d.num_classes)
+        if d.num_classes < 2:
+            p.append(f"data.num_classes={d.num_classes} must be >= 2: with one class the loss "
+                     "is 0 from the start and nothing is learned; e.g. data.num_classes=4")
         _positive(p, "data.num_train", d.num_train)
         _positive(p, "data.num_val", d.num_val)
         if d.num_classes > 16:
@@ -422,6 +425,12 @@ def validate(cfg, original_cwd: Optional[str] = None) -> None:
         problem = timm_model_problem(m.name)
         if problem:
             p.append(problem)
+        elif d.image_size > 0:
+            from runner.models import input_size_problem
+
+            problem = input_size_problem(m.name, m.kwargs, d.image_size)
+            if problem:
+                p.append(problem)
 
     # optim / sched / aug
     _choice(p, "optim.name", o.name, OPTIMIZERS)
@@ -457,9 +466,47 @@ def validate(cfg, original_cwd: Optional[str] = None) -> None:
                  f"(looked in {(Path(original_cwd) / str(init_from)).expanduser()})")
     if not isinstance(cfg.resume, (bool, str)):
         p.append(f"resume={cfg.resume!r} must be true, false or a run directory / checkpoint path")
+    check_settings_problems(p, cfg.checks)
+    from runner.stages import stage_flag
+
+    # a stage that hands its command on to other stages (the recipe) lets each take what it reads
+    if not stage_flag(str(cfg.stage.name), "PASSES_OVERRIDES"):
+        unread_key_problems(p, cfg, user_set_keys())
 
     if p:
         raise ConfigError(p)
+
+
+def unknown_keys(cfg, extra=("from",)) -> List[str]:
+    """Keys of typed nodes that their dataclass does not have: Hydra's `+key=value` adds a key
+    even to a schema node, so a typo with '+' (or in a YAML file merged with '+') would be
+    carried along unread. `extra`: top-level keys that are added on purpose (`from=`)."""
+    import dataclasses
+
+    from omegaconf import DictConfig, OmegaConf
+
+    problems: List[str] = []
+
+    def walk(node, prefix: str, allowed_extra=()) -> None:
+        t = OmegaConf.get_type(node)
+        names = {f.name for f in dataclasses.fields(t)} if dataclasses.is_dataclass(t) else None
+        for k in node.keys():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if names is not None and k not in names and k not in allowed_extra:
+                where = f"{prefix} has no key {k!r}" if prefix else f"the config has no key {k!r}"
+                near = difflib.get_close_matches(str(k), sorted(names), n=1, cutoff=0.6)
+                hint = f"; did you mean {(prefix + '.' if prefix else '') + near[0]!r}?" if near \
+                    else f"; its keys: {', '.join(sorted(names))}"
+                problems.append(f"{key}: {where}{hint}")
+                continue
+            if OmegaConf.is_missing(node, k) or OmegaConf.is_interpolation(node, k):
+                continue
+            child = node[k]
+            if isinstance(child, DictConfig):
+                walk(child, key)
+
+    walk(cfg, "", extra)
+    return problems
 
 
 def timm_model_problem(name: str) -> Optional[str]:
@@ -472,3 +519,175 @@ def timm_model_problem(name: str) -> Optional[str]:
     hint = f"; did you mean {', '.join(repr(x) for x in near)}?" if near else \
         "; see timm.list_models() or use model=custom with model._target_"
     return f"model.name={name!r} is not a timm model{hint}"
+
+
+# numeric check settings by name (runner/checks/registry.py) and what a value must be: a
+# distance or bound that still passes cannot be negative; a count of steps/examples/epochs or
+# an lr of 0 makes the check meaningless; a p-value threshold lies strictly between 0 and 1
+_CHECK_SETTING_RULES = (
+    (("tolerance", "margin", "min_*", "max_*", "*_below"), ">= 0"),
+    (("steps", "examples", "epochs", "lr"), "> 0"),
+    (("alpha",), "in (0, 1)"),
+)
+
+
+def check_settings_problems(problems: list[str], checks) -> None:
+    """The generic rule over every check's numeric settings (whatever the registry holds)."""
+    from fnmatch import fnmatch
+
+    from omegaconf import DictConfig
+
+    for name, node in checks.items():
+        if not isinstance(node, DictConfig):
+            continue
+        for key, value in node.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            rule = next((r for pats, r in _CHECK_SETTING_RULES
+                         if any(fnmatch(str(key), pat) for pat in pats)), None)
+            ok = {">= 0": lambda v: v >= 0, "> 0": lambda v: v > 0,
+                  "in (0, 1)": lambda v: 0 < v < 1, None: lambda v: True}[rule](value)
+            if not ok:
+                default = getattr(getattr(ChecksConfig(), str(name), None), str(key), None)
+                hint = f" (default {default})" if default is not None else ""
+                problems.append(f"checks.{name}.{key}={value!r} must be {rule}{hint}; "
+                                f"or switch the check off with checks.{name}.enabled=false")
+
+
+def user_set_keys() -> dict[str, Any]:
+    """key -> (where, value) for every key this run's user set explicitly: the command line's
+    overrides (Hydra's hydra.overrides.task, group choices included) and the keys of the
+    selected experiment file. Keys set by option or stage files are not the user's. Empty
+    outside a Hydra run (a config composed in Python)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    hc = HydraConfig.get()
+    out: dict[str, Any] = {}
+    exp = hc.runtime.choices.get("experiment")
+    if exp:
+        out.update(_experiment_keys(str(exp)))
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(hc.overrides.task))
+    except Exception:  # noqa: BLE001 -- Hydra parsed them already; nothing to add if it cannot
+        return out
+    for o in parsed:
+        if not o.is_delete():
+            out[o.key_or_group] = ("set on the command line", o.value())
+    return out
+
+
+def _experiment_keys(name: str) -> dict[str, Any]:
+    """The dotted keys an experiment file sets (its `# @package _global_` body; its defaults
+    list picks options, which is not setting keys)."""
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    path = f"experiment/{name}"
+    try:
+        src = next(s for s in GlobalHydra.instance().config_loader().get_sources()
+                   if s.is_config(path))
+        res = src.load_config(path)
+    except Exception:  # noqa: BLE001 -- no such file here (Hydra said so already)
+        return {}
+    package = str((res.header or {}).get("package") or "")
+    if package != "_global_" and not package.startswith("_global_."):
+        return {}  # not a global overlay: its keys land under experiment.*
+    prefix = package[len("_global_."):] if "." in package else ""
+    body = OmegaConf.to_container(res.config, resolve=False)
+    where = f"set in experiment={name}: {getattr(src, 'path', '')}/{path}.yaml"
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, key: str) -> None:
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                if k != "defaults" or key:
+                    walk(v, f"{key}.{k}" if key else str(k))
+        elif key:
+            out[key] = (where, node)
+
+    walk(body, prefix)
+    return out
+
+
+def unread_keys(cfg, keys) -> list[str]:
+    """Of dotted `model.*` / `data.*` keys, those the selected model/data option does not read
+    (runner/models.py MODEL_KEYS, runner/data.py KIND_KEYS; a key in no table is read by all)."""
+    out = []
+    for key in keys:
+        group, _, rest = str(key).partition(".")
+        if group == "model":
+            from runner import models
+
+            table, kind = models.MODEL_KEYS, models.model_kind(cfg.model)
+        elif group == "data":
+            from runner import data
+
+            table, kind = data.KIND_KEYS, str(cfg.data.kind)
+        else:
+            continue
+        leaf = rest.split(".")[0]
+        if leaf in {k for ks in table.values() for k in ks} and leaf not in table.get(kind, ()):
+            out.append(key)
+    return out
+
+
+def unread_key_problems(problems: list[str], cfg, user: dict[str, Any]) -> None:
+    """A model.* or data.* key the user set that the selected option does not read would be
+    silently ignored (`model.name=resnet18` with model=tiny_cnn trains a TinyCNN): a problem
+    naming the option that reads it. The tables live beside the builders: runner/models.py
+    MODEL_KEYS, runner/data.py KIND_KEYS; a key in no table entry is read by every option.
+
+    In a sweep over a group's options (`-m data=digits,custom data._target_=x`) a job whose
+    option does not read such a key only logs a warning: the sweep sets it for the others."""
+    import logging
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    wanted = [(k, w, v) for k, (w, v) in user.items()
+              if k.split(".")[0] in ("model", "data") and "." in k and v is not None]
+    if not wanted:
+        return
+    sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    for group in ("model", "data"):
+        mine = [(k, w, v) for k, w, v in wanted if k.split(".")[0] == group]
+        if not mine:
+            continue
+        if group == "model":
+            from runner import models
+
+            table, kind = models.MODEL_KEYS, models.model_kind(cfg.model)
+            option = {"timm": "timm", "custom": "custom"}
+            selected = f"model={choices.get('model') or kind}" + (
+                f" (built by model._target_={cfg.model._target_!r})" if kind == "custom" else "")
+        else:
+            from runner import data
+
+            table, kind = data.KIND_KEYS, str(cfg.data.kind)
+            option = {k: k for k in table}
+            chosen = choices.get("data") or kind
+            selected = f"data={chosen}" + (f" (data.kind={kind})" if chosen != kind else "")
+        specific = {k for keys in table.values() for k in keys}
+        for key, where, value in mine:
+            leaf = key.split(".")[1]
+            if leaf not in specific or leaf in table.get(kind, ()):
+                continue
+            readers = [option[k] for k, keys in table.items() if leaf in keys]
+            shown = value if isinstance(value, (str, int, float)) else repr(value)
+            text = (f"{key}={shown} ({where}) is not read by {selected}, so it would be "
+                    f"ignored; {group}.{leaf} is read by "
+                    f"{', '.join(f'{group}={r}' for r in readers)}")
+            if where == "set on the command line":
+                text += f"; did you mean `{group}={readers[0]} {key}={shown}`?"
+            else:
+                text += (f"; add `- override /{group}: {readers[0]}` to the experiment's "
+                         f"defaults, or remove {key}")
+            if sweep and group in user:
+                logging.getLogger("runner").warning("%s (left as is in this sweep job)", text)
+            else:
+                problems.append(text)

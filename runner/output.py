@@ -101,8 +101,10 @@ class RunDir:
         return self.write_json("checks.json", [v.to_dict() if hasattr(v, "to_dict") else v
                                                for v in verdicts])
 
-    def write_csv(self, name: str, rows: List[Dict[str, Any]]) -> Path:
-        cols: List[str] = []
+    def write_csv(self, name: str, rows: List[Dict[str, Any]],
+                  columns: Optional[List[str]] = None) -> Path:
+        """rows as a CSV; `columns` first (the header of an empty table), then any others."""
+        cols: List[str] = list(columns or [])
         for r in rows:
             cols += [k for k in r if k not in cols]
         buf = io.StringIO()

@@ -11,7 +11,8 @@ from conftest import FAST, assert_contract
 from omegaconf import OmegaConf
 
 from runner.lineage import common_stage, flatten, outcome
-from runner.stages.squeeze import _mean_std, seed_verdict
+from runner.checks.outcomes import mean_std as _mean_std
+from runner.checks.outcomes import seed_spread as seed_verdict
 
 TINY = FAST + ["model.name=test_resnet"]
 

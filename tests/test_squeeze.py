@@ -44,7 +44,7 @@ def test_choose_breaks_an_accuracy_tie_on_val_loss_then_prefers_the_simpler():
 def test_squeeze_records_lineage_and_labels_its_sub_runs(cli, tmp_path):
     # two tiny candidates in one process (a two-job sweep of stage=train, the cheapest stage):
     # runs/0 (seed 0) and runs/1 (seed 7)
-    r = cli(["-m", *TINY, "stage=train", "hydra.sweep.dir=runs", "seed=0,7"])
+    r = cli(["-m", *TINY, "model=timm", "stage=train", "hydra.sweep.dir=runs", "seed=0,7"])
     assert r.code == 0, r.out
     a, b = tmp_path / "runs" / "0", tmp_path / "runs" / "1"
     q = cli(FAST + ["stage=squeeze", "hydra.run.dir=sq", "stage.params.runs=[runs/0,runs/1]",

@@ -12,15 +12,11 @@ import yaml
 from conftest import FAST, REPO, assert_contract, compose
 from omegaconf import OmegaConf
 
+from runner.checks.training import train_fit
+from runner.checks.weights import neighbour_corr
 from runner.errors import ConfigError
-from runner.stages.overfit import gap_of, train_fit
-from runner.stages.regularize import (
-    decide,
-    experiment_overrides,
-    experiment_yaml,
-    neighbour_corr,
-    noise_threshold,
-)
+from runner.stages.overfit import gap_of
+from runner.stages.regularize import decide, experiment_overrides, experiment_yaml
 
 TINY = FAST + ["model.name=test_resnet"]
 
@@ -66,12 +62,12 @@ def test_regularize_differs_from_overfit_exactly_where_its_yaml_says():
 # ----------------------------------------------------------------------------- pure pieces
 def test_decision_rule_with_known_numbers():
     # p = 0.9 on 200 examples: sqrt(2 * 0.9 * 0.1 / 200) = 0.03
-    assert noise_threshold(0.9, 200, 0.005) == pytest.approx(0.03)
+    assert decide(0.9, 0.935, 200, 0.005)["threshold"] == pytest.approx(0.03)
     assert decide(0.9, 0.935, 200, 0.005)["keep"] is True
     assert decide(0.9, 0.925, 200, 0.005)["keep"] is False
     assert decide(0.9, 0.925, 200, 0.005)["delta"] == pytest.approx(0.025)
     # at p = 1 the standard error is 0 and min_delta is the floor
-    assert noise_threshold(1.0, 200, 0.005) == 0.005
+    assert decide(1.0, 1.0, 200, 0.005)["threshold"] == 0.005
     assert decide(0.5, 0.51, 10_000, 0.02)["keep"] is False  # se 0.007 < min_delta 0.02
     assert decide(0.5, None, 100, 0.0)["keep"] is False
     assert decide(0.5, float("nan"), 100, 0.0)["keep"] is False
@@ -113,7 +109,7 @@ def test_neighbour_corr_smooth_vs_noise():
     smooth = blobs[:, None].repeat(1, 3, 1, 1)
     assert neighbour_corr(smooth) > 0.5
     assert abs(neighbour_corr(noise)) < 0.15
-    from runner.stages.regularize import first_layer_verdict
+    from runner.checks.weights import first_layer_verdict
 
     def net(w):
         conv = torch.nn.Conv2d(w.shape[1], w.shape[0], w.shape[-1])

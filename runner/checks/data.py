@@ -27,8 +27,6 @@ NUMERIC_COLUMNS = ("width", "height", "channels", "file_bytes", "brightness", "c
 
 PROPERTY_CHECKS = ("data.dark", "data.bright", "data.blurry", "data.low_information",
                    "data.odd_size", "data.odd_aspect", "data.grayscale")
-DATA_CHECKS = ("data.corrupt", "data.class_balance", "data.duplicates", "data.leakage",
-               "data.outliers") + PROPERTY_CHECKS
 
 
 # ----------------------------------------------------------------------------- one image

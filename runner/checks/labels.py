@@ -49,7 +49,13 @@ class LabelIssues:
     folds: int
     accuracy: float  # out-of-sample accuracy of the cheap model against the given labels
     seconds: float
+    chance: float = 0.0  # accuracy of always predicting the most frequent given label
     joint: list[list[float]] = field(default_factory=list)  # estimated joint Q[given][true]
+
+    @property
+    def skill(self) -> float:
+        """How far the model's accuracy is from the majority rate towards 1 (0 = no better)."""
+        return (self.accuracy - self.chance) / (1.0 - self.chance) if self.chance < 1 else 0.0
 
 
 # ----------------------------------------------------------------------------- features
@@ -97,8 +103,9 @@ def out_of_sample_probs(
     from sklearn.preprocessing import StandardScaler
 
     x = StandardScaler().fit_transform(np.asarray(features, dtype=np.float64))
-    if x.shape[1] > max_dims:
-        x = PCA(max_dims, svd_solver="randomized", random_state=seed).fit_transform(x)
+    dims = min(max_dims, x.shape[0] - 1)  # PCA needs fewer components than rows
+    if x.shape[1] > dims >= 1:
+        x = PCA(dims, svd_solver="randomized", random_state=seed).fit_transform(x)
     probs = np.zeros((len(labels), num_classes))
     split = StratifiedKFold(folds, shuffle=True, random_state=seed)
     for tr, te in split.split(x, labels):
@@ -177,6 +184,7 @@ def find_label_issues(
         examples=len(labels),
         folds=folds,
         accuracy=float((suggested == labels).mean()),
+        chance=float(present.max() / max(len(labels), 1)),
         seconds=time.perf_counter() - t0,
         joint=q.round(5).tolist(),
     )
@@ -193,8 +201,11 @@ def label_issues_verdict(
     max_listed: int = 50,
     class_names: Sequence[str] | None = None,
     example_names: Sequence[str] | None = None,
+    min_skill: float = 0.5,
 ) -> Verdict:
     """data.label_issues: warn when the estimated noise rate is above `max_noise_rate`.
+    Skip when the cheap model's skill (its accuracy's share of the way from the majority rate
+    to 1) is below `min_skill`: then it disagrees with labels it merely cannot learn.
 
     value = the estimated fraction of wrong labels; details list the `max_listed` most
     suspect examples (index, name, given, suggested, score) and the model's numbers. None
@@ -202,6 +213,12 @@ def label_issues_verdict(
     """
     if result is None or result.examples == 0:
         return skip(NAME, "no training examples to look for label issues in")
+    if result.skill < min_skill:
+        # a model that cannot learn the labels from pixels disagrees with most of them: its
+        # disagreement says nothing about any one label
+        return skip(NAME, f"the cheap model learns too little from pixels to judge single labels "
+                          f"(out-of-sample accuracy {result.accuracy:.3f} vs {result.chance:.3f} "
+                          f"by majority: skill {result.skill:.2f} < {min_skill:g})")
     expected = f"estimated label noise <= {max_noise_rate:.1%}"
     rows: list[dict[str, Any]] = []
     for it in result.issues[:max_listed]:

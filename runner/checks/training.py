@@ -86,3 +86,28 @@ def loss_decreases(losses: Sequence[float], initial: Optional[float] = None,
         return Verdict(name, "warn", value=drop, expected=expected, details=details,
                        message=msg + ": it barely goes down")
     return Verdict(name, "pass", value=drop, expected=expected, details=details, message=msg)
+
+
+def train_fit(train_loss: float | None, train_acc: float | None, loss_target: float,
+              acc_target: float, epochs: int, budget: int) -> Verdict:
+    """Pass when the final training loss <= loss_target or training accuracy >= acc_target."""
+    name = "overfit.train_fit"
+    expected = f"train_loss <= {loss_target:g} or train_acc >= {acc_target:g}"
+    if train_loss is None or not math.isfinite(train_loss):
+        return Verdict(name, "fail", value=train_loss, expected=expected,
+                       message="no finite training loss: fix the baseline stage first")
+    acc = train_acc if train_acc is not None else float("nan")
+    if train_loss <= loss_target or (math.isfinite(acc) and acc >= acc_target):
+        return Verdict(name, "pass", value=train_loss, expected=expected,
+                       message=f"the model fits the training set (loss {train_loss:.4g}, "
+                               f"accuracy {acc:.4f}) after {epochs} epoch(s)",
+                       details={"train_acc": train_acc})
+    advice = ["a bigger model (model.name=resnet18 or wider)"]
+    if epochs >= budget:
+        advice.insert(0, f"a longer budget (trainer.epochs > {budget})")
+    advice.append("another learning rate (optim.lr: try 1e-3 and 1e-4)")
+    return Verdict(name, "fail", value=train_loss, expected=expected,
+                   message=f"training loss {train_loss:.4g} (accuracy {acc:.4f}) after {epochs} "
+                           f"epoch(s) did not reach the target; try " + ", ".join(advice) +
+                           "; then check the labels (stage=inspect)",
+                   details={"train_acc": train_acc, "advice": advice})

@@ -19,3 +19,10 @@ def get_stage(name: str):
     import importlib
 
     return importlib.import_module(STAGES[name])
+
+
+def stage_flag(name: str, flag: str, default: bool = False) -> bool:
+    """A stage module's declared flag (runner/stages/protocol.py), e.g. PASSES_OVERRIDES."""
+    if name not in STAGES:
+        return default
+    return bool(getattr(get_stage(name), flag, default))

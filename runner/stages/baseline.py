@@ -18,50 +18,22 @@ from typing import Dict, List, Tuple
 import torch
 
 from runner.checks import Verdict, skip
+from runner.checks.evaluation import eval_repeatable, split_labels
+from runner.checks.pretrained import pretrained_norm
 from runner.checks.baselines import input_independent, majority_accuracy, overfit_batch
 from runner.checks.gradients import batch_independence, grads_flow
 from runner.checks.init import init_bias, init_loss
 from runner.checks.inputs import input_stats
 from runner.checks.training import loss_decreases, seed_determinism, train_finite
-from runner.errors import ConfigError
 from runner.models import build_model
 from runner.optim import build_optimizer
+from runner.stages.protocol import run_check
 from runner.stages.common import (Context, build_data_for, build_model_for, finish, loaders,
-                                  set_seed, setup_runtime, summary_of, timed, train_run)
+                                  set_seed, setup_runtime, summary_of, train_run)
 
 log = logging.getLogger("runner")
 
-# the checks this stage runs, in order (stable names from DESIGN.md)
-BASELINE_CHECKS = (
-    "input.stats", "init.loss", "init.bias", "train.grads_flow", "train.batch_independence",
-    "baseline.overfit_batch", "seed.determinism", "train.finite",
-    "baseline.input_independent", "train.loss_decreases",
-)
-
-
-def settings_key(check: str) -> str:
-    """checks.<key> for a check name: `init.loss` -> `init_loss`."""
-    return check.replace(".", "_")
-
-
-def check_settings(checks_cfg) -> None:
-    """Unknown keys under checks.<name> (typos) are config errors, all reported at once."""
-    from runner.config import ChecksConfig
-
-    defaults = ChecksConfig()
-    problems = []
-    for key in [settings_key(c) for c in BASELINE_CHECKS] + ["predictions"]:
-        allowed = set(getattr(defaults, key))
-        given = set(checks_cfg[key].keys()) if checks_cfg.get(key) is not None else set()
-        for k in sorted(given - allowed):
-            problems.append(f"checks.{key}.{k} is not a setting of this check; expected one of "
-                            f"{', '.join(sorted(allowed))}")
-    if problems:
-        raise ConfigError(problems)
-
-
 def run(cfg, ctx: Context) -> int:
-    check_settings(cfg.checks)
     device = setup_runtime(cfg)
     data = build_data_for(cfg, ctx)
     model = build_model_for(cfg, data, ctx, device)
@@ -71,7 +43,7 @@ def run(cfg, ctx: Context) -> int:
 
     verdicts = checks_before_training(cfg, ctx, data, model, train_loader, x, y, device)
     log.info("train: the skeleton, end to end")
-    res = train_run(cfg, ctx, data=data, model=model, keep_val_logits=_on(cfg, "predictions"))
+    res = train_run(cfg, ctx, data=data, model=model, keep_val_logits=cfg.checks.predictions.enabled)
     verdicts += checks_after_training(cfg, ctx, data, res, verdicts, device)
 
     majority = majority_accuracy(data.train.labels, data.val.labels, data.num_classes)
@@ -82,7 +54,7 @@ def run(cfg, ctx: Context) -> int:
                  "model_acc": res.history[-1]["val_acc"] if res.history else None}
     sections = [("Baselines", _baselines_table(baselines))]
     seconds = {v.name: round(v.seconds, 3) for v in verdicts if v.seconds is not None}
-    if _on(cfg, "predictions") and res.records:
+    if cfg.checks.predictions.enabled and res.records:
         log.info("report: prediction dynamics, confusion matrix, top-loss validation examples")
         t0 = time.perf_counter()
         sections += predictions_sections(ctx, data, res, cfg.checks.predictions)
@@ -99,10 +71,6 @@ def _import_now() -> None:
     Loading them before the checks keeps each check's `seconds` its own cost."""
     import runner.checks.figures  # noqa: F401  (pyplot, Agg)
     import timm.optim  # noqa: F401
-
-
-def _on(cfg, check: str) -> bool:
-    return bool(cfg.checks[settings_key(check)].get("enabled", True))
 
 
 def _pool_size(cfg) -> int:
@@ -122,67 +90,93 @@ def checks_before_training(cfg, ctx, data, model, train_loader, x, y, device) ->
     n_init = int(c.init_loss.examples)
 
     # look at the exact tensors that go into model(x)
-    if _on(cfg, "input.stats"):
-        log.info("check: input.stats (the first training batch, as model(x) sees it)")
-        s = c.input_stats
-        out.append(timed(input_stats, *batch, data.mean, data.std, data.class_names,
-                         max_abs_warn=float(s.max_abs_warn), max_abs_fail=float(s.max_abs_fail),
-                         show=int(s.show)))
+    log.info("check: input.stats (the first training batch, as model(x) sees it)")
+    out.append(run_check(c, "input.stats", lambda s: input_stats(
+        *batch, data.mean, data.std, data.class_names, max_abs_warn=float(s.max_abs_warn),
+        max_abs_fail=float(s.max_abs_fail), show=int(s.show))))
+    # pretrained weights want the input statistics they were trained with
+    log.info("check: input.pretrained_norm (mean/std/size vs the pretrained config)")
+    out.append(run_check(c, "input.pretrained_norm", lambda s: _pretrained_norm(cfg, data, model, s)))
     # the untrained model: loss at init, then init the final bias well
-    if _on(cfg, "init.loss"):
-        log.info("check: init.loss (untrained model on %d examples vs log C)", min(n_init, len(y)))
-        out.append(timed(init_loss, model, x[:n_init], y[:n_init], prior,
-                         tolerance=float(c.init_loss.tolerance)))
-    if _on(cfg, "init.bias"):
-        log.info("check: init.bias (final bias := log class prior, kept for the real run)")
-        out.append(timed(init_bias, model, x[:n_init], y[:n_init], prior,
-                         tolerance=float(c.init_bias.tolerance)))
+    log.info("check: init.loss (untrained model on %d examples vs log C)", min(n_init, len(y)))
+    out.append(run_check(c, "init.loss", lambda s: init_loss(
+        model, x[:n_init], y[:n_init], prior, tolerance=float(s.tolerance))))
+    log.info("check: init.bias (final bias := log class prior, kept for the real run)")
+    out.append(run_check(c, "init.bias", lambda s: init_bias(
+        model, x[:n_init], y[:n_init], prior, tolerance=float(s.tolerance))))
     # backprop as a probe: every parameter learns, examples stay apart
-    if _on(cfg, "train.grads_flow"):
-        steps = int(c.train_grads_flow.steps)
-        log.info("check: train.grads_flow (%d optimiser steps on a copy of the model)", steps)
-        out.append(timed(grads_flow, model, *batch, steps=steps,
-                         make_optimizer=lambda m: build_optimizer(cfg.optim, m)))
-    if _on(cfg, "train.batch_independence"):
-        k = int(c.train_batch_independence.examples)
-        log.info("check: train.batch_independence (backprop one example's output to %d inputs)", k)
-        out.append(timed(batch_independence, model, x[:k], examples=(0, k // 2, -1)))
+    log.info("check: train.grads_flow (%d optimiser steps on a copy of the model)",
+             int(c.train_grads_flow.steps))
+    out.append(run_check(c, "train.grads_flow", lambda s: grads_flow(
+        model, *batch, steps=int(s.steps), make_optimizer=lambda m: build_optimizer(cfg.optim, m))))
+    k = int(c.train_batch_independence.examples)
+    log.info("check: train.batch_independence (backprop one example's output to %d inputs)", k)
+    out.append(run_check(c, "train.batch_independence", lambda s: batch_independence(
+        model, x[:k], examples=(0, k // 2, -1))))
     # overfit one small batch
-    if _on(cfg, "baseline.overfit_batch"):
-        s = c.baseline_overfit_batch
-        n = int(s.examples)
-        log.info("check: baseline.overfit_batch (%d examples, up to %d steps)", n, int(s.steps))
-        out.append(timed(overfit_batch, model, x[:n], y[:n], steps=int(s.steps), lr=float(s.lr),
-                         loss_below=float(s.loss_below)))
+    s = c.baseline_overfit_batch
+    log.info("check: baseline.overfit_batch (%d examples, up to %d steps)", int(s.examples),
+             int(s.steps))
+    out.append(run_check(c, "baseline.overfit_batch", lambda s: overfit_batch(
+        model, x[:int(s.examples)], y[:int(s.examples)], steps=int(s.steps), lr=float(s.lr),
+        loss_below=float(s.loss_below))))
     # fix the seed: two short runs give the same losses
-    if _on(cfg, "seed.determinism"):
-        log.info("check: seed.determinism (two short runs from seed %d)", cfg.seed)
-        batches = list(itertools.islice(train_loader.epoch(0), int(c.seed_determinism.steps)))
-        out.append(timed(
-            seed_determinism,
-            lambda: build_model(cfg.model, data.num_classes, data.in_chans,
-                                ctx.original_cwd).to(device),
-            lambda m: build_optimizer(cfg.optim, m), batches, cfg.seed))
+    log.info("check: seed.determinism (two short runs from seed %d)", cfg.seed)
+    out.append(run_check(c, "seed.determinism", lambda s: seed_determinism(
+        lambda: build_model(cfg.model, data.num_classes, data.in_chans,
+                            ctx.original_cwd).to(device),
+        lambda m: build_optimizer(cfg.optim, m),
+        list(itertools.islice(train_loader.epoch(0), int(s.steps))), cfg.seed)))
     return out
 
 
 def checks_after_training(cfg, ctx, data, res, before: List[Verdict], device) -> List[Verdict]:
     """Checks that need the real run: finiteness, the dumb baselines, a falling loss."""
     c, out = cfg.checks, []
-    if _on(cfg, "train.finite"):
-        log.info("check: train.finite (no NaN/Inf loss in the real run)")
-        out.append(timed(train_finite, res.nonfinite, res.state.step))
-    if _on(cfg, "baseline.input_independent"):
-        log.info("check: baseline.input_independent (the same model trained on zeroed inputs)")
-        out.append(timed(_input_independent, cfg, ctx, data, device, res))
-    if _on(cfg, "train.loss_decreases"):
-        log.info("check: train.loss_decreases (training loss over the run, from the loss at init)")
-        init = next((v for v in before if v.name == "init.bias" and v.status != "skip"), None) \
-            or next((v for v in before if v.name == "init.loss"), None)
-        initial = init.value if init is not None and isinstance(init.value, float) else None
-        out.append(timed(loss_decreases, [r["train_loss"] for r in res.history], initial=initial,
-                         min_drop=float(c.train_loss_decreases.min_drop)))
+    log.info("check: train.finite (no NaN/Inf loss in the real run)")
+    out.append(run_check(c, "train.finite", lambda s: train_finite(res.nonfinite, res.state.step)))
+    log.info("check: baseline.input_independent (the same model trained on zeroed inputs)")
+    out.append(run_check(c, "baseline.input_independent",
+                         lambda s: _input_independent(cfg, ctx, data, device, res, s)))
+    log.info("check: eval.repeatable (the same val examples evaluated twice in eval mode)")
+    out.append(run_check(c, "eval.repeatable", lambda s: eval_repeatable(
+        res.model, data.val.get, range(min(int(s.examples), len(data.val))), res.device,
+        batch_size=cfg.trainer.batch_size, atol=float(s.atol))))
+    log.info("check: train.split_labels (val at chance while train is learned = a label mix-up)")
+    out.append(run_check(c, "train.split_labels", lambda s: _split_labels(data, res, s)))
+    log.info("check: train.loss_decreases (training loss over the run, from the loss at init)")
+    init = next((v for v in before if v.name == "init.bias" and v.status != "skip"), None) \
+        or next((v for v in before if v.name == "init.loss" and v.status != "skip"), None)
+    initial = init.value if init is not None and isinstance(init.value, float) else None
+    out.append(run_check(c, "train.loss_decreases", lambda s: loss_decreases(
+        [r["train_loss"] for r in res.history], initial=initial, min_drop=float(s.min_drop))))
     return out
+
+
+def _pretrained_norm(cfg, data, model, s) -> Verdict:
+    """The configured input statistics against the model's pretrained config (timm)."""
+    pcfg = None
+    if cfg.model.pretrained:
+        from timm.data import resolve_model_data_config
+
+        pcfg = resolve_model_data_config(model)
+    return pretrained_norm(pcfg, data.mean, data.std, data.image_size,
+                           pretrained=bool(cfg.model.pretrained), tolerance=float(s.tolerance),
+                           check_size=bool(s.check_size))
+
+
+def _split_labels(data, res, s) -> Verdict:
+    """Train accuracy learned but val at chance: the last evaluation's predictions name the
+    mapping when they were kept (checks.predictions)."""
+    last = res.history[-1] if res.history else {}
+    if not last or last.get("val_acc") is None or res.nonfinite:
+        return skip("train.split_labels", "the real run did not finish: nothing to compare")
+    rec = next((r for r in reversed(res.records) if r.val_logits is not None), None)
+    labels = rec.val_targets.tolist() if rec is not None else data.val.labels.tolist()
+    preds = rec.val_logits.argmax(1).tolist() if rec is not None else None
+    return split_labels(last["train_acc"], last["val_acc"], data.num_classes, labels, preds,
+                        min_train_acc=float(s.min_train_acc), margin=float(s.margin),
+                        min_share=float(s.min_share))
 
 
 def first_examples(loader, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -197,9 +191,8 @@ def first_examples(loader, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(xs)[:n], torch.cat(ys)[:n]
 
 
-def _input_independent(cfg, ctx, data, device, res) -> Verdict:
+def _input_independent(cfg, ctx, data, device, res, s) -> Verdict:
     """Train the same model (same seed, same bias init) on zeroed inputs; compare on val."""
-    s = cfg.checks.baseline_input_independent
     if res.nonfinite or not res.history:
         return skip("baseline.input_independent", "the real run did not finish: nothing to compare")
     zcfg = copy.deepcopy(cfg)
@@ -208,7 +201,7 @@ def _input_independent(cfg, ctx, data, device, res) -> Verdict:
     log.info("input_independent: %d epoch(s) on zeroed inputs", zcfg.trainer.epochs)
     set_seed(cfg.seed)
     zmodel = build_model(cfg.model, data.num_classes, data.in_chans, ctx.original_cwd).to(device)
-    if _on(cfg, "init.bias"):
+    if cfg.checks.init_bias.enabled:
         _set_log_prior_bias(zmodel, data.class_prior())
     zres = train_run(zcfg, ctx, data=data, zero_inputs=True, save_checkpoints=False,
                      model=zmodel, write_metrics=False)

@@ -31,19 +31,9 @@ from runner.loop import EpochRecord, LoopState, fit
 from runner.models import build_model, count_params
 from runner.optim import build_loss_and_mixup, build_optimizer, build_scheduler
 from runner.output import RunDir
+from runner.stages.protocol import Context, run_check
 
 log = logging.getLogger("runner")
-
-
-@dataclass
-class Context:
-    """Where a stage runs: its run directory and the user's working directory."""
-
-    run: RunDir
-    original_cwd: str
-    overrides: List[str] = field(default_factory=list)
-    # from=<run dir>: where the config came from (runner/lineage.py), else None
-    lineage: Optional[Dict[str, Any]] = None
 
 
 @dataclass
@@ -387,7 +377,8 @@ def sub_run(cfg, ctx: Context, path: Path, overrides: List[str], title: Optional
     # the config it trains with, as a plain run's config.yaml (from=<this dir> reads it)
     sub.run.write_text("config.yaml", OmegaConf.to_yaml(cfg))
     res = train_run(cfg, sub)
-    verdicts = [train_finite(res.nonfinite, res.state.step)]
+    verdicts = [run_check(cfg.checks, "train.finite",
+                          lambda s: train_finite(res.nonfinite, res.state.step))]
     summary = summary_of(cfg, sub, res, verdicts, extra=summary_extra)
     finish(cfg, sub, res, verdicts, summary,
            title=title or f"{summary.get('stage') or cfg.stage.name}: {path.name}",

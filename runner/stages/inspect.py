@@ -19,14 +19,16 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from runner.checks import Verdict, skip
+from runner.checks import Verdict
+from runner.checks.registry import is_enabled
 from runner.checks import data as dc
 from runner.errors import ConfigError
-from runner.stages.common import Context, finish, timed
+from runner.stages.common import Context, finish
+from runner.stages.protocol import run_check
 
 log = logging.getLogger("runner")
 
@@ -367,19 +369,17 @@ class Findings:
     leaks: List[Dict[str, Any]]
     outliers: List[Tuple[int, List[str]]]
     flags: Dict[str, Tuple[np.ndarray, np.ndarray, str]]
+    # data.label_issues: rows of label_issues.csv (empty when it did not run)
+    label_issues: List[Dict[str, Any]] = field(default_factory=list)
 
 
-def run_checks(table: dc.ImageTable, ic,
-               enabled: Callable[[str], bool] = lambda name: True) -> Findings:
-    """Every data check on the table, with the thresholds of the `inspect` config node."""
+def run_checks(table: dc.ImageTable, ic, checks_cfg=None) -> Findings:
+    """Every data check on the table, with the thresholds of the `inspect` config node and the
+    checks' own settings (`checks_cfg`: the `checks` config node; None = the defaults)."""
     verdicts: List[Verdict] = []
 
     def check(name, fn, *args):
-        if not enabled(name):
-            verdicts.append(skip(name, f"checks.{name.replace('.', '_')}.enabled=false"))
-            return
-        log.info("check: %s", name)
-        verdicts.append(timed(fn, *args))
+        verdicts.append(run_check(checks_cfg, name, lambda s: _logged(name, fn, *args)))
 
     L = ic.max_listed
     check("data.corrupt", dc.corrupt, table, L)
@@ -398,12 +398,62 @@ def run_checks(table: dc.ImageTable, ic,
                               ic.grayscale_tolerance)
     for name, (mask, score, rule) in flags.items():
         check(name, dc.property_verdict, name, table, mask, score, rule, L)
-    return Findings(verdicts, groups, leaks, found, flags)
+    # labels: what a cheap cross-validated model confidently disagrees with
+    suspects: List[Dict[str, Any]] = []
+    verdicts.append(run_check(checks_cfg, "data.label_issues",
+                              lambda s: _label_issues(table, s, suspects)))
+    # shortcuts: an image property that gives the label away on its own
+    verdicts.append(run_check(checks_cfg, "data.spurious", lambda s: _spurious(table, s)))
+    return Findings(verdicts, groups, leaks, found, flags, suspects)
 
 
-def _enabled(cfg, name: str) -> bool:
-    node = cfg.checks.get(name.replace(".", "_"))
-    return bool(node.get("enabled", True)) if node is not None else True
+def _logged(name: str, fn, *args) -> Verdict:
+    log.info("check: %s", name)
+    return fn(*args)
+
+
+def _label_issues(table: dc.ImageTable, s, suspects: List[Dict[str, Any]]) -> Verdict:
+    """data.label_issues on the readable training images (their grey thumbnails as features);
+    `suspects` gets the label_issues.csv rows, `index` being the position in the train split."""
+    from runner.checks.labels import (find_label_issues, image_features, label_issues_figure,
+                                      label_issues_verdict)
+
+    log.info("check: data.label_issues (%d-fold cross-validated linear model)", int(s.folds))
+    train = np.flatnonzero(table.split == 0)
+    pos = {int(i): k for k, i in enumerate(train)}  # table row -> index in the train split
+    rows = train[table.ok[train] & (table.label[train] >= 0)]
+    names = table.class_names
+    files = [table.name[i] for i in rows]
+    if len(rows) < 2 * int(s.folds) or len(np.unique(table.label[rows])) < 2:
+        res = None
+    else:
+        thumbs = table.thumbs[rows][:, None]
+        res = find_label_issues(image_features(thumbs, int(s.feature_size)), table.label[rows],
+                                len(names), folds=int(s.folds))
+    v = label_issues_verdict(res, float(s.max_noise_rate), int(s.max_listed), names, files,
+                             min_skill=float(s.min_model_skill))
+    if res is None or v.status == "skip":
+        return v
+    for it in res.issues:
+        i = int(rows[it.index])
+        suspects.append({"index": pos[i], "given": names[it.given],
+                         "suggested": names[it.suggested], "score": round(float(it.score), 6),
+                         "path": table.name[i]})
+    top = res.issues[:int(s.max_listed)]
+    if top:
+        v.figures["suspects"] = label_issues_figure(
+            table.thumbs[rows][[t.index for t in top]][:, None], top, names)
+    return v
+
+
+def _spurious(table: dc.ImageTable, s) -> Verdict:
+    from runner.checks.spurious import properties_from_table, spurious
+
+    log.info("check: data.spurious (does one image property give the label away?)")
+    props, labels = properties_from_table(table, 0)
+    return spurious(props, labels, table.class_names, min_separation=float(s.min_separation),
+                    min_separation_content=float(s.min_separation_content),
+                    max_gain=float(s.max_gain), min_class_examples=int(s.min_class_examples))
 
 
 def run(cfg, ctx: Context) -> int:
@@ -429,13 +479,17 @@ def run(cfg, ctx: Context) -> int:
     log.info("inspect: %d images in %.1f s (%.0f images/s)", len(table),
              len(table) / ips if ips else 0, ips)
 
-    found = run_checks(table, ic, enabled=lambda name: _enabled(cfg, name))
+    found = run_checks(table, ic, cfg.checks)
     verdicts = found.verdicts
     groups, leaks, outl, flags = found.groups, found.leaks, found.outliers, found.flags
 
     log.info("report: figures and tables")
     sections = report_sections(cfg, ctx, source, table, verdicts, groups, leaks, outl, flags)
     outputs = write_tables(ctx, source, table, groups, leaks, outl, flags, cfg)
+    if is_enabled(cfg.checks, "data.label_issues"):
+        ctx.run.write_csv("label_issues.csv", found.label_issues,
+                          ["index", "given", "suggested", "score", "path"])
+        outputs.insert(2, "label_issues.csv")
     sections.append(("Machine-readable files", "<ul>" + "".join(
         f'<li><a href="{esc(p)}">{esc(p)}</a></li>' for p in outputs) + "</ul>"))
 

@@ -9,8 +9,8 @@ import logging
 import math
 from typing import Any
 
-from runner.checks import Verdict
-from runner.checks.training import train_finite
+from runner.checks.training import train_finite, train_fit
+from runner.stages.protocol import run_check
 from runner.stages.common import Context, finish, summary_of, train_run, stage_params
 
 log = logging.getLogger("runner")
@@ -20,31 +20,6 @@ DEFAULTS = {"train_loss_target": 0.02, "train_acc_target": 0.999}
 
 def params(cfg) -> dict[str, Any]:
     return stage_params(cfg, DEFAULTS)
-
-
-def train_fit(train_loss: float | None, train_acc: float | None, loss_target: float,
-              acc_target: float, epochs: int, budget: int) -> Verdict:
-    """Pass when the final training loss <= loss_target or training accuracy >= acc_target."""
-    name = "overfit.train_fit"
-    expected = f"train_loss <= {loss_target:g} or train_acc >= {acc_target:g}"
-    if train_loss is None or not math.isfinite(train_loss):
-        return Verdict(name, "fail", value=train_loss, expected=expected,
-                       message="no finite training loss: fix the baseline stage first")
-    acc = train_acc if train_acc is not None else float("nan")
-    if train_loss <= loss_target or (math.isfinite(acc) and acc >= acc_target):
-        return Verdict(name, "pass", value=train_loss, expected=expected,
-                       message=f"the model fits the training set (loss {train_loss:.4g}, "
-                               f"accuracy {acc:.4f}) after {epochs} epoch(s)",
-                       details={"train_acc": train_acc})
-    advice = ["a bigger model (model.name=resnet18 or wider)"]
-    if epochs >= budget:
-        advice.insert(0, f"a longer budget (trainer.epochs > {budget})")
-    advice.append("another learning rate (optim.lr: try 1e-3 and 1e-4)")
-    return Verdict(name, "fail", value=train_loss, expected=expected,
-                   message=f"training loss {train_loss:.4g} (accuracy {acc:.4f}) after {epochs} "
-                           f"epoch(s) did not reach the target; try " + ", ".join(advice) +
-                           "; then check the labels (stage=inspect)",
-                   details={"train_acc": train_acc, "advice": advice})
 
 
 def gap_of(summary: dict[str, Any]) -> dict[str, Any]:
@@ -61,13 +36,12 @@ def run(cfg, ctx: Context) -> int:
 
     p = params(cfg)
     res = train_run(cfg, ctx, until_train_loss=float(p["train_loss_target"]))
-    verdicts = []
-    if cfg.checks.train_finite.get("enabled", True):
-        verdicts.append(train_finite(res.nonfinite, res.state.step))
+    verdicts = [run_check(cfg.checks, "train.finite",
+                          lambda s: train_finite(res.nonfinite, res.state.step))]
     last = res.history[-1] if res.history else {}
-    verdicts.append(train_fit(last.get("train_loss"), last.get("train_acc"),
-                              float(p["train_loss_target"]), float(p["train_acc_target"]),
-                              res.state.epoch, cfg.trainer.epochs))
+    verdicts.append(run_check(cfg.checks, "overfit.train_fit", lambda s: train_fit(
+        last.get("train_loss"), last.get("train_acc"), float(p["train_loss_target"]),
+        float(p["train_acc_target"]), res.state.epoch, cfg.trainer.epochs)))
     summary = summary_of(cfg, ctx, res, verdicts)
     gap = gap_of(summary)
     summary.update({"train_val_gap_acc": gap["gap_acc"], "train_val_gap_loss": gap["gap_loss"],

@@ -24,11 +24,15 @@ from pathlib import Path
 from typing import Any
 
 
-from runner.checks import Verdict
 from runner.errors import ConfigError
+from runner.checks.outcomes import recipe_gates, recipe_progress
 from runner.stages.common import Context, finish, stage_params
+from runner.stages.protocol import run_check
 
 log = logging.getLogger("runner")
+
+# the command's overrides go on to the stages; each takes the model./data. keys it reads
+PASSES_OVERRIDES = True
 
 DEFAULTS: dict[str, Any] = {"stages": ["inspect", "baseline", "overfit", "regularize", "tune",
                                        "squeeze"],
@@ -103,7 +107,7 @@ def check_plan(cfg, p: dict[str, Any], overrides: list[str]) -> None:
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from runner.config import _close
+    from runner.config import _close, unread_keys
     from runner.stages import STAGES
     from runner.stages.regularize import _flat_keys, compose_each
 
@@ -149,6 +153,9 @@ def check_plan(cfg, p: dict[str, Any], overrides: list[str]) -> None:
         return not o.lstrip("+~").startswith(("hydra.", "hydra/")) and _key(o) != "from"
 
     checked: set[str] = set()
+    # the command's model./data. keys a stage's options do not read are left out for it
+    # (model.name for the baseline's TinyCNN); a key no stage reads is a config error
+    dropped: dict[str, list[str]] = {}
     for name in stages:
         if name not in STAGES or name == "recipe" or name in checked \
                 or not isinstance(per_stage.get(name, []), (str, list, tuple)):
@@ -169,6 +176,8 @@ def check_plan(cfg, p: dict[str, Any], overrides: list[str]) -> None:
         if bad:
             problems += bad
             continue
+        unread = set(unread_keys(ccfg, [_key(o) for o in common if composable(o)]))
+        dropped[name] = [o for o in common if _key(o) in unread]
         have = set(_flat_keys(ccfg))
         for o in swept:
             k = _key(o)
@@ -182,8 +191,14 @@ def check_plan(cfg, p: dict[str, Any], overrides: list[str]) -> None:
                 problems += [f"{where}: {x}" for x in e.problems]
             except Exception as e:  # noqa: BLE001 -- the stage itself says so at its turn
                 log.debug("recipe: stage %s's params not checked up front: %s", name, e)
+    for o in common:
+        if checked and all(o in dropped.get(n, []) for n in checked):
+            problems.append(f"{o}: no stage of this recipe reads {_key(o)} with its options "
+                            f"({', '.join(sorted(checked))}); set the option that reads it too "
+                            "(e.g. model=timm for model.name)")
     if problems:
         raise ConfigError(problems)
+    return dropped
 
 
 def _read(d: Path, name: str):
@@ -276,22 +291,10 @@ def final_model(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def regressions(rows: list[dict[str, Any]], n_val: int | None, min_delta: float = 0.005) -> list[str]:
     """Passing training stages (and squeeze) that ended below the best stage before them by
-    more than noise (regularize.noise_threshold: max(min_delta, one standard error))."""
-    from runner.stages.regularize import noise_threshold
+    more than noise (runner/checks/outcomes.py)."""
+    from runner.checks.outcomes import regressions as below_best
 
-    out, best = [], None
-    for r in rows:
-        if r["exit_code"] != 0 or r["stage"] not in (*TRAINING, "squeeze") \
-                or not isinstance(r["val_acc"], (int, float)):
-            continue
-        if best is not None:
-            thr = noise_threshold(best["val_acc"], n_val or 0, min_delta) if n_val else min_delta
-            if best["val_acc"] - r["val_acc"] > thr:
-                out.append(f"{r['stage']} ended at val acc {r['val_acc']:.4f}, below {best['stage']}'s "
-                           f"{best['val_acc']:.4f} by more than noise ({thr:.4f})")
-        if best is None or r["val_acc"] >= best["val_acc"]:
-            best = r
-    return out
+    return below_best(rows, n_val, min_delta, counted=(*TRAINING, "squeeze"))
 
 
 def _tune_acc(d: Path) -> Any:
@@ -352,12 +355,16 @@ def run(cfg, ctx: Context) -> int:
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), ctx.original_cwd,
                                          env.get("PYTHONPATH", "")])
     env.pop("HYDRA_FULL_ERROR", None)
-    check_plan(cfg, p, list(ctx.overrides))  # every stage's name and config, before any runs
+    # every stage's name and config, before any runs; which command keys each stage reads
+    dropped = check_plan(cfg, p, list(ctx.overrides))
     start = recipe_from(list(ctx.overrides))
     for k, name in enumerate(p["stages"], start=1):
         d = ctx.run.path / f"{k}-{name}"
         own = stage_overrides(p["per_stage"], name)
-        args = [f"stage={name}", *common, *own]
+        if dropped.get(name):
+            log.info("recipe: %s does not read %s (left out for it)", name,
+                     " ".join(dropped[name]))
+        args = [f"stage={name}", *[o for o in common if o not in dropped.get(name, [])], *own]
         # the last training stage that passed: this one starts from its outcome
         prev = next((dd for x, dd, c in reversed(done) if x in TRAINING and c == 0), start) \
             if name in TRAINING and name != "baseline" else None
@@ -422,31 +429,20 @@ def run(cfg, ctx: Context) -> int:
     ctx.run.write_csv("recipe.csv", [{**r, "checks_failed": " ".join(r["checks_failed"])}
                                      for r in rows + not_run_rows])
     # a failed stage fails the recipe; continue_on_fail only decides whether it went on
-    n_pass = sum(r["exit_code"] == 0 for r in rows)
-    v = Verdict("recipe.gates", "fail" if failed else "pass", value=n_pass,
-                expected=f"{len(p['stages'])} stage(s) pass",
-                message=stopped or (f"{len(failed)} of {len(rows)} stage(s) failed; the recipe went on "
-                                    f"(stage.params.continue_on_fail=true): " + "; ".join(failed)
-                                    if failed else f"all {len(rows)} stage(s) passed"),
-                details={"failed": failed, "not_run": [x.split("-", 1)[1] for x in not_run]})
+    v = run_check(cfg.checks, "recipe.gates", lambda s: recipe_gates(
+        len(p["stages"]), rows, failed, [x.split("-", 1)[1] for x in not_run], stopped))
     worse = regressions(rows, n_val)
     last_acc = next((r["val_acc"] for r in reversed(rows) if r["exit_code"] == 0
                      and isinstance(r["val_acc"], (int, float))), None)
-    v_reg = Verdict(
-        "recipe.progress", "warn" if worse else ("pass" if final is not None else "skip"),
-        value=final, expected="no passing stage ends below the best one before it by more than noise",
-        message=("; ".join(worse) + f". The final model is the best stage's ({final_run['stage']}, "
-                 f"{final:.4f}), not the last one's" if worse and final_run else
-                 f"each stage ended at or above the best before it (within noise); final "
-                 f"{final:.4f} from {final_run['stage']}" if final_run else "no passing training stage"),
-        details={"regressions": worse, "last_val_acc": last_acc})
+    v_reg = run_check(cfg.checks, "recipe.progress",
+                      lambda s: recipe_progress(worse, final_run, last_acc))
     summary = {"stage": "recipe", "name": cfg.name, "val_acc": final, "val_loss": None,
                "stages": [{"stage": r["stage"], "val_acc": r["val_acc"],
                            "checks_failed": r["checks_failed"], "dir": r["dir"],
                            "exit_code": r["exit_code"], "error": r["error"]} for r in rows],
                "not_run": [x.split("-", 1)[1] for x in not_run],
                "final": final_run, "regressions": worse,
-               "stopped": stopped, "checks_failed": ["recipe.gates"] if failed else [],
+               "stopped": stopped, "checks_failed": [x.name for x in (v, v_reg) if x.status == "fail"],
                "run_dir": str(ctx.run.path)}
     html_rows = [{**r, "report": f'<a href="{esc(r["report"])}">{esc(r["stage"])} report</a>'
                   if (Path(r["dir"]) / "report.html").exists() else "(no report)",

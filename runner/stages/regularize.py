@@ -21,14 +21,14 @@ kept rung) is recorded with its error and reverted; the ladder goes on.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from runner.checks import Verdict
 from runner.checks.training import train_finite
+from runner.checks.weights import first_layer_verdict
+from runner.stages.protocol import run_check
 from runner.errors import ConfigError
 from runner.lineage import apply as apply_lineage
 from runner.stages.common import Context, finish, stage_params, sub_run, summary_of
@@ -49,20 +49,14 @@ def params(cfg) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- decision rule
-def noise_threshold(p: float, n_val: int, min_delta: float) -> float:
-    """max(min_delta, one standard error of a difference of two accuracies p on n_val)."""
-    p = min(max(p, 0.0), 1.0)
-    se = math.sqrt(2.0 * p * (1.0 - p) / max(n_val, 1))
-    return max(min_delta, se)
-
-
 def decide(best_acc: float, cand_acc: float | None, n_val: int, min_delta: float) -> dict[str, Any]:
-    """Keep the candidate when cand_acc - best_acc > noise_threshold(best_acc, n_val, min_delta)."""
-    thr = noise_threshold(best_acc, n_val, min_delta)
-    if cand_acc is None or not math.isfinite(cand_acc):
-        return {"keep": False, "delta": None, "threshold": thr}
-    delta = cand_acc - best_acc
-    return {"keep": delta > thr, "delta": delta, "threshold": thr}
+    """Keep the candidate when it beats the current best on the same val set by more than
+    noise (runner/checks/noise.py same_val_set: more than max(min_delta, one standard error))."""
+    from runner.checks.noise import same_val_set
+
+    d = same_val_set(best_acc, cand_acc, n_val, min_delta)
+    return {"keep": d.significant, "delta": d.delta, "threshold": d.threshold,
+            "p_value": d.p_value, "test": d.test}
 
 
 # ----------------------------------------------------------------------------- experiment YAML
@@ -114,93 +108,6 @@ def experiment_overrides(overrides: Sequence[str]) -> list[str]:
     return [o for o in overrides if not o.lstrip("+~").startswith(skip)]
 
 
-# ----------------------------------------------------------------------------- first layer
-def first_layer_weight(model):
-    """The first Conv2d's weight (out, in, k, k), or None."""
-    import torch
-
-    for m in model.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            return m.weight.detach().float().cpu()
-    return None
-
-
-def neighbour_corr(w) -> float:
-    """Mean over filters of the correlation of horizontally and vertically adjacent weights.
-
-    Smooth, structured filters (edges, blobs) are positively correlated with their
-    neighbours; untrained or noisy ones sit near 0.
-    """
-    import torch
-
-    out = []
-    for f in w:  # (in, k, k)
-        if f.shape[-1] < 2 and f.shape[-2] < 2:
-            continue
-        a = torch.cat([f[:, :, :-1].reshape(-1), f[:, :-1, :].reshape(-1)])
-        b = torch.cat([f[:, :, 1:].reshape(-1), f[:, 1:, :].reshape(-1)])
-        a, b = a - a.mean(), b - b.mean()
-        den = float(a.norm() * b.norm())
-        if den > 0:
-            out.append(float((a * b).sum()) / den)
-    return float(sum(out) / len(out)) if out else float("nan")
-
-
-def first_layer_figure(w, title: str = "first-layer filters"):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    n = min(int(w.shape[0]), 64)
-    cols = min(8, n)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.0, rows * 1.0 + 0.4), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i >= n:
-            continue
-        f = w[i].numpy()
-        img = f.transpose(1, 2, 0) if f.shape[0] == 3 else f.mean(0)
-        lo, hi = float(img.min()), float(img.max())
-        img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
-        ax.imshow(img, cmap=None if img.ndim == 3 else "gray", interpolation="nearest")
-    fig.suptitle(title, fontsize=9)
-    return fig
-
-
-def first_layer_verdict(model, min_corr: float, min_kernel: int = 5) -> Verdict:
-    """Plot the first conv's filters; warn when they look like noise (kernels >= min_kernel)."""
-    name = "regularize.first_layer"
-    w = first_layer_weight(model)
-    if w is None:
-        return Verdict(name, "skip", message="the model has no Conv2d layer")
-    corr = neighbour_corr(w)
-    k = tuple(w.shape[-2:])
-    fig = first_layer_figure(w, f"first-layer filters {tuple(w.shape)}, neighbour corr {corr:.2f}")
-    expected = f"mean neighbour correlation >= {min_corr:g}"
-    if max(k) < min_kernel:
-        v = Verdict(name, "skip", value=corr, expected=expected,
-                    message=f"{k[0]}x{k[1]} first-layer kernels are too small to judge by "
-                            f"neighbour correlation (needs >= {min_kernel}); see the plot",
-                    details={"shape": list(w.shape)})
-        v.figures["filters"] = fig
-        return v
-    if math.isfinite(corr) and corr >= min_corr:
-        status, msg = "pass", f"the {w.shape[0]} filters ({k[0]}x{k[1]}) look smooth/structured"
-    else:
-        status = "warn"
-        msg = (f"the first-layer filters look like noise (neighbour correlation {corr:.3f}): "
-               "train longer, lower the lr, or add weight decay/augmentation; small kernels "
-               "(3x3 stems) show less structure")
-    v = Verdict(name, status, value=corr, expected=expected, message=msg,
-                details={"shape": list(w.shape)})
-    v.figures["filters"] = fig
-    return v
-
-
-# ----------------------------------------------------------------------------- the ladder
 def _compose(overrides: list[str]):
     from hydra import compose
     from hydra.core.hydra_config import HydraConfig
@@ -392,7 +299,8 @@ def run(cfg, ctx: Context) -> int:
         d = decide(best_acc, acc, n_val, min_delta)
         row.update({"val_acc": acc, "val_loss": summ.get("best_val_loss"),
                     "best_epoch": summ.get("best_epoch"), "epochs": summ.get("epochs"),
-                    "delta": d["delta"], "threshold": d["threshold"], "kept": d["keep"]})
+                    "delta": d["delta"], "threshold": d["threshold"], "p_value": d["p_value"],
+                    "kept": d["keep"]})
         log.info("regularize: %s val_acc %s vs best %.4f (delta %s, threshold %.4f) -> %s", name,
                  "none (diverged)" if acc is None else f"{acc:.4f}", best_acc,
                  "none" if d["delta"] is None else f"{d['delta']:+.4f}", d["threshold"],
@@ -415,15 +323,19 @@ def run(cfg, ctx: Context) -> int:
                                                            _groups(), header, inherited))
     ctx.run.write_text("regularized_config.yaml", OmegaConf.to_yaml(best_cfg))
 
-    verdicts = [train_finite(best_res.nonfinite, best_res.state.step),
-                first_layer_verdict(best_res.model, float(p["first_layer_min_corr"]),
-                                    int(p["first_layer_min_kernel"]))]
+    verdicts = [run_check(cfg.checks, "train.finite",
+                          lambda s: train_finite(best_res.nonfinite, best_res.state.step)),
+                run_check(cfg.checks, "regularize.first_layer", lambda s: first_layer_verdict(
+                    best_res.model, float(p["first_layer_min_corr"]),
+                    int(p["first_layer_min_kernel"])))]
     extra = {"ladder": rows, "kept_overrides": kept, "base_val_acc": base_acc, "best_rung_dir": best_dir,
              "ladder_val_acc": best_acc, "ladder_gain": best_acc - base_acc,
-             "decision_rule": f"keep when gain > max({min_delta:g}, sqrt(2p(1-p)/n_val)), n_val={n_val}"}
+             "decision_rule": f"keep when gain > max({min_delta:g}, one standard error sqrt(2p(1-p)/n_val)): "
+                              f"a one-sided z-test at p < 0.16 on the same n_val={n_val} images "
+                              "(runner/checks/noise.py)"}
     summary = summary_of(best_cfg, ctx, best_res, verdicts, extra)
     summary["stage"] = cfg.stage.name
-    cols = ["rung", "name", "change", "val_acc", "val_loss", "delta", "threshold", "kept",
+    cols = ["rung", "name", "change", "val_acc", "val_loss", "delta", "threshold", "p_value", "kept",
             "best_epoch", "epochs", "error", "dir"]
     ladder_html = (f"<p>Rule: {esc(extra['decision_rule'])}, p = current best val accuracy "
                    "(at the best val-loss epoch; early stopping on val loss). Rung reports: "

@@ -38,9 +38,10 @@ from typing import Any, Optional
 import torch
 from omegaconf import OmegaConf
 
-from runner.checks import Verdict
 from runner.errors import ConfigError
+from runner.checks.outcomes import ensemble, mean_std, seed_spread
 from runner.stages.common import Context, finish, stage_params
+from runner.stages.protocol import run_check
 
 log = logging.getLogger("runner")
 
@@ -215,15 +216,6 @@ def member_config(run_dir: Path):
     return OmegaConf.merge(OmegaConf.structured(RunnerConfig), raw)
 
 
-def _mean_std(xs: list) -> tuple[float, float]:
-    vals = [float(x) for x in xs if isinstance(x, (int, float)) and math.isfinite(x)]
-    if not vals:
-        return float("nan"), float("nan")
-    m = sum(vals) / len(vals)
-    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else float("nan")
-    return m, sd
-
-
 def sub_lineage(cand: Path, cand_cfg, role: str, label: str, ctx: Context, changed: dict[str, Any],
                 note: str, weights: Optional[str] = None,
                 config_file: Optional[Path] = None) -> dict[str, Any]:
@@ -280,34 +272,9 @@ def seed_reruns(cand: Path, label: str, n: int, ctx: Context, root: Path) -> dic
         seeds.append(s0 + i)
         accs.append(None if res.nonfinite else summ.get("best_val_acc"))
         dirs.append(str(path))
-    mean, std = _mean_std(accs)
+    mean, std = mean_std(accs)
     return {"run": str(cand), "label": label, "seeds": seeds, "val_acc": accs, "dirs": dirs,
             "mean": mean, "std": std}
-
-
-def seed_verdict(winner: dict[str, Any], runner_up: Optional[dict[str, Any]], n: int) -> Verdict:
-    """Pass when the winner's mean leads the runner-up's by more than the seed spread."""
-    name = "squeeze.seed_spread"
-    if n < 2:
-        return Verdict(name, "skip", message="stage.params.seeds < 2: no seed reruns")
-    w = f"{winner['mean']:.4f} +/- {winner['std']:.4f}"
-    if runner_up is None:
-        return Verdict(name, "skip", value=winner["mean"],
-                       message=f"only one candidate: winner {w} over {n} seeds, nothing to compare")
-    r = f"{runner_up['mean']:.4f} +/- {runner_up['std']:.4f}"
-    lead = winner["mean"] - runner_up["mean"]
-    spread = max(winner["std"], runner_up["std"])
-    spread = spread if math.isfinite(spread) else math.inf
-    expected = "winner mean - runner-up mean > max(std of either) over the seeds"
-    details = {"winner": winner, "runner_up": runner_up, "lead": lead, "spread": spread}
-    if math.isfinite(lead) and lead > spread:
-        return Verdict(name, "pass", value=lead, expected=expected, details=details,
-                       message=f"the winner ({w}) leads the runner-up ({r}) by {lead:.4f}, more "
-                               f"than the seed spread {spread:.4f} over {n} seeds")
-    return Verdict(name, "warn", value=lead, expected=expected, details=details,
-                   message=f"not a win: winner {w} vs runner-up {r} over {n} seeds; the lead "
-                           f"{lead:+.4f} is within the seed spread {spread:.4f}. Treat them as "
-                           "tied and prefer the simpler or cheaper one")
 
 
 def leave_training(cand: Path, extra: Optional[int], ctx: Context, path: Path) -> dict[str, Any]:
@@ -482,20 +449,10 @@ def run(cfg, ctx: Context) -> int:
                      "recorded_val_acc": None, "val_acc": sc["ensemble_acc"],
                      "val_loss": sc["ensemble_loss"]})
     ctx.run.write_csv("ensemble.csv", rows)
-    if len(members) == 1:  # one model is no ensemble: nothing to judge, and no option to adopt
-        why = ("one candidate" if len(ranked) == 1 else "stage.params.k=1" if k == 1 else
-               "one candidate validated on the winner's data")
-        v = Verdict("squeeze.ensemble", "skip", value=sc["ensemble_acc"],
-                    message=f"{why}: no ensemble (the single member scores {best_member:.4f})",
-                    details={"members": [str(m) for m in members]})
-    else:
-        v = Verdict("squeeze.ensemble", "pass" if gain >= 0 else "warn", value=sc["ensemble_acc"],
-                    expected=f">= best member {best_member:.4f}",
-                    message=(f"ensemble of {len(members)}: val acc {sc['ensemble_acc']:.4f} "
-                             f"({gain:+.4f} vs the best member)" if gain >= 0 else
-                             f"the ensemble ({sc['ensemble_acc']:.4f}) is below its best member "
-                             f"({best_member:.4f}): use fewer, better members (stage.params.k)"),
-                    details={"members": [str(m) for m in members]})
+    why_single = ("one candidate" if len(ranked) == 1 else "stage.params.k=1" if k == 1 else
+                  "one candidate validated on the winner's data")
+    v = run_check(cfg.checks, "squeeze.ensemble", lambda s: ensemble(
+        sc["member_acc"], sc["ensemble_acc"], members, why_single=why_single))
     verdicts = [v]
     sections = [("Ensemble", (
         f"<p>{len(members)} of {len(cands)} candidate(s), ranked by recorded val accuracy; "
@@ -522,13 +479,15 @@ def run(cfg, ctx: Context) -> int:
         seed_rows = [{"candidate": f"{g['label']} ({Path(g['run']).name})", "seed": sd, "val_acc": a,
                       "dir": d} for g in (win, up) if g for sd, a, d in zip(g["seeds"], g["val_acc"], g["dirs"])]
         ctx.run.write_csv("seeds.csv", seed_rows)
-        sv = seed_verdict(win, up, n_seeds)
+        sv = run_check(cfg.checks, "squeeze.seed_spread",
+                       lambda s: seed_spread(win, up, n_seeds, alpha=float(s.alpha)))
         verdicts.append(sv)
         stats = [{"candidate": f"{g['label']}: {g['run']}", "seeds": len(g["seeds"]),
                   "mean val_acc": g["mean"], "std": g["std"]} for g in (win, up) if g]
         sections.append(("Seeds", f"<p>{esc(sv.message)}</p>" + table(stats) + table(seed_rows)))
     else:
-        verdicts.append(seed_verdict({}, None, n_seeds))
+        verdicts.append(run_check(cfg.checks, "squeeze.seed_spread",
+                                  lambda s: seed_spread({}, None, n_seeds)))
 
     # leave it training: the winner continues from its last checkpoint
     longer = None

@@ -12,6 +12,7 @@ import logging
 
 from runner.checks.training import train_finite
 from runner.errors import ConfigError
+from runner.stages.protocol import run_check
 from runner.stages.common import Context, finish, summary_of, train_run
 
 log = logging.getLogger("runner")
@@ -37,9 +38,8 @@ def run(cfg, ctx: Context) -> int:
         reporter = open_trial_reporter(t.storage, t.study_name, t.trial)
 
     res = train_run(cfg, ctx, trial_reporter=reporter)
-    verdicts = []
-    if cfg.checks.train_finite.get("enabled", True):
-        verdicts.append(train_finite(res.nonfinite, res.state.step))
+    verdicts = [run_check(cfg.checks, "train.finite",
+                          lambda s: train_finite(res.nonfinite, res.state.step))]
     extra = {"trial": t.trial, "study_name": t.study_name}
     if res.pruned:
         extra["status"] = "pruned"

@@ -1,0 +1,102 @@
+"""The stage protocol: what every stage module provides and what it hands back.
+
+A stage module (runner/stages/<name>.py, listed once in runner/stages/__init__.py) provides:
+
+- `Params`: a dataclass, the type of `stage.params` (registered in the config schema, so a
+  typo fails at compose time). A stage whose YAML builds on another stage's subclasses that
+  stage's Params (the YAML inherits its values); `NoParams` for none.
+- `run(cfg, ctx) -> StageResult`: verdicts, summary fields, report sections and files as
+  data. It writes nothing itself: `runner.stages.finish.finish` writes the run directory,
+  renders the report and decides the exit code.
+- `outcome(run_dir) -> Outcome`: what `from=<a run of this stage>` starts from.
+- `headline(run_dir, lineage) -> Headline`: its val accuracy and what it changed, for the
+  recipe's table.
+- optional flags read by lineage and the recipe (defaults in `runner.stages.stage_flag`):
+  `TRAINS` (its outcome is a trained model the next stage can start from),
+  `WARM_START` (from= also loads the source's weights), `OWN_FROM` (it reads from= itself),
+  `CANDIDATES` (squeeze takes its runs as candidates).
+
+Light to import (no torch): the CLI registers every stage's Params before composing.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+log = logging.getLogger("runner")
+
+
+@dataclass
+class NoParams:
+    """A stage without settings of its own."""
+
+
+@dataclass
+class Context:
+    """Where a stage runs: its run directory and the user's working directory."""
+
+    run: Any  # runner.output.RunDir
+    original_cwd: str
+    overrides: List[str] = field(default_factory=list)
+    # from=<run dir>: where the config came from (runner/lineage.py), else None
+    lineage: Optional[Dict[str, Any]] = None
+
+
+@dataclass
+class StageResult:
+    """What a stage decided and measured, as data; `finish` writes and renders it."""
+
+    verdicts: List[Any]  # runner.checks.Verdict, in the order they ran
+    summary: Dict[str, Any]  # summary.json (stage, val_acc, ... and the stage's own fields)
+    # report sections after the checks: runner.report.Section with data blocks
+    sections: List[Any] = field(default_factory=list)
+    # files beside summary.json: name -> rows (.csv), an object (.json) or text (.yaml, ...)
+    files: Dict[str, Any] = field(default_factory=dict)
+    # per-epoch rows of the trained run (the curves), when it trained
+    history: List[Dict[str, Any]] = field(default_factory=list)
+    title: Optional[str] = None
+    # a dashed line on the curves there (where a continued run picked up)
+    mark_epoch: Optional[float] = None
+    # the run stopped on a NaN/Inf loss: exit 1 whatever the checks say
+    nonfinite: bool = False
+
+
+@dataclass
+class Outcome:
+    """What `from=<dir>` points at: the config a run ended with and its best weights."""
+
+    source: Path
+    config: Dict[str, Any]
+    config_file: Path
+    stage: str
+    weights: Optional[Path]
+    note: str = ""
+    # the run directory that holds the outcome (a ladder's best rung, a study's best trial)
+    run: Optional[Path] = None
+
+
+@dataclass
+class Headline:
+    """A stage's row in the recipe's table."""
+
+    val_acc: Optional[float]
+    change: str  # what it changed relative to the stage before it, in one line
+
+
+def run_check(checks_cfg: Any, name: str, fn: Callable[[Any], Any]) -> Any:
+    """The verdict of check `name`: `fn(settings)` timed, or a skip when
+    checks.<name>.enabled=false. `settings` is the check's node under `checks` (registry)."""
+    from runner.checks.registry import disabled, settings
+
+    s = settings(checks_cfg, name)
+    if not s.enabled:
+        log.info("check: %s (off: checks.%s.enabled=false)", name, name.replace(".", "_"))
+        return disabled(name)
+    t0 = time.perf_counter()
+    v = fn(s)
+    if v.seconds is None:
+        v.seconds = time.perf_counter() - t0
+    return v
