@@ -208,7 +208,7 @@ def test_outliers_on_a_homogeneous_feature():
     n = 200
     t = dc.ImageTable.empty(n, ["a"])
     for i in range(n):
-        row = {"mode": "RGBA" if i == 7 else "RGB", "pixel_hash": str(i), "dhash": i, "width": 32,
+        row = {"mode": "RGBA" if i == 7 else "RGB", "pixel_hash": str(i), "phash": i, "width": 32,
                "height": 32, "brightness": 10.0 if i == 3 else 120 + 5 * rng.standard_normal(),
                "contrast": 40 + rng.standard_normal()}
         t.set_row(i, 0, 0, f"#{i}", row, np.zeros((16, 16), np.uint8))
@@ -250,10 +250,10 @@ def test_near_pairs_find_every_pair_within_the_distance():
         h = int(base[i % 30])
         for b in rng.choice(64, rng.integers(0, 7), replace=False):
             h ^= 1 << int(b)
-        t.set_row(i, 0, 0, f"#{i}", {"mode": "L", "pixel_hash": f"{i}", "dhash": h},
+        t.set_row(i, 0, 0, f"#{i}", {"mode": "L", "pixel_hash": f"{i}", "phash": h},
                   np.zeros((16, 16), np.uint8))
     got = {(i, j) for i, j, _ in dc.near_pairs(t, 4, 255.0).tolist()}
-    x = t.dhash[:, None] ^ t.dhash[None, :]
+    x = t.phash[:, None] ^ t.phash[None, :]
     dist = np.array([[int(v).bit_count() for v in row] for row in x])
     want = {(i, j) for i in range(n) for j in range(i + 1, n) if dist[i, j] <= 4}
     assert got == want and len(want) > 100
@@ -267,7 +267,7 @@ def test_near_pairs_in_a_crowd_of_equal_hashes_stay_bounded():
     t = dc.ImageTable.empty(n, ["a"])
     for i in range(n):
         thumb = np.full((16, 16), i % 250, np.uint8) + rng.integers(0, 3, (16, 16), dtype=np.uint8)
-        t.set_row(i, 0, 0, f"#{i}", {"mode": "L", "pixel_hash": f"{i}", "dhash": 0}, thumb)
+        t.set_row(i, 0, 0, f"#{i}", {"mode": "L", "pixel_hash": f"{i}", "phash": 0}, thumb)
     t.thumbs[499] = t.thumbs[17]
     pairs = dc.near_pairs(t, 4, 0.5, window=8)
     assert [tuple(p[:2]) for p in pairs.tolist()] == [(17, 499)]

@@ -19,8 +19,11 @@ import numpy as np
 
 from runner.checks import Verdict
 
-# the thumbnail near-duplicates are confirmed on (grey, THUMB x THUMB, uint8)
+# the thumbnail near-duplicates are confirmed on (grey, THUMB x THUMB, uint8) ...
 THUMB = 16
+# ... and their colour on (two opponent channels, CHROMA x CHROMA cells, uint8 around 128):
+# 32 bytes per image, enough to tell a blue sky from a grey wall of the same brightness
+CHROMA = 4
 
 NUMERIC_COLUMNS = ("width", "height", "channels", "file_bytes", "brightness", "contrast",
                    "p01", "p99", "sharpness", "entropy", "colourfulness")
@@ -68,11 +71,49 @@ def _resize_grey(g: np.ndarray, w: int, h: int) -> np.ndarray:
     return np.asarray(Image.fromarray(g.astype(np.float32), mode="F").resize((w, h), Image.BOX))
 
 
-def dhash(g: np.ndarray) -> int:
-    """64-bit difference hash: signs of horizontal gradients of a 9x8 area-averaged copy."""
-    s = _resize_grey(g, 9, 8)
-    bits = (s[:, 1:] > s[:, :-1]).ravel()
+def phash(g: np.ndarray) -> int:
+    """64-bit perceptual hash: signs (against their median) of the 8x8 lowest DCT frequencies of
+    a 32x32 area-averaged copy. Low frequencies barely move under a re-encode, a 1-px shift or
+    a crop of a few %, where a gradient-sign hash (dHash) flips ~10 of 64 bits."""
+    from scipy.fft import dctn
+
+    c = dctn(_resize_grey(g, 32, 32).astype(np.float64), norm="ortho")[:8, :8].ravel()
+    bits = c > np.median(c[1:])
     return int(np.packbits(bits).view(">u8")[0])
+
+
+def chroma_cells(a: np.ndarray) -> np.ndarray:
+    """CHROMA x CHROMA x 2 uint8: cell means of (R-G)/2 and (B-(R+G)/2)/2 around 128; grey
+    images are all 128."""
+    if a.shape[-1] == 1:
+        return np.full((CHROMA, CHROMA, 2), 128, np.uint8)
+    f = a.astype(np.float32)
+    opp = ((f[..., 0] - f[..., 1]) / 2, (f[..., 2] - (f[..., 0] + f[..., 1]) / 2) / 2)
+    cells = [_resize_grey(o, CHROMA, CHROMA) for o in opp]
+    return np.clip(np.stack(cells, -1) + 128.0, 0, 255).round().astype(np.uint8)
+
+
+def sharpness(g: np.ndarray, rgb: bool) -> float:
+    """Fine detail relative to edges: rms Laplacian / rms gradient, both on the pixels whose
+    3x3 neighbourhood lies inside one 8x8 block of the grid JPEG codes on.
+
+    ~1 for a sharp image; a blur of sigma s px drops it to ~1/s (the Laplacian falls faster
+    than the gradient); contrast cancels out. JPEG's block seams are left out (they add fine
+    detail to a blurred image; a plain std(Laplacian) read a blurred JPEG as sharp) and so is
+    8-bit rounding noise (Laplacian variance 20/12 per grey level, 0.745 for luma of RGB)."""
+    h, w = g.shape
+    if min(h, w) < 3:
+        return float("nan")
+    lap = -4.0 * g[1:-1, 1:-1] + g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:]
+    gx, gy = (g[1:-1, 2:] - g[1:-1, :-2]) / 2, (g[2:, 1:-1] - g[:-2, 1:-1]) / 2
+    inside = [(np.arange(1, n - 1) % 8 >= 1) & (np.arange(1, n - 1) % 8 <= 6) for n in (h, w)]
+    m = inside[0][:, None] & inside[1][None]
+    if m.sum() < 16:  # a tiny image: every pixel counts
+        m = np.ones_like(m)
+    noise = 0.745 if rgb else 20.0 / 12.0
+    lap_rms = math.sqrt(max(float(lap[m].var()) - noise, 0.0))
+    grad_rms = math.sqrt(float((gx[m] ** 2 + gy[m] ** 2).mean()))
+    return lap_rms / grad_rms if grad_rms > 1e-3 else 0.0
 
 
 def image_stats(img, analysis_size: int = 128) -> Tuple[Dict[str, Any], np.ndarray]:
@@ -81,8 +122,9 @@ def image_stats(img, analysis_size: int = 128) -> Tuple[Dict[str, Any], np.ndarr
     Size and mode come from the full image; the pixel statistics from a copy shrunk so its
     longer side is at most `analysis_size` (sharpness depends on scale, so it is measured at
     one scale for every image). brightness/contrast/p01/p99 are on the 0..255 luma scale;
-    sharpness is ~std(Laplacian) / std(image), low for blurry images whatever their contrast;
-    colourfulness is the mean |R-G| + |G-B| (0 for grey images).
+    sharpness is `sharpness` (rms Laplacian / rms gradient, low for blurry images whatever
+    their contrast or JPEG quality); colourfulness is the mean |R-G| + |G-B| (0 for grey
+    images); `chroma` is `chroma_cells`.
     """
     from PIL import Image
 
@@ -97,14 +139,7 @@ def image_stats(img, analysis_size: int = 128) -> Tuple[Dict[str, Any], np.ndarr
             a = a[..., None]
     g = _luma(a)
     std = float(g.std())
-    if min(g.shape) >= 3:
-        lap = -4.0 * g[1:-1, 1:-1] + g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:]
-        # edge strength relative to contrast (the Laplacian scales with contrast, blur does
-        # not), less the Laplacian of 8-bit rounding noise (variance 20/12), which would
-        # otherwise make a smooth low-contrast image look sharp
-        sharp = math.sqrt(max(float(lap.var()) - 20.0 / 12.0, 0.0)) / std if std > 1e-6 else 0.0
-    else:
-        sharp = float("nan")
+    sharp = sharpness(g, a.shape[-1] == 3)
     hist = np.bincount(np.clip(g + 0.5, 0, 255).astype(np.uint8).ravel(), minlength=256)
     cdf = np.cumsum(hist) / hist.sum()
     p = hist[hist > 0] / hist.sum()
@@ -122,7 +157,8 @@ def image_stats(img, analysis_size: int = 128) -> Tuple[Dict[str, Any], np.ndarr
         "sharpness": sharp,
         "entropy": float(abs((p * np.log2(p)).sum())),
         "colourfulness": colour,
-        "dhash": dhash(g),
+        "phash": phash(g),
+        "chroma": chroma_cells(a),
         "pixel_hash": pixel_hash,
     }
     thumb = np.clip(_resize_grey(g, THUMB, THUMB), 0, 255).round().astype(np.uint8)
@@ -139,7 +175,8 @@ class ImageTable:
 
     `label` indexes `class_names`; `split` indexes SPLITS; `ok` is false for an image that
     could not be read (its `error` says why, its statistics are NaN). `content_hash` is the
-    file bytes' hash for files and the pixels' hash for in-memory images.
+    file bytes' hash for files and the pixels' hash for in-memory images. `phash`, `thumbs`
+    and `chroma` are what near-duplicates are found by (`near_pairs`).
     """
 
     class_names: List[str]
@@ -150,8 +187,9 @@ class ImageTable:
     error: List[str]
     mode: List[str]
     content_hash: List[str]
-    dhash: np.ndarray
+    phash: np.ndarray
     thumbs: np.ndarray
+    chroma: np.ndarray
     num: Dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
@@ -159,7 +197,8 @@ class ImageTable:
         return cls(class_names=list(class_names), split=np.zeros(n, np.int8),
                    label=np.full(n, -1, np.int32), name=[""] * n, ok=np.zeros(n, bool),
                    error=[""] * n, mode=[""] * n, content_hash=[""] * n,
-                   dhash=np.zeros(n, np.uint64), thumbs=np.zeros((n, THUMB, THUMB), np.uint8),
+                   phash=np.zeros(n, np.uint64), thumbs=np.zeros((n, THUMB, THUMB), np.uint8),
+                   chroma=np.full((n, CHROMA, CHROMA, 2), 128, np.uint8),
                    num={k: np.full(n, np.nan) for k in NUMERIC_COLUMNS})
 
     def __len__(self) -> int:
@@ -174,8 +213,10 @@ class ImageTable:
         self.ok[i] = True
         self.mode[i] = row["mode"]
         self.content_hash[i] = content_hash or row["pixel_hash"]
-        self.dhash[i] = np.uint64(row["dhash"])
+        self.phash[i] = np.uint64(row["phash"])
         self.thumbs[i] = thumb
+        if "chroma" in row:
+            self.chroma[i] = row["chroma"]
         for k in NUMERIC_COLUMNS:
             if k in row:
                 self.num[k][i] = row[k]
@@ -197,8 +238,8 @@ class ImageTable:
                       for c in self.label.tolist()],
             "ok": self.ok.tolist(), "error": list(self.error), "mode": list(self.mode),
             "content_hash": list(self.content_hash),
-            "dhash": [f"{int(h):016x}" if ok else ""
-                      for h, ok in zip(self.dhash.tolist(), self.ok.tolist())],
+            "phash": [f"{int(h):016x}" if ok else ""
+                      for h, ok in zip(self.phash.tolist(), self.ok.tolist())],
         }
         for k, col in self.num.items():
             cols[k] = ["" if not math.isfinite(v) else (int(v) if k in ints else round(v, 4))
@@ -225,10 +266,6 @@ def robust_z(x: np.ndarray) -> np.ndarray:
         return z
     z[finite] = (x[finite] - med) / scale
     return z
-
-
-def _popcount64(x: np.ndarray) -> np.ndarray:
-    return np.unpackbits(x.astype(">u8").view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
 
 
 class _UnionFind:
@@ -262,17 +299,64 @@ def _exact_groups(table: ImageTable) -> List[List[int]]:
     return [g for g in by_hash.values() if len(g) > 1]
 
 
+# near-duplicates: a pair is confirmed when, after the best small shift/zoom, the thumbnails
+# differ by at most `thumb_distance` AND by at most this fraction of the image's own detail
+# (thumbnail std + 1): a re-encode leaves ~0.01, a 1-px shift of a 64 px photo 0.06 (p90
+# 0.12), two different photo crops >= 0.38 (p0.1), different sky crops (little detail, so
+# small absolute differences) ~0.5 and more
+NEAR_RELATIVE = 0.15
+# ... and their colour cells (`chroma_cells`) differ by at most this mean |a-b|: re-encodes and
+# shifts move them by < 1, a different patch of the same blue sky or green lawn by several
+NEAR_COLOUR = 3.0
+# shift tolerance of the confirmation: up to this many thumbnail pixels (1 thumbnail pixel =
+# 1/16 of the image: a 1-px shift of a 64 px image is 0.25) and this much zoom (crops of a
+# few %, resized back)
+NEAR_MAX_SHIFT, NEAR_MAX_ZOOM = 1.0, 0.08
+
+
+def aligned_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Mean |a - b| of grey thumbnails [P, T, T] after the best small shift and zoom (one
+    linearised least-squares step on the pair's mean gradient, clamped to NEAR_MAX_SHIFT /
+    NEAR_MAX_ZOOM), over the inner (T-2)^2 pixels, where a shift brings nothing in."""
+    a, b = a.astype(np.float32), b.astype(np.float32)
+    m = (a + b) / 2
+    gx = (m[:, 1:-1, 2:] - m[:, 1:-1, :-2]) / 2
+    gy = (m[:, 2:, 1:-1] - m[:, :-2, 1:-1]) / 2
+    d = (b - a)[:, 1:-1, 1:-1]
+    c = np.arange(a.shape[-1] - 2, dtype=np.float32) - (a.shape[-1] - 3) / 2
+    zoom = c[None, None, :] * gx + c[None, :, None] * gy
+    J = np.stack([gx, gy, zoom], -1).reshape(len(a), -1, 3)
+    jtj = np.einsum("pki,pkj->pij", J, J) + 1e-3 * np.eye(3, dtype=np.float32)
+    jtd = np.einsum("pki,pk->pi", J, d.reshape(len(a), -1))
+    step = np.linalg.solve(jtj, jtd[..., None])[..., 0]
+    step[:, :2] = np.clip(step[:, :2], -NEAR_MAX_SHIFT, NEAR_MAX_SHIFT)
+    step[:, 2] = np.clip(step[:, 2], -NEAR_MAX_ZOOM, NEAR_MAX_ZOOM)
+    resid = d.reshape(len(a), -1) - np.einsum("pki,pi->pk", J, step)
+    return np.abs(resid).mean(axis=1)
+
+
+_POP8 = np.array([bin(v).count("1") for v in range(256)], np.uint8)
+
+
+def _popcount64(x: np.ndarray) -> np.ndarray:
+    return _POP8[np.ascontiguousarray(x, dtype=np.uint64).view(np.uint8)].reshape(-1, 8).sum(
+        axis=1, dtype=np.int64)
+
+
 def near_pairs(table: ImageTable, hash_distance: int, thumb_distance: float, window: int = 64,
-               chunk: int = 500_000) -> np.ndarray:
-    """Pairs (i < j) of readable images whose dHashes differ in at most `hash_distance` bits
-    and whose grey thumbnails differ by at most `thumb_distance` (mean |a-b|, 0..255).
+               chunk: int = 200_000, relative: float = NEAR_RELATIVE,
+               colour: float = NEAR_COLOUR) -> np.ndarray:
+    """Pairs (i < j) of readable images whose perceptual hashes differ in at most
+    `hash_distance` bits and that `confirm_near` accepts (thumbnails within `thumb_distance`
+    mean |a-b| and `relative` of their detail after a small shift/zoom; colour cells within
+    `colour`).
 
     Candidates come from splitting the 64-bit hash into hash_distance+1 bands: two hashes
-    within that distance agree exactly on at least one band (pigeonhole), so sorting by each
-    band and comparing neighbours that share it finds every candidate without comparing all
-    pairs. In a crowd of more than `window` images sharing a band (thousands of blank
-    images, say) each is compared with its `window` nearest in thumbnail brightness instead
-    of with all, which bounds the work at N * window per band. Exact duplicates are
+    within that distance agree exactly on at least one band (pigeonhole). Per band the images
+    are sorted by (band, thumbnail brightness) and each is compared with its next `window`
+    images sharing the band: a copy has nearly the same brightness, so it sits within the
+    window even in a crowd (thousands of blank images, or 100k images over few band values).
+    Work: N x window x (hash_distance+1) hash comparisons, never N^2. Exact duplicates are
     represented by one member (they are reported as exact). Returns int64 [P, 3] of
     (i, j, hamming distance).
     """
@@ -282,21 +366,26 @@ def near_pairs(table: ImageTable, hash_distance: int, thumb_distance: float, win
     idx = np.array(sorted(reps.values()), dtype=np.int64)
     if len(idx) < 2:
         return np.zeros((0, 3), np.int64)
-    h = table.dhash[idx]
+    h = table.phash[idx]
     level = table.thumbs[idx].reshape(len(idx), -1).mean(axis=1)
     edges = np.linspace(0, 64, hash_distance + 2).round().astype(int)
     found = []
+    cand_a: List[np.ndarray] = []
+    cand_b: List[np.ndarray] = []
+    pending = [0]
 
-    def confirm(a: np.ndarray, b: np.ndarray) -> None:
-        for lo in range(0, len(a), chunk):
-            i, j = idx[a[lo:lo + chunk]], idx[b[lo:lo + chunk]]
-            dist = _popcount64(table.dhash[i] ^ table.dhash[j])
-            keep = dist <= hash_distance
-            i, j, dist = i[keep], j[keep], dist[keep]
-            diff = table.thumbs[i].astype(np.int16) - table.thumbs[j].astype(np.int16)
-            td = np.abs(diff).mean(axis=(1, 2))
-            keep = td <= thumb_distance
-            found.append(np.stack([np.minimum(i, j)[keep], np.maximum(i, j)[keep], dist[keep]], 1))
+    def flush() -> None:
+        if not cand_a:
+            return
+        a, b = np.concatenate(cand_a), np.concatenate(cand_b)
+        cand_a.clear(), cand_b.clear()
+        pending[0] = 0
+        key = np.unique(np.minimum(a, b) * len(idx) + np.maximum(a, b))
+        a, b = key // len(idx), key % len(idx)
+        i, j = idx[a], idx[b]
+        keep = confirm_near(table, i, j, thumb_distance, relative, colour)
+        dist = _popcount64(table.phash[i[keep]] ^ table.phash[j[keep]])
+        found.append(np.stack([i[keep], j[keep], dist], 1))
 
     for lo, hi in zip(edges[:-1], edges[1:]):
         key = (h >> np.uint64(64 - hi)) & np.uint64((1 << int(hi - lo)) - 1)
@@ -306,12 +395,41 @@ def near_pairs(table: ImageTable, hash_distance: int, thumb_distance: float, win
             same = k[d:] == k[:-d]
             if not same.any():
                 break
-            confirm(order[:-d][same], order[d:][same])
+            a, b = order[:-d][same], order[d:][same]
+            close = _popcount64(h[a] ^ h[b]) <= hash_distance
+            cand_a.append(a[close])
+            cand_b.append(b[close])
+            pending[0] += int(close.sum())
+            if pending[0] >= chunk:
+                flush()
+    flush()
     pairs = np.concatenate(found) if found else np.zeros((0, 3), np.int64)
     if not len(pairs):
         return pairs.astype(np.int64)
     _, first = np.unique(pairs[:, 0] * len(table) + pairs[:, 1], return_index=True)
     return pairs[np.sort(first)].astype(np.int64)
+
+
+def confirm_near(table: ImageTable, i: np.ndarray, j: np.ndarray, thumb_distance: float,
+                 relative: float = NEAR_RELATIVE, colour: float = NEAR_COLOUR,
+                 chunk: int = 20_000) -> np.ndarray:
+    """Which candidate pairs (i[k], j[k]) are near-duplicates (boolean mask): shift/zoom-aligned
+    grey thumbnails within `thumb_distance` and within `relative` x (detail + 1), detail
+    being the smaller thumbnail std; colour cells within `colour`."""
+    keep = np.zeros(len(i), bool)
+    for lo in range(0, len(i), chunk):
+        ii, jj = i[lo:lo + chunk], j[lo:lo + chunk]
+        cd = np.abs(table.chroma[ii].astype(np.int16) - table.chroma[jj]).mean(axis=(1, 2, 3))
+        ok = cd <= colour
+        if not ok.any():
+            continue
+        ta, tb = table.thumbs[ii[ok]], table.thumbs[jj[ok]]
+        td = aligned_distance(ta, tb)
+        detail = np.minimum(ta.reshape(len(ta), -1).std(axis=1),
+                            tb.reshape(len(tb), -1).std(axis=1))
+        sub = (td <= thumb_distance) & (td <= relative * (detail + 1.0))
+        keep[lo + np.flatnonzero(ok)[sub]] = True
+    return keep
 
 
 def _listed(table: ImageTable, idx: Sequence[int], limit: int) -> List[Dict[str, Any]]:
@@ -561,7 +679,7 @@ def outliers(table: ImageTable, found: List[Tuple[int, List[str]]], z_max: float
 
 
 def property_flags(table: ImageTable, dark_max: float = 32.0, bright_min: float = 223.0,
-                   blurry_max: float = 0.05, entropy_min: float = 1.0,
+                   blurry_max: float = 0.55, entropy_min: float = 1.0,
                    low_contrast_max: float = 2.0, odd_size_factor: float = 3.0,
                    odd_aspect_factor: float = 2.0, grayscale_tolerance: float = 1.0
                    ) -> Dict[str, Tuple[np.ndarray, np.ndarray, str]]:
@@ -584,7 +702,7 @@ def property_flags(table: ImageTable, dark_max: float = 32.0, bright_min: float 
             "data.bright": (ok & (n["p01"] > bright_min), -n["p01"],
                             f"1st-percentile brightness > {bright_min:g} of 255"),
             "data.blurry": (ok & ~low_info & (n["sharpness"] < blurry_max), n["sharpness"],
-                            f"std(Laplacian)/std(image) < {blurry_max:g}"),
+                            f"rms Laplacian / rms gradient < {blurry_max:g}"),
             "data.low_information": (low_info, n["entropy"],
                                      f"grey-level entropy < {entropy_min:g} bits or contrast "
                                      f"< {low_contrast_max:g}"),
