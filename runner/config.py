@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional
 from omegaconf import MISSING
 
 from runner.errors import ConfigError
+from runner.stages.protocol import NoParams
 
 DATA_KINDS = ("digits", "synthetic", "imagefolder", "torchvision", "custom")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -149,6 +150,12 @@ class TrainerConfig:
     early_stopping_patience: int = 0
     # cap on optimiser steps per epoch (0 = a full pass); for quick checks and tests
     max_steps_per_epoch: int = 0
+    # write checkpoints/last.pt every this many epochs (0 = only when the run ends or stops).
+    # 1: the training thread pays only the snapshot (resnet10t, 59 MB: ~40 ms, about 2% of a
+    # digits epoch); serialising and fsync (~250 ms+) run on a background thread meanwhile
+    checkpoint_every: int = 1
+    # ... and also when this many seconds have passed since the last one (0 = off)
+    checkpoint_every_s: float = 0.0
     progress: bool = True
 
 
@@ -190,8 +197,9 @@ class StageConfig:
     """Which procedure runs (runner/stages); stage YAMLs set this and what they change."""
 
     name: str = "baseline"
-    # free-form settings of the stage procedure
-    params: Dict[str, Any] = field(default_factory=dict)
+    # the stage's settings, typed by its Params (runner/stages/<name>.py): the stage YAML
+    # puts that schema here (`/stage_params/<name>@stage.params` in its defaults)
+    params: Any = field(default_factory=NoParams)
 
 
 @dataclass
@@ -202,11 +210,14 @@ class InspectConfig:
     # pixel statistics are measured on a copy whose longer side is at most this many pixels
     # (sharpness depends on scale, so every image is judged at one scale)
     analysis_size: int = 128
-    # near-duplicates: dHashes (64 bits) within this many bits are candidates ...
-    near_hash_distance: int = 4
-    # ... confirmed when their 16x16 grey thumbnails differ by at most this mean |a-b| (0..255):
-    # a re-save or light noise moves it by ~1; two of the digits' "1"s by different writers ~4
-    near_thumb_distance: float = 3.0
+    # near-duplicates: perceptual hashes (64 bits) within this many bits are candidates: a
+    # JPEG re-encode moves <= 4 bits, a 1-px shift of a 64 px photo <= 10 (p95), other photos ~32
+    near_hash_distance: int = 10
+    # ... confirmed when their 16x16 grey thumbnails, aligned by the best small shift/zoom,
+    # differ by at most this mean |a-b| (0..255) (and by a fraction of their detail, see
+    # data.NEAR_RELATIVE): a re-encode leaves ~0.5, a 1-px shift ~3 (p90 4.7); digits' closest
+    # different "1"s at 16 px stay above 5
+    near_thumb_distance: float = 5.0
     # ... and in a crowd sharing a hash band (thousands of blank images) each image is compared
     # with this many neighbours in thumbnail brightness, not all: bounds the work at N x this
     near_window: int = 64
@@ -224,9 +235,10 @@ class InspectConfig:
     dark_max: float = 32.0
     # bright: 1st-percentile brightness above this: hardly a pixel below 87% grey
     bright_min: float = 223.0
-    # blurry: std(Laplacian) / std(image) below this (at analysis_size): sharp photos ~0.2-1.5,
-    # 8x8 digits upsampled to 32 px ~0.15, a photo under a Gaussian blur of 2-4 px ~0-0.1
-    blurry_max: float = 0.05
+    # blurry: rms Laplacian / rms gradient below this (at analysis_size, JPEG block seams left
+    # out): sharp 64 px photo crops 0.7-3 (PNG or JPEG q75+), digits at 16 px >= 1.7, at 32 px
+    # >= 0.55, the same crops under a Gaussian blur of 2-4 px 0.2-0.5
+    blurry_max: float = 0.55
     # low information: grey-level entropy below this many bits (a near two-tone image) ...
     entropy_min: float = 1.0
     # ... or brightness std below this (0..255): a near-constant image
@@ -327,12 +339,29 @@ class RunnerConfig:
     name: str = "default"
 
 
+def schema(stage: Optional[str] = None):
+    """The schema as a config node, with stage.params typed by `stage`'s Params (a saved
+    config merged into it keeps its stage settings and their types)."""
+    from omegaconf import OmegaConf
+
+    from runner.stages import STAGES, get_stage
+
+    node = OmegaConf.structured(RunnerConfig)
+    if stage in STAGES:
+        node.stage.params = OmegaConf.structured(get_stage(stage).Params)
+    return node
+
+
 def register_configs() -> None:
     """Put the schema into Hydra's ConfigStore as `runner_schema` (config.yaml extends it)."""
     from hydra.core.config_store import ConfigStore
 
+    from runner.stages import STAGES, get_stage
+
     cs = ConfigStore.instance()
     cs.store(name="runner_schema", node=RunnerConfig)
+    for name in STAGES:  # each stage's Params, typed (conf/stage/<name>.yaml selects it)
+        cs.store(group="stage_params", name=name, node=get_stage(name).Params)
 
 
 def _close(value: str, options, n: int = 3) -> str:
@@ -457,6 +486,8 @@ def validate(cfg, original_cwd: Optional[str] = None) -> None:
     _positive(p, "trainer.eval_every", t.eval_every)
     _positive(p, "trainer.early_stopping_patience", t.early_stopping_patience, allow_zero=True)
     _positive(p, "trainer.max_steps_per_epoch", t.max_steps_per_epoch, allow_zero=True)
+    _positive(p, "trainer.checkpoint_every", t.checkpoint_every, allow_zero=True)
+    _positive(p, "trainer.checkpoint_every_s", t.checkpoint_every_s, allow_zero=True)
     if cfg.human_baseline is not None and not 0.0 <= cfg.human_baseline <= 1.0:
         p.append(f"human_baseline={cfg.human_baseline!r} must be an accuracy in [0, 1]")
     init_from = cfg.get("init_from")

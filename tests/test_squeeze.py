@@ -176,7 +176,9 @@ def test_squeeze_settings_are_checked_before_anything_trains(cli, tmp_path):
 
 
 def test_check_params_types_and_ranges():
-    from runner.stages.squeeze import DEFAULTS, check_params
+    from runner.stages.squeeze import check_params
+
+    DEFAULTS = {"from": None, "runs": [], "k": 3, "seeds": 3, "continue_epochs": None}
 
     def keys(**kw):
         return [k for k, _ in check_params({**DEFAULTS, **kw})]

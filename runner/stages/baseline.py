@@ -13,27 +13,32 @@ import itertools
 import logging
 import math
 import time
-from typing import Dict, List, Tuple
-
-import torch
+from typing import TYPE_CHECKING, Dict, List, Tuple
 
 from runner.checks import Verdict, skip
-from runner.checks.evaluation import eval_repeatable, split_labels
-from runner.checks.pretrained import pretrained_norm
-from runner.checks.baselines import input_independent, majority_accuracy, overfit_batch
-from runner.checks.gradients import batch_independence, grads_flow
-from runner.checks.init import init_bias, init_loss
-from runner.checks.inputs import input_stats
-from runner.checks.training import loss_decreases, seed_determinism, train_finite
-from runner.models import build_model
-from runner.optim import build_optimizer
-from runner.stages.protocol import run_check
-from runner.stages.common import (Context, build_data_for, build_model_for, finish, loaders,
-                                  set_seed, setup_runtime, summary_of, train_run)
+from runner.stages import train
+from runner.stages.protocol import Context, run_check
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("runner")
 
+# builds on stage=train; its checks are tuned under checks.*, not stage.params
+Params = train.Params
+
 def run(cfg, ctx: Context) -> int:
+    from runner.checks.baselines import majority_accuracy
+    from runner.stages.common import (
+        build_data_for,
+        build_model_for,
+        finish,
+        loaders,
+        setup_runtime,
+        summary_of,
+        train_run,
+    )
+
     device = setup_runtime(cfg)
     data = build_data_for(cfg, ctx)
     model = build_model_for(cfg, data, ctx, device)
@@ -69,8 +74,9 @@ def run(cfg, ctx: Context) -> int:
 def _import_now() -> None:
     """timm's optimisers and pyplot load in seconds; the run and the report need them anyway.
     Loading them before the checks keeps each check's `seconds` its own cost."""
-    import runner.checks.figures  # noqa: F401  (pyplot, Agg)
     import timm.optim  # noqa: F401
+
+    import runner.checks.figures  # noqa: F401  (pyplot, Agg)
 
 
 def _pool_size(cfg) -> int:
@@ -84,6 +90,14 @@ def checks_before_training(cfg, ctx, data, model, train_loader, x, y, device) ->
 
     init.bias changes `model` in place (final bias := log prior): the real run starts from it.
     """
+    from runner.checks.baselines import overfit_batch
+    from runner.checks.gradients import batch_independence, grads_flow
+    from runner.checks.init import init_bias, init_loss
+    from runner.checks.inputs import input_stats
+    from runner.checks.training import seed_determinism
+    from runner.models import build_model
+    from runner.optim import build_optimizer
+
     c, out = cfg.checks, []
     batch = (x[:cfg.trainer.batch_size], y[:cfg.trainer.batch_size])
     prior = data.class_prior().to(device)
@@ -132,6 +146,9 @@ def checks_before_training(cfg, ctx, data, model, train_loader, x, y, device) ->
 
 def checks_after_training(cfg, ctx, data, res, before: List[Verdict], device) -> List[Verdict]:
     """Checks that need the real run: finiteness, the dumb baselines, a falling loss."""
+    from runner.checks.evaluation import eval_repeatable
+    from runner.checks.training import loss_decreases, train_finite
+
     c, out = cfg.checks, []
     log.info("check: train.finite (no NaN/Inf loss in the real run)")
     out.append(run_check(c, "train.finite", lambda s: train_finite(res.nonfinite, res.state.step)))
@@ -155,6 +172,8 @@ def checks_after_training(cfg, ctx, data, res, before: List[Verdict], device) ->
 
 def _pretrained_norm(cfg, data, model, s) -> Verdict:
     """The configured input statistics against the model's pretrained config (timm)."""
+    from runner.checks.pretrained import pretrained_norm
+
     pcfg = None
     if cfg.model.pretrained:
         from timm.data import resolve_model_data_config
@@ -168,6 +187,8 @@ def _pretrained_norm(cfg, data, model, s) -> Verdict:
 def _split_labels(data, res, s) -> Verdict:
     """Train accuracy learned but val at chance: the last evaluation's predictions name the
     mapping when they were kept (checks.predictions)."""
+    from runner.checks.evaluation import split_labels
+
     last = res.history[-1] if res.history else {}
     if not last or last.get("val_acc") is None or res.nonfinite:
         return skip("train.split_labels", "the real run did not finish: nothing to compare")
@@ -181,6 +202,8 @@ def _split_labels(data, res, s) -> Verdict:
 
 def first_examples(loader, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """The first n training examples exactly as the loop would feed them (epoch 0 order)."""
+    import torch
+
     xs, ys, got = [], [], 0
     for xb, yb in loader.epoch(0):
         xs.append(xb)
@@ -193,6 +216,10 @@ def first_examples(loader, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
 
 def _input_independent(cfg, ctx, data, device, res, s) -> Verdict:
     """Train the same model (same seed, same bias init) on zeroed inputs; compare on val."""
+    from runner.checks.baselines import input_independent, majority_accuracy
+    from runner.models import build_model
+    from runner.stages.common import set_seed, train_run
+
     if res.nonfinite or not res.history:
         return skip("baseline.input_independent", "the real run did not finish: nothing to compare")
     zcfg = copy.deepcopy(cfg)
@@ -213,6 +240,8 @@ def _input_independent(cfg, ctx, data, device, res, s) -> Verdict:
 
 
 def _set_log_prior_bias(model, prior) -> None:
+    import torch
+
     from runner.models import final_linear
 
     head = final_linear(model)
@@ -223,8 +252,14 @@ def _set_log_prior_bias(model, prior) -> None:
 
 def predictions_sections(ctx, data, res, s) -> List[Tuple[str, str]]:
     """Prediction dynamics, confusion matrix and top-loss examples, saved by the output module."""
-    from runner.checks.predictions import (confusion, confusion_figure, fixed_examples,
-                                           prediction_dynamics, top_loss_figure, top_losses)
+    from runner.checks.predictions import (
+        confusion,
+        confusion_figure,
+        fixed_examples,
+        prediction_dynamics,
+        top_loss_figure,
+        top_losses,
+    )
     from runner.report import esc, images, table
 
     recs = [r for r in res.records if r.val_logits is not None]

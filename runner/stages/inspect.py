@@ -24,13 +24,15 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from runner.checks import Verdict
-from runner.checks.registry import is_enabled
 from runner.checks import data as dc
+from runner.checks.registry import is_enabled
 from runner.errors import ConfigError
-from runner.stages.common import Context, finish
-from runner.stages.protocol import run_check
+from runner.stages.protocol import Context, NoParams, run_check
 
 log = logging.getLogger("runner")
+
+# no stage.params: the data checks' thresholds are inspect.* and checks.*
+Params = NoParams
 
 
 # ----------------------------------------------------------------------------- sources
@@ -247,8 +249,9 @@ def thumb_rows(rows: Sequence[Tuple[str, Sequence[Tuple[Optional[np.ndarray], st
     """One mosaic: a row per (row title, [(image, caption), ...]); a caption under each tile.
 
     Drawn as one imshow at one canvas pixel per screen pixel (fast for hundreds of tiles)."""
-    import runner.plots  # noqa: F401  (Agg backend)
     import matplotlib.pyplot as plt
+
+    import runner.plots  # noqa: F401  (Agg backend)
 
     cell_w, cell_h, cap_h, label_w, pad = size + 44, size, 36, 140, 6
     ncol = max(1, max((len(r[1]) for r in rows), default=1))
@@ -303,8 +306,9 @@ def _short(name: str) -> str:
 
 
 def fig_class_counts(table: dc.ImageTable):
-    import runner.plots  # noqa: F401
     import matplotlib.pyplot as plt
+
+    import runner.plots  # noqa: F401
 
     k = len(table.class_names)
     counts = {s: np.bincount(table.label[(table.split == si) & (table.label >= 0)], minlength=k)[:k]
@@ -331,8 +335,9 @@ def fig_class_counts(table: dc.ImageTable):
 
 def fig_distributions(table: dc.ImageTable, max_classes: int):
     """Size, aspect ratio, and brightness/contrast per class (box plots), readable images only."""
-    import runner.plots  # noqa: F401
     import matplotlib.pyplot as plt
+
+    import runner.plots  # noqa: F401
 
     ok = table.ok
     n = table.num
@@ -415,8 +420,12 @@ def _logged(name: str, fn, *args) -> Verdict:
 def _label_issues(table: dc.ImageTable, s, suspects: List[Dict[str, Any]]) -> Verdict:
     """data.label_issues on the readable training images (their grey thumbnails as features);
     `suspects` gets the label_issues.csv rows, `index` being the position in the train split."""
-    from runner.checks.labels import (find_label_issues, image_features, label_issues_figure,
-                                      label_issues_verdict)
+    from runner.checks.labels import (
+        find_label_issues,
+        image_features,
+        label_issues_figure,
+        label_issues_verdict,
+    )
 
     log.info("check: data.label_issues (%d-fold cross-validated linear model)", int(s.folds))
     train = np.flatnonzero(table.split == 0)
@@ -458,6 +467,7 @@ def _spurious(table: dc.ImageTable, s) -> Verdict:
 
 def run(cfg, ctx: Context) -> int:
     from runner.report import esc
+    from runner.stages.common import finish
 
     ic = cfg.inspect
     t_start = time.perf_counter()
@@ -575,7 +585,8 @@ def write_tables(ctx: Context, source: Source, table: dc.ImageTable, groups, lea
 def report_sections(cfg, ctx: Context, source: Source, table: dc.ImageTable, verdicts, groups,
                     leaks, found, flags) -> List[Tuple[str, str]]:
     """The page a person reads: what the data looks like, then each finding with thumbnails."""
-    from runner.report import esc, images, table as html_table
+    from runner.report import esc, images
+    from runner.report import table as html_table
 
     ic = cfg.inspect
     size = ic.thumb_size

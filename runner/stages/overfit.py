@@ -7,19 +7,33 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any
 
-from runner.checks.training import train_finite, train_fit
-from runner.stages.protocol import run_check
-from runner.stages.common import Context, finish, summary_of, train_run, stage_params
+from runner.stages import train
+from runner.stages.protocol import Context, run_check
 
 log = logging.getLogger("runner")
 
-DEFAULTS = {"train_loss_target": 0.02, "train_acc_target": 0.999}
+
+@dataclass
+class OverfitParams(train.Params):  # conf/stage/overfit.yaml builds on baseline, which adds none
+    """stage.params of stage=overfit."""
+
+    # stop once the epoch's training loss is at or below this ("near zero")
+    train_loss_target: float = 0.02
+    # overfit.train_fit also passes when training accuracy reaches this
+    train_acc_target: float = 0.999
+
+
+Params = OverfitParams
 
 
 def params(cfg) -> dict[str, Any]:
-    return stage_params(cfg, DEFAULTS)
+    """stage.params as a plain dict (typed by Params at compose time)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg.stage.params, resolve=True)
 
 
 def gap_of(summary: dict[str, Any]) -> dict[str, Any]:
@@ -32,7 +46,9 @@ def gap_of(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(cfg, ctx: Context) -> int:
+    from runner.checks.training import train_finite, train_fit
     from runner.report import kv_table
+    from runner.stages.common import finish, summary_of, train_run
 
     p = params(cfg)
     res = train_run(cfg, ctx, until_train_loss=float(p["train_loss_target"]))

@@ -31,7 +31,29 @@ log = logging.getLogger("runner")
 
 @dataclass
 class NoParams:
-    """A stage without settings of its own."""
+    """A stage without settings of its own (and the base of every stage's Params)."""
+
+
+def keyword_fields(cls, **fields_: tuple) -> type:
+    """A Params dataclass `cls` plus fields whose names are Python keywords (name=(type,
+    default)): squeeze's `stage.params.from` is a public key, and `from` cannot be written as
+    a dataclass field. Such a class has no generated __init__/__repr__/__eq__ (they would not
+    compile); OmegaConf reads its fields, which is all the schema needs."""
+    import dataclasses
+
+    ns = {k: v for k, v in cls.__dict__.items() if k not in (
+        "__dict__", "__weakref__", "__dataclass_fields__", "__dataclass_params__")}
+    own = ns.get("__annotations__", {})
+    for f in dataclasses.fields(cls):  # this class's fields again, defaults and factories kept
+        if f.name in own:
+            ns[f.name] = dataclasses.field(default=f.default, default_factory=f.default_factory)
+    annotations = dict(own)
+    for name, (type_, default) in fields_.items():
+        annotations[name] = type_
+        ns[name] = default
+    ns["__annotations__"] = annotations
+    new = type(cls.__name__, cls.__bases__, ns)
+    return dataclasses.dataclass(init=False, repr=False, eq=False)(new)
 
 
 @dataclass

@@ -22,30 +22,49 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
 
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 
-from runner.checks.training import train_finite
-from runner.checks.weights import first_layer_verdict
-from runner.stages.protocol import run_check
 from runner.errors import ConfigError
 from runner.lineage import apply as apply_lineage
-from runner.stages.common import Context, finish, stage_params, sub_run, summary_of
+from runner.stages import overfit
+from runner.stages.protocol import Context, run_check
 
 log = logging.getLogger("runner")
 
-DEFAULTS: dict[str, Any] = {"rungs": [], "min_delta": 0.005, "first_layer_min_corr": 0.1,
-                            "first_layer_min_kernel": 5}
+@dataclass
+class Rung:
+    """One step of the ladder: a name and the overrides it adds to the kept ones."""
+
+    name: str = MISSING
+    # any Hydra overrides, e.g. [aug=light] or [optim.name=adamw, optim.weight_decay=0.05]
+    overrides: List[str] = field(default_factory=list)
+    # run the rung only when this key of the config is set (else it is listed as skipped)
+    when: Optional[str] = None
 
 
-RUNG_KEYS = {"name", "overrides", "when"}
+@dataclass
+class RegularizeParams(overfit.Params):  # conf/stage/regularize.yaml builds on overfit
+    """stage.params of stage=regularize."""
+
+    # the smallest val-accuracy gain that counts, whatever the noise estimate says
+    min_delta: float = 0.005
+    # regularize.first_layer warns below this mean neighbour-pixel correlation of the filters
+    first_layer_min_corr: float = 0.1
+    # ... judged only for kernels at least this wide (3x3 stems show little structure: skip)
+    first_layer_min_kernel: int = 5
+    # the ladder, tried in order; conf/stage/regularize.yaml lists the recipe's default one
+    rungs: List[Rung] = field(default_factory=list)
+
+
+Params = RegularizeParams
 
 
 def params(cfg) -> dict[str, Any]:
-    from runner.stages import overfit
-
-    return stage_params(cfg, DEFAULTS, inherited=overfit.DEFAULTS)
+    """stage.params as a plain dict (typed by Params at compose time)."""
+    return OmegaConf.to_container(cfg.stage.params, resolve=True)
 
 
 # ----------------------------------------------------------------------------- decision rule
@@ -237,16 +256,13 @@ def _slug(s: str) -> str:
 
 
 def run(cfg, ctx: Context) -> int:
+    from runner.checks.training import train_finite
+    from runner.checks.weights import first_layer_verdict
     from runner.report import esc, pre, table
+    from runner.stages.common import finish, sub_run, summary_of
 
     p = params(cfg)
-    rungs = list(p["rungs"] or [])
-    bad = [f"stage.params.rungs[{i}] has {sorted(set(r) - RUNG_KEYS)}; a rung takes "
-           f"{sorted(RUNG_KEYS)}" for i, r in enumerate(rungs)
-           if not isinstance(r, dict) or set(r) - RUNG_KEYS] if all(isinstance(r, dict) for r in rungs) \
-        else ["stage.params.rungs: each rung is a mapping {name: ..., overrides: [...]}"]
-    if bad:
-        raise ConfigError(bad)
+    rungs = list(p["rungs"] or [])  # typed by Rung at compose time
     check_rungs(cfg, rungs, ctx)  # every rung composes and validates, before rung 0 trains
     min_delta = float(p["min_delta"])
     rung_root = ctx.run.path / "rungs"

@@ -32,20 +32,42 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import torch
 from omegaconf import OmegaConf
 
 from runner.errors import ConfigError
-from runner.checks.outcomes import ensemble, mean_std, seed_spread
-from runner.stages.common import Context, finish, stage_params
-from runner.stages.protocol import run_check
+from runner.stages import regularize
+from runner.stages.protocol import Context, keyword_fields, run_check
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("runner")
 
-DEFAULTS: dict[str, Any] = {"from": None, "runs": [], "k": 3, "seeds": 3, "continue_epochs": None}
+@dataclass
+class SqueezeParams(regularize.Params):  # conf/stage/squeeze.yaml builds on regularize
+    """stage.params of stage=squeeze (plus `from`, added below: a Python keyword)."""
+
+    # or: run directories, e.g. '[outputs/a/b,outputs/c/d]' (used together with from); one
+    # directory as a plain string is a list of one
+    runs: Any = field(default_factory=list)
+    # how many of the candidates (best val accuracy first) join the ensemble
+    k: int = 3
+    # runs per candidate for the winner and the runner-up (its own run + seeds - 1 reruns
+    # with seed+1, seed+2, ...); below 2: no reruns
+    seeds: int = 3
+    # more epochs for the winner from its last checkpoint, no early stopping; null = as many
+    # again as it ran; 0 = off
+    continue_epochs: Optional[int] = None
+
+
+# a regularize run dir (its rungs/), a tune/multirun sweep dir (its trials), or a run dir
+Params = keyword_fields(SqueezeParams, **{"from": (Optional[str], None)})
+# the settings squeeze reads (the rest of Params is what its YAML inherits from regularize)
+OWN = ("from", "runs", "k", "seeds", "continue_epochs")
 
 
 def _int(v: Any) -> bool:
@@ -82,7 +104,7 @@ def check_params(p: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def params(cfg) -> dict[str, Any]:
-    """stage.params over DEFAULTS, checked: every problem in one ConfigError (exit 2)."""
+    """squeeze's own stage.params, range-checked: every problem in one ConfigError (exit 2)."""
     p, problems = _params(cfg)
     if problems:
         raise ConfigError(problems)
@@ -90,21 +112,10 @@ def params(cfg) -> dict[str, Any]:
 
 
 def _params(cfg) -> tuple[dict[str, Any], list[str]]:
-    import re
-
-    from runner.stages import overfit, regularize
-
-    problems: list[str] = []
-    try:
-        p = stage_params(cfg, DEFAULTS, inherited=[*overfit.DEFAULTS, *regularize.DEFAULTS])
-    except ConfigError as e:  # the generic checks (unknown keys, types): ours too, in one message
-        problems = list(e.problems)
-        raw = cfg.stage.get("params") or {}
-        raw = OmegaConf.to_container(raw, resolve=True) if OmegaConf.is_config(raw) else dict(raw)
-        p = {**DEFAULTS, **{k: v for k, v in raw.items() if k in DEFAULTS}}
-    reported = {m.group(1) for m in (re.match(r"stage\.params\.(\w+)", x) for x in problems) if m}
-    problems += [msg for key, msg in check_params(p) if key not in reported]
-    return p, problems
+    """stage.params (typed by Params at compose time) and the range problems found in it."""
+    p = OmegaConf.to_container(cfg.stage.params, resolve=True)
+    p = {k: p.get(k) for k in OWN}
+    return p, [msg for _, msg in check_params(p)]
 
 
 def sources(cfg, cwd: Path) -> tuple[dict[str, Any], Optional[Path], list[Path]]:
@@ -140,6 +151,8 @@ def sources(cfg, cwd: Path) -> tuple[dict[str, Any], Optional[Path], list[Path]]
 
 def ensemble_scores(member_logits: list[torch.Tensor], targets: torch.Tensor) -> dict[str, Any]:
     """Each member's accuracy and the averaged-logits ensemble's accuracy and loss."""
+    import torch
+
     targets = targets.long()
     accs = [float((lg.argmax(1) == targets).float().mean()) for lg in member_logits]
     mean = torch.stack([lg.float() for lg in member_logits]).mean(0)
@@ -207,13 +220,13 @@ def _checkpoint(run_dir: Path, name: str = "best.pt") -> Path:
 def member_config(run_dir: Path):
     """A finished run's config (saved in its checkpoint) on the schema, ready to train again."""
     from runner.checkpoint import load_checkpoint
-    from runner.config import RunnerConfig
+    from runner.config import schema
 
     raw = OmegaConf.to_container(OmegaConf.create(load_checkpoint(_checkpoint(run_dir))["config"]))
     for key in ("from", "hydra"):
         raw.pop(key, None)
     raw.update({"init_from": None, "resume": False})
-    return OmegaConf.merge(OmegaConf.structured(RunnerConfig), raw)
+    return OmegaConf.merge(schema(str((raw.get("stage") or {}).get("name"))), raw)
 
 
 def sub_lineage(cand: Path, cand_cfg, role: str, label: str, ctx: Context, changed: dict[str, Any],
@@ -243,6 +256,7 @@ def _sub_summary(cand: Path, cand_cfg, role: str, label: str, **more) -> dict[st
 
 def seed_reruns(cand: Path, label: str, n: int, ctx: Context, root: Path) -> dict[str, Any]:
     """The candidate plus n - 1 reruns with the next seeds: val accuracies, mean, std."""
+    from runner.checks.outcomes import mean_std
     from runner.stages.common import sub_run
 
     base = member_config(cand)
@@ -396,8 +410,11 @@ def squeeze_lineage(ctx: Context, from_: list[Path], runs: list[Path], ranked: l
 
 
 def run(cfg, ctx: Context) -> int:
+    import torch
+
+    from runner.checks.outcomes import ensemble, seed_spread
     from runner.report import esc, table
-    from runner.stages.common import setup_runtime
+    from runner.stages.common import finish, setup_runtime
 
     cwd = Path(ctx.original_cwd)
     # `from=<dir>` on the command line means stage.params.from: the candidates

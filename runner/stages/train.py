@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import logging
 
-from runner.checks.training import train_finite
-from runner.stages.protocol import run_check
-from runner.stages.common import Context, finish, summary_of, train_run
+from runner.stages.protocol import Context, NoParams, run_check
 
 log = logging.getLogger("runner")
 
+# no settings of its own; every training stage's Params builds on this
+Params = NoParams
+
 
 def run(cfg, ctx: Context) -> int:
+    from runner.checks.training import train_finite
+    from runner.stages.common import finish, summary_of, train_run
+
     res = train_run(cfg, ctx)
     verdicts = [run_check(cfg.checks, "train.finite",
                           lambda s: train_finite(res.nonfinite, res.state.step))]

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import logging
 
-from runner.checks.training import train_finite
 from runner.errors import ConfigError
-from runner.stages.protocol import run_check
-from runner.stages.common import Context, finish, summary_of, train_run
+from runner.stages.protocol import Context, run_check
+from runner.stages.train import Params  # noqa: F401  (builds on stage=train: no settings of its own)
 
 log = logging.getLogger("runner")
 
 
 def run(cfg, ctx: Context) -> int:
+    from runner.checks.training import train_finite
+    from runner.stages.common import finish, summary_of, train_run
+
     t = cfg.tune
     reporter = None
     if t.trial is None:
