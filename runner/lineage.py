@@ -30,27 +30,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from runner.errors import ConfigError
+from runner.stages.protocol import Outcome
 
 log = logging.getLogger("runner")
 
 # top-level keys that belong to one run and are never taken from the source
 PER_RUN = ("stage", "hydra", "from", "resume", "init_from", "tune")
-# stages that warm-start from the source's best weights (when the architecture matches)
-WARM_START_STAGES = ("train",)
-# stages that read `from=` themselves (squeeze: the candidates) or pass it on (recipe)
-OWN_FROM_STAGES = ("squeeze", "recipe")
-
-
-@dataclass
-class Outcome:
-    """What `from=<dir>` points at: the config a run ended with and its best weights."""
-
-    source: Path
-    config: Dict[str, Any]
-    config_file: Path
-    stage: str
-    weights: Optional[Path]
-    note: str = ""
 
 
 @dataclass
@@ -87,13 +72,6 @@ def _best_pt(run_dir: Path) -> Optional[Path]:
     return None
 
 
-def _json(p: Path) -> Optional[Dict[str, Any]]:
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _run_config(d: Path) -> Optional[Path]:
     """A plain run's final config: config.yaml (written when it had `from=`) or Hydra's."""
     for p in (d / "config.yaml", d / ".hydra" / "config.yaml"):
@@ -102,95 +80,86 @@ def _run_config(d: Path) -> Optional[Path]:
     return None
 
 
-def outcome(src: Path) -> Outcome:
-    """The outcome config and best weights of a run, ladder, sweep, squeeze or recipe directory.
+def read_json(p: Path) -> Optional[Dict[str, Any]]:
+    """A JSON file of a run directory (summary.json, study.json, ...), or None when it is
+    missing or unreadable: the one reader of a run's JSON."""
+    try:
+        return json.loads(Path(p).read_text())
+    except (OSError, ValueError):
+        return None
 
-    A squeeze run's outcome is the run it adopted's (an ensemble: its best-ranked member); a
-    plain run without summary.json has not finished and is refused (ConfigError)."""
+
+def stage_of(src: Path) -> Optional[str]:
+    """Which stage made a run directory: its summary.json, else its config (a run's, or
+    a sweep's multirun.yaml), else the config saved in its checkpoint."""
+    summary = read_json(src / "summary.json") or {}
+    if summary.get("stage"):
+        return str(summary["stage"])
+    for p in (src / "config.yaml", src / ".hydra" / "config.yaml", src / "multirun.yaml"):
+        if p.is_file():
+            name = (_load_yaml(p).get("stage") or {}).get("name")
+            if name:
+                return str(name)
+    ck = _best_pt(src)
+    if ck is not None:
+        from runner.checkpoint import load_checkpoint
+
+        try:
+            conf = OmegaConf.to_container(OmegaConf.create(load_checkpoint(ck)["config"]))
+            return str((conf.get("stage") or {}).get("name") or "") or None
+        except Exception:  # noqa: BLE001 -- not our checkpoint: no stage to tell
+            return None
+    return None
+
+
+def outcome(src: Path) -> Outcome:
+    """What `from=<src>` starts from: the outcome its stage defines (runner/stages/<stage>.py
+    `outcome`): a plain run's config and best weights, a ladder's kept changes, a study's best
+    trial, squeeze's adopted model, a recipe's final model."""
+    from runner.stages import STAGES, get_stage
+
     if not src.is_dir():
         raise ConfigError(f"from={src}: not a directory; expected a run directory "
                           "(outputs/<date>/<time>), a tune sweep or a recipe run")
-    summary = _json(src / "summary.json") or {}
-    if summary.get("stage") == "recipe":
-        final = summary.get("final") or {}
-        if final.get("run") and Path(final["run"]).is_dir():
-            o = outcome(Path(final["run"]))
-            o.note = f"the recipe's final model: {final.get('what') or o.note}"
-            return o
-        for row in reversed(summary.get("stages") or []):
-            d = Path(row.get("dir", ""))
-            if row.get("stage") in ("inspect", "squeeze") or not d.is_dir():
-                continue
-            try:
-                o = outcome(d)
-            except ConfigError:
-                continue
-            o.note = f"the recipe's last training stage ({row['stage']}, {d.name})"
-            return o
-        raise ConfigError(f"from={src}: this recipe run has no finished training stage to start from")
-    if summary.get("stage") == "squeeze" and summary.get("adopted"):
-        return _squeeze_outcome(src, summary["adopted"])
-    if (src / "regularized_config.yaml").is_file():
-        best_dir = summary.get("best_rung_dir")
-        weights = _best_pt(src / best_dir) if best_dir else None
-        return Outcome(src, _load_yaml(src / "regularized_config.yaml"),
-                       src / "regularized_config.yaml", "regularize", weights,
-                       f"the ladder's kept changes ({' '.join(summary.get('kept_overrides') or []) or 'none'})")
-    study = _json(src / "study.json")
-    if study is not None:
-        best = study.get("best") or {}
-        d = Path(best["dir"]) if best.get("dir") else None
-        if d is not None and not d.is_absolute():
-            d = src / d
-        cfg_file = _run_config(d) if d is not None else None
-        if cfg_file is None:
-            raise ConfigError(f"from={src}: the study has no finished best trial with a config yet")
-        return Outcome(src, _load_yaml(cfg_file), cfg_file, "tune", _best_pt(d),
-                       f"the study's best trial {best.get('number')} "
-                       f"({study.get('metric', 'val_acc')} {best.get('value')})")
+    stage = stage_of(src)
+    if stage in STAGES:
+        return get_stage(stage).outcome(src)
+    return run_outcome(src)
+
+
+def run_outcome(src: Path) -> Outcome:
+    """A plain run's outcome: the config it ran with and its best weights. A run without
+    summary.json has not finished and is refused (ConfigError)."""
     _refuse_unfinished(src)
     cfg_file = _run_config(src)
     if cfg_file is not None:
         conf = _load_yaml(cfg_file)
         return Outcome(src, conf, cfg_file, str((conf.get("stage") or {}).get("name", "?")),
-                       _best_pt(src), "the run's composed config")
+                       _best_pt(src), "the run's composed config", run=src)
     ck = _best_pt(src)
     if ck is not None:
         from runner.checkpoint import load_checkpoint
 
         conf = OmegaConf.to_container(OmegaConf.create(load_checkpoint(ck)["config"]))
         return Outcome(src, conf, ck, str((conf.get("stage") or {}).get("name", "?")), ck,
-                       "the config saved in the checkpoint")
+                       "the config saved in the checkpoint", run=src)
     raise ConfigError(f"from={src}: no run there: expected config.yaml, .hydra/config.yaml, "
                       "regularized_config.yaml, study.json or checkpoints/*.pt")
 
 
-def _squeeze_outcome(src: Path, adopted: Dict[str, Any]) -> Outcome:
-    """A squeeze run's outcome: the run it adopted (the winner, its continuation, or for an
-    ensemble, which is no single model, its first and best-ranked member)."""
-    run = adopted.get("run")
-    what = str(adopted.get("what") or "model")
-    acc = adopted.get("val_acc")
-    acc_s = f"val acc {acc:.4f}" if isinstance(acc, (int, float)) else "val acc ?"
-    if isinstance(run, list):
-        if not run:
-            raise ConfigError(f"from={src}: this squeeze run adopted an ensemble without members")
-        n = len(run)
-        run = run[0]
-        note = (f"squeeze adopted an ensemble of {n} ({acc_s}), which is no single model: the "
-                f"config and weights of its first, best-ranked member {Path(str(run)).name}")
-    else:
-        note = f"squeeze adopted the {what} ({acc_s})"
-    if not run:
-        raise ConfigError(f"from={src}: this squeeze run records no adopted run")
-    d = Path(str(run))
-    if not d.is_absolute():
-        d = src / d
-    if not d.is_dir():
-        raise ConfigError(f"from={src}: the run squeeze adopted ({d}) is not a directory any more")
-    o = outcome(d)
-    o.note = f"{note}: {o.note}"
-    return o
+def load_yaml(p: Path) -> Dict[str, Any]:
+    """A run's YAML file as a plain dict; a parse error is a ConfigError naming the file."""
+    return _load_yaml(p)
+
+
+def run_config(run_dir: Path) -> Optional[Path]:
+    """A plain run's final config file: config.yaml (written with from=) or Hydra's."""
+    return _run_config(run_dir)
+
+
+def best_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The checkpoint whose weights stand for a run: best.pt, else last.pt (None: neither)."""
+    return _best_pt(run_dir)
 
 
 def _refuse_unfinished(src: Path) -> None:
@@ -338,7 +307,9 @@ def inherit(cfg: DictConfig, overrides: Sequence[str], original_cwd: str,
         if k.startswith("stage.params"):
             lin.from_command.update({u: v for u, v in user.items() if u == k or u.startswith(k + ".")})
     explicit = "init_from" in command_keys(overrides, include_per_run=True)  # init_from=null: none
-    if new_stage in WARM_START_STAGES and not explicit and not cfg.get("init_from") \
+    from runner.stages import stage_flag
+
+    if stage_flag(new_stage, "WARM_START") and not explicit and not cfg.get("init_from") \
             and out.weights is not None:
         theirs, ours = architecture(out.config.get("model") or {}), architecture(_plain(result.model))
         if theirs == ours:
@@ -369,7 +340,9 @@ def _arch_name(a: Tuple[Any, ...]) -> str:
 
 def apply(cfg: DictConfig, overrides: Sequence[str], original_cwd: str) -> Tuple[DictConfig, Optional[Lineage]]:
     """`inherit` when the config has `from`, else the config unchanged."""
-    if not cfg.get("from") or cfg.stage.name in OWN_FROM_STAGES:
+    from runner.stages import stage_flag
+
+    if not cfg.get("from") or stage_flag(str(cfg.stage.name), "OWN_FROM"):
         return cfg, None
     from hydra.core.hydra_config import HydraConfig
 

@@ -8,7 +8,8 @@ import json
 import pytest
 from conftest import FAST, assert_contract
 
-from runner.stages.recipe import _error_line, changes, final_model, regressions
+from runner.stages.recipe import _error_line, final_model, regressions
+from runner.stages.recipe import stage_headline as headline
 
 
 def _stage_dir(root, name, stage, acc):
@@ -63,12 +64,16 @@ def test_change_column_lists_the_stage_yaml_and_per_stage_command_changes(tmp_pa
         "from_stage": {"model.name": "resnet18", "checks.strict": False},
         "from_command": {"optim.lr": 0.001, "stage.params.train_loss_target": 0.05,
                          "inspect.max_images": 10}}))
-    line = changes("overfit", tmp_path, {"model": "resnet18", "epochs": 3})
-    assert line == "model.name=resnet18 optim.lr=0.001 stage.params.train_loss_target=0.05"
+    (tmp_path / "summary.json").write_text(json.dumps({"model": "resnet18", "epochs": 3,
+                                                      "best_val_acc": 0.9}))
+    head = headline("overfit", tmp_path)  # the stage's own module says it (protocol headline)
+    assert head["change"] == "model.name=resnet18 optim.lr=0.001 stage.params.train_loss_target=0.05"
+    assert head["val_acc"] == 0.9
     # no from= (no lineage.json): the stage's per_stage overrides as given, not hydra's
-    line = changes("baseline", tmp_path / "none", {"model": "tiny_cnn", "epochs": 2},
-                   ["optim.lr=1e-3", "hydra.job.name=x"])
-    assert line == "tiny_cnn, 2 epochs optim.lr=1e-3"
+    (tmp_path / "none").mkdir()
+    (tmp_path / "none" / "summary.json").write_text(json.dumps({"model": "tiny_cnn", "epochs": 2}))
+    head = headline("baseline", tmp_path / "none", ["optim.lr=1e-3", "hydra.job.name=x"])
+    assert head["change"] == "tiny_cnn, 2 epochs optim.lr=1e-3"
 
 
 def test_recipe_checks_every_stage_before_running_any(cli):

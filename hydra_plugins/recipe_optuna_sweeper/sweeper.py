@@ -609,9 +609,10 @@ class OptunaSweeper(Sweeper):
         changes + command changes)."""
         from runner import lineage
         from runner.errors import ConfigError
+        from runner.stages import stage_flag
 
         cfg = self.config
-        if not cfg.get("from") or str(cfg.stage.name) in lineage.OWN_FROM_STAGES:
+        if not cfg.get("from") or stage_flag(str(cfg.stage.name), "OWN_FROM"):
             return cfg, cfg.hydra.runtime.choices, None
         fixed = list(space.fixed)
         job = self.hydra_context.config_loader.load_sweep_config(cfg, fixed)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Dict, List, Tuple
 
 from runner.checks import Verdict, skip
 from runner.stages import train
-from runner.stages.protocol import Context, run_check
+from runner.stages.protocol import Context, Headline, run_check
 
 if TYPE_CHECKING:
     import torch
@@ -26,6 +26,21 @@ log = logging.getLogger("runner")
 
 # builds on stage=train; its checks are tuned under checks.*, not stage.params
 Params = train.Params
+# the recipe's first trained model: the next training stage starts from its outcome, while
+# it starts from scratch itself (the skeleton must stand on its own)
+TRAINS = True
+outcome = train.outcome
+
+
+def headline(run_dir, own=()) -> Headline:
+    """The model and its budget, then what it changed; its best val accuracy."""
+    from runner.lineage import read_json
+
+    s = read_json(run_dir / "summary.json") or {}
+    what = f"{s.get('model', '?')}, {s.get('epochs', '?')} epochs"
+    more = train.changed(run_dir, s, own)
+    return Headline(s.get("best_val_acc", s.get("val_acc")),
+                    what if more == what else f"{what} {more}")
 
 def run(cfg, ctx: Context) -> int:
     from runner.checks.baselines import majority_accuracy

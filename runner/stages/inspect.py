@@ -27,12 +27,23 @@ from runner.checks import Verdict
 from runner.checks import data as dc
 from runner.checks.registry import is_enabled
 from runner.errors import ConfigError
-from runner.stages.protocol import Context, NoParams, run_check
+from runner.stages.protocol import Context, Headline, NoParams, run_check
 
 log = logging.getLogger("runner")
 
 # no stage.params: the data checks' thresholds are inspect.* and checks.*
 Params = NoParams
+
+
+def outcome(run_dir: Path):
+    """from=<an inspect run>: the config it looked at the data with (no weights)."""
+    from runner.lineage import run_outcome
+
+    return run_outcome(run_dir)
+
+
+def headline(run_dir: Path, own=()) -> Headline:
+    return Headline(None, "looked at the data (no training)")
 
 
 # ----------------------------------------------------------------------------- sources

@@ -9,12 +9,16 @@ A stage module (runner/stages/<name>.py, listed once in runner/stages/__init__.p
   data. It writes nothing itself: `runner.stages.finish.finish` writes the run directory,
   renders the report and decides the exit code.
 - `outcome(run_dir) -> Outcome`: what `from=<a run of this stage>` starts from.
-- `headline(run_dir, lineage) -> Headline`: its val accuracy and what it changed, for the
+- `headline(run_dir, own) -> Headline`: its val accuracy and what it changed (`own`: its
+  per-stage overrides in a recipe), for the
   recipe's table.
-- optional flags read by lineage and the recipe (defaults in `runner.stages.stage_flag`):
-  `TRAINS` (its outcome is a trained model the next stage can start from),
-  `WARM_START` (from= also loads the source's weights), `OWN_FROM` (it reads from= itself),
-  `CANDIDATES` (squeeze takes its runs as candidates).
+- optional flags, read through `runner.stages.stage_flag` (False when absent):
+  `TRAINS` (its outcome is a trained model a later stage can start from), `FROM_PREVIOUS`
+  (in a recipe it starts from the previous training stage's outcome), `WARM_START` (from=
+  also loads the source's weights), `OWN_FROM` (it reads from= itself), `SWEEP` (it runs as
+  a Hydra multirun), `PASSES_OVERRIDES` (it hands its command on to other stages);
+- optional recipe hooks: `recipe_args(args, done, start)` (arguments it adds in a recipe)
+  and `recipe_problem(before, args, start)` (why it cannot run where the recipe puts it).
 
 Light to import (no torch): the CLI registers every stage's Params before composing.
 """

@@ -27,7 +27,7 @@ from typing import Any, Dict, List
 from runner.checks.outcomes import recipe_gates, recipe_progress
 from runner.errors import ConfigError
 from runner.stages import train
-from runner.stages.protocol import Context, run_check
+from runner.stages.protocol import Context, Headline, run_check
 
 log = logging.getLogger("runner")
 
@@ -57,10 +57,43 @@ class RecipeParams(train.Params):  # conf/stage/recipe.yaml builds on train
 Params = RecipeParams
 
 
-# stages whose outcome the next training stage starts from
-TRAINING = ("baseline", "train", "overfit", "regularize", "tune")
-# stages whose runs squeeze takes as candidates (in this order: the first is stage.params.from)
-SQUEEZE_SOURCES = ("regularize", "tune", "overfit", "train")
+# it reads from= itself: where its chain starts (see recipe_from)
+OWN_FROM = True
+
+
+def outcome(run_dir: Path):
+    """from=<a recipe run>: its final model (the best passing stage's outcome), else the last
+    training stage that finished."""
+    from runner.lineage import outcome as outcome_of
+    from runner.lineage import read_json
+    from runner.stages import stage_flag
+
+    summary = read_json(run_dir / "summary.json") or {}
+    final = summary.get("final") or {}
+    if final.get("run") and Path(final["run"]).is_dir():
+        o = outcome_of(Path(final["run"]))
+        o.note = f"the recipe's final model: {final.get('what') or o.note}"
+        return o
+    for row in reversed(summary.get("stages") or []):
+        d = Path(row.get("dir", ""))
+        if not stage_flag(str(row.get("stage")), "TRAINS") or not d.is_dir():
+            continue
+        try:
+            o = outcome_of(d)
+        except ConfigError:
+            continue
+        o.note = f"the recipe's last training stage ({row['stage']}, {d.name})"
+        return o
+    raise ConfigError(f"from={run_dir}: this recipe run has no finished training stage to "
+                      "start from")
+
+
+def headline(run_dir: Path, own=()) -> Headline:
+    """A recipe inside a recipe is refused; for a table of recipes: its final val accuracy."""
+    s = _read(run_dir, "summary.json") or {}
+    final = s.get("final") or {}
+    return Headline(s.get("val_acc"), f"{len(s.get('stages') or [])} stage(s); final from "
+                                      f"{final.get('stage', '?')}")
 
 
 def params(cfg) -> dict[str, Any]:
@@ -91,11 +124,6 @@ def stage_overrides(per_stage: Any, name: str) -> list[str]:
     """`stage.params.per_stage.<name>`: a list of overrides (a single string: a list of one)."""
     v = (per_stage or {}).get(name) or []
     return [v] if isinstance(v, str) else [str(o) for o in v]
-
-
-def gives_candidates(args: list[str]) -> bool:
-    """Whether squeeze's own args name its candidates (then the recipe adds none)."""
-    return any(_key(a) in ("from", "stage.params.from", "stage.params.runs") for a in args)
 
 
 def _compose_problem(e: BaseException, override: str | None, keys: list[str]) -> str:
@@ -131,18 +159,19 @@ def check_plan(cfg, p: dict[str, Any], overrides: list[str]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from runner.config import _close, unread_keys
-    from runner.stages import STAGES
+    from runner.stages import STAGES, get_stage
     from runner.stages.regularize import _flat_keys, compose_each
 
-    names = [k for k in STAGES if k != "recipe"]
+    me = str(cfg.stage.name)
+    names = [k for k in STAGES if k != me]
     stages = [str(x) for x in p["stages"]]
     problems: list[str] = []
     if not stages:
         problems.append(f"stage.params.stages is empty: list the stages to run, in order "
                         f"(from {', '.join(names)})")
     for i, name in enumerate(stages):
-        if name == "recipe":
-            problems.append(f"stage.params.stages[{i}]='recipe': a recipe cannot run itself")
+        if name == me:
+            problems.append(f"stage.params.stages[{i}]={me!r}: a recipe cannot run itself")
         elif name not in STAGES:
             problems.append(f"stage.params.stages[{i}]={name!r} is not a stage"
                             + (_close(name, names) or f"; the stages: {', '.join(names)}"))
@@ -151,7 +180,7 @@ def check_plan(cfg, p: dict[str, Any], overrides: list[str]) -> None:
         problems.append(f"stage.params.per_stage={per_stage!r} must map a stage to its overrides")
         per_stage = {}
     for key, v in per_stage.items():
-        if key not in STAGES or key == "recipe":
+        if key not in STAGES or key == me:
             problems.append(f"stage.params.per_stage.{key}: {key!r} is not a stage"
                             + (_close(str(key), names) or f"; the stages: {', '.join(names)}"))
         elif key not in stages and _user_set(overrides, key):
@@ -160,15 +189,13 @@ def check_plan(cfg, p: dict[str, Any], overrides: list[str]) -> None:
         if v is not None and not isinstance(v, (str, list, tuple)):
             problems.append(f"stage.params.per_stage.{key}={v!r} must be a list of overrides")
     common = passthrough(overrides)
-    if "squeeze" in stages and not gives_candidates(common) and not recipe_from(overrides):
-        i = stages.index("squeeze")
-        own = stage_overrides(per_stage, "squeeze") if isinstance(per_stage.get("squeeze"),
-                                                                   (str, list, tuple)) else []
-        if not gives_candidates(own) and not any(x in SQUEEZE_SOURCES for x in stages[:i]):
-            problems.append(
-                f"stage.params.stages[{i}]='squeeze' needs a training stage before it "
-                f"({'/'.join(sorted(SQUEEZE_SOURCES))}: its candidates), or "
-                "stage.params.per_stage.squeeze=[\"stage.params.from=<dir>\"] (or stage.params.runs)")
+    for i, name in enumerate(stages):  # a stage that cannot run where the recipe puts it
+        hook = getattr(get_stage(name), "recipe_problem", None) if name in STAGES else None
+        own = stage_overrides(per_stage, name) if isinstance(per_stage.get(name),
+                                                              (str, list, tuple)) else []
+        problem = hook(stages[:i], [*common, *own], recipe_from(overrides)) if hook else None
+        if problem:
+            problems.append(f"stage.params.stages[{i}]={name!r} {problem}")
     keys = _flat_keys(cfg)
     parser = OverridesParser.create()
 
@@ -180,7 +207,7 @@ def check_plan(cfg, p: dict[str, Any], overrides: list[str]) -> None:
     # (model.name for the baseline's TinyCNN); a key no stage reads is a config error
     dropped: dict[str, list[str]] = {}
     for name in stages:
-        if name not in STAGES or name == "recipe" or name in checked \
+        if name not in STAGES or name == me or name in checked \
                 or not isinstance(per_stage.get(name, []), (str, list, tuple)):
             continue
         checked.add(name)
@@ -240,97 +267,44 @@ def _short(v: Any, n: int = 60) -> str:
     return t if len(t) <= n else t[:n - 3] + "..."
 
 
-def changes(name: str, d: Path, s: dict, own: list[str] | None = None) -> str:
-    """One line: what this stage changed relative to the previous one (its stage YAML's and
-    its command's changes, from lineage.json; `own`: its per_stage overrides, for a stage
-    without from=)."""
-    if name == "inspect":
-        return "looked at the data (no training)"
-    if name == "squeeze":
-        parts = [f"ensemble of {len(s.get('members') or [])}"]
-        if s.get("adopted"):
-            parts.insert(0, f"adopted: {s['adopted']['what']}")
-        seeds = (s.get("seeds") or {}).get("winner")
-        if seeds:
-            parts.append(f"winner over {len(seeds['seeds'])} seeds {seeds['mean']:.4f} +/- {seeds['std']:.4f}")
-        if s.get("continued"):
-            parts.append("left training: " + ("val loss still improving" if s["continued"]["val_loss_improved"]
-                                              else "val loss no longer improving"))
-        return "; ".join(parts)
-    if name == "tune":
-        study = _read(d, "study.json") or {}
-        best = (study.get("best") or {}).get("params") or {}
-        return (f"{study.get('trials', 0)} trial(s); best " +
-                " ".join(f"{k}={_fmt(v)}" for k, v in best.items())) if study else ""
-    lin = _read(d, "lineage.json")
-    if lin is not None:  # the stage's YAML's changes, then this stage's command's
-        changed = {**(lin.get("from_stage") or {}), **(lin.get("from_command") or {})}
-        parts = [f"{k}={_short(v)}" for k, v in changed.items()
-                 if not k.startswith(("checks.", "inspect."))]
-    else:  # no from= (the first training stage): its per_stage overrides as given
-        parts = [o for o in own or [] if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
-    if name == "regularize":
-        parts.append("kept: " + (" ".join(s.get("kept_overrides") or []) or "nothing"))
-    if name == "baseline" or not parts:
-        parts.insert(0, f"{s.get('model', '?')}, {s.get('epochs', '?')} epochs")
-    return " ".join(parts)
+def stage_headline(name: str, d: Path, own: list[str] | None = None) -> dict[str, Any]:
+    """A stage's row head from its own module: its val accuracy and what it changed."""
+    from runner.stages import get_stage
+
+    h = get_stage(name).headline(d, own or [])
+    return {"val_acc": h.val_acc, "change": h.change}
 
 
 def final_model(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The model to adopt: the passing stage with the best val accuracy (squeeze's adopted
-    model for squeeze, a training stage's outcome otherwise); on a tie the later stage.
+    """The model to adopt: the outcome of the passing stage with the best val accuracy (its
+    own module says what that is: a run's best weights, a ladder's best rung, squeeze's
+    adopted model); on a tie the later stage.
 
     A later stage can end below an earlier one (a short study whose trials all land under the
     kept ladder): the recipe then still ends on the better model, and `regressions` says so."""
-    from runner.lineage import outcome
+    from runner.stages import get_stage
 
-    ranked = sorted((r for r in rows if r["exit_code"] == 0 and r["stage"] in (*TRAINING, "squeeze")
+    ranked = sorted((r for r in rows if r["exit_code"] == 0
                      and isinstance(r["val_acc"], (int, float))),
                     key=lambda r: (r["val_acc"], rows.index(r)), reverse=True)
     for r in ranked:
-        d = Path(r["dir"])
-        what = None
-        if r["stage"] == "squeeze":
-            ad = (_read(d, "summary.json") or {}).get("adopted") or {}
-            run = ad.get("run")
-            if not run:
-                continue
-            if isinstance(run, list):  # an ensemble: its best member is the single model
-                what = (f"squeeze adopted an ensemble of {len(run)} (val acc {ad['val_acc']:.4f}); "
-                        f"the config and weights of its best member")
-                run = run[0]
-            else:
-                what = f"squeeze adopted the {ad['what']} (val acc {ad['val_acc']:.4f})"
-            d = Path(run)
         try:
-            o = outcome(d)
+            o = get_stage(r["stage"]).outcome(Path(r["dir"]))
         except Exception:  # noqa: BLE001 -- a stage without an outcome: the next best
             continue
-        return {"stage": r["stage"], "run": str(d), "config": str(o.config_file),
-                "weights": str(o.weights) if o.weights else None, "what": what or o.note,
-                "val_acc": r["val_acc"]}
+        if o.weights is None:  # no model to adopt (e.g. only looked at the data)
+            continue
+        return {"stage": r["stage"], "run": str(o.run or r["dir"]), "config": str(o.config_file),
+                "weights": str(o.weights), "what": o.note, "val_acc": r["val_acc"]}
     return None
 
 
 def regressions(rows: list[dict[str, Any]], n_val: int | None, min_delta: float = 0.005) -> list[str]:
-    """Passing training stages (and squeeze) that ended below the best stage before them by
+    """Passing stages with a val accuracy that ended below the best stage before them by
     more than noise (runner/checks/outcomes.py)."""
     from runner.checks.outcomes import regressions as below_best
 
-    return below_best(rows, n_val, min_delta, counted=(*TRAINING, "squeeze"))
-
-
-def _tune_acc(d: Path) -> Any:
-    """A study's best trial's val accuracy (its metric may be val_loss)."""
-    study = _read(d, "study.json") or {}
-    best = study.get("best") or {}
-    if best.get("dir"):
-        bd = Path(best["dir"])
-        s = _read(bd if bd.is_absolute() else d / bd, "summary.json") or {}
-        acc = s.get("best_val_acc", s.get("val_acc"))
-        if isinstance(acc, (int, float)):
-            return acc
-    return best.get("value") if study.get("metric", "val_acc") == "val_acc" else None
+    return below_best(rows, n_val, min_delta)
 
 
 def _error_line(tail: list[str]) -> str | None:
@@ -364,12 +338,12 @@ def _run_stage(args: list[str], cwd: str, env: dict) -> tuple[int, list[str]]:
 
 def run(cfg, ctx: Context) -> int:
     from runner.report import esc, table
+    from runner.stages import get_stage, stage_flag
     from runner.stages.common import finish
 
     p = params(cfg)
     common = passthrough(list(ctx.overrides))
     rows: list[dict[str, Any]] = []
-    dirs: dict[str, Path] = {}
     done: list[tuple[str, Path, int]] = []
     stopped = None
     failed: list[str] = []  # why each failed stage failed
@@ -389,38 +363,29 @@ def run(cfg, ctx: Context) -> int:
             log.info("recipe: %s does not read %s (left out for it)", name,
                      " ".join(dropped[name]))
         args = [f"stage={name}", *[o for o in common if o not in dropped.get(name, [])], *own]
+        mod = get_stage(name)
         # the last training stage that passed: this one starts from its outcome
-        prev = next((dd for x, dd, c in reversed(done) if x in TRAINING and c == 0), start) \
-            if name in TRAINING and name != "baseline" else None
+        prev = next((dd for x, dd, c in reversed(done) if stage_flag(x, "TRAINS") and c == 0),
+                     start) if stage_flag(name, "FROM_PREVIOUS") else None
         if prev is not None and not any(a.lstrip("+").startswith("from=") for a in args):
             args.append(f"from={prev}")
-        if name == "tune":
+        if stage_flag(name, "SWEEP"):
             args = ["-m", *args, f"hydra.sweep.dir={d}"]
         else:
             args.append(f"hydra.run.dir={d}")
-        if name == "squeeze" and not gives_candidates(args):
-            srcs = [dirs[s] for s in SQUEEZE_SOURCES if s in dirs and dirs[s].is_dir()] \
-                or ([start] if start else [])
-            if srcs:
-                args.append(f"stage.params.from={srcs[0]}")
-                if len(srcs) > 1:
-                    args.append("stage.params.runs=[" + ",".join(str(s) for s in srcs[1:]) + "]")
+        if hasattr(mod, "recipe_args"):  # e.g. squeeze: the earlier stages' runs as candidates
+            args += mod.recipe_args(args, [(x, dd) for x, dd, _ in done], start)
         log.info("recipe: %d/%d %s: python -m runner %s", k, len(p["stages"]), name, " ".join(args))
         code, tail = _run_stage(args, ctx.original_cwd, env)
-        dirs[name] = d
         done.append((name, d, code))
         s = _read(d, "summary.json") or {}
         checks = _read(d, "checks.json") or []
-        acc = s.get("best_val_acc", s.get("val_acc")) if name != "squeeze" else s.get("val_acc")
-        if name == "regularize":
-            acc = s.get("ladder_val_acc", acc)
-        if name == "tune":
-            acc = _tune_acc(d)
         if isinstance(s.get("data"), dict) and s["data"].get("num_val"):
             n_val = n_val or int(s["data"]["num_val"])
         ran = any((d / f).exists() for f in ("summary.json", "study.json", "runs.csv"))
-        change = changes(name, d, s, own) if ran or code == 0 else \
-            "(did not finish)" if d.is_dir() else "(did not run)"
+        head = stage_headline(name, d, own) if ran or code == 0 else {
+            "val_acc": None, "change": "(did not finish)" if d.is_dir() else "(did not run)"}
+        acc, change = head["val_acc"], head["change"]
         row = {"stage": name, "exit_code": code, "change": change, "val_acc": acc,
                "delta": (acc - prev_acc) if isinstance(acc, (int, float)) and
                isinstance(prev_acc, (int, float)) else None,
@@ -460,7 +425,7 @@ def run(cfg, ctx: Context) -> int:
                      and isinstance(r["val_acc"], (int, float))), None)
     v_reg = run_check(cfg.checks, "recipe.progress",
                       lambda s: recipe_progress(worse, final_run, last_acc))
-    summary = {"stage": "recipe", "name": cfg.name, "val_acc": final, "val_loss": None,
+    summary = {"stage": cfg.stage.name, "name": cfg.name, "val_acc": final, "val_loss": None,
                "stages": [{"stage": r["stage"], "val_acc": r["val_acc"],
                            "checks_failed": r["checks_failed"], "dir": r["dir"],
                            "exit_code": r["exit_code"], "error": r["error"]} for r in rows],

@@ -21,6 +21,7 @@ kept rung) is recorded with its error and reverted; the ladder goes on.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
@@ -30,7 +31,7 @@ from omegaconf import MISSING, OmegaConf
 from runner.errors import ConfigError
 from runner.lineage import apply as apply_lineage
 from runner.stages import overfit
-from runner.stages.protocol import Context, run_check
+from runner.stages.protocol import Context, Headline, Outcome, run_check
 
 log = logging.getLogger("runner")
 
@@ -60,6 +61,35 @@ class RegularizeParams(overfit.Params):  # conf/stage/regularize.yaml builds on 
 
 
 Params = RegularizeParams
+TRAINS = True
+FROM_PREVIOUS = True
+
+
+def outcome(run_dir: Path) -> Outcome:
+    """from=<a ladder>: the config with the kept changes (regularized_config.yaml) and the
+    weights of the best rung; a ladder that never finished is a plain run's outcome."""
+    from runner.lineage import best_checkpoint, load_yaml, read_json, run_outcome
+
+    kept = run_dir / "regularized_config.yaml"
+    if not kept.is_file():
+        return run_outcome(run_dir)
+    s = read_json(run_dir / "summary.json") or {}
+    best_dir = s.get("best_rung_dir")
+    return Outcome(run_dir, load_yaml(kept), kept, "regularize",
+                   best_checkpoint(run_dir / best_dir) if best_dir else None,
+                   f"the ladder's kept changes ({' '.join(s.get('kept_overrides') or []) or 'none'})",
+                   run=run_dir / best_dir if best_dir else run_dir)
+
+
+def headline(run_dir: Path, own=()) -> Headline:
+    """The ladder's val accuracy; the stage's changes and the rungs it kept."""
+    from runner.lineage import read_json
+    from runner.stages.train import changed
+
+    s = read_json(run_dir / "summary.json") or {}
+    kept = "kept: " + (" ".join(s.get("kept_overrides") or []) or "nothing")
+    return Headline(s.get("ladder_val_acc", s.get("best_val_acc", s.get("val_acc"))),
+                    f"{changed(run_dir, s, own)} {kept}")
 
 
 def params(cfg) -> dict[str, Any]:

@@ -34,13 +34,13 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from omegaconf import OmegaConf
 
 from runner.errors import ConfigError
 from runner.stages import regularize
-from runner.stages.protocol import Context, keyword_fields, run_check
+from runner.stages.protocol import Context, Headline, Outcome, keyword_fields, run_check
 
 if TYPE_CHECKING:
     import torch
@@ -68,6 +68,102 @@ class SqueezeParams(regularize.Params):  # conf/stage/squeeze.yaml builds on reg
 Params = keyword_fields(SqueezeParams, **{"from": (Optional[str], None)})
 # the settings squeeze reads (the rest of Params is what its YAML inherits from regularize)
 OWN = ("from", "runs", "k", "seeds", "continue_epochs")
+# it reads from= itself: the candidates' directories, not a config to start from
+OWN_FROM = True
+
+
+def outcome(run_dir: Path) -> Outcome:
+    """from=<a squeeze run>: the run it adopted (the winner, its continuation, or for an
+    ensemble, which is no single model, its first and best-ranked member)."""
+    from runner.lineage import outcome as outcome_of
+    from runner.lineage import read_json, run_outcome
+
+    adopted = (read_json(run_dir / "summary.json") or {}).get("adopted")
+    if not adopted:  # a sub-run (seed rerun, continuation) or an unfinished squeeze
+        return run_outcome(run_dir)
+    run = adopted.get("run")
+    what = str(adopted.get("what") or "model")
+    acc = adopted.get("val_acc")
+    acc_s = f"val acc {acc:.4f}" if isinstance(acc, (int, float)) else "val acc ?"
+    if isinstance(run, list):
+        if not run:
+            raise ConfigError(f"from={run_dir}: this squeeze run adopted an ensemble without members")
+        n = len(run)
+        run = run[0]
+        note = (f"squeeze adopted an ensemble of {n} ({acc_s}), which is no single model: the "
+                f"config and weights of its first, best-ranked member {Path(str(run)).name}")
+    else:
+        note = f"squeeze adopted the {what} ({acc_s})"
+    if not run:
+        raise ConfigError(f"from={run_dir}: this squeeze run records no adopted run")
+    d = Path(str(run))
+    if not d.is_absolute():
+        d = run_dir / d
+    if not d.is_dir():
+        raise ConfigError(f"from={run_dir}: the run squeeze adopted ({d}) is not a directory any more")
+    o = outcome_of(d)
+    o.note = f"{note}: {o.note}"
+    o.run = d
+    return o
+
+
+def headline(run_dir: Path, own=()) -> Headline:
+    """The adopted model's val accuracy; what was adopted, the ensemble, seeds, continuation."""
+    from runner.lineage import read_json
+
+    s = read_json(run_dir / "summary.json") or {}
+    parts = [f"ensemble of {len(s.get('members') or [])}"]
+    if s.get("adopted"):
+        parts.insert(0, f"adopted: {s['adopted']['what']}")
+    seeds = (s.get("seeds") or {}).get("winner")
+    if seeds:
+        parts.append(f"winner over {len(seeds['seeds'])} seeds {seeds['mean']:.4f} +/- "
+                     f"{seeds['std']:.4f}")
+    if s.get("continued"):
+        parts.append("left training: " + ("val loss still improving"
+                                          if s["continued"]["val_loss_improved"]
+                                          else "val loss no longer improving"))
+    return Headline(s.get("val_acc"), "; ".join(parts))
+
+
+def gives_candidates(args: Sequence[str]) -> bool:
+    """Whether squeeze's own args name its candidates."""
+    return any(a.split("=", 1)[0].lstrip("+~") in ("from", "stage.params.from",
+                                                     "stage.params.runs") for a in args)
+
+
+def _sources(done: Sequence[tuple[str, Path]]) -> list[Path]:
+    """The runs of the recipe's training stages after the baseline, the latest first."""
+    from runner.stages import stage_flag
+
+    return [d for name, d in reversed(list(done)) if stage_flag(name, "TRAINS")
+            and stage_flag(name, "FROM_PREVIOUS") and d.is_dir()]
+
+
+def recipe_args(args: Sequence[str], done: Sequence[tuple[str, Path]],
+                start: Optional[str]) -> list[str]:
+    """In a recipe: the runs of the training stages before it are its candidates (or the
+    recipe's from= when none ran), unless its own args name them."""
+    if gives_candidates(args):
+        return []
+    srcs = _sources(done) or ([Path(start)] if start else [])
+    if not srcs:
+        return []
+    out = [f"stage.params.from={srcs[0]}"]
+    if len(srcs) > 1:
+        out.append("stage.params.runs=[" + ",".join(str(s) for s in srcs[1:]) + "]")
+    return out
+
+
+def recipe_problem(before: Sequence[str], args: Sequence[str], start: Optional[str]) -> Optional[str]:
+    """Why squeeze cannot run where the recipe puts it: nothing before it gives candidates."""
+    from runner.stages import stage_flag
+
+    if gives_candidates(args) or start or any(
+            stage_flag(n, "TRAINS") and stage_flag(n, "FROM_PREVIOUS") for n in before):
+        return None
+    return ("needs a training stage before it (its candidates), or "
+            "stage.params.per_stage.squeeze=[\"stage.params.from=<dir>\"] (or stage.params.runs)")
 
 
 def _int(v: Any) -> bool:

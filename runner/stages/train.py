@@ -3,12 +3,58 @@ from __future__ import annotations
 
 import logging
 
-from runner.stages.protocol import Context, NoParams, run_check
+from pathlib import Path
+from typing import Any, Sequence
+
+from runner.stages.protocol import Context, Headline, NoParams, Outcome, run_check
 
 log = logging.getLogger("runner")
 
 # no settings of its own; every training stage's Params builds on this
 Params = NoParams
+# its outcome is a trained model the next stage can start from (the recipe's chain)
+TRAINS = True
+# from=<run> also loads the source's best weights when the architecture matches
+WARM_START = True
+# in a recipe it starts from the previous training stage's outcome
+FROM_PREVIOUS = True
+
+
+def outcome(run_dir: Path) -> Outcome:
+    """from=<a train run>: the config it ran with and its best weights."""
+    from runner.lineage import run_outcome
+
+    return run_outcome(run_dir)
+
+
+def headline(run_dir: Path, own: Sequence[str] = ()) -> Headline:
+    """Its best val accuracy and what it changed (lineage.json, else its own overrides)."""
+    from runner.lineage import read_json
+
+    s = read_json(run_dir / "summary.json") or {}
+    return Headline(s.get("best_val_acc", s.get("val_acc")), changed(run_dir, s, own))
+
+
+def changed(run_dir: Path, summary: dict, own: Sequence[str] = ()) -> str:
+    """One line: what a training stage changed relative to the previous one: its YAML's and
+    its command's keys (lineage.json, written with from=), else its own overrides as given."""
+    from runner.lineage import read_json
+
+    lin = read_json(run_dir / "lineage.json")
+    if lin is not None:
+        keys = {**(lin.get("from_stage") or {}), **(lin.get("from_command") or {})}
+        parts = [f"{k}={_short(v)}" for k, v in keys.items()
+                 if not k.startswith(("checks.", "inspect."))]
+    else:
+        parts = [o for o in own if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    if not parts:
+        parts = [f"{summary.get('model', '?')}, {summary.get('epochs', '?')} epochs"]
+    return " ".join(parts)
+
+
+def _short(v: Any, n: int = 60) -> str:
+    t = f"{v:.4g}" if isinstance(v, float) else "null" if v is None else str(v)
+    return t if len(t) <= n else t[:n - 3] + "..."
 
 
 def run(cfg, ctx: Context) -> int:
