@@ -6,6 +6,14 @@
 
 Measures, in one process tree, and prints ratios; writes benchmarks/results.json and
 benchmarks/results.md (or --out DIR):
+  * what the user waits for: per-epoch *process* wall time of `python -m runner stage=overfit`
+    (5 epochs minus 1 epoch, divided by 4: start-up, checkpoints, metrics and the full
+    validation pass included) vs a hand-written loop that also evaluates the full validation
+    set every epoch, same model, data, batch and threads; runs paired and repeated; for
+    resnet10t and tiny_cnn on digits at 32 px, and the image-folder path at 64 px against a
+    torchvision ImageFolder + DataLoader loop on a generated folder. The machine's load
+    (`uptime`) is recorded before measuring: figures from a loaded machine are not the
+    product's speed;
   * training images/s of runner.loop.fit (loaders from runner.data) vs a minimal loop on
     the same model / batch / image size / threads / in-memory data; A,B,A,B repeats, medians;
   * an imagefolder of PNGs through the runner's StreamLoader with DataLoader workers:
@@ -36,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from runner.data import StreamSplit, TensorSplit, eval_transform
-from runner.loop import fit
+from runner.loop import LoopOptions, fit
 from runner.models import TinyCNN
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -44,13 +52,13 @@ CPU = torch.device("cpu")
 
 
 # ----------------------------------------------------------------------------- models
-def make_model(name: str, num_classes: int = 10) -> nn.Module:
+def make_model(name: str, num_classes: int = 10, in_chans: int = 3) -> nn.Module:
     torch.manual_seed(0)
     if name == "tiny_cnn":
-        return TinyCNN(num_classes=num_classes, in_chans=3)
+        return TinyCNN(num_classes=num_classes, in_chans=in_chans)
     import timm
 
-    return timm.create_model(name, pretrained=False, num_classes=num_classes)
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
 
 
 def in_memory(n: int, size: int, num_classes: int = 10, seed: int = 0):
@@ -64,7 +72,7 @@ def in_memory(n: int, size: int, num_classes: int = 10, seed: int = 0):
 def runner_epoch(model, opt, train_loader, val_loader, precision="fp32", channels_last=False):
     """One epoch through runner.loop.fit; returns training images/s (fit's own clock)."""
     recs = list(fit(model, opt, train_loader, val_loader, epochs=1, device=CPU,
-                    precision=precision, channels_last=channels_last))
+                    opts=LoopOptions(precision=precision, channels_last=channels_last)))
     return recs[-1].images_per_s
 
 
@@ -256,10 +264,186 @@ def checks_cost(tmp: Path, epochs: int):
             "inspect_digits_s_per_1000": ti / 1.797}
 
 
+# ----------------------------------------------------------------------------- process level
+def load_avg() -> float:
+    """The 1-minute load average (what `uptime` shows)."""
+    return os.getloadavg()[0]
+
+
+def hand_digits(model_name: str, epochs: int, threads: int, size: int = 32, batch: int = 128):
+    """A hand-written loop on digits: Adam 3e-4, a full validation pass every epoch."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    d = load_digits()
+    x = torch.from_numpy(np.round(d.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
+    x = nn.functional.interpolate(x.float() / 255.0, size=(size, size), mode="bilinear")
+    x = (x - x.mean()) / x.std()
+    y = torch.from_numpy(d.target).long()
+    perm = torch.randperm(len(y))
+    n_val = round(0.2 * len(y))
+    va, tr = perm[:n_val], perm[n_val:]
+    model = make_model(model_name, 10, in_chans=1)
+    opt = torch.optim.Adam(model.parameters(), 3e-4)
+    for epoch in range(epochs):
+        model.train()
+        order = tr[torch.randperm(len(tr))]
+        for i in range(0, len(order), batch):
+            idx = order[i:i + batch]
+            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.inference_mode():
+            correct = sum(int((model(x[va[i:i + 2 * batch]]).argmax(1) == y[va[i:i + 2 * batch]]).sum())
+                          for i in range(0, len(va), 2 * batch))
+        print(f"epoch {epoch + 1} val_acc {correct / len(va):.4f}", flush=True)
+
+
+def hand_folder(root: str, model_name: str, epochs: int, threads: int, size: int = 64,
+                batch: int = 128, workers: int = 0):
+    """torchvision ImageFolder + DataLoader: the hand-written image-folder loop (80/20 split,
+    a full validation pass every epoch)."""
+    from torch.utils.data import DataLoader, Subset
+    from torchvision import datasets, transforms
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    tf = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor(),
+                             transforms.Normalize(MEAN, STD)])
+    ds = datasets.ImageFolder(root, tf)
+    perm = torch.randperm(len(ds)).tolist()
+    n_val = round(0.2 * len(ds))
+    train = DataLoader(Subset(ds, perm[n_val:]), batch, shuffle=True, num_workers=workers)
+    val = DataLoader(Subset(ds, perm[:n_val]), 2 * batch, num_workers=workers)
+    model = make_model(model_name, len(ds.classes))
+    opt = torch.optim.Adam(model.parameters(), 3e-4)
+    for epoch in range(epochs):
+        model.train()
+        for xb, yb in train:
+            loss = nn.functional.cross_entropy(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.inference_mode():
+            correct = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in val)
+        print(f"epoch {epoch + 1} val_acc {correct / n_val:.4f}", flush=True)
+
+
+def _wall(cmd, cwd=ROOT) -> float:
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
+    dt = time.perf_counter() - t0
+    if p.returncode not in (0, 1):  # 1: a check failed (the run itself finished)
+        raise RuntimeError(f"{' '.join(map(str, cmd))} exited {p.returncode}:\n{p.stdout[-2000:]}"
+                           f"{p.stderr[-2000:]}")
+    return dt
+
+
+def process_level(tmp: Path, arm_cmds, reps: int, e_lo: int = 1, e_hi: int = 5):
+    """Per-epoch process wall time, (t[e_hi] - t[e_lo]) / (e_hi - e_lo), of two commands
+    (`arm_cmds[name](epochs, tag)` -> argv), run interleaved A,B,A,B `reps` times."""
+    per = {name: [] for name in arm_cmds}
+    for k in range(reps):
+        for name, make in arm_cmds.items():
+            lo = _wall(make(e_lo, f"{name}_{k}_lo"))
+            hi = _wall(make(e_hi, f"{name}_{k}_hi"))
+            per[name].append((hi - lo) / (e_hi - e_lo))
+    (a, ra), (b, rb) = per.items()
+    return {"epochs": [e_lo, e_hi], "reps": reps, f"{a}_epoch_s": statistics.median(ra),
+            f"{b}_epoch_s": statistics.median(rb), f"{a}_all": ra, f"{b}_all": rb,
+            # speed of a relative to b: b's epoch time / a's (>= 1: a is as fast or faster)
+            "speed_ratio": statistics.median(y / x for x, y in zip(ra, rb))}
+
+
+def process_figures(tmp: Path, threads: int, reps: int, folder_images: int):
+    py, bench = sys.executable, str(Path(__file__).resolve())
+    out = {"load_before": load_avg()}
+    digits = []
+    for model in ("resnet10t", "tiny_cnn"):
+        model_args = (["model=timm", f"model.name={model}"] if model != "tiny_cnn"
+                      else ["model=tiny_cnn"])
+
+        def runner(epochs, tag, model_args=model_args):
+            return [py, "-m", "runner", "stage=overfit", "data=digits", "data.image_size=32",
+                    *model_args, "trainer.batch_size=128", f"trainer.epochs={epochs}",
+                    f"trainer.threads={threads}", "trainer.progress=false",
+                    "stage.params.train_loss_target=0", f"hydra.run.dir={tmp / tag}"]
+
+        def hand(epochs, tag, model=model):
+            return [py, bench, "--hand-digits", model, str(epochs), str(threads)]
+
+        r = process_level(tmp, {"runner": runner, "hand": hand}, reps)
+        r["model"] = model
+        digits.append(r)
+        print(f"process    {model:10s} stage=overfit {r['runner_epoch_s']:.2f} s/epoch vs hand "
+              f"{r['hand_epoch_s']:.2f} s/epoch: speed ratio {r['speed_ratio']:.3f}", flush=True)
+    out["digits"] = digits
+    root = tmp / "folder"
+    write_images(root, folder_images, 64)
+
+    def runner_f(epochs, tag):
+        return [py, "-m", "runner", "stage=overfit", "data=imagefolder", f"data.root={root}",
+                "data.image_size=64", "model=timm", "model.name=resnet10t",
+                "trainer.batch_size=128", f"trainer.epochs={epochs}", f"trainer.threads={threads}",
+                "trainer.progress=false", "stage.params.train_loss_target=0",
+                f"hydra.run.dir={tmp / tag}"]
+
+    def hand_f(epochs, tag):
+        return [py, bench, "--hand-folder", str(root), "resnet10t", str(epochs), str(threads)]
+
+    f = process_level(tmp, {"runner": runner_f, "hand": hand_f}, max(1, reps - 1), 1, 2)
+    f.update({"model": "resnet10t", "images": folder_images, "image_size": 64})
+    n_train = folder_images - round(0.2 * folder_images)
+    f["runner_img_s"], f["hand_img_s"] = n_train / f["runner_epoch_s"], n_train / f["hand_epoch_s"]
+    out["imagefolder"] = f
+    print(f"process    imagefolder 64 px {f['runner_img_s']:.0f} vs hand {f['hand_img_s']:.0f} "
+          f"img/s: speed ratio {f['speed_ratio']:.3f}", flush=True)
+    out["load_after"] = load_avg()
+    return out
+
+
+def write_images(root: Path, n: int, size: int, classes: int = 10):
+    """A generated folder of n images (half JPEG, half PNG) in `classes` class folders."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for i in range(n):
+        d = root / f"c{i % classes}"
+        d.mkdir(parents=True, exist_ok=True)
+        a = torch.randint(0, 256, (size, size, 3), dtype=torch.uint8, generator=g).numpy()
+        Image.fromarray(a).save(d / f"{i:05d}.{'jpg' if i % 2 else 'png'}")
+
+
 # ----------------------------------------------------------------------------- report
 def markdown(res) -> str:
     L = [f"# Benchmark ({res['machine']})", "",
-         f"torch {res['torch']}, {res['threads']} threads, {res['when']}", "",
+         (f"torch {res['torch']}, {res['threads']} threads, {res['when']}, "
+         f"1-minute load before measuring {res.get('load_before', float('nan')):.2f}"), ""]
+    p = res.get("process")
+    if p:
+        L += ["## What the user waits for: per-epoch process wall time", "",
+              ("`python -m runner stage=overfit` (start-up, checkpoints, metrics and a full "
+              f"validation pass included; {p['digits'][0]['epochs'][1]} epochs minus "
+              f"{p['digits'][0]['epochs'][0]}) vs a hand-written loop with a full validation "
+              "pass each epoch; batch 128, paired runs, medians; speed ratio = hand s / runner s "
+              f"(load {p['load_before']:.2f} before, {p['load_after']:.2f} after)"), "",
+              "| data | model | image | runner s/epoch | hand s/epoch | speed ratio |",
+              "|---|---|---|---|---|---|"]
+        for r in p["digits"]:
+            L.append(f"| digits | {r['model']} | 32 | {r['runner_epoch_s']:.2f} | "
+                     f"{r['hand_epoch_s']:.2f} | {r['speed_ratio']:.3f} |")
+        f = p["imagefolder"]
+        L.append(f"| image folder ({f['images']} JPEG/PNG) | {f['model']} | 64 | "
+                 f"{f['runner_epoch_s']:.2f} ({f['runner_img_s']:.0f} img/s) | "
+                 f"{f['hand_epoch_s']:.2f} ({f['hand_img_s']:.0f} img/s) | "
+                 f"{f['speed_ratio']:.3f} |")
+        L.append("")
+    L += [
          "## Training throughput, runner loop vs hand-written loop (median images/s)", "",
          "| model | image | batch | runner img/s | hand img/s | ratio | paired ratio |",
          "|---|---|---|---|---|---|---|"]
@@ -305,13 +489,35 @@ def main(argv=None):
     ap.add_argument("--no-cli", action="store_true", help="skip the stage subprocesses")
     ap.add_argument("--compile", action="store_true",
                     help="also torch.compile (resnet10t: ~80 s to compile on 2 busy cores)")
+    ap.add_argument("--process-reps", type=int, default=3,
+                    help="paired repeats of the process-level figure (0 = skip it)")
+    ap.add_argument("--folder-images", type=int, default=2000,
+                    help="images in the generated folder of the process-level figure")
+    ap.add_argument("--max-load", type=float, default=0.5,
+                    help="refuse to measure when the 1-minute load is at or above this")
+    ap.add_argument("--hand-digits", nargs=3, metavar=("MODEL", "EPOCHS", "THREADS"),
+                    help=argparse.SUPPRESS)  # the hand-written arm, run as its own process
+    ap.add_argument("--hand-folder", nargs=4, metavar=("ROOT", "MODEL", "EPOCHS", "THREADS"),
+                    help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.hand_digits:
+        return hand_digits(a.hand_digits[0], int(a.hand_digits[1]), int(a.hand_digits[2]))
+    if a.hand_folder:
+        return hand_folder(a.hand_folder[0], a.hand_folder[1], int(a.hand_folder[2]),
+                           int(a.hand_folder[3]))
+    load = load_avg()
+    print(f"load       1-minute load average {load:.2f} (uptime) before measuring", flush=True)
+    if not a.quick and load >= a.max_load:
+        raise SystemExit(f"the machine is busy (1-minute load {load:.2f} >= {a.max_load}): "
+                         "figures taken now would not be the product's speed; rerun when it "
+                         "is quiet (or pass --max-load)")
     threads = a.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     q = a.quick
     reps = 3 if q else 5
     res = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-           "threads": threads, "when": time.strftime("%Y-%m-%d %H:%M"), "quick": q}
+           "threads": threads, "when": time.strftime("%Y-%m-%d %H:%M"), "quick": q,
+           "load_before": load}
     t_all = time.perf_counter()
 
     cfgs = [("tiny_cnn", 32, 64, 4 if q else 16), ("resnet10t", 32, 32, 2 if q else 4)]
@@ -349,6 +555,9 @@ def main(argv=None):
         res["startup_s"] = startup(1 if q else 3)
         print(f"startup    python -m runner --help = {res['startup_s']:.2f} s (target < 3 s)",
               flush=True)
+        if not a.no_cli and a.process_reps > 0:
+            res["process"] = process_figures(tmp, threads, 1 if q else a.process_reps,
+                                             200 if q else a.folder_images)
         if not a.no_cli:
             res["checks"] = checks_cost(tmp, 1)
             res["checks"]["epochs"] = 1

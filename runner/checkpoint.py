@@ -6,11 +6,13 @@ Checkpoints are data; a file that needs arbitrary unpickling is refused.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import pickle
 import random
+import threading
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +23,7 @@ from runner.loop import LoopState
 FORMAT = 1
 
 
-def rng_state() -> Dict[str, Any]:
+def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
@@ -35,7 +37,7 @@ def rng_state() -> Dict[str, Any]:
     return state
 
 
-def set_rng_state(state: Dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
@@ -46,16 +48,29 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _cpu_copy(obj: Any) -> Any:
+    """A copy whose tensors are detached CPU clones: later training steps cannot change it."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return type(obj)((k, _cpu_copy(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
 def make_checkpoint(model, optimizer, scheduler, loop_state: LoopState, config_yaml: str,
-                    meta: Dict[str, Any]) -> Dict[str, Any]:
+                    meta: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot of everything needed to resume, taken now (tensors cloned to the CPU), so a
+    background writer can serialise it while the next epoch trains."""
     # unwrap DDP / torch.compile wrappers so the keys match a plain model
     module = getattr(model, "_orig_mod", model)
     module = getattr(module, "module", module)
     return {
         "format": FORMAT,
-        "model": module.state_dict(),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "model": _cpu_copy(module.state_dict()),
+        "optimizer": _cpu_copy(optimizer.state_dict()) if optimizer is not None else None,
+        "scheduler": _cpu_copy(scheduler.state_dict()) if scheduler is not None else None,
         "rng": rng_state(),
         "loop": dataclasses.asdict(loop_state),
         "config": config_yaml,
@@ -63,7 +78,57 @@ def make_checkpoint(model, optimizer, scheduler, loop_state: LoopState, config_y
     }
 
 
-def load_checkpoint(path: Path) -> Dict[str, Any]:
+def weights_of(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """best.pt: what it is for (the weights and the facts to use them: meta, config, when),
+    sharing the snapshot's tensors (no copy); `resume` refuses it (no optimiser, no RNG)."""
+    loop = ckpt["loop"]
+    return {"format": FORMAT, "kind": "weights", "model": ckpt["model"],
+            "config": ckpt["config"], "meta": ckpt["meta"],
+            "loop": {"epoch": loop["epoch"], "step": loop["step"]}}
+
+
+class CheckpointWriter:
+    """Serialises checkpoints on a background thread, off the training thread.
+
+    `submit` hands over a snapshot (make_checkpoint) and returns at once; at most one write is
+    in flight (a second submit first waits for the previous). Each file is written atomically
+    (RunDir: temp file + rename), so a kill at any moment leaves the previous complete file.
+    `close` (and `wait`) block until the write is done: call it before the process exits,
+    errors and signals included; a write's own error is raised there."""
+
+    def __init__(self, run):
+        self.run = run
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, files: dict[str, dict[str, Any]]) -> None:
+        """files: name -> payload, written in that order (last.pt before best.pt)."""
+        self.wait()
+        if not self.run.enabled:
+            return
+
+        def write() -> None:
+            try:
+                for name, payload in files.items():
+                    self.run.save_checkpoint(payload, name)
+            except BaseException as e:  # noqa: BLE001 (raised on the training thread at wait)
+                self._error = e
+
+        self._thread = threading.Thread(target=write, name="checkpoint-writer")
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    close = wait
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load safely; anything that is not our checkpoint becomes a ConfigError naming the file."""
     path = Path(path)
     if not path.is_file():
@@ -91,7 +156,7 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
     return ckpt
 
 
-def restore(ckpt: Dict[str, Any], path: Path, model, optimizer=None, scheduler=None) -> LoopState:
+def restore(ckpt: dict[str, Any], path: Path, model, optimizer=None, scheduler=None) -> LoopState:
     """Put model/optimiser/scheduler/RNG back; return the loop state to continue from."""
     module = getattr(model, "_orig_mod", model)
     module = getattr(module, "module", module)
@@ -110,7 +175,7 @@ def restore(ckpt: Dict[str, Any], path: Path, model, optimizer=None, scheduler=N
     return LoopState(**{k: v for k, v in ckpt["loop"].items() if k in fields})
 
 
-def _saved_model(meta: Dict[str, Any]) -> str:
+def _saved_model(meta: dict[str, Any]) -> str:
     parts = [str(meta.get("model") or "a model of unknown name")]
     if meta.get("num_classes") is not None:
         parts.append(f"{meta['num_classes']} classes")
@@ -130,7 +195,7 @@ def _mismatch(e: BaseException) -> str:
     return first + (f" (and {len(lines) - 1} more difference(s))" if len(lines) > 1 else "")
 
 
-def find_resume_checkpoint(resume, outputs: Path) -> Optional[Path]:
+def find_resume_checkpoint(resume, outputs: Path) -> Path | None:
     """`resume` is true (latest interrupted run under outputs/), a run dir, or a .pt file."""
     if resume is False or resume is None or str(resume).lower() in ("false", "none", ""):
         return None

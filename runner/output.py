@@ -20,11 +20,16 @@ METRIC_COLUMNS = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_a
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic_write(path, lambda f: f.write(data))
+
+
+def _atomic_write(path: Path, write) -> None:
+    """`write(file)` into a temp file beside `path`, fsync, then rename over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -140,11 +145,12 @@ class RunDir:
         return p
 
     # -- checkpoints
-    def save_checkpoint(self, payload: Dict[str, Any], name: str = "last.pt") -> Path:
+    def save_checkpoint(self, payload: dict[str, Any], name: str = "last.pt") -> Path:
+        """Serialise straight into the temp file (no in-memory copy of a large checkpoint);
+        runner.checkpoint.CheckpointWriter calls this on its background thread."""
         import torch
 
-        buf = io.BytesIO()
-        torch.save(payload, buf)
         p = self.checkpoints / name
-        self._write(p, buf.getvalue())
+        if self.enabled:
+            _atomic_write(p, lambda f: torch.save(payload, f))
         return p

@@ -76,6 +76,8 @@ BAD_INPUTS = [
     (["data=custom", "data._target_=builtins.eval"], "data._target_='builtins.eval' is refused"),
     (["data=custom", "data._target_=badcode.make"], "expected a (train, val) pair"),
     (["resume=/no/such/run"], "no checkpoint there"),
+    (["resume={run}/checkpoints/best.pt"], "holds only model weights"),
+    (["trainer.checkpoint_every=-1"], "trainer.checkpoint_every=-1 must be >= 0"),
     (["resume={ws}/not_a_checkpoint.pt"], "not_a_checkpoint.pt is not a readable torch checkpoint"),
     (["model=timm", "model.name=test_resnet", "resume={run}"], "does not fit this model"),
     (["model.pretrained=true", "model.pretrained_file=/no/weights.pth"], "model.pretrained_file='/no/weights.pth' is not a file"),
@@ -323,11 +325,94 @@ def test_ddp_sigterm_to_one_rank_stops_every_rank_at_one_step_and_resumes(tmp_pa
             assert float(ra[k]) == pytest.approx(float(rc[k]), abs=1e-4)
 
 
+# ----------------------------------------------------------------------------- checkpoints
+def test_checkpoint_writer_runs_in_the_background_one_write_at_a_time(tmp_path):
+    import threading
+
+    from runner.checkpoint import CheckpointWriter
+
+    class SlowRun:
+        enabled = True
+
+        def __init__(self):
+            self.written, self.gate = [], threading.Event()
+
+        def save_checkpoint(self, payload, name):
+            self.gate.wait(10)
+            self.written.append((name, payload["n"]))
+
+    run = SlowRun()
+    w = CheckpointWriter(run)
+    w.submit({"last.pt": {"n": 1}, "best.pt": {"n": 1}})
+    assert run.written == []  # returned at once: the write waits on its thread
+    threading.Timer(0.2, run.gate.set).start()
+    w.submit({"last.pt": {"n": 2}})  # waits for the first write (one in flight)
+    assert run.written[:2] == [("last.pt", 1), ("best.pt", 1)]
+    w.close()
+    assert run.written[-1] == ("last.pt", 2)
+
+    class Broken(SlowRun):
+        def save_checkpoint(self, payload, name):
+            raise OSError("disk full")
+
+    w = CheckpointWriter(Broken())
+    w.submit({"last.pt": {"n": 1}})
+    with pytest.raises(OSError, match="disk full"):
+        w.close()  # a write's error reaches the training thread
+
+
+def test_best_pt_holds_weights_and_checkpoint_every_zero_saves_the_end(tmp_path):
+    from runner.checkpoint import load_checkpoint
+
+    r = run_cli(FAST + ["stage=train", "trainer.epochs=3", "trainer.checkpoint_every=0"], tmp_path)
+    assert r.code == 0, r.out
+    last = load_checkpoint(r.run_dir / "checkpoints" / "last.pt")
+    assert last["loop"]["epoch"] == 3 and last["optimizer"] is not None
+    best = load_checkpoint(r.run_dir / "checkpoints" / "best.pt")
+    assert best["kind"] == "weights" and "optimizer" not in best and "rng" not in best
+    assert {"model", "config", "meta"} <= set(best) and 1 <= best["loop"]["epoch"] <= 3
+    assert best["model"].keys() == last["model"].keys()
+    # and init_from= takes its weights
+    again = run_cli(FAST + ["stage=train", "trainer.epochs=1", f"init_from={r.run_dir}"],
+                    tmp_path / "again")
+    assert again.code == 0, again.out
+
+
+def test_stage_callbacks_stop_the_run_and_say_why(tmp_path):
+    from runner.loop import EpochRecord, Stop
+    from runner.stages.common import _first_stop, early_stopping
+    from runner.stages.overfit import until_train_loss
+
+    def rec(**kw):
+        base = {"epoch": 3, "step": 30, "train_loss": 0.5, "train_acc": 0.9, "val_loss": 1.0,
+                "val_acc": 0.8, "lr": 0.1, "wall_s": 1.0, "epoch_s": 1.0, "images_per_s": 10.0}
+        return EpochRecord(**{**base, **kw})
+
+    assert until_train_loss(0.4)(rec()) is None and until_train_loss(0)(rec(train_loss=0)) is None
+    assert "after epoch 3" in until_train_loss(0.5)(rec())
+    assert early_stopping(2)(rec(evals_since_best=1)) is None
+    assert "2 evaluations" in early_stopping(2)(rec(evals_since_best=2))
+    assert early_stopping(2)(rec(evals_since_best=5, evaluated=False)) is None
+    def pruner(r):
+        return Stop("pruned", pruned=True)
+
+    assert _first_stop([until_train_loss(0.4), pruner], rec()).pruned
+    assert _first_stop([until_train_loss(0.5), pruner], rec()) == Stop(
+        "training loss 0.5 <= target 0.5 after epoch 3")
+    # overfit's target through the CLI: epoch 1 meets it; the run stops and says why
+    r = run_cli(FAST + ["stage=overfit", "model=tiny_cnn", "trainer.epochs=3",
+                        "stage.params.train_loss_target=100"], tmp_path)
+    s = json.loads((r.run_dir / "summary.json").read_text())
+    assert s["epochs"] == 1 and s["stop_reason"].startswith("training loss"), r.out
+    last = torch.load(r.run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert last["loop"]["epoch"] == 1
+
+
 # ----------------------------------------------------------------------------- the loop's checks
 def _tiny_fit(steps_per_epoch, epochs=1, **kw):
     """runner.loop.fit on a linear model and `steps_per_epoch` batches of 8; returns the records."""
     from runner.data import TensorSplit
-    from runner.loop import fit
+    from runner.loop import LoopOptions, fit
 
     g = torch.Generator().manual_seed(0)
     n = 8 * steps_per_epoch
@@ -339,8 +424,10 @@ def _tiny_fit(steps_per_epoch, epochs=1, **kw):
     model = kw.pop("model", None) or torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     out = kw.pop("out", [])
+    opts = LoopOptions(check_every=kw.pop("check_every", 50),
+                       check_seconds=kw.pop("check_seconds", 2.0))
     for rec in fit(model, opt, split.loader(8, True, 0, cpu), split.loader(64, False, 0, cpu),
-                   epochs=epochs, device=cpu, **kw):
+                   epochs=epochs, device=cpu, opts=opts, **kw):
         out.append(rec)
     return out
 
@@ -413,7 +500,7 @@ def test_nan_is_caught_at_the_next_check_and_a_stop_request_never_yields_nan_wei
     records = []
     with pytest.raises(NonFiniteLoss, match="epoch 1, step 4"):
         _tiny_fit(40, model=Model(3), check_every=50, check_seconds=0,
-                  stop_requested=lambda: steps[0] >= 6, out=records)
+                  stop_signal=lambda: 15 if steps[0] >= 6 else 0, out=records)
     assert records == [] and steps[0] == 6  # stopped at the request, without a record
 
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from runner.checks import Verdict, skip
 from runner.checks.probes import preserved, trainable
+from runner.loop import step
 
 
 def majority_accuracy(train_labels: torch.Tensor, val_labels: torch.Tensor,
@@ -54,22 +55,21 @@ def overfit_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int
     losses: List[float] = []
     accs: List[float] = []
     probs_out = False
+    def record(loss: torch.Tensor, logits: torch.Tensor) -> bool:
+        """Note the step's loss and accuracy; False (no update) once done or non-finite."""
+        nonlocal probs_out
+        if not losses:
+            ones = torch.ones(len(logits), device=logits.device)
+            probs_out = bool(((logits >= 0) & (logits <= 1)).all()) and \
+                bool(torch.allclose(logits.float().sum(1), ones, atol=1e-3))
+        losses.append(float(loss))
+        accs.append(float((logits.argmax(1) == y).float().mean()))
+        return math.isfinite(losses[-1]) and not (accs[-1] == 1.0 and losses[-1] <= loss_below)
+
     with preserved(m):
         for _ in range(max(1, steps)):
-            logits = m(x).float()
-            if not losses:
-                out = logits.detach()
-                ones = torch.ones(len(out), device=out.device)
-                probs_out = bool(((out >= 0) & (out <= 1)).all()) and \
-                    bool(torch.allclose(out.sum(1), ones, atol=1e-3))
-            loss = loss_fn(logits, y)
-            losses.append(float(loss.detach()))
-            accs.append(float((logits.detach().argmax(1) == y).float().mean()))
-            if not math.isfinite(losses[-1]) or (accs[-1] == 1.0 and losses[-1] <= loss_below):
+            if not step(m, opt, x, y, loss_fn, before_update=record).updated:
                 break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
     final, acc, first = losses[-1], accs[-1], losses[0]
     details = {"examples": n, "steps": len(losses), "first_loss": first, "final_loss": final,
                "final_acc": acc, "outputs_are_probabilities": probs_out,

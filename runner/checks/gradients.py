@@ -14,6 +14,7 @@ from torch import nn
 
 from runner.checks import Verdict, skip
 from runner.checks.probes import batchnorm_layers, preserved, trainable
+from runner.loop import step
 
 
 def _default_optimizer(model: nn.Module) -> torch.optim.Optimizer:
@@ -60,22 +61,23 @@ def grads_flow(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 
     got: Dict[str, bool] = {n: False for n, _ in params}
     none: Dict[str, bool] = {n: True for n, _ in params}
     nonfinite: List[str] = []
+    def inspect(loss: torch.Tensor, logits: torch.Tensor) -> bool:
+        """Note which parameters got a (finite, non-zero) gradient; False (no update) on NaN/Inf."""
+        for n, p in params:
+            if p.grad is None:
+                continue
+            none[n] = False
+            if not torch.isfinite(p.grad).all():
+                if n not in nonfinite:
+                    nonfinite.append(n)
+            elif bool((p.grad != 0).any()):
+                got[n] = True
+        return not nonfinite
+
     with preserved(m):
         for _ in range(max(1, steps)):
-            opt.zero_grad(set_to_none=True)
-            loss_fn(m(x).float(), y).backward()
-            for n, p in params:
-                if p.grad is None:
-                    continue
-                none[n] = False
-                if not torch.isfinite(p.grad).all():
-                    if n not in nonfinite:
-                        nonfinite.append(n)
-                elif bool((p.grad != 0).any()):
-                    got[n] = True
-            if nonfinite:
+            if not step(m, opt, x, y, loss_fn, before_update=inspect).updated:
                 break
-            opt.step()
     moved = {n: not torch.equal(start[n], p.detach()) for n, p in params}
     problems: Dict[str, str] = {}
     for n, _ in params:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from runner.checks import Verdict
+from runner.loop import step
 
 
 def short_run_losses(make_model: Callable[[], nn.Module],
@@ -23,11 +24,7 @@ def short_run_losses(make_model: Callable[[], nn.Module],
     opt = make_optimizer(model)
     out = []
     for x, y in batches:
-        loss = loss_fn(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        out.append(float(loss.detach()))
+        out.append(float(step(model, opt, x, y, loss_fn).loss))
     return out
 
 

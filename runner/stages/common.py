@@ -2,7 +2,8 @@
 
 `train_run` is the recipe's skeleton as a list of steps, each with a log line: build the
 data, the model, the optimiser and schedule, (resume,) train with the one loop, checkpoint
-every epoch, then hand back what happened. Stages add their checks and report sections.
+as it goes (on a background thread), then hand back what happened. Stages add their
+checks and report sections.
 """
 from __future__ import annotations
 
@@ -15,19 +16,20 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
 
 from runner.checks import Verdict
-from runner.checkpoint import find_resume_checkpoint, load_checkpoint, make_checkpoint, restore
+from runner.checkpoint import (CheckpointWriter, find_resume_checkpoint, load_checkpoint,
+                               make_checkpoint, restore, weights_of)
 from runner.data import DataBundle, build_data, train_transform
 from runner.distributed import from_env
 from runner.errors import ConfigError, Interrupted, NonFiniteLoss
 from runner.loggers import build_loggers
-from runner.loop import EpochRecord, LoopState, fit
+from runner.loop import Callback, EpochRecord, LoopOptions, LoopState, Stop, fit
 from runner.models import build_model, count_params
 from runner.optim import build_loss_and_mixup, build_optimizer, build_scheduler
 from runner.output import RunDir
@@ -49,7 +51,8 @@ class TrainResult:
     params: int
     stop_reason: Optional[str] = None
     records: List[EpochRecord] = field(default_factory=list)
-    pruned: bool = False  # stopped by a tuning trial's pruner (trial_reporter)
+    pruned: bool = False  # stopped by a tuning trial's pruner (a Stop with pruned=True)
+    compile_s: Optional[float] = None  # torch.compile's time (trainer.compile), about
 
 
 # ----------------------------------------------------------------------------- runtime
@@ -187,6 +190,10 @@ class _StopOnSignal:
     def requested(self) -> bool:
         return self.signum is not None
 
+    def signal(self) -> int:
+        """The loop's stop_signal: the signal number asked to stop on, or 0."""
+        return int(self.signum or 0)
+
     def restore(self) -> None:
         import signal
 
@@ -231,17 +238,35 @@ def init_weights(model: torch.nn.Module, spec: str, original_cwd: str,
     return p
 
 
+def early_stopping(patience: int) -> Callback:
+    """trainer.early_stopping_patience: stop when val loss has not improved for `patience`
+    evaluations in a row."""
+    def callback(rec: EpochRecord) -> Optional[str]:
+        if rec.evaluated and rec.evals_since_best >= patience:
+            return (f"early stopping: val loss has not improved for {rec.evals_since_best} "
+                    "evaluations")
+        return None
+    return callback
+
+
+def _first_stop(callbacks: Sequence[Callback], rec: EpochRecord) -> Optional[Stop]:
+    for cb in callbacks:
+        out = cb(rec)
+        if out:
+            return out if isinstance(out, Stop) else Stop(str(out))
+    return None
+
+
 def train_run(cfg, ctx: Context, data: Optional[DataBundle] = None, zero_inputs: bool = False,
               save_checkpoints: bool = True, keep_val_logits: bool = False,
               model: Optional[torch.nn.Module] = None, write_metrics: bool = True,
-              trial_reporter=None, until_train_loss: float = 0.0) -> TrainResult:
-    """Train and evaluate per the config; checkpoint each epoch; resume when asked.
+              callbacks: Sequence[Callback] = ()) -> TrainResult:
+    """Train and evaluate per the config; checkpoint as it goes; resume when asked.
 
-    `until_train_loss` > 0 (stage=overfit): stop after the first epoch whose training loss is
-    at or below it (TrainResult.stop_reason says so).
-
-    `trial_reporter` (a tuning trial, runner/tuning.py): gets the epoch's `.metric` after each
-    evaluation and stops the run when `.should_prune()` says so (TrainResult.pruned).
+    `callbacks`: the stage's own rules (overfit's loss target, tune's pruner), each called
+    with every finished epoch's record; the first that returns a Stop (or a reason) ends the
+    run after that epoch (TrainResult.stop_reason, .pruned). trainer.early_stopping_patience
+    adds one after them.
     """
     device = setup_runtime(cfg)
     data = data or build_data_for(cfg, ctx)
@@ -250,12 +275,13 @@ def train_run(cfg, ctx: Context, data: Optional[DataBundle] = None, zero_inputs:
     train_loader, val_loader = loaders(cfg, data, device, zero_inputs)
     loss_fn, mixup = build_loss_and_mixup(cfg.aug, data.num_classes)
     optimizer = build_optimizer(cfg.optim, model)
+    t = cfg.trainer
     steps = len(train_loader)
-    if cfg.trainer.max_steps_per_epoch:
-        steps = min(steps, cfg.trainer.max_steps_per_epoch)
-    scheduler = build_scheduler(cfg.sched, optimizer, cfg.trainer.epochs, steps)
+    if t.max_steps_per_epoch:
+        steps = min(steps, t.max_steps_per_epoch)
+    scheduler = build_scheduler(cfg.sched, optimizer, t.epochs, steps)
     log.info("optim: %s lr=%g wd=%g; schedule: %s over %d epochs x %d steps", cfg.optim.name,
-             cfg.optim.lr, cfg.optim.weight_decay, cfg.sched.name, cfg.trainer.epochs, steps)
+             cfg.optim.lr, cfg.optim.weight_decay, cfg.sched.name, t.epochs, steps)
 
     state = LoopState()
     resumed_from = None
@@ -263,6 +289,10 @@ def train_run(cfg, ctx: Context, data: Optional[DataBundle] = None, zero_inputs:
         if save_checkpoints else None
     if ckpt_path is not None:
         ckpt = load_checkpoint(ckpt_path)
+        if ckpt.get("kind") == "weights":
+            raise ConfigError(f"resume={cfg.resume!r}: {ckpt_path} holds only model weights "
+                              "(a best.pt); resume from the run's checkpoints/last.pt, or start "
+                              "from these weights with init_from=")
         state = restore(ckpt, ckpt_path, model, optimizer, scheduler)
         resumed_from = str(ckpt_path)
         log.info("resume: from %s at epoch %d, step %d", ckpt_path, state.epoch, state.step)
@@ -278,82 +308,111 @@ def train_run(cfg, ctx: Context, data: Optional[DataBundle] = None, zero_inputs:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    compiled = torch.compile(net) if cfg.trainer.compile else net
+    compiled = torch.compile(net) if t.compile else net
+    opts = LoopOptions(mixup=mixup, precision=t.precision, channels_last=t.channels_last,
+                       grad_clip=t.grad_clip, eval_every=t.eval_every,
+                       max_steps_per_epoch=t.max_steps_per_epoch, keep_val_logits=keep_val_logits,
+                       progress=t.progress, time_first_step=t.compile and state.step == 0)
     meta = {"model": cfg.model._target_ or cfg.model.name, "num_classes": data.num_classes,
             "in_chans": data.in_chans, "image_size": data.image_size,
             "data_fingerprint": data.fingerprint, "stage": cfg.stage.name}
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    rules = list(callbacks)
+    if t.early_stopping_patience:
+        rules.append(early_stopping(t.early_stopping_patience))
+
+    def snapshot(full: bool = True):  # taken on this thread, written by the writer's
+        return make_checkpoint(model, optimizer if full else None, scheduler if full else None,
+                               state, config_yaml, meta)
 
     records: List[EpochRecord] = []
     agreed = 0  # the signal the loop stopped on (under DDP maybe another rank's)
     nonfinite = None
-    stop_reason = None
-    pruned = False
-    log.info("train: %d epochs%s", cfg.trainer.epochs,
+    stop: Optional[Stop] = None
+    log.info("train: %d epochs%s", t.epochs,
              f" (continuing after epoch {state.epoch})" if state.epoch else "")
-    stop = _StopOnSignal() if save_checkpoints else None
+    signals = _StopOnSignal() if save_checkpoints else None
+    # checkpoints are serialised on a background thread while the next epoch trains (rank 0)
+    writer = CheckpointWriter(ctx.run) if save_checkpoints and ctx.run.enabled else None
+    saved = (state.epoch, state.step)  # the loop position of the newest last.pt
+    saved_at = time.monotonic()
     # logger=tensorboard/mlflow mirror each epoch; metrics.csv is written whatever they are
     loggers = build_loggers(cfg, ctx.run, ctx.original_cwd, data, model) if write_metrics else None
     try:
-        for rec in fit(compiled, optimizer, train_loader, val_loader, epochs=cfg.trainer.epochs,
-                       device=device, loss_fn=loss_fn, scheduler=scheduler, mixup=mixup,
-                       precision=cfg.trainer.precision, channels_last=cfg.trainer.channels_last,
-                       grad_clip=cfg.trainer.grad_clip, eval_every=cfg.trainer.eval_every,
-                       early_stopping_patience=cfg.trainer.early_stopping_patience,
-                       max_steps_per_epoch=cfg.trainer.max_steps_per_epoch,
-                       keep_val_logits=keep_val_logits, progress=cfg.trainer.progress, state=state,
-                       stop_requested=stop.requested if stop else None):
-            agreed = rec.signum or agreed
-            if rec.interrupted:  # a signal mid-epoch: save the half-done epoch exactly
-                ctx.run.save_checkpoint(make_checkpoint(model, optimizer, scheduler, state,
-                                                        config_yaml, meta), "last.pt")
-                break
-            records.append(rec)
-            log.info("epoch %d/%d  train_loss %.4f  train_acc %.4f  val_loss %.4f  val_acc %.4f  "
-                     "lr %.3g  %.0f img/s", rec.epoch, cfg.trainer.epochs, rec.train_loss,
-                     rec.train_acc, rec.val_loss, rec.val_acc, rec.lr, rec.images_per_s)
-            if write_metrics:
-                ctx.run.write_metrics(state.history)
-            if loggers:
-                loggers.log_epoch(rec)
-            if save_checkpoints:
-                payload = make_checkpoint(model, optimizer, scheduler, state, config_yaml, meta)
-                ctx.run.save_checkpoint(payload, "last.pt")
-                if rec.best:
-                    ctx.run.save_checkpoint(payload, "best.pt")
-            if rec.stop_reason:
-                stop_reason = rec.stop_reason
-                log.info("%s", stop_reason)
-            if until_train_loss > 0 and math.isfinite(rec.train_loss) \
-                    and rec.train_loss <= until_train_loss:
-                stop_reason = (f"training loss {rec.train_loss:.4g} <= target {until_train_loss:g} "
-                               f"after epoch {rec.epoch}")
-                log.info("%s", stop_reason)
-                break
-            if trial_reporter is not None and rec.evaluated:
-                trial_reporter.report(rec.epoch, getattr(rec, trial_reporter.metric))
-                if trial_reporter.should_prune():
-                    pruned = True
-                    stop_reason = f"pruned by the study's pruner after epoch {rec.epoch}"
-                    log.info("%s", stop_reason)
+        try:
+            for rec in fit(compiled, optimizer, train_loader, val_loader, epochs=t.epochs,
+                           device=device, loss_fn=loss_fn, scheduler=scheduler, opts=opts,
+                           state=state, stop_signal=signals.signal if signals else None):
+                agreed = rec.signum or agreed
+                records.append(rec)
+                if rec.interrupted:  # a signal mid-epoch: save the half-done epoch exactly
+                    if writer is not None:
+                        writer.submit({"last.pt": snapshot()})
+                        writer.wait()  # before fit's barrier lets any DDP rank exit
+                    saved = (state.epoch, state.step)
                     break
-    except NonFiniteLoss as e:
-        nonfinite = e
-        log.error("%s", e)
+                log.info("epoch %d/%d  train_loss %.4f  train_acc %.4f  val_loss %.4f  "
+                         "val_acc %.4f  lr %.3g  %.0f img/s", rec.epoch, t.epochs,
+                         rec.train_loss, rec.train_acc, rec.val_loss, rec.val_acc, rec.lr,
+                         rec.images_per_s)
+                if write_metrics:
+                    ctx.run.write_metrics(state.history)
+                if loggers:
+                    loggers.log_epoch(rec)
+                stop = _first_stop(rules, rec)
+                if writer is not None:
+                    # last.pt every checkpoint_every epochs / seconds and when the run stops
+                    # (the run's end is saved below); best.pt (weights) at every new best
+                    every, every_s = t.checkpoint_every, t.checkpoint_every_s
+                    due = bool(stop or rec.signum
+                               or (every and rec.epoch % every == 0)
+                               or (every_s and time.monotonic() - saved_at >= every_s))
+                    files = {"last.pt": snapshot()} if due else {}
+                    if rec.best:
+                        files["best.pt"] = weights_of(files.get("last.pt") or snapshot(False))
+                    if files:
+                        writer.submit(files)
+                    if due:
+                        saved, saved_at = (state.epoch, state.step), time.monotonic()
+                    if rec.signum:  # DDP: rank 0 has written it before fit's barrier
+                        writer.wait()
+                if stop:
+                    log.info("%s", stop.reason)
+                    break
+        except NonFiniteLoss as e:
+            nonfinite = e
+            log.error("%s", e)
+        # the run's end (or its stop on a signal) is always saved; after a NaN the previous
+        # epoch's checkpoint is the one to keep
+        if writer is not None and nonfinite is None and (state.epoch, state.step) != saved:
+            writer.submit({"last.pt": snapshot()})
     finally:
-        if stop is not None:
-            stop.restore()
+        if writer is not None:
+            writer.close()  # the process never exits with a checkpoint half-written
+        if signals is not None:
+            signals.restore()
         # this process's signal, else the one the ranks agreed on (another rank's, under DDP):
         # every rank then leaves the same way (rank 0's checkpoint, Interrupted, exit 128+signal)
-        signum = (stop.signum if stop is not None else None) or agreed or None
+        signum = (signals.signum if signals is not None else None) or agreed or None
         if loggers:
             loggers.close("FAILED" if nonfinite else "KILLED" if signum else "FINISHED")
-    if signum and state.epoch < cfg.trainer.epochs and not (pruned or stop_reason or nonfinite):
+    if signum and state.epoch < t.epochs and not (stop or nonfinite):
         raise Interrupted(signum, ctx.run.path, state.epoch, state.step)
+    finished = [r for r in records if not r.interrupted]
     return TrainResult(data=data, model=model, device=device, history=list(state.history),
-                       last=records[-1] if records else None, state=state, nonfinite=nonfinite,
-                       resumed_from=resumed_from, params=count_params(model),
-                       stop_reason=stop_reason, records=records, pruned=pruned)
+                       last=finished[-1] if finished else None, state=state,
+                       nonfinite=nonfinite, resumed_from=resumed_from, params=count_params(model),
+                       stop_reason=stop.reason if stop else None, records=finished,
+                       pruned=bool(stop and stop.pruned), compile_s=_compile_s(records))
+
+
+def _compile_s(records: List[EpochRecord]) -> Optional[float]:
+    """torch.compile's time: the first step's time less an ordinary step's (None: not timed)."""
+    r = next((r for r in records if r.first_step_s), None)
+    if r is None:
+        return None
+    typical = max(0.0, r.epoch_s - r.first_step_s) / max(1, r.step - 1)
+    return max(0.0, r.first_step_s - typical)
 
 
 def sub_run(cfg, ctx: Context, path: Path, overrides: List[str], title: Optional[str] = None,
@@ -405,6 +464,7 @@ def summary_of(cfg, ctx: Context, res: TrainResult, verdicts: List[Verdict],
         "epochs": res.state.epoch, "steps": res.state.step, "params": res.params,
         "images_per_s": float(np.median(ips)) if ips else None,
         "wall_s": res.state.wall_s,
+        "compile_s": res.compile_s,
         "checks": counts,
         "checks_failed": [v.name for v in verdicts if v.status == "fail"],
         "model": cfg.model._target_ or cfg.model.name,

@@ -27,10 +27,6 @@ class OverfitParams(train.Params):  # conf/stage/overfit.yaml builds on baseline
 
 
 Params = OverfitParams
-TRAINS = True
-FROM_PREVIOUS = True
-outcome = train.outcome
-headline = train.headline
 
 
 def params(cfg) -> dict[str, Any]:
@@ -55,7 +51,7 @@ def run(cfg, ctx: Context) -> int:
     from runner.stages.common import finish, summary_of, train_run
 
     p = params(cfg)
-    res = train_run(cfg, ctx, until_train_loss=float(p["train_loss_target"]))
+    res = train_run(cfg, ctx, callbacks=[until_train_loss(float(p["train_loss_target"]))])
     verdicts = [run_check(cfg.checks, "train.finite",
                           lambda s: train_finite(res.nonfinite, res.state.step))]
     last = res.history[-1] if res.history else {}
@@ -75,3 +71,12 @@ def run(cfg, ctx: Context) -> int:
              "stage=regularize trades some training fit for validation accuracy.</p>")
     code = finish(cfg, ctx, res, verdicts, summary, sections=[("Train/val gap", body)])
     return 1 if res.nonfinite else code
+
+def until_train_loss(target: float):
+    """The stage's callback: stop after the first epoch whose training loss is at or below
+    `target` (0: never)."""
+    def callback(rec):
+        if target > 0 and math.isfinite(rec.train_loss) and rec.train_loss <= target:
+            return f"training loss {rec.train_loss:.4g} <= target {target:g} after epoch {rec.epoch}"
+        return None
+    return callback
