@@ -27,6 +27,10 @@ class OverfitParams(train.Params):  # conf/stage/overfit.yaml builds on baseline
 
 
 Params = OverfitParams
+TRAINS = True
+FROM_PREVIOUS = True
+outcome = train.outcome
+headline = train.headline
 
 
 def params(cfg) -> dict[str, Any]:

@@ -9,12 +9,63 @@ stops it early when the pruner says so. Without `-m` it trains once with the cur
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from runner.errors import ConfigError
-from runner.stages.protocol import Context, run_check
+from runner.stages.protocol import Context, Headline, Outcome, run_check
 from runner.stages.train import Params  # noqa: F401  (builds on stage=train: no settings of its own)
 
 log = logging.getLogger("runner")
+
+TRAINS = True
+FROM_PREVIOUS = True
+# a study is a Hydra multirun (-m): the recipe runs it so, in its own sweep directory
+SWEEP = True
+
+
+def outcome(run_dir: Path) -> Outcome:
+    """from=<a study>: the best trial's config and weights (study.json); a single
+    `stage=tune` run without -m is a plain run."""
+    from runner.lineage import best_checkpoint, load_yaml, read_json, run_config, run_outcome
+
+    study = read_json(run_dir / "study.json")
+    if study is None:
+        return run_outcome(run_dir)
+    best = study.get("best") or {}
+    d = Path(best["dir"]) if best.get("dir") else None
+    if d is not None and not d.is_absolute():
+        d = run_dir / d
+    cfg_file = run_config(d) if d is not None else None
+    if cfg_file is None:
+        raise ConfigError(f"from={run_dir}: the study has no finished best trial with a config yet")
+    return Outcome(run_dir, load_yaml(cfg_file), cfg_file, "tune", best_checkpoint(d),
+                   f"the study's best trial {best.get('number')} "
+                   f"({study.get('metric', 'val_acc')} {best.get('value')})", run=d)
+
+
+def headline(run_dir: Path, own=()) -> Headline:
+    """The best trial's val accuracy (whatever metric the study ranked by) and its params."""
+    from runner.lineage import read_json
+
+    study = read_json(run_dir / "study.json")
+    if study is None:
+        from runner.stages.train import headline as plain
+
+        return plain(run_dir, own)
+    best = study.get("best") or {}
+    d = Path(best["dir"]) if best.get("dir") else None
+    if d is not None and not d.is_absolute():
+        d = run_dir / d
+    s = (read_json(d / "summary.json") if d is not None else None) or {}
+    acc = s.get("best_val_acc", s.get("val_acc"))
+    if acc is None and study.get("metric") == "val_acc":
+        acc = best.get("value")
+    params = " ".join(f"{k}={_fmt(v)}" for k, v in (best.get("params") or {}).items())
+    return Headline(acc, f"{study.get('trials', 0)} trial(s); best {params}")
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else "null" if v is None else str(v)
 
 
 def run(cfg, ctx: Context) -> int:
