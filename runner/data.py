@@ -17,6 +17,7 @@ import inspect
 import logging
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
@@ -107,9 +108,11 @@ class TensorLoader(_GlobalBatches):
         self.train = train
         self.drop_last, self.device, self.zero_inputs = drop_last, device, zero_inputs
         self.rank, self.world = rank, world
-        # data moved once; a few MB for the datasets this path is used for
-        self._x = split.x.to(device)
-        self._y = split.y.to(device)
+        # data moved once, as uint8 (a quarter of float32's bytes), from pinned memory on CUDA;
+        # a few MB for the datasets this path is used for. Batches are normalised on the device.
+        pin = device.type == "cuda"
+        self._x = (split.x.pin_memory() if pin else split.x).to(device, non_blocking=pin)
+        self._y = (split.y.pin_memory() if pin else split.y).to(device, non_blocking=pin)
         self._mean = torch.tensor(split.mean, device=device).view(1, -1, 1, 1)
         self._std = torch.tensor(split.std, device=device).view(1, -1, 1, 1)
 
@@ -132,13 +135,24 @@ class Unreadable:
     error: str
 
 
-def _collate_skip_bad(items):
-    """(x, y, unreadable items) of a batch; x and y are None when no item was readable."""
+def _normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> the float tensors the net sees (as ToTensor + Normalize compute them)."""
+    return (x.float().div_(255.0) - mean) / std
+
+
+def _collate_skip_bad(items, mean=None, std=None):
+    """(x, y, unreadable items) of a batch; x and y are None when no item was readable.
+
+    x is uint8 (normalised later, on the device) when every item is, else normalised float."""
     good = [it for it in items if not isinstance(it, Unreadable)]
     bad = [it for it in items if isinstance(it, Unreadable)]
     if not good:
         return None, None, bad
-    return torch.stack([g[0] for g in good]), torch.tensor([int(g[1]) for g in good]), bad
+    xs = [g[0] for g in good]
+    if len({x.dtype for x in xs}) > 1:  # a split of both kinds: normalise here
+        xs = [_normalise(x, mean.view(-1, 1, 1), std.view(-1, 1, 1)) if x.dtype == torch.uint8
+              else x for x in xs]
+    return torch.stack(xs), torch.tensor([int(g[1]) for g in good]), bad
 
 
 class StreamLoader(_GlobalBatches):
@@ -155,6 +169,9 @@ class StreamLoader(_GlobalBatches):
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.rank, self.world, self.num_workers, self.train = rank, world, num_workers, train
         self._dataset = _Transformed(split, train)
+        self._mean = torch.tensor(split.mean).view(1, -1, 1, 1)
+        self._std = torch.tensor(split.std).view(1, -1, 1, 1)
+        self._mean_d, self._std_d = self._mean.to(device), self._std.to(device)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         batches = [b.tolist() for b in self._batches(epoch)[start:]]
@@ -163,8 +180,9 @@ class StreamLoader(_GlobalBatches):
         # worker seeds (random augmentation) depend on (seed, epoch, start) only
         g = _epoch_generator(self.seed + 7919 * start, epoch)
         loader = DataLoader(self._dataset, batch_sampler=batches, num_workers=self.num_workers,
-                            collate_fn=_collate_skip_bad, generator=g,
-                            pin_memory=self.device.type == "cuda")
+                            collate_fn=partial(_collate_skip_bad, mean=self._mean[0],
+                                               std=self._std[0]),
+                            generator=g, pin_memory=self.device.type == "cuda")
         for x, y, bad in loader:
             if bad:
                 self.split.unreadable.update((b.name, b.error) for b in bad)
@@ -172,7 +190,9 @@ class StreamLoader(_GlobalBatches):
                     raise UnreadableFiles(bad)
             if x is None:
                 continue
-            x = x.to(self.device, non_blocking=True)
+            x = x.to(self.device, non_blocking=True)  # from pinned memory on CUDA
+            if x.dtype == torch.uint8:
+                x = _normalise(x, self._mean_d, self._std_d)
             if self.zero_inputs:
                 x = torch.zeros_like(x)
             yield x, y.to(self.device, non_blocking=True)
@@ -262,15 +282,19 @@ class StreamSplit:
     def load(self, i: int, train: bool = False):
         """Item i as (normalised float tensor, label); raises on an undecodable file."""
         img, label = self.dataset[i]
+        return self.apply(img, train), int(label)
+
+    def apply(self, img, train: bool = False) -> torch.Tensor:
+        """One image (PIL or tensor) through the split's transform: a normalised float tensor."""
         if train and self.train_transform is not None:
             if isinstance(img, torch.Tensor):  # timm's training transforms work on PIL images
                 from torchvision.transforms.functional import to_pil_image
 
                 img = to_pil_image(img if img.dtype == torch.uint8 else img.clamp(0, 1))
-            return self.train_transform(img), int(label)
+            return self.train_transform(img)
         if isinstance(img, torch.Tensor):
-            return _tensor_item(img, self.mean, self.std, self.image_size), int(label)
-        return self.eval_transform(img), int(label)
+            return _tensor_item(img, self.mean, self.std, self.image_size)
+        return self.eval_transform(img)
 
     def get(self, indices: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
         items = [self.load(i) for i in indices]
@@ -299,20 +323,58 @@ def _tensor_item(img: torch.Tensor, mean, std, image_size) -> torch.Tensor:
 
 
 class _Transformed(Dataset):
-    """Applies the split's transform per item; an undecodable file becomes Unreadable."""
+    """Applies the split's transform per item; an undecodable file becomes Unreadable.
+
+    A PIL image whose transform ends in ToTensor + Normalize (with the split's mean/std) comes
+    back as uint8 [C, H, W], before those two steps: it travels to the device at a quarter of
+    the bytes and is normalised there (StreamLoader), to the same values. Others come back
+    normalised (float)."""
 
     def __init__(self, split: StreamSplit, train: bool):
         self.split, self.train = split, train
+        tf = split.train_transform if train and split.train_transform is not None \
+            else split.eval_transform
+        self._uint8 = _before_to_tensor(tf, split.mean, split.std)
 
     def __len__(self):
         return len(self.split)
 
     def __getitem__(self, i):
         try:
-            return self.split.load(i, self.train)
+            img, label = self.split.dataset[i]
+            if self._uint8 is not None and _is_8bit_pil(img):
+                from torchvision.transforms.functional import pil_to_tensor
+
+                return pil_to_tensor(self._uint8(img)), int(label)
+            return self.split.apply(img, self.train), int(label)
         except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for bad files
             log.warning("unreadable image %s: %s", self.split.name(i), e)
             return Unreadable(self.split.name(i), f"{type(e).__name__}: {e}")
+
+
+def _is_8bit_pil(img) -> bool:
+    return getattr(img, "mode", None) in ("L", "RGB")
+
+
+def _before_to_tensor(tf, mean, std):
+    """The steps of `tf` before a final ToTensor + Normalize(mean, std), or None when it does
+    not end so (e.g. random erasing after them, or another mean/std)."""
+    from torchvision import transforms as T
+
+    steps = getattr(tf, "transforms", None)
+    if not isinstance(tf, T.Compose) or not steps or len(steps) < 2:
+        return None
+    to_tensor, norm = steps[-2], steps[-1]
+    if type(to_tensor).__name__ not in ("ToTensor", "MaybeToTensor") \
+            or not isinstance(norm, T.Normalize):
+        return None
+    def same(a, b) -> bool:
+        return torch.equal(torch.as_tensor(a, dtype=torch.float32).flatten(),
+                           torch.as_tensor(b, dtype=torch.float32).flatten())
+
+    if not (same(norm.mean, mean) and same(norm.std, std)):
+        return None
+    return T.Compose(steps[:-2])
 
 
 class _Files(Dataset):
