@@ -77,7 +77,7 @@ def _run(cfg, run_dir: Path, original_cwd: str, overrides) -> int:
     from runner.config import validate
     from runner.output import RunDir
     from runner.stages import get_stage
-    from runner.stages.common import Context
+    from runner.stages.protocol import Context
 
     from runner.distributed import from_env
 
@@ -99,8 +99,6 @@ def _run(cfg, run_dir: Path, original_cwd: str, overrides) -> int:
     if lineage is not None:  # .hydra/config.yaml is the composition before from=
         run.write_json("lineage.json", ctx.lineage)
         run.write_text("config.yaml", OmegaConf.to_yaml(cfg))
-    return get_stage(cfg.stage.name).run(cfg, ctx)
+    from runner.stages.finish import finish
 
-
-def to_yaml(cfg) -> str:
-    return OmegaConf.to_yaml(cfg)
+    return finish(cfg, ctx, get_stage(cfg.stage.name).run(cfg, ctx))

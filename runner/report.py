@@ -56,11 +56,125 @@ document.querySelectorAll('table.sortable').forEach(function(t){
 """
 
 
+# ----------------------------------------------------------------------------- section data
+# Stages describe their report sections with these blocks (data, no HTML); `render` turns a
+# section's blocks into HTML and the run's finish saves the figures they hold.
+@dataclass
+class Text:
+    """A paragraph. `code` spans (in backticks) are shown as code; `strong` makes it bold."""
+
+    text: str
+    strong: bool = False
+    note: bool = False  # a grey aside
+
+
+@dataclass
+class Table:
+    """Rows as a table. `links`: column -> key of the row holding that cell's href (a cell
+    without an href is plain text)."""
+
+    rows: List[Dict[str, Any]]
+    columns: Optional[List[str]] = None
+    links: Dict[str, str] = field(default_factory=dict)
+    sortable: bool = False
+
+
+@dataclass
+class KeyValues:
+    values: Dict[str, Any]
+
+
+@dataclass
+class Code:
+    text: str
+
+
+@dataclass
+class Figure:
+    """A matplotlib figure, saved as plots/<name>.png by the run's finish."""
+
+    figure: Any
+    name: str
+
+
+@dataclass
+class Images:
+    """Pictures already beside the report (relative paths: plots/*.png, a sub-run's)."""
+
+    paths: List[str]
+
+
+@dataclass
+class Links:
+    """(text, href) pairs, as a list."""
+
+    items: List[Tuple[str, str]]
+
+
 @dataclass
 class Section:
     title: str
-    body: str
+    # blocks (Text, Table, ...) or, for report pages built outside a stage, ready HTML
+    body: Any
     anchor: Optional[str] = None
+
+    def html(self) -> str:
+        return self.body if isinstance(self.body, str) else render(self.body)
+
+
+def _inline(text: str) -> str:
+    """Escaped text with `code` spans."""
+    parts = str(text).split("`")
+    return "".join(f"<code>{esc(p)}</code>" if i % 2 else esc(p) for i, p in enumerate(parts))
+
+
+def render(blocks: Sequence[Any]) -> str:
+    """HTML of a section's blocks (a Figure must have been saved: see `saved_figures`)."""
+    out = []
+    for b in blocks:
+        if isinstance(b, Text):
+            body = f"<b>{_inline(b.text)}</b>" if b.strong else _inline(b.text)
+            out.append(f"<p class='sub'>{body}</p>" if b.note else f"<p>{body}</p>")
+        elif isinstance(b, Table):
+            out.append(_linked_table(b))
+        elif isinstance(b, KeyValues):
+            out.append(kv_table(b.values))
+        elif isinstance(b, Code):
+            out.append(pre(b.text))
+        elif isinstance(b, Images):
+            out.append(images(b.paths))
+        elif isinstance(b, Links):
+            out.append("<ul>" + "".join(f'<li><a href="{esc(h)}">{esc(t)}</a></li>'
+                                        for t, h in b.items) + "</ul>")
+        elif isinstance(b, Figure):
+            raise ValueError(f"figure {b.name!r} was not saved before rendering")
+        else:
+            raise TypeError(f"not a report block: {type(b).__name__}")
+    return "".join(out)
+
+
+def _linked_table(t: Table) -> str:
+    if not t.links:
+        return table(t.rows, t.columns, sortable=t.sortable)
+    cols = list(t.columns or (t.rows[0].keys() if t.rows else []))
+    rows = []
+    for r in t.rows:
+        row = dict(r)
+        for col, href_key in t.links.items():
+            href = r.get(href_key)
+            text = esc(fmt(r.get(col, "")))
+            row[col] = f'<a href="{esc(href)}">{text}</a>' if href else text
+        rows.append(row)
+    return table(rows, cols, raw=list(t.links), sortable=t.sortable)
+
+
+def saved_figures(sections: Sequence[Section], save) -> None:
+    """Replace each Figure block by the Images of its saved file (`save(fig, name) -> path`)."""
+    for sec in sections:
+        if isinstance(sec.body, str):
+            continue
+        sec.body = [Images([save(b.figure, b.name)]) if isinstance(b, Figure) else b
+                    for b in sec.body]
 
 
 @dataclass
@@ -88,7 +202,7 @@ class Report:
         nav = " ".join(f'<a href="{esc(h)}">{esc(t)}</a>' for t, h in self.links)
         toc = " · ".join(f'<a href="#{s.anchor or slug(s.title)}">{esc(s.title)}</a>'
                          for s in self.sections)
-        body = "".join(f'<h2 id="{s.anchor or slug(s.title)}">{esc(s.title)}</h2>{s.body}'
+        body = "".join(f'<h2 id="{s.anchor or slug(s.title)}">{esc(s.title)}</h2>{s.html()}'
                        for s in self.sections)
         if 'class="sortable"' in body:
             body += f"<script>{SORT_JS}</script>"

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Dict, List, Tuple
 
 from runner.checks import Verdict, skip
 from runner.stages import train
-from runner.stages.protocol import Context, Headline, run_check
+from runner.report import Figure, Section, Table, Text
+from runner.stages.protocol import Context, Headline, StageResult, run_check
 
 if TYPE_CHECKING:
     import torch
@@ -42,13 +43,13 @@ def headline(run_dir, own=()) -> Headline:
     return Headline(s.get("best_val_acc", s.get("val_acc")),
                     what if more == what else f"{what} {more}")
 
-def run(cfg, ctx: Context) -> int:
+def run(cfg, ctx: Context) -> StageResult:
     from runner.checks.baselines import majority_accuracy
     from runner.stages.common import (
         build_data_for,
         build_model_for,
-        finish,
         loaders,
+        result_of,
         setup_runtime,
         summary_of,
         train_run,
@@ -72,18 +73,17 @@ def run(cfg, ctx: Context) -> int:
                  "zero_input_acc": ii.details.get("zero_input_acc") if ii else None,
                  "human_baseline": cfg.human_baseline,
                  "model_acc": res.history[-1]["val_acc"] if res.history else None}
-    sections = [("Baselines", _baselines_table(baselines))]
+    sections = [Section("Baselines", [_baselines_table(baselines)])]
     seconds = {v.name: round(v.seconds, 3) for v in verdicts if v.seconds is not None}
     if cfg.checks.predictions.enabled and res.records:
         log.info("report: prediction dynamics, confusion matrix, top-loss validation examples")
         t0 = time.perf_counter()
-        sections += predictions_sections(ctx, data, res, cfg.checks.predictions)
+        sections += predictions_sections(data, res, cfg.checks.predictions)
         seconds["predictions"] = round(time.perf_counter() - t0, 3)
-    sections.append(("Check cost", _cost_table(seconds)))
+    sections.append(Section("Check cost", [_cost_table(seconds)]))
     summary = summary_of(cfg, ctx, res, verdicts,
                          {"baselines": baselines, "check_seconds": seconds})
-    code = finish(cfg, ctx, res, verdicts, summary, sections)
-    return 1 if res.nonfinite else code
+    return result_of(res, verdicts, summary, sections=sections)
 
 
 def _import_now() -> None:
@@ -265,17 +265,10 @@ def _set_log_prior_bias(model, prior) -> None:
             head.bias.copy_(prior.double().clamp_min(1e-8).log().to(head.bias))
 
 
-def predictions_sections(ctx, data, res, s) -> List[Tuple[str, str]]:
-    """Prediction dynamics, confusion matrix and top-loss examples, saved by the output module."""
-    from runner.checks.predictions import (
-        confusion,
-        confusion_figure,
-        fixed_examples,
-        prediction_dynamics,
-        top_loss_figure,
-        top_losses,
-    )
-    from runner.report import esc, images, table
+def predictions_sections(data, res, s) -> List[Section]:
+    """Prediction dynamics, confusion matrix and top-loss examples (figures as data)."""
+    from runner.checks.predictions import (confusion, confusion_figure, fixed_examples,
+                                           prediction_dynamics, top_loss_figure, top_losses)
 
     recs = [r for r in res.records if r.val_logits is not None]
     if not recs:
@@ -286,12 +279,13 @@ def predictions_sections(ctx, data, res, s) -> List[Tuple[str, str]]:
     idx = fixed_examples(targets, data.num_classes, int(s.examples))
     probs = [r.val_logits[idx].float().softmax(1) for r in recs]
     fig = prediction_dynamics([r.epoch for r in recs], probs, targets, idx, data.class_names)
-    out.append(("Prediction dynamics", images([ctx.run.save_figure(fig, "prediction_dynamics")])
-                + "<p class='sub'>Predicted probabilities of fixed validation examples after each "
-                  "epoch: they should settle on the true class, not jitter or collapse.</p>"))
+    out.append(Section("Prediction dynamics", [
+        Figure(fig, "prediction_dynamics"),
+        Text("Predicted probabilities of fixed validation examples after each epoch: they "
+             "should settle on the true class, not jitter or collapse.", note=True)]))
     cm = confusion(logits, targets, data.num_classes)
-    fig = confusion_figure(cm, data.class_names)
-    out.append(("Confusion matrix", images([ctx.run.save_figure(fig, "confusion_matrix")])))
+    out.append(Section("Confusion matrix", [Figure(confusion_figure(cm, data.class_names),
+                                                   "confusion_matrix")]))
     top, losses = top_losses(logits, targets, int(s.top_losses))
     # the val loader is unshuffled, so row i is val example i (unless unreadable files were skipped)
     aligned = len(targets) == len(data.val) and \
@@ -303,27 +297,23 @@ def predictions_sections(ctx, data, res, s) -> List[Tuple[str, str]]:
         rows = [{"val index": i, "file": data.val.name(i), "true": names[int(targets[i])],
                  "predicted": names[int(logits[i].argmax())], "loss": loss}
                 for i, loss in zip(top, losses)]
-        out.append(("Top-loss validation examples",
-                    images([ctx.run.save_figure(fig, "top_losses")]) + table(rows)))
+        out.append(Section("Top-loss validation examples", [Figure(fig, "top_losses"),
+                                                            Table(rows)]))
     else:
         why = "validation predictions do not line up with the split (unreadable files skipped?)"
-        out.append(("Top-loss validation examples", f"<p class='sub'>{esc(why)}: no images</p>"))
+        out.append(Section("Top-loss validation examples", [Text(f"{why}: no images", note=True)]))
     return out
 
 
-def _baselines_table(b: Dict) -> str:
-    from runner.report import table
-
+def _baselines_table(b: Dict) -> Table:
     rows = [{"what": "majority class (always the most frequent training class)",
              "val acc": b["majority_acc"]},
             {"what": "same model, zeroed inputs", "val acc": b["zero_input_acc"]},
             {"what": "model", "val acc": b["model_acc"]},
             {"what": "human (human_baseline)", "val acc": b["human_baseline"]}]
-    return table(rows)
+    return Table(rows)
 
 
-def _cost_table(seconds: Dict[str, float]) -> str:
-    from runner.report import table
-
+def _cost_table(seconds: Dict[str, float]) -> Table:
     rows = [{"check": k, "seconds": v} for k, v in seconds.items()]
-    return table(rows + [{"check": "total", "seconds": sum(seconds.values())}])
+    return Table(rows + [{"check": "total", "seconds": sum(seconds.values())}])

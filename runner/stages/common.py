@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from runner.checks import Verdict
 from runner.checkpoint import (CheckpointWriter, find_resume_checkpoint, load_checkpoint,
                                make_checkpoint, restore, weights_of)
+from runner.checks import Verdict
 from runner.data import DataBundle, build_data, train_transform
 from runner.distributed import from_env
 from runner.errors import ConfigError, Interrupted, NonFiniteLoss
@@ -33,7 +33,7 @@ from runner.loop import Callback, EpochRecord, LoopOptions, LoopState, Stop, fit
 from runner.models import build_model, count_params
 from runner.optim import build_loss_and_mixup, build_optimizer, build_scheduler
 from runner.output import RunDir
-from runner.stages.protocol import Context, run_check
+from runner.stages.protocol import Context, StageResult, run_check
 
 log = logging.getLogger("runner")
 
@@ -427,6 +427,7 @@ def sub_run(cfg, ctx: Context, path: Path, overrides: List[str], title: Optional
     stage that reruns another stage's config labels the run as its own)."""
     from runner.checks.training import train_finite
     from runner.config import validate
+    from runner.stages.finish import finish
 
     validate(cfg, ctx.original_cwd)
     sub = Context(run=RunDir(path, enabled=ctx.run.enabled), original_cwd=ctx.original_cwd,
@@ -439,9 +440,10 @@ def sub_run(cfg, ctx: Context, path: Path, overrides: List[str], title: Optional
     verdicts = [run_check(cfg.checks, "train.finite",
                           lambda s: train_finite(res.nonfinite, res.state.step))]
     summary = summary_of(cfg, sub, res, verdicts, extra=summary_extra)
-    finish(cfg, sub, res, verdicts, summary,
-           title=title or f"{summary.get('stage') or cfg.stage.name}: {path.name}",
-           mark_epoch=mark_epoch)
+    finish(cfg, sub, StageResult(
+        verdicts, summary, history=res.history, mark_epoch=mark_epoch,
+        exit_code=1 if res.nonfinite else None,
+        title=title or f"{summary.get('stage') or cfg.stage.name}: {path.name}"))
     return res, summary
 
 
@@ -483,157 +485,9 @@ def summary_of(cfg, ctx: Context, res: TrainResult, verdicts: List[Verdict],
     return out
 
 
-def save_verdict_figures(ctx: Context, verdicts: List[Verdict]) -> None:
-    """Checks return figures; the output module writes them and the verdict lists the paths."""
-    for v in verdicts:
-        for key, fig in list(v.figures.items()):
-            v.artifacts.append(ctx.run.save_figure(fig, f"{v.name.replace('.', '_')}_{key}"))
-        v.figures.clear()
-
-
-def timed(fn, *args, **kwargs) -> Verdict:
-    t0 = time.perf_counter()
-    v = fn(*args, **kwargs)
-    v.seconds = time.perf_counter() - t0
-    return v
-
-
-def console_checks(verdicts: List[Verdict]) -> str:
-    if not verdicts:
-        return ""
-    import textwrap
-
-    w = max(len(v.name) for v in verdicts)
-    lines = [f"{'check'.ljust(w)}  status  value / message"]
-    indent = " " * (w + 10)
-    for v in verdicts:
-        val = v.value if not isinstance(v.value, float) else f"{v.value:.4g}"
-        head = f"{v.name.ljust(w)}  {v.status.upper():6}  "
-        # the whole message, wrapped under its column: advice is never cut off
-        text = f"{val}  {v.message}" if val is not None else v.message
-        lines.append(textwrap.fill(text, width=max(60, 120 - len(head)) + len(head),
-                                   initial_indent=head, subsequent_indent=indent,
-                                   break_on_hyphens=False, break_long_words=False))
-    return "\n".join(lines)
-
-
-def finish(cfg, ctx: Context, res: Optional[TrainResult], verdicts: List[Verdict],
-           summary: Dict[str, Any], sections=(), title: Optional[str] = None,
-           mark_epoch: Optional[float] = None) -> int:
-    """Write checks.json, summary.json, plots and report.html; log the outcome; exit code.
-
-    `mark_epoch`: a dashed line on the curves there (where a continued run picked up)."""
-    from runner import plots
-    from runner.report import (Report, checks_section, esc, images, kv_table, pre, related_links,
-                               run_facts, run_files, run_kpis, table, verdict_counts)
-
-    save_verdict_figures(ctx, verdicts)
-    stage = summary.get("stage") or cfg.stage.name  # a sub-run may label itself (sub_run)
-    if ctx.lineage:
-        summary.setdefault("from", {k: ctx.lineage[k] for k in ("source", "source_stage", "weights")})
-    ctx.run.write_checks(verdicts)
-    ctx.run.write_summary(summary)
-
-    # header: what ran on what, key figures, verdict counts, links up to a sweep/recipe report
-    rep = Report(title or f"{stage}: {summary.get('model', '')} on {cfg.data.kind}",
-                 kpis=run_kpis(summary), facts=run_facts(summary), counts=verdict_counts(verdicts),
-                 links=related_links(ctx.run.path), files=run_files(ctx.run.path))
-    if summary.get("error"):
-        rep.add("Stopped", f"<p><b>{esc(summary['error'])}</b></p>")
-    rep.add("Checks", checks_section(verdicts))
-    if res is not None and res.history:
-        rel = ctx.run.save_figure(plots.curves(res.history, f"{stage}: training curves",
-                                               mark_epoch=None if mark_epoch is None else mark_epoch + 0.5,
-                                               mark_label="continued here"), "curves")
-        rep.add("Curves", images([rel]) + table(res.history))
-    for title_, body in sections:
-        rep.add(title_, body)
-    if ctx.lineage:
-        from runner.lineage import lineage_html
-
-        rep.add("Started from", lineage_html(ctx.lineage))
-    flat = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
-    rep.add("Summary", kv_table(flat))
-    if "data" in summary:
-        rep.add("Data", kv_table(summary["data"]))
-    rep.add("Config", pre(OmegaConf.to_yaml(cfg)) + "<p>Overrides:</p>" + pre("\n".join(ctx.overrides) or "(none)"))
-    if "provenance" in summary:
-        import json
-
-        rep.add("Provenance", pre(json.dumps(summary["provenance"], indent=2)))
-    ctx.run.write_report(rep.render())
-
-    table_ = console_checks(verdicts)
-    if table_:
-        log.info("checks:\n%s", table_)
-    failed = [v.name for v in verdicts if v.status == "fail"]
-    n = summary.get("epochs")
-    ran = ", ".join(x for x in (
-        f"{n} epoch{'' if n == 1 else 's'}" if isinstance(n, int) else "",
-        f"{summary['wall_s']:.1f} s" if isinstance(summary.get("wall_s"), (int, float)) else "") if x)
-    loss = summary.get("val_loss")
-    log.info("%s: val_acc %s%s%s  ->  %s", stage, _f(summary.get("val_acc")),
-             f"  val_loss {_f(loss)}" if loss is not None else "", f"  ({ran})" if ran else "",
-             ctx.run.path)
-    if failed:
-        log.warning("failed checks: %s%s", ", ".join(failed),
-                    "" if cfg.checks.strict else " (checks.strict=false: exit code 0)")
-        return 1 if cfg.checks.strict else 0
-    return 0
-
-
-def _f(x) -> str:
-    return f"{x:.4f}" if isinstance(x, float) and math.isfinite(x) else str(x)
-
-
-def stage_params(cfg, defaults: Dict[str, Any], inherited=()) -> Dict[str, Any]:
-    """`stage.params` over the stage's documented defaults; an unknown key is a ConfigError.
-
-    `inherited`: keys of the stages this one's YAML builds on (set there, not used here).
-    """
-    import difflib
-
-    raw = cfg.stage.get("params") or {}
-    raw = OmegaConf.to_container(raw, resolve=True) if OmegaConf.is_config(raw) else dict(raw)
-    raw = {k: v for k, v in raw.items() if k in defaults or k not in set(inherited)}
-    unknown = [k for k in raw if k not in defaults]
-    if unknown:
-        raise ConfigError([
-            f"stage.params.{k} is not a setting of stage {cfg.stage.name!r}"
-            + (f"; did you mean {difflib.get_close_matches(k, list(defaults), n=1)[0]!r}?"
-               if difflib.get_close_matches(k, list(defaults), n=1) else
-               f"; allowed: {', '.join(sorted(defaults))}")
-            for k in unknown])
-    problems: List[str] = []
-    for k, v in raw.items():
-        raw[k] = _typed(k, v, defaults[k], problems)
-    if problems:
-        raise ConfigError(problems)
-    return {**defaults, **raw}
-
-
-def _typed(key: str, value: Any, default: Any, problems: List[str]) -> Any:
-    """A stage setting checked against its default's type (None: any). A number where a
-    float is expected becomes a float; a single string where a list is expected, a list of one."""
-    def bad(what: str) -> Any:
-        problems.append(f"stage.params.{key}={value!r} must be {what} (default: {default!r})")
-        return value
-
-    if default is None or value is None and not isinstance(default, (bool, int, float)):
-        return value
-    if isinstance(default, bool):
-        return value if isinstance(value, bool) else bad("true or false")
-    if isinstance(default, int):
-        return value if isinstance(value, int) and not isinstance(value, bool) else bad("an integer")
-    if isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        return float(value) if ok else bad("a finite number")
-    if isinstance(default, list):
-        if isinstance(value, str):
-            return [value]
-        return value if isinstance(value, list) else bad("a list")
-    if isinstance(default, dict):
-        return value if isinstance(value, dict) else bad("a mapping")
-    if isinstance(default, str):
-        return value if isinstance(value, str) else bad("a string")
-    return value
+def result_of(res: TrainResult, verdicts: List[Verdict], summary: Dict[str, Any],
+              **more: Any) -> StageResult:
+    """A training stage's StageResult: its verdicts and summary, the run's curves, and
+    whether it stopped on a NaN/Inf loss; `more`: sections, files, title, mark_epoch."""
+    return StageResult(verdicts, summary, history=list(res.history),
+                       exit_code=1 if res.nonfinite else None, **more)

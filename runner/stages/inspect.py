@@ -27,7 +27,8 @@ from runner.checks import Verdict
 from runner.checks import data as dc
 from runner.checks.registry import is_enabled
 from runner.errors import ConfigError
-from runner.stages.protocol import Context, Headline, NoParams, run_check
+from runner.report import Figure, Links, Section, Table, Text, verdict_counts
+from runner.stages.protocol import Context, Headline, NoParams, Rows, StageResult, run_check
 
 log = logging.getLogger("runner")
 
@@ -476,9 +477,7 @@ def _spurious(table: dc.ImageTable, s) -> Verdict:
                     max_gain=float(s.max_gain), min_class_examples=int(s.min_class_examples))
 
 
-def run(cfg, ctx: Context) -> int:
-    from runner.report import esc
-    from runner.stages.common import finish
+def run(cfg, ctx: Context) -> StageResult:
 
     ic = cfg.inspect
     t_start = time.perf_counter()
@@ -505,16 +504,14 @@ def run(cfg, ctx: Context) -> int:
     groups, leaks, outl, flags = found.groups, found.leaks, found.outliers, found.flags
 
     log.info("report: figures and tables")
-    sections = report_sections(cfg, ctx, source, table, verdicts, groups, leaks, outl, flags)
-    outputs = write_tables(ctx, source, table, groups, leaks, outl, flags, cfg)
+    sections = report_sections(cfg, source, table, verdicts, groups, leaks, outl, flags)
+    files = tables(source, table, groups, leaks, outl, flags, cfg)
     if is_enabled(cfg.checks, "data.label_issues"):
-        ctx.run.write_csv("label_issues.csv", found.label_issues,
-                          ["index", "given", "suggested", "score", "path"])
-        outputs.insert(2, "label_issues.csv")
-    sections.append(("Machine-readable files", "<ul>" + "".join(
-        f'<li><a href="{esc(p)}">{esc(p)}</a></li>' for p in outputs) + "</ul>"))
+        files["label_issues.csv"] = Rows(found.label_issues,
+                                         ["index", "given", "suggested", "score", "path"])
+    outputs = [*files, "checks.json", "summary.json"]
+    sections.append(Section("Machine-readable files", [Links([(p, p) for p in outputs])]))
 
-    counts = {s: sum(v.status == s for v in verdicts) for s in ("pass", "warn", "fail", "skip")}
     wall = time.perf_counter() - t_start
     summary = {
         "stage": cfg.stage.name, "name": cfg.name, "status": "finished",
@@ -522,7 +519,8 @@ def run(cfg, ctx: Context) -> int:
         "epochs": 0, "params": 0, "model": None,
         "images": len(table), "readable": int(table.ok.sum()),
         "images_per_s": ips, "wall_s": wall,
-        "checks": counts, "checks_failed": [v.name for v in verdicts if v.status == "fail"],
+        "checks": verdict_counts(verdicts),
+        "checks_failed": [v.name for v in verdicts if v.status == "fail"],
         "data": {"kind": source.kind, "num_train": n_tr, "num_val": len(source) - n_tr,
                  "num_classes": len(source.class_names), "class_names": source.class_names,
                  "fingerprint": source.fingerprint, "root": source.root},
@@ -530,9 +528,9 @@ def run(cfg, ctx: Context) -> int:
         "provenance": _provenance(cfg, ctx, source),
         "run_dir": str(ctx.run.path),
     }
-    return finish(cfg, ctx, None, verdicts, summary, sections,
-                  title=f"inspect: {source.kind} data, {len(table)} images, "
-                        f"{len(source.class_names)} classes")
+    return StageResult(verdicts, summary, sections, files,
+                       title=f"inspect: {source.kind} data, {len(table)} images, "
+                             f"{len(source.class_names)} classes")
 
 
 def _provenance(cfg, ctx: Context, source: Source) -> Dict[str, Any]:
@@ -546,8 +544,8 @@ def _provenance(cfg, ctx: Context, source: Source) -> Dict[str, Any]:
                       torch.device("cpu"))
 
 
-def write_tables(ctx: Context, source: Source, table: dc.ImageTable, groups, leaks, found, flags,
-                 cfg) -> List[str]:
+def tables(source: Source, table: dc.ImageTable, groups, leaks, found, flags,
+           cfg) -> Dict[str, Any]:
     """images.csv (one row per image, with its flags) and inspect.json (every finding)."""
     cols = table.columns()
     group_of: Dict[int, int] = {}
@@ -566,7 +564,7 @@ def write_tables(ctx: Context, source: Source, table: dc.ImageTable, groups, lea
     w = csv.writer(buf)
     w.writerow(list(cols))
     w.writerows(zip(*cols.values()))
-    ctx.run.write_text("images.csv", buf.getvalue())
+    images_csv = buf.getvalue()
     del cols, buf
     names = table.name
     k = len(table.class_names)
@@ -589,15 +587,13 @@ def write_tables(ctx: Context, source: Source, table: dc.ImageTable, groups, lea
                   for name, (mask, _, _) in flags.items()},
         "thresholds": dict(cfg.inspect),
     }
-    ctx.run.write_json("inspect.json", doc)
-    return ["images.csv", "inspect.json", "checks.json", "summary.json"]
+    return {"images.csv": images_csv, "inspect.json": doc}
 
 
-def report_sections(cfg, ctx: Context, source: Source, table: dc.ImageTable, verdicts, groups,
-                    leaks, found, flags) -> List[Tuple[str, str]]:
-    """The page a person reads: what the data looks like, then each finding with thumbnails."""
-    from runner.report import esc, images
-    from runner.report import table as html_table
+def report_sections(cfg, source: Source, table: dc.ImageTable, verdicts, groups,
+                    leaks, found, flags) -> List[Section]:
+    """The page a person reads: what the data looks like, then each finding with thumbnails
+    (figures as data: the run's finish saves them)."""
 
     ic = cfg.inspect
     size = ic.thumb_size
@@ -609,9 +605,6 @@ def report_sections(cfg, ctx: Context, source: Source, table: dc.ImageTable, ver
             cache[i] = source.image(i) if table.ok[i] else None
         return cache[i]
 
-    def save(fig, name):
-        return ctx.run.save_figure(fig, name)
-
     def cap(i: int, extra: str = "") -> str:
         return (extra + "\n" if extra else "") + _short(table.name[i])
 
@@ -619,11 +612,11 @@ def report_sections(cfg, ctx: Context, source: Source, table: dc.ImageTable, ver
         c = table.class_names[table.label[i]] if table.label[i] >= 0 else ""
         return cap(i, "" if c in Path(table.name[i]).parts else c[:10])
 
-    def rows_html(idx, extra=None, limit=None):
+    def rows_of(idx, extra=None, limit=None) -> Table:
         idx = list(idx)[:limit or ic.max_listed]
-        return html_table([dict(table.describe(i), **(extra(i) if extra else {})) for i in idx])
+        return Table([dict(table.describe(i), **(extra(i) if extra else {})) for i in idx])
 
-    out: List[Tuple[str, str]] = []
+    out: List[Section] = []
     ok = table.ok
     n = table.num
     rng = np.random.default_rng(cfg.seed)
@@ -633,23 +626,22 @@ def report_sections(cfg, ctx: Context, source: Source, table: dc.ImageTable, ver
     overview = [{"split": s, "images": int((table.split == si).sum()),
                  "readable": int((ok & (table.split == si)).sum())}
                 for si, s in enumerate(dc.SPLITS)]
-    body = html_table(overview) + \
-        f"<p>Modes: {esc(', '.join(f'{m}: {c}' for m, c in modes.items()))}</p>"
+    body: List[Any] = [Table(overview),
+                       Text("Modes: " + ", ".join(f"{m}: {c}" for m, c in modes.items()))]
     if source.root:
-        body = f"<p>Folder <code>{esc(source.root)}</code> (names below are relative to " \
-               "it)</p>" + body
-    if source.notes:
-        body += "<ul>" + "".join(f"<li>{esc(x)}</li>" for x in source.notes) + "</ul>"
-    out.append(("Data overview", body))
+        body.insert(0, Text(f"Folder `{source.root}` (names below are relative to it)"))
+    body += [Text(x, note=True) for x in source.notes]
+    out.append(Section("Data overview", body))
 
     # class counts
-    rel = save(fig_class_counts(table), "inspect_class_counts")
-    counts = (by_name.get("data.class_balance") or Verdict("x", "skip")).details.get("counts", {})
-    out.append(("Class counts per split", images([rel]) + html_table(
-        [dict({"class": c}, **v) for c, v in counts.items()])))
+    balance = by_name.get("data.class_balance")
+    counts = balance.details.get("counts", {}) if balance is not None else {}
+    out.append(Section("Class counts per split", [
+        Figure(fig_class_counts(table), "inspect_class_counts"),
+        Table([dict({"class": c}, **v) for c, v in counts.items()])]))
 
     # per-class sample grids
-    rels = []
+    grids: List[Any] = []
     k_show = min(len(table.class_names), ic.max_classes_shown)
     for si, s in enumerate(dc.SPLITS):
         rows = []
@@ -660,15 +652,15 @@ def report_sections(cfg, ctx: Context, source: Source, table: dc.ImageTable, ver
                          [(img(i), _short(table.name[i])) for i in pick]))
         if any(r[1] for r in rows):
             fig = thumb_rows(rows, f"{s}: random samples per class", size)
-            rels.append(save(fig, f"inspect_samples_{s}"))
-    more = f"<p class='sub'>First {k_show} of {len(table.class_names)} classes.</p>" \
-        if len(table.class_names) > k_show else ""
-    out.append(("Samples per class", images(rels) + more))
+            grids.append(Figure(fig, f"inspect_samples_{s}"))
+    if len(table.class_names) > k_show:
+        grids.append(Text(f"First {k_show} of {len(table.class_names)} classes.", note=True))
+    out.append(Section("Samples per class", grids))
 
     # distributions
     if ok.any():
-        rel = save(fig_distributions(table, ic.max_classes_shown), "inspect_distributions")
-        out.append(("Distributions", images([rel])))
+        out.append(Section("Distributions", [
+            Figure(fig_distributions(table, ic.max_classes_shown), "inspect_distributions")]))
 
     # sorted strips
     if ok.any():
@@ -689,14 +681,14 @@ def report_sections(cfg, ctx: Context, source: Source, table: dc.ImageTable, ver
                     f"{int(n['width'][i])}x{int(n['height'][i])}"
                 tiles.append((img(i), cap(i, lab)))
             rows.append((title, tiles))
-        rel = save(thumb_rows(rows, "Sorted by: outliers along each axis often reveal a bug", size),
-                   "inspect_sorted")
-        out.append(("Sorted by brightness, contrast, sharpness, size", images([rel])))
+        fig = thumb_rows(rows, "Sorted by: outliers along each axis often reveal a bug", size)
+        out.append(Section("Sorted by brightness, contrast, sharpness, size",
+                           [Figure(fig, "inspect_sorted")]))
 
     # corrupt files
     bad = np.flatnonzero(~ok)
-    out.append(("Corrupt files", rows_html(bad, lambda i: {"error": table.error[i]}) if len(bad)
-                else "<p>None: every image decodes.</p>"))
+    out.append(Section("Corrupt files", [rows_of(bad, lambda i: {"error": table.error[i]})
+                                         if len(bad) else Text("None: every image decodes.")]))
 
     # duplicates (inside a split)
     v = by_name.get("data.duplicates")
@@ -709,9 +701,9 @@ def report_sections(cfg, ctx: Context, source: Source, table: dc.ImageTable, ver
         listing = [{"group": gi, "kind": g["kind"], "split": g["split"],
                     "class": table.class_names[table.label[i]], "name": table.name[i]}
                    for gi, g in enumerate(groups[:ic.max_listed]) for i in g["members"][:20]]
-        out.append(("Duplicate groups", html_table(listing)))
+        out.append(Section("Duplicate groups", [Table(listing)]))
     else:
-        out.append(("Duplicate groups", "<p>None found.</p>"))
+        out.append(Section("Duplicate groups", [Text("None found.")]))
 
     # leakage (train vs val)
     v = by_name.get("data.leakage")
@@ -720,13 +712,13 @@ def report_sections(cfg, ctx: Context, source: Source, table: dc.ImageTable, ver
                  [(img(p["train"]), table.name[p["train"]]), (img(p["val"]), table.name[p["val"]])])
                 for p in leaks[:ic.max_groups_shown * 2]]
         v.figures["pairs"] = thumb_rows(rows, "Leakage: the same image in train and val", size)
-        out.append(("Leakage pairs", html_table(
+        out.append(Section("Leakage pairs", [Table(
             [{"kind": p["kind"], "train": table.name[p["train"]], "val": table.name[p["val"]],
               "train class": table.class_names[table.label[p["train"]]],
               "val class": table.class_names[table.label[p["val"]]]}
-             for p in leaks[:ic.max_listed]])))
+             for p in leaks[:ic.max_listed]])]))
     else:
-        out.append(("Leakage pairs", "<p>None found.</p>"))
+        out.append(Section("Leakage pairs", [Text("None found.")]))
 
     # outliers
     v = by_name.get("data.outliers")
@@ -737,9 +729,9 @@ def report_sections(cfg, ctx: Context, source: Source, table: dc.ImageTable, ver
                 for r in range(0, len(shown), per_row)]
         v.figures["images"] = thumb_rows(rows, "Outliers (most extreme first)", size)
         why = dict(found)
-        out.append(("Outliers", rows_html(list(why), lambda i: {"why": "; ".join(why[i])})))
+        out.append(Section("Outliers", [rows_of(list(why), lambda i: {"why": "; ".join(why[i])})]))
     else:
-        out.append(("Outliers", "<p>None found.</p>"))
+        out.append(Section("Outliers", [Text("None found.")]))
 
     # property flags
     flag_rows = []
@@ -753,5 +745,5 @@ def report_sections(cfg, ctx: Context, source: Source, table: dc.ImageTable, ver
             v.figures["examples"] = thumb_rows(
                 [(name.split(".", 1)[1], [(img(i), cap(i)) for i in idx[:ic.strip_length]])],
                 f"{name}: {rule}", size)
-    out.append(("Image properties", html_table(flag_rows)))
+    out.append(Section("Image properties", [Table(flag_rows)]))
     return out

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runner.stages import train
-from runner.stages.protocol import Context, run_check
+from runner.stages.protocol import Context, StageResult, run_check
 
 log = logging.getLogger("runner")
 
@@ -49,10 +49,10 @@ def gap_of(summary: dict[str, Any]) -> dict[str, Any]:
             "gap_loss": vl - tl if ok(tl, vl) else None}
 
 
-def run(cfg, ctx: Context) -> int:
+def run(cfg, ctx: Context) -> StageResult:
     from runner.checks.training import train_finite, train_fit
-    from runner.report import kv_table
-    from runner.stages.common import finish, summary_of, train_run
+    from runner.report import KeyValues, Section, Text
+    from runner.stages.common import result_of, summary_of, train_run
 
     p = params(cfg)
     res = train_run(cfg, ctx, callbacks=[until_train_loss(float(p["train_loss_target"]))])
@@ -66,15 +66,15 @@ def run(cfg, ctx: Context) -> int:
     gap = gap_of(summary)
     summary.update({"train_val_gap_acc": gap["gap_acc"], "train_val_gap_loss": gap["gap_loss"],
                     "train_loss_target": p["train_loss_target"]})
-    body = kv_table({"train accuracy": summary.get("train_acc"), "val accuracy": summary.get("val_acc"),
-                     "gap (train - val accuracy)": gap["gap_acc"],
-                     "train loss": summary.get("train_loss"), "val loss": summary.get("val_loss"),
-                     "gap (val - train loss)": gap["gap_loss"],
-                     "stopped because": res.stop_reason or "epoch budget used"})
-    body += ("<p>A large gap is expected here: this stage only proves the model can fit; "
-             "stage=regularize trades some training fit for validation accuracy.</p>")
-    code = finish(cfg, ctx, res, verdicts, summary, sections=[("Train/val gap", body)])
-    return 1 if res.nonfinite else code
+    gap_table = KeyValues({
+        "train accuracy": summary.get("train_acc"), "val accuracy": summary.get("val_acc"),
+        "gap (train - val accuracy)": gap["gap_acc"], "train loss": summary.get("train_loss"),
+        "val loss": summary.get("val_loss"), "gap (val - train loss)": gap["gap_loss"],
+        "stopped because": res.stop_reason or "epoch budget used"})
+    why = Text("A large gap is expected here: this stage only proves the model can fit; "
+               "stage=regularize trades some training fit for validation accuracy.")
+    return result_of(res, verdicts, summary, sections=[Section("Train/val gap", [gap_table, why])])
+
 
 def until_train_loss(target: float):
     """The stage's callback: stop after the first epoch whose training loss is at or below

@@ -72,6 +72,14 @@ class Context:
 
 
 @dataclass
+class Rows:
+    """A CSV file's rows; `columns` first (the header of an empty table), then any others."""
+
+    rows: List[Dict[str, Any]]
+    columns: Optional[List[str]] = None
+
+
+@dataclass
 class StageResult:
     """What a stage decided and measured, as data; `finish` writes and renders it."""
 
@@ -79,15 +87,20 @@ class StageResult:
     summary: Dict[str, Any]  # summary.json (stage, val_acc, ... and the stage's own fields)
     # report sections after the checks: runner.report.Section with data blocks
     sections: List[Any] = field(default_factory=list)
-    # files beside summary.json: name -> rows (.csv), an object (.json) or text (.yaml, ...)
+    # files beside summary.json: name -> Rows or a list of rows (.csv), an object (.json) or
+    # text (.yaml, ...)
     files: Dict[str, Any] = field(default_factory=dict)
     # per-epoch rows of the trained run (the curves), when it trained
     history: List[Dict[str, Any]] = field(default_factory=list)
     title: Optional[str] = None
     # a dashed line on the curves there (where a continued run picked up)
     mark_epoch: Optional[float] = None
-    # the run stopped on a NaN/Inf loss: exit 1 whatever the checks say
-    nonfinite: bool = False
+    # the exit code whatever the checks say (a NaN/Inf loss: 1); None: the checks decide
+    exit_code: Optional[int] = None
+    # metrics.csv rows when the stage's own training did not write them (a ladder's best rung)
+    metrics: Optional[List[Dict[str, Any]]] = None
+    # the config the report shows when it is not the stage's (a ladder's kept changes)
+    config: Any = None
 
 
 @dataclass

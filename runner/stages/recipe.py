@@ -27,7 +27,7 @@ from typing import Any, Dict, List
 from runner.checks.outcomes import recipe_gates, recipe_progress
 from runner.errors import ConfigError
 from runner.stages import train
-from runner.stages.protocol import Context, Headline, run_check
+from runner.stages.protocol import Context, Headline, StageResult, run_check
 
 log = logging.getLogger("runner")
 
@@ -336,10 +336,9 @@ def _run_stage(args: list[str], cwd: str, env: dict) -> tuple[int, list[str]]:
     return code, list(tail)
 
 
-def run(cfg, ctx: Context) -> int:
-    from runner.report import esc, table
+def run(cfg, ctx: Context) -> StageResult:
+    from runner.report import Section, Table, Text
     from runner.stages import get_stage, stage_flag
-    from runner.stages.common import finish
 
     p = params(cfg)
     common = passthrough(list(ctx.overrides))
@@ -415,8 +414,7 @@ def run(cfg, ctx: Context) -> int:
     # accuracy is the recipe's: a failed last stage does not stand for the recipe's result
     final_run = final_model(rows)
     final = final_run["val_acc"] if final_run else None
-    ctx.run.write_csv("recipe.csv", [{**r, "checks_failed": " ".join(r["checks_failed"])}
-                                     for r in rows + not_run_rows])
+    recipe_csv = [{**r, "checks_failed": " ".join(r["checks_failed"])} for r in rows + not_run_rows]
     # a failed stage fails the recipe; continue_on_fail only decides whether it went on
     v = run_check(cfg.checks, "recipe.gates", lambda s: recipe_gates(
         len(p["stages"]), rows, failed, [x.split("-", 1)[1] for x in not_run], stopped))
@@ -433,22 +431,24 @@ def run(cfg, ctx: Context) -> int:
                "final": final_run, "regressions": worse,
                "stopped": stopped, "checks_failed": [x.name for x in (v, v_reg) if x.status == "fail"],
                "run_dir": str(ctx.run.path)}
-    html_rows = [{**r, "report": f'<a href="{esc(r["report"])}">{esc(r["stage"])} report</a>'
-                  if (Path(r["dir"]) / "report.html").exists() else "(no report)",
-                  "checks_failed": ", ".join(r["checks_failed"]), "error": r["error"] or "",
-                  "exit_code": "" if r["exit_code"] is None else r["exit_code"]}
-                 for r in rows + not_run_rows]
-    body = table(html_rows, ["stage", "change", "exit_code", "val_acc", "delta", "checks_failed",
-                             "error", "report"], raw=["report"])
+    table_rows = [{**r, "report": r["report"] if (Path(r["dir"]) / "report.html").exists() else None,
+                   "link": f"{r['stage']} report" if (Path(r["dir"]) / "report.html").exists()
+                   else "(no report)", "checks_failed": ", ".join(r["checks_failed"]),
+                   "error": r["error"] or "",
+                   "exit_code": "" if r["exit_code"] is None else r["exit_code"]}
+                  for r in rows + not_run_rows]
+    body: list[Any] = [Table(table_rows, ["stage", "change", "exit_code", "val_acc", "delta",
+                                          "checks_failed", "error", "link"],
+                             links={"link": "report"})]
     if failed:
-        body = f"<p><b>{esc(v.message)}</b></p>" + body
+        body.insert(0, Text(v.message, strong=True))
     if worse:
-        body += f"<p><b>{esc(v_reg.message)}</b>.</p>"
+        body.append(Text(f"{v_reg.message}.", strong=True))
     if final_run:
-        body += (f"<p>Final model (val acc {final:.4f}), from the {esc(final_run['stage'])} stage: "
-                 f"{esc(final_run['what'])}. "
-                 f"Config <code>{esc(final_run['config'])}</code>; weights "
-                 f"<code>{esc(str(final_run['weights']))}</code>. Continue from it with "
-                 f"<code>python -m runner stage=train from={esc(str(ctx.run.path))}</code>.</p>")
-    return finish(cfg, ctx, None, [v, v_reg], summary, sections=[("Stages", body)],
-                  title=f"recipe on {cfg.data.kind}")
+        body.append(Text(
+            f"Final model (val acc {final:.4f}), from the {final_run['stage']} stage: "
+            f"{final_run['what']}. Config `{final_run['config']}`; weights "
+            f"`{final_run['weights']}`. Continue from it with "
+            f"`python -m runner stage=train from={ctx.run.path}`."))
+    return StageResult([v, v_reg], summary, [Section("Stages", body)],
+                       {"recipe.csv": recipe_csv}, title=f"recipe on {cfg.data.kind}")

@@ -31,7 +31,7 @@ from omegaconf import MISSING, OmegaConf
 from runner.errors import ConfigError
 from runner.lineage import apply as apply_lineage
 from runner.stages import overfit
-from runner.stages.protocol import Context, Headline, Outcome, run_check
+from runner.stages.protocol import Context, Headline, Outcome, StageResult, run_check
 
 log = logging.getLogger("runner")
 
@@ -285,11 +285,11 @@ def _slug(s: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in str(s))[:40] or "rung"
 
 
-def run(cfg, ctx: Context) -> int:
+def run(cfg, ctx: Context) -> StageResult:
     from runner.checks.training import train_finite
     from runner.checks.weights import first_layer_verdict
-    from runner.report import esc, pre, table
-    from runner.stages.common import finish, sub_run, summary_of
+    from runner.report import Code, Section, Table, Text
+    from runner.stages.common import result_of, sub_run, summary_of
 
     p = params(cfg)
     rungs = list(p["rungs"] or [])  # typed by Rung at compose time
@@ -305,7 +305,9 @@ def run(cfg, ctx: Context) -> int:
     best_cfg, best_dir = cfg, "rungs/0-base"
     if best_res.nonfinite or best_summary.get("best_val_acc") is None:
         verdicts = [train_finite(best_res.nonfinite, best_res.state.step)]
-        return finish(cfg, ctx, best_res, verdicts, summary_of(cfg, ctx, best_res, verdicts)) or 1
+        out = result_of(best_res, verdicts, summary_of(cfg, ctx, best_res, verdicts))
+        out.exit_code = 1  # no ladder without a base to compare with
+        return out
     best_acc = float(best_summary["best_val_acc"])
     n_val = len(best_res.data.val)
     rows.append({"rung": 0, "name": "base", "change": "(stage config)", "val_acc": best_acc,
@@ -358,16 +360,15 @@ def run(cfg, ctx: Context) -> int:
             best_dir = f"rungs/{path.name}"
 
     # outputs: the best rung's metrics, ladder.csv, the experiment file, the final config
-    ctx.run.write_metrics(best_res.history)
-    ctx.run.write_csv("ladder.csv", rows)
     header = ("Written by stage=regularize: the command's own overrides plus the kept ladder changes.\n"
               "Copy into conf/experiment/; the best rung again (no ladder):\n"
               "  python -m runner stage=regularize 'stage.params.rungs=[]' experiment=regularized\n"
               "The full composed config: regularized_config.yaml beside this file.")
     inherited = (ctx.lineage or {}).get("from_source") or {}
-    ctx.run.write_text("regularized.yaml", experiment_yaml(experiment_overrides(ctx.overrides) + kept,
-                                                           _groups(), header, inherited))
-    ctx.run.write_text("regularized_config.yaml", OmegaConf.to_yaml(best_cfg))
+    regularized = experiment_yaml(experiment_overrides(ctx.overrides) + kept, _groups(), header,
+                                  inherited)
+    files = {"ladder.csv": rows, "regularized.yaml": regularized,
+             "regularized_config.yaml": OmegaConf.to_yaml(best_cfg)}
 
     verdicts = [run_check(cfg.checks, "train.finite",
                           lambda s: train_finite(best_res.nonfinite, best_res.state.step)),
@@ -383,31 +384,27 @@ def run(cfg, ctx: Context) -> int:
     summary["stage"] = cfg.stage.name
     cols = ["rung", "name", "change", "val_acc", "val_loss", "delta", "threshold", "p_value", "kept",
             "best_epoch", "epochs", "error", "dir"]
-    ladder_html = (f"<p>Rule: {esc(extra['decision_rule'])}, p = current best val accuracy "
-                   "(at the best val-loss epoch; early stopping on val loss). Rung reports: "
-                   "the dir column.</p>" + table(_html_rows(rows, ctx.run.path), cols, raw=["dir"]) +
-                   f"<p>Kept: <code>{esc(' '.join(kept) or '(nothing)')}</code>; base "
-                   f"{base_acc:.4f} -> {best_acc:.4f}. Files: ladder.csv, regularized.yaml, "
-                   "regularized_config.yaml.</p>")
-    sections = [("Ladder", ladder_html), ("regularized.yaml", pre((ctx.run.path / "regularized.yaml").read_text()
-                                                                 if ctx.run.enabled else "")),
-                ("Final config", pre(OmegaConf.to_yaml(best_cfg)))]
-    code = finish(best_cfg, ctx, best_res, verdicts, summary, sections=sections,
-                  title=f"regularize: {summary.get('model', '')} on {cfg.data.kind}")
-    return 1 if best_res.nonfinite else code
+    ladder = [
+        Text(f"Rule: {extra['decision_rule']}, p = current best val accuracy (at the best "
+             "val-loss epoch; early stopping on val loss). Rung reports: the dir column."),
+        Table(_table_rows(rows, ctx.run.path), cols, links={"dir": "report"}),
+        Text(f"Kept: `{' '.join(kept) or '(nothing)'}`; base {base_acc:.4f} -> {best_acc:.4f}. "
+             "Files: ladder.csv, regularized.yaml, regularized_config.yaml.")]
+    sections = [Section("Ladder", ladder), Section("regularized.yaml", [Code(regularized)]),
+                Section("Final config", [Code(OmegaConf.to_yaml(best_cfg))])]
+    return result_of(best_res, verdicts, summary, sections=sections, files=files,
+                     metrics=best_res.history, config=best_cfg,
+                     title=f"regularize: {summary.get('model', '')} on {cfg.data.kind}")
 
 
-def _html_rows(rows: Sequence[dict], root) -> list[dict]:
-    """Ladder rows for the report: `dir` a link to the rung's report.html, blank when the rung
-    has no directory (skipped, or failed before it trained)."""
-    from runner.report import esc
-
+def _table_rows(rows: Sequence[dict], root) -> list[dict]:
+    """Ladder rows for the report: `report` the rung's report.html where it exists (the dir
+    column links there), `dir` blank when the rung has no directory (skipped, or failed
+    before it trained)."""
     out = []
     for r in rows:
         d = r.get("dir")
-        if d and (root / d / "report.html").is_file():
-            cell = f'<a href="{esc(d)}/report.html">{esc(d)}</a>'
-        else:
-            cell = esc(d) if d and (root / d).is_dir() else ""
-        out.append({**r, "error": r.get("error") or "", "dir": cell})
+        report = f"{d}/report.html" if d and (root / d / "report.html").is_file() else None
+        out.append({**r, "error": r.get("error") or "", "report": report,
+                    "dir": d if d and (root / d).is_dir() else ""})
     return out

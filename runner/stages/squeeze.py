@@ -40,7 +40,9 @@ from omegaconf import OmegaConf
 
 from runner.errors import ConfigError
 from runner.stages import regularize
-from runner.stages.protocol import Context, Headline, Outcome, keyword_fields, run_check
+from runner.report import Images, Links, Section, Table, Text, verdict_counts
+from runner.stages.protocol import (Context, Headline, Outcome, StageResult, keyword_fields,
+                                   run_check)
 
 if TYPE_CHECKING:
     import torch
@@ -505,12 +507,11 @@ def squeeze_lineage(ctx: Context, from_: list[Path], runs: list[Path], ranked: l
             "rule": CHOOSE_RULE, "options": None, "adopted": None}
 
 
-def run(cfg, ctx: Context) -> int:
+def run(cfg, ctx: Context) -> StageResult:
     import torch
 
     from runner.checks.outcomes import ensemble, seed_spread
-    from runner.report import esc, table
-    from runner.stages.common import finish, setup_runtime
+    from runner.stages.common import setup_runtime
 
     cwd = Path(ctx.original_cwd)
     # `from=<dir>` on the command line means stage.params.from: the candidates
@@ -551,7 +552,6 @@ def run(cfg, ctx: Context) -> int:
     cands = [c for c in cands if str(c) not in skipped]
     lineage = squeeze_lineage(ctx, [from_dir] if from_dir else [], run_dirs, ranked, members,
                               skipped, cands, k)
-    ctx.run.write_json("lineage.json", lineage)  # again below, with the sub-runs and the adoption
     sc = ensemble_scores(logits, targets)
     for r, a, l_ in zip(rows, sc["member_acc"], sc["member_loss"]):
         r.update({"val_acc": a, "val_loss": l_})
@@ -561,21 +561,22 @@ def run(cfg, ctx: Context) -> int:
         rows.append({"member": "ensemble (mean logits)", "model": f"{len(members)} models",
                      "recorded_val_acc": None, "val_acc": sc["ensemble_acc"],
                      "val_loss": sc["ensemble_loss"]})
-    ctx.run.write_csv("ensemble.csv", rows)
+    files: dict[str, Any] = {"ensemble.csv": rows, "lineage.json": lineage}
     why_single = ("one candidate" if len(ranked) == 1 else "stage.params.k=1" if k == 1 else
                   "one candidate validated on the winner's data")
     v = run_check(cfg.checks, "squeeze.ensemble", lambda s: ensemble(
         sc["member_acc"], sc["ensemble_acc"], members, why_single=why_single))
     verdicts = [v]
-    sections = [("Ensemble", (
-        f"<p>{len(members)} of {len(cands)} candidate(s), ranked by recorded val accuracy; "
-        "each reloaded from its best checkpoint and evaluated on the full val set "
-        f"({len(data.val)} images)" + (
-            "; the ensemble averages their logits.</p>" if len(members) > 1 else
-            f": {esc(v.message)}.</p>") +
-        table(rows, ["member", "model", "recorded_val_acc", "val_acc", "val_loss"]) +
-        (f"<p>Ensemble {sc['ensemble_acc']:.4f} vs best member {best_member:.4f} "
-         f"({esc(f'{gain:+.4f}')}).</p>" if len(members) > 1 else "")))]
+    ensemble_blocks: list[Any] = [
+        Text(f"{len(members)} of {len(cands)} candidate(s), ranked by recorded val accuracy; "
+             "each reloaded from its best checkpoint and evaluated on the full val set "
+             f"({len(data.val)} images)" + ("; the ensemble averages their logits."
+                                            if len(members) > 1 else f": {v.message}.")),
+        Table(rows, ["member", "model", "recorded_val_acc", "val_acc", "val_loss"])]
+    if len(members) > 1:
+        ensemble_blocks.append(Text(f"Ensemble {sc['ensemble_acc']:.4f} vs best member "
+                                    f"{best_member:.4f} ({gain:+.4f})."))
+    sections = [Section("Ensemble", ensemble_blocks)]
 
     # seeds: the winner and the runner-up again with more seeds, before adopting the winner
     n_seeds = int(p["seeds"] or 0)
@@ -591,13 +592,13 @@ def run(cfg, ctx: Context) -> int:
                                             "candidate": g["run"], "seed": sd})
         seed_rows = [{"candidate": f"{g['label']} ({Path(g['run']).name})", "seed": sd, "val_acc": a,
                       "dir": d} for g in (win, up) if g for sd, a, d in zip(g["seeds"], g["val_acc"], g["dirs"])]
-        ctx.run.write_csv("seeds.csv", seed_rows)
+        files["seeds.csv"] = seed_rows
         sv = run_check(cfg.checks, "squeeze.seed_spread",
                        lambda s: seed_spread(win, up, n_seeds, alpha=float(s.alpha)))
         verdicts.append(sv)
         stats = [{"candidate": f"{g['label']}: {g['run']}", "seeds": len(g["seeds"]),
                   "mean val_acc": g["mean"], "std": g["std"]} for g in (win, up) if g]
-        sections.append(("Seeds", f"<p>{esc(sv.message)}</p>" + table(stats) + table(seed_rows)))
+        sections.append(Section("Seeds", [Text(sv.message), Table(stats), Table(seed_rows)]))
     else:
         verdicts.append(run_check(cfg.checks, "squeeze.seed_spread",
                                   lambda s: seed_spread({}, None, n_seeds)))
@@ -609,11 +610,11 @@ def run(cfg, ctx: Context) -> int:
         lineage["sub_runs"].append({"dir": longer["dir"], "role": "continued", "label": "winner",
                                     "candidate": longer["run"], "from_epoch": longer["from_epoch"],
                                     "to_epoch": longer["to_epoch"]})
-        sections.append(("Leave it training", (
-            f"<p>{esc(Path(longer['run']).name)} continued from epoch {longer['from_epoch']} to "
-            f"{longer['to_epoch']} without early stopping: {esc(longer['message'])}.</p>"
-            '<p><img src="continued/plots/curves.png" alt="curves of the continued run" '
-            'style="max-width:100%"> <a href="continued/report.html">continued run report</a></p>')))
+        sections.append(Section("Leave it training", [
+            Text(f"{Path(longer['run']).name} continued from epoch {longer['from_epoch']} to "
+                 f"{longer['to_epoch']} without early stopping: {longer['message']}."),
+            Images(["continued/plots/curves.png"]),
+            Links([("continued run report", "continued/report.html")])]))
 
     # what to adopt: the best on val of the single winner, its continuation, the ensemble
     # (in that order of preference on a tie: the simpler, cheaper model first)
@@ -626,22 +627,20 @@ def run(cfg, ctx: Context) -> int:
         options.append({"what": "ensemble", "val_acc": sc["ensemble_acc"],
                         "val_loss": sc["ensemble_loss"], "run": [str(m) for m in members]})
     adopted = choose(options)
-    sections.append(("Adopted", f"<p>Adopted: <b>{esc(adopted['what'])}</b> (val acc "
-                                f"{adopted['val_acc']:.4f}, val loss {adopted['val_loss']:.4f}), the best on "
-                                "val of: " + ", ".join(f"{esc(o['what'])} {o['val_acc']:.4f} "
-                                                       f"(loss {o['val_loss']:.4f})" for o in options)
-                     + ". A tie on val accuracy goes to the lower val loss; a tie of both to the "
-                       "simpler model (winner, continued, ensemble in that order).</p>"))
+    sections.append(Section("Adopted", [Text(
+        f"Adopted: {adopted['what']} (val acc {adopted['val_acc']:.4f}, val loss "
+        f"{adopted['val_loss']:.4f}), the best on val of: "
+        + ", ".join(f"{o['what']} {o['val_acc']:.4f} (loss {o['val_loss']:.4f})" for o in options)
+        + ". A tie on val accuracy goes to the lower val loss; a tie of both to the simpler model "
+          "(winner, continued, ensemble in that order).")]))
 
     lineage.update({"options": options, "adopted": adopted})
-    ctx.run.write_json("lineage.json", lineage)
-    sections.append(("Started from", (
-        "<p>Candidates from " + ", ".join(f"<code>{esc(x)}</code>" for x in
-                                          [lineage["sources"]["from"], *lineage["sources"]["runs"]] if x)
-        + ", ranked by recorded val accuracy (lineage.json):</p>"
-        + table(lineage["candidates"], ["rank", "dir", "stage", "recorded_val_acc", "used"]))))
+    given = [x for x in [lineage["sources"]["from"], *lineage["sources"]["runs"]] if x]
+    sections.append(Section("Started from", [
+        Text("Candidates from " + ", ".join(f"`{x}`" for x in given)
+             + ", ranked by recorded val accuracy (lineage.json):"),
+        Table(lineage["candidates"], ["rank", "dir", "stage", "recorded_val_acc", "used"])]))
 
-    ctx.run.write_metrics([])
     summary = {"stage": cfg.stage.name, "name": cfg.name, "val_acc": adopted["val_acc"],
                "val_loss": adopted["val_loss"], "adopted": adopted, "options": options,
                "ensemble_acc": sc["ensemble_acc"], "ensemble_loss": sc["ensemble_loss"],
@@ -649,14 +648,14 @@ def run(cfg, ctx: Context) -> int:
                "ensemble_gain": gain, "members": [str(m) for m in members],
                "member_val_acc": sc["member_acc"], "candidates": len(cands),
                "seeds": seeds, "continued": longer,
-               "checks": {st: sum(x.status == st for x in verdicts) for st in ("pass", "warn", "fail", "skip")},
+               "checks": verdict_counts(verdicts),
                "checks_failed": [x.name for x in verdicts if x.status == "fail"],
                "run_dir": str(ctx.run.path),
                "data": {"kind": data.kind, "num_train": len(data.train), "num_val": len(data.val),
                         "num_classes": data.num_classes,
                         "fingerprint": data.fingerprint}}
-    return finish(cfg, ctx, None, verdicts, summary, sections=sections,
-                  title=f"squeeze: adopted {_adopted_name(adopted)} on {data.kind}")
+    return StageResult(verdicts, summary, sections, files, metrics=[],
+                       title=f"squeeze: adopted {_adopted_name(adopted)} on {data.kind}")
 
 
 def _adopted_name(adopted: dict[str, Any]) -> str:

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from runner.stages.protocol import Context, Headline, NoParams, Outcome, run_check
+from runner.stages.protocol import Context, Headline, NoParams, Outcome, StageResult, run_check
 
 log = logging.getLogger("runner")
 
@@ -57,12 +57,11 @@ def _short(v: Any, n: int = 60) -> str:
     return t if len(t) <= n else t[:n - 3] + "..."
 
 
-def run(cfg, ctx: Context) -> int:
+def run(cfg, ctx: Context) -> StageResult:
     from runner.checks.training import train_finite
-    from runner.stages.common import finish, summary_of, train_run
+    from runner.stages.common import result_of, summary_of, train_run
 
     res = train_run(cfg, ctx)
     verdicts = [run_check(cfg.checks, "train.finite",
                           lambda s: train_finite(res.nonfinite, res.state.step))]
-    code = finish(cfg, ctx, res, verdicts, summary_of(cfg, ctx, res, verdicts))
-    return 1 if res.nonfinite else code
+    return result_of(res, verdicts, summary_of(cfg, ctx, res, verdicts))

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from runner.errors import ConfigError
-from runner.stages.protocol import Context, Headline, Outcome, run_check
+from runner.stages.protocol import Context, Headline, Outcome, StageResult, run_check
 from runner.stages.train import Params  # noqa: F401  (builds on stage=train: no settings of its own)
 
 log = logging.getLogger("runner")
@@ -68,9 +68,9 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else "null" if v is None else str(v)
 
 
-def run(cfg, ctx: Context) -> int:
+def run(cfg, ctx: Context) -> StageResult:
     from runner.checks.training import train_finite
-    from runner.stages.common import finish, summary_of, train_run
+    from runner.stages.common import result_of, summary_of, train_run
 
     t = cfg.tune
     reporter = None
@@ -96,9 +96,9 @@ def run(cfg, ctx: Context) -> int:
     extra = {"trial": t.trial, "study_name": t.study_name}
     if res.pruned:
         extra["status"] = "pruned"
-    code = finish(cfg, ctx, res, verdicts, summary_of(cfg, ctx, res, verdicts, extra))
-    # the sweeper reads the outcome (summary.json) and goes on whatever this returns
-    return 1 if res.nonfinite else code
+    # the sweeper reads the outcome (summary.json) and goes on whatever the exit code
+    return result_of(res, verdicts, summary_of(cfg, ctx, res, verdicts, extra))
+
 
 def prune_by(reporter):
     """The trial's callback: report each evaluation's metric to the study; stop the run
