@@ -385,4 +385,10 @@ def test_training_skips_a_truncated_png(cli, tmp_path):
              "trainer.progress=false"])
     assert r.code == 0, r.out
     assert "truncated" in r.out
-    assert r.json("summary.json")["epochs"] == 1
+    summary = r.json("summary.json")
+    assert summary["epochs"] == 1
+    # left out, counted and named in the summary and the report, never replaced by a neighbour
+    bad = summary["unreadable_files"]
+    assert any(k.endswith("a0.png") for k in bad) and any(k.endswith("zero.png") for k in bad)
+    assert len(bad) == 14, bad
+    assert "Unreadable files" in (r.run_dir / "report.html").read_text()

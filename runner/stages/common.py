@@ -123,7 +123,8 @@ def provenance(cfg, original_cwd: str, data: DataBundle, device: torch.device) -
 # ----------------------------------------------------------------------------- builders
 def build_data_for(cfg, ctx: Context) -> DataBundle:
     log.info("data: %s", cfg.data.kind)
-    data = build_data(cfg.data, ctx.original_cwd)
+    # the model node: a pretrained model's own mean/std when data.mean/std are null
+    data = build_data(cfg.data, ctx.original_cwd, model=cfg.model)
     log.info("data: %d train / %d val images, %d classes, %d channel(s), %dx%d px",
              len(data.train), len(data.val), data.num_classes, data.in_chans, data.image_size,
              data.image_size)
@@ -473,9 +474,12 @@ def summary_of(cfg, ctx: Context, res: TrainResult, verdicts: List[Verdict],
         "data": {"kind": res.data.kind, "num_train": len(res.data.train), "num_val": len(res.data.val),
                  "num_classes": res.data.num_classes, "in_chans": res.data.in_chans,
                  "image_size": res.data.image_size, "mean": list(res.data.mean),
-                 "std": list(res.data.std), "fingerprint": res.data.fingerprint,
+                 "std": list(res.data.std), "norm_from": res.data.norm_from,
+                 "fingerprint": res.data.fingerprint,
                  "class_names": res.data.class_names},
         "resumed_from": res.resumed_from, "stop_reason": res.stop_reason,
+        # files left out of training because they could not be read (name -> error)
+        "unreadable_files": res.data.unreadable_files(),
         "error": str(res.nonfinite) if res.nonfinite else None,
         "human_baseline": cfg.human_baseline,
         "provenance": provenance(cfg, ctx.original_cwd, res.data, res.device),

@@ -47,6 +47,11 @@ def finish(cfg, ctx: Context, result: StageResult) -> int:
                  links=related_links(run.path), files=run_files(run.path))
     if summary.get("error"):
         rep.add("Stopped", f"<p><b>{_esc(summary['error'])}</b></p>")
+    if summary.get("unreadable_files"):
+        bad = summary["unreadable_files"]
+        rep.add("Unreadable files", f"<p>{len(bad)} file(s) could not be read and were left out "
+                "of training (data.on_unreadable=skip); stage=inspect lists every one.</p>"
+                + table([{"file": k, "error": v} for k, v in bad.items()]))
     rep.add("Checks", checks_section(verdicts))
     if result.history:
         mark = None if result.mark_epoch is None else result.mark_epoch + 0.5
