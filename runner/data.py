@@ -410,6 +410,9 @@ class DataBundle:
     fingerprint: str
     kind: str
     notes: List[str] = field(default_factory=list)
+    # where mean/std came from, for the summary's data section: "config", "pretrained config
+    # of <model>", "measured on the training set", "ImageNet defaults", ...
+    norm_from: str = ""
 
     def unreadable_files(self) -> dict[str, str]:
         """Files left out so far because they could not be read (name -> error), both splits;
@@ -424,14 +427,21 @@ class DataBundle:
         return counts / counts.sum()
 
 
-def build_data(cfg, original_cwd: Optional[str] = None) -> DataBundle:
-    """cfg is the `data` node. Returns train/val splits and the facts the model needs."""
+def build_data(cfg, original_cwd: Optional[str] = None, model=None) -> DataBundle:
+    """cfg is the `data` node. Returns train/val splits and the facts the model needs.
+
+    `model`: the `model` node, when known. A pretrained timm model with data.mean/std null
+    gets the mean/std its weights were trained with (recipe stage 4: pretrained weights
+    expect their own input statistics), not the training set's."""
     builders = {
         "digits": _digits, "synthetic": _synthetic, "imagefolder": _imagefolder,
         "torchvision": _torchvision, "custom": _custom,
     }
     base = Path(original_cwd) if original_cwd else Path.cwd()
-    bundle = builders[cfg.kind](cfg, base)
+    norm = pretrained_mean_std(model) if cfg.mean is None or cfg.std is None else None
+    bundle = builders[cfg.kind](cfg, base, norm)
+    log.info("data: mean %s, std %s (%s)", _fmt_floats(bundle.mean), _fmt_floats(bundle.std),
+             bundle.norm_from)
     if bundle.num_classes < 2:
         raise ConfigError(f"data ({_source(cfg)}) has {bundle.num_classes} class(es): "
                           f"{bundle.class_names}; a classifier needs at least 2 (with one class "
@@ -440,6 +450,42 @@ def build_data(cfg, original_cwd: Optional[str] = None) -> DataBundle:
         if isinstance(split, StreamSplit):
             split.on_unreadable = cfg.get("on_unreadable", "skip")
     return bundle
+
+
+def pretrained_mean_std(model) -> Optional[Tuple[Tuple[float, ...], Tuple[float, ...], str]]:
+    """(mean, std, "pretrained config of <name>") of a pretrained timm `model` node, else
+    None (not pretrained, a custom model, or no config). timm's resolve_model_data_config on
+    a model built on the meta device: no weights, no memory, ~10 ms."""
+    if model is None or not model.get("pretrained") or model.get("_target_") \
+            or not model.get("name"):
+        return None
+    import timm
+    from timm.data import resolve_model_data_config
+
+    try:
+        with torch.device("meta"):
+            m = timm.create_model(model.name, pretrained=False, **dict(model.get("kwargs") or {}))
+        dc = resolve_model_data_config(m)
+    except Exception:  # noqa: BLE001 -- build_model reports a bad name or kwargs with context
+        return None
+    if not dc.get("mean") or not dc.get("std"):
+        return None
+    return tuple(dc["mean"]), tuple(dc["std"]), f"pretrained config of {model.name}"
+
+
+def _per_channel(values: Sequence[float], channels: int) -> Tuple[float, ...]:
+    """`values` for `channels` channels: as given, repeated (one value), or their average
+    (a grey pipeline fed by RGB statistics, as timm adapts the first conv by summing)."""
+    values = tuple(float(v) for v in values)
+    if len(values) == channels:
+        return values
+    if channels % len(values) == 0:
+        return values * (channels // len(values))
+    return (sum(values) / len(values),) * channels
+
+
+def _fmt_floats(xs) -> str:
+    return "[" + ", ".join(f"{float(x):.4g}" for x in xs) + "]"
 
 
 def _source(cfg) -> str:
@@ -486,25 +532,40 @@ def _fingerprint(*parts) -> str:
     return h.hexdigest()[:16]
 
 
-def _tensor_bundle(cfg, kind, x, y, tr, va, class_names, notes=()) -> DataBundle:
+def _tensor_bundle(cfg, kind, x, y, tr, va, class_names, notes=(), norm=None) -> DataBundle:
     x = _resize_uint8(x, cfg.image_size)
     xtr, ytr, xva, yva = x[tr], y[tr], x[va], y[va]
-    mean, std = _tensor_mean_std(xtr)
+    if norm is not None:
+        mean, std = list(_per_channel(norm[0], x.shape[1])), list(_per_channel(norm[1], x.shape[1]))
+        source = norm[2]
+    else:
+        mean, std = _tensor_mean_std(xtr)
+        source = "measured on the training set"
     if cfg.mean is not None:
         mean = list(cfg.mean) * (x.shape[1] // len(cfg.mean))
     if cfg.std is not None:
         std = list(cfg.std) * (x.shape[1] // len(cfg.std))
+    source = _norm_from(cfg, source)
     return DataBundle(
         train=TensorSplit(xtr, ytr, mean, std, names=[f"#{int(i)}" for i in tr]),
         val=TensorSplit(xva, yva, mean, std, names=[f"#{int(i)}" for i in va]),
         num_classes=len(class_names), in_chans=x.shape[1], image_size=cfg.image_size,
         class_names=class_names, mean=tuple(mean), std=tuple(std),
         fingerprint=_fingerprint(kind, x.numpy().tobytes(), y.numpy().tobytes(), tr.tobytes()),
-        kind=kind, notes=list(notes),
+        kind=kind, notes=list(notes), norm_from=source,
     )
 
 
-def _digits(cfg, base) -> DataBundle:
+def _norm_from(cfg, default: str) -> str:
+    """Where mean/std came from, given where the unset ones came from (`default`)."""
+    if cfg.mean is not None and cfg.std is not None:
+        return "config"
+    if cfg.mean is not None or cfg.std is not None:
+        return f"config ({'mean' if cfg.mean is not None else 'std'}), {default}"
+    return default
+
+
+def _digits(cfg, base, norm=None) -> DataBundle:
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -513,7 +574,8 @@ def _digits(cfg, base) -> DataBundle:
     y = torch.from_numpy(d.target.astype(np.int64))
     tr, va = _random_split(len(y), cfg.val_fraction, cfg.split_seed, d.target)
     return _tensor_bundle(cfg, "digits", x, y, tr, va, [str(c) for c in range(10)],
-                          notes=["scikit-learn's bundled digits: 1,797 real 8x8 images, upsampled"])
+                          notes=["scikit-learn's bundled digits: 1,797 real 8x8 images, upsampled"],
+                          norm=norm)
 
 
 def synthetic_images(num: int, num_classes: int, size: int, channels: int, noise: float,
@@ -531,27 +593,35 @@ def synthetic_images(num: int, num_classes: int, size: int, channels: int, noise
     return (img.clamp(0, 1) * 255).round().to(torch.uint8), y
 
 
-def _synthetic(cfg, base) -> DataBundle:
+def _synthetic(cfg, base, norm=None) -> DataBundle:
     n = cfg.num_train + cfg.num_val
     x, y = synthetic_images(n, cfg.num_classes, cfg.image_size, cfg.channels, cfg.noise,
                             cfg.split_seed)
     tr = np.arange(cfg.num_train)
     va = np.arange(cfg.num_train, n)
-    return _tensor_bundle(cfg, "synthetic", x, y, tr, va, [f"c{k}" for k in range(cfg.num_classes)])
+    return _tensor_bundle(cfg, "synthetic", x, y, tr, va,
+                          [f"c{k}" for k in range(cfg.num_classes)], norm=norm)
 
 
-def _default_mean_std(cfg, channels):
+def _default_mean_std(cfg, channels, norm=None):
+    """(mean, std, where they came from) of a streamed kind: the config's, else the
+    pretrained model's (`norm`), else ImageNet's for RGB (streamed files are not measured:
+    that would read the whole set once more) or 0.5 for other channel counts."""
     if cfg.mean is not None and cfg.std is not None:
-        return tuple(cfg.mean) * (channels // len(cfg.mean)), tuple(cfg.std) * (channels // len(cfg.std))
-    if channels == 3:
+        return (tuple(cfg.mean) * (channels // len(cfg.mean)),
+                tuple(cfg.std) * (channels // len(cfg.std)), "config")
+    if norm is not None:
+        mean, std = _per_channel(norm[0], channels), _per_channel(norm[1], channels)
+        source = norm[2]
+    elif channels == 3:
         from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-        mean, std = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+        mean, std, source = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, "ImageNet defaults"
     else:
-        mean, std = (0.5,), (0.5,)
+        mean, std, source = (0.5,), (0.5,), "0.5 (not measured)"
     mean = tuple(cfg.mean) * (channels // len(cfg.mean)) if cfg.mean is not None else mean
     std = tuple(cfg.std) * (channels // len(cfg.std)) if cfg.std is not None else std
-    return mean, std
+    return mean, std, _norm_from(cfg, source)
 
 
 def eval_transform(image_size: int, mean, std):
@@ -582,7 +652,7 @@ def _has_images(folder: Path) -> bool:
     return any(f.suffix.lower() in IMG_EXTENSIONS for f in folder.rglob("*") if f.is_file())
 
 
-def _imagefolder(cfg, base) -> DataBundle:
+def _imagefolder(cfg, base, norm=None) -> DataBundle:
     from timm.data import ImageDataset
 
     root = (base / cfg.root).expanduser()
@@ -603,7 +673,7 @@ def _imagefolder(cfg, base) -> DataBundle:
     if problems:
         raise ConfigError(problems)
     mode = "L" if cfg.channels == 1 else "RGB"
-    mean, std = _default_mean_std(cfg, cfg.channels)
+    mean, std, source = _default_mean_std(cfg, cfg.channels, norm)
     tf = eval_transform(cfg.image_size, mean, std)
     if two:
         tr_ds = ImageDataset(str(root / "train"), input_img_mode=mode)
@@ -637,7 +707,7 @@ def _imagefolder(cfg, base) -> DataBundle:
     names = [c for c, _ in sorted(class_to_idx.items(), key=lambda kv: kv[1])]
     fp = _fingerprint(*[f"{Path(p).relative_to(root)}:{Path(p).stat().st_size}" for p, _ in samples])
     return DataBundle(train, val, len(names), cfg.channels, cfg.image_size, names, tuple(mean),
-                      tuple(std), fp, "imagefolder")
+                      tuple(std), fp, "imagefolder", norm_from=source)
 
 
 def _targets_of(ds) -> Optional[torch.Tensor]:
@@ -648,7 +718,7 @@ def _targets_of(ds) -> Optional[torch.Tensor]:
     return None
 
 
-def _torchvision(cfg, base) -> DataBundle:
+def _torchvision(cfg, base, norm=None) -> DataBundle:
     import torchvision.datasets as tvd
 
     cls = getattr(tvd, cfg.name, None)
@@ -678,7 +748,7 @@ def _torchvision(cfg, base) -> DataBundle:
             raise ConfigError(f"data.root={cfg.root!r}: torchvision {cfg.name} could not load ({e}); "
                               "set data.download=true on a machine with internet") from e
 
-    mean, std = _default_mean_std(cfg, cfg.channels)
+    mean, std, source = _default_mean_std(cfg, cfg.channels, norm)
     tf = _channel_fix(eval_transform(cfg.image_size, mean, std), cfg.channels)
     if "train" in params or "split" in params:
         tr_ds, va_ds = make("train"), make("val")
@@ -700,7 +770,7 @@ def _torchvision(cfg, base) -> DataBundle:
     names = [str(c) for c in classes] if classes else [str(i) for i in range(n_cls)]
     fp = _fingerprint("torchvision", cfg.name, len(train), len(val), train.labels.numpy().tobytes())
     return DataBundle(train, val, n_cls, cfg.channels, cfg.image_size, names, tuple(mean),
-                      tuple(std), fp, "torchvision")
+                      tuple(std), fp, "torchvision", norm_from=source)
 
 
 def _channel_fix(transform, channels: int):
@@ -712,7 +782,7 @@ def _channel_fix(transform, channels: int):
                       transform])
 
 
-def _custom(cfg, base) -> DataBundle:
+def _custom(cfg, base, norm=None) -> DataBundle:
     from runner.targets import resolve_target
 
     fn = resolve_target(cfg._target_, "data._target_")
@@ -730,7 +800,7 @@ def _custom(cfg, base) -> DataBundle:
         channels = img0.shape[0] if img0.dim() == 3 else 1
     else:
         channels = cfg.channels
-    mean, std = _default_mean_std(cfg, channels)
+    mean, std, source = _default_mean_std(cfg, channels, norm)
     tf = _channel_fix(eval_transform(cfg.image_size, mean, std), channels)
     train = StreamSplit(tr_ds, _targets_of(tr_ds), None, tf, mean, std, image_size=cfg.image_size)
     val = StreamSplit(va_ds, _targets_of(va_ds), None, tf, mean, std, image_size=cfg.image_size)
@@ -739,4 +809,4 @@ def _custom(cfg, base) -> DataBundle:
     names = [str(c) for c in classes] if classes else [str(i) for i in range(n_cls)]
     fp = _fingerprint("custom", cfg._target_, len(train), len(val), train.labels.numpy().tobytes())
     return DataBundle(train, val, n_cls, channels, cfg.image_size, names, tuple(mean), tuple(std),
-                      fp, "custom")
+                      fp, "custom", norm_from=source)
