@@ -370,6 +370,11 @@ def test_cli_inspect_in_memory_and_custom_kinds(cli, tmp_path):
             assert status.pop("data.label_issues") == "skip"
         assert set(status.values()) == {"pass"}, status
         assert (run / "plots" / "inspect_samples_train.png").exists()
+        # none of the three has files: the report and summary say what could not be checked
+        unchecked = [x["check"] for x in s["not_checked"]]
+        assert "data.spurious: file size" in unchecked and "data.spurious: file format" in unchecked
+        assert any("original image size" in c for c in unchecked)  # tensors of one size
+        assert "Not checked for this data kind" in (run / "report.html").read_text()
 
 
 def test_training_skips_a_truncated_png(cli, tmp_path):
@@ -392,3 +397,54 @@ def test_training_skips_a_truncated_png(cli, tmp_path):
     assert any(k.endswith("a0.png") for k in bad) and any(k.endswith("zero.png") for k in bad)
     assert len(bad) == 14, bad
     assert "Unreadable files" in (r.run_dir / "report.html").read_text()
+
+
+def test_not_checked_names_what_each_data_kind_cannot_show(tmp_path, monkeypatch):
+    """Issue 16 item 4: a dataset of tensors or of generated PIL images has no files (no file
+    size, no format); tensors of one size have lost their original size; an image folder
+    gives every check the files."""
+    from types import SimpleNamespace
+
+    from conftest import compose
+
+    from runner.stages.inspect import bundle_source, not_checked
+
+    (tmp_path / "my_items.py").write_text(CUSTOM_DATA)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ctx = SimpleNamespace(original_cwd=str(tmp_path))
+
+    def rows(overrides):
+        source = bundle_source(compose(["stage=inspect", *overrides]), ctx)
+        table, _ = stream_table(source, 128, num_workers=0, progress=False)
+        return {r["check"]: r["reason"] for r in not_checked(source, table)}
+
+    custom = rows(["data=custom", "data._target_=my_items.make"])
+    assert "Tensor items of a custom dataset" in custom["data.spurious: file size"]
+    size = next(r for c, r in custom.items() if c.startswith("original image size"))
+    assert "every item is a tensor of one size (12x12 px)" in size
+    assert "data.corrupt" not in custom  # a dataset item can fail to load: that is checked
+    fake = rows(["data=torchvision", "data.name=FakeData", f"data.root={tmp_path}",
+                 "+data.kwargs.size=30", "+data.kwargs.image_size=[3,16,16]",
+                 "+data.kwargs.num_classes=2"])
+    assert "PIL image items of a torchvision dataset" in fake["data.spurious: file format"]
+    assert not any(c.startswith("original image size") for c in fake)  # PIL: real sizes
+    digits = rows(["data=digits"])
+    assert "passes trivially" in digits["data.corrupt"]
+    assert any("by data=digits" in r for r in digits.values())
+    root = make_folder(tmp_path / "imgs", classes=("a", "b"), n_train=2, n_val=1)
+    folder = scan_imagefolder(root, 0.2, 0, 128)
+    assert not_checked(folder, stream_table(folder, 128, 0, False)[0]) == []
+
+
+def test_cli_inspect_torchvision_fake_data_reports_what_it_could_not_check(cli, tmp_path):
+    r = cli(["stage=inspect", "data=torchvision", "data.name=FakeData", f"data.root={tmp_path}",
+             "+data.kwargs.size=40", "+data.kwargs.image_size=[3,16,16]",
+             "+data.kwargs.num_classes=2", "data.num_workers=0", "trainer.progress=false"])
+    assert r.code in (0, 1), r.out  # random pixels: label checks may judge them
+    assert_contract(r.run_dir)
+    s = r.json("summary.json")
+    assert {x["check"] for x in s["not_checked"]} == {"data.spurious: file size",
+                                                      "data.spurious: file format"}
+    html = (r.run_dir / "report.html").read_text()
+    assert "Not checked for this data kind" in html and "PIL image items" in html
+    assert "not checked for data=torchvision: data.spurious: file size" in r.out

@@ -141,25 +141,20 @@ def scan_imagefolder(root: Path, val_fraction: float, split_seed: int,
                      analysis_size: int) -> Source:
     """The files training would read (timm's folder walk and extensions, data.py's split),
     plus class folders without images, which training would refuse and inspect reports."""
-    from timm.data.readers.img_extensions import get_img_extensions
-    from timm.data.readers.reader_image_folder import find_images_and_targets
     from timm.utils.misc import natural_key
 
-    from runner.data import _fingerprint, _random_split, list_class_folders
+    from runner.data import _fingerprint, _random_split, image_extensions, walk_image_folder
 
     two = (root / "train").is_dir() and (root / "val").is_dir()
     tops = [root / "train", root / "val"] if two else [root]
-    exts = get_img_extensions(as_set=True)
+    exts = image_extensions()
     per_top = []
     names = set()
     notes = []
     for top in tops:
-        samples, class_to_idx = find_images_and_targets(str(top))
-        idx_to_class = {v: k for k, v in class_to_idx.items()}
-        per_top.append([(p, idx_to_class[t]) for p, t in samples])
-        names |= set(class_to_idx) | {c.name for c in list_class_folders(top)}
-        ignored = sum(1 for dp, _, fs in os.walk(top) for f in fs
-                      if os.path.splitext(f)[1].lower() not in exts)
+        samples, classes, ignored = walk_image_folder(top)
+        per_top.append(samples)
+        names |= set(classes)
         if ignored:
             notes.append(f"{top}: {ignored} file(s) ignored: not {', '.join(sorted(exts))} "
                          "(training does not read them either)")
@@ -202,6 +197,56 @@ def bundle_source(cfg, ctx: Context) -> Source:
                      "sizes and modes are the preprocessed ones")
     return Source(data.kind, list(data.class_names), split, labels, names, _SplitItems(tr, va),
                   data.fingerprint, notes)
+
+
+def not_checked(source: Source, table: dc.ImageTable) -> List[Dict[str, str]]:
+    """What the data checks could not look at for this data kind, and why: [{check, reason}].
+
+    Images that are not files have no file size, format or undecoded bytes; images the data
+    kind stores resized (in-memory kinds) or a dataset returns as tensors of one size have
+    lost their original size and aspect; float tensors outside 0..1 are read clipped. Empty
+    for image folders (every check sees the files)."""
+    if source.root is not None or not isinstance(source.items, _SplitItems):
+        return []
+    ok = np.flatnonzero(table.ok)
+    first = source.items.open(int(ok[0]))[0] if len(ok) else None
+    in_memory = hasattr(source.items.splits[0], "x")  # TensorSplit: resized by build_data
+    is_pil = hasattr(first, "mode") and hasattr(first, "convert")
+    what = ("in-memory tensors" if in_memory else
+            f"{'PIL image' if is_pil else type(first).__name__} items of a {source.kind} "
+            "dataset" if first is not None
+            else f"items of a {source.kind} dataset")
+    out = [
+        {"check": "data.spurious: file size",
+         "reason": f"no files: the images are {what}, so there is no file size to compare"},
+        {"check": "data.spurious: file format",
+         "reason": f"no files: the images are {what}, so there is no file format (suffix) "
+                   "to compare"},
+    ]
+    if in_memory:
+        out.append({"check": "data.corrupt",
+                    "reason": f"no files to decode: {what} are decoded already (the check "
+                              "passes trivially)"})
+    n = table.num
+    one_size = len(ok) and len({(int(n["width"][i]), int(n["height"][i])) for i in ok}) == 1
+    if in_memory or (one_size and not is_pil):
+        size = f"{int(n['width'][ok[0]])}x{int(n['height'][ok[0]])} px" if len(ok) else "?"
+        why = (f"stored at the net's input size ({size}) by data={source.kind}" if in_memory
+               else f"every item is a tensor of one size ({size})")
+        out.append({"check": "original image size and aspect (data.odd_size, "
+                             "data.odd_aspect, data.outliers size/aspect, data.spurious "
+                             "width/height/aspect)",
+                    "reason": f"{why}: the original sizes, if they differed, are gone before "
+                              "the images reach inspect"})
+    if first is not None and not is_pil and not in_memory:
+        a = first.detach().cpu().numpy() if hasattr(first, "detach") else np.asarray(first)
+        if a.dtype != np.uint8 and a.size and (a.min() < 0 or a.max() > 1):
+            out.append({"check": "brightness and contrast (data.dark, data.bright, "
+                                 "data.low_information, data.outliers brightness)",
+                        "reason": f"the dataset returns float tensors in {a.min():.2f}.."
+                                  f"{a.max():.2f} (already normalised?): read as 0..1, "
+                                  "clipped, so their levels are not the original ones"})
+    return out
 
 
 def stream_table(source: Source, analysis_size: int, num_workers: int,
@@ -502,9 +547,18 @@ def run(cfg, ctx: Context) -> StageResult:
     found = run_checks(table, ic, cfg.checks)
     verdicts = found.verdicts
     groups, leaks, outl, flags = found.groups, found.leaks, found.outliers, found.flags
+    unchecked = not_checked(source, table)
+    for row in unchecked:
+        log.info("inspect: not checked for data=%s: %s (%s)", source.kind, row["check"],
+                 row["reason"])
 
     log.info("report: figures and tables")
     sections = report_sections(cfg, source, table, verdicts, groups, leaks, outl, flags)
+    if unchecked:  # right after the overview: what the verdicts below could not see
+        sections.insert(1, Section("Not checked for this data kind", [
+            Text(f"data={source.kind}: these checks or image properties could not run on "
+                 "this kind of data; an image folder gives every check the files."),
+            Table(unchecked, ["check", "reason"])]))
     files = tables(source, table, groups, leaks, outl, flags, cfg)
     if is_enabled(cfg.checks, "data.label_issues"):
         files["label_issues.csv"] = Rows(found.label_issues,
@@ -525,6 +579,8 @@ def run(cfg, ctx: Context) -> StageResult:
                  "num_classes": len(source.class_names), "class_names": source.class_names,
                  "fingerprint": source.fingerprint, "root": source.root},
         "notes": source.notes,
+        # checks/properties that could not run for this data kind: [{check, reason}]
+        "not_checked": unchecked,
         "provenance": _provenance(cfg, ctx, source),
         "run_dir": str(ctx.run.path),
     }
