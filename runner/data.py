@@ -42,9 +42,6 @@ KIND_KEYS = {
     "custom": ("_target_", "kwargs", "channels", "on_unreadable"),
 }
 
-IMG_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-
-
 # ----------------------------------------------------------------------------- loaders
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     g = torch.Generator()
@@ -644,12 +641,38 @@ def train_transform(aug, image_size: int, mean, std):
     )
 
 
+def image_extensions() -> set[str]:
+    """The file extensions (lower case) an image folder is read with: timm's, since its
+    ImageDataset reads the folders for training; files of any other extension are ignored."""
+    from timm.data.readers.img_extensions import get_img_extensions
+
+    return get_img_extensions(as_set=True)
+
+
 def list_class_folders(root: Path) -> List[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def _has_images(folder: Path) -> bool:
-    return any(f.suffix.lower() in IMG_EXTENSIONS for f in folder.rglob("*") if f.is_file())
+    exts = image_extensions()
+    return any(f.suffix.lower() in exts for f in folder.rglob("*") if f.is_file())
+
+
+def walk_image_folder(top: Path) -> Tuple[List[Tuple[str, str]], List[str], int]:
+    """An image folder as training reads it (timm's folder walk and extensions): its
+    (path, class name) pairs in timm's order, the names of its class folders (with images or
+    not), and how many files it ignores (not of `image_extensions()`)."""
+    import os
+
+    from timm.data.readers.reader_image_folder import find_images_and_targets
+
+    exts = image_extensions()
+    samples, class_to_idx = find_images_and_targets(str(top))
+    idx_to_class = {v: k for k, v in class_to_idx.items()}
+    classes = sorted(set(class_to_idx) | {c.name for c in list_class_folders(top)})
+    ignored = sum(1 for _, _, fs in os.walk(top) for f in fs
+                  if os.path.splitext(f)[1].lower() not in exts)
+    return [(p, idx_to_class[t]) for p, t in samples], classes, ignored
 
 
 def _imagefolder(cfg, base, norm=None) -> DataBundle:
@@ -669,7 +692,7 @@ def _imagefolder(cfg, base, norm=None) -> DataBundle:
         for c in classes:
             if not _has_images(c):
                 problems.append(f"data.root: class folder {c} has no images "
-                                f"(expected {', '.join(IMG_EXTENSIONS[:4])}, ...)")
+                                f"(expected {', '.join(sorted(image_extensions()))})")
     if problems:
         raise ConfigError(problems)
     mode = "L" if cfg.channels == 1 else "RGB"
