@@ -28,9 +28,6 @@ CHROMA = 4
 NUMERIC_COLUMNS = ("width", "height", "channels", "file_bytes", "brightness", "contrast",
                    "p01", "p99", "sharpness", "entropy", "colourfulness")
 
-PROPERTY_CHECKS = ("data.dark", "data.bright", "data.blurry", "data.low_information",
-                   "data.odd_size", "data.odd_aspect", "data.grayscale")
-
 
 # ----------------------------------------------------------------------------- one image
 def to_array(img) -> Tuple[np.ndarray, str]:

@@ -21,10 +21,6 @@ def _default_optimizer(model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
 
 
-def _owner(name: str) -> str:
-    return name.rsplit(".", 1)[0] if "." in name else "(model)"
-
-
 def _dead_modules(model: nn.Module, bad: set) -> List[str]:
     """The largest sub-modules whose trainable parameters are *all* bad (a dead branch)."""
     whole = []
