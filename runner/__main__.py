@@ -76,10 +76,6 @@ def _preprocess(argv: List[str]) -> List[str]:
     return ["+" + a if a.startswith("from=") else a for a in out]
 
 
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
 def _original_overrides(path: Path, argv: List[str]) -> List[str]:
     """A run's recorded overrides that the command does not set itself."""
     try:
@@ -88,9 +84,11 @@ def _original_overrides(path: Path, argv: List[str]) -> List[str]:
         recorded = [str(o) for o in (yaml.safe_load(path.read_text()) or [])]
     except (OSError, ValueError, ImportError):
         return []
-    mine = {_key(a) for a in argv if "=" in a}
-    return [o for o in recorded if "=" in o and _key(o) not in mine
-            and not _key(o).startswith(("hydra.run", "resume"))]
+    from runner.config import override_key
+
+    mine = {override_key(a) for a in argv if "=" in a}
+    return [o for o in recorded if "=" in o and override_key(o) not in mine
+            and not override_key(o).startswith(("hydra.run", "resume"))]
 
 
 def _distributed(argv: List[str]) -> List[str]:

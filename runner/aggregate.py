@@ -11,7 +11,8 @@ Writes into the summary directory (through RunDir, the one output module):
 - `runs.csv`   one row per job: its overrides as columns, status, error line, figures,
                check counts, wall time;
 - `groups.csv` jobs that differ only in `seed`, with mean / std / count per figure,
-               ranked by the main metric, each marked against the best group's seed spread;
+               ranked by the main metric, each compared with the best group (Welch's
+               t-test over seeds, runner/checks/noise.py: `vs_best`, `p_value`, `test`);
 - `report.html` the same as a page with sortable tables and `plots/<metric>_by_key.png`.
 
 Used by `SweepSummary` (a Hydra callback registered in conf/config.yaml: every `-m` sweep
@@ -35,7 +36,9 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
+from runner.config import override_key
 from runner.errors import ConfigError
+from runner.output import read_json
 
 log = logging.getLogger("runner")
 
@@ -79,13 +82,6 @@ def write_job_error(run_dir: Path, exc: BaseException, exit_code: int, prefix: s
 
 
 # ----------------------------------------------------------------------------- reading jobs
-def _read_json(p: Path) -> Any | None:
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _read_yaml(p: Path) -> Any | None:
     import yaml
 
@@ -134,8 +130,7 @@ def _override_pairs(lines: Sequence[str]) -> list[tuple[str, str]]:
         line = str(line)
         if line.startswith("~") or "=" not in line:
             continue
-        key, value = line.split("=", 1)
-        key = key.lstrip("+")
+        key, value = override_key(line), line.split("=", 1)[1]
         if key.startswith(("hydra.", "hydra/")) or key.split(".")[0] in NOT_IDENTITY:
             continue
         out.append((key, value))
@@ -220,8 +215,8 @@ def load_job(path: Path) -> Job:
         seed = _select(cfg, "seed")
     overrides.pop("stage", None)
 
-    summary = _read_json(path / "summary.json")
-    error = _read_json(path / ERROR_FILE)
+    summary = read_json(path / "summary.json")
+    error = read_json(path / ERROR_FILE)
     summary = summary if isinstance(summary, dict) else None
     error = error if isinstance(error, dict) else None
     error_is_current = error is not None and (  # a later resume may have finished the job
@@ -354,16 +349,20 @@ def seed_groups(rows: Sequence[dict[str, Any]], group_keys: Sequence[str], varie
                 metric: str, mode: str) -> list[dict[str, Any]]:
     """Jobs equal in every key but `seed`: mean, std (n-1) and count per figure, ranked.
 
-    The recipe's warning applies: a difference smaller than the seed-to-seed spread is
-    noise. Each group is compared with the best: |mean - best mean| <= the larger of the
-    two groups' std -> "not significant"; with fewer than 2 seeds on either side the
-    spread is unknown -> "n/a (1 seed)".
+    The recipe's warning applies: a difference within seed-to-seed noise is no difference.
+    Each group is compared with the best by runner/checks/noise.py's rule across seeds
+    (Welch's t-test, two-sided, p <= 0.05 -> "significant", else "not significant"), its
+    `p_value` and `test` beside; with fewer than 2 seeds on either side the spread is
+    unknown -> "n/a (1 seed)".
     """
+    from runner.checks.noise import across_seeds
+
     buckets: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for r in rows:
         buckets.setdefault(tuple(_key(r.get(k)) for k in group_keys), []).append(r)
     figures = [metric] + [f for f in GROUP_FIGURES if f != metric]
     groups = []
+    values: dict[int, list[float]] = {}  # id(group) -> its finite values of `metric`
     for members in buckets.values():
         g: dict[str, Any] = {k: members[0].get(k) for k in varied}
         done = [r for r in members if _finite(r.get(metric))]
@@ -375,6 +374,7 @@ def seed_groups(rows: Sequence[dict[str, Any]], group_keys: Sequence[str], varie
             g[f"{f}_mean"] = statistics.fmean(vals) if vals else None
             g[f"{f}_std"] = statistics.stdev(vals) if len(vals) >= 2 else None
         g["run_dirs"] = " ".join(r["run_dir"] for r in members)
+        values[id(g)] = [float(r[metric]) for r in done]
         groups.append(g)
     sign = -1.0 if mode == "max" else 1.0
     ranked = sorted([g for g in groups if g["n"]], key=lambda g: sign * g[f"{metric}_mean"])
@@ -384,16 +384,19 @@ def seed_groups(rows: Sequence[dict[str, Any]], group_keys: Sequence[str], varie
         g["rank"] = i
         g["delta_vs_best"] = g[f"{metric}_mean"] - best[f"{metric}_mean"]
         if g is best:
-            g["vs_best"] = "best"
-        elif g[f"{metric}_std"] is None or best[f"{metric}_std"] is None:
+            g.update({"vs_best": "best", "p_value": None, "test": None})
+            continue
+        d = across_seeds(values[id(best)], values[id(g)], two_sided=True)
+        g.update({"p_value": d.p_value, "test": d.test})
+        if d.p_value is None:
             g["vs_best"] = "n/a (1 seed)"
         else:
-            spread = max(g[f"{metric}_std"], best[f"{metric}_std"])
-            g["vs_best"] = "not significant" if abs(g["delta_vs_best"]) <= spread else "significant"
+            g["vs_best"] = "significant" if d.significant else "not significant"
     for g in unranked:
-        g.update({"rank": None, "delta_vs_best": None,
+        g.update({"rank": None, "delta_vs_best": None, "p_value": None, "test": None,
                   "vs_best": "no result" if g["failed"] == g["jobs"] else f"no {metric}"})
-    order = ["rank"] + list(varied) + ["n", "jobs", "failed", "vs_best", "delta_vs_best"]
+    order = ["rank"] + list(varied) + ["n", "jobs", "failed", "vs_best", "delta_vs_best",
+                                       "p_value", "test"]
     return [{**{k: g.get(k) for k in order}, **g} for g in ranked + unranked]
 
 
@@ -503,21 +506,23 @@ def render_report(tab: SweepTable, out_dir: Path, figs: Sequence[str],
                  "error": esc(r["error"] or "")} for r in tab.failed]
         rep.add("Failed jobs", table(rows, ["job", "status", "overrides", "error"],
                                      raw=("job", "status", "overrides", "error")))
-    note = ("<p class='sub'>Jobs equal in every key but <code>seed</code> form a group. A group "
-            "whose mean differs from the best group's by no more than the larger of the two "
-            "seed std's is <b>not significant</b>: that difference is within seed noise.</p>")
+    note = ("<p class='sub'>Jobs equal in every key but <code>seed</code> form a group. Each "
+            "group is compared with the best by Welch's t-test over their seeds (two-sided): "
+            "p &gt; 0.05 is <b>not significant</b>, a difference within seed noise.</p>")
     if tab.groups and all(g["n"] < 2 for g in tab.groups):
         note += ("<p class='sub'>No group has two or more seeds: add e.g. <code>seed=1,2,3</code> "
                  "to the sweep to measure seed noise.</p>")
     fig_cols = [tab.metric] + [f for f in GROUP_FIGURES if f != tab.metric]
     grows = []
     for g in tab.groups:
-        row = {k: g.get(k) for k in ["rank", "n", "failed", "vs_best", "delta_vs_best"]}
+        row = {k: g.get(k) for k in ["rank", "n", "failed", "vs_best", "delta_vs_best", "p_value",
+                                     "test"]}
         row.update({k: _show(g.get(k)) for k in tab.varied})
         row.update({f: _pm(g[f"{f}_mean"], g[f"{f}_std"]) for f in fig_cols})
         row["seeds"] = g["seeds"]
         grows.append(row)
-    gcols = ["rank", *tab.varied, "n", "failed", "vs_best", "delta_vs_best", *fig_cols, "seeds"]
+    gcols = ["rank", *tab.varied, "n", "failed", "vs_best", "delta_vs_best", "p_value", "test",
+             *fig_cols, "seeds"]
     rep.add("Seed groups", note + table(grows, gcols, sortable=True))
     if figs:
         rep.add(f"{tab.metric} per varied key", images(figs))

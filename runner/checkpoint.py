@@ -1,4 +1,5 @@
-"""Checkpoint contents: what is saved and how it is restored. Writing is output.RunDir's job.
+"""Checkpoint contents: what is saved, how it is restored, and which checkpoint stands for a
+run (best_checkpoint) or continues it (find_resume_checkpoint). Writing is output.RunDir's job.
 
 A checkpoint holds only tensors and primitives, so it loads with torch.load(weights_only=True):
 the config as a YAML string, RNG states as tensors/tuples, the loop state as a dict.
@@ -193,6 +194,19 @@ def _mismatch(e: BaseException) -> str:
     if len(first) > 300:
         first = first[:300] + " ..."
     return first + (f" (and {len(lines) - 1} more difference(s))" if len(lines) > 1 else "")
+
+
+def best_checkpoint(run_dir: Path, required: bool = False) -> Path | None:
+    """The checkpoint whose weights stand for a run: checkpoints/best.pt, else last.pt; None
+    when neither exists (`required`: a ConfigError naming the directory). Resuming reads
+    last.pt itself (find_resume_checkpoint)."""
+    for name in ("best.pt", "last.pt"):
+        p = Path(run_dir) / "checkpoints" / name
+        if p.is_file():
+            return p
+    if required:
+        raise ConfigError(f"{run_dir}: no checkpoints/best.pt or last.pt")
+    return None
 
 
 def find_resume_checkpoint(resume, outputs: Path) -> Path | None:

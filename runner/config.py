@@ -4,6 +4,8 @@ The schema is the one place defaults live (STYLE habit 6); YAML files under conf
 state what differs. Hydra rejects unknown keys and wrong types at compose time against
 these dataclasses; `validate()` then gathers every semantic problem (negative lr, unknown
 model, missing folder, ...) and raises one ConfigError that the CLI turns into exit 2.
+Overrides: the key one sets (`override_key`) and a list of them written as a config file
+(`overrides_yaml`: regularize's experiment file, the sweep's best.yaml).
 
 This module must stay cheap to import: no torch/timm at import time (habit 11).
 """
@@ -13,9 +15,7 @@ import difflib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
-
-from omegaconf import MISSING
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from runner.errors import ConfigError
 from runner.stages.protocol import NoParams
@@ -44,8 +44,9 @@ class DataConfig:
     split_seed: int = 0
     # channels fed to the net for folders/torchvision (1 = grayscale, 3 = RGB)
     channels: int = 3
-    # per-channel normalisation; null = measured on the training set (in-memory data) or
-    # 0.5 per channel (streamed data)
+    # per-channel normalisation; null = a pretrained model's own (model.pretrained=true: its
+    # weights expect them), else measured on the training set (in-memory data) or ImageNet's
+    # for RGB / 0.5 otherwise (streamed data); summary.json data.norm_from says which
     mean: Optional[List[float]] = None
     std: Optional[List[float]] = None
     # torchvision: dataset class name, e.g. CIFAR10, MNIST, FakeData
@@ -583,6 +584,61 @@ def check_settings_problems(problems: list[str], checks) -> None:
                 hint = f" (default {default})" if default is not None else ""
                 problems.append(f"checks.{name}.{key}={value!r} must be {rule}{hint}; "
                                 f"or switch the check off with checks.{name}.enabled=false")
+
+
+def override_key(override: str) -> str:
+    """The key (or config group) a command-line override sets, as Hydra's `key_or_group`:
+    "+a.b=c" -> "a.b", "~a.b" -> "a.b", "aug@x=light" -> "aug". Overrides whose value
+    matters (group choices, sweeps) go through Hydra's OverridesParser instead."""
+    return override.split("=", 1)[0].lstrip("+~").split("@", 1)[0].strip()
+
+
+def overrides_yaml(overrides: Sequence[str], groups: Iterable[str], header: Sequence[str] = (),
+                   values: Optional[dict] = None, primary: bool = False) -> str:
+    """Hydra overrides as a config file, `header` lines as its leading comments.
+
+    An experiment file (`# @package _global_`, run with `experiment=<name>`), or with
+    `primary` a primary config on top of conf/config.yaml that runs stage=train (run with
+    `--config-dir <dir> --config-name <name>`). Group choices (`aug=light`) become defaults
+    entries (`override /aug: light`; in a primary config `override aug: light`); other keys
+    (`optim.lr=3e-3`) are nested (`optim: {lr: 0.003}`) with their parsed types. `values`
+    (dotted key -> value, e.g. what `from=` took from a source run) go in first; deletions
+    are left out.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    groups = set(groups)
+    slash = "" if primary else "/"
+    defaults: list[Any] = []
+    body: dict[str, Any] = {}
+
+    def put(key: str, value: Any) -> None:
+        node = body
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+
+    for key, value in (values or {}).items():
+        put(key, value)
+    for o in OverridesParser.create().parse_overrides(list(overrides)):
+        if o.is_delete():
+            continue
+        key, value = o.key_or_group, o.value()
+        if key in groups:
+            entry = f"{slash}{key}" if o.is_add() else f"override {slash}{key}"
+            defaults = [d for d in defaults if entry not in d]
+            defaults.append({entry: value})
+            continue
+        put(key, value)
+    if primary:
+        defaults = ["config", {"override stage": "train"}, *defaults, "_self_"]
+    doc: dict[str, Any] = {"defaults": defaults} if defaults else {}
+    doc.update(body)
+    text = OmegaConf.to_yaml(OmegaConf.create(doc)) if doc else "{}\n"
+    lines = ([] if primary else ["@package _global_"]) + list(header)
+    return "".join(f"# {h}\n" if h else "#\n" for h in lines) + text
 
 
 def user_set_keys() -> dict[str, Any]:

@@ -29,7 +29,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from runner.config import override_key
 from runner.errors import ConfigError
+from runner.output import read_json
 from runner.stages.protocol import Outcome
 
 log = logging.getLogger("runner")
@@ -64,29 +66,12 @@ def _load_yaml(p: Path) -> Dict[str, Any]:
     return OmegaConf.to_container(c, resolve=False)  # type: ignore[return-value]
 
 
-def _best_pt(run_dir: Path) -> Optional[Path]:
-    for name in ("best.pt", "last.pt"):
-        p = run_dir / "checkpoints" / name
-        if p.is_file():
-            return p
-    return None
-
-
 def _run_config(d: Path) -> Optional[Path]:
     """A plain run's final config: config.yaml (written when it had `from=`) or Hydra's."""
     for p in (d / "config.yaml", d / ".hydra" / "config.yaml"):
         if p.is_file():
             return p
     return None
-
-
-def read_json(p: Path) -> Optional[Dict[str, Any]]:
-    """A JSON file of a run directory (summary.json, study.json, ...), or None when it is
-    missing or unreadable: the one reader of a run's JSON."""
-    try:
-        return json.loads(Path(p).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def stage_of(src: Path) -> Optional[str]:
@@ -100,10 +85,10 @@ def stage_of(src: Path) -> Optional[str]:
             name = (_load_yaml(p).get("stage") or {}).get("name")
             if name:
                 return str(name)
-    ck = _best_pt(src)
-    if ck is not None:
-        from runner.checkpoint import load_checkpoint
+    from runner.checkpoint import best_checkpoint, load_checkpoint
 
+    ck = best_checkpoint(src)
+    if ck is not None:
         try:
             conf = OmegaConf.to_container(OmegaConf.create(load_checkpoint(ck)["config"]))
             return str((conf.get("stage") or {}).get("name") or "") or None
@@ -130,16 +115,16 @@ def outcome(src: Path) -> Outcome:
 def run_outcome(src: Path) -> Outcome:
     """A plain run's outcome: the config it ran with and its best weights. A run without
     summary.json has not finished and is refused (ConfigError)."""
+    from runner.checkpoint import best_checkpoint, load_checkpoint
+
     _refuse_unfinished(src)
     cfg_file = _run_config(src)
+    ck = best_checkpoint(src)
     if cfg_file is not None:
         conf = _load_yaml(cfg_file)
         return Outcome(src, conf, cfg_file, str((conf.get("stage") or {}).get("name", "?")),
-                       _best_pt(src), "the run's composed config", run=src)
-    ck = _best_pt(src)
+                       ck, "the run's composed config", run=src)
     if ck is not None:
-        from runner.checkpoint import load_checkpoint
-
         conf = OmegaConf.to_container(OmegaConf.create(load_checkpoint(ck)["config"]))
         return Outcome(src, conf, ck, str((conf.get("stage") or {}).get("name", "?")), ck,
                        "the config saved in the checkpoint", run=src)
@@ -157,17 +142,14 @@ def run_config(run_dir: Path) -> Optional[Path]:
     return _run_config(run_dir)
 
 
-def best_checkpoint(run_dir: Path) -> Optional[Path]:
-    """The checkpoint whose weights stand for a run: best.pt, else last.pt (None: neither)."""
-    return _best_pt(run_dir)
-
-
 def _refuse_unfinished(src: Path) -> None:
     """A run directory without summary.json has not finished (it crashed, was refused or was
     interrupted): its config and checkpoints are no outcome to start from."""
     if (src / "summary.json").is_file():
         return
-    if _run_config(src) is None and _best_pt(src) is None:
+    from runner.checkpoint import best_checkpoint
+
+    if _run_config(src) is None and best_checkpoint(src) is None:
         return  # no run there at all: outcome's own message says what it expected
     last = src / "checkpoints" / "last.pt"
     hint = (f"continue it with `python -m runner resume={src}`, then start from it" if last.is_file()
@@ -230,11 +212,8 @@ def _diff(a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Any]:
 
 def command_keys(overrides: Sequence[str], include_per_run: bool = False) -> List[str]:
     """The dotted keys (or whole group packages) this command set explicitly."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     keys: List[str] = []
-    for o in OverridesParser.create().parse_overrides(list(overrides)):
-        k = o.key_or_group
+    for k in map(override_key, overrides):
         if (_top(k) in PER_RUN and not include_per_run) or k.startswith("hydra") or k == "experiment":
             continue
         keys.append(k)

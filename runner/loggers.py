@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from runner.errors import ConfigError
+from runner.output import read_json
 
 log = logging.getLogger("runner")
 
@@ -136,7 +137,7 @@ class MlflowLogger:
         for name in ("mlflow", "alembic"):  # their schema-migration chatter is not ours
             logging.getLogger(name).setLevel(logging.WARNING)
         self.run_dir = run_dir
-        previous = _read_json(Path(run_dir.path) / MLFLOW_RUN_FILE)
+        previous = read_json(Path(run_dir.path) / MLFLOW_RUN_FILE)
         try:
             self.client = MlflowClient(tracking_uri=tracking_uri)
             if previous and previous.get("tracking_uri") == tracking_uri:
@@ -235,10 +236,3 @@ def build_loggers(cfg, run, original_cwd: str, data=None, model=None) -> Loggers
     return Loggers(out)
 
 
-def _read_json(p: Path) -> Optional[Dict[str, Any]]:
-    import json
-
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError):
-        return None

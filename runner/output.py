@@ -1,4 +1,4 @@
-"""The one module that writes a run directory (DESIGN.md's contract).
+"""The one module that writes a run directory (DESIGN.md's contract), and reads its JSON back.
 
 metrics.csv, summary.json, checks.json, plots/*.png, report.html, checkpoints/*.pt.
 Every write is atomic (temp file + rename) so a kill never leaves a truncated file, and
@@ -56,6 +56,15 @@ def _clean(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
         return _clean(obj.tolist())
     return str(obj)
+
+
+def read_json(p: Path) -> Any:
+    """A JSON file of a run directory (summary.json, study.json, checks.json, ...), or None
+    when it is missing or unreadable: the one reader of a run's JSON."""
+    try:
+        return json.loads(Path(p).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 class RunDir:

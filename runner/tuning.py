@@ -706,37 +706,16 @@ def edge_warnings(
 
 
 def best_yaml(overrides: Sequence[str], groups: Sequence[str], header: Sequence[str]) -> str:
-    """The best trial's overrides as a primary config on top of conf/config.yaml.
+    """The best trial's overrides as a primary config on top of conf/config.yaml
+    (runner.config.overrides_yaml); the trial's own bookkeeping (stage=tune, tune.*) is left
+    out and stage becomes train."""
+    from runner.config import override_key, overrides_yaml
 
-    Group choices become `override` entries of the defaults list, values nested keys; the
-    trial's own bookkeeping (stage=tune, tune.*) is left out and stage becomes train.
-    """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
+    def bookkeeping(key: str) -> bool:
+        return key in ("stage", "tune") or key.startswith(("tune.", "hydra.", "hydra/"))
 
-    parser = OverridesParser.create()
-    defaults: list[Any] = ["config", {"override stage": "train"}]
-    values = OmegaConf.create({})
-    for text in overrides:
-        o = parser.parse_override(text)
-        key = o.get_key_element().lstrip("+~")
-        if (
-            o.is_delete()
-            or key == "stage"
-            or key.startswith(("tune.", "hydra.", "hydra/"))
-            or key == "tune"
-        ):
-            continue
-        value = o.value()
-        if key in groups:
-            defaults.append({f"override {key}" if not o.is_add() else key: value})
-        else:
-            OmegaConf.update(values, key, value, force_add=True)
-    defaults.append("_self_")
-    body = OmegaConf.to_yaml(
-        OmegaConf.create({"defaults": defaults, **OmegaConf.to_container(values)})
-    )
-    return "".join(f"# {h}\n" for h in header) + body
+    kept = [o for o in overrides if not bookkeeping(override_key(o))]
+    return overrides_yaml(kept, groups, header, primary=True)
 
 
 def _figure(ax):

@@ -123,15 +123,24 @@ def test_seed_groups_mean_std_count_equal_the_per_run_summaries(sweeps):
             vals = [s[fig] for s in runs]
             assert float(g[f"{fig}_mean"]) == pytest.approx(statistics.fmean(vals), abs=1e-9)
             assert float(g[f"{fig}_std"]) == pytest.approx(statistics.stdev(vals), abs=1e-9)
-    # ranked by mean val_acc, best first; each marked against the best group's seed spread
+    # ranked by mean val_acc, best first; each compared with the best by Welch's t-test
+    from scipy.stats import ttest_ind
+
     means = [float(g["val_acc_mean"]) for g in ranked]
     assert means == sorted(means, reverse=True)
     best = ranked[0]
-    assert best["vs_best"] == "best"
+    assert best["vs_best"] == "best" and best["p_value"] == ""
+
+    def accs(g):
+        key = (float(g["optim.lr"]), float(g["optim.weight_decay"]))
+        return [s["val_acc"] for s in by_cfg[key]]
+
     for g in ranked[1:]:
-        delta = abs(float(g["val_acc_mean"]) - float(best["val_acc_mean"]))
-        spread = max(float(g["val_acc_std"]), float(best["val_acc_std"]))
-        assert g["vs_best"] == ("not significant" if delta <= spread else "significant")
+        p = ttest_ind(accs(g), accs(best), equal_var=False).pvalue
+        assert g["test"] == "Welch's t-test over 2 vs 2 seeds (two-sided)"
+        if math.isfinite(p):  # no spread on either side: only the gap tells (noise.across_seeds)
+            assert float(g["p_value"]) == pytest.approx(p)
+        assert g["vs_best"] == ("significant" if float(g["p_value"]) <= 0.05 else "not significant")
 
 
 def test_sweep_report_has_sortable_tables_failures_and_the_metric_plot(sweeps):
@@ -238,6 +247,9 @@ def test_seed_groups_significance_on_known_numbers(tmp_path):
     ranked = seed_groups(rows[:6], ["stage", "lr"], ["lr"], "val_acc", "max")
     marks = {g["lr"]: g["vs_best"] for g in ranked}
     assert marks == {1: "best", 2: "not significant", 3: "significant"}
+    p = {g["lr"]: g["p_value"] for g in ranked}  # Welch's t-test, two-sided
+    assert p[1] is None and p[2] == pytest.approx(0.5528, abs=1e-4)
+    assert p[3] == pytest.approx(0.00125, abs=1e-5)
     assert got[5]["rank"] is None and got[5]["n"] == 0 and got[5]["failed"] == 1
     loss = seed_groups(rows[:6], ["stage", "lr"], ["lr"], "val_acc", "min")
     assert [g["lr"] for g in loss] == [3, 2, 1]

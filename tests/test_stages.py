@@ -14,9 +14,10 @@ from omegaconf import OmegaConf
 
 from runner.checks.training import train_fit
 from runner.checks.weights import neighbour_corr
+from runner.config import overrides_yaml
 from runner.errors import ConfigError
 from runner.stages.overfit import gap_of
-from runner.stages.regularize import decide, experiment_overrides, experiment_yaml
+from runner.stages.regularize import decide, experiment_overrides
 
 TINY = FAST + ["model.name=test_resnet"]
 
@@ -85,8 +86,8 @@ def test_train_fit_verdict_and_gap():
 
 
 def test_experiment_yaml_composes_to_the_kept_changes(tmp_path):
-    text = experiment_yaml(["aug=light", "optim.lr=3e-3", "model.drop_rate=0.2", "trainer.epochs=7"],
-                           groups={"aug", "optim", "model"}, header="test")
+    text = overrides_yaml(["aug=light", "optim.lr=3e-3", "model.drop_rate=0.2", "trainer.epochs=7"],
+                          groups={"aug", "optim", "model"}, header=["test"])
     assert text.startswith("# @package _global_\n")
     doc = yaml.safe_load(text)
     assert doc["defaults"] == [{"override /aug": "light"}]
@@ -229,6 +230,19 @@ def test_recipe_overfit_then_squeeze_and_stops_at_a_failing_gate(cli):
     assert (top / "1-overfit" / "report.html").exists() and (top / "2-squeeze" / "ensemble.csv").exists()
     assert "1-overfit/report.html" in (top / "report.html").read_text()
     assert_contract(top, top / "1-overfit", top / "2-squeeze")
+    # the time per stage (issue 18 item 4): process wall time >= the stage's own, squeeze's
+    # continuation as a sub-run; the report's figure shows accuracy and time per stage
+    with open(top / "recipe.csv") as f:
+        rows = list(csv.DictReader(f))
+    for row, st in zip(rows, s["stages"]):
+        assert float(row["wall_s"]) == st["wall_s"] > 0
+    assert s["stages"][0]["wall_s"] >= s["stages"][0]["stage_wall_s"] > 0  # + process start
+    sq = s["stages"][1]
+    assert sq["sub_runs"] == 1 and [x["dir"] for x in sq["sub_runs_list"]] == ["continued"]
+    assert 0 < sq["sub_runs_wall_s"] <= sq["wall_s"] and s["stages"][0]["sub_runs"] == 0
+    assert s["wall_s"] >= sum(st["wall_s"] for st in s["stages"])
+    assert (top / "plots" / "recipe_stages.png").exists()
+    assert "plots/recipe_stages.png" in (top / "report.html").read_text()
     # stage=overfit: trained until the training-loss target, with the train/val gap
     o = ok.json("summary.json", top / "1-overfit")
     assert o["stage"] == "overfit" and o["train_loss"] <= 0.05 and o["epochs"] < 20

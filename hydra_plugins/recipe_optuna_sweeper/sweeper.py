@@ -12,7 +12,6 @@ pruned or crashing trial is told as such and the sweep goes on (unless max_failu
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
@@ -224,6 +223,7 @@ class OptunaSweeper(Sweeper):
     def _search_space(self, arguments: list[str]):
         """params (or the deprecated search_space) plus the command line's overrides."""
         from runner import tuning
+        from runner.config import override_key
 
         params = self.params
         if self.search_space and params:
@@ -234,7 +234,7 @@ class OptunaSweeper(Sweeper):
             log.warning("tune: hydra.sweeper.search_space is deprecated (as in "
                         "hydra-optuna-sweeper 1.2+); write it as hydra.sweeper.params")
             given = {k: tuning.search_space_entry(k, v) for k, v in self.search_space.items()}
-            fixed_keys = {f.split("=", 1)[0] for f in space.fixed}
+            fixed_keys = {override_key(f) for f in space.fixed}
             given = {k: v for k, v in given.items() if k not in fixed_keys}
             space.distributions = {**given, **space.distributions}
         return space
@@ -420,6 +420,8 @@ class OptunaSweeper(Sweeper):
         from hydra.core.utils import JobStatus
         from optuna.trial import TrialState
 
+        from runner.output import read_json
+
         try:
             out_dir = Path(str(ret.hydra_cfg.hydra.runtime.output_dir))
         except AttributeError:
@@ -433,18 +435,14 @@ class OptunaSweeper(Sweeper):
             except Exception as e:  # noqa: BLE001 -- whatever the job raised fails its trial
                 attrs["reason"] = f"crashed: {type(e).__name__}: {e}"[:500]
             return TrialState.FAIL, None, attrs
-        try:
-            summary = json.loads((out_dir / "summary.json").read_text())
-        except (OSError, ValueError):
-            summary = None
+        summary = read_json(out_dir / "summary.json")
         if summary is None and not self._runner_app:
             return self._returned(ret.return_value, attrs)
         if summary is None:
-            try:  # a job that fails in a sweep says why in error.json (runner/app.py)
-                error = json.loads((out_dir / "error.json").read_text())
-                why = error.get("error")
-            except (OSError, ValueError, AttributeError):
-                error, why = {}, None
+            # a job that fails in a sweep says why in error.json (runner/app.py)
+            error = read_json(out_dir / "error.json")
+            error = error if isinstance(error, dict) else {}
+            why = error.get("error")
             if error.get("type") == "Interrupted":  # Ctrl-C / SIGTERM: the user stops the study
                 self._interrupted = True
                 attrs["reason"] = f"interrupted: {why}"[:500]

@@ -35,7 +35,7 @@ outcome = train.outcome
 
 def headline(run_dir, own=()) -> Headline:
     """The model and its budget, then what it changed; its best val accuracy."""
-    from runner.lineage import read_json
+    from runner.output import read_json
 
     s = read_json(run_dir / "summary.json") or {}
     what = f"{s.get('model', '?')}, {s.get('epochs', '?')} epochs"

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from runner.checkpoint import (CheckpointWriter, find_resume_checkpoint, load_checkpoint,
-                               make_checkpoint, restore, weights_of)
+from runner.checkpoint import (CheckpointWriter, best_checkpoint, find_resume_checkpoint,
+                               load_checkpoint, make_checkpoint, restore, weights_of)
 from runner.checks import Verdict
 from runner.data import DataBundle, build_data, train_transform
 from runner.distributed import from_env
@@ -212,8 +212,8 @@ def init_weights(model: torch.nn.Module, spec: str, original_cwd: str,
     are skipped with a warning (None) instead of refusing the run."""
     p = (Path(original_cwd) / str(spec)).expanduser()
     if p.is_dir():
-        found = [p / "checkpoints" / n for n in ("best.pt", "last.pt") if (p / "checkpoints" / n).is_file()]
-        if not found:  # a ladder, a study, a squeeze or recipe run: the weights of its outcome
+        weights = best_checkpoint(p)
+        if weights is None:  # a ladder, study, squeeze or recipe run: its outcome's weights
             from runner.lineage import outcome
 
             try:
@@ -223,8 +223,7 @@ def init_weights(model: torch.nn.Module, spec: str, original_cwd: str,
             if weights is None:
                 raise ConfigError(f"init_from={spec!r}: no checkpoints/best.pt or last.pt in {p}, "
                                   "and it is no ladder, study, squeeze or recipe run with one")
-            found = [weights]
-        p = found[0]
+        p = weights
     if not p.is_file():
         raise ConfigError(f"init_from={spec!r}: no such file or run directory ({p})")
     ck = load_checkpoint(p)

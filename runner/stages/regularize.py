@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from omegaconf import MISSING, OmegaConf
 
+from runner.config import override_key, overrides_yaml
 from runner.errors import ConfigError
 from runner.lineage import apply as apply_lineage
 from runner.stages import overfit
@@ -68,7 +69,9 @@ FROM_PREVIOUS = True
 def outcome(run_dir: Path) -> Outcome:
     """from=<a ladder>: the config with the kept changes (regularized_config.yaml) and the
     weights of the best rung; a ladder that never finished is a plain run's outcome."""
-    from runner.lineage import best_checkpoint, load_yaml, read_json, run_outcome
+    from runner.checkpoint import best_checkpoint
+    from runner.lineage import load_yaml, run_outcome
+    from runner.output import read_json
 
     kept = run_dir / "regularized_config.yaml"
     if not kept.is_file():
@@ -83,7 +86,7 @@ def outcome(run_dir: Path) -> Outcome:
 
 def headline(run_dir: Path, own=()) -> Headline:
     """The ladder's val accuracy; the stage's changes and the rungs it kept."""
-    from runner.lineage import read_json
+    from runner.output import read_json
     from runner.stages.train import changed
 
     s = read_json(run_dir / "summary.json") or {}
@@ -109,52 +112,13 @@ def decide(best_acc: float, cand_acc: float | None, n_val: int, min_delta: float
 
 
 # ----------------------------------------------------------------------------- experiment YAML
-def experiment_yaml(overrides: Sequence[str], groups: Iterable[str], header: str = "",
-                    values: Optional[dict] = None) -> str:
-    """Hydra overrides -> a `# @package _global_` experiment file.
-
-    Group choices (`aug=light`) become `defaults: - override /aug: light`; other keys
-    (`optim.lr=3e-3`) are nested (`optim: {lr: 0.003}`) with their parsed types. `values`
-    (dotted key -> value, e.g. what `from=` took from a source run) go in first.
-    """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    groups = set(groups)
-    parsed = OverridesParser.create().parse_overrides(list(overrides))
-    defaults: list[dict[str, Any]] = []
-    body: dict[str, Any] = {}
-
-    def put(key: str, value: Any) -> None:
-        node = body
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-
-    for key, value in (values or {}).items():
-        put(key, value)
-    for o in parsed:
-        if o.is_delete():
-            continue
-        key, value = o.key_or_group, o.value()
-        if key in groups and not o.is_add():
-            defaults = [d for d in defaults if f"override /{key}" not in d]
-            defaults.append({f"override /{key}": value})
-            continue
-        put(key, value)
-    doc: dict[str, Any] = {}
-    if defaults:
-        doc["defaults"] = defaults
-    doc.update(body)
-    text = OmegaConf.to_yaml(OmegaConf.create(doc)) if doc else "{}\n"
-    lines = ["# @package _global_"] + [f"# {h}" if h else "#" for h in header.splitlines()]
-    return "\n".join(lines) + "\n" + text
-
-
 def experiment_overrides(overrides: Sequence[str]) -> list[str]:
     """The command's overrides an experiment file should carry: not the stage or hydra ones."""
-    skip = ("stage=", "stage.", "hydra.", "hydra/", "experiment=", "from=", "init_from=")
-    return [o for o in overrides if not o.lstrip("+~").startswith(skip)]
+    def skip(key: str) -> bool:
+        return (key in ("stage", "experiment", "from", "init_from")
+                or key.startswith(("stage.", "hydra.", "hydra/")))
+
+    return [o for o in overrides if not skip(override_key(o))]
 
 
 def _compose(overrides: list[str]):
@@ -191,10 +155,6 @@ def _first_line(e: BaseException) -> str:
     return lines[0] if lines else type(e).__name__
 
 
-def _override_key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
 def compose_problem(e: BaseException, override: str | None, keys: Sequence[str]) -> str:
     """A Hydra compose failure of `override` in our words (never Hydra's `use +key` advice)."""
     import re
@@ -208,7 +168,7 @@ def compose_problem(e: BaseException, override: str | None, keys: Sequence[str])
 
     from runner.config import _close
 
-    key = _override_key(override) if override else None
+    key = override_key(override) if override else None
     if isinstance(e, OverrideParseException):
         return f"not a valid override ({_first_line(e)})"
     if isinstance(e, MissingConfigException):
@@ -365,8 +325,8 @@ def run(cfg, ctx: Context) -> StageResult:
               "  python -m runner stage=regularize 'stage.params.rungs=[]' experiment=regularized\n"
               "The full composed config: regularized_config.yaml beside this file.")
     inherited = (ctx.lineage or {}).get("from_source") or {}
-    regularized = experiment_yaml(experiment_overrides(ctx.overrides) + kept, _groups(), header,
-                                  inherited)
+    regularized = overrides_yaml(experiment_overrides(ctx.overrides) + kept, _groups(),
+                                 header.splitlines(), inherited)
     files = {"ladder.csv": rows, "regularized.yaml": regularized,
              "regularized_config.yaml": OmegaConf.to_yaml(best_cfg)}
 

@@ -13,8 +13,8 @@ continue_epochs null or an integer >= 0, each source an existing directory.
    ensemble: the check skips and it is no option to adopt.
 2. Seeds: before adopting the winner, it and the runner-up are rerun with `seeds - 1` more
    seeds each (same config and split, seed+1, seed+2, ...; `seeds/`), and compared as mean
-   +/- std. A lead smaller than the seed spread (the larger of the two stds) is not a win
-   (`squeeze.seed_spread` warns; seeds.csv).
+   +/- std. A lead that Welch's t-test over the seeds does not tell from noise
+   (runner/checks/noise.py, p > 0.05) is not a win (`squeeze.seed_spread` warns; seeds.csv).
 3. Leave it training: the winner continues from its `last.pt` (the resume machinery: model,
    optimiser, schedule and history) for `continue_epochs` more epochs without early stopping
    (`continued/`); the curve marks where it picked up, and the summary says whether val loss
@@ -38,7 +38,9 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from omegaconf import OmegaConf
 
+from runner.config import override_key
 from runner.errors import ConfigError
+from runner.output import read_json
 from runner.stages import regularize
 from runner.report import Images, Links, Section, Table, Text, verdict_counts
 from runner.stages.protocol import (Context, Headline, Outcome, StageResult, keyword_fields,
@@ -78,7 +80,7 @@ def outcome(run_dir: Path) -> Outcome:
     """from=<a squeeze run>: the run it adopted (the winner, its continuation, or for an
     ensemble, which is no single model, its first and best-ranked member)."""
     from runner.lineage import outcome as outcome_of
-    from runner.lineage import read_json, run_outcome
+    from runner.lineage import run_outcome
 
     adopted = (read_json(run_dir / "summary.json") or {}).get("adopted")
     if not adopted:  # a sub-run (seed rerun, continuation) or an unfinished squeeze
@@ -111,8 +113,6 @@ def outcome(run_dir: Path) -> Outcome:
 
 def headline(run_dir: Path, own=()) -> Headline:
     """The adopted model's val accuracy; what was adopted, the ensemble, seeds, continuation."""
-    from runner.lineage import read_json
-
     s = read_json(run_dir / "summary.json") or {}
     parts = [f"ensemble of {len(s.get('members') or [])}"]
     if s.get("adopted"):
@@ -130,8 +130,8 @@ def headline(run_dir: Path, own=()) -> Headline:
 
 def gives_candidates(args: Sequence[str]) -> bool:
     """Whether squeeze's own args name its candidates."""
-    return any(a.split("=", 1)[0].lstrip("+~") in ("from", "stage.params.from",
-                                                     "stage.params.runs") for a in args)
+    return any(override_key(a) in ("from", "stage.params.from", "stage.params.runs")
+               for a in args)
 
 
 def _sources(done: Sequence[tuple[str, Path]]) -> list[Path]:
@@ -280,27 +280,18 @@ def candidates(sources: list[Path]) -> list[Path]:
     return out
 
 
-def _summary(d: Path) -> dict:
-    import json
-
-    try:
-        return json.loads((d / "summary.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def validated_elsewhere(dirs: list[Path], fingerprint: str) -> list[Path]:
     """The runs whose summary records another data fingerprint (input size, split, data)."""
     out = []
     for d in dirs:
-        fp = (_summary(d).get("data") or {}).get("fingerprint")
+        fp = ((read_json(d / "summary.json") or {}).get("data") or {}).get("fingerprint")
         if fp is not None and fp != fingerprint:
             out.append(d)
     return out
 
 
 def _recorded_acc(d: Path) -> float:
-    s = _summary(d)
+    s = read_json(d / "summary.json") or {}
     acc = s.get("best_val_acc", s.get("val_acc"))
     return float(acc) if isinstance(acc, (int, float)) and math.isfinite(acc) else -1.0
 
@@ -310,17 +301,13 @@ def _acc_text(d: Path) -> str:
     return f"recorded val acc {a:.4f}" if a >= 0 else "no recorded val acc"
 
 
-def _checkpoint(run_dir: Path, name: str = "best.pt") -> Path:
-    ck = run_dir / "checkpoints" / name
-    return ck if ck.exists() else run_dir / "checkpoints" / ("last.pt" if name == "best.pt" else "best.pt")
-
-
 def member_config(run_dir: Path):
     """A finished run's config (saved in its checkpoint) on the schema, ready to train again."""
-    from runner.checkpoint import load_checkpoint
+    from runner.checkpoint import best_checkpoint, load_checkpoint
     from runner.config import schema
 
-    raw = OmegaConf.to_container(OmegaConf.create(load_checkpoint(_checkpoint(run_dir))["config"]))
+    ck = best_checkpoint(run_dir, required=True)
+    raw = OmegaConf.to_container(OmegaConf.create(load_checkpoint(ck)["config"]))
     for key in ("from", "hydra"):
         raw.pop(key, None)
     raw.update({"init_from": None, "resume": False})
@@ -336,9 +323,11 @@ def sub_lineage(cand: Path, cand_cfg, role: str, label: str, ctx: Context, chang
     `changed` (key: value set on the candidate's config) and the squeeze run it belongs to.
     `source_stage` is the candidate's own stage (the run it reruns or continues was a
     regularize/train/... run); `note` says it is squeeze's candidate and what squeeze did."""
+    from runner.checkpoint import best_checkpoint
+
     stage = str(cand_cfg.stage.name)
     return {"source": str(cand), "source_stage": stage,
-            "config_file": str(config_file or _checkpoint(cand)),
+            "config_file": str(config_file or best_checkpoint(cand)),
             "note": note, "common_stage": stage, "from_source": {}, "from_stage": {},
             "from_command": {}, "weights": weights, "changed": changed,
             "changed_by": f"squeeze ({role})", "stage": "squeeze", "role": role, "label": label,
@@ -361,7 +350,7 @@ def seed_reruns(cand: Path, label: str, n: int, ctx: Context, root: Path) -> dic
     saved_epochs = int(base.trainer.epochs)
     # as many epochs as the candidate ran: a stage's own stop (overfit's training-loss target)
     # is not in its config; early stopping is, and applies again
-    ran = _summary(cand).get("epochs")
+    ran = (read_json(cand / "summary.json") or {}).get("epochs")
     if isinstance(ran, int) and ran > 0:
         base.trainer.epochs = ran
     s0 = int(base.seed)
@@ -394,7 +383,7 @@ def leave_training(cand: Path, extra: Optional[int], ctx: Context, path: Path) -
     from runner.checkpoint import load_checkpoint
     from runner.stages.common import sub_run
 
-    last = _checkpoint(cand, "last.pt")
+    last = cand / "checkpoints" / "last.pt"  # the resume machinery's checkpoint
     e0 = int(load_checkpoint(last)["loop"]["epoch"])
     extra = e0 if extra is None else int(extra)
     c = member_config(cand)
@@ -454,14 +443,14 @@ def choose(options: list[dict[str, Any]]) -> dict[str, Any]:
 
 def member_logits(run_dir: Path, original_cwd: str, device: torch.device):
     """(logits, targets, config, fingerprint) of a run's best checkpoint on its full val set."""
-    from runner.checkpoint import load_checkpoint
+    from runner.checkpoint import best_checkpoint, load_checkpoint
     from runner.data import build_data
     from runner.loop import evaluate
     from runner.models import build_model
 
-    ckpt = load_checkpoint(_checkpoint(run_dir))
+    ckpt = load_checkpoint(best_checkpoint(run_dir, required=True))
     mcfg = OmegaConf.create(ckpt["config"])
-    data = build_data(mcfg.data, original_cwd)
+    data = build_data(mcfg.data, original_cwd, model=mcfg.model)  # the run's own mean/std
     model = build_model(mcfg.model, data.num_classes, data.in_chans, original_cwd)
     model.load_state_dict(ckpt["model"])
     model.to(device)
@@ -479,7 +468,7 @@ def squeeze_lineage(ctx: Context, from_: list[Path], runs: list[Path], ranked: l
     used), the winner and runner-up. run() adds the sub-runs, the options and the adoption."""
 
     def stage_of(d: Path) -> Optional[str]:
-        return _summary(d).get("stage")
+        return (read_json(d / "summary.json") or {}).get("stage")
 
     def acc(d: Path) -> Optional[float]:
         a = _recorded_acc(d)

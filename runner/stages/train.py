@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
+from runner.config import override_key
 from runner.stages.protocol import Context, Headline, NoParams, Outcome, StageResult, run_check
 
 log = logging.getLogger("runner")
@@ -29,7 +30,7 @@ def outcome(run_dir: Path) -> Outcome:
 
 def headline(run_dir: Path, own: Sequence[str] = ()) -> Headline:
     """Its best val accuracy and what it changed (lineage.json, else its own overrides)."""
-    from runner.lineage import read_json
+    from runner.output import read_json
 
     s = read_json(run_dir / "summary.json") or {}
     return Headline(s.get("best_val_acc", s.get("val_acc")), changed(run_dir, s, own))
@@ -38,7 +39,7 @@ def headline(run_dir: Path, own: Sequence[str] = ()) -> Headline:
 def changed(run_dir: Path, summary: dict, own: Sequence[str] = ()) -> str:
     """One line: what a training stage changed relative to the previous one: its YAML's and
     its command's keys (lineage.json, written with from=), else its own overrides as given."""
-    from runner.lineage import read_json
+    from runner.output import read_json
 
     lin = read_json(run_dir / "lineage.json")
     if lin is not None:
@@ -46,7 +47,7 @@ def changed(run_dir: Path, summary: dict, own: Sequence[str] = ()) -> str:
         parts = [f"{k}={_short(v)}" for k, v in keys.items()
                  if not k.startswith(("checks.", "inspect."))]
     else:
-        parts = [o for o in own if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+        parts = [o for o in own if not override_key(o).startswith(("hydra.", "hydra/"))]
     if not parts:
         parts = [f"{summary.get('model', '?')}, {summary.get('epochs', '?')} epochs"]
     return " ".join(parts)

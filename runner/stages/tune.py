@@ -26,7 +26,9 @@ SWEEP = True
 def outcome(run_dir: Path) -> Outcome:
     """from=<a study>: the best trial's config and weights (study.json); a single
     `stage=tune` run without -m is a plain run."""
-    from runner.lineage import best_checkpoint, load_yaml, read_json, run_config, run_outcome
+    from runner.checkpoint import best_checkpoint
+    from runner.lineage import load_yaml, run_config, run_outcome
+    from runner.output import read_json
 
     study = read_json(run_dir / "study.json")
     if study is None:
@@ -45,7 +47,7 @@ def outcome(run_dir: Path) -> Outcome:
 
 def headline(run_dir: Path, own=()) -> Headline:
     """The best trial's val accuracy (whatever metric the study ranked by) and its params."""
-    from runner.lineage import read_json
+    from runner.output import read_json
 
     study = read_json(run_dir / "study.json")
     if study is None:
