@@ -15,18 +15,18 @@ link; a stage a stopped recipe never ran: "not run").
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
 from runner.checks.outcomes import recipe_gates, recipe_progress
-from runner.config import override_key
 from runner.errors import ConfigError
-from runner.output import read_json
 from runner.stages import train
 from runner.stages.protocol import Context, Headline, StageResult, run_check
 
@@ -66,6 +66,7 @@ def outcome(run_dir: Path):
     """from=<a recipe run>: its final model (the best passing stage's outcome), else the last
     training stage that finished."""
     from runner.lineage import outcome as outcome_of
+    from runner.lineage import read_json
     from runner.stages import stage_flag
 
     summary = read_json(run_dir / "summary.json") or {}
@@ -90,7 +91,7 @@ def outcome(run_dir: Path):
 
 def headline(run_dir: Path, own=()) -> Headline:
     """A recipe inside a recipe is refused; for a table of recipes: its final val accuracy."""
-    s = read_json(run_dir / "summary.json") or {}
+    s = _read(run_dir, "summary.json") or {}
     final = s.get("final") or {}
     return Headline(s.get("val_acc"), f"{len(s.get('stages') or [])} stage(s); final from "
                                       f"{final.get('stage', '?')}")
@@ -106,17 +107,18 @@ def params(cfg) -> dict[str, Any]:
 def passthrough(overrides: list[str]) -> list[str]:
     """The command's overrides every stage gets: not the recipe's own stage/hydra ones, nor
     its `from=` (the recipe decides where each stage starts: see `recipe_from`)."""
-    def recipes_own(key: str) -> bool:
-        return key in ("stage", "from") or key.startswith(("stage.", "hydra.", "hydra/"))
-
-    return [o for o in overrides if not recipes_own(override_key(o))]
+    return [o for o in overrides
+            if not o.lstrip("+~").startswith(("stage=", "stage.", "hydra.", "hydra/", "from="))]
 
 
 def recipe_from(overrides: list[str]) -> str | None:
     """`stage=recipe from=<dir>`: where the first training stage after baseline starts (and
     squeeze's candidates when no training stage ran before it)."""
-    return next((o.split("=", 1)[1] for o in overrides
-                 if "=" in o and override_key(o) == "from"), None)
+    return next((o.split("=", 1)[1] for o in overrides if o.lstrip("+~").startswith("from=")), None)
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
 
 
 def stage_overrides(per_stage: Any, name: str) -> list[str]:
@@ -144,8 +146,8 @@ def _compose_problem(e: BaseException, override: str | None, keys: list[str]) ->
 
 def _user_set(overrides: list[str], key: str) -> bool:
     """Whether the command set stage.params.per_stage.<key> (or the whole per_stage)."""
-    return any(override_key(o) in ("stage.params.per_stage", f"stage.params.per_stage.{key}")
-               or override_key(o).startswith(f"stage.params.per_stage.{key}.") for o in overrides)
+    return any(_key(o) in ("stage.params.per_stage", f"stage.params.per_stage.{key}")
+               or _key(o).startswith(f"stage.params.per_stage.{key}.") for o in overrides)
 
 
 def check_plan(cfg, p: dict[str, Any], overrides: list[str]) -> None:
@@ -199,8 +201,7 @@ def check_plan(cfg, p: dict[str, Any], overrides: list[str]) -> None:
     parser = OverridesParser.create()
 
     def composable(o: str) -> bool:
-        key = override_key(o)
-        return not key.startswith(("hydra.", "hydra/")) and key != "from"
+        return not o.lstrip("+~").startswith(("hydra.", "hydra/")) and _key(o) != "from"
 
     checked: set[str] = set()
     # the command's model./data. keys a stage's options do not read are left out for it
@@ -226,11 +227,11 @@ def check_plan(cfg, p: dict[str, Any], overrides: list[str]) -> None:
         if bad:
             problems += bad
             continue
-        unread = set(unread_keys(ccfg, [override_key(o) for o in common if composable(o)]))
-        dropped[name] = [o for o in common if override_key(o) in unread]
+        unread = set(unread_keys(ccfg, [_key(o) for o in common if composable(o)]))
+        dropped[name] = [o for o in common if _key(o) in unread]
         have = set(_flat_keys(ccfg))
         for o in swept:
-            k = override_key(o)
+            k = _key(o)
             if not o.startswith("+") and k not in have:
                 problems.append(f"{where}: {o}: {k} is not in the config{_close(k, sorted(have))}")
         mod = importlib.import_module(STAGES[name])
@@ -243,12 +244,19 @@ def check_plan(cfg, p: dict[str, Any], overrides: list[str]) -> None:
                 log.debug("recipe: stage %s's params not checked up front: %s", name, e)
     for o in common:
         if checked and all(o in dropped.get(n, []) for n in checked):
-            problems.append(f"{o}: no stage of this recipe reads {override_key(o)} with its "
-                            f"options ({', '.join(sorted(checked))}); set the option that reads "
-                            "it too (e.g. model=timm for model.name)")
+            problems.append(f"{o}: no stage of this recipe reads {_key(o)} with its options "
+                            f"({', '.join(sorted(checked))}); set the option that reads it too "
+                            "(e.g. model=timm for model.name)")
     if problems:
         raise ConfigError(problems)
     return dropped
+
+
+def _read(d: Path, name: str):
+    try:
+        return json.loads((d / name).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _fmt(v: Any) -> str:
@@ -329,10 +337,52 @@ def _run_stage(args: list[str], cwd: str, env: dict) -> tuple[int, list[str]]:
     return code, list(tail)
 
 
+# recipe.csv's and summary stages' time columns (seconds): the stage's process wall time (what
+# the user waits for), the wall_s its summary.json states (training and checks, without the
+# process start), and its sub-runs' (ladder rungs, study trials, squeeze's reruns) count and
+# summed summary wall_s
+TIME_COLUMNS = ("wall_s", "stage_wall_s", "sub_runs", "sub_runs_wall_s", "n_val")
+
+
+def sub_run_times(d: Path) -> list[dict[str, Any]]:
+    """[{dir (relative to d), wall_s}] of the runs inside stage directory `d` (each directory
+    below it with a summary.json, not nested in another): the breakdown of a ladder, a study
+    or a squeeze. Cheap: summaries only."""
+    from runner.lineage import read_json
+
+    found: list[Path] = []
+    for f in sorted(d.rglob("summary.json")) if d.is_dir() else []:
+        sub = f.parent
+        if sub != d and not any(sub.is_relative_to(x) for x in found):
+            found.append(sub)
+    out = []
+    for sub in found:
+        w = (read_json(sub / "summary.json") or {}).get("wall_s")
+        out.append({"dir": str(sub.relative_to(d)),
+                    "wall_s": round(float(w), 2) if isinstance(w, (int, float)) else None})
+    return out
+
+
+def stage_times(d: Path | None, s: dict[str, Any], wall: float | None) -> dict[str, Any]:
+    """A stage row's TIME_COLUMNS (None where it did not run) and its sub-runs' list."""
+    subs = sub_run_times(d) if d is not None else []
+    sub_wall = [x["wall_s"] for x in subs if x["wall_s"] is not None]
+    own = s.get("wall_s")
+    data = s.get("data") if isinstance(s.get("data"), dict) else {}
+    return {"wall_s": round(wall, 2) if wall is not None else None,
+            "stage_wall_s": round(float(own), 2) if isinstance(own, (int, float)) else None,
+            "sub_runs": len(subs) if d is not None else None,
+            "sub_runs_wall_s": round(sum(sub_wall), 2) if sub_wall else None,
+            "n_val": int(data["num_val"]) if data.get("num_val") else None,
+            "sub_runs_list": subs}
+
+
 def run(cfg, ctx: Context) -> StageResult:
-    from runner.report import Section, Table, Text
+    from runner.plots import recipe_walk
+    from runner.report import Figure, Section, Table, Text
     from runner.stages import get_stage, stage_flag
 
+    t_recipe = time.perf_counter()
     p = params(cfg)
     common = passthrough(list(ctx.overrides))
     rows: list[dict[str, Any]] = []
@@ -359,7 +409,7 @@ def run(cfg, ctx: Context) -> StageResult:
         # the last training stage that passed: this one starts from its outcome
         prev = next((dd for x, dd, c in reversed(done) if stage_flag(x, "TRAINS") and c == 0),
                      start) if stage_flag(name, "FROM_PREVIOUS") else None
-        if prev is not None and not any(override_key(a) == "from" for a in args):
+        if prev is not None and not any(a.lstrip("+").startswith("from=") for a in args):
             args.append(f"from={prev}")
         if stage_flag(name, "SWEEP"):
             args = ["-m", *args, f"hydra.sweep.dir={d}"]
@@ -368,10 +418,12 @@ def run(cfg, ctx: Context) -> StageResult:
         if hasattr(mod, "recipe_args"):  # e.g. squeeze: the earlier stages' runs as candidates
             args += mod.recipe_args(args, [(x, dd) for x, dd, _ in done], start)
         log.info("recipe: %d/%d %s: python -m runner %s", k, len(p["stages"]), name, " ".join(args))
+        t_stage = time.perf_counter()  # what the user waits for: the whole process
         code, tail = _run_stage(args, ctx.original_cwd, env)
+        wall = time.perf_counter() - t_stage
         done.append((name, d, code))
-        s = read_json(d / "summary.json") or {}
-        checks = read_json(d / "checks.json") or []
+        s = _read(d, "summary.json") or {}
+        checks = _read(d, "checks.json") or []
         if isinstance(s.get("data"), dict) and s["data"].get("num_val"):
             n_val = n_val or int(s["data"]["num_val"])
         ran = any((d / f).exists() for f in ("summary.json", "study.json", "runs.csv"))
@@ -385,7 +437,8 @@ def run(cfg, ctx: Context) -> StageResult:
                or s.get("checks_failed") or [],
                "dir": str(d), "report": f"{d.name}/report.html" if (d / "report.html").exists() else "",
                "error": _error_line(tail) if code != 0 and not (checks and any(
-                   c.get("status") == "fail" for c in checks)) else None}
+                   c.get("status") == "fail" for c in checks)) else None,
+               **stage_times(d, s, wall)}
         rows.append(row)
         if isinstance(acc, (int, float)):
             prev_acc = acc
@@ -401,13 +454,15 @@ def run(cfg, ctx: Context) -> StageResult:
     not_run = [f"{k}-{name}" for k, name in enumerate(p["stages"], start=1)][len(rows):]
     not_run_rows = [{"stage": x.split("-", 1)[1], "exit_code": None, "change": "not run",
                      "val_acc": None, "delta": None, "checks_failed": [],
-                     "dir": str(ctx.run.path / x), "report": "", "error": None} for x in not_run]
+                     "dir": str(ctx.run.path / x), "report": "", "error": None,
+                     **stage_times(None, {}, None)} for x in not_run]
 
     # the final model is the best passing stage's (not merely the last one's), and its val
     # accuracy is the recipe's: a failed last stage does not stand for the recipe's result
     final_run = final_model(rows)
     final = final_run["val_acc"] if final_run else None
-    recipe_csv = [{**r, "checks_failed": " ".join(r["checks_failed"])} for r in rows + not_run_rows]
+    recipe_csv = [{**{k: v for k, v in r.items() if k != "sub_runs_list"},
+                   "checks_failed": " ".join(r["checks_failed"])} for r in rows + not_run_rows]
     # a failed stage fails the recipe; continue_on_fail only decides whether it went on
     v = run_check(cfg.checks, "recipe.gates", lambda s: recipe_gates(
         len(p["stages"]), rows, failed, [x.split("-", 1)[1] for x in not_run], stopped))
@@ -419,7 +474,11 @@ def run(cfg, ctx: Context) -> StageResult:
     summary = {"stage": cfg.stage.name, "name": cfg.name, "val_acc": final, "val_loss": None,
                "stages": [{"stage": r["stage"], "val_acc": r["val_acc"],
                            "checks_failed": r["checks_failed"], "dir": r["dir"],
-                           "exit_code": r["exit_code"], "error": r["error"]} for r in rows],
+                           "exit_code": r["exit_code"], "error": r["error"],
+                           **{k: r[k] for k in TIME_COLUMNS}, "sub_runs_list": r["sub_runs_list"]}
+                          for r in rows],
+               # the recipe's own wall time (its stages, plus the up-front plan check)
+               "wall_s": round(time.perf_counter() - t_recipe, 2),
                "not_run": [x.split("-", 1)[1] for x in not_run],
                "final": final_run, "regressions": worse,
                "stopped": stopped, "checks_failed": [x.name for x in (v, v_reg) if x.status == "fail"],
@@ -431,8 +490,21 @@ def run(cfg, ctx: Context) -> StageResult:
                    "exit_code": "" if r["exit_code"] is None else r["exit_code"]}
                   for r in rows + not_run_rows]
     body: list[Any] = [Table(table_rows, ["stage", "change", "exit_code", "val_acc", "delta",
-                                          "checks_failed", "error", "link"],
+                                          "wall_s", "sub_runs", "checks_failed", "error",
+                                          "link"],
                              links={"link": "report"})]
+    if rows:
+        body.append(Figure(recipe_walk(
+            [f"{k}. {r['stage']}" for k, r in enumerate(rows, start=1)],
+            [r["val_acc"] for r in rows], [r["n_val"] or n_val for r in rows],
+            [r["wall_s"] for r in rows], [r["sub_runs_wall_s"] for r in rows],
+            title=f"recipe on {cfg.data.kind}: accuracy after each stage, and where the time "
+                  "went"), "recipe_stages"))
+        body.append(Text("Left: validation accuracy after each stage; the band is one standard "
+                         "error of an accuracy measured on n_val images, sqrt(p(1-p)/n_val): "
+                         "steps inside it are noise. Right: each stage's process wall time; the "
+                         "darker part is its sub-runs' own training time (ladder rungs, study "
+                         "trials, squeeze's reruns).", note=True))
     if failed:
         body.insert(0, Text(v.message, strong=True))
     if worse:
