@@ -14,9 +14,10 @@ from omegaconf import OmegaConf
 
 from runner.checks.training import train_fit
 from runner.checks.weights import neighbour_corr
+from runner.config import overrides_yaml
 from runner.errors import ConfigError
 from runner.stages.overfit import gap_of
-from runner.stages.regularize import decide, experiment_overrides, experiment_yaml
+from runner.stages.regularize import decide, experiment_overrides
 
 TINY = FAST + ["model.name=test_resnet"]
 
@@ -85,8 +86,8 @@ def test_train_fit_verdict_and_gap():
 
 
 def test_experiment_yaml_composes_to_the_kept_changes(tmp_path):
-    text = experiment_yaml(["aug=light", "optim.lr=3e-3", "model.drop_rate=0.2", "trainer.epochs=7"],
-                           groups={"aug", "optim", "model"}, header="test")
+    text = overrides_yaml(["aug=light", "optim.lr=3e-3", "model.drop_rate=0.2", "trainer.epochs=7"],
+                          groups={"aug", "optim", "model"}, header=["test"])
     assert text.startswith("# @package _global_\n")
     doc = yaml.safe_load(text)
     assert doc["defaults"] == [{"override /aug": "light"}]

@@ -15,7 +15,6 @@ link; a stage a stopped recipe never ran: "not run").
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -26,7 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
 from runner.checks.outcomes import recipe_gates, recipe_progress
+from runner.config import override_key
 from runner.errors import ConfigError
+from runner.output import read_json
 from runner.stages import train
 from runner.stages.protocol import Context, Headline, StageResult, run_check
 
@@ -66,7 +67,6 @@ def outcome(run_dir: Path):
     """from=<a recipe run>: its final model (the best passing stage's outcome), else the last
     training stage that finished."""
     from runner.lineage import outcome as outcome_of
-    from runner.lineage import read_json
     from runner.stages import stage_flag
 
     summary = read_json(run_dir / "summary.json") or {}
@@ -91,7 +91,7 @@ def outcome(run_dir: Path):
 
 def headline(run_dir: Path, own=()) -> Headline:
     """A recipe inside a recipe is refused; for a table of recipes: its final val accuracy."""
-    s = _read(run_dir, "summary.json") or {}
+    s = read_json(run_dir / "summary.json") or {}
     final = s.get("final") or {}
     return Headline(s.get("val_acc"), f"{len(s.get('stages') or [])} stage(s); final from "
                                       f"{final.get('stage', '?')}")
@@ -107,18 +107,17 @@ def params(cfg) -> dict[str, Any]:
 def passthrough(overrides: list[str]) -> list[str]:
     """The command's overrides every stage gets: not the recipe's own stage/hydra ones, nor
     its `from=` (the recipe decides where each stage starts: see `recipe_from`)."""
-    return [o for o in overrides
-            if not o.lstrip("+~").startswith(("stage=", "stage.", "hydra.", "hydra/", "from="))]
+    def recipes_own(key: str) -> bool:
+        return key in ("stage", "from") or key.startswith(("stage.", "hydra.", "hydra/"))
+
+    return [o for o in overrides if not recipes_own(override_key(o))]
 
 
 def recipe_from(overrides: list[str]) -> str | None:
     """`stage=recipe from=<dir>`: where the first training stage after baseline starts (and
     squeeze's candidates when no training stage ran before it)."""
-    return next((o.split("=", 1)[1] for o in overrides if o.lstrip("+~").startswith("from=")), None)
-
-
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
+    return next((o.split("=", 1)[1] for o in overrides
+                 if "=" in o and override_key(o) == "from"), None)
 
 
 def stage_overrides(per_stage: Any, name: str) -> list[str]:
@@ -146,8 +145,8 @@ def _compose_problem(e: BaseException, override: str | None, keys: list[str]) ->
 
 def _user_set(overrides: list[str], key: str) -> bool:
     """Whether the command set stage.params.per_stage.<key> (or the whole per_stage)."""
-    return any(_key(o) in ("stage.params.per_stage", f"stage.params.per_stage.{key}")
-               or _key(o).startswith(f"stage.params.per_stage.{key}.") for o in overrides)
+    return any(override_key(o) in ("stage.params.per_stage", f"stage.params.per_stage.{key}")
+               or override_key(o).startswith(f"stage.params.per_stage.{key}.") for o in overrides)
 
 
 def check_plan(cfg, p: dict[str, Any], overrides: list[str]) -> None:
@@ -201,7 +200,8 @@ def check_plan(cfg, p: dict[str, Any], overrides: list[str]) -> None:
     parser = OverridesParser.create()
 
     def composable(o: str) -> bool:
-        return not o.lstrip("+~").startswith(("hydra.", "hydra/")) and _key(o) != "from"
+        key = override_key(o)
+        return not key.startswith(("hydra.", "hydra/")) and key != "from"
 
     checked: set[str] = set()
     # the command's model./data. keys a stage's options do not read are left out for it
@@ -227,11 +227,11 @@ def check_plan(cfg, p: dict[str, Any], overrides: list[str]) -> None:
         if bad:
             problems += bad
             continue
-        unread = set(unread_keys(ccfg, [_key(o) for o in common if composable(o)]))
-        dropped[name] = [o for o in common if _key(o) in unread]
+        unread = set(unread_keys(ccfg, [override_key(o) for o in common if composable(o)]))
+        dropped[name] = [o for o in common if override_key(o) in unread]
         have = set(_flat_keys(ccfg))
         for o in swept:
-            k = _key(o)
+            k = override_key(o)
             if not o.startswith("+") and k not in have:
                 problems.append(f"{where}: {o}: {k} is not in the config{_close(k, sorted(have))}")
         mod = importlib.import_module(STAGES[name])
@@ -244,19 +244,12 @@ def check_plan(cfg, p: dict[str, Any], overrides: list[str]) -> None:
                 log.debug("recipe: stage %s's params not checked up front: %s", name, e)
     for o in common:
         if checked and all(o in dropped.get(n, []) for n in checked):
-            problems.append(f"{o}: no stage of this recipe reads {_key(o)} with its options "
-                            f"({', '.join(sorted(checked))}); set the option that reads it too "
-                            "(e.g. model=timm for model.name)")
+            problems.append(f"{o}: no stage of this recipe reads {override_key(o)} with its "
+                            f"options ({', '.join(sorted(checked))}); set the option that reads "
+                            "it too (e.g. model=timm for model.name)")
     if problems:
         raise ConfigError(problems)
     return dropped
-
-
-def _read(d: Path, name: str):
-    try:
-        return json.loads((d / name).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _fmt(v: Any) -> str:
@@ -348,8 +341,6 @@ def sub_run_times(d: Path) -> list[dict[str, Any]]:
     """[{dir (relative to d), wall_s}] of the runs inside stage directory `d` (each directory
     below it with a summary.json, not nested in another): the breakdown of a ladder, a study
     or a squeeze. Cheap: summaries only."""
-    from runner.lineage import read_json
-
     found: list[Path] = []
     for f in sorted(d.rglob("summary.json")) if d.is_dir() else []:
         sub = f.parent
@@ -409,7 +400,7 @@ def run(cfg, ctx: Context) -> StageResult:
         # the last training stage that passed: this one starts from its outcome
         prev = next((dd for x, dd, c in reversed(done) if stage_flag(x, "TRAINS") and c == 0),
                      start) if stage_flag(name, "FROM_PREVIOUS") else None
-        if prev is not None and not any(a.lstrip("+").startswith("from=") for a in args):
+        if prev is not None and not any(override_key(a) == "from" for a in args):
             args.append(f"from={prev}")
         if stage_flag(name, "SWEEP"):
             args = ["-m", *args, f"hydra.sweep.dir={d}"]
@@ -422,8 +413,8 @@ def run(cfg, ctx: Context) -> StageResult:
         code, tail = _run_stage(args, ctx.original_cwd, env)
         wall = time.perf_counter() - t_stage
         done.append((name, d, code))
-        s = _read(d, "summary.json") or {}
-        checks = _read(d, "checks.json") or []
+        s = read_json(d / "summary.json") or {}
+        checks = read_json(d / "checks.json") or []
         if isinstance(s.get("data"), dict) and s["data"].get("num_val"):
             n_val = n_val or int(s["data"]["num_val"])
         ran = any((d / f).exists() for f in ("summary.json", "study.json", "runs.csv"))
