@@ -13,6 +13,7 @@ Prints: recall per planted kind, clean images in any near-duplicate group or lea
 another clean image (the false alarms: goal <= 0.1%), clean images flagged blurry, and the
 seconds per phase.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,7 +57,7 @@ def clean_image(rng: np.random.Generator, ph, params: bool = False):
     y = int(rng.integers(0, p.shape[0] - ext + 1))
     x = int(rng.integers(0, p.shape[1] - ext + 1))
     angle = float(rng.uniform(0, 360))
-    im = Image.fromarray(p[y:y + ext, x:x + ext]).rotate(angle, Image.BILINEAR)
+    im = Image.fromarray(p[y : y + ext, x : x + ext]).rotate(angle, Image.BILINEAR)
     c = (ext - side) // 2
     im = im.crop((c, c, c + side, c + side)).resize((SIZE, SIZE), Image.BILINEAR)
     a = np.asarray(im)
@@ -71,8 +72,13 @@ def same_view(p, q) -> bool:
     within 15 degrees."""
     (k1, y1, x1, s1, a1, f1), (k2, y2, x2, s2, a2, f2) = p, q
     da = abs((a1 - a2 + 180) % 360 - 180)
-    return (k1 == k2 and f1 == f2 and np.hypot(y1 - y2, x1 - x2) < 0.15 * min(s1, s2)
-            and abs(np.log(s1 / s2)) < 0.15 and da < 15)
+    return (
+        k1 == k2
+        and f1 == f2
+        and np.hypot(y1 - y2, x1 - x2) < 0.15 * min(s1, s2)
+        and abs(np.log(s1 / s2)) < 0.15
+        and da < 15
+    )
 
 
 def encode(a: np.ndarray, fmt: str, q: int = 90) -> bytes:
@@ -94,8 +100,9 @@ def planted(kind: str, a: np.ndarray, rng: np.random.Generator) -> bytes:
         return encode(s, "PNG")
     if kind == "crop":  # 2-4% off the sides, resized back
         k = int(rng.integers(1, 3))
-        return encode(np.asarray(Image.fromarray(a[k:-k, k:-k]).resize((SIZE, SIZE),
-                                                                       Image.BILINEAR)), "PNG")
+        return encode(
+            np.asarray(Image.fromarray(a[k:-k, k:-k]).resize((SIZE, SIZE), Image.BILINEAR)), "PNG"
+        )
     im = Image.fromarray(a).filter(ImageFilter.GaussianBlur(float(rng.uniform(2.5, 4))))
     return encode(np.asarray(im), "JPEG", int(rng.integers(75, 96)))
 
@@ -113,8 +120,11 @@ def make_chunk(args):
         rng = np.random.default_rng([seed, i])
         if i < n_clean:
             a = clean_image(rng, ph)
-            raw = encode(a, "JPEG", int(rng.integers(75, 96))) if rng.random() < 0.5 \
+            raw = (
+                encode(a, "JPEG", int(rng.integers(75, 96)))
+                if rng.random() < 0.5
                 else encode(a, "PNG")
+            )
         else:
             kind, src = plants[i - n_clean]
             a = np.asarray(Image.open(io.BytesIO(_clean_bytes(src, seed, ph))).convert("RGB"))
@@ -172,18 +182,22 @@ def main(argv=None):
     for g in groups:
         m = g["members"]
         linked |= {(x, y) for x in m for y in m}
-    print(f"{n} clean + {a.plant} planted images; build {t_build:.0f} s "
-          f"({(n + a.plant) / t_build:.0f} images/s), near-duplicate search {t_near:.1f} s "
-          f"({len(pairs)} near pairs)")
+    print(
+        f"{n} clean + {a.plant} planted images; build {t_build:.0f} s "
+        f"({(n + a.plant) / t_build:.0f} images/s), near-duplicate search {t_near:.1f} s "
+        f"({len(pairs)} near pairs)"
+    )
     for k in PLANTED[:3]:
         idx = [i for i in range(n, len(kind)) if kind[i] == k]
         hit = sum((int(src[i]), i) in linked for i in idx)
         print(f"  {k:9s} copies in val found as leaks: {hit}/{len(idx)} ({hit / len(idx):.1%})")
     blur = np.array([i for i in range(n, len(kind)) if kind[i] == "blur"])
     flagged = flags["data.blurry"][0]
-    print(f"  blurred JPEGs flagged blurry: {int(flagged[blur].sum())}/{len(blur)} "
-          f"({flagged[blur].mean():.1%}); clean images flagged blurry: "
-          f"{int(flagged[:n].sum())}/{n} ({flagged[:n].mean():.2%})")
+    print(
+        f"  blurred JPEGs flagged blurry: {int(flagged[blur].sum())}/{len(blur)} "
+        f"({flagged[blur].mean():.1%}); clean images flagged blurry: "
+        f"{int(flagged[:n].sum())}/{n} ({flagged[:n].mean():.2%})"
+    )
     # false alarms: clean images tied to another clean image that is not the same view
     ph = photos()
 
@@ -197,9 +211,11 @@ def main(argv=None):
     bad, same = set(), set()
     for i, j in ties:
         (same if same_view(view(i), view(j)) else bad).update((i, j))
-    print(f"  clean images in a near-duplicate group or leak with another clean image: "
-          f"{len(bad)}/{n} ({len(bad) / n:.3%}) false alarms, plus {len(same - bad)} that show "
-          "the same view of the photo (true near-duplicates the generator made)")
+    print(
+        f"  clean images in a near-duplicate group or leak with another clean image: "
+        f"{len(bad)}/{n} ({len(bad) / n:.3%}) false alarms, plus {len(same - bad)} that show "
+        "the same view of the photo (true near-duplicates the generator made)"
+    )
     return 0
 
 

@@ -3,6 +3,7 @@
 Exit codes (DESIGN.md): 0 finished and no check failed; 1 a check failed (or NaN loss);
 2 bad config or bad input, before training.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,9 +39,11 @@ def _preprocess(argv: List[str]) -> List[str]:
         if a.startswith("hydra.run.dir=") and "-m" not in argv and "--multirun" not in argv:
             target = Path(a.split("=", 1)[1]).expanduser()
             if (target / "summary.json").exists():
-                print(f"config error: hydra.run.dir={target} already holds a finished run "
-                      "(summary.json); refusing to overwrite it: choose another directory",
-                      file=sys.stderr)
+                print(
+                    f"config error: hydra.run.dir={target} already holds a finished run "
+                    "(summary.json); refusing to overwrite it: choose another directory",
+                    file=sys.stderr,
+                )
                 raise SystemExit(2)
         if a.startswith("resume=") and not any(x.startswith("hydra.run.dir=") for x in argv):
             value = a.split("=", 1)[1]
@@ -55,7 +58,7 @@ def _preprocess(argv: List[str]) -> List[str]:
                     ck = find_resume_checkpoint(True, Path.cwd() / "outputs")
                 except ConfigError as e:
                     print(f"config error: {e}", file=sys.stderr)
-                    raise SystemExit(2)
+                    raise SystemExit(2) from None
                 target = ck.parent.parent
                 out[out.index(a)] = f"resume={target}"
             else:
@@ -87,8 +90,13 @@ def _original_overrides(path: Path, argv: List[str]) -> List[str]:
     from runner.config import override_key
 
     mine = {override_key(a) for a in argv if "=" in a}
-    return [o for o in recorded if "=" in o and override_key(o) not in mine
-            and not override_key(o).startswith(("hydra.run", "resume"))]
+    return [
+        o
+        for o in recorded
+        if "=" in o
+        and override_key(o) not in mine
+        and not override_key(o).startswith(("hydra.run", "resume"))
+    ]
 
 
 def _distributed(argv: List[str]) -> List[str]:
@@ -127,11 +135,17 @@ def unknown_key_message(override: str, err: BaseException) -> Optional[str]:
     near = difflib.get_close_matches(leaf, options, n=3, cutoff=0.6)
     where = f"{parent} has no key {leaf!r}" if parent else f"the config has no key {leaf!r}"
     if near:
-        hint = "; did you mean " + ", ".join(repr(f"{parent}.{n}" if parent else n) for n in near) + "?"
+        hint = (
+            "; did you mean "
+            + ", ".join(repr(f"{parent}.{n}" if parent else n) for n in near)
+            + "?"
+        )
     elif not options and parent.endswith("stage.params"):
         hint = "; this stage takes no stage.params (python -m runner --help lists the stages)"
     elif options:
-        hint = f"; its keys: {', '.join(sorted(options)[:20])}" + (" ..." if len(options) > 20 else "")
+        hint = f"; its keys: {', '.join(sorted(options)[:20])}" + (
+            " ..." if len(options) > 20 else ""
+        )
     else:
         hint = ""
     return f"config error: {override}: {where}{hint} (python -m runner --cfg job prints every key)"
@@ -145,8 +159,10 @@ def yaml_error_message(e: BaseException) -> str:
     what = getattr(e, "problem", None) or str(e).splitlines()[0]
     ctx, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
     started = f" ({ctx} that began at line {cmark.line + 1})" if ctx and cmark else ""
-    return (f"config error: {where}: not valid YAML: {what}{started}; fix the file (a YAML "
-            "checker shows the spot), e.g. a missing closing bracket or quote, or a tab indent")
+    return (
+        f"config error: {where}: not valid YAML: {what}{started}; fix the file (a YAML "
+        "checker shows the spot), e.g. a missing closing bracket or quote, or a tab indent"
+    )
 
 
 def _friendly_hydra_errors(task):
@@ -188,8 +204,10 @@ def _friendly_hydra_errors(task):
             print(yaml_error_message(e), file=sys.stderr)
             raise SystemExit(1) from None  # before the task: main() makes it exit 2
         print("".join(traceback.format_exception_only(type(e), e)).rstrip(), file=sys.stderr)
-        print("Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.",
-              file=sys.stderr)
+        print(
+            "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.",
+            file=sys.stderr,
+        )
         raise SystemExit(1) from None
     finally:
         if not own:

@@ -19,6 +19,7 @@ Used by `SweepSummary` (a Hydra callback registered in conf/config.yaml: every `
 ends with it) and by `python -m runner aggregate DIR...`. No torch here: it must stay
 cheap to import, Hydra loads the callback on every start.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,18 @@ from runner.output import read_json
 log = logging.getLogger("runner")
 
 # summary.json figures copied into runs.csv, in this order (other numeric ones follow)
-FIGURES = ("val_acc", "val_loss", "train_loss", "train_acc", "best_val_acc", "best_val_loss",
-           "epochs", "params", "images_per_s", "wall_s")
+FIGURES = (
+    "val_acc",
+    "val_loss",
+    "train_loss",
+    "train_acc",
+    "best_val_acc",
+    "best_val_loss",
+    "epochs",
+    "params",
+    "images_per_s",
+    "wall_s",
+)
 # figures that get mean/std per seed group (the main metric is always added)
 GROUP_FIGURES = ("val_acc", "val_loss", "train_loss", "best_val_acc", "epochs", "wall_s")
 CHECK_STATUSES = ("pass", "warn", "fail", "skip")
@@ -75,10 +86,18 @@ def write_job_error(run_dir: Path, exc: BaseException, exit_code: int, prefix: s
 
     message = f"{prefix}{exc}" if prefix else f"{type(exc).__name__}: {exc}"
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return RunDir(run_dir).write_json(ERROR_FILE, {
-        "status": "failed", "error": one_line(message), "message": message,
-        "type": type(exc).__name__, "exit_code": exit_code, "traceback": tb,
-        "time": datetime.now().isoformat(timespec="seconds")})
+    return RunDir(run_dir).write_json(
+        ERROR_FILE,
+        {
+            "status": "failed",
+            "error": one_line(message),
+            "message": message,
+            "type": type(exc).__name__,
+            "exit_code": exit_code,
+            "traceback": tb,
+            "time": datetime.now().isoformat(timespec="seconds"),
+        },
+    )
 
 
 # ----------------------------------------------------------------------------- reading jobs
@@ -147,23 +166,31 @@ def find_job_dirs(paths: Sequence[Path]) -> list[Path]:
     for p in paths:
         p = Path(p)
         if not p.is_dir():
-            raise ConfigError(f"aggregate: {p} is not a directory; expected a sweep directory "
-                              "(multirun/<date>/<time>) or a run directory (with .hydra/)")
+            raise ConfigError(
+                f"aggregate: {p} is not a directory; expected a sweep directory "
+                "(multirun/<date>/<time>) or a run directory (with .hydra/)"
+            )
         if is_job_dir(p):
             found.append(p)
             continue
         found += [h.parent for h in p.rglob(".hydra") if h.is_dir()]
     unique = sorted({d.resolve() for d in found}, key=_job_sort_key)
     if not unique:
-        raise ConfigError(f"aggregate: no run directories (with .hydra/) under "
-                          f"{', '.join(str(p) for p in paths)}; expected multirun/<date>/<time> "
-                          "sweep folders or outputs/<date>/<time> run folders")
+        raise ConfigError(
+            f"aggregate: no run directories (with .hydra/) under "
+            f"{', '.join(str(p) for p in paths)}; expected multirun/<date>/<time> "
+            "sweep folders or outputs/<date>/<time> run folders"
+        )
     return unique
 
 
 def _job_sort_key(p: Path):
-    return (str(p.parent), 0 if p.name.isdigit() else 1, int(p.name) if p.name.isdigit() else 0,
-            p.name)
+    return (
+        str(p.parent),
+        0 if p.name.isdigit() else 1,
+        int(p.name) if p.name.isdigit() else 0,
+        p.name,
+    )
 
 
 @dataclass
@@ -221,7 +248,8 @@ def load_job(path: Path) -> Job:
     error = error if isinstance(error, dict) else None
     error_is_current = error is not None and (  # a later resume may have finished the job
         summary is None
-        or (path / ERROR_FILE).stat().st_mtime >= (path / "summary.json").stat().st_mtime)
+        or (path / ERROR_FILE).stat().st_mtime >= (path / "summary.json").stat().st_mtime
+    )
     figures: dict[str, Any] = {}
     checks = {s: 0 for s in CHECK_STATUSES}
     checks_failed: list[str] = []
@@ -243,13 +271,26 @@ def load_job(path: Path) -> Job:
         code = 1 if status == "nonfinite" or (checks["fail"] and strict is not False) else 0
     else:
         status, code = "incomplete", None
-        err = _last_log_error(path) or ("no summary.json: still running, killed, or stopped "
-                                        "before writing results")
+        err = _last_log_error(path) or (
+            "no summary.json: still running, killed, or stopped before writing results"
+        )
     stage = (summary or {}).get("stage") or _select(cfg, "stage.name") or choices.get("stage")
     resumed = bool((summary or {}).get("resumed_from")) or bool(earlier)
-    return Job(path=path, overrides=overrides, stage=stage, seed=seed, status=status, error=err,
-               exit_code=code, figures=figures, checks=checks, checks_failed=checks_failed,
-               resumed=resumed, config=cfg, choices=choices)
+    return Job(
+        path=path,
+        overrides=overrides,
+        stage=stage,
+        seed=seed,
+        status=status,
+        error=err,
+        exit_code=code,
+        figures=figures,
+        checks=checks,
+        checks_failed=checks_failed,
+        resumed=resumed,
+        config=cfg,
+        choices=choices,
+    )
 
 
 def _last_log_error(path: Path) -> str | None:
@@ -296,8 +337,13 @@ def _key(v: Any) -> str:
     return json.dumps(v, sort_keys=True, default=str)
 
 
-def build_table(jobs: Sequence[Job], out_dir: Path, metric: str = "val_acc",
-                mode: str = "max", require_metric: bool = True) -> SweepTable:
+def build_table(
+    jobs: Sequence[Job],
+    out_dir: Path,
+    metric: str = "val_acc",
+    mode: str = "max",
+    require_metric: bool = True,
+) -> SweepTable:
     if mode not in ("max", "min"):
         raise ConfigError(f"aggregate: mode={mode!r} must be 'max' or 'min'")
     keys: list[str] = []
@@ -305,7 +351,7 @@ def build_table(jobs: Sequence[Job], out_dir: Path, metric: str = "val_acc",
         keys += [k for k in j.overrides if k not in keys]
     if not any(_finite(j.figures.get(metric)) for j in jobs) and any(j.figures for j in jobs):
         avail = sorted({k for j in jobs for k, v in j.figures.items() if _finite(v)})
-        msg = (f"metric={metric!r} is in no summary.json; expected one of {', '.join(avail)}")
+        msg = f"metric={metric!r} is in no summary.json; expected one of {', '.join(avail)}"
         if require_metric:
             raise ConfigError(f"aggregate: {msg}")
         log.warning("sweep summary: %s; groups are not ranked", msg)
@@ -317,25 +363,44 @@ def build_table(jobs: Sequence[Job], out_dir: Path, metric: str = "val_acc",
     for j in jobs:
         row: dict[str, Any] = {
             "sweep": _rel(j.path.parent, out_dir) if multi_sweep else j.path.parent.name,
-            "job": j.path.name, "stage": j.stage}
+            "job": j.path.name,
+            "stage": j.stage,
+        }
         row.update({k: j.value(k) for k in keys})
         row["seed"] = j.seed
         row.update({"status": j.status, "exit_code": j.exit_code, "error": j.error})
         has_result = j.status not in NO_RESULT
         row.update({k: j.figures.get(k) if has_result else None for k in figure_keys})
         row.update({f"checks_{s}": j.checks[s] for s in CHECK_STATUSES})
-        row.update({"checks_failed": " ".join(j.checks_failed), "resumed": j.resumed,
-                    "run_dir": _rel(j.path, out_dir)})
+        row.update(
+            {
+                "checks_failed": " ".join(j.checks_failed),
+                "resumed": j.resumed,
+                "run_dir": _rel(j.path, out_dir),
+            }
+        )
         rows.append(row)
     group_keys = ["stage"] + keys
     varied = [k for k in group_keys if len({_key(r.get(k)) for r in rows}) > 1]
     fixed = {k: rows[0].get(k) for k in group_keys if k not in varied} if rows else {}
     groups = seed_groups(rows, group_keys, varied, metric, mode)
     codes = [r["exit_code"] for r in rows if isinstance(r["exit_code"], int)]
-    failed = [dict(r, path=_rel(j.path, Path.cwd())) for r, j in zip(rows, jobs)
-              if r["status"] in NO_RESULT]
-    return SweepTable(rows=rows, groups=groups, keys=keys, varied=varied, fixed=fixed,
-                      metric=metric, mode=mode, exit_code=max(codes, default=0), failed=failed)
+    failed = [
+        dict(r, path=_rel(j.path, Path.cwd()))
+        for r, j in zip(rows, jobs)
+        if r["status"] in NO_RESULT
+    ]
+    return SweepTable(
+        rows=rows,
+        groups=groups,
+        keys=keys,
+        varied=varied,
+        fixed=fixed,
+        metric=metric,
+        mode=mode,
+        exit_code=max(codes, default=0),
+        failed=failed,
+    )
 
 
 def _rel(p: Path, base: Path) -> str:
@@ -345,8 +410,13 @@ def _rel(p: Path, base: Path) -> str:
         return str(Path(p).resolve())
 
 
-def seed_groups(rows: Sequence[dict[str, Any]], group_keys: Sequence[str], varied: Sequence[str],
-                metric: str, mode: str) -> list[dict[str, Any]]:
+def seed_groups(
+    rows: Sequence[dict[str, Any]],
+    group_keys: Sequence[str],
+    varied: Sequence[str],
+    metric: str,
+    mode: str,
+) -> list[dict[str, Any]]:
     """Jobs equal in every key but `seed`: mean, std (n-1) and count per figure, ranked.
 
     The recipe's warning applies: a difference within seed-to-seed noise is no difference.
@@ -366,9 +436,14 @@ def seed_groups(rows: Sequence[dict[str, Any]], group_keys: Sequence[str], varie
     for members in buckets.values():
         g: dict[str, Any] = {k: members[0].get(k) for k in varied}
         done = [r for r in members if _finite(r.get(metric))]
-        g.update({"n": len(done), "jobs": len(members),
-                  "failed": sum(r["status"] in NO_RESULT for r in members),
-                  "seeds": " ".join(str(r.get("seed")) for r in members)})
+        g.update(
+            {
+                "n": len(done),
+                "jobs": len(members),
+                "failed": sum(r["status"] in NO_RESULT for r in members),
+                "seeds": " ".join(str(r.get("seed")) for r in members),
+            }
+        )
         for f in figures:
             vals = [float(r[f]) for r in members if _finite(r.get(f))]
             g[f"{f}_mean"] = statistics.fmean(vals) if vals else None
@@ -393,10 +468,20 @@ def seed_groups(rows: Sequence[dict[str, Any]], group_keys: Sequence[str], varie
         else:
             g["vs_best"] = "significant" if d.significant else "not significant"
     for g in unranked:
-        g.update({"rank": None, "delta_vs_best": None, "p_value": None, "test": None,
-                  "vs_best": "no result" if g["failed"] == g["jobs"] else f"no {metric}"})
-    order = ["rank"] + list(varied) + ["n", "jobs", "failed", "vs_best", "delta_vs_best",
-                                       "p_value", "test"]
+        g.update(
+            {
+                "rank": None,
+                "delta_vs_best": None,
+                "p_value": None,
+                "test": None,
+                "vs_best": "no result" if g["failed"] == g["jobs"] else f"no {metric}",
+            }
+        )
+    order = (
+        ["rank"]
+        + list(varied)
+        + ["n", "jobs", "failed", "vs_best", "delta_vs_best", "p_value", "test"]
+    )
     return [{**{k: g.get(k) for k in order}, **g} for g in ranked + unranked]
 
 
@@ -416,8 +501,13 @@ def report_name(out_dir: Path) -> str:
     return "runs.html" if theirs else "report.html"
 
 
-def summarize(paths: Sequence[Path], out_dir: Path, metric: str = "val_acc",
-              mode: str = "max", require_metric: bool = True) -> SweepTable:
+def summarize(
+    paths: Sequence[Path],
+    out_dir: Path,
+    metric: str = "val_acc",
+    mode: str = "max",
+    require_metric: bool = True,
+) -> SweepTable:
     """Read every job under `paths`, write runs.csv, groups.csv, report.html into out_dir."""
     from runner.output import RunDir
 
@@ -448,14 +538,17 @@ def metric_by_key(tab: SweepTable):
     for ax, key in zip(axes[0], keys):
         pts = [(r.get(key), float(r[tab.metric])) for r in tab.rows if _finite(r.get(tab.metric))]
         numeric = all(_finite(x) for x, _ in pts)
-        values = sorted({x for x, _ in pts}, key=lambda v: (v if numeric else str(v)))
+        values = sorted({x for x, _ in pts}, key=lambda v: v if numeric else str(v))
         pos = {v: (v if numeric else i) for i, v in enumerate(values)}
         ax.plot([pos[x] for x, _ in pts], [y for _, y in pts], "o", alpha=0.5, label="job")
         means = [statistics.fmean([y for x, y in pts if x == v]) for v in values]
-        stds = [statistics.stdev(ys) if len(ys := [y for x, y in pts if x == v]) > 1 else 0.0
-                for v in values]
-        ax.errorbar([pos[v] for v in values], means, yerr=stds, fmt="s-", capsize=4,
-                    label="mean ± std")
+        stds = [
+            statistics.stdev(ys) if len(ys := [y for x, y in pts if x == v]) > 1 else 0.0
+            for v in values
+        ]
+        ax.errorbar(
+            [pos[v] for v in values], means, yerr=stds, fmt="s-", capsize=4, label="mean ± std"
+        )
         if numeric and len(values) > 1 and min(values) > 0 and max(values) / min(values) >= 10:
             ax.set_xscale("log")
         if not numeric or len(values) <= 8:  # label the values tried, not a dense number line
@@ -463,8 +556,10 @@ def metric_by_key(tab: SweepTable):
             ax.minorticks_off()
         ax.set(title=f"{tab.metric} by {key}", xlabel=key, ylabel=tab.metric)
         ax.legend(fontsize=8)
-    fig.suptitle(f"{tab.metric} per varied key ({len(tab.rows)} jobs, "
-                 f"{'higher' if tab.mode == 'max' else 'lower'} is better)")
+    fig.suptitle(
+        f"{tab.metric} per varied key ({len(tab.rows)} jobs, "
+        f"{'higher' if tab.mode == 'max' else 'lower'} is better)"
+    )
     fig.tight_layout()
     return fig
 
@@ -482,53 +577,90 @@ def _pm(mean: Any, std: Any) -> str:
     return fmt(mean) + (f" ± {fmt(std)}" if std is not None else "")
 
 
-def render_report(tab: SweepTable, out_dir: Path, figs: Sequence[str],
-                  sources: Sequence[str]) -> str:
+def render_report(
+    tab: SweepTable, out_dir: Path, figs: Sequence[str], sources: Sequence[str]
+) -> str:
     from runner.report import Report, esc, images, kv_table, status_badge, table
 
     counts = tab.counts()
     best = tab.groups[0] if tab.groups and tab.groups[0].get("rank") == 1 else None
-    rep = Report(f"Sweep: {len(tab.rows)} jobs, {len(tab.groups)} seed groups",
-                 subtitle=f"from {', '.join(sources)}  ·  ranked by {tab.metric} "
-                          f"({'higher' if tab.mode == 'max' else 'lower'} is better)",
-                 kpis={"jobs": len(tab.rows),
-                       "with results": len(tab.rows) - sum(counts.get(s, 0) for s in NO_RESULT),
-                       "failed": counts.get("failed", 0),
-                       "incomplete": counts.get("incomplete", 0),
-                       f"best {tab.metric}": (_pm(best[f"{tab.metric}_mean"],
-                                                  best[f"{tab.metric}_std"]) if best else "n/a")})
+    rep = Report(
+        f"Sweep: {len(tab.rows)} jobs, {len(tab.groups)} seed groups",
+        subtitle=f"from {', '.join(sources)}  ·  ranked by {tab.metric} "
+        f"({'higher' if tab.mode == 'max' else 'lower'} is better)",
+        kpis={
+            "jobs": len(tab.rows),
+            "with results": len(tab.rows) - sum(counts.get(s, 0) for s in NO_RESULT),
+            "failed": counts.get("failed", 0),
+            "incomplete": counts.get("incomplete", 0),
+            f"best {tab.metric}": (
+                _pm(best[f"{tab.metric}_mean"], best[f"{tab.metric}_std"]) if best else "n/a"
+            ),
+        },
+    )
     if tab.failed:
-        rows = [{"job": f'<a href="{esc(r["run_dir"])}/runner.log">{esc(r["run_dir"])}</a>',
-                 "status": status_badge("fail" if r["status"] == "failed" else "skip") + " "
-                 + esc(r["status"]),
-                 "overrides": esc(" ".join(f"{k}={_show(r.get(k))}"
-                                           for k in tab.varied + ["seed"])),
-                 "error": esc(r["error"] or "")} for r in tab.failed]
-        rep.add("Failed jobs", table(rows, ["job", "status", "overrides", "error"],
-                                     raw=("job", "status", "overrides", "error")))
-    note = ("<p class='sub'>Jobs equal in every key but <code>seed</code> form a group. Each "
-            "group is compared with the best by Welch's t-test over their seeds (two-sided): "
-            "p &gt; 0.05 is <b>not significant</b>, a difference within seed noise.</p>")
+        rows = [
+            {
+                "job": f'<a href="{esc(r["run_dir"])}/runner.log">{esc(r["run_dir"])}</a>',
+                "status": status_badge("fail" if r["status"] == "failed" else "skip")
+                + " "
+                + esc(r["status"]),
+                "overrides": esc(" ".join(f"{k}={_show(r.get(k))}" for k in tab.varied + ["seed"])),
+                "error": esc(r["error"] or ""),
+            }
+            for r in tab.failed
+        ]
+        rep.add(
+            "Failed jobs",
+            table(
+                rows,
+                ["job", "status", "overrides", "error"],
+                raw=("job", "status", "overrides", "error"),
+            ),
+        )
+    note = (
+        "<p class='sub'>Jobs equal in every key but <code>seed</code> form a group. Each "
+        "group is compared with the best by Welch's t-test over their seeds (two-sided): "
+        "p &gt; 0.05 is <b>not significant</b>, a difference within seed noise.</p>"
+    )
     if tab.groups and all(g["n"] < 2 for g in tab.groups):
-        note += ("<p class='sub'>No group has two or more seeds: add e.g. <code>seed=1,2,3</code> "
-                 "to the sweep to measure seed noise.</p>")
+        note += (
+            "<p class='sub'>No group has two or more seeds: add e.g. <code>seed=1,2,3</code> "
+            "to the sweep to measure seed noise.</p>"
+        )
     fig_cols = [tab.metric] + [f for f in GROUP_FIGURES if f != tab.metric]
     grows = []
     for g in tab.groups:
-        row = {k: g.get(k) for k in ["rank", "n", "failed", "vs_best", "delta_vs_best", "p_value",
-                                     "test"]}
+        row = {
+            k: g.get(k)
+            for k in ["rank", "n", "failed", "vs_best", "delta_vs_best", "p_value", "test"]
+        }
         row.update({k: _show(g.get(k)) for k in tab.varied})
         row.update({f: _pm(g[f"{f}_mean"], g[f"{f}_std"]) for f in fig_cols})
         row["seeds"] = g["seeds"]
         grows.append(row)
-    gcols = ["rank", *tab.varied, "n", "failed", "vs_best", "delta_vs_best", "p_value", "test",
-             *fig_cols, "seeds"]
+    gcols = [
+        "rank",
+        *tab.varied,
+        "n",
+        "failed",
+        "vs_best",
+        "delta_vs_best",
+        "p_value",
+        "test",
+        *fig_cols,
+        "seeds",
+    ]
     rep.add("Seed groups", note + table(grows, gcols, sortable=True))
     if figs:
         rep.add(f"{tab.metric} per varied key", images(figs))
-    run_cols = ["sweep", "job", "stage"] + tab.keys + ["seed", "status", "error"] + \
-        [c for c in tab.rows[0] if c in FIGURES] + ["checks_pass", "checks_warn", "checks_fail",
-                                                    "resumed"]
+    run_cols = (
+        ["sweep", "job", "stage"]
+        + tab.keys
+        + ["seed", "status", "error"]
+        + [c for c in tab.rows[0] if c in FIGURES]
+        + ["checks_pass", "checks_warn", "checks_fail", "resumed"]
+    )
     run_cols = [c for c in dict.fromkeys(run_cols) if c not in tab.fixed or c in ("stage",)]
     rrows = []
     for r in tab.rows:
@@ -536,12 +668,15 @@ def render_report(tab: SweepTable, out_dir: Path, figs: Sequence[str],
         rr.update({k: _show(r.get(k)) for k in tab.keys + ["seed"] if k in rr})
         rr["error"] = r.get("error") or ""
         report_file = out_dir / r["run_dir"] / "report.html"
-        link = f'{r["run_dir"]}/report.html' if report_file.exists() else f'{r["run_dir"]}'
+        link = f"{r['run_dir']}/report.html" if report_file.exists() else f"{r['run_dir']}"
         rr["job"] = f'<a href="{esc(link)}">{esc(r["job"])}</a>'
         rr["status"] = esc(r["status"])
         rrows.append(rr)
-    rep.add("Runs", "<p class='sub'>Click a column header to sort; the job links to its report."
-            "</p>" + table(rrows, run_cols, raw=("job",), sortable=True))
+    rep.add(
+        "Runs",
+        "<p class='sub'>Click a column header to sort; the job links to its report."
+        "</p>" + table(rrows, run_cols, raw=("job",), sortable=True),
+    )
     if tab.fixed:
         rep.add("Fixed across all jobs", kv_table(tab.fixed))
     return rep.render()
@@ -553,9 +688,11 @@ def console_table(tab: SweepTable, limit: int = 20) -> str:
     cols = ["rank"] + tab.varied + ["n", tab.metric, "vs_best"]
     body = []
     for g in tab.groups[:limit]:
-        body.append([str(g.get("rank") or "-")] + [_show(g.get(k)) for k in tab.varied] +
-                    [str(g["n"]), _pm(g[f"{tab.metric}_mean"], g[f"{tab.metric}_std"]),
-                     str(g["vs_best"])])
+        body.append(
+            [str(g.get("rank") or "-")]
+            + [_show(g.get(k)) for k in tab.varied]
+            + [str(g["n"]), _pm(g[f"{tab.metric}_mean"], g[f"{tab.metric}_std"]), str(g["vs_best"])]
+        )
     widths = [max([len(c)] + [len(b[i]) for b in body]) for i, c in enumerate(cols)]
     lines.append("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
     lines += ["  ".join(v.ljust(w) for v, w in zip(b, widths)) for b in body]
@@ -584,8 +721,9 @@ class SweepSummary(Callback):
     Works for any sweeper and launcher: it reads the job directories, not return values.
     """
 
-    def __init__(self, metric: str | None = None, mode: str | None = None,
-                 enabled: bool = True) -> None:
+    def __init__(
+        self, metric: str | None = None, mode: str | None = None, enabled: bool = True
+    ) -> None:
         self.metric, self.mode, self.enabled = metric, mode, enabled
 
     def ranking(self, config) -> tuple[str, str]:
@@ -619,16 +757,20 @@ class SweepSummary(Callback):
             _sweep_exit_codes.append(1)
             return
         except Exception:  # the jobs' own results are on disk; never lose them to a summary bug
-            log.exception("sweep summary failed; rebuild it with: python -m runner aggregate %s",
-                          sweep_dir)
+            log.exception(
+                "sweep summary failed; rebuild it with: python -m runner aggregate %s", sweep_dir
+            )
             _sweep_exit_codes.append(1)
             return
         _sweep_exit_codes.append(tab.exit_code)
-        log.info("sweep summary (%d jobs): %s\n%s", len(tab.rows), tab.report,
-                 console_table(tab))
+        log.info("sweep summary (%d jobs): %s\n%s", len(tab.rows), tab.report, console_table(tab))
         if tab.failed:
-            log.error("%d of %d jobs did not finish (listed above, and in %s)", len(tab.failed),
-                      len(tab.rows), sweep_dir / "runs.csv")
+            log.error(
+                "%d of %d jobs did not finish (listed above, and in %s)",
+                len(tab.failed),
+                len(tab.rows),
+                sweep_dir / "runs.csv",
+            )
 
 
 def aggregate_main(argv: Sequence[str]) -> int:
@@ -636,15 +778,28 @@ def aggregate_main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(
         prog="python -m runner aggregate",
         description="(Re)build the sweep summary (runs.csv, groups.csv, report.html) for sweep "
-                    "or run directories; several sweeps give one combined table.")
-    p.add_argument("dirs", nargs="+", type=Path, help="sweep directories, run directories, "
-                   "or folders holding them (e.g. multirun/)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="where to write; default: the directory itself when one sweep directory "
-                        "is given, else multirun/aggregate/<date>/<time>")
+        "or run directories; several sweeps give one combined table.",
+    )
+    p.add_argument(
+        "dirs",
+        nargs="+",
+        type=Path,
+        help="sweep directories, run directories, or folders holding them (e.g. multirun/)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where to write; default: the directory itself when one sweep directory "
+        "is given, else multirun/aggregate/<date>/<time>",
+    )
     p.add_argument("--metric", default="val_acc", help="summary.json figure to rank by")
-    p.add_argument("--mode", default="max", choices=("max", "min"),
-                   help="max: higher is better (accuracy); min: lower is better (loss)")
+    p.add_argument(
+        "--mode",
+        default="max",
+        choices=("max", "min"),
+        help="max: higher is better (accuracy); min: lower is better (loss)",
+    )
     args = p.parse_args(list(argv))
     out = args.out
     if out is None:
@@ -653,8 +808,11 @@ def aggregate_main(argv: Sequence[str]) -> int:
         else:
             out = Path("multirun") / "aggregate" / datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f")
     if is_job_dir(out):
-        print(f"config error: --out {out} is a run directory; its report.html would be "
-              "overwritten: choose another folder", flush=True)
+        print(
+            f"config error: --out {out} is a run directory; its report.html would be "
+            "overwritten: choose another folder",
+            flush=True,
+        )
         return 2
     try:
         tab = summarize(args.dirs, out, args.metric, args.mode)
@@ -662,7 +820,9 @@ def aggregate_main(argv: Sequence[str]) -> int:
         print(f"config error: {e}", flush=True)
         return e.exit_code
     print(console_table(tab))
-    print(f"{len(tab.rows)} jobs, {len(tab.groups)} seed groups -> {out / 'runs.csv'}, "
-          f"{out / 'groups.csv'}, {tab.report}")
+    print(
+        f"{len(tab.rows)} jobs, {len(tab.groups)} seed groups -> {out / 'runs.csv'}, "
+        f"{out / 'groups.csv'}, {tab.report}"
+    )
     # 1: some job failed (or failed a check); 2 stays for bad input to this command
     return 1 if tab.exit_code or tab.failed else 0

@@ -1,4 +1,5 @@
 """The Hydra task: validate the composed config, pick the stage, map errors to exit codes."""
+
 from __future__ import annotations
 
 import logging
@@ -53,7 +54,9 @@ def _drop_if_empty(run_dir: Path) -> None:
     in it. A folder holding anything more (an interrupted run being resumed: checkpoints/, a
     finished one: summary.json, a user's files) is left exactly as it was."""
     ours = {".hydra", "lineage.json", "config.yaml"}
-    if not run_dir.is_dir() or any(p.name not in ours and p.suffix != ".log" for p in run_dir.iterdir()):
+    if not run_dir.is_dir() or any(
+        p.name not in ours and p.suffix != ".log" for p in run_dir.iterdir()
+    ):
         return
     for lg in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
         for h in list(getattr(lg, "handlers", [])):  # the log file: no handler writes there again
@@ -75,27 +78,31 @@ def _record_error(run_dir: Path, e: BaseException, code: int, prefix: str = "") 
 
 def _run(cfg, run_dir: Path, original_cwd: str, overrides) -> int:
     from runner.config import validate
+    from runner.distributed import from_env
+    from runner.lineage import apply
     from runner.output import RunDir
     from runner.stages import get_stage
     from runner.stages.protocol import Context
-
-    from runner.distributed import from_env
-
-    from runner.lineage import apply
 
     cfg, lineage = apply(cfg, overrides, original_cwd)  # from=<run dir>
     validate(cfg, original_cwd)
     run = RunDir(run_dir, enabled=from_env().main)  # DDP: only rank 0 writes
     resuming = cfg.resume not in (False, None, "false", "False")
     if run.finished() and not resuming:
-        raise ConfigError(f"{run_dir} already holds a finished run (summary.json); refusing to "
-                          "overwrite it: choose another hydra.run.dir")
+        raise ConfigError(
+            f"{run_dir} already holds a finished run (summary.json); refusing to "
+            "overwrite it: choose another hydra.run.dir"
+        )
     if run.finished() and resuming:
         # an earlier finish of this run (e.g. stopped early or NaN): keep it beside the new one
         shutil.copy2(run.path / "summary.json", run.path / "summary.previous.json")
     log.info("stage %s -> %s", cfg.stage.name, run_dir)
-    ctx = Context(run=run, original_cwd=original_cwd, overrides=overrides,
-                  lineage=lineage.as_dict() if lineage else None)
+    ctx = Context(
+        run=run,
+        original_cwd=original_cwd,
+        overrides=overrides,
+        lineage=lineage.as_dict() if lineage else None,
+    )
     if lineage is not None:  # .hydra/config.yaml is the composition before from=
         run.write_json("lineage.json", ctx.lineage)
         run.write_text("config.yaml", OmegaConf.to_yaml(cfg))

@@ -5,6 +5,7 @@ A checkpoint holds only tensors and primitives, so it loads with torch.load(weig
 the config as a YAML string, RNG states as tensors/tuples, the loop state as a dict.
 Checkpoints are data; a file that needs arbitrary unpickling is refused.
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,9 +30,13 @@ def rng_state() -> dict[str, Any]:
     state = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
-        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
-                  "cached_gaussian": float(np_state[4])},
+        "numpy": {
+            "name": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -43,8 +48,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        (
+            n["name"],
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -60,8 +72,9 @@ def _cpu_copy(obj: Any) -> Any:
     return copy.deepcopy(obj)
 
 
-def make_checkpoint(model, optimizer, scheduler, loop_state: LoopState, config_yaml: str,
-                    meta: dict[str, Any]) -> dict[str, Any]:
+def make_checkpoint(
+    model, optimizer, scheduler, loop_state: LoopState, config_yaml: str, meta: dict[str, Any]
+) -> dict[str, Any]:
     """A snapshot of everything needed to resume, taken now (tensors cloned to the CPU), so a
     background writer can serialise it while the next epoch trains."""
     # unwrap DDP / torch.compile wrappers so the keys match a plain model
@@ -83,9 +96,14 @@ def weights_of(ckpt: dict[str, Any]) -> dict[str, Any]:
     """best.pt: what it is for (the weights and the facts to use them: meta, config, when),
     sharing the snapshot's tensors (no copy); `resume` refuses it (no optimiser, no RNG)."""
     loop = ckpt["loop"]
-    return {"format": FORMAT, "kind": "weights", "model": ckpt["model"],
-            "config": ckpt["config"], "meta": ckpt["meta"],
-            "loop": {"epoch": loop["epoch"], "step": loop["step"]}}
+    return {
+        "format": FORMAT,
+        "kind": "weights",
+        "model": ckpt["model"],
+        "config": ckpt["config"],
+        "meta": ckpt["meta"],
+        "loop": {"epoch": loop["epoch"], "step": loop["step"]},
+    }
 
 
 class CheckpointWriter:
@@ -145,15 +163,21 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             if not detail and at + 1 < len(lines):
                 detail = lines[at + 1]
             detail = detail.split(". Please use")[0]
-        raise ConfigError(f"checkpoint {path} is refused: it does not load with weights_only=True "
-                          f"(not a torch checkpoint, or it pickles objects beyond tensors and "
-                          f"primitives; checkpoints are data, never code). {detail}") from e
+        raise ConfigError(
+            f"checkpoint {path} is refused: it does not load with weights_only=True "
+            f"(not a torch checkpoint, or it pickles objects beyond tensors and "
+            f"primitives; checkpoints are data, never code). {detail}"
+        ) from e
     except Exception as e:  # zip errors, EOF, random bytes
-        raise ConfigError(f"checkpoint {path} is not a readable torch checkpoint "
-                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+        raise ConfigError(
+            f"checkpoint {path} is not a readable torch checkpoint "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from e
     if not isinstance(ckpt, dict) or "model" not in ckpt or "loop" not in ckpt:
-        raise ConfigError(f"checkpoint {path} is not a recipe-runner checkpoint "
-                          "(expected keys model, optimizer, loop, ...)")
+        raise ConfigError(
+            f"checkpoint {path} is not a recipe-runner checkpoint "
+            "(expected keys model, optimizer, loop, ...)"
+        )
     return ckpt
 
 
@@ -164,8 +188,10 @@ def restore(ckpt: dict[str, Any], path: Path, model, optimizer=None, scheduler=N
     try:
         module.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise ConfigError(f"checkpoint {path} does not fit this model (saved: "
-                          f"{_saved_model(ckpt.get('meta') or {})}): {_mismatch(e)}") from e
+        raise ConfigError(
+            f"checkpoint {path} does not fit this model (saved: "
+            f"{_saved_model(ckpt.get('meta') or {})}): {_mismatch(e)}"
+        ) from e
     if optimizer is not None and ckpt.get("optimizer") is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
     if scheduler is not None and ckpt.get("scheduler") is not None:
@@ -214,16 +240,23 @@ def find_resume_checkpoint(resume, outputs: Path) -> Path | None:
     if resume is False or resume is None or str(resume).lower() in ("false", "none", ""):
         return None
     if resume is True or str(resume).lower() == "true":
-        cands = [p for p in outputs.glob("*/*/checkpoints/last.pt")
-                 if not (p.parent.parent / "summary.json").exists()]
+        cands = [
+            p
+            for p in outputs.glob("*/*/checkpoints/last.pt")
+            if not (p.parent.parent / "summary.json").exists()
+        ]
         if not cands:
-            raise ConfigError(f"resume=true: no interrupted run (checkpoints/last.pt without "
-                              f"summary.json) under {outputs}; give resume=<run dir>")
+            raise ConfigError(
+                f"resume=true: no interrupted run (checkpoints/last.pt without "
+                f"summary.json) under {outputs}; give resume=<run dir>"
+            )
         return max(cands, key=lambda p: p.stat().st_mtime)
     p = Path(str(resume)).expanduser()
     if p.is_dir():
         p = p / "checkpoints" / "last.pt"
     if not p.is_file():
-        raise ConfigError(f"resume={resume!r}: no checkpoint there (expected a run directory "
-                          "with checkpoints/last.pt, or a .pt file)")
+        raise ConfigError(
+            f"resume={resume!r}: no checkpoint there (expected a run directory "
+            "with checkpoints/last.pt, or a .pt file)"
+        )
     return p

@@ -3,6 +3,7 @@
 runner/__main__.py sends `argv[0] in COMMANDS` here; everything else goes to Hydra.
 Each command takes its own argv and returns the exit code (DESIGN.md: 2 = bad input).
 """
+
 from __future__ import annotations
 
 import sys
@@ -29,7 +30,9 @@ COMMANDS: Dict[str, Callable[[List[str]], int]] = {
 
 def run_command(name: str, args: List[str]) -> int:
     if name not in COMMANDS:
-        print(f"config error: unknown command {name!r}; expected one of {', '.join(COMMANDS)}",
-              file=sys.stderr)
+        print(
+            f"config error: unknown command {name!r}; expected one of {', '.join(COMMANDS)}",
+            file=sys.stderr,
+        )
         return 2
     return COMMANDS[name](list(args))

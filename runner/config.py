@@ -9,6 +9,7 @@ Overrides: the key one sets (`override_key`) and a list of them written as a con
 
 This module must stay cheap to import: no torch/timm at import time (habit 11).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -185,8 +186,10 @@ def _checks_schema():
     fields.append(("predictions", PredictionsConfig, field(default_factory=PredictionsConfig)))
     cls = make_dataclass("ChecksConfig", fields)
     cls.__module__ = __name__
-    cls.__doc__ = ("Sanity checks (runner/checks). `strict`: a failed check makes the exit code "
-                   "1; `<check>.enabled=false` skips a check.")
+    cls.__doc__ = (
+        "Sanity checks (runner/checks). `strict`: a failed check makes the exit code "
+        "1; `<check>.enabled=false` skips a check."
+    )
     return cls
 
 
@@ -393,8 +396,9 @@ def validate(cfg, original_cwd: Optional[str] = None) -> None:
 
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:  # `???` in YAML: the user must give these
-        raise ConfigError([f"{k} is required but not set (the YAML has ???); add {k}=..."
-                           for k in missing])
+        raise ConfigError(
+            [f"{k} is required but not set (the YAML has ???); add {k}=..." for k in missing]
+        )
     p: List[str] = unknown_keys(cfg)
     d, m, o, s, t, a = cfg.data, cfg.model, cfg.optim, cfg.sched, cfg.trainer, cfg.aug
     base = Path(original_cwd or os.getcwd())
@@ -420,22 +424,32 @@ def validate(cfg, original_cwd: Optional[str] = None) -> None:
     _choice(p, "data.on_unreadable", d.on_unreadable, ON_UNREADABLE)
     if d.kind == "imagefolder":
         if not d.root:
-            p.append("data.root is not set; expected a folder with train/ and val/ class folders "
-                     "(or one folder of class folders) for data=imagefolder")
+            p.append(
+                "data.root is not set; expected a folder with train/ and val/ class folders "
+                "(or one folder of class folders) for data=imagefolder"
+            )
         elif not (base / d.root).expanduser().is_dir():
-            p.append(f"data.root={d.root!r} is not a folder (looked in {(base / d.root).expanduser()}); "
-                     "expected train/ and val/ class folders or one folder of class folders")
+            p.append(
+                f"data.root={d.root!r} is not a folder (looked in {(base / d.root).expanduser()}); "
+                "expected train/ and val/ class folders or one folder of class folders"
+            )
     if d.kind == "torchvision":
         if not d.name:
-            p.append("data.name is not set; expected a torchvision dataset class, e.g. data.name=CIFAR10")
+            p.append(
+                "data.name is not set; expected a torchvision dataset class, e.g. data.name=CIFAR10"
+            )
         if not d.root:
             p.append("data.root is not set; expected the folder the torchvision dataset lives in")
     if d.kind == "custom" and not d._target_:
-        p.append("data._target_ is not set; expected a dotted path to a callable returning (train, val)")
+        p.append(
+            "data._target_ is not set; expected a dotted path to a callable returning (train, val)"
+        )
     if d.kind == "synthetic":
         if d.num_classes < 2:
-            p.append(f"data.num_classes={d.num_classes} must be >= 2: with one class the loss "
-                     "is 0 from the start and nothing is learned; e.g. data.num_classes=4")
+            p.append(
+                f"data.num_classes={d.num_classes} must be >= 2: with one class the loss "
+                "is 0 from the start and nothing is learned; e.g. data.num_classes=4"
+            )
         _positive(p, "data.num_train", d.num_train)
         _positive(p, "data.num_val", d.num_val)
         if d.num_classes > 16:
@@ -443,11 +457,15 @@ def validate(cfg, original_cwd: Optional[str] = None) -> None:
 
     # model
     if not m._target_ and not m.name:
-        p.append("model.name is not set; expected a timm model name (e.g. resnet18) or model._target_")
+        p.append(
+            "model.name is not set; expected a timm model name (e.g. resnet18) or model._target_"
+        )
     if m.pretrained_file and not (base / m.pretrained_file).expanduser().is_file():
         p.append(f"model.pretrained_file={m.pretrained_file!r} is not a file")
     if m.pretrained_file and not m.pretrained:
-        p.append("model.pretrained_file is set but model.pretrained=false; set model.pretrained=true")
+        p.append(
+            "model.pretrained_file is set but model.pretrained=false; set model.pretrained=true"
+        )
     for key in ("drop_rate", "drop_path_rate"):
         if not 0.0 <= m[key] < 1.0:
             p.append(f"model.{key}={m[key]!r} must be in [0, 1)")
@@ -492,10 +510,15 @@ def validate(cfg, original_cwd: Optional[str] = None) -> None:
     if cfg.human_baseline is not None and not 0.0 <= cfg.human_baseline <= 1.0:
         p.append(f"human_baseline={cfg.human_baseline!r} must be an accuracy in [0, 1]")
     init_from = cfg.get("init_from")
-    if init_from and original_cwd is not None \
-            and not (Path(original_cwd) / str(init_from)).expanduser().exists():
-        p.append(f"init_from={init_from!r}: no such run directory or checkpoint file "
-                 f"(looked in {(Path(original_cwd) / str(init_from)).expanduser()})")
+    if (
+        init_from
+        and original_cwd is not None
+        and not (Path(original_cwd) / str(init_from)).expanduser().exists()
+    ):
+        p.append(
+            f"init_from={init_from!r}: no such run directory or checkpoint file "
+            f"(looked in {(Path(original_cwd) / str(init_from)).expanduser()})"
+        )
     if not isinstance(cfg.resume, (bool, str)):
         p.append(f"resume={cfg.resume!r} must be true, false or a run directory / checkpoint path")
     check_settings_problems(p, cfg.checks)
@@ -527,8 +550,11 @@ def unknown_keys(cfg, extra=("from",)) -> List[str]:
             if names is not None and k not in names and k not in allowed_extra:
                 where = f"{prefix} has no key {k!r}" if prefix else f"the config has no key {k!r}"
                 near = difflib.get_close_matches(str(k), sorted(names), n=1, cutoff=0.6)
-                hint = f"; did you mean {(prefix + '.' if prefix else '') + near[0]!r}?" if near \
+                hint = (
+                    f"; did you mean {(prefix + '.' if prefix else '') + near[0]!r}?"
+                    if near
                     else f"; its keys: {', '.join(sorted(names))}"
+                )
                 problems.append(f"{key}: {where}{hint}")
                 continue
             if OmegaConf.is_missing(node, k) or OmegaConf.is_interpolation(node, k):
@@ -548,8 +574,11 @@ def timm_model_problem(name: str) -> Optional[str]:
     if timm.is_model(name):
         return None
     near = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join(repr(x) for x in near)}?" if near else \
-        "; see timm.list_models() or use model=custom with model._target_"
+    hint = (
+        f"; did you mean {', '.join(repr(x) for x in near)}?"
+        if near
+        else "; see timm.list_models() or use model=custom with model._target_"
+    )
     return f"model.name={name!r} is not a timm model{hint}"
 
 
@@ -575,15 +604,27 @@ def check_settings_problems(problems: list[str], checks) -> None:
         for key, value in node.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
-            rule = next((r for pats, r in _CHECK_SETTING_RULES
-                         if any(fnmatch(str(key), pat) for pat in pats)), None)
-            ok = {">= 0": lambda v: v >= 0, "> 0": lambda v: v > 0,
-                  "in (0, 1)": lambda v: 0 < v < 1, None: lambda v: True}[rule](value)
+            rule = next(
+                (
+                    r
+                    for pats, r in _CHECK_SETTING_RULES
+                    if any(fnmatch(str(key), pat) for pat in pats)
+                ),
+                None,
+            )
+            ok = {
+                ">= 0": lambda v: v >= 0,
+                "> 0": lambda v: v > 0,
+                "in (0, 1)": lambda v: 0 < v < 1,
+                None: lambda v: True,
+            }[rule](value)
             if not ok:
                 default = getattr(getattr(ChecksConfig(), str(name), None), str(key), None)
                 hint = f" (default {default})" if default is not None else ""
-                problems.append(f"checks.{name}.{key}={value!r} must be {rule}{hint}; "
-                                f"or switch the check off with checks.{name}.enabled=false")
+                problems.append(
+                    f"checks.{name}.{key}={value!r} must be {rule}{hint}; "
+                    f"or switch the check off with checks.{name}.enabled=false"
+                )
 
 
 def override_key(override: str) -> str:
@@ -593,8 +634,13 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~").split("@", 1)[0].strip()
 
 
-def overrides_yaml(overrides: Sequence[str], groups: Iterable[str], header: Sequence[str] = (),
-                   values: Optional[dict] = None, primary: bool = False) -> str:
+def overrides_yaml(
+    overrides: Sequence[str],
+    groups: Iterable[str],
+    header: Sequence[str] = (),
+    values: Optional[dict] = None,
+    primary: bool = False,
+) -> str:
     """Hydra overrides as a config file, `header` lines as its leading comments.
 
     An experiment file (`# @package _global_`, run with `experiment=<name>`), or with
@@ -675,15 +721,16 @@ def _experiment_keys(name: str) -> dict[str, Any]:
 
     path = f"experiment/{name}"
     try:
-        src = next(s for s in GlobalHydra.instance().config_loader().get_sources()
-                   if s.is_config(path))
+        src = next(
+            s for s in GlobalHydra.instance().config_loader().get_sources() if s.is_config(path)
+        )
         res = src.load_config(path)
     except Exception:  # noqa: BLE001 -- no such file here (Hydra said so already)
         return {}
     package = str((res.header or {}).get("package") or "")
     if package != "_global_" and not package.startswith("_global_."):
         return {}  # not a global overlay: its keys land under experiment.*
-    prefix = package[len("_global_."):] if "." in package else ""
+    prefix = package[len("_global_.") :] if "." in package else ""
     body = OmegaConf.to_container(res.config, resolve=False)
     where = f"set in experiment={name}: {getattr(src, 'path', '')}/{path}.yaml"
     out: dict[str, Any] = {}
@@ -735,8 +782,11 @@ def unread_key_problems(problems: list[str], cfg, user: dict[str, Any]) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    wanted = [(k, w, v) for k, (w, v) in user.items()
-              if k.split(".")[0] in ("model", "data") and "." in k and v is not None]
+    wanted = [
+        (k, w, v)
+        for k, (w, v) in user.items()
+        if k.split(".")[0] in ("model", "data") and "." in k and v is not None
+    ]
     if not wanted:
         return
     sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
@@ -751,7 +801,8 @@ def unread_key_problems(problems: list[str], cfg, user: dict[str, Any]) -> None:
             table, kind = models.MODEL_KEYS, models.model_kind(cfg.model)
             option = {"timm": "timm", "custom": "custom"}
             selected = f"model={choices.get('model') or kind}" + (
-                f" (built by model._target_={cfg.model._target_!r})" if kind == "custom" else "")
+                f" (built by model._target_={cfg.model._target_!r})" if kind == "custom" else ""
+            )
         else:
             from runner import data
 
@@ -766,14 +817,18 @@ def unread_key_problems(problems: list[str], cfg, user: dict[str, Any]) -> None:
                 continue
             readers = [option[k] for k, keys in table.items() if leaf in keys]
             shown = value if isinstance(value, (str, int, float)) else repr(value)
-            text = (f"{key}={shown} ({where}) is not read by {selected}, so it would be "
-                    f"ignored; {group}.{leaf} is read by "
-                    f"{', '.join(f'{group}={r}' for r in readers)}")
+            text = (
+                f"{key}={shown} ({where}) is not read by {selected}, so it would be "
+                f"ignored; {group}.{leaf} is read by "
+                f"{', '.join(f'{group}={r}' for r in readers)}"
+            )
             if where == "set on the command line":
                 text += f"; did you mean `{group}={readers[0]} {key}={shown}`?"
             else:
-                text += (f"; add `- override /{group}: {readers[0]}` to the experiment's "
-                         f"defaults, or remove {key}")
+                text += (
+                    f"; add `- override /{group}: {readers[0]}` to the experiment's "
+                    f"defaults, or remove {key}"
+                )
             if sweep and group in user:
                 logging.getLogger("runner").warning("%s (left as is in this sweep job)", text)
             else:

@@ -10,6 +10,7 @@ Two kinds of split, one interface (`Split`):
 Loaders yield (x, y) already normalised; shuffling is seeded by (seed, epoch) so a resumed
 run sees exactly the batches an uninterrupted one would.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,10 +38,19 @@ KIND_KEYS = {
     "digits": ("val_fraction", "split_seed"),
     "synthetic": ("num_classes", "num_train", "num_val", "noise", "channels", "split_seed"),
     "imagefolder": ("root", "channels", "val_fraction", "split_seed", "on_unreadable"),
-    "torchvision": ("name", "root", "download", "kwargs", "channels", "val_fraction",
-                    "split_seed", "on_unreadable"),
+    "torchvision": (
+        "name",
+        "root",
+        "download",
+        "kwargs",
+        "channels",
+        "val_fraction",
+        "split_seed",
+        "on_unreadable",
+    ),
     "custom": ("_target_", "kwargs", "channels", "on_unreadable"),
 }
+
 
 # ----------------------------------------------------------------------------- loaders
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -49,9 +59,17 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return g
 
 
-def batch_indices(n: int, batch_size: int, shuffle: bool, seed: int, epoch: int,
-                  drop_last: bool = False, rank: int = 0, world: int = 1,
-                  even: bool = True) -> List[torch.Tensor]:
+def batch_indices(
+    n: int,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+    drop_last: bool = False,
+    rank: int = 0,
+    world: int = 1,
+    even: bool = True,
+) -> List[torch.Tensor]:
     """This process's share of each *global* batch of an epoch.
 
     The order depends only on (seed, epoch), so a resumed run, or a run on `world`
@@ -60,11 +78,13 @@ def batch_indices(n: int, batch_size: int, shuffle: bool, seed: int, epoch: int,
     every rank gets the same number of non-empty batches, as DDP needs; otherwise
     (evaluation) every example is in exactly one rank's share, some shares maybe empty.
     """
-    order = torch.randperm(n, generator=_epoch_generator(seed, epoch)) if shuffle else torch.arange(n)
+    order = (
+        torch.randperm(n, generator=_epoch_generator(seed, epoch)) if shuffle else torch.arange(n)
+    )
     n_batches = n // batch_size if drop_last else math.ceil(n / batch_size)
     out = []
     for i in range(n_batches):
-        idx = order[i * batch_size:(i + 1) * batch_size]
+        idx = order[i * batch_size : (i + 1) * batch_size]
         if world > 1:
             if len(idx) < world and even:  # too small to give every rank an example
                 break
@@ -88,8 +108,17 @@ class _GlobalBatches:
     train: bool
 
     def _batches(self, epoch: int) -> List[torch.Tensor]:
-        return batch_indices(len(self.split), self.batch_size, self.shuffle, self.seed, epoch,
-                             self.drop_last, self.rank, self.world, even=self.train)
+        return batch_indices(
+            len(self.split),
+            self.batch_size,
+            self.shuffle,
+            self.seed,
+            epoch,
+            self.drop_last,
+            self.rank,
+            self.world,
+            even=self.train,
+        )
 
     def __len__(self) -> int:
         return len(self._batches(0))
@@ -98,9 +127,19 @@ class _GlobalBatches:
 class TensorLoader(_GlobalBatches):
     """Batches of an in-memory uint8 tensor, normalised on the fly on the target device."""
 
-    def __init__(self, split: "TensorSplit", batch_size: int, shuffle: bool, seed: int,
-                 device: torch.device, drop_last: bool = False, zero_inputs: bool = False,
-                 rank: int = 0, world: int = 1, train: bool = True):
+    def __init__(
+        self,
+        split: "TensorSplit",
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        device: torch.device,
+        drop_last: bool = False,
+        zero_inputs: bool = False,
+        rank: int = 0,
+        world: int = 1,
+        train: bool = True,
+    ):
         self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
         self.train = train
         self.drop_last, self.device, self.zero_inputs = drop_last, device, zero_inputs
@@ -147,8 +186,10 @@ def _collate_skip_bad(items, mean=None, std=None):
         return None, None, bad
     xs = [g[0] for g in good]
     if len({x.dtype for x in xs}) > 1:  # a split of both kinds: normalise here
-        xs = [_normalise(x, mean.view(-1, 1, 1), std.view(-1, 1, 1)) if x.dtype == torch.uint8
-              else x for x in xs]
+        xs = [
+            _normalise(x, mean.view(-1, 1, 1), std.view(-1, 1, 1)) if x.dtype == torch.uint8 else x
+            for x in xs
+        ]
     return torch.stack(xs), torch.tensor([int(g[1]) for g in good]), bad
 
 
@@ -159,9 +200,20 @@ class StreamLoader(_GlobalBatches):
     recorded in the split's `unreadable`); with data.on_unreadable=fail the run stops instead.
     """
 
-    def __init__(self, split: "StreamSplit", batch_size: int, shuffle: bool, seed: int,
-                 device: torch.device, train: bool, num_workers: int, drop_last: bool = False,
-                 zero_inputs: bool = False, rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        split: "StreamSplit",
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        device: torch.device,
+        train: bool,
+        num_workers: int,
+        drop_last: bool = False,
+        zero_inputs: bool = False,
+        rank: int = 0,
+        world: int = 1,
+    ):
         self.split, self.seed, self.device, self.zero_inputs = split, seed, device, zero_inputs
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.rank, self.world, self.num_workers, self.train = rank, world, num_workers, train
@@ -176,10 +228,14 @@ class StreamLoader(_GlobalBatches):
             return
         # worker seeds (random augmentation) depend on (seed, epoch, start) only
         g = _epoch_generator(self.seed + 7919 * start, epoch)
-        loader = DataLoader(self._dataset, batch_sampler=batches, num_workers=self.num_workers,
-                            collate_fn=partial(_collate_skip_bad, mean=self._mean[0],
-                                               std=self._std[0]),
-                            generator=g, pin_memory=self.device.type == "cuda")
+        loader = DataLoader(
+            self._dataset,
+            batch_sampler=batches,
+            num_workers=self.num_workers,
+            collate_fn=partial(_collate_skip_bad, mean=self._mean[0], std=self._std[0]),
+            generator=g,
+            pin_memory=self.device.type == "cuda",
+        )
         for x, y, bad in loader:
             if bad:
                 self.split.unreadable.update((b.name, b.error) for b in bad)
@@ -199,8 +255,14 @@ class StreamLoader(_GlobalBatches):
 class TensorSplit:
     """uint8 images [N, C, S, S] and int64 labels, held in memory."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, mean: Sequence[float], std: Sequence[float],
-                 names: Optional[List[str]] = None):
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mean: Sequence[float],
+        std: Sequence[float],
+        names: Optional[List[str]] = None,
+    ):
         self.x, self.y = x.contiguous(), y.long()
         self.mean, self.std = tuple(mean), tuple(std)
         self.names = names
@@ -221,18 +283,43 @@ class TensorSplit:
     def name(self, i: int) -> str:
         return self.names[i] if self.names else f"#{i}"
 
-    def loader(self, batch_size, shuffle, seed, device, train=False, num_workers=0,
-               drop_last=False, zero_inputs=False, aug_transform=None, rank=0, world=1):
+    def loader(
+        self,
+        batch_size,
+        shuffle,
+        seed,
+        device,
+        train=False,
+        num_workers=0,
+        drop_last=False,
+        zero_inputs=False,
+        aug_transform=None,
+        rank=0,
+        world=1,
+    ):
         if aug_transform is not None and train:
             # augmentation works per image (timm transforms on PIL): stream this split instead
-            return StreamLoader(self.as_stream(aug_transform), batch_size, shuffle, seed,
-                                device, True, num_workers, drop_last, zero_inputs, rank, world)
-        return TensorLoader(self, batch_size, shuffle, seed, device, drop_last, zero_inputs,
-                            rank, world, train)
+            return StreamLoader(
+                self.as_stream(aug_transform),
+                batch_size,
+                shuffle,
+                seed,
+                device,
+                True,
+                num_workers,
+                drop_last,
+                zero_inputs,
+                rank,
+                world,
+            )
+        return TensorLoader(
+            self, batch_size, shuffle, seed, device, drop_last, zero_inputs, rank, world, train
+        )
 
     def as_stream(self, train_transform) -> "StreamSplit":
-        return StreamSplit(_TensorImages(self.x, self.y), self.y, train_transform, None,
-                           self.mean, self.std)
+        return StreamSplit(
+            _TensorImages(self.x, self.y), self.y, train_transform, None, self.mean, self.std
+        )
 
 
 class _TensorImages(Dataset):
@@ -251,8 +338,17 @@ class _TensorImages(Dataset):
 class StreamSplit:
     """A map-style dataset of (image, label); image a PIL image, a file-opened sample, or a tensor."""
 
-    def __init__(self, dataset: Dataset, labels: Optional[torch.Tensor], train_transform,
-                 eval_transform, mean, std, filename_fn=None, image_size: Optional[int] = None):
+    def __init__(
+        self,
+        dataset: Dataset,
+        labels: Optional[torch.Tensor],
+        train_transform,
+        eval_transform,
+        mean,
+        std,
+        filename_fn=None,
+        image_size: Optional[int] = None,
+    ):
         self.dataset = dataset
         self._labels = labels
         self.train_transform, self.eval_transform = train_transform, eval_transform
@@ -297,15 +393,46 @@ class StreamSplit:
         items = [self.load(i) for i in indices]
         return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
 
-    def loader(self, batch_size, shuffle, seed, device, train=False, num_workers=0,
-               drop_last=False, zero_inputs=False, aug_transform=None, rank=0, world=1):
+    def loader(
+        self,
+        batch_size,
+        shuffle,
+        seed,
+        device,
+        train=False,
+        num_workers=0,
+        drop_last=False,
+        zero_inputs=False,
+        aug_transform=None,
+        rank=0,
+        world=1,
+    ):
         split = self
         if aug_transform is not None and train:
-            split = StreamSplit(self.dataset, self._labels, aug_transform, self.eval_transform,
-                                self.mean, self.std, self.filename_fn, self.image_size)
+            split = StreamSplit(
+                self.dataset,
+                self._labels,
+                aug_transform,
+                self.eval_transform,
+                self.mean,
+                self.std,
+                self.filename_fn,
+                self.image_size,
+            )
             split.unreadable, split.on_unreadable = self.unreadable, self.on_unreadable
-        return StreamLoader(split, batch_size, shuffle, seed, device, train, num_workers,
-                            drop_last, zero_inputs, rank, world)
+        return StreamLoader(
+            split,
+            batch_size,
+            shuffle,
+            seed,
+            device,
+            train,
+            num_workers,
+            drop_last,
+            zero_inputs,
+            rank,
+            world,
+        )
 
 
 def _tensor_item(img: torch.Tensor, mean, std, image_size) -> torch.Tensor:
@@ -314,8 +441,9 @@ def _tensor_item(img: torch.Tensor, mean, std, image_size) -> torch.Tensor:
     if x.dim() == 2:
         x = x.unsqueeze(0)
     if image_size and tuple(x.shape[-2:]) != (image_size, image_size):
-        x = F.interpolate(x[None], size=(image_size, image_size), mode="bilinear",
-                          align_corners=False)[0]
+        x = F.interpolate(
+            x[None], size=(image_size, image_size), mode="bilinear", align_corners=False
+        )[0]
     return (x - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
 
 
@@ -329,8 +457,11 @@ class _Transformed(Dataset):
 
     def __init__(self, split: StreamSplit, train: bool):
         self.split, self.train = split, train
-        tf = split.train_transform if train and split.train_transform is not None \
+        tf = (
+            split.train_transform
+            if train and split.train_transform is not None
             else split.eval_transform
+        )
         self._uint8 = _before_to_tensor(tf, split.mean, split.std)
 
     def __len__(self):
@@ -362,12 +493,16 @@ def _before_to_tensor(tf, mean, std):
     if not isinstance(tf, T.Compose) or not steps or len(steps) < 2:
         return None
     to_tensor, norm = steps[-2], steps[-1]
-    if type(to_tensor).__name__ not in ("ToTensor", "MaybeToTensor") \
-            or not isinstance(norm, T.Normalize):
+    if type(to_tensor).__name__ not in ("ToTensor", "MaybeToTensor") or not isinstance(
+        norm, T.Normalize
+    ):
         return None
+
     def same(a, b) -> bool:
-        return torch.equal(torch.as_tensor(a, dtype=torch.float32).flatten(),
-                           torch.as_tensor(b, dtype=torch.float32).flatten())
+        return torch.equal(
+            torch.as_tensor(a, dtype=torch.float32).flatten(),
+            torch.as_tensor(b, dtype=torch.float32).flatten(),
+        )
 
     if not (same(norm.mean, mean) and same(norm.std, std)):
         return None
@@ -431,18 +566,27 @@ def build_data(cfg, original_cwd: Optional[str] = None, model=None) -> DataBundl
     gets the mean/std its weights were trained with (recipe stage 4: pretrained weights
     expect their own input statistics), not the training set's."""
     builders = {
-        "digits": _digits, "synthetic": _synthetic, "imagefolder": _imagefolder,
-        "torchvision": _torchvision, "custom": _custom,
+        "digits": _digits,
+        "synthetic": _synthetic,
+        "imagefolder": _imagefolder,
+        "torchvision": _torchvision,
+        "custom": _custom,
     }
     base = Path(original_cwd) if original_cwd else Path.cwd()
     norm = pretrained_mean_std(model) if cfg.mean is None or cfg.std is None else None
     bundle = builders[cfg.kind](cfg, base, norm)
-    log.info("data: mean %s, std %s (%s)", _fmt_floats(bundle.mean), _fmt_floats(bundle.std),
-             bundle.norm_from)
+    log.info(
+        "data: mean %s, std %s (%s)",
+        _fmt_floats(bundle.mean),
+        _fmt_floats(bundle.std),
+        bundle.norm_from,
+    )
     if bundle.num_classes < 2:
-        raise ConfigError(f"data ({_source(cfg)}) has {bundle.num_classes} class(es): "
-                          f"{bundle.class_names}; a classifier needs at least 2 (with one class "
-                          "the loss is 0 from the start and nothing is learned)")
+        raise ConfigError(
+            f"data ({_source(cfg)}) has {bundle.num_classes} class(es): "
+            f"{bundle.class_names}; a classifier needs at least 2 (with one class "
+            "the loss is 0 from the start and nothing is learned)"
+        )
     for split in (bundle.train, bundle.val):
         if isinstance(split, StreamSplit):
             split.on_unreadable = cfg.get("on_unreadable", "skip")
@@ -453,8 +597,12 @@ def pretrained_mean_std(model) -> Optional[Tuple[Tuple[float, ...], Tuple[float,
     """(mean, std, "pretrained config of <name>") of a pretrained timm `model` node, else
     None (not pretrained, a custom model, or no config). timm's resolve_model_data_config on
     a model built on the meta device: no weights, no memory, ~10 ms."""
-    if model is None or not model.get("pretrained") or model.get("_target_") \
-            or not model.get("name"):
+    if (
+        model is None
+        or not model.get("pretrained")
+        or model.get("_target_")
+        or not model.get("name")
+    ):
         return None
     import timm
     from timm.data import resolve_model_data_config
@@ -501,8 +649,13 @@ def _tensor_mean_std(x: torch.Tensor):
 def _resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
     if x.shape[-1] == size and x.shape[-2] == size:
         return x
-    xf = F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False,
-                       antialias=size < x.shape[-1])
+    xf = F.interpolate(
+        x.float(),
+        size=(size, size),
+        mode="bilinear",
+        align_corners=False,
+        antialias=size < x.shape[-1],
+    )
     return xf.round().clamp(0, 255).to(torch.uint8)
 
 
@@ -546,10 +699,16 @@ def _tensor_bundle(cfg, kind, x, y, tr, va, class_names, notes=(), norm=None) ->
     return DataBundle(
         train=TensorSplit(xtr, ytr, mean, std, names=[f"#{int(i)}" for i in tr]),
         val=TensorSplit(xva, yva, mean, std, names=[f"#{int(i)}" for i in va]),
-        num_classes=len(class_names), in_chans=x.shape[1], image_size=cfg.image_size,
-        class_names=class_names, mean=tuple(mean), std=tuple(std),
+        num_classes=len(class_names),
+        in_chans=x.shape[1],
+        image_size=cfg.image_size,
+        class_names=class_names,
+        mean=tuple(mean),
+        std=tuple(std),
         fingerprint=_fingerprint(kind, x.numpy().tobytes(), y.numpy().tobytes(), tr.tobytes()),
-        kind=kind, notes=list(notes), norm_from=source,
+        kind=kind,
+        notes=list(notes),
+        norm_from=source,
     )
 
 
@@ -570,13 +729,22 @@ def _digits(cfg, base, norm=None) -> DataBundle:
     x = torch.from_numpy(np.round(d.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
     y = torch.from_numpy(d.target.astype(np.int64))
     tr, va = _random_split(len(y), cfg.val_fraction, cfg.split_seed, d.target)
-    return _tensor_bundle(cfg, "digits", x, y, tr, va, [str(c) for c in range(10)],
-                          notes=["scikit-learn's bundled digits: 1,797 real 8x8 images, upsampled"],
-                          norm=norm)
+    return _tensor_bundle(
+        cfg,
+        "digits",
+        x,
+        y,
+        tr,
+        va,
+        [str(c) for c in range(10)],
+        notes=["scikit-learn's bundled digits: 1,797 real 8x8 images, upsampled"],
+        norm=norm,
+    )
 
 
-def synthetic_images(num: int, num_classes: int, size: int, channels: int, noise: float,
-                     seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def synthetic_images(
+    num: int, num_classes: int, size: int, channels: int, noise: float, seed: int
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Class k = a bright square in cell k of a 4x4 grid, on a noisy background."""
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(num) % num_classes
@@ -586,18 +754,20 @@ def synthetic_images(num: int, num_classes: int, size: int, channels: int, noise
     for k in range(num_classes):
         r, c = divmod(k, 4)
         sel = y == k
-        img[sel, :, r * cell:(r + 1) * cell, c * cell:(c + 1) * cell] += 0.6
+        img[sel, :, r * cell : (r + 1) * cell, c * cell : (c + 1) * cell] += 0.6
     return (img.clamp(0, 1) * 255).round().to(torch.uint8), y
 
 
 def _synthetic(cfg, base, norm=None) -> DataBundle:
     n = cfg.num_train + cfg.num_val
-    x, y = synthetic_images(n, cfg.num_classes, cfg.image_size, cfg.channels, cfg.noise,
-                            cfg.split_seed)
+    x, y = synthetic_images(
+        n, cfg.num_classes, cfg.image_size, cfg.channels, cfg.noise, cfg.split_seed
+    )
     tr = np.arange(cfg.num_train)
     va = np.arange(cfg.num_train, n)
-    return _tensor_bundle(cfg, "synthetic", x, y, tr, va,
-                          [f"c{k}" for k in range(cfg.num_classes)], norm=norm)
+    return _tensor_bundle(
+        cfg, "synthetic", x, y, tr, va, [f"c{k}" for k in range(cfg.num_classes)], norm=norm
+    )
 
 
 def _default_mean_std(cfg, channels, norm=None):
@@ -605,8 +775,11 @@ def _default_mean_std(cfg, channels, norm=None):
     pretrained model's (`norm`), else ImageNet's for RGB (streamed files are not measured:
     that would read the whole set once more) or 0.5 for other channel counts."""
     if cfg.mean is not None and cfg.std is not None:
-        return (tuple(cfg.mean) * (channels // len(cfg.mean)),
-                tuple(cfg.std) * (channels // len(cfg.std)), "config")
+        return (
+            tuple(cfg.mean) * (channels // len(cfg.mean)),
+            tuple(cfg.std) * (channels // len(cfg.std)),
+            "config",
+        )
     if norm is not None:
         mean, std = _per_channel(norm[0], channels), _per_channel(norm[1], channels)
         source = norm[2]
@@ -624,8 +797,9 @@ def _default_mean_std(cfg, channels, norm=None):
 def eval_transform(image_size: int, mean, std):
     from timm.data import create_transform
 
-    return create_transform(input_size=image_size, is_training=False, crop_pct=1.0,
-                            mean=mean, std=std)
+    return create_transform(
+        input_size=image_size, is_training=False, crop_pct=1.0, mean=mean, std=std
+    )
 
 
 def train_transform(aug, image_size: int, mean, std):
@@ -635,9 +809,17 @@ def train_transform(aug, image_size: int, mean, std):
     from timm.data import create_transform
 
     return create_transform(
-        input_size=image_size, is_training=True, scale=tuple(aug.scale), ratio=tuple(aug.ratio),
-        hflip=aug.hflip, vflip=aug.vflip, color_jitter=aug.color_jitter or 0.0,
-        auto_augment=aug.auto_augment, re_prob=aug.re_prob, mean=mean, std=std,
+        input_size=image_size,
+        is_training=True,
+        scale=tuple(aug.scale),
+        ratio=tuple(aug.ratio),
+        hflip=aug.hflip,
+        vflip=aug.vflip,
+        color_jitter=aug.color_jitter or 0.0,
+        auto_augment=aug.auto_augment,
+        re_prob=aug.re_prob,
+        mean=mean,
+        std=std,
     )
 
 
@@ -670,8 +852,9 @@ def walk_image_folder(top: Path) -> Tuple[List[Tuple[str, str]], List[str], int]
     samples, class_to_idx = find_images_and_targets(str(top))
     idx_to_class = {v: k for k, v in class_to_idx.items()}
     classes = sorted(set(class_to_idx) | {c.name for c in list_class_folders(top)})
-    ignored = sum(1 for _, _, fs in os.walk(top) for f in fs
-                  if os.path.splitext(f)[1].lower() not in exts)
+    ignored = sum(
+        1 for _, _, fs in os.walk(top) for f in fs if os.path.splitext(f)[1].lower() not in exts
+    )
     return [(p, idx_to_class[t]) for p, t in samples], classes, ignored
 
 
@@ -687,12 +870,16 @@ def _imagefolder(cfg, base, norm=None) -> DataBundle:
         if not classes:
             problems.append(f"data.root: {t} has no class folders; expected one folder per class")
         elif len(classes) == 1 and t != root / "val":  # val may hold fewer classes
-            problems.append(f"data.root: {t} has one class folder ({classes[0].name}); a "
-                            "classifier needs at least 2 (one folder per class)")
+            problems.append(
+                f"data.root: {t} has one class folder ({classes[0].name}); a "
+                "classifier needs at least 2 (one folder per class)"
+            )
         for c in classes:
             if not _has_images(c):
-                problems.append(f"data.root: class folder {c} has no images "
-                                f"(expected {', '.join(sorted(image_extensions()))})")
+                problems.append(
+                    f"data.root: class folder {c} has no images "
+                    f"(expected {', '.join(sorted(image_extensions()))})"
+                )
     if problems:
         raise ConfigError(problems)
     mode = "L" if cfg.channels == 1 else "RGB"
@@ -707,10 +894,26 @@ def _imagefolder(cfg, base, norm=None) -> DataBundle:
             raise ConfigError(f"data.root: {root / 'val'} has classes not in train/: {missing}")
         tr_labels = torch.tensor([t for _, t in tr_ds.reader.samples])
         va_labels = torch.tensor([t for _, t in va_ds.reader.samples])
-        train = StreamSplit(_Files(tr_ds, mode), tr_labels, None, tf, mean, std,
-                            lambda i, d=tr_ds: d.filename(i, absolute=True), cfg.image_size)
-        val = StreamSplit(_Files(va_ds, mode), va_labels, None, tf, mean, std,
-                          lambda i, d=va_ds: d.filename(i, absolute=True), cfg.image_size)
+        train = StreamSplit(
+            _Files(tr_ds, mode),
+            tr_labels,
+            None,
+            tf,
+            mean,
+            std,
+            lambda i, d=tr_ds: d.filename(i, absolute=True),
+            cfg.image_size,
+        )
+        val = StreamSplit(
+            _Files(va_ds, mode),
+            va_labels,
+            None,
+            tf,
+            mean,
+            std,
+            lambda i, d=va_ds: d.filename(i, absolute=True),
+            cfg.image_size,
+        )
         samples = tr_ds.reader.samples + va_ds.reader.samples
     else:
         ds = ImageDataset(str(root), input_img_mode=mode)
@@ -720,17 +923,44 @@ def _imagefolder(cfg, base, norm=None) -> DataBundle:
         from torch.utils.data import Subset
 
         files = _Files(ds, mode)
-        train = StreamSplit(Subset(files, tr.tolist()), torch.from_numpy(labels[tr]), None, tf, mean,
-                            std, lambda i, d=ds, t=tr: d.filename(int(t[i]), absolute=True),
-                            cfg.image_size)
-        val = StreamSplit(Subset(files, va.tolist()), torch.from_numpy(labels[va]), None, tf, mean,
-                          std, lambda i, d=ds, v=va: d.filename(int(v[i]), absolute=True),
-                          cfg.image_size)
+        train = StreamSplit(
+            Subset(files, tr.tolist()),
+            torch.from_numpy(labels[tr]),
+            None,
+            tf,
+            mean,
+            std,
+            lambda i, d=ds, t=tr: d.filename(int(t[i]), absolute=True),
+            cfg.image_size,
+        )
+        val = StreamSplit(
+            Subset(files, va.tolist()),
+            torch.from_numpy(labels[va]),
+            None,
+            tf,
+            mean,
+            std,
+            lambda i, d=ds, v=va: d.filename(int(v[i]), absolute=True),
+            cfg.image_size,
+        )
         samples = ds.reader.samples
     names = [c for c, _ in sorted(class_to_idx.items(), key=lambda kv: kv[1])]
-    fp = _fingerprint(*[f"{Path(p).relative_to(root)}:{Path(p).stat().st_size}" for p, _ in samples])
-    return DataBundle(train, val, len(names), cfg.channels, cfg.image_size, names, tuple(mean),
-                      tuple(std), fp, "imagefolder", norm_from=source)
+    fp = _fingerprint(
+        *[f"{Path(p).relative_to(root)}:{Path(p).stat().st_size}" for p, _ in samples]
+    )
+    return DataBundle(
+        train,
+        val,
+        len(names),
+        cfg.channels,
+        cfg.image_size,
+        names,
+        tuple(mean),
+        tuple(std),
+        fp,
+        "imagefolder",
+        norm_from=source,
+    )
 
 
 def _targets_of(ds) -> Optional[torch.Tensor]:
@@ -750,8 +980,10 @@ def _torchvision(cfg, base, norm=None) -> DataBundle:
         import difflib
 
         near = difflib.get_close_matches(cfg.name, names, n=3)
-        raise ConfigError(f"data.name={cfg.name!r} is not a torchvision dataset"
-                          + (f"; did you mean {', '.join(map(repr, near))}?" if near else ""))
+        raise ConfigError(
+            f"data.name={cfg.name!r} is not a torchvision dataset"
+            + (f"; did you mean {', '.join(map(repr, near))}?" if near else "")
+        )
     params = inspect.signature(cls).parameters
     kw = dict(cfg.kwargs)
     if "root" in params:
@@ -768,8 +1000,10 @@ def _torchvision(cfg, base, norm=None) -> DataBundle:
         try:
             return cls(**k)
         except RuntimeError as e:  # torchvision: "Dataset not found. You can use download=True"
-            raise ConfigError(f"data.root={cfg.root!r}: torchvision {cfg.name} could not load ({e}); "
-                              "set data.download=true on a machine with internet") from e
+            raise ConfigError(
+                f"data.root={cfg.root!r}: torchvision {cfg.name} could not load ({e}); "
+                "set data.download=true on a machine with internet"
+            ) from e
 
     mean, std, source = _default_mean_std(cfg, cfg.channels, norm)
     tf = _channel_fix(eval_transform(cfg.image_size, mean, std), cfg.channels)
@@ -788,12 +1022,25 @@ def _torchvision(cfg, base, norm=None) -> DataBundle:
         tr_labels, va_labels = labels[tr], labels[va]
     train = StreamSplit(tr_ds, tr_labels, None, tf, mean, std, image_size=cfg.image_size)
     val = StreamSplit(va_ds, va_labels, None, tf, mean, std, image_size=cfg.image_size)
-    classes = getattr(tr_ds, "classes", None) or getattr(getattr(tr_ds, "dataset", None), "classes", None)
+    classes = getattr(tr_ds, "classes", None) or getattr(
+        getattr(tr_ds, "dataset", None), "classes", None
+    )
     n_cls = len(classes) if classes else int(torch.cat([train.labels, val.labels]).max()) + 1
     names = [str(c) for c in classes] if classes else [str(i) for i in range(n_cls)]
     fp = _fingerprint("torchvision", cfg.name, len(train), len(val), train.labels.numpy().tobytes())
-    return DataBundle(train, val, n_cls, cfg.channels, cfg.image_size, names, tuple(mean),
-                      tuple(std), fp, "torchvision", norm_from=source)
+    return DataBundle(
+        train,
+        val,
+        n_cls,
+        cfg.channels,
+        cfg.image_size,
+        names,
+        tuple(mean),
+        tuple(std),
+        fp,
+        "torchvision",
+        norm_from=source,
+    )
 
 
 def _channel_fix(transform, channels: int):
@@ -801,8 +1048,9 @@ def _channel_fix(transform, channels: int):
     from torchvision import transforms as T
 
     mode = "L" if channels == 1 else "RGB"
-    return T.Compose([T.Lambda(lambda im: im.convert(mode) if hasattr(im, "convert") else im),
-                      transform])
+    return T.Compose(
+        [T.Lambda(lambda im: im.convert(mode) if hasattr(im, "convert") else im), transform]
+    )
 
 
 def _custom(cfg, base, norm=None) -> DataBundle:
@@ -811,13 +1059,17 @@ def _custom(cfg, base, norm=None) -> DataBundle:
     fn = resolve_target(cfg._target_, "data._target_")
     out = fn(**dict(cfg.kwargs))
     if not (isinstance(out, (tuple, list)) and len(out) == 2):
-        raise ConfigError(f"data._target_={cfg._target_!r} returned {type(out).__name__}; "
-                          "expected a (train, val) pair of map-style datasets")
+        raise ConfigError(
+            f"data._target_={cfg._target_!r} returned {type(out).__name__}; "
+            "expected a (train, val) pair of map-style datasets"
+        )
     tr_ds, va_ds = out
     for nm, ds in (("train", tr_ds), ("val", va_ds)):
         if not hasattr(ds, "__getitem__") or not hasattr(ds, "__len__") or len(ds) == 0:
-            raise ConfigError(f"data._target_={cfg._target_!r}: the {nm} dataset is empty or not "
-                              "map-style (needs __len__ and __getitem__ returning (image, label))")
+            raise ConfigError(
+                f"data._target_={cfg._target_!r}: the {nm} dataset is empty or not "
+                "map-style (needs __len__ and __getitem__ returning (image, label))"
+            )
     img0 = tr_ds[0][0]
     if isinstance(img0, torch.Tensor):
         channels = img0.shape[0] if img0.dim() == 3 else 1
@@ -831,5 +1083,16 @@ def _custom(cfg, base, norm=None) -> DataBundle:
     n_cls = len(classes) if classes else int(torch.cat([train.labels, val.labels]).max()) + 1
     names = [str(c) for c in classes] if classes else [str(i) for i in range(n_cls)]
     fp = _fingerprint("custom", cfg._target_, len(train), len(val), train.labels.numpy().tobytes())
-    return DataBundle(train, val, n_cls, channels, cfg.image_size, names, tuple(mean), tuple(std),
-                      fp, "custom", norm_from=source)
+    return DataBundle(
+        train,
+        val,
+        n_cls,
+        channels,
+        cfg.image_size,
+        names,
+        tuple(mean),
+        tuple(std),
+        fp,
+        "custom",
+        norm_from=source,
+    )

@@ -4,6 +4,7 @@
 initialises the group before Hydra runs so every rank agrees on one run directory.
 Only rank 0 writes the run directory.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,11 @@ class Dist:
 
 
 def from_env() -> Dist:
-    return Dist(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                int(os.environ.get("LOCAL_RANK", 0)))
+    return Dist(
+        int(os.environ.get("RANK", 0)),
+        int(os.environ.get("WORLD_SIZE", 1)),
+        int(os.environ.get("LOCAL_RANK", 0)),
+    )
 
 
 def init_process_group() -> Dist:

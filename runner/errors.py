@@ -1,4 +1,5 @@
 """Project errors. The CLI maps each to an exit code (DESIGN.md: 2 = bad config or input)."""
+
 from __future__ import annotations
 
 from typing import Iterable, Optional, Union
@@ -46,11 +47,19 @@ class NonFiniteLoss(RunnerError):
 
     exit_code = 1
 
-    def __init__(self, epoch: int, step: int, what: str = "loss", value: float = float("nan"),
-                 found_at: Optional[int] = None):
+    def __init__(
+        self,
+        epoch: int,
+        step: int,
+        what: str = "loss",
+        value: float = float("nan"),
+        found_at: Optional[int] = None,
+    ):
         self.epoch, self.step, self.what, self.value = epoch, step, what, value
         self.found_at = found_at  # the step whose check found it (the loop checks every few steps)
-        where = f" (found by the check after step {found_at})" if found_at and found_at != step else ""
+        where = (
+            f" (found by the check after step {found_at})" if found_at and found_at != step else ""
+        )
         super().__init__(
             f"non-finite {what} ({value}) at epoch {epoch}, step {step}{where}: training stopped "
             "before any checkpoint of it; earlier checkpoints are kept. Common causes: optim.lr "

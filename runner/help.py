@@ -4,6 +4,7 @@ conf/hydra/help/runner.yaml is the page; `${runner_stages:}` in it resolves to t
 built here from the stage registry and each stage module's docstring, read with `ast` so
 that --help imports neither torch nor timm (STYLE habit 11).
 """
+
 from __future__ import annotations
 
 import ast

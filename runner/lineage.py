@@ -19,6 +19,7 @@ Everything decided lands in the run directory: lineage.json (source, the outcome
 every key taken from the source or set by the stage, the weights loaded) and config.yaml
 (the config the run used; .hydra/config.yaml holds the composition before `from=`).
 """
+
 from __future__ import annotations
 
 import json
@@ -104,8 +105,10 @@ def outcome(src: Path) -> Outcome:
     from runner.stages import STAGES, get_stage
 
     if not src.is_dir():
-        raise ConfigError(f"from={src}: not a directory; expected a run directory "
-                          "(outputs/<date>/<time>), a tune sweep or a recipe run")
+        raise ConfigError(
+            f"from={src}: not a directory; expected a run directory "
+            "(outputs/<date>/<time>), a tune sweep or a recipe run"
+        )
     stage = stage_of(src)
     if stage in STAGES:
         return get_stage(stage).outcome(src)
@@ -122,14 +125,30 @@ def run_outcome(src: Path) -> Outcome:
     ck = best_checkpoint(src)
     if cfg_file is not None:
         conf = _load_yaml(cfg_file)
-        return Outcome(src, conf, cfg_file, str((conf.get("stage") or {}).get("name", "?")),
-                       ck, "the run's composed config", run=src)
+        return Outcome(
+            src,
+            conf,
+            cfg_file,
+            str((conf.get("stage") or {}).get("name", "?")),
+            ck,
+            "the run's composed config",
+            run=src,
+        )
     if ck is not None:
         conf = OmegaConf.to_container(OmegaConf.create(load_checkpoint(ck)["config"]))
-        return Outcome(src, conf, ck, str((conf.get("stage") or {}).get("name", "?")), ck,
-                       "the config saved in the checkpoint", run=src)
-    raise ConfigError(f"from={src}: no run there: expected config.yaml, .hydra/config.yaml, "
-                      "regularized_config.yaml, study.json or checkpoints/*.pt")
+        return Outcome(
+            src,
+            conf,
+            ck,
+            str((conf.get("stage") or {}).get("name", "?")),
+            ck,
+            "the config saved in the checkpoint",
+            run=src,
+        )
+    raise ConfigError(
+        f"from={src}: no run there: expected config.yaml, .hydra/config.yaml, "
+        "regularized_config.yaml, study.json or checkpoints/*.pt"
+    )
 
 
 def load_yaml(p: Path) -> Dict[str, Any]:
@@ -152,17 +171,22 @@ def _refuse_unfinished(src: Path) -> None:
     if _run_config(src) is None and best_checkpoint(src) is None:
         return  # no run there at all: outcome's own message says what it expected
     last = src / "checkpoints" / "last.pt"
-    hint = (f"continue it with `python -m runner resume={src}`, then start from it" if last.is_file()
-            else "it has no checkpoint to resume from: run it again, then start from that run")
-    raise ConfigError(f"from={src}: this run has not finished (no summary.json: it was "
-                      f"interrupted, crashed or refused before the end); {hint}")
+    hint = (
+        f"continue it with `python -m runner resume={src}`, then start from it"
+        if last.is_file()
+        else "it has no checkpoint to resume from: run it again, then start from that run"
+    )
+    raise ConfigError(
+        f"from={src}: this run has not finished (no summary.json: it was "
+        f"interrupted, crashed or refused before the end); {hint}"
+    )
 
 
 # ----------------------------------------------------------------------------- stage chains
 def stage_chain(name: str) -> List[str]:
     """The stages a stage YAML builds on, root first: overfit -> [train, baseline, overfit]."""
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.default_element import ConfigDefault
+    from hydra.core.global_hydra import GlobalHydra
 
     repo = GlobalHydra.instance().config_loader().repository
     chain: List[str] = []
@@ -170,8 +194,15 @@ def stage_chain(name: str) -> List[str]:
     while cur and cur not in chain:
         chain.insert(0, cur)
         res = repo.load_config(f"stage/{cur}")
-        parents = [d.path for d in (res.defaults_list or []) if isinstance(d, ConfigDefault)
-                   and d.path and d.path != "_self_"] if res is not None else []
+        parents = (
+            [
+                d.path
+                for d in (res.defaults_list or [])
+                if isinstance(d, ConfigDefault) and d.path and d.path != "_self_"
+            ]
+            if res is not None
+            else []
+        )
         cur = parents[0].rsplit("/", 1)[-1] if parents else None
     return chain
 
@@ -214,7 +245,11 @@ def command_keys(overrides: Sequence[str], include_per_run: bool = False) -> Lis
     """The dotted keys (or whole group packages) this command set explicitly."""
     keys: List[str] = []
     for k in map(override_key, overrides):
-        if (_top(k) in PER_RUN and not include_per_run) or k.startswith("hydra") or k == "experiment":
+        if (
+            (_top(k) in PER_RUN and not include_per_run)
+            or k.startswith("hydra")
+            or k == "experiment"
+        ):
             continue
         keys.append(k)
     return keys
@@ -225,7 +260,9 @@ def _stage_leaves(config_name: str, stage: str) -> Dict[str, Any]:
     rung (checked up front, then run): the same two stages each time, composed once."""
     from hydra.core.global_hydra import GlobalHydra
 
-    sources = tuple(str(getattr(x, "path", x)) for x in GlobalHydra.instance().config_loader().get_sources())
+    sources = tuple(
+        str(getattr(x, "path", x)) for x in GlobalHydra.instance().config_loader().get_sources()
+    )
     key = (sources, config_name, stage)
     if key not in _STAGE_CACHE:
         _STAGE_CACHE[key] = flatten(_plain(_compose_stage(config_name, stage)))
@@ -241,8 +278,9 @@ def _compose_stage(config_name: str, stage: str):
     return compose(config_name=config_name, overrides=[f"stage={stage}"])
 
 
-def inherit(cfg: DictConfig, overrides: Sequence[str], original_cwd: str,
-            config_name: str = "config") -> Tuple[DictConfig, Lineage]:
+def inherit(
+    cfg: DictConfig, overrides: Sequence[str], original_cwd: str, config_name: str = "config"
+) -> Tuple[DictConfig, Lineage]:
     """The config of a run with `from=`: source outcome + stage changes + command changes."""
     src = Path(original_cwd) / str(cfg["from"])
     out = outcome(src.expanduser())
@@ -265,59 +303,97 @@ def inherit(cfg: DictConfig, overrides: Sequence[str], original_cwd: str,
         parts = k.split(".")
         return any(".".join(parts[:i]) in keys for i in range(1, len(parts) + 1))
 
-    taken = {k: v for k, v in source.items()
-             if not covered(k, by_stage) and not covered(k, by_command) and user.get(k, object()) != v}
+    taken = {
+        k: v
+        for k, v in source.items()
+        if not covered(k, by_stage) and not covered(k, by_command) and user.get(k, object()) != v
+    }
     result = cfg.copy()
     with open_dict(result):
         for k, v in taken.items():
             try:
                 OmegaConf.update(result, k, v, merge=False, force_add=True)
             except Exception as e:  # noqa: BLE001 -- a schema clash: name the key and the file
-                raise ConfigError(f"from={src}: {k}={v!r} from {out.config_file} does not fit "
-                                  f"this run's config: {e}") from e
-    lin = Lineage(source=str(src), source_stage=out.stage, config_file=str(out.config_file),
-                  note=out.note, common_stage=anc, from_source=taken,
-                  from_stage={k: v for k, v in by_stage.items()
-                              if source.get(k, object()) != v and not covered(k, by_command)},
-                  from_command={k: v for k, v in by_command.items() if source.get(k, object()) != v})
+                raise ConfigError(
+                    f"from={src}: {k}={v!r} from {out.config_file} does not fit "
+                    f"this run's config: {e}"
+                ) from e
+    lin = Lineage(
+        source=str(src),
+        source_stage=out.stage,
+        config_file=str(out.config_file),
+        note=out.note,
+        common_stage=anc,
+        from_source=taken,
+        from_stage={
+            k: v
+            for k, v in by_stage.items()
+            if source.get(k, object()) != v and not covered(k, by_command)
+        },
+        from_command={k: v for k, v in by_command.items() if source.get(k, object()) != v},
+    )
     # the stage's own settings the command gave (never taken from the source; listed so the
     # record shows every change the command made)
     for k in command_keys(overrides, include_per_run=True):
         if k.startswith("stage.params"):
-            lin.from_command.update({u: v for u, v in user.items() if u == k or u.startswith(k + ".")})
+            lin.from_command.update(
+                {u: v for u, v in user.items() if u == k or u.startswith(k + ".")}
+            )
     explicit = "init_from" in command_keys(overrides, include_per_run=True)  # init_from=null: none
     from runner.stages import stage_flag
 
-    if stage_flag(new_stage, "WARM_START") and not explicit and not cfg.get("init_from") \
-            and out.weights is not None:
-        theirs, ours = architecture(out.config.get("model") or {}), architecture(_plain(result.model))
+    if (
+        stage_flag(new_stage, "WARM_START")
+        and not explicit
+        and not cfg.get("init_from")
+        and out.weights is not None
+    ):
+        theirs, ours = (
+            architecture(out.config.get("model") or {}),
+            architecture(_plain(result.model)),
+        )
         if theirs == ours:
             with open_dict(result):
                 result.init_from = str(out.weights)
             lin.weights = str(out.weights)
         else:  # another model: its weights cannot fit; train from scratch and say so
-            lin.weights_skipped = (f"no warm start: the source's weights are a {_arch_name(theirs)}, "
-                                   f"this run builds a {_arch_name(ours)} (init_from=<run dir> "
-                                   "loads weights explicitly)")
+            lin.weights_skipped = (
+                f"no warm start: the source's weights are a {_arch_name(theirs)}, "
+                f"this run builds a {_arch_name(ours)} (init_from=<run dir> "
+                "loads weights explicitly)"
+            )
             log.warning("from=: %s", lin.weights_skipped)
-    log.info("from %s (%s, %s): %d key(s) from the source, %d set by stage %s, %d by the command%s",
-             src, out.stage, out.note, len(taken), len(lin.from_stage), new_stage,
-             len(lin.from_command), f"; weights from {out.weights}" if lin.weights else "")
+    log.info(
+        "from %s (%s, %s): %d key(s) from the source, %d set by stage %s, %d by the command%s",
+        src,
+        out.stage,
+        out.note,
+        len(taken),
+        len(lin.from_stage),
+        new_stage,
+        len(lin.from_command),
+        f"; weights from {out.weights}" if lin.weights else "",
+    )
     return result, lin
 
 
 def architecture(model: Dict[str, Any]) -> Tuple[Any, ...]:
     """What decides a model's weight shapes (given the data): builder, name, its kwargs.
     Dropout, drop-path and pretrained weights change no shape."""
-    return (model.get("_target_"), None if model.get("_target_") else model.get("name"),
-            json.dumps(model.get("kwargs") or {}, sort_keys=True, default=str))
+    return (
+        model.get("_target_"),
+        None if model.get("_target_") else model.get("name"),
+        json.dumps(model.get("kwargs") or {}, sort_keys=True, default=str),
+    )
 
 
 def _arch_name(a: Tuple[Any, ...]) -> str:
     return str(a[0] or a[1]) + ("" if a[2] == "{}" else f" with kwargs {a[2]}")
 
 
-def apply(cfg: DictConfig, overrides: Sequence[str], original_cwd: str) -> Tuple[DictConfig, Optional[Lineage]]:
+def apply(
+    cfg: DictConfig, overrides: Sequence[str], original_cwd: str
+) -> Tuple[DictConfig, Optional[Lineage]]:
     """`inherit` when the config has `from`, else the config unchanged."""
     from runner.stages import stage_flag
 
@@ -341,14 +417,29 @@ def lineage_html(lin: Dict[str, Any]) -> str:
     """
     from runner.report import esc, table
 
-    rows = ([{"key": k, "value": v, "from": "source run"} for k, v in (lin.get("from_source") or {}).items()]
-            + [{"key": k, "value": v, "from": "this stage's YAML"} for k, v in (lin.get("from_stage") or {}).items()]
-            + [{"key": k, "value": v, "from": "this command"} for k, v in (lin.get("from_command") or {}).items()]
-            + [{"key": k, "value": v, "from": lin.get("changed_by") or "this stage"}
-               for k, v in (lin.get("changed") or {}).items()])
-    head = (f"<p>Started from <code>{esc(lin['source'])}</code>: {esc(lin['note'])} "
-            f"(<code>{esc(lin['config_file'])}</code>, {_article(str(lin['source_stage']))} "
-            f"{esc(str(lin['source_stage']))} run).")
+    rows = (
+        [
+            {"key": k, "value": v, "from": "source run"}
+            for k, v in (lin.get("from_source") or {}).items()
+        ]
+        + [
+            {"key": k, "value": v, "from": "this stage's YAML"}
+            for k, v in (lin.get("from_stage") or {}).items()
+        ]
+        + [
+            {"key": k, "value": v, "from": "this command"}
+            for k, v in (lin.get("from_command") or {}).items()
+        ]
+        + [
+            {"key": k, "value": v, "from": lin.get("changed_by") or "this stage"}
+            for k, v in (lin.get("changed") or {}).items()
+        ]
+    )
+    head = (
+        f"<p>Started from <code>{esc(lin['source'])}</code>: {esc(lin['note'])} "
+        f"(<code>{esc(lin['config_file'])}</code>, {_article(str(lin['source_stage']))} "
+        f"{esc(str(lin['source_stage']))} run)."
+    )
     if lin.get("weights"):
         head += f" Weights loaded from <code>{esc(lin['weights'])}</code>."
     if lin.get("weights_skipped"):
@@ -357,10 +448,15 @@ def lineage_html(lin: Dict[str, Any]) -> str:
         head += " Keys changed from the source run's config:</p>"
     else:
         common = lin.get("common_stage")
-        head += ("</p><p>This run's config is the source's config, then what this stage's YAML "
-                 + (f"changes relative to stage {esc(str(common))} (the last stage both build on)"
-                    if common else "sets (the source shares no stage with it)")
-                 + ", then this command's overrides, later ones winning. A row per key whose value "
-                 "here differs from what this stage and command alone give (from: source run) or "
-                 "from the source's (from: this stage's YAML, this command):</p>")
+        head += (
+            "</p><p>This run's config is the source's config, then what this stage's YAML "
+            + (
+                f"changes relative to stage {esc(str(common))} (the last stage both build on)"
+                if common
+                else "sets (the source shares no stage with it)"
+            )
+            + ", then this command's overrides, later ones winning. A row per key whose value "
+            "here differs from what this stage and command alone give (from: source run) or "
+            "from the source's (from: this stage's YAML, this command):</p>"
+        )
     return head + table(rows, ["key", "value", "from"])

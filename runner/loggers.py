@@ -11,6 +11,7 @@ others mirror each evaluation into their own tool so runs can be compared there:
 training run calls with every epoch record (`log_epoch`) and closes at the end. Libraries
 are imported only when their logger is on. Only DDP rank 0 logs.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,9 +26,15 @@ from runner.output import read_json
 log = logging.getLogger("runner")
 
 # epoch figures mirrored into the loggers: (record field, logged name, only when evaluated)
-SCALARS = [("train_loss", "train/loss", False), ("train_acc", "train/acc", False),
-           ("val_loss", "val/loss", True), ("val_acc", "val/acc", True), ("lr", "lr", False),
-           ("images_per_s", "perf/images_per_s", False), ("epoch_s", "perf/epoch_s", False)]
+SCALARS = [
+    ("train_loss", "train/loss", False),
+    ("train_acc", "train/acc", False),
+    ("val_loss", "val/loss", True),
+    ("val_acc", "val/acc", True),
+    ("lr", "lr", False),
+    ("images_per_s", "perf/images_per_s", False),
+    ("epoch_s", "perf/epoch_s", False),
+]
 
 MLFLOW_RUN_FILE = "mlflow.json"
 
@@ -95,8 +102,9 @@ class TensorboardLogger:
         found = first_layer_weight(self.model)
         if found is not None:
             name, w = found
-            self.writer.add_histogram(f"weights/{name}", w.detach().float().cpu(),
-                                      global_step=epoch)
+            self.writer.add_histogram(
+                f"weights/{name}", w.detach().float().cpu(), global_step=epoch
+            )
 
     def log_epoch(self, rec: Any) -> None:
         epoch = int(_get(rec, "epoch"))
@@ -126,14 +134,23 @@ def flat_params(d: Any, prefix: str = "") -> Dict[str, str]:
 class MlflowLogger:
     """One MLflow run per run directory (a resumed run continues the same MLflow run)."""
 
-    def __init__(self, tracking_uri: str, experiment_name: str, run_name: str,
-                 tags: Dict[str, str], params: Dict[str, str], run_dir):
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_name: str,
+        run_name: str,
+        tags: Dict[str, str],
+        params: Dict[str, str],
+        run_dir,
+    ):
         try:
             from mlflow.entities import Param
             from mlflow.tracking import MlflowClient
         except ImportError as e:
-            raise ConfigError("logger=mlflow needs the mlflow package; install it with "
-                              "pip install 'recipe-runner[mlflow]' (or pip install mlflow)") from e
+            raise ConfigError(
+                "logger=mlflow needs the mlflow package; install it with "
+                "pip install 'recipe-runner[mlflow]' (or pip install mlflow)"
+            ) from e
         for name in ("mlflow", "alembic"):  # their schema-migration chatter is not ours
             logging.getLogger(name).setLevel(logging.WARNING)
         self.run_dir = run_dir
@@ -149,14 +166,18 @@ class MlflowLogger:
             exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment_name)
             run = self.client.create_run(exp_id, run_name=run_name, tags=tags)
         except Exception as e:  # unreachable server, bad URI, locked store: say which key
-            raise ConfigError(f"logger.mlflow.tracking_uri={tracking_uri!r}: MLflow could not "
-                              f"start a run ({type(e).__name__}: {str(e)[:300]})") from e
+            raise ConfigError(
+                f"logger.mlflow.tracking_uri={tracking_uri!r}: MLflow could not "
+                f"start a run ({type(e).__name__}: {str(e)[:300]})"
+            ) from e
         self.run_id = run.info.run_id
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-            self.client.log_batch(self.run_id, params=items[i:i + 100])
-        run_dir.write_json(MLFLOW_RUN_FILE, {"tracking_uri": tracking_uri, "run_id": self.run_id,
-                                             "experiment_id": exp_id})
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+        run_dir.write_json(
+            MLFLOW_RUN_FILE,
+            {"tracking_uri": tracking_uri, "run_id": self.run_id, "experiment_id": exp_id},
+        )
         log.info("mlflow: run %s in experiment %r (%s)", self.run_id, experiment_name, tracking_uri)
 
     def log_epoch(self, rec: Any) -> None:
@@ -226,13 +247,16 @@ def build_loggers(cfg, run, original_cwd: str, data=None, model=None) -> Loggers
         uri = ml.tracking_uri or default_tracking_uri(original_cwd)
         if ml.tracking_uri and "://" not in uri and not uri.startswith("file:"):
             uri = str((Path(original_cwd) / uri).resolve())  # a bare folder, relative to the cwd
-        tags = {"stage": str(cfg.stage.name), "run_dir": str(run_path.resolve()),
-                "model": str(cfg.model.get("_target_") or cfg.model.name),
-                "data": str(cfg.data.kind), **{str(k): str(v) for k, v in ml.tags.items()}}
+        tags = {
+            "stage": str(cfg.stage.name),
+            "run_dir": str(run_path.resolve()),
+            "model": str(cfg.model.get("_target_") or cfg.model.name),
+            "data": str(cfg.data.kind),
+            **{str(k): str(v) for k, v in ml.tags.items()},
+        }
         params = flat_params(OmegaConf.to_container(cfg, resolve=True))
         run_name = ml.run_name or f"{cfg.stage.name}/{run_path.name}"
-        out.append(MlflowLogger(uri, ml.experiment_name or str(cfg.name), run_name, tags, params,
-                                run))
+        out.append(
+            MlflowLogger(uri, ml.experiment_name or str(cfg.name), run_name, tags, params, run)
+        )
     return Loggers(out)
-
-

@@ -6,6 +6,7 @@ over the training loader, `evaluate` one pass over the whole validation loader, 
 the epochs: a generator that yields one EpochRecord per epoch, so the caller (a stage)
 decides what to write, when to checkpoint and when to stop. This file does no I/O.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -127,9 +128,18 @@ class Step(NamedTuple):
     updated: bool  # False when `before_update` vetoed the update
 
 
-def step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-         loss_fn: Callable, *, amp=None, scaler=None, grad_clip: float = 0.0,
-         before_update: Callable[[torch.Tensor, torch.Tensor], bool] | None = None) -> Step:
+def step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: Callable,
+    *,
+    amp=None,
+    scaler=None,
+    grad_clip: float = 0.0,
+    before_update: Callable[[torch.Tensor, torch.Tensor], bool] | None = None,
+) -> Step:
     """One optimiser step on (x, y): forward, backward, update; no host sync.
 
     `before_update(loss, logits)` (a check inspecting the step) runs after the backward pass
@@ -158,8 +168,15 @@ def step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader, device: torch.device, precision: str = "fp32",
-             keep_logits: bool = False, epoch: int = 0, channels_last: bool = False) -> EvalResult:
+def evaluate(
+    model: nn.Module,
+    loader,
+    device: torch.device,
+    precision: str = "fp32",
+    keep_logits: bool = False,
+    epoch: int = 0,
+    channels_last: bool = False,
+) -> EvalResult:
     """Loss and accuracy over the *whole* loader (recipe: evaluate on the full val set)."""
     was_training = model.training
     model.eval()
@@ -181,13 +198,18 @@ def evaluate(model: nn.Module, loader, device: torch.device, precision: str = "f
             all_targets.append(y.cpu())
     model.train(was_training)
     # DDP: each rank saw its share of the validation set; sum over ranks
-    totals = all_reduce_sum(torch.stack([loss_sum, correct.double(),
-                                         torch.tensor(float(n), device=device, dtype=torch.float64)]))
+    totals = all_reduce_sum(
+        torch.stack(
+            [loss_sum, correct.double(), torch.tensor(float(n), device=device, dtype=torch.float64)]
+        )
+    )
     n = int(totals[2])
     if n == 0:
         return EvalResult(math.nan, math.nan, 0)
     return EvalResult(
-        float(totals[0]) / n, float(totals[1]) / n, n,
+        float(totals[0]) / n,
+        float(totals[1]) / n,
+        n,
         torch.cat(all_logits) if keep_logits else None,
         torch.cat(all_targets) if keep_logits else None,
     )
@@ -244,8 +266,11 @@ def _sync_flags(watch: _Watch, stop_local: bool, signum: int) -> _Flags:
     import torch.distributed as dist
 
     dev = watch.bad.device
-    host = torch.tensor([float(stop_local), float(signum), time.perf_counter() - watch.t0],
-                        dtype=torch.float64, device=dev)
+    host = torch.tensor(
+        [float(stop_local), float(signum), time.perf_counter() - watch.t0],
+        dtype=torch.float64,
+        device=dev,
+    )
     t = torch.cat([host, watch.bad.double().view(1), (-watch.clean.double()).view(1)])
     if _world_size() > 1:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -253,15 +278,17 @@ def _sync_flags(watch: _Watch, stop_local: bool, signum: int) -> _Flags:
     value = math.nan
     if bad and bool(watch.bad):  # failure path only: a second read is fine
         value = float(watch.value)
-    return _Flags(stop > 0, int(sig), bad > 0, watch.steps_before + int(-neg_clean) + 1, value,
-                  seconds)
+    return _Flags(
+        stop > 0, int(sig), bad > 0, watch.steps_before + int(-neg_clean) + 1, value, seconds
+    )
 
 
 class _CheckPoints:
     """When the loop reads device state on the host, and that read (see CHECK_EVERY)."""
 
-    def __init__(self, stop_signal: Callable[[], int] | None, check_every: int,
-                 check_seconds: float):
+    def __init__(
+        self, stop_signal: Callable[[], int] | None, check_every: int, check_seconds: float
+    ):
         self.stop_signal = stop_signal
         self.check_every, self.check_seconds = max(1, int(check_every)), check_seconds
         self.interval = self.check_every  # adapts to the step time, kept across epochs
@@ -281,12 +308,14 @@ class _CheckPoints:
         sig = self.signal()
         flags = _sync_flags(watch, sig != 0, sig)
         if flags.bad:
-            raise NonFiniteLoss(epoch + 1, flags.first_bad_step, "loss", flags.value,
-                                found_at=step_now)
+            raise NonFiniteLoss(
+                epoch + 1, flags.first_bad_step, "loss", flags.value, found_at=step_now
+            )
         steps = step_now - watch.steps_before
         if self.check_seconds > 0 and steps > 0 and flags.seconds > 0:  # same on every rank
-            self.interval = max(1, min(self.check_every,
-                                       int(self.check_seconds * steps / flags.seconds)))
+            self.interval = max(
+                1, min(self.check_every, int(self.check_seconds * steps / flags.seconds))
+            )
         return flags
 
 
@@ -304,9 +333,20 @@ class _EpochSums:
     first_step_s: float = 0.0
 
 
-def train_one_epoch(model: nn.Module, optimizer, loader, *, epoch: int, epochs: int,
-                    device: torch.device, loss_fn: Callable, scheduler, opts: LoopOptions,
-                    state: LoopState, checks: _CheckPoints) -> _EpochSums:
+def train_one_epoch(
+    model: nn.Module,
+    optimizer,
+    loader,
+    *,
+    epoch: int,
+    epochs: int,
+    device: torch.device,
+    loss_fn: Callable,
+    scheduler,
+    opts: LoopOptions,
+    state: LoopState,
+    checks: _CheckPoints,
+) -> _EpochSums:
     """Train `epoch` (0-based) from batch `state.batch_in_epoch` on; advances `state.step`.
 
     Stops after a step when a check point finds a stop request (`interrupted`); raises
@@ -317,8 +357,11 @@ def train_one_epoch(model: nn.Module, optimizer, loader, *, epoch: int, epochs: 
     if opts.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, opts.max_steps_per_epoch)
     amp = autocast(device, opts.precision)
-    scaler = (torch.amp.GradScaler(device.type)
-              if opts.precision == "fp16" and device.type == "cuda" else None)
+    scaler = (
+        torch.amp.GradScaler(device.type)
+        if opts.precision == "fp16" and device.type == "cuda"
+        else None
+    )
     # a half-done epoch's sums are over all ranks (see fit): rank 0 carries them on
     carry = _rank() == 0
     f64 = {"device": device, "dtype": torch.float64}
@@ -330,8 +373,12 @@ def train_one_epoch(model: nn.Module, optimizer, loader, *, epoch: int, epochs: 
     if opts.progress and sys.stderr.isatty():
         from tqdm import tqdm
 
-        bar = tqdm(total=steps_per_epoch, initial=out.batches,
-                   desc=f"epoch {epoch + 1}/{epochs}", leave=False)
+        bar = tqdm(
+            total=steps_per_epoch,
+            initial=out.batches,
+            desc=f"epoch {epoch + 1}/{epochs}",
+            leave=False,
+        )
     watch = _Watch(device, state.step)
     next_check = out.batches + checks.interval
     try:
@@ -346,8 +393,9 @@ def train_one_epoch(model: nn.Module, optimizer, loader, *, epoch: int, epochs: 
                 x, y = opts.mixup(x, y)
             # forward, backward, update (timed once when it compiles the model)
             t_step = time.perf_counter() if opts.time_first_step and state.step == 0 else None
-            s = step(model, optimizer, x, y, loss_fn, amp=amp, scaler=scaler,
-                     grad_clip=opts.grad_clip)
+            s = step(
+                model, optimizer, x, y, loss_fn, amp=amp, scaler=scaler, grad_clip=opts.grad_clip
+            )
             if t_step is not None:
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
@@ -380,10 +428,20 @@ def train_one_epoch(model: nn.Module, optimizer, loader, *, epoch: int, epochs: 
     return out
 
 
-def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_loader, *,
-        epochs: int, device: torch.device, loss_fn: nn.Module | None = None, scheduler=None,
-        opts: LoopOptions | None = None, state: LoopState | None = None,
-        stop_signal: Callable[[], int] | None = None) -> Iterator[EpochRecord]:
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_loader,
+    val_loader,
+    *,
+    epochs: int,
+    device: torch.device,
+    loss_fn: nn.Module | None = None,
+    scheduler=None,
+    opts: LoopOptions | None = None,
+    state: LoopState | None = None,
+    stop_signal: Callable[[], int] | None = None,
+) -> Iterator[EpochRecord]:
     """Train for `epochs` epochs (continuing from `state`), yielding a record per epoch.
 
     Raises NonFiniteLoss when a loss was NaN/Inf, naming its epoch and step: the loss is
@@ -402,9 +460,19 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_lo
 
     for epoch in range(state.epoch, epochs):
         # train one epoch (or the rest of a half-done one)
-        ep = train_one_epoch(model, optimizer, train_loader, epoch=epoch, epochs=epochs,
-                             device=device, loss_fn=loss_fn, scheduler=scheduler, opts=opts,
-                             state=state, checks=checks)
+        ep = train_one_epoch(
+            model,
+            optimizer,
+            train_loader,
+            epoch=epoch,
+            epochs=epochs,
+            device=device,
+            loss_fn=loss_fn,
+            scheduler=scheduler,
+            opts=opts,
+            state=state,
+            checks=checks,
+        )
         sums = torch.stack([ep.loss_sum, ep.correct, ep.seen])
 
         # stopped mid-epoch: hand back the half-done epoch, exactly, for its checkpoint
@@ -415,11 +483,22 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_lo
             state.partial_loss_sum, state.partial_correct = part[0], int(part[1])
             state.partial_seen, state.partial_s = int(part[2]), state.partial_s + ep.seconds
             state.wall_s += ep.seconds
-            rec = EpochRecord(epoch=epoch, step=state.step, train_loss=math.nan,
-                              train_acc=math.nan, val_loss=math.nan, val_acc=math.nan,
-                              lr=current_lr(optimizer), wall_s=state.wall_s, epoch_s=ep.seconds,
-                              images_per_s=0.0, evaluated=False, interrupted=True,
-                              signum=ep.signum, first_step_s=ep.first_step_s)
+            rec = EpochRecord(
+                epoch=epoch,
+                step=state.step,
+                train_loss=math.nan,
+                train_acc=math.nan,
+                val_loss=math.nan,
+                val_acc=math.nan,
+                lr=current_lr(optimizer),
+                wall_s=state.wall_s,
+                epoch_s=ep.seconds,
+                images_per_s=0.0,
+                evaluated=False,
+                interrupted=True,
+                signum=ep.signum,
+                first_step_s=ep.first_step_s,
+            )
             try:
                 yield rec
             except GeneratorExit:  # the caller saved its checkpoint (rank 0) and stops
@@ -440,26 +519,61 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train_loader, val_lo
 
         # evaluate on the whole validation set
         evaluated = (epoch + 1) % opts.eval_every == 0 or epoch + 1 == epochs
-        ev = (evaluate(model, val_loader, device, opts.precision, opts.keep_val_logits, epoch,
-                       opts.channels_last) if evaluated else EvalResult(math.nan, math.nan, 0))
+        ev = (
+            evaluate(
+                model,
+                val_loader,
+                device,
+                opts.precision,
+                opts.keep_val_logits,
+                epoch,
+                opts.channels_last,
+            )
+            if evaluated
+            else EvalResult(math.nan, math.nan, 0)
+        )
 
         # the record, and whether it is the best so far
         rec = EpochRecord(
-            epoch=epoch + 1, step=state.step,
-            train_loss=float(totals[0]) / n_seen, train_acc=float(totals[1]) / n_seen,
-            val_loss=ev.loss, val_acc=ev.acc, lr=current_lr(optimizer), wall_s=state.wall_s,
-            epoch_s=epoch_s, images_per_s=n_seen / epoch_s if epoch_s > 0 else 0.0,
-            evaluated=evaluated, val_logits=ev.logits, val_targets=ev.targets,
-            signum=ep.signum, first_step_s=ep.first_step_s)
+            epoch=epoch + 1,
+            step=state.step,
+            train_loss=float(totals[0]) / n_seen,
+            train_acc=float(totals[1]) / n_seen,
+            val_loss=ev.loss,
+            val_acc=ev.acc,
+            lr=current_lr(optimizer),
+            wall_s=state.wall_s,
+            epoch_s=epoch_s,
+            images_per_s=n_seen / epoch_s if epoch_s > 0 else 0.0,
+            evaluated=evaluated,
+            val_logits=ev.logits,
+            val_targets=ev.targets,
+            signum=ep.signum,
+            first_step_s=ep.first_step_s,
+        )
         if evaluated:
             if ev.loss < state.best_val_loss:
                 state.best_val_loss, state.evals_since_best, rec.best = ev.loss, 0, True
             else:
                 state.evals_since_best += 1
         rec.evals_since_best = state.evals_since_best
-        state.history.append({k: getattr(rec, k) for k in (
-            "epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "wall_s",
-            "epoch_s", "images_per_s")})
+        state.history.append(
+            {
+                k: getattr(rec, k)
+                for k in (
+                    "epoch",
+                    "step",
+                    "train_loss",
+                    "train_acc",
+                    "val_loss",
+                    "val_acc",
+                    "lr",
+                    "wall_s",
+                    "epoch_s",
+                    "images_per_s",
+                )
+            }
+        )
         yield rec
 
         # a stop request: the one agreed at the epoch end, or (one process) one that came

@@ -1,4 +1,5 @@
 """Model builders: any timm model by name, or a custom callable; plus the recipe's tiny CNN."""
+
 from __future__ import annotations
 
 import logging
@@ -50,28 +51,40 @@ def input_size_problem(name: str, kwargs, image_size: int) -> str | None:
     p = int(patch[0]) if isinstance(patch, (tuple, list)) else int(patch)
     if image_size % p and not getattr(pe, "dynamic_img_pad", False):
         lo, hi = max(p, image_size // p * p), (image_size // p + 1) * p
-        return (f"data.image_size={image_size} is not a multiple of the patch size {p} of "
-                f"model.name={name!r} (it cuts images into {p}x{p} patches); use "
-                f"data.image_size={lo} or {hi}")
+        return (
+            f"data.image_size={image_size} is not a multiple of the patch size {p} of "
+            f"model.name={name!r} (it cuts images into {p}x{p} patches); use "
+            f"data.image_size={lo} or {hi}"
+        )
     fixed = getattr(pe, "img_size", None)
     dynamic = getattr(m, "dynamic_img_size", False) or getattr(pe, "dynamic_img_size", False)
-    if fixed and getattr(pe, "strict_img_size", False) and not dynamic \
-            and tuple(fixed) != (image_size, image_size):
-        return (f"model.name={name!r} is built for {fixed[0]}x{fixed[1]} inputs but "
-                f"data.image_size={image_size}; add +model.kwargs.img_size={image_size} (timm "
-                f"resizes its position embeddings) or data.image_size={fixed[0]}")
+    if (
+        fixed
+        and getattr(pe, "strict_img_size", False)
+        and not dynamic
+        and tuple(fixed) != (image_size, image_size)
+    ):
+        return (
+            f"model.name={name!r} is built for {fixed[0]}x{fixed[1]} inputs but "
+            f"data.image_size={image_size}; add +model.kwargs.img_size={image_size} (timm "
+            f"resizes its position embeddings) or data.image_size={fixed[0]}"
+        )
     return None
 
 
 class TinyCNN(nn.Module):
     """A small convnet you cannot get wrong (recipe stage 2): conv-relu-pool x2, then linear."""
 
-    def __init__(self, num_classes: int = 10, in_chans: int = 3, width: int = 32,
-                 drop_rate: float = 0.0):
+    def __init__(
+        self, num_classes: int = 10, in_chans: int = 3, width: int = 32, drop_rate: float = 0.0
+    ):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_chans, width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(in_chans, width, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.ReLU(inplace=True),
             nn.AdaptiveAvgPool2d(4),
         )
         self.drop = nn.Dropout(drop_rate)
@@ -81,7 +94,9 @@ class TinyCNN(nn.Module):
         return self.fc(self.drop(self.features(x).flatten(1)))
 
 
-def build_model(cfg, num_classes: int, in_chans: int, original_cwd: Optional[str] = None) -> nn.Module:
+def build_model(
+    cfg, num_classes: int, in_chans: int, original_cwd: Optional[str] = None
+) -> nn.Module:
     """cfg is the `model` node; num_classes/in_chans come from the data, never from YAML."""
     base = Path(original_cwd) if original_cwd else Path.cwd()
     if cfg._target_:
@@ -93,8 +108,10 @@ def build_model(cfg, num_classes: int, in_chans: int, original_cwd: Optional[str
             kwargs.setdefault("drop_rate", cfg.drop_rate)
         model = fn(num_classes=num_classes, in_chans=in_chans, **kwargs)
         if not isinstance(model, nn.Module):
-            raise ConfigError(f"model._target_={cfg._target_!r} returned {type(model).__name__}; "
-                              "expected an nn.Module")
+            raise ConfigError(
+                f"model._target_={cfg._target_!r} returned {type(model).__name__}; "
+                "expected an nn.Module"
+            )
         return model
     import timm
 
@@ -107,16 +124,22 @@ def build_model(cfg, num_classes: int, in_chans: int, original_cwd: Optional[str
         kwargs["pretrained"] = True
         if cfg.pretrained_file:
             # timm's own loading path with a local file: classifier and input conv are adapted
-            kwargs["pretrained_cfg_overlay"] = dict(file=str((base / cfg.pretrained_file).expanduser()))
+            kwargs["pretrained_cfg_overlay"] = dict(
+                file=str((base / cfg.pretrained_file).expanduser())
+            )
     try:
         return timm.create_model(cfg.name, **kwargs)
     except TypeError as e:
-        raise ConfigError(f"model.name={cfg.name!r} does not accept these options ({e}); "
-                          "drop model.drop_path_rate / model.kwargs it does not know") from e
+        raise ConfigError(
+            f"model.name={cfg.name!r} does not accept these options ({e}); "
+            "drop model.drop_path_rate / model.kwargs it does not know"
+        ) from e
     except (RuntimeError, OSError) as e:
         if cfg.pretrained:
-            raise ConfigError(f"model.pretrained=true for {cfg.name!r} could not load weights ({e}); "
-                              "no downloads here: set model.pretrained_file to a local .pth/.safetensors")
+            raise ConfigError(
+                f"model.pretrained=true for {cfg.name!r} could not load weights ({e}); "
+                "no downloads here: set model.pretrained_file to a local .pth/.safetensors"
+            ) from e
         raise
 
 

@@ -1,4 +1,5 @@
 """Optimiser, schedule and loss through timm's factories (cfg -> flat kwargs -> create_*)."""
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -31,9 +32,15 @@ def build_scheduler(cfg, optimizer, epochs: int, steps_per_epoch: int):
     from timm.scheduler import create_scheduler_v2
 
     sched, _ = create_scheduler_v2(
-        optimizer, sched=cfg.name, num_epochs=epochs, warmup_epochs=cfg.warmup_epochs,
-        warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr, decay_epochs=cfg.decay_epochs,
-        decay_rate=cfg.decay_rate, step_on_epochs=cfg.step_on_epochs,
+        optimizer,
+        sched=cfg.name,
+        num_epochs=epochs,
+        warmup_epochs=cfg.warmup_epochs,
+        warmup_lr=cfg.warmup_lr,
+        min_lr=cfg.min_lr,
+        decay_epochs=cfg.decay_epochs,
+        decay_rate=cfg.decay_rate,
+        step_on_epochs=cfg.step_on_epochs,
         updates_per_epoch=steps_per_epoch,
     )
     return sched
@@ -45,7 +52,11 @@ def build_loss_and_mixup(aug, num_classes: int) -> Tuple[nn.Module, Optional[obj
         from timm.data import Mixup
         from timm.loss import SoftTargetCrossEntropy
 
-        mixup = Mixup(mixup_alpha=aug.mixup_alpha, cutmix_alpha=aug.cutmix_alpha,
-                      label_smoothing=aug.label_smoothing, num_classes=num_classes)
+        mixup = Mixup(
+            mixup_alpha=aug.mixup_alpha,
+            cutmix_alpha=aug.cutmix_alpha,
+            label_smoothing=aug.label_smoothing,
+            num_classes=num_classes,
+        )
         return SoftTargetCrossEntropy(), mixup
     return nn.CrossEntropyLoss(label_smoothing=aug.label_smoothing), None

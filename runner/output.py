@@ -4,6 +4,7 @@ metrics.csv, summary.json, checks.json, plots/*.png, report.html, checkpoints/*.
 Every write is atomic (temp file + rename) so a kill never leaves a truncated file, and
 nothing here overwrites a finished run's results unless it is that run being resumed.
 """
+
 from __future__ import annotations
 
 import csv
@@ -15,8 +16,18 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
-METRIC_COLUMNS = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
-                  "wall_s", "epoch_s", "images_per_s"]
+METRIC_COLUMNS = [
+    "epoch",
+    "step",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "lr",
+    "wall_s",
+    "epoch_s",
+    "images_per_s",
+]
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -91,15 +102,25 @@ class RunDir:
         return str(Path(p).relative_to(self.path))
 
     # -- metrics.csv
-    def write_metrics(self, rows: Iterable[Dict[str, Any]], extra: Optional[List[str]] = None) -> None:
+    def write_metrics(
+        self, rows: Iterable[Dict[str, Any]], extra: Optional[List[str]] = None
+    ) -> None:
         """(Re)write metrics.csv from the full history (history lives in the checkpoint)."""
         cols = METRIC_COLUMNS + [c for c in (extra or []) if c not in METRIC_COLUMNS]
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow({k: ("" if isinstance(v, float) and not math.isfinite(v) else
-                            (f"{v:.6g}" if isinstance(v, float) else v)) for k, v in r.items()})
+            w.writerow(
+                {
+                    k: (
+                        ""
+                        if isinstance(v, float) and not math.isfinite(v)
+                        else (f"{v:.6g}" if isinstance(v, float) else v)
+                    )
+                    for k, v in r.items()
+                }
+            )
         self._write(self.path / "metrics.csv", buf.getvalue().encode())
 
     # -- JSON files
@@ -112,11 +133,13 @@ class RunDir:
         return self.write_json("summary.json", summary)
 
     def write_checks(self, verdicts: List[Any]) -> Path:
-        return self.write_json("checks.json", [v.to_dict() if hasattr(v, "to_dict") else v
-                                               for v in verdicts])
+        return self.write_json(
+            "checks.json", [v.to_dict() if hasattr(v, "to_dict") else v for v in verdicts]
+        )
 
-    def write_csv(self, name: str, rows: List[Dict[str, Any]],
-                  columns: Optional[List[str]] = None) -> Path:
+    def write_csv(
+        self, name: str, rows: List[Dict[str, Any]], columns: Optional[List[str]] = None
+    ) -> Path:
         """rows as a CSV; `columns` first (the header of an empty table), then any others."""
         cols: List[str] = list(columns or [])
         for r in rows:

@@ -1,4 +1,5 @@
 """Matplotlib figures (Agg backend) for reports: titles, axes and units on every plot."""
+
 from __future__ import annotations
 
 import math
@@ -12,12 +13,18 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def _finite(xs: Sequence[float]):
-    return [x if x is not None and isinstance(x, (int, float)) and math.isfinite(x)
-            else float("nan") for x in xs]
+    return [
+        x if x is not None and isinstance(x, (int, float)) and math.isfinite(x) else float("nan")
+        for x in xs
+    ]
 
 
-def curves(history: List[Dict], title: str = "Training curves", mark_epoch: Optional[float] = None,
-           mark_label: str = ""):
+def curves(
+    history: List[Dict],
+    title: str = "Training curves",
+    mark_epoch: Optional[float] = None,
+    mark_label: str = "",
+):
     """Loss, accuracy and learning rate per epoch, from metrics rows; `mark_epoch` draws a
     vertical line (e.g. where a continued run picked up)."""
     ep = [r["epoch"] for r in history]
@@ -60,29 +67,54 @@ def line(ys: Sequence[float], title: str, xlabel: str, ylabel: str, logy: bool =
     return fig
 
 
-def recipe_walk(stages: Sequence[str], val_acc: Sequence[Optional[float]],
-                n_val: Sequence[Optional[int]], wall_s: Sequence[Optional[float]],
-                sub_wall_s: Sequence[Optional[float]], title: str = "Recipe"):
+def recipe_walk(
+    stages: Sequence[str],
+    val_acc: Sequence[Optional[float]],
+    n_val: Sequence[Optional[int]],
+    wall_s: Sequence[Optional[float]],
+    sub_wall_s: Sequence[Optional[float]],
+    title: str = "Recipe",
+):
     """The recipe at a glance. Left: validation accuracy after each stage with a band of one
     standard error, sqrt(p(1-p)/n_val) (a step inside it is noise). Right: each stage's wall
     time as a horizontal bar, its sub-runs' summed training time darker inside it."""
     k = len(stages)
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, max(3.2, 0.5 * k + 1.8)),
-                                 gridspec_kw={"width_ratios": [1.25, 1]})
+    fig, (ax, bx) = plt.subplots(
+        1, 2, figsize=(12, max(3.2, 0.5 * k + 1.8)), gridspec_kw={"width_ratios": [1.25, 1]}
+    )
     x = list(range(k))
-    acc = [100 * a if isinstance(a, (int, float)) and math.isfinite(a) else float("nan")
-           for a in val_acc]
-    se = [100 * math.sqrt(max(a / 100 * (1 - a / 100), 0.0) / n) if n and math.isfinite(a)
-          else float("nan") for a, n in zip(acc, n_val)]
+    acc = [
+        100 * a if isinstance(a, (int, float)) and math.isfinite(a) else float("nan")
+        for a in val_acc
+    ]
+    se = [
+        100 * math.sqrt(max(a / 100 * (1 - a / 100), 0.0) / n)
+        if n and math.isfinite(a)
+        else float("nan")
+        for a, n in zip(acc, n_val)
+    ]
     lo = [a - s if math.isfinite(s) else a for a, s in zip(acc, se)]
     hi = [a + s if math.isfinite(s) else a for a, s in zip(acc, se)]
     ax.fill_between(x, lo, hi, color="C0", alpha=0.2, lw=0, label="± 1 standard error")
-    ax.errorbar(x, acc, yerr=[0 if not math.isfinite(s) else s for s in se], fmt="o-",
-                color="C0", capsize=3, label="val accuracy")
+    ax.errorbar(
+        x,
+        acc,
+        yerr=[0 if not math.isfinite(s) else s for s in se],
+        fmt="o-",
+        color="C0",
+        capsize=3,
+        label="val accuracy",
+    )
     for xi, a in zip(x, acc):
         if math.isfinite(a):
-            ax.annotate(f"{a:.1f}", (xi, a), textcoords="offset points", xytext=(0, 7),
-                        ha="center", fontsize=8)
+            ax.annotate(
+                f"{a:.1f}",
+                (xi, a),
+                textcoords="offset points",
+                xytext=(0, 7),
+                ha="center",
+                fontsize=8,
+            )
     ax.set_xticks(x, list(stages), rotation=30, ha="right")
     ax.set(title="Validation accuracy after each stage", ylabel="val accuracy (%)")
     ax.grid(alpha=0.3)
@@ -96,8 +128,13 @@ def recipe_walk(stages: Sequence[str], val_acc: Sequence[Optional[float]],
     if any(sub):
         bx.barh(y, sub, color="C1", label="its sub-runs' training")
     for yi, w in zip(y, wall):
-        bx.annotate(f"{w:.0f} s" if w >= 10 else f"{w:.1f} s", (w, yi), textcoords="offset points", xytext=(3, -3),
-                    fontsize=8)
+        bx.annotate(
+            f"{w:.0f} s" if w >= 10 else f"{w:.1f} s",
+            (w, yi),
+            textcoords="offset points",
+            xytext=(3, -3),
+            fontsize=8,
+        )
     bx.set_yticks(y, list(stages))
     total = sum(wall)
     bx.set(title=f"Where the time went ({total:.0f} s in all)", xlabel="wall time (s)")

@@ -5,6 +5,7 @@ facts such as stage/data/model, key figures, verdict counts, links to related re
 sections, and a footer listing the run's files. Pure functions from data to HTML strings;
 RunDir.write_report puts the page on disk. No external assets: it reads offline.
 """
+
 from __future__ import annotations
 
 import html
@@ -144,8 +145,11 @@ def render(blocks: Sequence[Any]) -> str:
         elif isinstance(b, Images):
             out.append(images(b.paths))
         elif isinstance(b, Links):
-            out.append("<ul>" + "".join(f'<li><a href="{esc(h)}">{esc(t)}</a></li>'
-                                        for t, h in b.items) + "</ul>")
+            out.append(
+                "<ul>"
+                + "".join(f'<li><a href="{esc(h)}">{esc(t)}</a></li>' for t, h in b.items)
+                + "</ul>"
+            )
         elif isinstance(b, Figure):
             raise ValueError(f"figure {b.name!r} was not saved before rendering")
         else:
@@ -173,8 +177,9 @@ def saved_figures(sections: Sequence[Section], save) -> None:
     for sec in sections:
         if isinstance(sec.body, str):
             continue
-        sec.body = [Images([save(b.figure, b.name)]) if isinstance(b, Figure) else b
-                    for b in sec.body]
+        sec.body = [
+            Images([save(b.figure, b.name)]) if isinstance(b, Figure) else b for b in sec.body
+        ]
 
 
 @dataclass
@@ -196,30 +201,36 @@ class Report:
         self.sections.append(Section(title, body, anchor))
 
     def render(self) -> str:
-        kpis = "".join(f'<span class="kpi"><b>{esc(fmt(v))}</b>{esc(k)}</span>'
-                       for k, v in self.kpis.items())
+        kpis = "".join(
+            f'<span class="kpi"><b>{esc(fmt(v))}</b>{esc(k)}</span>' for k, v in self.kpis.items()
+        )
         facts = "".join(f"<dt>{esc(k)}</dt><dd>{esc(fmt(v))}</dd>" for k, v in self.facts.items())
         nav = " ".join(f'<a href="{esc(h)}">{esc(t)}</a>' for t, h in self.links)
-        toc = " · ".join(f'<a href="#{s.anchor or slug(s.title)}">{esc(s.title)}</a>'
-                         for s in self.sections)
-        body = "".join(f'<h2 id="{s.anchor or slug(s.title)}">{esc(s.title)}</h2>{s.html()}'
-                       for s in self.sections)
+        toc = " · ".join(
+            f'<a href="#{s.anchor or slug(s.title)}">{esc(s.title)}</a>' for s in self.sections
+        )
+        body = "".join(
+            f'<h2 id="{s.anchor or slug(s.title)}">{esc(s.title)}</h2>{s.html()}'
+            for s in self.sections
+        )
         if 'class="sortable"' in body:
             body += f"<script>{SORT_JS}</script>"
         files = " ".join(f'<a href="{esc(f)}">{esc(f)}</a>' for f in self.files)
-        return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
-                f'<meta name="viewport" content="width=device-width,initial-scale=1">'
-                f'<title>{esc(self.title)}</title><style>{CSS}</style></head><body>'
-                + (f'<p class="nav">{nav}</p>' if nav else "")
-                + f'<h1>{esc(self.title)}</h1>'
-                + (f'<p class="sub">{esc(self.subtitle)}</p>' if self.subtitle else "")
-                + (verdict_banner(self.counts) if self.counts is not None else "")
-                + (f'<dl class="facts">{facts}</dl>' if facts else "")
-                + (f'<div class="kpis">{kpis}</div>' if kpis else "")
-                + f'<p class="toc">{toc}</p>{body}'
-                + f'<footer>{("files: " + files + "<br>") if files else ""}'
-                f'written {esc(time.strftime("%Y-%m-%d %H:%M:%S"))} by recipe-runner</footer>'
-                + '</body></html>')
+        return (
+            f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width,initial-scale=1">'
+            f"<title>{esc(self.title)}</title><style>{CSS}</style></head><body>"
+            + (f'<p class="nav">{nav}</p>' if nav else "")
+            + f"<h1>{esc(self.title)}</h1>"
+            + (f'<p class="sub">{esc(self.subtitle)}</p>' if self.subtitle else "")
+            + (verdict_banner(self.counts) if self.counts is not None else "")
+            + (f'<dl class="facts">{facts}</dl>' if facts else "")
+            + (f'<div class="kpis">{kpis}</div>' if kpis else "")
+            + f'<p class="toc">{toc}</p>{body}'
+            + f"<footer>{('files: ' + files + '<br>') if files else ''}"
+            f"written {esc(time.strftime('%Y-%m-%d %H:%M:%S'))} by recipe-runner</footer>"
+            + "</body></html>"
+        )
 
 
 def verdict_banner(counts: Dict[str, int]) -> str:
@@ -230,14 +241,19 @@ def verdict_banner(counts: Dict[str, int]) -> str:
     if not total:
         text = "no checks ran"
     else:
-        text = {"fail": f"{n['fail']} of {total} checks failed",
-                "warn": f"no check failed; {n['warn']} of {total} warn",
-                "pass": f"all {n['pass']} checks passed" if not n["skip"] else
-                        f"{n['pass']} checks passed, none failed",
-                "skip": f"all {total} checks skipped"}[worst]
+        text = {
+            "fail": f"{n['fail']} of {total} checks failed",
+            "warn": f"no check failed; {n['warn']} of {total} warn",
+            "pass": f"all {n['pass']} checks passed"
+            if not n["skip"]
+            else f"{n['pass']} checks passed, none failed",
+            "skip": f"all {total} checks skipped",
+        }[worst]
         text += "  ·  " + " / ".join(f"{n[k]} {k}" for k in ("pass", "warn", "fail", "skip"))
-    return (f'<div class="verdict" id="verdict" data-status="{worst}" '
-            f'style="background:{STATUS_COLOURS[worst]}">{esc(text)}</div>')
+    return (
+        f'<div class="verdict" id="verdict" data-status="{worst}" '
+        f'style="background:{STATUS_COLOURS[worst]}">{esc(text)}</div>'
+    )
 
 
 def esc(x: Any) -> str:
@@ -256,8 +272,12 @@ def fmt(v: Any) -> str:
     return "n/a" if v is None else str(v)
 
 
-def table(rows: Sequence[Dict[str, Any]], columns: Optional[Sequence[str]] = None,
-          raw: Sequence[str] = (), sortable: bool = False) -> str:
+def table(
+    rows: Sequence[Dict[str, Any]],
+    columns: Optional[Sequence[str]] = None,
+    raw: Sequence[str] = (),
+    sortable: bool = False,
+) -> str:
     """An HTML table; columns named in `raw` hold trusted HTML; `sortable`: click a header
     to sort."""
     if not rows:
@@ -265,9 +285,11 @@ def table(rows: Sequence[Dict[str, Any]], columns: Optional[Sequence[str]] = Non
     cols = list(columns or rows[0].keys())
     head = "".join(f"<th>{esc(c)}</th>" for c in cols)
     body = "".join(
-        "<tr>" + "".join(f"<td>{r.get(c, '') if c in raw else esc(fmt(r.get(c, '')))}</td>"
-                         for c in cols) + "</tr>"
-        for r in rows)
+        "<tr>"
+        + "".join(f"<td>{r.get(c, '') if c in raw else esc(fmt(r.get(c, '')))}</td>" for c in cols)
+        + "</tr>"
+        for r in rows
+    )
     cls = ' class="sortable"' if sortable else ""
     return f"<table{cls}><tr>{head}</tr>{body}</table>"
 
@@ -283,9 +305,14 @@ def status_badge(status: str) -> str:
 
 def images(paths: Sequence[str]) -> str:
     """Figures beside the report (relative paths); each opens full size when clicked."""
-    return '<div class="figs">' + "".join(
-        f'<a href="{esc(p)}"><img src="{esc(p)}" alt="{esc(Path(p).stem.replace("_", " "))}"></a>'
-        for p in paths) + "</div>"
+    return (
+        '<div class="figs">'
+        + "".join(
+            f'<a href="{esc(p)}"><img src="{esc(p)}" alt="{esc(Path(p).stem.replace("_", " "))}"></a>'
+            for p in paths
+        )
+        + "</div>"
+    )
 
 
 def pre(text: str) -> str:
@@ -300,14 +327,23 @@ def checks_section(verdicts: Sequence[Any]) -> str:
     detail = []
     for v in verdicts:
         d = v.to_dict() if hasattr(v, "to_dict") else v
-        rows.append({"check": f'<a href="#check-{slug(d["name"])}">{esc(d["name"])}</a>',
-                     "status": status_badge(d["status"]), "value": d.get("value"),
-                     "expected": d.get("expected"), "message": d.get("message")})
-        detail.append(f'<h3 id="check-{slug(d["name"])}">{esc(d["name"])} '
-                      f'{status_badge(d["status"])}</h3>'
-                      f'<p>{esc(d.get("message", ""))}</p>' + images(d.get("artifacts") or []))
-    return table(rows, ["check", "status", "value", "expected", "message"],
-                 raw=("check", "status")) + "".join(detail)
+        rows.append(
+            {
+                "check": f'<a href="#check-{slug(d["name"])}">{esc(d["name"])}</a>',
+                "status": status_badge(d["status"]),
+                "value": d.get("value"),
+                "expected": d.get("expected"),
+                "message": d.get("message"),
+            }
+        )
+        detail.append(
+            f'<h3 id="check-{slug(d["name"])}">{esc(d["name"])} '
+            f"{status_badge(d['status'])}</h3>"
+            f"<p>{esc(d.get('message', ''))}</p>" + images(d.get("artifacts") or [])
+        )
+    return table(
+        rows, ["check", "status", "value", "expected", "message"], raw=("check", "status")
+    ) + "".join(detail)
 
 
 # ----------------------------------------------------------------------------- a run's header
@@ -328,17 +364,21 @@ def run_facts(summary: Dict[str, Any]) -> Dict[str, str]:
     d = summary.get("data")
     if isinstance(d, dict):
         size = d.get("image_size")
-        shape = f' · {d.get("in_chans")}×{size}×{size} px' if size and d.get("in_chans") else ""
-        out["data"] = (f'{d.get("kind")} · {d.get("num_train")} train / {d.get("num_val")} val · '
-                       f'{d.get("num_classes")} classes{shape}')
+        shape = f" · {d.get('in_chans')}×{size}×{size} px" if size and d.get("in_chans") else ""
+        out["data"] = (
+            f"{d.get('kind')} · {d.get('num_train')} train / {d.get('num_val')} val · "
+            f"{d.get('num_classes')} classes{shape}"
+        )
     if summary.get("model"):
         params = summary.get("params")
         out["model"] = str(summary["model"]) + (
-            f" · {params:,} parameters" if isinstance(params, int) else "")
+            f" · {params:,} parameters" if isinstance(params, int) else ""
+        )
     prov = summary.get("provenance") or {}
     if prov.get("device"):
-        out["device"] = (f'{prov["device"]} ({prov.get("device_name") or "?"}, '
-                         f'{prov.get("threads")} threads)')
+        out["device"] = (
+            f"{prov['device']} ({prov.get('device_name') or '?'}, {prov.get('threads')} threads)"
+        )
     status = summary.get("status")
     if status and status != "finished":
         why = summary.get("stop_reason") or summary.get("error") or ""
@@ -356,18 +396,23 @@ def run_kpis(summary: Dict[str, Any]) -> Dict[str, Any]:
     if best and summary.get("best_epoch") is not None:
         best += f" (epoch {summary['best_epoch']})"
     ips, wall, params = summary.get("images_per_s"), summary.get("wall_s"), summary.get("params")
-    k = {"val accuracy": _pct(summary.get("val_acc")),
-         "best val accuracy": best,
-         "human baseline": _pct(summary.get("human_baseline")),
-         "val loss": summary.get("val_loss"),
-         "train loss": summary.get("train_loss"),
-         "epochs": summary.get("epochs") or None,  # 0 epochs: a stage that trains nothing
-         "images": summary.get("images"),
-         "images/s": f"{ips:,.0f}" if _finite(ips) else None,
-         "wall time": f"{wall:.1f} s" if _finite(wall) else None,
-         "parameters": f"{params:,}" if isinstance(params, int) and params else None}
-    return {key: v for key, v in k.items()
-            if v is not None and not (isinstance(v, float) and not math.isfinite(v))}
+    k = {
+        "val accuracy": _pct(summary.get("val_acc")),
+        "best val accuracy": best,
+        "human baseline": _pct(summary.get("human_baseline")),
+        "val loss": summary.get("val_loss"),
+        "train loss": summary.get("train_loss"),
+        "epochs": summary.get("epochs") or None,  # 0 epochs: a stage that trains nothing
+        "images": summary.get("images"),
+        "images/s": f"{ips:,.0f}" if _finite(ips) else None,
+        "wall time": f"{wall:.1f} s" if _finite(wall) else None,
+        "parameters": f"{params:,}" if isinstance(params, int) and params else None,
+    }
+    return {
+        key: v
+        for key, v in k.items()
+        if v is not None and not (isinstance(v, float) and not math.isfinite(v))
+    }
 
 
 def _finite(x: Any) -> bool:
@@ -387,6 +432,7 @@ def related_links(run_path: Path) -> List[Tuple[str, str]]:
             links.append(("↑ sweep summary", "../report.html"))
     except ImportError:  # pragma: no cover - hydra is a dependency
         pass
+
     def is_run(d: Path) -> bool:
         return (d / ".hydra").is_dir() or (d / "summary.json").exists()
 
@@ -401,19 +447,34 @@ def related_links(run_path: Path) -> List[Tuple[str, str]]:
             if (d / "report.html").is_file():
                 links.append((f"↓ {d.name}", f"{d.name}/report.html"))
             elif not is_run(d):  # a folder of runs (rungs/, seeds/): one level further
-                links += [(f"↓ {d.name}/{c.name}", f"{d.name}/{c.name}/report.html")
-                          for c in sorted(d.iterdir()) if (c / "report.html").is_file()]
+                links += [
+                    (f"↓ {d.name}/{c.name}", f"{d.name}/{c.name}/report.html")
+                    for c in sorted(d.iterdir())
+                    if (c / "report.html").is_file()
+                ]
     return links
 
 
 # files beside a run's report worth a click; anything else at the top level is listed too
-RUN_FILES = ("metrics.csv", "summary.json", "checks.json", "runner.log", ".hydra/config.yaml",
-             ".hydra/overrides.yaml")
+RUN_FILES = (
+    "metrics.csv",
+    "summary.json",
+    "checks.json",
+    "runner.log",
+    ".hydra/config.yaml",
+    ".hydra/overrides.yaml",
+)
 
 
 def run_files(run_path: Path) -> List[str]:
     run_path = Path(run_path)
     named = [f for f in RUN_FILES if (run_path / f).is_file()]
-    others = sorted(p.name for p in run_path.iterdir() if p.is_file() and not p.name.startswith(".")
-                    and p.name != "report.html" and p.name not in named)
+    others = sorted(
+        p.name
+        for p in run_path.iterdir()
+        if p.is_file()
+        and not p.name.startswith(".")
+        and p.name != "report.html"
+        and p.name not in named
+    )
     return named + others

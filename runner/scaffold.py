@@ -8,6 +8,7 @@
 Run it from anywhere with `python -m runner --config-dir <dir>/conf experiment=example`.
 Existing files are never overwritten (exit 2, naming them) unless --force.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -106,7 +107,8 @@ def init_main(argv: List[str]) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m runner init",
         description="Write a starter experiment repo: conf/experiment/example.yaml (extends the "
-                    "packaged configs), conf/data/example.yaml, README.md and .gitignore.")
+        "packaged configs), conf/data/example.yaml, README.md and .gitignore.",
+    )
     ap.add_argument("dir", help="folder of the experiment repo (created if missing)")
     ap.add_argument("--force", action="store_true", help="overwrite starter files that exist")
     try:
@@ -115,15 +117,20 @@ def init_main(argv: List[str]) -> int:
         return 0 if e.code == 0 else 2
     target = Path(args.dir).expanduser()
     if target.exists() and not target.is_dir():
-        print(f"config error: {target} is a file; expected a folder for the experiment repo",
-              file=sys.stderr)
+        print(
+            f"config error: {target} is a file; expected a folder for the experiment repo",
+            file=sys.stderr,
+        )
         return 2
     try:
         written = init_repo(target, args.force)
     except FileExistsError as e:
         names = ", ".join(str(p) for p in e.args[0])
-        print(f"config error: {names} already exist(s); nothing was written. Pass --force to "
-              "overwrite the starter files, or choose another folder", file=sys.stderr)
+        print(
+            f"config error: {names} already exist(s); nothing was written. Pass --force to "
+            "overwrite the starter files, or choose another folder",
+            file=sys.stderr,
+        )
         return 2
     for p in written:
         print(f"wrote {p}")

@@ -147,8 +147,7 @@ def to_distribution(sweep) -> Any:
             )
         if not step > 0 or stop < start:
             raise ValueError(
-                f"range({start}, {stop}, step={step}) is empty: it needs start <= end and "
-                "step > 0"
+                f"range({start}, {stop}, step={step}) is empty: it needs start <= end and step > 0"
             )
         # the end is included, as in the published plugin (range(1, 3): 1, 2, 3); an end off the
         # step grid is rounded down to the last step (counted, not summed: 0.1 steps drift)
@@ -195,8 +194,9 @@ def search_space_entry(key: str, spec: Any) -> Any:
         )
     unknown = sorted(set(spec) - {"type", "low", "high", "step", "log", "choices"})
     if unknown:
-        raise ConfigError(f"{where} has unknown keys {unknown}; allowed: low, high, step, log, "
-                          "choices")
+        raise ConfigError(
+            f"{where} has unknown keys {unknown}; allowed: low, high, step, log, choices"
+        )
     if spec["type"] == "categorical":
         if not spec.get("choices"):
             raise ConfigError(f"{where}: type categorical needs a non-empty `choices` list")
@@ -206,10 +206,18 @@ def search_space_entry(key: str, spec: Any) -> Any:
     log_scale, step = bool(spec.get("log", False)), spec.get("step")
     try:
         if spec["type"] == "int":
-            return IntDistribution(int(spec["low"]), int(spec["high"]), log=log_scale,
-                                   step=int(step) if step is not None else 1)
-        return FloatDistribution(float(spec["low"]), float(spec["high"]), log=log_scale,
-                                 step=float(step) if step is not None else None)
+            return IntDistribution(
+                int(spec["low"]),
+                int(spec["high"]),
+                log=log_scale,
+                step=int(step) if step is not None else 1,
+            )
+        return FloatDistribution(
+            float(spec["low"]),
+            float(spec["high"]),
+            log=log_scale,
+            step=float(step) if step is not None else None,
+        )
     except ValueError as e:  # Optuna's own check: low <= high, log needs low > 0, ...
         raise ConfigError(f"{where}={dict(spec)}: {e}") from None
 

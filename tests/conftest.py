@@ -1,4 +1,5 @@
 """Shared test helpers: run the real CLI in a temp folder, find the run dir, validate it."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,14 @@ CHECK_RUNDIR = REPO.parent / "shared" / "tools" / "check_rundir.py"
 
 # tiny and fast: every CLI test starts from these and adds its own overrides
 # one torch thread: on 2 shared cores two threads per process spin against each other
-FAST = ["data=synthetic", "trainer.epochs=2", "trainer.batch_size=32", "trainer.progress=false",
-        "data.num_workers=0", "trainer.threads=1"]
+FAST = [
+    "data=synthetic",
+    "trainer.epochs=2",
+    "trainer.batch_size=32",
+    "trainer.progress=false",
+    "data.num_workers=0",
+    "trainer.threads=1",
+]
 
 
 @dataclass
@@ -40,15 +47,23 @@ class CliResult:
         return json.loads(((run_dir or self.run_dir) / name).read_text())
 
 
-def run_cli(args: List[str], cwd: Path, env: Optional[dict] = None, timeout: int = 300) -> CliResult:
+def run_cli(
+    args: List[str], cwd: Path, env: Optional[dict] = None, timeout: int = 300
+) -> CliResult:
     """`python -m runner ARGS` in `cwd`, as a user would run it."""
     Path(cwd).mkdir(parents=True, exist_ok=True)
     e = dict(os.environ)
     e.pop("HYDRA_FULL_ERROR", None)
     e["PYTHONPATH"] = os.pathsep.join([str(REPO), str(cwd), e.get("PYTHONPATH", "")])
     e.update(env or {})
-    p = subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd, env=e,
-                       capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        cwd=cwd,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return CliResult(p.returncode, p.stdout + p.stderr, Path(cwd))
 
 
@@ -73,22 +88,26 @@ def assert_contract(*run_dirs: Path) -> None:
     """DESIGN.md's run-directory contract, checked by the shared validator."""
     if not CHECK_RUNDIR.exists():
         pytest.skip(f"{CHECK_RUNDIR} not present")
-    p = subprocess.run([sys.executable, str(CHECK_RUNDIR), *map(str, run_dirs)],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, str(CHECK_RUNDIR), *map(str, run_dirs)], capture_output=True, text=True
+    )
     assert p.returncode == 0, p.stdout + p.stderr
 
 
 @pytest.fixture
 def cli(tmp_path):
     """cli([...overrides]) -> CliResult, run in this test's temp folder."""
+
     def _run(args, **kw):
         return run_cli(args, tmp_path, **kw)
+
     return _run
 
 
 def compose(overrides: List[str] = (), config_dir: Optional[str] = None):
     """The composed config, as the CLI would build it (no run)."""
-    from hydra import compose as _compose, initialize_config_dir
+    from hydra import compose as _compose
+    from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     from runner.config import register_configs

@@ -6,6 +6,7 @@ Two real sweeps run once for the module (about 30 s on 2 cores):
   dataset factory raises (a crash inside the job, not a config error).
 The tests read what users read: runs.csv, groups.csv, report.html, the exit code.
 """
+
 from __future__ import annotations
 
 import csv
@@ -19,15 +20,23 @@ import pytest
 import yaml
 from conftest import run_cli
 
-TINY = ["stage=train", "data=synthetic", "data.num_train=128", "data.num_val=64",
-        "trainer.epochs=1", "trainer.batch_size=32", "trainer.progress=false",
-        "data.num_workers=0", "trainer.threads=1"]
+TINY = [
+    "stage=train",
+    "data=synthetic",
+    "data.num_train=128",
+    "data.num_val=64",
+    "trainer.epochs=1",
+    "trainer.batch_size=32",
+    "trainer.progress=false",
+    "data.num_workers=0",
+    "trainer.threads=1",
+]
 LRS, WDS, SEEDS = ("0.001", "0.003", "-1"), ("0.0", "0.0001"), ("1", "2")
 
-BOOM = '''
+BOOM = """
 def make(**kwargs):
     raise RuntimeError("boom: the data server is on fire")
-'''
+"""
 
 
 def read_csv(p: Path):
@@ -41,8 +50,9 @@ def overrides_of(job: Path) -> dict:
 
 
 def sweep_dir(cwd: Path, before=()) -> Path:
-    dirs = [p for p in sorted(cwd.glob("multirun/*/*"))
-            if p.name != "aggregate" and p not in before]
+    dirs = [
+        p for p in sorted(cwd.glob("multirun/*/*")) if p.name != "aggregate" and p not in before
+    ]
     assert len(dirs) == 1, dirs
     return dirs[0]
 
@@ -51,11 +61,29 @@ def sweep_dir(cwd: Path, before=()) -> Path:
 def sweeps(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("sweeps")
     (cwd / "boom.py").write_text(BOOM)
-    a = run_cli(["-m", *TINY, f"optim.lr={','.join(LRS)}", f"optim.weight_decay={','.join(WDS)}",
-                 f"seed={','.join(SEEDS)}"], cwd)
+    a = run_cli(
+        [
+            "-m",
+            *TINY,
+            f"optim.lr={','.join(LRS)}",
+            f"optim.weight_decay={','.join(WDS)}",
+            f"seed={','.join(SEEDS)}",
+        ],
+        cwd,
+    )
     dir_a = sweep_dir(cwd)
-    b = run_cli(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY,
-                 "data=synthetic,custom", "data._target_=boom.make", "seed=1,2"], cwd)
+    b = run_cli(
+        [
+            "-m",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            *TINY,
+            "data=synthetic,custom",
+            "data._target_=boom.make",
+            "seed=1,2",
+        ],
+        cwd,
+    )
     dir_b = sweep_dir(cwd, before=[dir_a])
     return {"cwd": cwd, "a": a, "b": b, "dir_a": dir_a, "dir_b": dir_b}
 
@@ -63,10 +91,29 @@ def sweeps(tmp_path_factory):
 def test_grid_sweep_writes_one_row_per_job_with_overrides_as_columns(sweeps):
     rows = read_csv(sweeps["dir_a"] / "runs.csv")
     assert len(rows) == len(LRS) * len(WDS) * len(SEEDS)
-    for col in ("sweep", "job", "stage", "optim.lr", "optim.weight_decay", "seed", "status",
-                "exit_code", "error", "val_acc", "val_loss", "train_loss", "epochs", "params",
-                "wall_s", "checks_pass", "checks_warn", "checks_fail", "checks_skip", "resumed",
-                "run_dir"):
+    for col in (
+        "sweep",
+        "job",
+        "stage",
+        "optim.lr",
+        "optim.weight_decay",
+        "seed",
+        "status",
+        "exit_code",
+        "error",
+        "val_acc",
+        "val_loss",
+        "train_loss",
+        "epochs",
+        "params",
+        "wall_s",
+        "checks_pass",
+        "checks_warn",
+        "checks_fail",
+        "checks_skip",
+        "resumed",
+        "run_dir",
+    ):
         assert col in rows[0], col
     grid = {(float(r["optim.lr"]), float(r["optim.weight_decay"]), r["seed"]) for r in rows}
     assert grid == {(float(lr), float(wd), s) for lr in LRS for wd in WDS for s in SEEDS}
@@ -94,7 +141,7 @@ def test_a_failing_job_hides_nothing_and_the_sweep_exit_code_says_so(sweeps):
     assert len(failed) == 4
     assert json.loads(failed[0].read_text())["error"] == "config error: optim.lr=-1.0 must be > 0"
     # the console ends with the ranked table and the failures
-    tail = a.out[a.out.index("sweep summary"):]
+    tail = a.out[a.out.index("sweep summary") :]
     assert "rank" in tail and "best" in tail and tail.count("FAILED:") == 4
 
 
@@ -159,8 +206,11 @@ def test_joblib_sweep_lists_a_crashed_job_and_exits_non_zero(sweeps):
     assert b.code == 1, b.out[-3000:]  # the jobs ran in worker processes; the code still says so
     rows = read_csv(sweeps["dir_b"] / "runs.csv")
     assert sorted((r["data"], r["seed"], r["status"]) for r in rows) == [
-        ("custom", "1", "failed"), ("custom", "2", "failed"),
-        ("synthetic", "1", "finished"), ("synthetic", "2", "finished")]
+        ("custom", "1", "failed"),
+        ("custom", "2", "failed"),
+        ("synthetic", "1", "finished"),
+        ("synthetic", "2", "finished"),
+    ]
     for r in rows:
         if r["status"] == "failed":
             assert r["error"] == "RuntimeError: boom: the data server is on fire"
@@ -220,8 +270,10 @@ def test_aggregate_sees_resumed_and_unfinished_jobs(sweeps, tmp_path):
     assert r["status"] == "finished" and r["resumed"] == "True" and r["epochs"] == "2"
     assert r["trainer.epochs"] == "2"  # what produced the current results
     assert (r["optim.lr"], r["optim.weight_decay"], r["seed"]) == (
-        rows[resumed.name]["optim.lr"], rows[resumed.name]["optim.weight_decay"],
-        rows[resumed.name]["seed"])
+        rows[resumed.name]["optim.lr"],
+        rows[resumed.name]["optim.weight_decay"],
+        rows[resumed.name]["seed"],
+    )
     assert "resume" not in r  # how a job was started is not what it is
 
 
@@ -229,14 +281,25 @@ def test_seed_groups_significance_on_known_numbers(tmp_path):
     from runner.aggregate import seed_groups
 
     def row(lr, seed, acc, status="finished"):
-        return {"stage": "train", "lr": lr, "seed": seed, "val_acc": acc, "status": status,
-                "run_dir": f"{lr}-{seed}"}
+        return {
+            "stage": "train",
+            "lr": lr,
+            "seed": seed,
+            "val_acc": acc,
+            "status": status,
+            "run_dir": f"{lr}-{seed}",
+        }
 
-    rows = [row(1, 1, 0.90), row(1, 2, 0.92),      # best: mean 0.91, std 0.0141
-            row(2, 1, 0.89), row(2, 2, 0.91),      # 0.01 below: within seed noise
-            row(3, 1, 0.50), row(3, 2, 0.52),      # far below
-            row(4, 1, 0.95),                       # one seed: spread unknown
-            row(5, 1, None, "failed")]
+    rows = [
+        row(1, 1, 0.90),
+        row(1, 2, 0.92),  # best: mean 0.91, std 0.0141
+        row(2, 1, 0.89),
+        row(2, 2, 0.91),  # 0.01 below: within seed noise
+        row(3, 1, 0.50),
+        row(3, 2, 0.52),  # far below
+        row(4, 1, 0.95),  # one seed: spread unknown
+        row(5, 1, None, "failed"),
+    ]
     groups = seed_groups(rows, ["stage", "lr"], ["lr"], "val_acc", "max")
     got = {g["lr"]: g for g in groups}
     assert [g["lr"] for g in groups] == [4, 1, 2, 3, 5]

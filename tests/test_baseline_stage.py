@@ -1,5 +1,6 @@
 """stage=baseline end to end through the CLI: every check runs, lands in checks.json and the
 report, and the run directory holds to the contract; a bug fails the run with exit code 1."""
+
 from __future__ import annotations
 
 from dataclasses import fields
@@ -10,8 +11,9 @@ from runner.checks.registry import CHECKS
 from runner.config import ChecksConfig
 
 # the checks stage=baseline runs, in the registry's (the recipe's) order
-BASELINE_CHECKS = [c.name for c in CHECKS.values()
-                   if c.stage == "baseline" or c.name == "train.finite"]
+BASELINE_CHECKS = [
+    c.name for c in CHECKS.values() if c.stage == "baseline" or c.name == "train.finite"
+]
 
 # learns within 2 epochs; one thread: on a shared 2-core CPU, spinning OpenMP threads cost ~10x
 TINY = [*FAST, "model.kwargs.width=8", "optim.lr=3e-3", "trainer.threads=1"]
@@ -25,8 +27,9 @@ def test_baseline_stage_runs_every_check_and_writes_the_evidence(cli):
     assert [c["name"] for c in checks] == list(BASELINE_CHECKS)
     # input.pretrained_norm has nothing to compare for a model trained from scratch
     expected = {n: "skip" if n == "input.pretrained_norm" else "pass" for n in BASELINE_CHECKS}
-    assert {c["name"]: c["status"] for c in checks} == expected, \
-        [(c["name"], c["message"]) for c in checks if c["status"] != "pass"]
+    assert {c["name"]: c["status"] for c in checks} == expected, [
+        (c["name"], c["message"]) for c in checks if c["status"] != "pass"
+    ]
     by = {c["name"]: c for c in checks}
     for name in ("input.stats", "baseline.overfit_batch", "baseline.input_independent"):
         assert by[name]["artifacts"], name
@@ -34,8 +37,13 @@ def test_baseline_stage_runs_every_check_and_writes_the_evidence(cli):
     for plot in ("prediction_dynamics", "confusion_matrix", "top_losses", "input_stats_grid"):
         assert (r.run_dir / "plots" / f"{plot}.png").exists(), plot
     html = (r.run_dir / "report.html").read_text()
-    for title in ("Prediction dynamics", "Confusion matrix", "Top-loss validation examples",
-                  "Baselines", "Check cost"):
+    for title in (
+        "Prediction dynamics",
+        "Confusion matrix",
+        "Top-loss validation examples",
+        "Baselines",
+        "Check cost",
+    ):
         assert title in html
     summary = r.json("summary.json")
     assert set(summary["check_seconds"]) == set(BASELINE_CHECKS) | {"predictions"}
@@ -51,12 +59,28 @@ def test_a_broken_model_fails_the_run_with_exit_code_1(cli, tmp_path):
         "from runner.models import TinyCNN\n"
         "class Probs(TinyCNN):\n"
         "    def forward(self, x):\n"
-        "        return super().forward(x).softmax(1)\n")
-    off = [f"checks.{k}.enabled=false" for k in (
-        "train_grads_flow", "train_batch_independence", "seed_determinism", "predictions",
-        "baseline_input_independent")]
-    r = cli(["stage=baseline", *TINY, "model._target_=zoo.Probs", "trainer.epochs=1", *off,
-             "checks.baseline_overfit_batch.steps=60"])
+        "        return super().forward(x).softmax(1)\n"
+    )
+    off = [
+        f"checks.{k}.enabled=false"
+        for k in (
+            "train_grads_flow",
+            "train_batch_independence",
+            "seed_determinism",
+            "predictions",
+            "baseline_input_independent",
+        )
+    ]
+    r = cli(
+        [
+            "stage=baseline",
+            *TINY,
+            "model._target_=zoo.Probs",
+            "trainer.epochs=1",
+            *off,
+            "checks.baseline_overfit_batch.steps=60",
+        ]
+    )
     assert r.code == 1, r.out
     status = {c["name"]: c["status"] for c in r.json("checks.json")}
     assert status["baseline.overfit_batch"] == "fail"
@@ -70,8 +94,10 @@ def test_typo_in_a_check_setting_is_a_config_error(cli):
     for typo in ("checks.init_loss.tolerence=0.5", "+checks.init_loss.tolerence=0.5"):
         r = cli(["stage=baseline", *TINY, typo])
         assert r.code == 2, r.out
-        assert "checks.init_loss has no key 'tolerence'; did you mean " \
-               "'checks.init_loss.tolerance'?" in r.out
+        assert (
+            "checks.init_loss has no key 'tolerence'; did you mean "
+            "'checks.init_loss.tolerance'?" in r.out
+        )
         assert "Traceback" not in r.out
 
 

@@ -1,4 +1,5 @@
 """A tiny run of benchmarks/bench.py (not in the default run: `pytest -m bench`)."""
+
 import importlib.util
 import json
 from pathlib import Path

@@ -1,5 +1,6 @@
 """The check registry (runner/checks/registry.py) is the one list of checks: every name a
 checks.json can hold is registered, has its settings in the schema, and can be switched off."""
+
 from __future__ import annotations
 
 import importlib
@@ -27,7 +28,9 @@ def test_every_entry_points_at_a_function_and_a_stage():
 def test_every_check_name_in_the_code_is_registered():
     """A Verdict named in runner/ (Verdict("x.y", ...), name = "x.y", skip("x.y", ...)) that
     the registry does not list could never be switched off."""
-    pattern = re.compile(r'(?:Verdict\(|skip\(|disabled\(|run_check\([^,]+, |name = )"([a-z]+\.[a-z_]+)"')
+    pattern = re.compile(
+        r'(?:Verdict\(|skip\(|disabled\(|run_check\([^,]+, |name = )"([a-z]+\.[a-z_]+)"'
+    )
     found = set()
     for path in (REPO / "runner").rglob("*.py"):
         found |= set(pattern.findall(path.read_text()))
@@ -67,17 +70,28 @@ def test_every_check_of_every_stage_can_be_switched_off_end_to_end(cli):
     switched off: exit 0, and every check of those stages is in a checks.json as `skip`."""
     off = [f"checks.{c.key}.enabled=false" for c in CHECKS.values()]
     rungs = 'stage.params.rungs=[{name:wd,overrides:["optim.weight_decay=1e-4"]}]'
-    r = cli(FAST + ["model.name=test_resnet", "trainer.epochs=1", "checks.predictions.enabled=false",
-                    "stage=recipe", "stage.params.stages=[inspect,baseline,overfit,regularize,squeeze]",
-                    f"stage.params.per_stage.regularize=['{rungs}']",
-                    'stage.params.per_stage.squeeze=["stage.params.seeds=2","stage.params.continue_epochs=0"]',
-                    *off])
+    r = cli(
+        FAST
+        + [
+            "model.name=test_resnet",
+            "trainer.epochs=1",
+            "checks.predictions.enabled=false",
+            "stage=recipe",
+            "stage.params.stages=[inspect,baseline,overfit,regularize,squeeze]",
+            f"stage.params.per_stage.regularize=['{rungs}']",
+            'stage.params.per_stage.squeeze=["stage.params.seeds=2","stage.params.continue_epochs=0"]',
+            *off,
+        ]
+    )
     assert r.code == 0, r.out
     statuses = {}
     for f in Path(r.run_dir).rglob("checks.json"):
         for v in r.json("checks.json", f.parent):
             statuses.setdefault(v["name"], set()).add(v["status"])
-    ran = {c.name for c in CHECKS.values() if c.stage in ("inspect", "baseline", "overfit",
-                                                          "regularize", "squeeze", "recipe", "train")}
+    ran = {
+        c.name
+        for c in CHECKS.values()
+        if c.stage in ("inspect", "baseline", "overfit", "regularize", "squeeze", "recipe", "train")
+    }
     assert ran - set(statuses) == set()
     assert {n: s for n, s in statuses.items() if s != {"skip"}} == {}

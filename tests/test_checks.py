@@ -4,6 +4,7 @@ Each bug class the recipe names must be caught by the check meant for it (exact 
 exact status), and clean controls (a small CNN, timm's BatchNorm ResNet, timm's ViT) must
 pass every check: no false alarms. Known numbers where there are any (init loss ~ log C).
 """
+
 from __future__ import annotations
 
 import math
@@ -96,8 +97,13 @@ class DeadBranch(TinyCNN):
 
     def __init__(self, *a, **k):
         super().__init__(*a, **k)
-        self.branch = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
-                                    nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, C))
+        self.branch = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(4, C),
+        )
 
     def forward(self, x):
         return super().forward(x) + self.branch(x).detach()
@@ -157,9 +163,12 @@ def test_clean_models_pass_every_model_check(name, batch, prior):
         overfit_batch(model, x[:16], y[:16]),
     ]
     assert {v.name: v.status for v in verdicts} == {
-        "init.loss": "pass", "init.bias": "pass", "train.grads_flow": "pass",
-        "train.batch_independence": "pass", "baseline.overfit_batch": "pass"}, \
-        [(v.name, v.message) for v in verdicts]
+        "init.loss": "pass",
+        "init.bias": "pass",
+        "train.grads_flow": "pass",
+        "train.batch_independence": "pass",
+        "baseline.overfit_batch": "pass",
+    }, [(v.name, v.message) for v in verdicts]
 
 
 def test_init_loss_is_log_c_for_balanced_classes(batch, prior):
@@ -233,8 +242,13 @@ def test_batch_independence_runs_batchnorm_in_eval_and_says_so(batch):
 
 
 def test_prediction_evidence_figures():
-    from runner.checks.predictions import (confusion, confusion_figure, fixed_examples,
-                                           prediction_dynamics, top_losses)
+    from runner.checks.predictions import (
+        confusion,
+        confusion_figure,
+        fixed_examples,
+        prediction_dynamics,
+        top_losses,
+    )
 
     targets = torch.tensor([0, 1, 2, 0, 1, 2])
     logits = torch.eye(3)[torch.tensor([0, 1, 1, 0, 2, 2])] * 4
@@ -322,8 +336,12 @@ def test_frozen_model_fails_grads_flow_and_overfit(batch):
 
 def test_parameter_missing_from_the_optimiser_is_named(batch):
     x, y = batch
-    v = grads_flow(make(TinyCNN), x[:16], y[:16],
-                   make_optimizer=lambda m: torch.optim.Adam(m.features.parameters(), lr=1e-3))
+    v = grads_flow(
+        make(TinyCNN),
+        x[:16],
+        y[:16],
+        make_optimizer=lambda m: torch.optim.Adam(m.features.parameters(), lr=1e-3),
+    )
     assert v.status == "fail"  # the whole fc module never moves
     assert "fc.weight: unchanged after the optimiser step" in v.message
 
@@ -353,8 +371,14 @@ def test_nan_layer_fails_train_finite_and_grads_flow(batch):
     model = make(NaNLayer)
     stopped = None
     try:
-        for _ in fit(model, torch.optim.Adam(model.parameters()), loader, loader, epochs=1,
-                     device=torch.device("cpu")):
+        for _ in fit(
+            model,
+            torch.optim.Adam(model.parameters()),
+            loader,
+            loader,
+            epochs=1,
+            device=torch.device("cpu"),
+        ):
             pass
     except NonFiniteLoss as e:
         stopped = e
@@ -380,8 +404,12 @@ class UnseededNoise(TinyCNN):
 def test_seed_determinism(batch, cls, status):
     x, y = batch
     batches = [(x[:16], y[:16]), (x[16:32], y[16:32])]
-    v = seed_determinism(lambda: cls(num_classes=C, in_chans=3, width=8),
-                         lambda m: torch.optim.Adam(m.parameters(), lr=1e-3), batches, seed=0)
+    v = seed_determinism(
+        lambda: cls(num_classes=C, in_chans=3, width=8),
+        lambda m: torch.optim.Adam(m.parameters(), lr=1e-3),
+        batches,
+        seed=0,
+    )
     assert v.status == status, v.message
 
 
@@ -396,19 +424,24 @@ def test_input_stats_pass_on_normalised_inputs(batch):
     assert set(v.figures) == {"grid"}
 
 
-@pytest.mark.parametrize("broken, status, words", [
-    ("unscaled", "fail", "unscaled"),
-    ("constant", "fail", "constant"),
-    ("nan", "fail", "NaN"),
-    ("large", "warn", "check scaling"),
-])
+@pytest.mark.parametrize(
+    "broken, status, words",
+    [
+        ("unscaled", "fail", "unscaled"),
+        ("constant", "fail", "constant"),
+        ("nan", "fail", "NaN"),
+        ("large", "warn", "check scaling"),
+    ],
+)
 def test_input_stats_catches_bad_inputs(batch, broken, status, words):
     x, y = batch
     raw = (x * STD[0] + MEAN[0]).clamp(0, 1)
-    bad = {"unscaled": raw * 255.0,  # pixels never divided by 255, nor normalised
-           "constant": torch.zeros_like(x),
-           "nan": x.clone().index_put_((torch.tensor([3]),), torch.tensor(float("nan"))),
-           "large": x * 5.0}[broken]
+    bad = {
+        "unscaled": raw * 255.0,  # pixels never divided by 255, nor normalised
+        "constant": torch.zeros_like(x),
+        "nan": x.clone().index_put_((torch.tensor([3]),), torch.tensor(float("nan"))),
+        "large": x * 5.0,
+    }[broken]
     v = input_stats(bad, y, MEAN, STD)
     assert v.status == status, v.message
     assert words in v.message
@@ -421,7 +454,7 @@ def _train_eval(model, train, val, zero_inputs=False, epochs=6):
     vl = val.loader(64, False, 0, cpu, zero_inputs=zero_inputs)
     rec = None
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for rec in fit(model, opt, tl, vl, epochs=epochs, device=cpu):
+    for rec in fit(model, opt, tl, vl, epochs=epochs, device=cpu):  # noqa: B007 (the last one)
         pass
     return rec
 
@@ -436,8 +469,9 @@ def test_input_independent_catches_labels_unrelated_to_images(labels, status):
     real = _train_eval(make(TinyCNN), train, val)
     zero = _train_eval(make(TinyCNN), train, val, zero_inputs=True, epochs=2)
     majority = majority_accuracy(train.labels, val.labels, C)
-    v = input_independent(real.val_acc, real.val_loss, zero.val_acc, zero.val_loss, majority,
-                          human_acc=0.99)
+    v = input_independent(
+        real.val_acc, real.val_loss, zero.val_acc, zero.val_loss, majority, human_acc=0.99
+    )
     assert v.status == status, v.message
     assert "human 99.0%" in v.message and set(v.figures) == {"bars"}
 
@@ -454,13 +488,16 @@ def test_input_independent_bar_is_at_least_the_majority_class():
 
 
 # ----------------------------------------------------------------------------- loss curve
-@pytest.mark.parametrize("losses, status", [
-    ([2.3, 1.9, 1.5, 1.2, 1.0, 0.8], "pass"),
-    ([2.3, 1.6, 1.9, 1.2, 1.4, 0.9, 1.0], "pass"),  # noisy, but going down
-    ([2.3, 2.29, 2.31, 2.28, 2.3, 2.27], "warn"),  # barely moves
-    ([2.3, 2.3, 2.4, 2.5, 2.9, 3.5], "fail"),  # diverging
-    ([1.0, 0.2, 5.0, 6.0, 7.0, 8.0], "fail"),  # a good start is not enough
-])
+@pytest.mark.parametrize(
+    "losses, status",
+    [
+        ([2.3, 1.9, 1.5, 1.2, 1.0, 0.8], "pass"),
+        ([2.3, 1.6, 1.9, 1.2, 1.4, 0.9, 1.0], "pass"),  # noisy, but going down
+        ([2.3, 2.29, 2.31, 2.28, 2.3, 2.27], "warn"),  # barely moves
+        ([2.3, 2.3, 2.4, 2.5, 2.9, 3.5], "fail"),  # diverging
+        ([1.0, 0.2, 5.0, 6.0, 7.0, 8.0], "fail"),  # a good start is not enough
+    ],
+)
 def test_loss_decreases_robust_to_noise(losses, status):
     assert loss_decreases(losses).status == status
 

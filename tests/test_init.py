@@ -1,4 +1,5 @@
 """`python -m runner init <dir>`: a starter experiment repo that runs from anywhere."""
+
 from __future__ import annotations
 
 import textwrap
@@ -10,8 +11,12 @@ def test_init_writes_a_repo_whose_example_runs_from_elsewhere(tmp_path):
     repo = tmp_path / "my-exps"
     r = run_cli(["init", str(repo)], tmp_path)
     assert r.code == 0, r.out
-    for rel in ("conf/experiment/example.yaml", "conf/data/example.yaml", "README.md",
-                ".gitignore"):
+    for rel in (
+        "conf/experiment/example.yaml",
+        "conf/data/example.yaml",
+        "README.md",
+        ".gitignore",
+    ):
         assert (repo / rel).is_file(), rel
     assert f"--config-dir {repo / 'conf'} experiment=example" in r.out
     assert "outputs/" in (repo / ".gitignore").read_text().split()
@@ -20,9 +25,18 @@ def test_init_writes_a_repo_whose_example_runs_from_elsewhere(tmp_path):
 
     # a user's own option in a packaged group (conf/data/example.yaml extends packaged digits),
     # composed and run from another folder; stage=train on the command line keeps it quick
-    r = run_cli(["--config-dir", str(repo / "conf"), "experiment=example", "stage=train",
-                 "trainer.epochs=1", "trainer.max_steps_per_epoch=5", "trainer.progress=false"],
-                tmp_path / "elsewhere")
+    r = run_cli(
+        [
+            "--config-dir",
+            str(repo / "conf"),
+            "experiment=example",
+            "stage=train",
+            "trainer.epochs=1",
+            "trainer.max_steps_per_epoch=5",
+            "trainer.progress=false",
+        ],
+        tmp_path / "elsewhere",
+    )
     assert r.code == 0, r.out
     s = r.json("summary.json")
     assert s["name"] == "example" and s["stage"] == "train" and s["epochs"] == 1
@@ -35,8 +49,9 @@ def test_init_writes_a_repo_whose_example_runs_from_elsewhere(tmp_path):
 def test_init_starter_experiment_composes_to_the_baseline_stage(tmp_path):
     repo = tmp_path / "repo"
     assert run_cli(["init", str(repo)], tmp_path).code == 0
-    r = run_cli(["--config-dir", str(repo / "conf"), "experiment=example", "--cfg", "job"],
-                tmp_path)
+    r = run_cli(
+        ["--config-dir", str(repo / "conf"), "experiment=example", "--cfg", "job"], tmp_path
+    )
     assert r.code == 0, r.out
     assert "name: baseline" in r.out and "name: example" in r.out and "image_size: 24" in r.out
 
@@ -45,7 +60,8 @@ def test_user_group_option_overrides_packaged_group_in_init_repo(tmp_path):
     """A second user option added to the starter repo, picked from the command line."""
     repo = tmp_path / "repo"
     assert run_cli(["init", str(repo)], tmp_path).code == 0
-    (repo / "conf" / "data" / "squares.yaml").write_text(textwrap.dedent("""\
+    (repo / "conf" / "data" / "squares.yaml").write_text(
+        textwrap.dedent("""\
         defaults:
           - synthetic
         num_classes: 3
@@ -53,10 +69,21 @@ def test_user_group_option_overrides_packaged_group_in_init_repo(tmp_path):
         num_val: 24
         image_size: 8
         num_workers: 0
-        """))
-    r = run_cli(["--config-dir", str(repo / "conf"), "experiment=example", "data=squares",
-                 "stage=train", "trainer.epochs=1", "trainer.batch_size=16",
-                 "trainer.progress=false"], tmp_path / "elsewhere")
+        """)
+    )
+    r = run_cli(
+        [
+            "--config-dir",
+            str(repo / "conf"),
+            "experiment=example",
+            "data=squares",
+            "stage=train",
+            "trainer.epochs=1",
+            "trainer.batch_size=16",
+            "trainer.progress=false",
+        ],
+        tmp_path / "elsewhere",
+    )
     assert r.code == 0, r.out
     d = r.json("summary.json")["data"]
     assert (d["kind"], d["num_classes"], d["num_train"], d["image_size"]) == ("synthetic", 3, 48, 8)
@@ -96,9 +123,14 @@ def test_help_lists_stages_groups_examples_without_importing_torch(tmp_path):
     from runner.help import stage_summary
     from runner.stages import STAGES
 
-    p = subprocess.run([sys.executable, "-X", "importtime", "-m", "runner", "--help"], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+    p = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "runner", "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
     assert p.returncode == 0, p.stderr
     out = p.stdout
     stages = out.split("Stages (stage=NAME)")[1].split("Config groups")[0]
@@ -132,7 +164,8 @@ def test_shell_completion_offers_stages(tmp_path):
     from runner.stages import STAGES
 
     line = "recipe-runner stage="
-    r = run_cli(["-sc", "query=bash"], tmp_path,
-                env={"COMP_LINE": line, "COMP_POINT": str(len(line))})
+    r = run_cli(
+        ["-sc", "query=bash"], tmp_path, env={"COMP_LINE": line, "COMP_POINT": str(len(line))}
+    )
     assert r.code == 0, r.out
     assert sorted(r.out.split()) == sorted(f"stage={s}" for s in STAGES)

@@ -1,5 +1,6 @@
 """Bad input around the stages: stage settings of the wrong type, init_from= resolving what
 from= resolves, and no half-made run folder after a config error under from=."""
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,15 @@ def test_init_from_a_ladder_dir_loads_its_kept_rungs_weights(tmp_path):
     ladder = tmp_path / "reg"
     (ladder / "rungs" / "2-wd" / "checkpoints").mkdir(parents=True)
     (ladder / "regularized_config.yaml").write_text("stage:\n  name: regularize\n")
-    (ladder / "summary.json").write_text(json.dumps({"stage": "regularize", "best_rung_dir": "rungs/2-wd",
-                                                     "kept_overrides": ["optim.weight_decay=1e-4"]}))
+    (ladder / "summary.json").write_text(
+        json.dumps(
+            {
+                "stage": "regularize",
+                "best_rung_dir": "rungs/2-wd",
+                "kept_overrides": ["optim.weight_decay=1e-4"],
+            }
+        )
+    )
     opt = torch.optim.SGD(saved.parameters(), lr=0.1)
     ck = make_checkpoint(saved, opt, None, LoopState(), "{}", {"model": "linear"})
     torch.save(ck, ladder / "rungs" / "2-wd" / "checkpoints" / "best.pt")

@@ -1,5 +1,6 @@
 """stage=inspect (recipe stage 1): ImageFolders with planted faults; each must be found by
 the right check with the right status, and a clean folder must raise nothing."""
+
 from __future__ import annotations
 
 import json
@@ -8,14 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import assert_contract
 from PIL import Image, ImageFilter
 
 from runner.checks import data as dc
-from runner.config import InspectConfig
 from runner.checks.registry import CHECKS
+from runner.config import InspectConfig
 from runner.stages.inspect import run_checks, scan_imagefolder, stream_table
-
-from conftest import assert_contract
 
 SIZE = 48
 # every check stage=inspect runs (runner/checks/registry.py)
@@ -32,7 +32,7 @@ def photo_crops(n: int, seed: int = 0):
     for photo in load_sample_images().images:
         for y in range(0, photo.shape[0] - SIZE + 1, SIZE):
             for x in range(0, photo.shape[1] - SIZE + 1, SIZE):
-                t = photo[y:y + SIZE, x:x + SIZE]
+                t = photo[y : y + SIZE, x : x + SIZE]
                 g = t.mean(axis=2)
                 if g.std() > 20 and 40 < g.mean() < 200:
                     tiles.append(t)
@@ -58,6 +58,7 @@ def plant_faults(root: Path) -> dict:
     rng = np.random.default_rng(1)
     spare = iter(photo_crops(-6))  # faults made from a photo must not be copies of a kept one
     shutil.copy(tr / "cat" / "cat0.png", va / "cat" / "leak_exact.png")
+
     def resave_with_noise(src: Path, dst: Path) -> None:
         noisy = np.asarray(Image.open(src)).astype(int) + rng.integers(-3, 4, (SIZE, SIZE, 3))
         Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(dst)
@@ -77,7 +78,7 @@ def plant_faults(root: Path) -> dict:
     huge = Image.fromarray(next(spare)).resize((4 * SIZE, 4 * SIZE), Image.BICUBIC)
     huge.save(tr / "bird" / "huge.png")
     wide = np.concatenate([next(spare) for _ in range(3)], 1)
-    Image.fromarray(wide[SIZE // 4: SIZE * 3 // 4]).save(tr / "cat" / "wide.png")
+    Image.fromarray(wide[SIZE // 4 : SIZE * 3 // 4]).save(tr / "cat" / "wide.png")
     (tr / "empty").mkdir()
     (va / "empty").mkdir()
     (tr / "cat" / "notes.txt").write_text("not an image extension: ignored, like training does")
@@ -110,7 +111,9 @@ def test_clean_folder_flags_nothing(tmp_path):
     assert set(v) == INSPECT_CHECKS
     # photo tiles dealt to classes at random: no cheap model learns those labels, so
     # data.label_issues has nothing to judge by (skip); everything else passes
-    assert {n: x.status for n, x in v.items() if x.status != "pass"} == {"data.label_issues": "skip"}
+    assert {n: x.status for n, x in v.items() if x.status != "pass"} == {
+        "data.label_issues": "skip"
+    }
     assert v["data.class_balance"].details["counts"]["cat"] == {"train": 8, "val": 4}
 
 
@@ -129,8 +132,10 @@ def test_leakage_finds_exact_and_near_copies_across_splits(faulty):
     root, (source, table, found, v) = faulty
     lk = v["data.leakage"]
     assert lk.status == "fail" and lk.value == 2
-    pairs = {(Path(p["train"]["name"]).name, Path(p["val"]["name"]).name, p["kind"])
-             for p in lk.details["pairs"]}
+    pairs = {
+        (Path(p["train"]["name"]).name, Path(p["val"]["name"]).name, p["kind"])
+        for p in lk.details["pairs"]
+    }
     assert pairs == {("cat0.png", "leak_exact.png", "exact"), ("dog1.png", "leak_near.png", "near")}
 
 
@@ -139,8 +144,10 @@ def test_duplicates_inside_a_split_are_grouped(faulty):
     d = v["data.duplicates"]
     assert d.status == "warn" and d.value == 2
     groups = {(g["kind"], frozenset(names_of(g["members"]))) for g in d.details["groups"]}
-    assert groups == {("exact", frozenset({"dog0.png", "dup_exact.png"})),
-                      ("near", frozenset({"bird0.png", "dup_near.png"}))}
+    assert groups == {
+        ("exact", frozenset({"dog0.png", "dup_exact.png"})),
+        ("near", frozenset({"bird0.png", "dup_near.png"})),
+    }
     # the cross-split copies are leakage, not within-split duplicates
     assert all(g["split"] == "train" for g in d.details["groups"])
 
@@ -173,15 +180,18 @@ def test_imbalance_warns(tmp_path):
     assert "'a' has 6.0x" in cb.message
 
 
-@pytest.mark.parametrize("check,expected", [
-    ("data.dark", {"black.png"}),
-    ("data.bright", {"bright.png"}),
-    ("data.low_information", {"black.png"}),
-    ("data.blurry", {"blurry.png"}),
-    ("data.grayscale", {"grey.png"}),
-    ("data.odd_size", {"huge.png"}),
-    ("data.odd_aspect", {"wide.png"}),
-])
+@pytest.mark.parametrize(
+    "check,expected",
+    [
+        ("data.dark", {"black.png"}),
+        ("data.bright", {"bright.png"}),
+        ("data.low_information", {"black.png"}),
+        ("data.blurry", {"blurry.png"}),
+        ("data.grayscale", {"grey.png"}),
+        ("data.odd_size", {"huge.png"}),
+        ("data.odd_aspect", {"wide.png"}),
+    ],
+)
 def test_image_property_flags(faulty, check, expected):
     root, (source, table, found, v) = faulty
     assert v[check].status == "warn", v[check].message
@@ -208,9 +218,15 @@ def test_outliers_on_a_homogeneous_feature():
     n = 200
     t = dc.ImageTable.empty(n, ["a"])
     for i in range(n):
-        row = {"mode": "RGBA" if i == 7 else "RGB", "pixel_hash": str(i), "phash": i, "width": 32,
-               "height": 32, "brightness": 10.0 if i == 3 else 120 + 5 * rng.standard_normal(),
-               "contrast": 40 + rng.standard_normal()}
+        row = {
+            "mode": "RGBA" if i == 7 else "RGB",
+            "pixel_hash": str(i),
+            "phash": i,
+            "width": 32,
+            "height": 32,
+            "brightness": 10.0 if i == 3 else 120 + 5 * rng.standard_normal(),
+            "contrast": 40 + rng.standard_normal(),
+        }
         t.set_row(i, 0, 0, f"#{i}", row, np.zeros((16, 16), np.uint8))
     found = dict(dc.find_outliers(t, 5.0, 0.01))
     assert set(found) == {3, 7}
@@ -250,8 +266,14 @@ def test_near_pairs_find_every_pair_within_the_distance():
         h = int(base[i % 30])
         for b in rng.choice(64, rng.integers(0, 7), replace=False):
             h ^= 1 << int(b)
-        t.set_row(i, 0, 0, f"#{i}", {"mode": "L", "pixel_hash": f"{i}", "phash": h},
-                  np.zeros((16, 16), np.uint8))
+        t.set_row(
+            i,
+            0,
+            0,
+            f"#{i}",
+            {"mode": "L", "pixel_hash": f"{i}", "phash": h},
+            np.zeros((16, 16), np.uint8),
+        )
     got = {(i, j) for i, j, _ in dc.near_pairs(t, 4, 255.0).tolist()}
     x = t.phash[:, None] ^ t.phash[None, :]
     dist = np.array([[int(v).bit_count() for v in row] for row in x])
@@ -282,8 +304,15 @@ def test_robust_z_two_valued_feature_is_not_an_outlier():
 # ----------------------------------------------------------------------------- the CLI
 def test_cli_inspect_imagefolder(cli, faulty, tmp_path):
     root, _ = faulty
-    r = cli(["stage=inspect", "data=imagefolder", f"data.root={root}", "data.num_workers=2",
-             "trainer.progress=false"])
+    r = cli(
+        [
+            "stage=inspect",
+            "data=imagefolder",
+            f"data.root={root}",
+            "data.num_workers=2",
+            "trainer.progress=false",
+        ]
+    )
     assert r.code == 1, r.out  # corrupt files, leakage and an empty class are failures
     assert_contract(r.run_dir)
     checks = {c["name"]: c for c in r.json("checks.json")}
@@ -332,12 +361,14 @@ def test_custom_dataset_items_that_raise_are_corrupt(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
     from conftest import compose
+
     from runner.stages.inspect import bundle_source
 
     (tmp_path / "my_items.py").write_text(CUSTOM_DATA)
     monkeypatch.syspath_prepend(str(tmp_path))
-    cfg = compose(["stage=inspect", "data=custom", "data._target_=my_items.make",
-                   "+data.kwargs.bad=[5]"])
+    cfg = compose(
+        ["stage=inspect", "data=custom", "data._target_=my_items.make", "+data.kwargs.bad=[5]"]
+    )
     source = bundle_source(cfg, SimpleNamespace(original_cwd=str(tmp_path)))
     table, _ = stream_table(source, 128, num_workers=0, progress=False)
     v = {x.name: x for x in run_checks(table, cfg.inspect).verdicts}
@@ -350,11 +381,21 @@ def test_custom_dataset_items_that_raise_are_corrupt(tmp_path, monkeypatch):
 def test_cli_inspect_in_memory_and_custom_kinds(cli, tmp_path):
     """digits, synthetic and a custom dataset in one Hydra multirun (one process start)."""
     (tmp_path / "my_items.py").write_text(CUSTOM_DATA)
-    r = cli(["-m", "stage=inspect", "data=digits,synthetic,custom", "data._target_=my_items.make",
-             "data.num_workers=0", "trainer.progress=false", "checks.data_dark.enabled=false"])
+    r = cli(
+        [
+            "-m",
+            "stage=inspect",
+            "data=digits,synthetic,custom",
+            "data._target_=my_items.make",
+            "data.num_workers=0",
+            "trainer.progress=false",
+            "checks.data_dark.enabled=false",
+        ]
+    )
     assert r.code == 0, r.out
-    runs = sorted((p.parent for p in r.cwd.glob("multirun/*/*/*/.hydra")),
-                  key=lambda p: int(p.name))
+    runs = sorted(
+        (p.parent for p in r.cwd.glob("multirun/*/*/*/.hydra")), key=lambda p: int(p.name)
+    )
     assert len(runs) == 3
     assert_contract(*runs)
     for run, n in zip(runs, (1797, 384, 60)):
@@ -385,9 +426,19 @@ def test_training_skips_a_truncated_png(cli, tmp_path):
     (root / "train" / "b" / "zero.png").write_bytes(b"")
     for k in range(12):  # more in a row than timm's ImageDataset retries (10)
         (root / "train" / "a" / f"z{k:02d}.png").write_bytes(b"")
-    r = cli(["stage=train", "data=imagefolder", f"data.root={root}", "data.image_size=16",
-             "model=tiny_cnn", "trainer.epochs=1", "trainer.batch_size=4", "data.num_workers=0",
-             "trainer.progress=false"])
+    r = cli(
+        [
+            "stage=train",
+            "data=imagefolder",
+            f"data.root={root}",
+            "data.image_size=16",
+            "model=tiny_cnn",
+            "trainer.epochs=1",
+            "trainer.batch_size=4",
+            "data.num_workers=0",
+            "trainer.progress=false",
+        ]
+    )
     assert r.code == 0, r.out
     assert "truncated" in r.out
     summary = r.json("summary.json")
@@ -423,9 +474,16 @@ def test_not_checked_names_what_each_data_kind_cannot_show(tmp_path, monkeypatch
     size = next(r for c, r in custom.items() if c.startswith("original image size"))
     assert "every item is a tensor of one size (12x12 px)" in size
     assert "data.corrupt" not in custom  # a dataset item can fail to load: that is checked
-    fake = rows(["data=torchvision", "data.name=FakeData", f"data.root={tmp_path}",
-                 "+data.kwargs.size=30", "+data.kwargs.image_size=[3,16,16]",
-                 "+data.kwargs.num_classes=2"])
+    fake = rows(
+        [
+            "data=torchvision",
+            "data.name=FakeData",
+            f"data.root={tmp_path}",
+            "+data.kwargs.size=30",
+            "+data.kwargs.image_size=[3,16,16]",
+            "+data.kwargs.num_classes=2",
+        ]
+    )
     assert "PIL image items of a torchvision dataset" in fake["data.spurious: file format"]
     assert not any(c.startswith("original image size") for c in fake)  # PIL: real sizes
     digits = rows(["data=digits"])
@@ -437,14 +495,26 @@ def test_not_checked_names_what_each_data_kind_cannot_show(tmp_path, monkeypatch
 
 
 def test_cli_inspect_torchvision_fake_data_reports_what_it_could_not_check(cli, tmp_path):
-    r = cli(["stage=inspect", "data=torchvision", "data.name=FakeData", f"data.root={tmp_path}",
-             "+data.kwargs.size=40", "+data.kwargs.image_size=[3,16,16]",
-             "+data.kwargs.num_classes=2", "data.num_workers=0", "trainer.progress=false"])
+    r = cli(
+        [
+            "stage=inspect",
+            "data=torchvision",
+            "data.name=FakeData",
+            f"data.root={tmp_path}",
+            "+data.kwargs.size=40",
+            "+data.kwargs.image_size=[3,16,16]",
+            "+data.kwargs.num_classes=2",
+            "data.num_workers=0",
+            "trainer.progress=false",
+        ]
+    )
     assert r.code in (0, 1), r.out  # random pixels: label checks may judge them
     assert_contract(r.run_dir)
     s = r.json("summary.json")
-    assert {x["check"] for x in s["not_checked"]} == {"data.spurious: file size",
-                                                      "data.spurious: file format"}
+    assert {x["check"] for x in s["not_checked"]} == {
+        "data.spurious: file size",
+        "data.spurious: file format",
+    }
     html = (r.run_dir / "report.html").read_text()
     assert "Not checked for this data kind" in html and "PIL image items" in html
     assert "not checked for data=torchvision: data.spurious: file size" in r.out

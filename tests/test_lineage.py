@@ -1,5 +1,6 @@
 """`from=<run dir>` (runner/lineage.py), squeeze's seed reruns and "leave it training", and the
 whole recipe with the tune stage inside it."""
+
 from __future__ import annotations
 
 import csv
@@ -10,9 +11,9 @@ import torch
 from conftest import FAST, assert_contract
 from omegaconf import OmegaConf
 
-from runner.lineage import common_stage, flatten, outcome
 from runner.checks.outcomes import mean_std as _mean_std
 from runner.checks.outcomes import seed_spread as seed_verdict
+from runner.lineage import common_stage, flatten, outcome
 
 TINY = FAST + ["model.name=test_resnet"]
 
@@ -20,7 +21,11 @@ TINY = FAST + ["model.name=test_resnet"]
 # ----------------------------------------------------------------------------- pure pieces
 def test_flatten_and_common_stage():
     assert flatten({"a": {"b": 1, "c": [1, 2], "d": {}}, "e": None}) == {
-        "a.b": 1, "a.c": [1, 2], "a.d": {}, "e": None}
+        "a.b": 1,
+        "a.c": [1, 2],
+        "a.d": {},
+        "e": None,
+    }
     assert common_stage(["train", "baseline", "overfit"], ["train", "tune"]) == "train"
     assert common_stage(["train", "baseline", "overfit"], ["train", "baseline"]) == "baseline"
     assert common_stage(["a"], ["b"]) is None
@@ -51,8 +56,14 @@ def test_from_starts_a_stage_from_a_runs_outcome_and_train_warm_starts(cli):
     src_dir = src.run_dir
     # overfit from the baseline run: data, lr and seed come from it, the model and the epoch
     # budget from overfit.yaml, the model name from this command
-    o = cli(["stage=overfit", f"from={src_dir}", "model.name=test_resnet",
-             "stage.params.train_loss_target=0.5"])
+    o = cli(
+        [
+            "stage=overfit",
+            f"from={src_dir}",
+            "model.name=test_resnet",
+            "stage.params.train_loss_target=0.5",
+        ]
+    )
     assert o.code in (0, 1), o.out
     o_dir = next(d for d in o.run_dirs if d != src_dir)
     lin = o.json("lineage.json", o_dir)
@@ -62,7 +73,10 @@ def test_from_starts_a_stage_from_a_runs_outcome_and_train_warm_starts(cli):
     assert lin["from_source"]["data.num_train"] == 96 and lin["from_source"]["seed"] == 5
     assert lin["from_stage"]["trainer.epochs"] == 30
     # the command's stage settings are listed too (they are never taken from the source)
-    assert lin["from_command"] == {"model.name": "test_resnet", "stage.params.train_loss_target": 0.5}
+    assert lin["from_command"] == {
+        "model.name": "test_resnet",
+        "stage.params.train_loss_target": 0.5,
+    }
     assert "stage.params.train_loss_target" in (o_dir / "report.html").read_text()
     assert lin["weights"] is None  # overfit trains from scratch
     used = OmegaConf.load(o_dir / "config.yaml")
@@ -126,8 +140,15 @@ def test_squeeze_reruns_winner_and_runner_up_over_seeds_and_leaves_the_winner_tr
     r = cli(TINY + ["stage=regularize", "trainer.epochs=2", "optim.lr=3e-3", rungs])
     assert r.code == 0, r.out
     ladder = r.run_dir
-    q = cli(FAST + ["stage=squeeze", f"from={ladder}", "stage.params.seeds=2",
-                    "stage.params.continue_epochs=2"])
+    q = cli(
+        FAST
+        + [
+            "stage=squeeze",
+            f"from={ladder}",
+            "stage.params.seeds=2",
+            "stage.params.continue_epochs=2",
+        ]
+    )
     assert q.code == 0, q.out
     sq = next(d for d in q.run_dirs if d != ladder)
     s = q.json("summary.json", sq)
@@ -159,17 +180,30 @@ def test_squeeze_reruns_winner_and_runner_up_over_seeds_and_leaves_the_winner_tr
 # ----------------------------------------------------------------------------- recipe
 def test_recipe_runs_tune_between_regularize_and_squeeze(cli):
     """Every training stage starts from the previous one's outcome; tune's trials from the ladder."""
-    rungs = "stage.params.rungs=[{name:wd,overrides:[\"optim.weight_decay=1e-4\"]}]"
-    r = cli(TINY + ["stage=recipe", "stage.params.stages=[baseline,overfit,regularize,tune,squeeze]",
-                    "optim.lr=3e-3", "checks.strict=false",
-                    'stage.params.per_stage.overfit=["stage.params.train_loss_target=0.5"]',
-                    'stage.params.per_stage.tune=["hydra.sweeper.n_trials=2"]',
-                    f"stage.params.per_stage.regularize=['{rungs}']",
-                    'stage.params.per_stage.squeeze=["stage.params.seeds=0","stage.params.continue_epochs=0"]'])
+    rungs = 'stage.params.rungs=[{name:wd,overrides:["optim.weight_decay=1e-4"]}]'
+    r = cli(
+        TINY
+        + [
+            "stage=recipe",
+            "stage.params.stages=[baseline,overfit,regularize,tune,squeeze]",
+            "optim.lr=3e-3",
+            "checks.strict=false",
+            'stage.params.per_stage.overfit=["stage.params.train_loss_target=0.5"]',
+            'stage.params.per_stage.tune=["hydra.sweeper.n_trials=2"]',
+            f"stage.params.per_stage.regularize=['{rungs}']",
+            'stage.params.per_stage.squeeze=["stage.params.seeds=0","stage.params.continue_epochs=0"]',
+        ]
+    )
     assert r.code == 0, r.out
     top = min(r.run_dirs, key=lambda d: len(d.parts))
     s = r.json("summary.json", top)
-    assert [x["stage"] for x in s["stages"]] == ["baseline", "overfit", "regularize", "tune", "squeeze"]
+    assert [x["stage"] for x in s["stages"]] == [
+        "baseline",
+        "overfit",
+        "regularize",
+        "tune",
+        "squeeze",
+    ]
     # the final model is what squeeze adopted; from=<recipe dir> starts from it
     assert s["final"]["stage"] == "squeeze" and s["final"]["weights"]
     assert str(outcome(top).source) == s["final"]["run"]

@@ -1,4 +1,5 @@
 """logger=tensorboard / logger=mlflow, read back with the real libraries."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,13 @@ import math
 import pytest
 from conftest import FAST, compose
 
-from runner.loggers import (MlflowLogger, TensorboardLogger, epoch_scalars, first_layer_weight,
-                            flat_params)
+from runner.loggers import (
+    MlflowLogger,
+    TensorboardLogger,
+    epoch_scalars,
+    first_layer_weight,
+    flat_params,
+)
 
 
 def _events(log_dir):
@@ -54,8 +60,10 @@ def test_tensorboard_and_mlflow_together_log_what_metrics_csv_has(cli):
     assert run.data.tags["stage"] == "train"
     assert run.data.tags["run_dir"] == str(r.run_dir.resolve())
     hist = client.get_metric_history(ref["run_id"], "val/acc")
-    assert sorted((m.step, m.value) for m in hist) == \
-        [(1, pytest.approx(csv_val_acc[0], abs=1e-5)), (2, pytest.approx(csv_val_acc[1], abs=1e-5))]
+    assert sorted((m.step, m.value) for m in hist) == [
+        (1, pytest.approx(csv_val_acc[0], abs=1e-5)),
+        (2, pytest.approx(csv_val_acc[1], abs=1e-5)),
+    ]
 
 
 def test_default_logger_is_csv_only_and_options_combine():
@@ -104,8 +112,15 @@ def test_mlflow_bad_tracking_uri_names_the_key(tmp_path):
 
 
 def test_epoch_scalars_skip_non_finite_and_unevaluated_figures():
-    rec = {"epoch": 3, "train_loss": 0.5, "train_acc": 0.9, "val_loss": math.nan, "val_acc": 0.8,
-           "lr": 1e-3, "evaluated": False}
+    rec = {
+        "epoch": 3,
+        "train_loss": 0.5,
+        "train_acc": 0.9,
+        "val_loss": math.nan,
+        "val_acc": 0.8,
+        "lr": 1e-3,
+        "evaluated": False,
+    }
     out = epoch_scalars(rec)
     assert out == {"train/loss": 0.5, "train/acc": 0.9, "lr": 1e-3}  # no stale val figures
     rec.update(evaluated=True, val_loss=0.7)
@@ -118,8 +133,12 @@ def test_first_layer_weight_and_flat_params():
     net = torch.nn.Sequential(torch.nn.BatchNorm2d(3), torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten())
     name, w = first_layer_weight(net)
     assert name == "1.weight" and tuple(w.shape) == (4, 3, 3, 3)  # BatchNorm's 1-d weight skipped
-    assert flat_params({"a": {"b": 1, "c": [1, 2]}, "d": None, "e": {}}) == \
-        {"a.b": "1", "a.c": "[1, 2]", "d": "None", "e": "{}"}
+    assert flat_params({"a": {"b": 1, "c": [1, 2]}, "d": None, "e": {}}) == {
+        "a.b": "1",
+        "a.c": "[1, 2]",
+        "d": "None",
+        "e": "{}",
+    }
 
 
 def test_tensorboard_resumed_run_appends_without_a_second_init(tmp_path):

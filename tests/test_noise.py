@@ -1,4 +1,5 @@
 """The one "more than noise?" rule (runner/checks/noise.py), on known numbers."""
+
 from __future__ import annotations
 
 import math
@@ -16,7 +17,9 @@ def test_same_val_set_is_a_one_standard_error_z_test():
     assert not same_val_set(0.9, 0.925, 200, 0.005).significant
     assert ONE_SE_ALPHA == pytest.approx(0.1587, abs=1e-4)
     # a stricter alpha asks for a larger gap: z = 1.645 at 0.05
-    assert same_val_set(0.9, 0.935, 200, alpha=0.05).threshold == pytest.approx(0.03 * 1.6449, rel=1e-3)
+    assert same_val_set(0.9, 0.935, 200, alpha=0.05).threshold == pytest.approx(
+        0.03 * 1.6449, rel=1e-3
+    )
     # min_delta is the floor; no result is never significant
     assert same_val_set(1.0, 1.0, 200, 0.005).threshold == 0.005
     assert not same_val_set(0.5, None, 100).significant
@@ -31,7 +34,7 @@ def test_paired_mcnemar_counts_only_disagreements():
     b = [True] * 80 + [True] * 15 + [False] * 5  # b fixes 15 of a's 20 errors, breaks none
     d = paired(a, b)
     assert d.delta == pytest.approx(0.15) and d.significant
-    assert d.p_value == pytest.approx(0.5 ** 15)  # 15 of 15 discordant pairs go to b
+    assert d.p_value == pytest.approx(0.5**15)  # 15 of 15 discordant pairs go to b
     # as many fixed as broken: no evidence either way
     c = [True] * 75 + [False] * 5 + [True] * 5 + [False] * 15
     assert not paired(a, c).significant and paired(a, c).delta == pytest.approx(0.0)

@@ -1,4 +1,5 @@
 """Reliability (issue 7): bad input table, signals, DDP on 2 CPU processes."""
+
 from __future__ import annotations
 
 import hashlib
@@ -13,13 +14,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import FAST, REPO, metric_rows, run_cli, start_cli
 
 
 def _tree_digest(root: Path) -> dict:
-    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +66,10 @@ BAD_INPUTS = [
     (["model=timm", "model.name=resnt18"], "did you mean 'resnet18'"),
     (["model=no_such_option"], "model/no_such_option"),
     (["stage=nope"], "stage"),
-    (["data=imagefolder", "data.root=/no/such/folder"], "data.root='/no/such/folder' is not a folder"),
+    (
+        ["data=imagefolder", "data.root=/no/such/folder"],
+        "data.root='/no/such/folder' is not a folder",
+    ),
     (["data=imagefolder", "data.root={ws}/afile.txt"], "is not a folder"),
     (["data=imagefolder", "data.root={ws}/folder_empty_class"], "class folder"),
     (["data.val_fraction=1.5"], "data.val_fraction=1.5"),
@@ -72,7 +78,10 @@ BAD_INPUTS = [
     (["trainer.precision=fp8"], "trainer.precision='fp8'"),
     (["trainer.precision=fp16", "trainer.device=cpu"], "trainer.precision='fp16' needs CUDA"),
     (["model=custom", "model._target_=os.system"], "model._target_='os.system' is refused"),
-    (["model=custom", "model._target_=no_such_module.make"], "cannot import module 'no_such_module'"),
+    (
+        ["model=custom", "model._target_=no_such_module.make"],
+        "cannot import module 'no_such_module'",
+    ),
     (["data=custom", "data._target_=builtins.eval"], "data._target_='builtins.eval' is refused"),
     (["data=custom", "data._target_=badcode.make"], "expected a (train, val) pair"),
     (["resume=/no/such/run"], "no checkpoint there"),
@@ -80,27 +89,48 @@ BAD_INPUTS = [
     (["trainer.checkpoint_every=-1"], "trainer.checkpoint_every=-1 must be >= 0"),
     (["resume={ws}/not_a_checkpoint.pt"], "not_a_checkpoint.pt is not a readable torch checkpoint"),
     (["model=timm", "model.name=test_resnet", "resume={run}"], "does not fit this model"),
-    (["model.pretrained=true", "model.pretrained_file=/no/weights.pth"], "model.pretrained_file='/no/weights.pth' is not a file"),
+    (
+        ["model.pretrained=true", "model.pretrained_file=/no/weights.pth"],
+        "model.pretrained_file='/no/weights.pth' is not a file",
+    ),
     (["data=torchvision", "data.name=CIFAR1O", "data.root=."], "did you mean 'CIFAR10'"),
     (["data=torchvision", "data.name=CIFAR10", "data.root={ws}/tvempty"], "set data.download=true"),
     (["human_baseline=1.5"], "human_baseline=1.5"),
     (["aug.label_smoothing=1.2"], "aug.label_smoothing=1.2"),
     (["hydra.run.dir={run}"], "refusing to overwrite"),
     # issue 17: a key the selected option does not read, named with the option that does
-    (["model.name=resnet18"], "model.name is read by model=timm; did you mean `model=timm model.name=resnet18`?"),
+    (
+        ["model.name=resnet18"],
+        "model.name is read by model=timm; did you mean `model=timm model.name=resnet18`?",
+    ),
     (["model.pretrained=true"], "model.pretrained is read by model=timm"),
     (["data.root={ws}"], "data.root is read by data=imagefolder"),
     (["data=digits", "data.num_train=100"], "did you mean `data=synthetic data.num_train=100`?"),
-    (["data=imagefolder", "data.root={ws}/folder_one_class", "data.num_val=10"], "data.num_val is read by data=synthetic"),
-    (["--config-dir={ws}/conf", "experiment=ignored"], "model.name=resnet34 (set in experiment=ignored"),
+    (
+        ["data=imagefolder", "data.root={ws}/folder_one_class", "data.num_val=10"],
+        "data.num_val is read by data=synthetic",
+    ),
+    (
+        ["--config-dir={ws}/conf", "experiment=ignored"],
+        "model.name=resnet34 (set in experiment=ignored",
+    ),
     # issue 17: one message for each of these, before training
     (["--config-dir={ws}/conf", "experiment=broken"], "broken.yaml:4:1: not valid YAML"),
-    (["model=timm", "model.name=vit_tiny_patch16_224", "data.image_size=20"], "data.image_size=20 is not a multiple of the patch size 16"),
-    (["model=timm", "model.name=vit_tiny_patch16_224", "data.image_size=32"], "+model.kwargs.img_size=32"),
+    (
+        ["model=timm", "model.name=vit_tiny_patch16_224", "data.image_size=20"],
+        "data.image_size=20 is not a multiple of the patch size 16",
+    ),
+    (
+        ["model=timm", "model.name=vit_tiny_patch16_224", "data.image_size=32"],
+        "+model.kwargs.img_size=32",
+    ),
     (["data.num_classes=1"], "data.num_classes=1 must be >= 2"),
     (["data=imagefolder", "data.root={ws}/folder_one_class"], "has one class folder (a)"),
     (["checks.init_loss.tolerance=-1"], "checks.init_loss.tolerance=-1.0 must be >= 0"),
-    (["checks.baseline_input_independent.margin=-0.1"], "checks.baseline_input_independent.margin=-0.1 must be >= 0"),
+    (
+        ["checks.baseline_input_independent.margin=-0.1"],
+        "checks.baseline_input_independent.margin=-0.1 must be >= 0",
+    ),
     (["checks.train_grads_flow.steps=0"], "checks.train_grads_flow.steps=0 must be > 0"),
     (["checks.baseline_overfit_batch.lr=0"], "checks.baseline_overfit_batch.lr=0.0 must be > 0"),
     (["data.on_unreadable=ignore"], "data.on_unreadable='ignore' is not one of skip, fail"),
@@ -108,7 +138,9 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("overrides, needle", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
-def test_bad_input_exit_2_one_message_nothing_lost(workspace, overrides, needle, capfd, monkeypatch):
+def test_bad_input_exit_2_one_message_nothing_lost(
+    workspace, overrides, needle, capfd, monkeypatch
+):
     from runner.__main__ import main
 
     ws, finished = workspace
@@ -118,7 +150,9 @@ def test_bad_input_exit_2_one_message_nothing_lost(workspace, overrides, needle,
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     args = [o.format(ws=ws, run=finished) for o in overrides]
     flags = [a for a in args if a.startswith("--")]  # Hydra's flags before the overrides
-    code = main(flags + FAST + ["stage=train", "trainer.epochs=1"] + [a for a in args if a not in flags])
+    code = main(
+        flags + FAST + ["stage=train", "trainer.epochs=1"] + [a for a in args if a not in flags]
+    )
     out = "".join(capfd.readouterr())
     assert code == 2, out
     assert needle.format(ws=ws) in out, out
@@ -139,8 +173,16 @@ def test_corrupt_and_zero_byte_images_are_skipped_not_fatal(cli, tmp_path):
     (tmp_path / "imgs" / "train" / "dark" / "zero.png").write_bytes(b"")
     good = (tmp_path / "imgs" / "train" / "bright" / "0.png").read_bytes()
     (tmp_path / "imgs" / "train" / "bright" / "truncated.png").write_bytes(good[:30])
-    r = cli(FAST + ["data=imagefolder", f"data.root={tmp_path / 'imgs'}", "data.image_size=8",
-                    "stage=train", "trainer.epochs=1"])
+    r = cli(
+        FAST
+        + [
+            "data=imagefolder",
+            f"data.root={tmp_path / 'imgs'}",
+            "data.image_size=8",
+            "stage=train",
+            "trainer.epochs=1",
+        ]
+    )
     assert r.code == 0, r.out
     assert "zero.png" in r.out and "truncated.png" in r.out  # each named in a warning
 
@@ -169,8 +211,9 @@ def test_unreadable_file_is_left_out_never_replaced_by_its_neighbour(tmp_path):
     from runner.data import build_data
 
     root = _folder_with_a_truncated_png(tmp_path / "imgs")
-    cfg = OmegaConf.structured(DataConfig(kind="imagefolder", root=str(root), image_size=8,
-                                          num_workers=0))
+    cfg = OmegaConf.structured(
+        DataConfig(kind="imagefolder", root=str(root), image_size=8, num_workers=0)
+    )
     data = build_data(cfg)
     assert len(data.train) == 9  # the file is there; it cannot be read
     loader = data.train.loader(4, True, 0, torch.device("cpu"), train=True)
@@ -193,8 +236,17 @@ def test_unreadable_file_is_left_out_never_replaced_by_its_neighbour(tmp_path):
 
 def test_on_unreadable_fail_stops_the_run_naming_the_file(cli, tmp_path):
     root = _folder_with_a_truncated_png(tmp_path / "imgs")
-    r = cli(FAST + ["data=imagefolder", f"data.root={root}", "data.image_size=8",
-                    "stage=train", "trainer.epochs=1", "data.on_unreadable=fail"])
+    r = cli(
+        FAST
+        + [
+            "data=imagefolder",
+            f"data.root={root}",
+            "data.image_size=8",
+            "stage=train",
+            "trainer.epochs=1",
+            "data.on_unreadable=fail",
+        ]
+    )
     assert r.code == 2, r.out
     assert "1a.png" in r.out and "Traceback" not in r.out
 
@@ -208,8 +260,14 @@ def test_nan_producing_lr_is_a_failed_check_exit_1(cli):
 
 
 def test_sigterm_checkpoints_mid_epoch_and_resumes_exactly(tmp_path):
-    args = FAST + ["stage=train", "trainer.epochs=3", "data.num_train=4096", "trainer.batch_size=16",
-                   "model.kwargs.width=8", "+model.kwargs.drop_rate=0.2"]
+    args = FAST + [
+        "stage=train",
+        "trainer.epochs=3",
+        "data.num_train=4096",
+        "trainer.batch_size=16",
+        "model.kwargs.width=8",
+        "+model.kwargs.drop_rate=0.2",
+    ]
     full = run_cli(args, tmp_path / "full")
     assert full.code == 0, full.out
 
@@ -242,9 +300,23 @@ def test_ddp_two_cpu_processes_match_single_process(tmp_path):
     d = tmp_path / "ddp"
     d.mkdir()
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                        "--nproc_per_node=2", "-m", "runner", *args], cwd=d, env=env,
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "runner",
+            *args,
+        ],
+        cwd=d,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     runs = [x.parent for x in d.glob("outputs/*/*/summary.json")]
     assert len(runs) == 1  # both ranks used rank 0's run directory; only rank 0 wrote it
@@ -258,39 +330,61 @@ def test_ddp_two_cpu_processes_match_single_process(tmp_path):
     assert s["data"]["num_val"] == 128 and s["provenance"]["threads"] == 1
 
 
-
 def _children(pid: int) -> dict:
     """{RANK: pid} of the worker processes torchrun `pid` started (Linux /proc)."""
     out = {}
     for d in Path("/proc").iterdir():
         try:
-            if d.name.isdigit() and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                env = dict(kv.split(b"=", 1) for kv in (d / "environ").read_bytes().split(b"\0") if b"=" in kv)
+            if (
+                d.name.isdigit()
+                and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid
+            ):
+                env = dict(
+                    kv.split(b"=", 1)
+                    for kv in (d / "environ").read_bytes().split(b"\0")
+                    if b"=" in kv
+                )
                 out[int(env[b"RANK"])] = int(d.name)
         except (OSError, KeyError, ValueError):
             pass
     return out
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds torchrun's workers in /proc")
+@pytest.mark.skipif(
+    not Path("/proc/self/stat").exists(), reason="finds torchrun's workers in /proc"
+)
 def test_ddp_sigterm_to_one_rank_stops_every_rank_at_one_step_and_resumes(tmp_path):
     """SIGTERM to rank 1 only: the ranks agree at the next check point, rank 0 (never
     signalled) writes the mid-epoch checkpoint, every rank stops with signal 15's message at
     the same step, and resume= ends where an uninterrupted DDP run ends. (Before, rank 1
     left alone, rank 0 crashed in all_reduce and the half epoch was lost; with NCCL it hung.)"""
-    args = FAST + ["stage=train", "trainer.epochs=2", "data.num_train=4096", "data.noise=2.0",
-                   "trainer.batch_size=16"]
+    args = FAST + [
+        "stage=train",
+        "trainer.epochs=2",
+        "data.num_train=4096",
+        "data.noise=2.0",
+        "trainer.batch_size=16",
+    ]
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                "-m", "runner", *args]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "runner",
+        *args,
+    ]
     full, b = tmp_path / "full", tmp_path / "b"
     full.mkdir()
     b.mkdir()
     p = subprocess.run(torchrun, cwd=full, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
 
-    proc = subprocess.Popen(torchrun, cwd=b, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        torchrun, cwd=b, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not list(b.glob("outputs/*/*/metrics.csv")):
         time.sleep(0.01)  # metrics.csv's header: training is about to start
@@ -314,8 +408,14 @@ def test_ddp_sigterm_to_one_rank_stops_every_rank_at_one_step_and_resumes(tmp_pa
     ck = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert ck["loop"]["epoch"] == 0 and 0 < ck["loop"]["batch_in_epoch"] < 256, ck["loop"]
 
-    r = subprocess.run(torchrun + [f"resume={run_dir}"], cwd=b, env=env, capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        torchrun + [f"resume={run_dir}"],
+        cwd=b,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     a, c = metric_rows(next(full.glob("outputs/*/*/summary.json")).parent), metric_rows(run_dir)
     assert len(a) == len(c) == 2  # the interrupted epoch's train_loss: both halves, all ranks
@@ -373,8 +473,9 @@ def test_best_pt_holds_weights_and_checkpoint_every_zero_saves_the_end(tmp_path)
     assert {"model", "config", "meta"} <= set(best) and 1 <= best["loop"]["epoch"] <= 3
     assert best["model"].keys() == last["model"].keys()
     # and init_from= takes its weights
-    again = run_cli(FAST + ["stage=train", "trainer.epochs=1", f"init_from={r.run_dir}"],
-                    tmp_path / "again")
+    again = run_cli(
+        FAST + ["stage=train", "trainer.epochs=1", f"init_from={r.run_dir}"], tmp_path / "again"
+    )
     assert again.code == 0, again.out
 
 
@@ -384,8 +485,18 @@ def test_stage_callbacks_stop_the_run_and_say_why(tmp_path):
     from runner.stages.overfit import until_train_loss
 
     def rec(**kw):
-        base = {"epoch": 3, "step": 30, "train_loss": 0.5, "train_acc": 0.9, "val_loss": 1.0,
-                "val_acc": 0.8, "lr": 0.1, "wall_s": 1.0, "epoch_s": 1.0, "images_per_s": 10.0}
+        base = {
+            "epoch": 3,
+            "step": 30,
+            "train_loss": 0.5,
+            "train_acc": 0.9,
+            "val_loss": 1.0,
+            "val_acc": 0.8,
+            "lr": 0.1,
+            "wall_s": 1.0,
+            "epoch_s": 1.0,
+            "images_per_s": 10.0,
+        }
         return EpochRecord(**{**base, **kw})
 
     assert until_train_loss(0.4)(rec()) is None and until_train_loss(0)(rec(train_loss=0)) is None
@@ -393,15 +504,25 @@ def test_stage_callbacks_stop_the_run_and_say_why(tmp_path):
     assert early_stopping(2)(rec(evals_since_best=1)) is None
     assert "2 evaluations" in early_stopping(2)(rec(evals_since_best=2))
     assert early_stopping(2)(rec(evals_since_best=5, evaluated=False)) is None
+
     def pruner(r):
         return Stop("pruned", pruned=True)
 
     assert _first_stop([until_train_loss(0.4), pruner], rec()).pruned
     assert _first_stop([until_train_loss(0.5), pruner], rec()) == Stop(
-        "training loss 0.5 <= target 0.5 after epoch 3")
+        "training loss 0.5 <= target 0.5 after epoch 3"
+    )
     # overfit's target through the CLI: epoch 1 meets it; the run stops and says why
-    r = run_cli(FAST + ["stage=overfit", "model=tiny_cnn", "trainer.epochs=3",
-                        "stage.params.train_loss_target=100"], tmp_path)
+    r = run_cli(
+        FAST
+        + [
+            "stage=overfit",
+            "model=tiny_cnn",
+            "trainer.epochs=3",
+            "stage.params.train_loss_target=100",
+        ],
+        tmp_path,
+    )
     s = json.loads((r.run_dir / "summary.json").read_text())
     assert s["epochs"] == 1 and s["stop_reason"].startswith("training loss"), r.out
     last = torch.load(r.run_dir / "checkpoints" / "last.pt", weights_only=True)
@@ -424,10 +545,19 @@ def _tiny_fit(steps_per_epoch, epochs=1, **kw):
     model = kw.pop("model", None) or torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     out = kw.pop("out", [])
-    opts = LoopOptions(check_every=kw.pop("check_every", 50),
-                       check_seconds=kw.pop("check_seconds", 2.0))
-    for rec in fit(model, opt, split.loader(8, True, 0, cpu), split.loader(64, False, 0, cpu),
-                   epochs=epochs, device=cpu, opts=opts, **kw):
+    opts = LoopOptions(
+        check_every=kw.pop("check_every", 50), check_seconds=kw.pop("check_seconds", 2.0)
+    )
+    for rec in fit(
+        model,
+        opt,
+        split.loader(8, True, 0, cpu),
+        split.loader(64, False, 0, cpu),
+        epochs=epochs,
+        device=cpu,
+        opts=opts,
+        **kw,
+    ):
         out.append(rec)
     return out
 
@@ -444,6 +574,7 @@ def _count_host_reads(monkeypatch, fn):
         def spy(self, *a, _real=real, **k):
             n[0] += 1
             return _real(self, *a, **k)
+
         monkeypatch.setattr(torch.Tensor, name, spy)
     try:
         fn()
@@ -485,7 +616,9 @@ def test_nan_is_caught_at_the_next_check_and_a_stop_request_never_yields_nan_wei
     from runner.errors import NonFiniteLoss
 
     # a NaN at step 13: the check after step 15 finds it and names step 13
-    with pytest.raises(NonFiniteLoss, match=r"epoch 1, step 13 \(found by the check after step 15\)") as e:
+    with pytest.raises(
+        NonFiniteLoss, match=r"epoch 1, step 13 \(found by the check after step 15\)"
+    ) as e:
         _tiny_fit(40, model=_NaNAfter(12), check_every=5, check_seconds=0)
     assert (e.value.epoch, e.value.step, e.value.found_at) == (1, 13, 15)
     # a stop request (signal) after the NaN: the loop raises instead of yielding the
@@ -499,8 +632,14 @@ def test_nan_is_caught_at_the_next_check_and_a_stop_request_never_yields_nan_wei
 
     records = []
     with pytest.raises(NonFiniteLoss, match="epoch 1, step 4"):
-        _tiny_fit(40, model=Model(3), check_every=50, check_seconds=0,
-                  stop_signal=lambda: 15 if steps[0] >= 6 else 0, out=records)
+        _tiny_fit(
+            40,
+            model=Model(3),
+            check_every=50,
+            check_seconds=0,
+            stop_signal=lambda: 15 if steps[0] >= 6 else 0,
+            out=records,
+        )
     assert records == [] and steps[0] == 6  # stopped at the request, without a record
 
 

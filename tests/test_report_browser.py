@@ -8,6 +8,7 @@ a screenshot (in the test's tmp dir; pytest -s prints where).
 Run as a script to check and photograph any report (docs/report.png was made so):
     python tests/test_report_browser.py outputs/<date>/<time>/report.html docs/report.png
 """
+
 from __future__ import annotations
 
 import base64
@@ -23,13 +24,25 @@ import pytest
 from conftest import FAST
 from test_reports import dangling as missing_refs
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-extensions", "--hide-scrollbars", "--remote-debugging-port=0"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--hide-scrollbars",
+    "--remote-debugging-port=0",
+]
 
 # in the page: images that did not load or decode, by src
-BROKEN_IMAGES_JS = ("Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0)"
-                    ".map(i => i.getAttribute('src'))")
+BROKEN_IMAGES_JS = (
+    "Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0)"
+    ".map(i => i.getAttribute('src'))"
+)
 
 
 def chromium_binary() -> str:
@@ -47,10 +60,17 @@ class Browser:
     def __init__(self, profile: Path, width: int = 1280, height: int = 1000):
         import websocket
 
-        self.proc = subprocess.Popen([chromium_binary(), *CHROMIUM_FLAGS,
-                                      f"--user-data-dir={profile}",
-                                      f"--window-size={width},{height}", "about:blank"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [
+                chromium_binary(),
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={profile}",
+                f"--window-size={width},{height}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         port_file = profile / "DevToolsActivePort"
         deadline = time.monotonic() + 60
         while not (port_file.exists() and port_file.read_text().strip()):
@@ -66,14 +86,17 @@ class Browser:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as f:
                 pages = [t for t in json.load(f) if t["type"] == "page"]
             time.sleep(0.05)
-        self.ws = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=60,
-                                              suppress_origin=True)
+        self.ws = websocket.create_connection(
+            pages[0]["webSocketDebuggerUrl"], timeout=60, suppress_origin=True
+        )
         self._id = 0
         self.events: List[Dict[str, Any]] = []
         for domain in ("Page", "Runtime", "Log"):
             self.call(f"{domain}.enable")
-        self.call("Emulation.setDeviceMetricsOverride",
-                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+        )
 
     def call(self, method: str, params: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         self._id += 1
@@ -103,8 +126,10 @@ class Browser:
         self.wait_for("Page.loadEventFired")
 
     def evaluate(self, expression: str) -> Any:
-        r = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True,
-                                           "awaitPromise": True})
+        r = self.call(
+            "Runtime.evaluate",
+            {"expression": expression, "returnByValue": True, "awaitPromise": True},
+        )
         if "exceptionDetails" in r:
             raise AssertionError(f"{expression}: {r['exceptionDetails']}")
         return r["result"].get("value")
@@ -119,8 +144,10 @@ class Browser:
                 what = d.get("exception", {}).get("description") or d.get("text")
                 out.append(f"exception: {what}")
             elif e["method"] == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
-                out.append("console.error: " + " ".join(str(a.get("value", a.get("description")))
-                                                        for a in p.get("args", [])))
+                out.append(
+                    "console.error: "
+                    + " ".join(str(a.get("value", a.get("description"))) for a in p.get("args", []))
+                )
             elif e["method"] == "Log.entryAdded" and p["entry"]["level"] == "error":
                 out.append(f"log: {p['entry'].get('text')} {p['entry'].get('url', '')}")
         return out
@@ -130,8 +157,13 @@ class Browser:
         if full_page:
             params["captureBeyondViewport"] = True
             size = self.call("Page.getLayoutMetrics")["cssContentSize"]
-            params["clip"] = {"x": 0, "y": 0, "width": size["width"], "height": size["height"],
-                              "scale": 1}
+            params["clip"] = {
+                "x": 0,
+                "y": 0,
+                "width": size["width"],
+                "height": size["height"],
+                "scale": 1,
+            }
         out.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", params)["data"]))
         return out
 
@@ -165,8 +197,10 @@ def _png_size_and_colours(path: Path):
 def test_the_browser_check_catches_a_broken_page(browser, tmp_path):
     """Known-bad page first: a missing image, a thrown error and console.error must all show."""
     page = tmp_path / "broken.html"
-    page.write_text('<!doctype html><html><body><h1>broken</h1><img src="plots/missing.png">'
-                    '<script>console.error("boom"); undefined_function();</script></body></html>')
+    page.write_text(
+        '<!doctype html><html><body><h1>broken</h1><img src="plots/missing.png">'
+        '<script>console.error("boom"); undefined_function();</script></body></html>'
+    )
     browser.open(page)
     problems = browser.problems()
     assert any("boom" in p for p in problems), problems
@@ -190,20 +224,25 @@ def test_baseline_report_renders_cleanly_in_chromium(cli, browser, tmp_path):
     assert browser.evaluate(BROKEN_IMAGES_JS) == []
     # every image is drawn at a readable size, and the header says how the checks went
     widths = browser.evaluate(
-        "Array.from(document.images).map(i => i.getBoundingClientRect().width)")
+        "Array.from(document.images).map(i => i.getBoundingClientRect().width)"
+    )
     assert min(widths) >= 200, widths
     checks = r.json("checks.json")
     counts = {s: sum(c["status"] == s for c in checks) for s in ("pass", "warn", "fail", "skip")}
     banner = browser.evaluate("document.getElementById('verdict').textContent")
     assert " / ".join(f"{counts[s]} {s}" for s in ("pass", "warn", "fail", "skip")) in banner
-    facts = browser.evaluate("Object.fromEntries(Array.from(document.querySelectorAll('.facts dt'))"
-                             ".map(dt => [dt.textContent, dt.nextElementSibling.textContent]))")
+    facts = browser.evaluate(
+        "Object.fromEntries(Array.from(document.querySelectorAll('.facts dt'))"
+        ".map(dt => [dt.textContent, dt.nextElementSibling.textContent]))"
+    )
     assert facts["stage"] == "baseline" and facts["experiment"] == "browser_check"
     assert facts["data"].startswith("synthetic · 256 train / 128 val · 4 classes")
     # in-page links (table of contents, check names) all land on an element
-    dangling = browser.evaluate("Array.from(document.querySelectorAll('a[href^=\"#\"]'))"
-                                ".map(a => a.getAttribute('href').slice(1))"
-                                ".filter(id => !document.getElementById(id))")
+    dangling = browser.evaluate(
+        "Array.from(document.querySelectorAll('a[href^=\"#\"]'))"
+        ".map(a => a.getAttribute('href').slice(1))"
+        ".filter(id => !document.getElementById(id))"
+    )
     assert dangling == []
     # a single run is part of nothing; its footer links the run's files; nothing points nowhere
     html = report.read_text()
@@ -226,15 +265,21 @@ def test_sortable_tables_sort_by_the_clicked_column(browser, tmp_path):
     numbers numerically with n/a last."""
     from runner.report import Report, table
 
-    rows = [{"job": "a", "val_acc": 0.5}, {"job": "b", "val_acc": None},
-            {"job": "c", "val_acc": 0.9}, {"job": "d", "val_acc": 0.10}]
+    rows = [
+        {"job": "a", "val_acc": 0.5},
+        {"job": "b", "val_acc": None},
+        {"job": "c", "val_acc": 0.9},
+        {"job": "d", "val_acc": 0.10},
+    ]
     rep = Report("sweep")
     rep.add("Runs", table(rows, sortable=True))
     page = tmp_path / "report.html"
     page.write_text(rep.render())
     browser.open(page)
-    col = ("Array.from(document.querySelectorAll('table.sortable tr')).slice(1)"
-           ".map(r => r.children[0].textContent)")
+    col = (
+        "Array.from(document.querySelectorAll('table.sortable tr')).slice(1)"
+        ".map(r => r.children[0].textContent)"
+    )
     assert browser.evaluate(col) == ["a", "b", "c", "d"]
     browser.evaluate("document.querySelectorAll('table.sortable th')[1].click()")
     assert browser.evaluate(col) == ["d", "a", "c", "b"]  # 0.1 < 0.5 < 0.9, n/a last

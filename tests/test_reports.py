@@ -1,4 +1,5 @@
 """report.html: the header, the verdict banner, links between run and sweep reports, plots."""
+
 from __future__ import annotations
 
 import re
@@ -8,8 +9,16 @@ from typing import List, Tuple
 
 from conftest import FAST, assert_contract
 
-from runner.report import (Report, checks_section, related_links, run_facts, run_files, run_kpis,
-                           verdict_banner, verdict_counts)
+from runner.report import (
+    Report,
+    checks_section,
+    related_links,
+    run_facts,
+    run_files,
+    run_kpis,
+    verdict_banner,
+    verdict_counts,
+)
 
 
 class _Refs(HTMLParser):
@@ -50,33 +59,68 @@ def dangling(report: Path) -> List[str]:
     return bad
 
 
-SUMMARY = {"stage": "train", "name": "exp1", "status": "finished", "val_acc": 0.8125,
-           "val_loss": 0.5, "train_loss": 0.25, "best_val_acc": 0.875, "best_epoch": 3,
-           "epochs": 4, "params": 23492, "images_per_s": 1234.5, "wall_s": 12.34,
-           "human_baseline": None, "model": "resnet18",
-           "data": {"kind": "digits", "num_train": 1437, "num_val": 360, "num_classes": 10,
-                    "in_chans": 1, "image_size": 32},
-           "provenance": {"device": "cpu", "device_name": "x86_64", "threads": 2},
-           "run_dir": "/runs/a"}
+SUMMARY = {
+    "stage": "train",
+    "name": "exp1",
+    "status": "finished",
+    "val_acc": 0.8125,
+    "val_loss": 0.5,
+    "train_loss": 0.25,
+    "best_val_acc": 0.875,
+    "best_epoch": 3,
+    "epochs": 4,
+    "params": 23492,
+    "images_per_s": 1234.5,
+    "wall_s": 12.34,
+    "human_baseline": None,
+    "model": "resnet18",
+    "data": {
+        "kind": "digits",
+        "num_train": 1437,
+        "num_val": 360,
+        "num_classes": 10,
+        "in_chans": 1,
+        "image_size": 32,
+    },
+    "provenance": {"device": "cpu", "device_name": "x86_64", "threads": 2},
+    "run_dir": "/runs/a",
+}
 
 
 def test_header_facts_and_key_figures_of_a_run():
     facts = run_facts(SUMMARY)
-    assert facts == {"stage": "train", "experiment": "exp1",
-                     "data": "digits · 1437 train / 360 val · 10 classes · 1×32×32 px",
-                     "model": "resnet18 · 23,492 parameters", "device": "cpu (x86_64, 2 threads)",
-                     "run": "/runs/a"}
+    assert facts == {
+        "stage": "train",
+        "experiment": "exp1",
+        "data": "digits · 1437 train / 360 val · 10 classes · 1×32×32 px",
+        "model": "resnet18 · 23,492 parameters",
+        "device": "cpu (x86_64, 2 threads)",
+        "run": "/runs/a",
+    }
     kpis = run_kpis(SUMMARY)
-    assert kpis == {"val accuracy": "81.25%", "best val accuracy": "87.50% (epoch 3)",
-                    "val loss": 0.5, "train loss": 0.25, "epochs": 4, "images/s": "1,234",
-                    "wall time": "12.3 s", "parameters": "23,492"}  # no human baseline
+    assert kpis == {
+        "val accuracy": "81.25%",
+        "best val accuracy": "87.50% (epoch 3)",
+        "val loss": 0.5,
+        "train loss": 0.25,
+        "epochs": 4,
+        "images/s": "1,234",
+        "wall time": "12.3 s",
+        "parameters": "23,492",
+    }  # no human baseline
     stopped = dict(SUMMARY, status="nonfinite", error="loss became nan at step 7", name="default")
     facts = run_facts(stopped)
     assert facts["status"] == "nonfinite: loss became nan at step 7" and "experiment" not in facts
     assert run_kpis({"stage": "inspect", "val_acc": None, "val_loss": float("nan")}) == {}
     # a stage that trains nothing (inspect): no epochs, parameters or image shape to show
-    inspect = {"stage": "inspect", "epochs": 0, "params": 0, "images": 40, "wall_s": 1.5,
-               "data": {"kind": "imagefolder", "num_train": 30, "num_val": 10, "num_classes": 2}}
+    inspect = {
+        "stage": "inspect",
+        "epochs": 0,
+        "params": 0,
+        "images": 40,
+        "wall_s": 1.5,
+        "data": {"kind": "imagefolder", "num_train": 30, "num_val": 10, "num_classes": 2},
+    }
     assert run_kpis(inspect) == {"images": 40, "wall time": "1.5 s"}
     assert run_facts(inspect)["data"] == "imagefolder · 30 train / 10 val · 2 classes"
 
@@ -91,17 +135,38 @@ def test_verdict_banner_says_the_worst_outcome_and_all_counts():
     assert status(verdict_banner({"pass": 3, "warn": 1})) == "warn"
     assert "all 3 checks passed" in verdict_banner({"pass": 3})
     assert status(verdict_banner({})) == "skip" and "no checks ran" in verdict_banner({})
-    assert verdict_counts([{"status": "pass"}, {"status": "fail"}, {"status": "pass"}]) == \
-        {"pass": 2, "warn": 0, "fail": 1, "skip": 0}
+    assert verdict_counts([{"status": "pass"}, {"status": "fail"}, {"status": "pass"}]) == {
+        "pass": 2,
+        "warn": 0,
+        "fail": 1,
+        "skip": 0,
+    }
 
 
 def test_report_escapes_what_it_shows_and_links_its_parts(tmp_path):
-    rep = Report("<b>title</b>", facts={"data": "a<script>"}, kpis={"x": "<i>"},
-                 counts={"pass": 1}, links=[("↑ sweep summary", "../report.html")],
-                 files=["metrics.csv"])
-    rep.add("Checks", checks_section([{"name": "init.loss", "status": "pass", "value": 2.3,
-                                       "expected": "2.30 +/- 0.25", "message": "ok <3",
-                                       "artifacts": ["plots/init_loss.png"]}]))
+    rep = Report(
+        "<b>title</b>",
+        facts={"data": "a<script>"},
+        kpis={"x": "<i>"},
+        counts={"pass": 1},
+        links=[("↑ sweep summary", "../report.html")],
+        files=["metrics.csv"],
+    )
+    rep.add(
+        "Checks",
+        checks_section(
+            [
+                {
+                    "name": "init.loss",
+                    "status": "pass",
+                    "value": 2.3,
+                    "expected": "2.30 +/- 0.25",
+                    "message": "ok <3",
+                    "artifacts": ["plots/init_loss.png"],
+                }
+            ]
+        ),
+    )
     html = rep.render()
     assert "<b>title</b>" not in html and "&lt;b&gt;title&lt;/b&gt;" in html
     assert "a<script>" not in html and "ok &lt;3" in html and "<i>" not in html
@@ -151,8 +216,17 @@ def test_sweep_job_reports_link_to_the_sweep_summary_and_back(cli):
 def test_every_curve_panel_has_a_title_and_labelled_axes():
     from runner import plots
 
-    hist = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.1 / e, "train_acc": 0.5 + e / 10,
-             "val_acc": 0.4 + e / 10, "lr": 1e-3} for e in (1, 2, 3)]
+    hist = [
+        {
+            "epoch": e,
+            "train_loss": 1.0 / e,
+            "val_loss": 1.1 / e,
+            "train_acc": 0.5 + e / 10,
+            "val_acc": 0.4 + e / 10,
+            "lr": 1e-3,
+        }
+        for e in (1, 2, 3)
+    ]
     fig = plots.curves(hist, "run: training curves")
     assert fig._suptitle.get_text() == "run: training curves"
     for ax in fig.axes:
@@ -162,5 +236,8 @@ def test_every_curve_panel_has_a_title_and_labelled_axes():
     assert "%" in fig.axes[1].get_ylabel()
     fig = plots.line([3.0, 2.0, 1.0], "Overfit one batch", "optimiser step", "loss", logy=True)
     (ax,) = fig.axes
-    assert (ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) == \
-        ("Overfit one batch", "optimiser step", "loss")
+    assert (ax.get_title(), ax.get_xlabel(), ax.get_ylabel()) == (
+        "Overfit one batch",
+        "optimiser step",
+        "loss",
+    )

@@ -1,4 +1,5 @@
 """The runnable skeleton (issue 2): CLI end to end, every data kind, models, run dir contract."""
+
 from __future__ import annotations
 
 import csv
@@ -11,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import FAST, assert_contract, compose, metric_rows, run_cli, start_cli
+from PIL import Image
 
 
 def write_png_folder(root: Path, classes=("a", "b"), per_class=6, size=12, split=True):
@@ -55,8 +55,17 @@ def test_default_main_job_on_digits(cli):
 
 def test_imagefolder_train_val_and_timm_model(cli, tmp_path):
     write_png_folder(tmp_path / "imgs")
-    r = cli(FAST + ["data=imagefolder", f"data.root={tmp_path / 'imgs'}", "data.image_size=16",
-                    "model=timm", "model.name=test_resnet", "stage=train"])
+    r = cli(
+        FAST
+        + [
+            "data=imagefolder",
+            f"data.root={tmp_path / 'imgs'}",
+            "data.image_size=16",
+            "model=timm",
+            "model.name=test_resnet",
+            "stage=train",
+        ]
+    )
     assert r.code == 0, r.out
     assert_contract(r.run_dir)
     s = r.json("summary.json")
@@ -66,15 +75,24 @@ def test_imagefolder_train_val_and_timm_model(cli, tmp_path):
 
 def test_imagefolder_single_folder_split_with_workers(cli, tmp_path):
     write_png_folder(tmp_path / "imgs", per_class=10, split=False)
-    r = cli(["data=imagefolder", f"data.root={tmp_path / 'imgs'}", "data.image_size=16",
-             "data.val_fraction=0.3", "data.num_workers=2", "trainer.epochs=1", "stage=train",
-             "trainer.progress=false"])
+    r = cli(
+        [
+            "data=imagefolder",
+            f"data.root={tmp_path / 'imgs'}",
+            "data.image_size=16",
+            "data.val_fraction=0.3",
+            "data.num_workers=2",
+            "trainer.epochs=1",
+            "stage=train",
+            "trainer.progress=false",
+        ]
+    )
     assert r.code == 0, r.out
     s = r.json("summary.json")
     assert (s["data"]["num_train"], s["data"]["num_val"]) == (14, 6)  # stratified 30%
 
 
-CUSTOM = textwrap.dedent('''
+CUSTOM = textwrap.dedent("""
     import torch
     from torch import nn
 
@@ -97,15 +115,27 @@ CUSTOM = textwrap.dedent('''
     def net(num_classes, in_chans, hidden=16):
         return nn.Sequential(nn.Flatten(), nn.Linear(in_chans * 12 * 12, hidden), nn.ReLU(),
                              nn.Linear(hidden, num_classes))
-''')
+""")
 
 
 @pytest.mark.parametrize("dtype", ["float", "uint8"])
 def test_custom_data_and_custom_model(cli, tmp_path, dtype):
     (tmp_path / "my_exp_code.py").write_text(CUSTOM)
-    r = cli(FAST + ["data=custom", "data._target_=my_exp_code.make", f"+data.kwargs.dtype={dtype}",
-                    "data.image_size=12", "model=custom", "model._target_=my_exp_code.net",
-                    "+model.kwargs.hidden=8", "stage=train", "trainer.epochs=3", "optim.lr=3e-3"])
+    r = cli(
+        FAST
+        + [
+            "data=custom",
+            "data._target_=my_exp_code.make",
+            f"+data.kwargs.dtype={dtype}",
+            "data.image_size=12",
+            "model=custom",
+            "model._target_=my_exp_code.net",
+            "+model.kwargs.hidden=8",
+            "stage=train",
+            "trainer.epochs=3",
+            "optim.lr=3e-3",
+        ]
+    )
     assert r.code == 0, r.out
     s = r.json("summary.json")
     assert s["data"]["num_classes"] == 3 and s["data"]["in_chans"] == 3
@@ -113,25 +143,45 @@ def test_custom_data_and_custom_model(cli, tmp_path, dtype):
 
 
 def test_torchvision_dataset_without_split(cli):
-    r = cli(FAST + ["data=torchvision", "data.name=FakeData", "data.root=.", "+data.kwargs.size=40",
-                    "+data.kwargs.image_size=[3,12,12]", "+data.kwargs.num_classes=4",
-                    "data.image_size=12", "stage=train", "trainer.epochs=1"])
+    r = cli(
+        FAST
+        + [
+            "data=torchvision",
+            "data.name=FakeData",
+            "data.root=.",
+            "+data.kwargs.size=40",
+            "+data.kwargs.image_size=[3,12,12]",
+            "+data.kwargs.num_classes=4",
+            "data.image_size=12",
+            "stage=train",
+            "trainer.epochs=1",
+        ]
+    )
     assert r.code == 0, r.out
     s = r.json("summary.json")
     assert s["data"]["num_train"] + s["data"]["num_val"] == 40 and s["data"]["num_classes"] == 4
 
 
-@pytest.mark.parametrize("override, needle", [
-    (["trainer.epoch=3"], "trainer has no key 'epoch'; did you mean 'trainer.epochs'?"),
-    (["stage=overfit", "stage.params.train_los_target=1"], "did you mean 'stage.params.train_loss_target'"),
-    (["trainer.epochs=abc"], "trainer.epochs"),
-    (["optim.lr=-0.1"], "optim.lr=-0.1 must be > 0"),
-    (["model=timm", "model.name=resnt18"], "did you mean 'resnet18'"),
-    (["data=imagefolder", "data.root=/no/such/folder"], "data.root='/no/such/folder' is not a folder"),
-    (["stage=nope"], "stage"),
-    (["trainer.device=gpu"], "trainer.device='gpu' is not one of"),
-    (["model=custom", "model._target_=os.system"], "refused"),
-])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        (["trainer.epoch=3"], "trainer has no key 'epoch'; did you mean 'trainer.epochs'?"),
+        (
+            ["stage=overfit", "stage.params.train_los_target=1"],
+            "did you mean 'stage.params.train_loss_target'",
+        ),
+        (["trainer.epochs=abc"], "trainer.epochs"),
+        (["optim.lr=-0.1"], "optim.lr=-0.1 must be > 0"),
+        (["model=timm", "model.name=resnt18"], "did you mean 'resnet18'"),
+        (
+            ["data=imagefolder", "data.root=/no/such/folder"],
+            "data.root='/no/such/folder' is not a folder",
+        ),
+        (["stage=nope"], "stage"),
+        (["trainer.device=gpu"], "trainer.device='gpu' is not one of"),
+        (["model=custom", "model._target_=os.system"], "refused"),
+    ],
+)
 def test_bad_config_exit_2_with_clear_message(cli, override, needle):
     r = cli(FAST + override)
     assert r.code == 2, r.out
@@ -172,7 +222,9 @@ NAN_MODEL = textwrap.dedent('''
 def test_nan_loss_stops_run_and_keeps_checkpoints(cli, tmp_path):
     (tmp_path / "nanmodel.py").write_text(NAN_MODEL)
     # 256 train images / 32 = 8 steps per epoch: step 11 is in epoch 2
-    r = cli(FAST + ["model=custom", "model._target_=nanmodel.Breaks", "stage=train", "trainer.epochs=3"])
+    r = cli(
+        FAST + ["model=custom", "model._target_=nanmodel.Breaks", "stage=train", "trainer.epochs=3"]
+    )
     assert r.code == 1, r.out
     assert "epoch 2, step 11" in r.out
     checks = {c["name"]: c for c in r.json("checks.json")}
@@ -192,8 +244,17 @@ def test_nan_mid_epoch_is_found_at_the_next_check_before_any_checkpoint(cli, tmp
 
     (tmp_path / "nanmodel.py").write_text(NAN_MODEL)
     # 4096 / 32 = 128 steps per epoch; the first NaN is step 159, 31 steps into epoch 2
-    r = cli(FAST + ["model=custom", "model._target_=nanmodel.Breaks", "+model.kwargs.after=158",
-                    "stage=train", "trainer.epochs=3", "data.num_train=4096"])
+    r = cli(
+        FAST
+        + [
+            "model=custom",
+            "model._target_=nanmodel.Breaks",
+            "+model.kwargs.after=158",
+            "stage=train",
+            "trainer.epochs=3",
+            "data.num_train=4096",
+        ]
+    )
     assert r.code == 1, r.out
     assert "epoch 2, step 159" in r.out
     m = re.search(r"epoch 2, step 159 \(found by the check after step (\d+)\)", r.out)
@@ -213,8 +274,14 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
     import signal
     import time
 
-    args = FAST + ["stage=train", "trainer.epochs=6", "sched=cosine", "model.kwargs.width=8",
-                   "+model.kwargs.drop_rate=0.3", "data.num_train=1024"]
+    args = FAST + [
+        "stage=train",
+        "trainer.epochs=6",
+        "sched=cosine",
+        "model.kwargs.width=8",
+        "+model.kwargs.drop_rate=0.3",
+        "data.num_train=1024",
+    ]
     full = run_cli(args, tmp_path / "a")
     assert full.code == 0, full.out
 
@@ -247,7 +314,8 @@ def test_experiment_repo_config_dir(tmp_path):
     conf = tmp_path / "repo" / "conf"
     (conf / "experiment").mkdir(parents=True)
     (conf / "data").mkdir()
-    (conf / "experiment" / "my_exp.yaml").write_text(textwrap.dedent("""\
+    (conf / "experiment" / "my_exp.yaml").write_text(
+        textwrap.dedent("""\
         # @package _global_
         defaults:
           - override /data: tiny4
@@ -258,10 +326,13 @@ def test_experiment_repo_config_dir(tmp_path):
           epochs: 1
           batch_size: 32
           progress: false
-        """))
+        """)
+    )
     # the user's own data option, next to the packaged ones
-    (conf / "data" / "tiny4.yaml").write_text("kind: synthetic\nnum_classes: 3\nnum_train: 64\n"
-                                               "num_val: 32\nimage_size: 8\nnum_workers: 0\n")
+    (conf / "data" / "tiny4.yaml").write_text(
+        "kind: synthetic\nnum_classes: 3\nnum_train: 64\n"
+        "num_val: 32\nimage_size: 8\nnum_workers: 0\n"
+    )
     r = run_cli(["--config-dir", str(conf), "experiment=my_exp"], tmp_path / "elsewhere")
     assert r.code == 0, r.out
     s = r.json("summary.json")
@@ -278,7 +349,9 @@ def test_refuses_to_overwrite_a_finished_run(tmp_path):
     first = run_cli(FAST + ["stage=train", "trainer.epochs=1"], tmp_path)
     assert first.code == 0
     before = (first.run_dir / "summary.json").read_bytes()
-    again = run_cli(FAST + ["stage=train", "trainer.epochs=1", f"hydra.run.dir={first.run_dir}"], tmp_path)
+    again = run_cli(
+        FAST + ["stage=train", "trainer.epochs=1", f"hydra.run.dir={first.run_dir}"], tmp_path
+    )
     assert again.code == 2 and "refusing to overwrite" in again.out
     assert (first.run_dir / "summary.json").read_bytes() == before
 
@@ -286,6 +359,7 @@ def test_refuses_to_overwrite_a_finished_run(tmp_path):
 # ----------------------------------------------------------------------------- in-process
 def test_stage_registry_matches_stage_yaml():
     from conftest import REPO
+
     from runner.stages import STAGES
 
     yaml_stages = {p.stem for p in (REPO / "conf" / "stage").glob("*.yaml")}
@@ -307,8 +381,14 @@ def test_pretrained_file_loads_through_timm(tmp_path):
 
     src = timm.create_model("test_resnet", num_classes=7)
     torch.save(src.state_dict(), tmp_path / "w.pth")
-    cfg = compose(["model=timm", "model.name=test_resnet", "model.pretrained=true",
-                   f"model.pretrained_file={tmp_path / 'w.pth'}"]).model
+    cfg = compose(
+        [
+            "model=timm",
+            "model.name=test_resnet",
+            "model.pretrained=true",
+            f"model.pretrained_file={tmp_path / 'w.pth'}",
+        ]
+    ).model
     m = build_model(cfg, num_classes=3, in_chans=3)
     body = {k: v for k, v in src.state_dict().items() if not k.startswith("fc.")}
     got = m.state_dict()

@@ -1,6 +1,7 @@
 """stage=squeeze: what it adopts on a tie (`choose`), and where everything came from: the
 squeeze run's lineage.json, and its sub-runs (seed reruns, the continued run) labelled as
 squeeze's, each with a lineage.json naming the candidate it reruns or continues."""
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,17 @@ def test_squeeze_records_lineage_and_labels_its_sub_runs(cli, tmp_path):
     r = cli(["-m", *TINY, "model=timm", "stage=train", "hydra.sweep.dir=runs", "seed=0,7"])
     assert r.code == 0, r.out
     a, b = tmp_path / "runs" / "0", tmp_path / "runs" / "1"
-    q = cli(FAST + ["stage=squeeze", "hydra.run.dir=sq", "stage.params.runs=[runs/0,runs/1]",
-                    "stage.params.k=2", "stage.params.seeds=2", "stage.params.continue_epochs=1"])
+    q = cli(
+        FAST
+        + [
+            "stage=squeeze",
+            "hydra.run.dir=sq",
+            "stage.params.runs=[runs/0,runs/1]",
+            "stage.params.k=2",
+            "stage.params.seeds=2",
+            "stage.params.continue_epochs=1",
+        ]
+    )
     assert q.code == 0, q.out
     sq = tmp_path / "sq"
     s = q.json("summary.json", sq)
@@ -70,8 +80,10 @@ def test_squeeze_records_lineage_and_labels_its_sub_runs(cli, tmp_path):
     seed_u = s["seeds"]["runner_up"]["seeds"][1]
     w_dir, u_dir = sq / "seeds" / f"winner-seed{seed_w}", sq / "seeds" / f"runner-up-seed{seed_u}"
     assert [(x["dir"], x["role"], x["candidate"]) for x in lin["sub_runs"]] == [
-        (str(w_dir), "seed rerun", win), (str(u_dir), "seed rerun", up),
-        (str(sq / "continued"), "continued", win)]
+        (str(w_dir), "seed rerun", win),
+        (str(u_dir), "seed rerun", up),
+        (str(sq / "continued"), "continued", win),
+    ]
     assert lin["options"] == s["options"] and lin["adopted"] == s["adopted"] == choose(s["options"])
     html = (sq / "report.html").read_text()
     assert "Started from" in html
@@ -81,15 +93,23 @@ def test_squeeze_records_lineage_and_labels_its_sub_runs(cli, tmp_path):
     assert ("ensemble of 2" in title) == (s["adopted"]["what"] == "ensemble"), title
 
     # sub-runs: squeeze's (summary, title, log), trained on the candidate's config, with lineage
-    subs = {w_dir: ("seed rerun", win), u_dir: ("seed rerun", up), sq / "continued": ("continued", win)}
+    subs = {
+        w_dir: ("seed rerun", win),
+        u_dir: ("seed rerun", up),
+        sq / "continued": ("continued", win),
+    }
     for d, (role, cand) in subs.items():
         ss = q.json("summary.json", d)
         assert (ss["stage"], ss["role"], ss["candidate"]) == ("squeeze", role, cand), d
         assert ss["candidate_stage"] == "train" and ss["from"]["source"] == cand
         assert ss["model"] == q.json("summary.json", Path(cand))["model"]
         sl = q.json("lineage.json", d)
-        assert (sl["source"], sl["stage"], sl["role"], sl["source_stage"]) == \
-            (cand, "squeeze", role, "train")
+        assert (sl["source"], sl["stage"], sl["role"], sl["source_stage"]) == (
+            cand,
+            "squeeze",
+            role,
+            "train",
+        )
         assert sl["squeeze_run"] == str(sq)
         html = (d / "report.html").read_text()
         title = html.split("<title>", 1)[1].split("</title>", 1)[0]
@@ -108,7 +128,9 @@ def test_squeeze_records_lineage_and_labels_its_sub_runs(cli, tmp_path):
     assert q.json("summary.json", sq / "continued")["resumed_from"] == last
     log = [ln for ln in (sq / "runner.log").read_text().splitlines() if ": val_acc " in ln]
     for d in subs:  # the outcome line of each sub-run says squeeze, not the candidate's stage
-        assert [ln.split("]")[-1].split(":")[0].strip() for ln in log if ln.endswith(str(d))] == ["squeeze"]
+        assert [ln.split("]")[-1].split(":")[0].strip() for ln in log if ln.endswith(str(d))] == [
+            "squeeze"
+        ]
     assert_contract(sq, w_dir, u_dir, sq / "continued")
     # the continued run's "Started from" reads as squeeze's continuation of the candidate
     chtml = (sq / "continued" / "report.html").read_text()
@@ -117,8 +139,16 @@ def test_squeeze_records_lineage_and_labels_its_sub_runs(cli, tmp_path):
     assert cl["config_file"] == last
 
     # one candidate (stage.params.runs as a single string): no ensemble to judge or adopt
-    one = cli(FAST + ["stage=squeeze", "hydra.run.dir=sq1", "stage.params.runs=runs/1",
-                      "stage.params.seeds=0", "stage.params.continue_epochs=0"])
+    one = cli(
+        FAST
+        + [
+            "stage=squeeze",
+            "hydra.run.dir=sq1",
+            "stage.params.runs=runs/1",
+            "stage.params.seeds=0",
+            "stage.params.continue_epochs=0",
+        ]
+    )
     assert one.code == 0, one.out
     assert "1 candidate run(s); no ensemble (one candidate)" in one.out, one.out
     s1 = one.json("summary.json", tmp_path / "sq1")
@@ -134,7 +164,10 @@ def test_squeeze_records_lineage_and_labels_its_sub_runs(cli, tmp_path):
     tl = t.json("lineage.json", tmp_path / "t1")
     assert tl["weights"] == str(b / "checkpoints" / "best.pt") and tl["source_stage"] == "train"
     assert "squeeze adopted the winner" in tl["note"]
-    assert OmegaConf.load(tmp_path / "t1" / "config.yaml").model == OmegaConf.load(b / ".hydra" / "config.yaml").model
+    assert (
+        OmegaConf.load(tmp_path / "t1" / "config.yaml").model
+        == OmegaConf.load(b / ".hydra" / "config.yaml").model
+    )
 
 
 def test_candidates_not_evaluated_are_checked_by_their_recorded_fingerprint(tmp_path):
@@ -160,17 +193,28 @@ def test_squeeze_settings_are_checked_before_anything_trains(cli, tmp_path):
     for stage.params.runs is a list of one (not its characters); from= and a different
     stage.params.from are refused."""
     (tmp_path / "a").mkdir()
-    r = cli(TINY + ["stage=squeeze", "stage.params.k=0", "stage.params.seeds=-1",
-                    "stage.params.continue_epochs=-2", "stage.params.runs=nope",
-                    "from=a", "stage.params.from=b"])
+    r = cli(
+        TINY
+        + [
+            "stage=squeeze",
+            "stage.params.k=0",
+            "stage.params.seeds=-1",
+            "stage.params.continue_epochs=-2",
+            "stage.params.runs=nope",
+            "from=a",
+            "stage.params.from=b",
+        ]
+    )
     assert r.code == 2, r.out
     assert "Traceback" not in r.out and "val_acc" not in r.out
-    for msg in ("stage.params.k=0 must be an integer >= 1",
-                "stage.params.seeds=-1 must be an integer >= 0",
-                "stage.params.continue_epochs=-2 must be null",
-                "stage.params.runs[0]=nope is not a directory",
-                "stage.params.from=b is not a directory",
-                "give one of them"):
+    for msg in (
+        "stage.params.k=0 must be an integer >= 1",
+        "stage.params.seeds=-1 must be an integer >= 0",
+        "stage.params.continue_epochs=-2 must be null",
+        "stage.params.runs[0]=nope is not a directory",
+        "stage.params.from=b is not a directory",
+        "give one of them",
+    ):
         assert msg in r.out, (msg, r.out)
     assert not list(tmp_path.glob("outputs/*/*/checkpoints"))
 
@@ -211,14 +255,21 @@ def test_outcome_of_a_squeeze_run_is_the_run_it_adopted(tmp_path):
     _fake_run(sq, "squeeze")  # squeeze's own config (its checkpoints do not matter)
 
     def adopt(what, run, acc=0.75):
-        (sq / "summary.json").write_text(json.dumps(
-            {"stage": "squeeze", "adopted": {"what": what, "run": run, "val_acc": acc}}))
+        (sq / "summary.json").write_text(
+            json.dumps({"stage": "squeeze", "adopted": {"what": what, "run": run, "val_acc": acc}})
+        )
         return outcome(sq)
 
     o = adopt("winner", str(a))
-    assert (o.source, o.config_file, o.weights, o.stage) == \
-        (a, a / "config.yaml", a / "checkpoints" / "best.pt", "regularize")
-    assert o.config["model"]["name"] == "m_a" and o.note.startswith("squeeze adopted the winner (val acc 0.7500)")
+    assert (o.source, o.config_file, o.weights, o.stage) == (
+        a,
+        a / "config.yaml",
+        a / "checkpoints" / "best.pt",
+        "regularize",
+    )
+    assert o.config["model"]["name"] == "m_a" and o.note.startswith(
+        "squeeze adopted the winner (val acc 0.7500)"
+    )
     o = adopt("continued", str(b))
     assert o.source == b and "squeeze adopted the continued" in o.note
     o = adopt("ensemble", [str(b), str(a)])  # ranked best first: the first member

@@ -1,5 +1,6 @@
 """stage=overfit and stage=regularize: end to end on tiny data, stage inheritance, the
 ladder's keep/revert decisions, and the pure pieces (decision rule, experiment YAML, filters)."""
+
 from __future__ import annotations
 
 import csv
@@ -31,6 +32,7 @@ def _flat(cfg) -> dict:
                 walk(v, f"{prefix}.{k}" if prefix else str(k))
         else:
             out[prefix] = node
+
     walk(OmegaConf.to_container(cfg, resolve=False), "")
     return out
 
@@ -43,9 +45,15 @@ def _diff(a, b) -> set:
 # ----------------------------------------------------------------------------- inheritance
 def test_overfit_differs_from_baseline_exactly_where_its_yaml_says():
     base, ovf = compose(["stage=baseline"]), compose(["stage=overfit"])
-    assert _diff(base, ovf) == {"stage.name", "stage.params.train_loss_target",
-                                "stage.params.train_acc_target", "model.name", "model._target_",
-                                "model.kwargs.width", "trainer.epochs"}
+    assert _diff(base, ovf) == {
+        "stage.name",
+        "stage.params.train_loss_target",
+        "stage.params.train_acc_target",
+        "model.name",
+        "model._target_",
+        "model.kwargs.width",
+        "trainer.epochs",
+    }
     assert ovf.model.name == "resnet10t" and ovf.model._target_ is None
     assert ovf.optim.name == "adam" and ovf.optim.lr == 3e-4 and ovf.optim.weight_decay == 0
     assert ovf.sched.name == "none" and ovf.aug.name == "none"
@@ -53,10 +61,15 @@ def test_overfit_differs_from_baseline_exactly_where_its_yaml_says():
 
 def test_regularize_differs_from_overfit_exactly_where_its_yaml_says():
     ovf, reg = compose(["stage=overfit"]), compose(["stage=regularize"])
-    assert _diff(ovf, reg) == {"stage.name", "stage.params.min_delta",
-                               "stage.params.first_layer_min_corr", "stage.params.first_layer_min_kernel",
-                               "stage.params.rungs",
-                               "trainer.epochs", "trainer.early_stopping_patience"}
+    assert _diff(ovf, reg) == {
+        "stage.name",
+        "stage.params.min_delta",
+        "stage.params.first_layer_min_corr",
+        "stage.params.first_layer_min_kernel",
+        "stage.params.rungs",
+        "trainer.epochs",
+        "trainer.early_stopping_patience",
+    }
     assert all(r.name and r.overrides for r in reg.stage.params.rungs)
 
 
@@ -86,8 +99,11 @@ def test_train_fit_verdict_and_gap():
 
 
 def test_experiment_yaml_composes_to_the_kept_changes(tmp_path):
-    text = overrides_yaml(["aug=light", "optim.lr=3e-3", "model.drop_rate=0.2", "trainer.epochs=7"],
-                          groups={"aug", "optim", "model"}, header=["test"])
+    text = overrides_yaml(
+        ["aug=light", "optim.lr=3e-3", "model.drop_rate=0.2", "trainer.epochs=7"],
+        groups={"aug", "optim", "model"},
+        header=["test"],
+    )
     assert text.startswith("# @package _global_\n")
     doc = yaml.safe_load(text)
     assert doc["defaults"] == [{"override /aug": "light"}]
@@ -98,8 +114,15 @@ def test_experiment_yaml_composes_to_the_kept_changes(tmp_path):
     cfg = compose(["experiment=regularized"], config_dir=str(conf))
     assert cfg.aug.name == "light" and cfg.optim.lr == pytest.approx(3e-3)
     assert cfg.model.drop_rate == 0.2 and cfg.trainer.epochs == 7
-    assert experiment_overrides(["stage=regularize", "stage.params.min_delta=0.1", "optim.lr=1",
-                                 "hydra.run.dir=x", "data=synthetic"]) == ["optim.lr=1", "data=synthetic"]
+    assert experiment_overrides(
+        [
+            "stage=regularize",
+            "stage.params.min_delta=0.1",
+            "optim.lr=1",
+            "hydra.run.dir=x",
+            "data=synthetic",
+        ]
+    ) == ["optim.lr=1", "data=synthetic"]
 
 
 def test_neighbour_corr_smooth_vs_noise():
@@ -116,6 +139,7 @@ def test_neighbour_corr_smooth_vs_noise():
         conv = torch.nn.Conv2d(w.shape[1], w.shape[0], w.shape[-1])
         conv.weight.data.copy_(w)
         return torch.nn.Sequential(conv)
+
     assert first_layer_verdict(net(smooth), 0.1).status == "pass"
     v = first_layer_verdict(net(noise), 0.1)
     assert v.status == "warn" and "noise" in v.message and "filters" in v.figures
@@ -131,7 +155,9 @@ def test_ensemble_scores_from_known_member_logits():
     sc = ensemble_scores([a, b], targets)  # mean [[1,.5],[0,1.5],[.5,1],[.5,1.5]]: all right
     assert sc["member_acc"] == [0.75, 0.5] and sc["ensemble_acc"] == 1.0
     mean = (a + b) / 2
-    assert sc["ensemble_loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(mean, targets)))
+    assert sc["ensemble_loss"] == pytest.approx(
+        float(torch.nn.functional.cross_entropy(mean, targets))
+    )
 
 
 def test_squeeze_candidates_need_finished_runs(tmp_path):
@@ -145,15 +171,21 @@ def test_squeeze_candidates_need_finished_runs(tmp_path):
 
 # ----------------------------------------------------------------------------- end to end
 def test_regularize_ladder_keeps_the_rung_that_helps_and_reverts_the_one_that_hurts(cli):
-    rungs = ("stage.params.rungs=[{name:up,overrides:['optim.lr=3e-3']},"
-             "{name:down,overrides:['optim.lr=1e-7']},"
-             "{name:pre,overrides:['model.pretrained=true'],when:model.pretrained_file}]")
+    rungs = (
+        "stage.params.rungs=[{name:up,overrides:['optim.lr=3e-3']},"
+        "{name:down,overrides:['optim.lr=1e-7']},"
+        "{name:pre,overrides:['model.pretrained=true'],when:model.pretrained_file}]"
+    )
     r = cli(TINY + ["stage=regularize", "trainer.epochs=3", "optim.lr=1e-6", rungs])
     assert r.code == 0, r.out
     with open(r.run_dir / "ladder.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(x["name"], x["kept"]) for x in rows] == [
-        ("base", "True"), ("up", "True"), ("down", "False"), ("pre", "False")]
+        ("base", "True"),
+        ("up", "True"),
+        ("down", "False"),
+        ("pre", "False"),
+    ]
     assert float(rows[1]["delta"]) > float(rows[1]["threshold"]) > 0
     assert float(rows[2]["delta"]) < 0
     # `when:` a key that is not set: the rung is listed as skipped, nothing trained, no dir
@@ -170,10 +202,15 @@ def test_regularize_ladder_keeps_the_rung_that_helps_and_reverts_the_one_that_hu
     assert fl["status"] in ("pass", "warn", "skip") and (r.run_dir / fl["artifacts"][0]).exists()
     for d in ("0-base", "1-up", "2-down"):
         assert (r.run_dir / "rungs" / d / "summary.json").exists()
-    assert OmegaConf.load(r.run_dir / "rungs" / "1-up" / "config.yaml").optim.lr == pytest.approx(3e-3)
+    assert OmegaConf.load(r.run_dir / "rungs" / "1-up" / "config.yaml").optim.lr == pytest.approx(
+        3e-3
+    )
     html = (r.run_dir / "report.html").read_text()
-    ladder_html = html[html.index("Ladder"):]
-    assert "<th>error</th>" in ladder_html and "skipped: model.pretrained_file is not set" in ladder_html
+    ladder_html = html[html.index("Ladder") :]
+    assert (
+        "<th>error</th>" in ladder_html
+        and "skipped: model.pretrained_file is not set" in ladder_html
+    )
     for d in ("0-base", "1-up", "2-down"):  # the dir column links each rung's own report
         assert f'<a href="rungs/{d}/report.html">' in ladder_html
     assert "rungs/3-pre" not in ladder_html  # no link to a folder that does not exist
@@ -185,8 +222,16 @@ def test_regularize_ladder_keeps_the_rung_that_helps_and_reverts_the_one_that_hu
     assert bad.code == 2 and "overides" in bad.out and "Traceback" not in bad.out, bad.out
 
     # stage=squeeze on that ladder: the best 2 rungs, reloaded from their checkpoints
-    q = cli(FAST + ["stage=squeeze", f"stage.params.from={ladder}", "stage.params.k=2",
-                    "stage.params.seeds=0", "stage.params.continue_epochs=0"])  # test_lineage.py
+    q = cli(
+        FAST
+        + [
+            "stage=squeeze",
+            f"stage.params.from={ladder}",
+            "stage.params.k=2",
+            "stage.params.seeds=0",
+            "stage.params.continue_epochs=0",
+        ]
+    )  # test_lineage.py
     assert q.code == 0, q.out
     sq_dir = next(d for d in q.run_dirs if d != ladder and (d / "ensemble.csv").exists())
     s = q.json("summary.json", sq_dir)
@@ -200,10 +245,12 @@ def test_regularize_ladder_keeps_the_rung_that_helps_and_reverts_the_one_that_hu
 def test_regularize_checks_every_rung_before_anything_trains(cli):
     """A typo in any rung (even the last, even one skipped by `when:`) is exit 2 before rung 0
     trains: every bad rung named with its override, in our words (no Hydra `+key` advice)."""
-    rungs = ("stage.params.rungs=[{name:up,overrides:['optim.lr=3e-3']},"
-             "{name:typo,overrides:['optim.weight_decay=1e-4','optim.nope=1']},"
-             "{name:grp,overrides:['aug=ligth']},"
-             "{name:pre,overrides:['model.pretrained=true','model.nope=1'],when:model.pretrained_file}]")
+    rungs = (
+        "stage.params.rungs=[{name:up,overrides:['optim.lr=3e-3']},"
+        "{name:typo,overrides:['optim.weight_decay=1e-4','optim.nope=1']},"
+        "{name:grp,overrides:['aug=ligth']},"
+        "{name:pre,overrides:['model.pretrained=true','model.nope=1'],when:model.pretrained_file}]"
+    )
     r = cli(TINY + ["stage=regularize", rungs])
     assert r.code == 2, r.out
     assert "stage.params.rungs[1] (typo): optim.nope=1: optim.nope is not in the config" in r.out
@@ -218,16 +265,25 @@ def test_regularize_checks_every_rung_before_anything_trains(cli):
 
 def test_recipe_overfit_then_squeeze_and_stops_at_a_failing_gate(cli):
     """Also stage=overfit end to end (the recipe's first stage) and squeeze from a single run."""
-    ok = cli(TINY + ["stage=recipe", "stage.params.stages=[overfit,squeeze]", "trainer.epochs=20",
-                     "optim.lr=3e-3",
-                     'stage.params.per_stage.overfit=["stage.params.train_loss_target=0.05"]',
-                     'stage.params.per_stage.squeeze=["stage.params.seeds=0"]'])
+    ok = cli(
+        TINY
+        + [
+            "stage=recipe",
+            "stage.params.stages=[overfit,squeeze]",
+            "trainer.epochs=20",
+            "optim.lr=3e-3",
+            'stage.params.per_stage.overfit=["stage.params.train_loss_target=0.05"]',
+            'stage.params.per_stage.squeeze=["stage.params.seeds=0"]',
+        ]
+    )
     assert ok.code == 0, ok.out
     top = min(ok.run_dirs, key=lambda d: len(d.parts))
     s = ok.json("summary.json", top)
     assert [x["stage"] for x in s["stages"]] == ["overfit", "squeeze"] and not s["stopped"]
     assert s["val_acc"] == s["stages"][-1]["val_acc"] is not None
-    assert (top / "1-overfit" / "report.html").exists() and (top / "2-squeeze" / "ensemble.csv").exists()
+    assert (top / "1-overfit" / "report.html").exists() and (
+        top / "2-squeeze" / "ensemble.csv"
+    ).exists()
     assert "1-overfit/report.html" in (top / "report.html").read_text()
     assert_contract(top, top / "1-overfit", top / "2-squeeze")
     # the time per stage (issue 18 item 4): process wall time >= the stage's own, squeeze's
@@ -254,10 +310,19 @@ def test_recipe_overfit_then_squeeze_and_stops_at_a_failing_gate(cli):
     assert "Train/val gap" in (top / "1-overfit" / "report.html").read_text()
 
     # overfit cannot reach its target in 1 epoch at lr 1e-7: overfit.train_fit fails, recipe stops
-    bad = cli(TINY + ["stage=recipe", "stage.params.stages=[overfit,squeeze]", "trainer.epochs=1",
-                      "optim.lr=1e-7"])
+    bad = cli(
+        TINY
+        + [
+            "stage=recipe",
+            "stage.params.stages=[overfit,squeeze]",
+            "trainer.epochs=1",
+            "optim.lr=1e-7",
+        ]
+    )
     assert bad.code == 1, bad.out
-    top = max((d for d in bad.run_dirs if (d / "recipe.csv").exists()), key=lambda d: d.stat().st_mtime)
+    top = max(
+        (d for d in bad.run_dirs if (d / "recipe.csv").exists()), key=lambda d: d.stat().st_mtime
+    )
     s = bad.json("summary.json", top)
     assert [x["stage"] for x in s["stages"]] == ["overfit"]
     assert s["stages"][0]["checks_failed"] == ["overfit.train_fit"]

@@ -24,9 +24,9 @@ from typing import Optional
 
 import optuna
 import pytest
+from conftest import FAST, REPO, assert_contract, compose, run_cli
 from omegaconf import OmegaConf
 
-from conftest import FAST, REPO, assert_contract, compose, run_cli
 from runner import tuning
 from runner.errors import ConfigError
 
@@ -254,9 +254,15 @@ def two_workers(tmp_path, name: str, storage: str, url: Optional[str] = None, n:
     ran exactly once, in one worker, into its own trial directory."""
     from concurrent.futures import ThreadPoolExecutor
 
-    args = TUNE + NO_PRUNING + [f"hydra.sweeper.study_name={name}",
-                                f"hydra.sweeper.storage={tuning.format_value(storage)}",
-                                f"hydra.sweeper.n_trials={n}"]
+    args = (
+        TUNE
+        + NO_PRUNING
+        + [
+            f"hydra.sweeper.study_name={name}",
+            f"hydra.sweeper.storage={tuning.format_value(storage)}",
+            f"hydra.sweeper.n_trials={n}",
+        ]
+    )
     with ThreadPoolExecutor(2) as pool:  # two `python -m runner -m stage=tune` at once
         results = list(pool.map(lambda _: run_cli(args, tmp_path), range(2)))
     assert [r.code for r in results] == [0, 0], results[0].out + results[1].out
@@ -286,17 +292,27 @@ def test_the_budget_holds_when_two_workers_take_the_last_slot(tmp_path):
     import threading
 
     from hydra_plugins.recipe_optuna_sweeper.sweeper import OptunaSweeper
-    from optuna.trial import TrialState
 
     url = str(tmp_path / "race.journal")
     gate = threading.Barrier(2, timeout=60)
 
     def sweeper(n_trials, race):
         sw = OptunaSweeper(
-            n_trials=n_trials, n_jobs=1, direction="maximize", metric="val_acc",
-            study_name="race", storage=url, study_dir=None, sampler={"name": "random", "seed": 0},
-            pruner=None, params={}, warm_start=False, heartbeat_interval=30, grace_period=120,
-            retry=0, edge_fraction=0.1,
+            n_trials=n_trials,
+            n_jobs=1,
+            direction="maximize",
+            metric="val_acc",
+            study_name="race",
+            storage=url,
+            study_dir=None,
+            sampler={"name": "random", "seed": 0},
+            pruner=None,
+            params={},
+            warm_start=False,
+            heartbeat_interval=30,
+            grace_period=120,
+            retry=0,
+            edge_fraction=0.1,
         )
         sw.space = tuning.parse_search_space({"optim.lr": "interval(0.1, 0.2)"})
         sw.url = url
@@ -313,14 +329,20 @@ def test_the_budget_holds_when_two_workers_take_the_last_slot(tmp_path):
             return trial.number
 
         sw._budget_left, sw._run_trial = checked_then_wait, run_trial
-        study = optuna.create_study(study_name="race", storage=tuning.open_storage(url),
-                                    direction="maximize", load_if_exists=True)
+        study = optuna.create_study(
+            study_name="race",
+            storage=tuning.open_storage(url),
+            direction="maximize",
+            load_if_exists=True,
+        )
         return sw, study
 
     workers = [sweeper(1, race=True) for _ in range(2)]
     results = [[], []]
-    threads = [threading.Thread(target=sw._worker, args=(st, res))
-               for (sw, st), res in zip(workers, results)]
+    threads = [
+        threading.Thread(target=sw._worker, args=(st, res))
+        for (sw, st), res in zip(workers, results)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -328,8 +350,9 @@ def test_the_budget_holds_when_two_workers_take_the_last_slot(tmp_path):
     assert sorted(results) == [[], [0]]  # one worker ran trial 0, the other stopped
     study, _ = study_of(tmp_path, "race", url=url)
     assert states(study) == ["COMPLETE", "WAITING"]
-    assert study.trials[1].params == {} and "beyond the budget" in study.trials[1].user_attrs[
-        "reason"]
+    assert (
+        study.trials[1].params == {} and "beyond the budget" in study.trials[1].user_attrs["reason"]
+    )
 
     # resumed with a budget of 2: the waiting trial is the next one, sampled now
     sw, st = sweeper(2, race=False)
@@ -352,8 +375,11 @@ def _postgres_bin() -> Optional[Path]:
     found = shutil.which("initdb") and shutil.which("pg_ctl")
     if found:
         return Path(os.path.realpath(found)).parent
-    dirs = [Path(p) for p in glob.glob("/usr/lib/postgresql/*/bin")
-            if Path(p, "initdb").exists() and Path(p, "pg_ctl").exists()]
+    dirs = [
+        Path(p)
+        for p in glob.glob("/usr/lib/postgresql/*/bin")
+        if Path(p, "initdb").exists() and Path(p, "pg_ctl").exists()
+    ]
     dirs.sort(key=lambda p: [int(x) if x.isdigit() else 0 for x in p.parent.name.split(".")])
     return dirs[-1] if dirs else None
 
@@ -368,13 +394,17 @@ def postgres():
     creates a fresh database and returns its SQLAlchemy URL."""
     bindir = _postgres_bin()
     if bindir is None:
-        pytest.skip("no PostgreSQL server installed (initdb/pg_ctl not on PATH nor in "
-                    "/usr/lib/postgresql/*/bin); .ci/run installs Debian's postgresql")
+        pytest.skip(
+            "no PostgreSQL server installed (initdb/pg_ctl not on PATH nor in "
+            "/usr/lib/postgresql/*/bin); .ci/run installs Debian's postgresql"
+        )
     try:
         import psycopg2
     except ImportError as e:  # the test extras carry the driver: a broken install, not a skip
-        pytest.fail(f"{e}: PostgreSQL is installed but its driver is not; "
-                    "pip install -e '.[test]' (psycopg2-binary)")
+        pytest.fail(
+            f"{e}: PostgreSQL is installed but its driver is not; "
+            "pip install -e '.[test]' (psycopg2-binary)"
+        )
 
     # in /tmp, not $TMPDIR: short (a socket path has ~107 chars) and reachable by `postgres`
     tmp = "/tmp" if Path("/tmp").is_dir() else None
@@ -392,13 +422,21 @@ def postgres():
     data, log = root / "data", root / "server.log"
 
     def sh(*cmd, timeout=120):
-        p = subprocess.run(prefix + [str(c) for c in cmd], capture_output=True, text=True,
-                           timeout=timeout, cwd=root, check=False)
+        p = subprocess.run(
+            prefix + [str(c) for c in cmd],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=root,
+            check=False,
+        )
         server_log = log.read_text() if log.exists() else ""
         assert p.returncode == 0, f"{cmd}: {p.stdout}{p.stderr}\n{server_log}"
 
-    opts = (f"-k {root} -c listen_addresses='' -p 5432 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=50")
+    opts = (
+        f"-k {root} -c listen_addresses='' -p 5432 -c fsync=off "
+        "-c synchronous_commit=off -c full_page_writes=off -c max_connections=50"
+    )
     try:
         sh(bindir / "initdb", "-D", data, "-U", "recipe", "--auth=trust", "-E", "UTF8", "--no-sync")
         sh(bindir / "pg_ctl", "-D", data, "-l", log, "-w", "-t", "60", "-o", opts, "start")
@@ -414,8 +452,13 @@ def postgres():
 
         yield new_database
     finally:
-        subprocess.run(prefix + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w",
-                                 "stop"], capture_output=True, timeout=60, cwd=root, check=False)
+        subprocess.run(
+            prefix + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+            capture_output=True,
+            timeout=60,
+            cwd=root,
+            check=False,
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -498,15 +541,22 @@ def test_warm_start_from_a_run_is_the_inherited_config(tmp_path):
     src = tmp_path / "src"
     (src / ".hydra").mkdir(parents=True)
     (src / "summary.json").write_text('{"stage": "train"}')  # a finished run
-    OmegaConf.save(compose(FAST + ["stage=train", "optim.lr=2e-3", "aug=light"]),
-                   src / ".hydra" / "config.yaml")
+    OmegaConf.save(
+        compose(FAST + ["stage=train", "optim.lr=2e-3", "aug=light"]),
+        src / ".hydra" / "config.yaml",
+    )
     # trial 0 is the config a job gets after from= (the source's lr and aug option), not
     # stage=tune's own (3e-4, aug=none) read before the lineage is applied
     r = run_cli(
         TUNE
         + NO_PRUNING
-        + [f"from={src}", "hydra.sweeper.study_name=w", "hydra.sweeper.n_trials=1",
-           "trainer.epochs=1", "aug=choice(none, light)"],
+        + [
+            f"from={src}",
+            "hydra.sweeper.study_name=w",
+            "hydra.sweeper.n_trials=1",
+            "trainer.epochs=1",
+            "aug=choice(none, light)",
+        ],
         tmp_path,
     )
     assert r.code in (0, 1), r.out

@@ -24,17 +24,26 @@ pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install
 
 def test_submitit_local_runs_the_study(tmp_path):
     r = run_cli(
-        ["-m", "stage=tune", *FAST, "hydra/launcher=submitit_local", "hydra/sweeper/pruner=none",
-         "hydra.sweeper.study_name=sub", "hydra.sweeper.n_trials=2",
-         "hydra.launcher.timeout_min=5", "hydra.sweeper.n_jobs=2"],
+        [
+            "-m",
+            "stage=tune",
+            *FAST,
+            "hydra/launcher=submitit_local",
+            "hydra/sweeper/pruner=none",
+            "hydra.sweeper.study_name=sub",
+            "hydra.sweeper.n_trials=2",
+            "hydra.launcher.timeout_min=5",
+            "hydra.sweeper.n_jobs=2",
+        ],
         tmp_path,
     )
     assert r.code == 0, r.out
     assert "Submitit 'local'" in r.out  # the trials went through submitit, not the basic launcher
     d = tmp_path / "multirun" / "tune" / "sub"
     # two jobs in flight (as hydra.sweeper.n_jobs SLURM jobs would be): a journal file study
-    study = optuna.load_study(study_name="sub",
-                              storage=tuning.open_storage(str(d / "optuna.journal")))
+    study = optuna.load_study(
+        study_name="sub", storage=tuning.open_storage(str(d / "optuna.journal"))
+    )
     assert [(t.number, t.state.name) for t in study.trials] == [(0, "COMPLETE"), (1, "COMPLETE")]
     spans = [(t.datetime_start, t.datetime_complete) for t in study.trials]
     assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1], spans  # side by side
@@ -50,8 +59,10 @@ def test_submitit_local_runs_the_study(tmp_path):
 
 
 def test_slurm_preset_composes_to_our_sbatch_script(tmp_path, monkeypatch):
-    r = run_cli(["stage=tune", "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
-                 "--cfg", "hydra"], tmp_path)
+    r = run_cli(
+        ["stage=tune", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "--cfg", "hydra"],
+        tmp_path,
+    )
     assert r.code == 0, r.out
     launcher = OmegaConf.create(r.out).hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
@@ -75,9 +86,17 @@ def test_slurm_preset_composes_to_our_sbatch_script(tmp_path, monkeypatch):
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
-        cfg = compose("config", return_hydra_config=True, overrides=[
-            "stage=tune", "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
-            "hydra.launcher.gpus_per_node=2", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+        cfg = compose(
+            "config",
+            return_hydra_config=True,
+            overrides=[
+                "stage=tune",
+                "hydra/launcher=slurm",
+                "hydra.launcher.partition=gpu",
+                "hydra.launcher.gpus_per_node=2",
+                f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            ],
+        )
     GlobalHydra.instance().clear()
     sbatch = {}
 
@@ -94,9 +113,16 @@ def test_slurm_preset_composes_to_our_sbatch_script(tmp_path, monkeypatch):
     with pytest.raises(Submitted):
         job.launch([["optim.lr=0.1"]], initial_job_idx=0)
     text = sbatch["text"]
-    for line in ("--partition=gpu", "--gpus-per-node=2", "--ntasks-per-node=1", "--nodes=1",
-                 "--time=180", "--cpus-per-task=8", "--mem=32GB",
-                 f"--output={tmp_path / 'sweep'}/.submitit/%j/"):
+    for line in (
+        "--partition=gpu",
+        "--gpus-per-node=2",
+        "--ntasks-per-node=1",
+        "--nodes=1",
+        "--time=180",
+        "--cpus-per-task=8",
+        "--mem=32GB",
+        f"--output={tmp_path / 'sweep'}/.submitit/%j/",
+    ):
         assert f"#SBATCH {line}" in text, text
     assert f"{sys.executable} -u -m submitit.core._submit" in text  # the submitting Python
 
@@ -121,8 +147,9 @@ def test_a_dead_job_fails_its_trial_and_the_study_goes_on(tmp_path):
         def launch(self, job_overrides, initial_job_idx):
             Launcher.calls += 1
             if Launcher.calls == 1:
-                raise UncompletedJobError("Job 42 (task: 0) with path ... has not produced any "
-                                          "output (state: TIMEOUT)")
+                raise UncompletedJobError(
+                    "Job 42 (task: 0) with path ... has not produced any output (state: TIMEOUT)"
+                )
             out = tmp_path / str(initial_job_idx)
             out.mkdir()
             (out / "summary.json").write_text(json.dumps({"val_acc": 0.5, "epochs": 1}))
@@ -130,16 +157,28 @@ def test_a_dead_job_fails_its_trial_and_the_study_goes_on(tmp_path):
             return [SimpleNamespace(status=JobStatus.COMPLETED, hydra_cfg=hydra_cfg)]
 
     sw = OptunaSweeper(
-        n_trials=2, n_jobs=1, direction="maximize", metric="val_acc", study_name="dead",
-        storage=url, study_dir=None, sampler={"name": "random", "seed": 0}, pruner=None,
-        params={}, warm_start=False, heartbeat_interval=30, grace_period=120, retry=1,
+        n_trials=2,
+        n_jobs=1,
+        direction="maximize",
+        metric="val_acc",
+        study_name="dead",
+        storage=url,
+        study_dir=None,
+        sampler={"name": "random", "seed": 0},
+        pruner=None,
+        params={},
+        warm_start=False,
+        heartbeat_interval=30,
+        grace_period=120,
+        retry=1,
         edge_fraction=0.1,
     )
     sw.space = tuning.parse_search_space({"optim.lr": "interval(0.1, 0.2)"})
     sw.url, sw.launcher = url, Launcher()
     sw._write_outputs = lambda study, final: None
-    study = optuna.create_study(study_name="dead", storage=tuning.open_storage(url),
-                                direction="maximize")
+    study = optuna.create_study(
+        study_name="dead", storage=tuning.open_storage(url), direction="maximize"
+    )
     results = []
     sw._worker(study, results)
     trials = study.get_trials()

@@ -71,8 +71,9 @@ def sweep(script: Path, *overrides: str, sweep_dir: bool = True):
     if sweep_dir:
         args.append(f"hydra.sweep.dir={out}")
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    p = subprocess.run(args, cwd=script.parent, env=env, capture_output=True, text=True, check=False,
-                       timeout=300)
+    p = subprocess.run(
+        args, cwd=script.parent, env=env, capture_output=True, text=True, check=False, timeout=300
+    )
     return p, out
 
 
@@ -88,8 +89,15 @@ def trials(out: Path):
 # ----------------------------------------------------------------------------- samplers
 SPACE = {"x": "range(-5.0, 5.0, 0.5)", "y": "int(interval(0, 100))"}
 KINDS = ["random", "tpe", "qmc", "gp", "cmaes", "nsgaii", "motpe", "grid", "default"]
-TARGETS = ["RandomSampler", "TPESampler", "QMCSampler", "GPSampler", "CmaEsSampler",
-           "NSGAIISampler", "GridSampler"]
+TARGETS = [
+    "RandomSampler",
+    "TPESampler",
+    "QMCSampler",
+    "GPSampler",
+    "CmaEsSampler",
+    "NSGAIISampler",
+    "GridSampler",
+]
 
 
 def five_points(spec, seed):
@@ -127,11 +135,18 @@ def test_every_sampler_proposes_distinct_points_and_a_seed_repeats_them(spec):
 def test_the_published_grammar_and_its_deprecated_search_space():
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    d = tuning.parse_search_space({
-        "a": "choice(true, false)", "b": "range(1,3)", "c": "shuffle(range(1,3))",
-        "d": "interval(1, 5)", "e": "int(interval(1, 5))", "f": "tag(log, interval(1, 5))",
-        "g": "tag(log, int(interval(1, 5)))", "h": "range(0.5, 5.5, step=1)",
-    }).distributions
+    d = tuning.parse_search_space(
+        {
+            "a": "choice(true, false)",
+            "b": "range(1,3)",
+            "c": "shuffle(range(1,3))",
+            "d": "interval(1, 5)",
+            "e": "int(interval(1, 5))",
+            "f": "tag(log, interval(1, 5))",
+            "g": "tag(log, int(interval(1, 5)))",
+            "h": "range(0.5, 5.5, step=1)",
+        }
+    ).distributions
     assert d["a"] == CategoricalDistribution([True, False])
     assert d["b"] == IntDistribution(1, 3)  # range()'s end is included, as published
     assert set(d["c"].choices) == {1, 2}  # shuffle(range()) is Hydra's own range: end excluded
@@ -141,11 +156,12 @@ def test_the_published_grammar_and_its_deprecated_search_space():
     assert d["h"] == FloatDistribution(0.5, 5.5, step=1)
     entry = tuning.search_space_entry
     assert entry("x", {"type": "int", "low": 0, "high": 10, "step": 2}) == IntDistribution(
-        0, 10, step=2)
+        0, 10, step=2
+    )
     assert entry("x", {"type": "float", "low": 1, "high": 100, "log": True}) == (
-        FloatDistribution(1, 100, log=True))
-    assert entry("x", {"type": "categorical", "choices": [1, 2]}) == CategoricalDistribution(
-        [1, 2])
+        FloatDistribution(1, 100, log=True)
+    )
+    assert entry("x", {"type": "categorical", "choices": [1, 2]}) == CategoricalDistribution([1, 2])
     assert tuning.grid_values("h", d["h"]) == [0.5, 1.5, 2.5, 3.5, 4.5, 5.5]
 
 
@@ -154,8 +170,13 @@ def test_the_published_grammar_and_its_deprecated_search_space():
 def test_sphere_example(tmp_path, with_commandline):
     script = app(tmp_path, SPHERE, SPHERE_CONF)
     extra = ["x=choice(0, 1, 2)", "y=0"] if with_commandline else []
-    p, out = sweep(script, "hydra.sweeper.n_trials=20", "hydra/sweeper/sampler=random",
-                   "hydra.sweeper.sampler.seed=123", *extra)
+    p, out = sweep(
+        script,
+        "hydra.sweeper.n_trials=20",
+        "hydra/sweeper/sampler=random",
+        "hydra.sweeper.sampler.seed=123",
+        *extra,
+    )
     assert p.returncode == 0, p.stderr
     r = results(out)
     rows = trials(out)
@@ -241,8 +262,11 @@ def test_multi_objective_example(tmp_path):
         x, y = s["params"]["x"], s["params"]["y"]
         assert s["values"] == pytest.approx([4 * x**2 + 4 * y**2, (x - 5) ** 2 + (y - 5) ** 2])
         for o in front:  # a Pareto front: no solution dominates another
-            assert not all(a <= b for a, b in zip(o["values"], s["values"])) or o is s or (
-                o["values"] == s["values"])
+            assert (
+                not all(a <= b for a, b in zip(o["values"], s["values"]))
+                or o is s
+                or (o["values"] == s["values"])
+            )
     assert "NSGAIISampler" in p.stdout  # several directions: NSGA-II by default
 
 
@@ -291,17 +315,20 @@ def test_custom_search_space_example(tmp_path):
 
 
 def test_deprecated_search_space(tmp_path):
-    conf = SPHERE_CONF.replace("""    params:
+    conf = SPHERE_CONF.replace(
+        """    params:
       x: range(-5.5, 5.5, step=0.5)
       y: choice(-5, 0, 5)
-""", """    n_trials: 5
+""",
+        """    n_trials: 5
     search_space:
       x:
         type: float
         low: -5.5
         high: 5.5
         step: 0.5
-""").replace("    n_trials: 20\n", "")
+""",
+    ).replace("    n_trials: 20\n", "")
     p, out = sweep(app(tmp_path, SPHERE, conf))
     assert p.returncode == 0, p.stderr
     assert "search_space is deprecated" in p.stdout + p.stderr
@@ -312,8 +339,9 @@ def test_deprecated_search_space(tmp_path):
 @pytest.mark.parametrize("rate", [0.0, 1.0])
 def test_max_failure_rate(tmp_path, rate):
     script = app(tmp_path, SPHERE, SPHERE_CONF)
-    p, out = sweep(script, "+error=true", f"hydra.sweeper.max_failure_rate={rate}",
-                   "hydra.sweeper.n_trials=4")
+    p, out = sweep(
+        script, "+error=true", f"hydra.sweeper.max_failure_rate={rate}", "hydra.sweeper.n_trials=4"
+    )
     assert p.returncode != 0 and "Traceback" not in p.stderr
     assert "RuntimeError: cfg.error is True" in p.stdout + p.stderr
     ran = trials(out)
@@ -369,16 +397,25 @@ def test_any_app_gets_optunas_study_name_and_prunes_with_the_reporter(tmp_path):
 
 
 # ----------------------------------------------------------------------------- bad settings
-@pytest.mark.parametrize("bad, says", [
-    ("hydra.sweeper.n_trials=0", "hydra.sweeper.n_trials=0 must be >= 1"),
-    ("optim.lr=interval(1,0)", "interval(1.0, 0.0) needs start < end"),
-    ("optim.lr=tag(log, interval(0,1))", "needs start > 0 on a log scale"),
-    ("hydra.sweeper.direction=sideways", "hydra.sweeper.direction='sideways' is not one of"),
-])
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        ("hydra.sweeper.n_trials=0", "hydra.sweeper.n_trials=0 must be >= 1"),
+        ("optim.lr=interval(1,0)", "interval(1.0, 0.0) needs start < end"),
+        ("optim.lr=tag(log, interval(0,1))", "needs start > 0 on a log scale"),
+        ("hydra.sweeper.direction=sideways", "hydra.sweeper.direction='sideways' is not one of"),
+    ],
+)
 def test_a_bad_sweeper_setting_is_one_line_and_exit_2(tmp_path, bad, says):
-    r = subprocess.run([sys.executable, "-m", "runner", "-m", "stage=tune", *FAST, bad],
-                       cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)),
-                       capture_output=True, text=True, timeout=300, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "runner", "-m", "stage=tune", *FAST, bad],
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert r.returncode == 2, r.stderr
     lines = [x for x in r.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith("config error: ") and says in lines[0], r.stderr

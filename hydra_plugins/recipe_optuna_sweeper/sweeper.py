@@ -54,15 +54,18 @@ class OptunaSweeper(Sweeper):
         experiment_sequence: str | None = None,
     ) -> None:
         def plain(x):
-            return OmegaConf.to_container(x, resolve=True) if isinstance(x, (DictConfig,
-                                                                            ListConfig)) else x
+            return (
+                OmegaConf.to_container(x, resolve=True)
+                if isinstance(x, (DictConfig, ListConfig))
+                else x
+            )
 
         self.n_trials, self.n_jobs = n_trials, n_jobs
         direction, metric = plain(direction), plain(metric)
         # the published plugin also takes its Direction enum's names; a list: several objectives
         self.directions = [
-            str(getattr(d, "name", d)) for d in (direction if isinstance(direction, list)
-                                                 else [direction])
+            str(getattr(d, "name", d))
+            for d in (direction if isinstance(direction, list) else [direction])
         ]
         self.direction = self.directions[0] if len(self.directions) == 1 else self.directions
         self.metric = metric
@@ -136,8 +139,9 @@ class OptunaSweeper(Sweeper):
             self._grid = {k: tuning.grid_values(k, d) for k, d in space.distributions.items()}
             size = math.prod(len(v) for v in self._grid.values())
             if size < self.n_trials:
-                log.info("tune: the grid has %d points: n_trials %d -> %d", size, self.n_trials,
-                         size)
+                log.info(
+                    "tune: the grid has %d points: n_trials %d -> %d", size, self.n_trials, size
+                )
                 self.n_trials = size
         name = self.study_name
         if name is None and self._runner_app and isinstance(self.config.get("name"), str):
@@ -174,8 +178,10 @@ class OptunaSweeper(Sweeper):
         if self.warm_start and before == 0 and self._grid is None:
             self._warm = self._current_params(space)
         if memory and n_jobs > 1 and not self._in_process():
-            log.warning("tune: storage null keeps the study in this process's memory: the "
-                        "trials cannot report to it (no pruning)")
+            log.warning(
+                "tune: storage null keeps the study in this process's memory: the "
+                "trials cannot report to it (no pruning)"
+            )
         log.info(
             "tune: study %r in %s: %d trial(s) already, budget %d; %d worker(s); %s %s; %s",
             self.study_name,
@@ -227,12 +233,16 @@ class OptunaSweeper(Sweeper):
 
         params = self.params
         if self.search_space and params:
-            log.warning("tune: both hydra.sweeper.params and hydra.sweeper.search_space are set: "
-                        "params is the search space, search_space is ignored")
+            log.warning(
+                "tune: both hydra.sweeper.params and hydra.sweeper.search_space are set: "
+                "params is the search space, search_space is ignored"
+            )
         space = tuning.parse_search_space(params, arguments)
         if self.search_space and not params:
-            log.warning("tune: hydra.sweeper.search_space is deprecated (as in "
-                        "hydra-optuna-sweeper 1.2+); write it as hydra.sweeper.params")
+            log.warning(
+                "tune: hydra.sweeper.search_space is deprecated (as in "
+                "hydra-optuna-sweeper 1.2+); write it as hydra.sweeper.params"
+            )
             given = {k: tuning.search_space_entry(k, v) for k, v in self.search_space.items()}
             fixed_keys = {override_key(f) for f in space.fixed}
             given = {k: v for k, v in given.items() if k not in fixed_keys}
@@ -253,8 +263,12 @@ class OptunaSweeper(Sweeper):
         while True:
             with self._lock:
                 self._fail_stale(study)
-                if (self._exhausted or self._interrupted or self._too_many_failures
-                        or self._budget_left(study) <= 0):
+                if (
+                    self._exhausted
+                    or self._interrupted
+                    or self._too_many_failures
+                    or self._budget_left(study) <= 0
+                ):
                     return
                 trial, overrides = self._ask(study)
             if trial is None:  # another worker took the budget's last slot: this one stops
@@ -460,8 +474,11 @@ class OptunaSweeper(Sweeper):
             return TrialState.PRUNED, None, attrs
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
         values = [summary.get(m) for m in metrics]
-        bad = [f"{m} is {v}" for m, v in zip(metrics, values)
-               if not isinstance(v, (int, float)) or not math.isfinite(v)]
+        bad = [
+            f"{m} is {v}"
+            for m, v in zip(metrics, values)
+            if not isinstance(v, (int, float)) or not math.isfinite(v)
+        ]
         if summary.get("status") == "nonfinite" or bad:
             attrs["reason"] = summary.get("error") or "; ".join(bad)
             return TrialState.FAIL, None, attrs
@@ -833,8 +850,7 @@ class OptunaSweeper(Sweeper):
             )
         if not final:
             return
-        summary = tuning.study_summary(study, metric, self.direction, self.url, self.n_trials,
-                                       warn)
+        summary = tuning.study_summary(study, metric, self.direction, self.url, self.n_trials, warn)
         summary["study_dir"] = str(out.path)
         out.write_json("study.json", summary)
         for w in warn:

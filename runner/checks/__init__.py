@@ -3,6 +3,7 @@
 Checks never print or write files; a stage collects verdicts (and any figures they
 return) and hands them to the output module. Each check has a stable name from DESIGN.md.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,14 @@ class Verdict:
         value = self.value
         if isinstance(value, float) and not math.isfinite(value):
             value = str(value)
-        d = {"name": self.name, "status": self.status, "value": value, "expected": self.expected,
-             "message": self.message, "artifacts": list(self.artifacts)}
+        d = {
+            "name": self.name,
+            "status": self.status,
+            "value": value,
+            "expected": self.expected,
+            "message": self.message,
+            "artifacts": list(self.artifacts),
+        }
         if self.details:
             d["details"] = self.details
         if self.seconds is not None:

@@ -8,6 +8,7 @@ stage draws the thumbnails. Check names are DESIGN.md's (`data.corrupt`,
 `data.duplicates`, `data.leakage`, `data.class_balance`, `data.outliers`) plus one flag per
 CleanVision-style image property (`data.dark`, `data.blurry`, ...).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,8 +26,19 @@ THUMB = 16
 # 32 bytes per image, enough to tell a blue sky from a grey wall of the same brightness
 CHROMA = 4
 
-NUMERIC_COLUMNS = ("width", "height", "channels", "file_bytes", "brightness", "contrast",
-                   "p01", "p99", "sharpness", "entropy", "colourfulness")
+NUMERIC_COLUMNS = (
+    "width",
+    "height",
+    "channels",
+    "file_bytes",
+    "brightness",
+    "contrast",
+    "p01",
+    "p99",
+    "sharpness",
+    "entropy",
+    "colourfulness",
+)
 
 
 # ----------------------------------------------------------------------------- one image
@@ -147,10 +159,14 @@ def image_stats(img, analysis_size: int = 128) -> Tuple[Dict[str, Any], np.ndarr
         colour = 0.0
     p01, p99 = float(np.searchsorted(cdf, 0.01)), float(np.searchsorted(cdf, 0.99))
     row = {
-        "width": int(w), "height": int(h), "mode": mode,
+        "width": int(w),
+        "height": int(h),
+        "mode": mode,
         "channels": int(a.shape[-1]),
-        "brightness": float(g.mean()), "contrast": std,
-        "p01": p01, "p99": p99,
+        "brightness": float(g.mean()),
+        "contrast": std,
+        "p01": p01,
+        "p99": p99,
         "sharpness": sharp,
         "entropy": float(abs((p * np.log2(p)).sum())),
         "colourfulness": colour,
@@ -191,18 +207,35 @@ class ImageTable:
 
     @classmethod
     def empty(cls, n: int, class_names: Sequence[str]) -> "ImageTable":
-        return cls(class_names=list(class_names), split=np.zeros(n, np.int8),
-                   label=np.full(n, -1, np.int32), name=[""] * n, ok=np.zeros(n, bool),
-                   error=[""] * n, mode=[""] * n, content_hash=[""] * n,
-                   phash=np.zeros(n, np.uint64), thumbs=np.zeros((n, THUMB, THUMB), np.uint8),
-                   chroma=np.full((n, CHROMA, CHROMA, 2), 128, np.uint8),
-                   num={k: np.full(n, np.nan) for k in NUMERIC_COLUMNS})
+        return cls(
+            class_names=list(class_names),
+            split=np.zeros(n, np.int8),
+            label=np.full(n, -1, np.int32),
+            name=[""] * n,
+            ok=np.zeros(n, bool),
+            error=[""] * n,
+            mode=[""] * n,
+            content_hash=[""] * n,
+            phash=np.zeros(n, np.uint64),
+            thumbs=np.zeros((n, THUMB, THUMB), np.uint8),
+            chroma=np.full((n, CHROMA, CHROMA, 2), 128, np.uint8),
+            num={k: np.full(n, np.nan) for k in NUMERIC_COLUMNS},
+        )
 
     def __len__(self) -> int:
         return len(self.name)
 
-    def set_row(self, i: int, split: int, label: int, name: str, row: Optional[Dict[str, Any]],
-                thumb: Optional[np.ndarray], error: str = "", content_hash: str = "") -> None:
+    def set_row(
+        self,
+        i: int,
+        split: int,
+        label: int,
+        name: str,
+        row: Optional[Dict[str, Any]],
+        thumb: Optional[np.ndarray],
+        error: str = "",
+        content_hash: str = "",
+    ) -> None:
         self.split[i], self.label[i], self.name[i] = split, label, name
         if row is None:
             self.ok[i], self.error[i] = False, error or "unreadable"
@@ -221,8 +254,12 @@ class ImageTable:
     def describe(self, i: int) -> Dict[str, Any]:
         """Where image i lives, for lists in checks.json and the report."""
         c = int(self.label[i])
-        return {"index": int(i), "split": SPLITS[int(self.split[i])], "name": self.name[i],
-                "class": self.class_names[c] if 0 <= c < len(self.class_names) else None}
+        return {
+            "index": int(i),
+            "split": SPLITS[int(self.split[i])],
+            "name": self.name[i],
+            "class": self.class_names[c] if 0 <= c < len(self.class_names) else None,
+        }
 
     def columns(self) -> Dict[str, List[Any]]:
         """images.csv as columns (no per-row dicts: cheap for 100k+ images)."""
@@ -231,16 +268,24 @@ class ImageTable:
             "index": list(range(len(self))),
             "split": [SPLITS[int(s)] for s in self.split],
             "name": list(self.name),
-            "class": [self.class_names[c] if 0 <= c < len(self.class_names) else ""
-                      for c in self.label.tolist()],
-            "ok": self.ok.tolist(), "error": list(self.error), "mode": list(self.mode),
+            "class": [
+                self.class_names[c] if 0 <= c < len(self.class_names) else ""
+                for c in self.label.tolist()
+            ],
+            "ok": self.ok.tolist(),
+            "error": list(self.error),
+            "mode": list(self.mode),
             "content_hash": list(self.content_hash),
-            "phash": [f"{int(h):016x}" if ok else ""
-                      for h, ok in zip(self.phash.tolist(), self.ok.tolist())],
+            "phash": [
+                f"{int(h):016x}" if ok else ""
+                for h, ok in zip(self.phash.tolist(), self.ok.tolist())
+            ],
         }
         for k, col in self.num.items():
-            cols[k] = ["" if not math.isfinite(v) else (int(v) if k in ints else round(v, 4))
-                       for v in col.tolist()]
+            cols[k] = [
+                "" if not math.isfinite(v) else (int(v) if k in ints else round(v, 4))
+                for v in col.tolist()
+            ]
         return cols
 
 
@@ -336,13 +381,22 @@ _POP8 = np.array([bin(v).count("1") for v in range(256)], np.uint8)
 
 
 def _popcount64(x: np.ndarray) -> np.ndarray:
-    return _POP8[np.ascontiguousarray(x, dtype=np.uint64).view(np.uint8)].reshape(-1, 8).sum(
-        axis=1, dtype=np.int64)
+    return (
+        _POP8[np.ascontiguousarray(x, dtype=np.uint64).view(np.uint8)]
+        .reshape(-1, 8)
+        .sum(axis=1, dtype=np.int64)
+    )
 
 
-def near_pairs(table: ImageTable, hash_distance: int, thumb_distance: float, window: int = 64,
-               chunk: int = 200_000, relative: float = NEAR_RELATIVE,
-               colour: float = NEAR_COLOUR) -> np.ndarray:
+def near_pairs(
+    table: ImageTable,
+    hash_distance: int,
+    thumb_distance: float,
+    window: int = 64,
+    chunk: int = 200_000,
+    relative: float = NEAR_RELATIVE,
+    colour: float = NEAR_COLOUR,
+) -> np.ndarray:
     """Pairs (i < j) of readable images whose perceptual hashes differ in at most
     `hash_distance` bits and that `confirm_near` accepts (thumbnails within `thumb_distance`
     mean |a-b| and `relative` of their detail after a small shift/zoom; colour cells within
@@ -407,23 +461,30 @@ def near_pairs(table: ImageTable, hash_distance: int, thumb_distance: float, win
     return pairs[np.sort(first)].astype(np.int64)
 
 
-def confirm_near(table: ImageTable, i: np.ndarray, j: np.ndarray, thumb_distance: float,
-                 relative: float = NEAR_RELATIVE, colour: float = NEAR_COLOUR,
-                 chunk: int = 20_000) -> np.ndarray:
+def confirm_near(
+    table: ImageTable,
+    i: np.ndarray,
+    j: np.ndarray,
+    thumb_distance: float,
+    relative: float = NEAR_RELATIVE,
+    colour: float = NEAR_COLOUR,
+    chunk: int = 20_000,
+) -> np.ndarray:
     """Which candidate pairs (i[k], j[k]) are near-duplicates (boolean mask): shift/zoom-aligned
     grey thumbnails within `thumb_distance` and within `relative` x (detail + 1), detail
     being the smaller thumbnail std; colour cells within `colour`."""
     keep = np.zeros(len(i), bool)
     for lo in range(0, len(i), chunk):
-        ii, jj = i[lo:lo + chunk], j[lo:lo + chunk]
+        ii, jj = i[lo : lo + chunk], j[lo : lo + chunk]
         cd = np.abs(table.chroma[ii].astype(np.int16) - table.chroma[jj]).mean(axis=(1, 2, 3))
         ok = cd <= colour
         if not ok.any():
             continue
         ta, tb = table.thumbs[ii[ok]], table.thumbs[jj[ok]]
         td = aligned_distance(ta, tb)
-        detail = np.minimum(ta.reshape(len(ta), -1).std(axis=1),
-                            tb.reshape(len(tb), -1).std(axis=1))
+        detail = np.minimum(
+            ta.reshape(len(ta), -1).std(axis=1), tb.reshape(len(tb), -1).std(axis=1)
+        )
         sub = (td <= thumb_distance) & (td <= relative * (detail + 1.0))
         keep[lo + np.flatnonzero(ok)[sub]] = True
     return keep
@@ -444,18 +505,29 @@ def corrupt(table: ImageTable, max_listed: int = 50) -> Verdict:
     files = [dict(table.describe(int(i)), error=table.error[i]) for i in bad[:max_listed]]
     if len(bad):
         examples = ", ".join(f"{f['name']} ({f['error']})" for f in files[:3])
-        return Verdict("data.corrupt", "fail", value=int(len(bad)), expected="0 unreadable images",
-                       message=f"{len(bad)} of {len(table)} images cannot be read"
-                               f"{_more(len(bad), max_listed)}: {examples}"
-                               f"{'...' if len(bad) > 3 else ''}; training skips them, but fix "
-                               "or remove them",
-                       details={"files": files, "count": int(len(bad))})
-    return Verdict("data.corrupt", "pass", value=0, expected="0 unreadable images",
-                   message=f"all {len(table)} images decode")
+        return Verdict(
+            "data.corrupt",
+            "fail",
+            value=int(len(bad)),
+            expected="0 unreadable images",
+            message=f"{len(bad)} of {len(table)} images cannot be read"
+            f"{_more(len(bad), max_listed)}: {examples}"
+            f"{'...' if len(bad) > 3 else ''}; training skips them, but fix "
+            "or remove them",
+            details={"files": files, "count": int(len(bad))},
+        )
+    return Verdict(
+        "data.corrupt",
+        "pass",
+        value=0,
+        expected="0 unreadable images",
+        message=f"all {len(table)} images decode",
+    )
 
 
-def class_balance(table: ImageTable, imbalance_ratio: float = 10.0,
-                  split_shift_tv: float = 0.2) -> Verdict:
+def class_balance(
+    table: ImageTable, imbalance_ratio: float = 10.0, split_shift_tv: float = 0.2
+) -> Verdict:
     """data.class_balance: counts per class and split (unreadable files count: they are there).
 
     fail: a class with no images at all, or present in only one split (it cannot be learnt,
@@ -464,8 +536,10 @@ def class_balance(table: ImageTable, imbalance_ratio: float = 10.0,
     than `split_shift_tv` (total variation distance)."""
     names = table.class_names
     k = len(names)
-    counts = {s: np.bincount(table.label[(table.split == si) & (table.label >= 0)], minlength=k)[:k]
-              for si, s in enumerate(SPLITS)}
+    counts = {
+        s: np.bincount(table.label[(table.split == si) & (table.label >= 0)], minlength=k)[:k]
+        for si, s in enumerate(SPLITS)
+    }
     present = [s for s in SPLITS if counts[s].sum() > 0]
     per_class = {names[c]: {s: int(counts[s][c]) for s in SPLITS} for c in range(k)}
     totals = {s: int(counts[s].sum()) for s in SPLITS}
@@ -475,11 +549,15 @@ def class_balance(table: ImageTable, imbalance_ratio: float = 10.0,
     if empty:
         problems.append(f"{len(empty)} empty class(es) with no images: {', '.join(empty[:10])}")
     if len(present) == 2:
-        one = [f"{names[c]} (only in {'train' if counts['train'][c] else 'val'})" for c in range(k)
-               if (counts["train"][c] == 0) != (counts["val"][c] == 0)]
+        one = [
+            f"{names[c]} (only in {'train' if counts['train'][c] else 'val'})"
+            for c in range(k)
+            if (counts["train"][c] == 0) != (counts["val"][c] == 0)
+        ]
         if one:
-            problems.append(f"{len(one)} class(es) present in only one split: "
-                            f"{', '.join(one[:10])}")
+            problems.append(
+                f"{len(one)} class(es) present in only one split: {', '.join(one[:10])}"
+            )
     # imbalance is judged on train (what the model learns from), or the one split there is
     tr = counts[present[0]] if present and not totals["train"] else counts["train"]
     nonzero = tr[tr > 0]
@@ -488,34 +566,59 @@ def class_balance(table: ImageTable, imbalance_ratio: float = 10.0,
     if len(nonzero) and ratio > imbalance_ratio:
         big = names[int(np.argmax(tr))]
         small = names[int(np.argmin(np.where(tr > 0, tr, tr.max() + 1)))]
-        warnings.append(f"strong imbalance: {big!r} has {ratio:.1f}x the training images of "
-                        f"{small!r} (> {imbalance_ratio:g}); accuracy will flatter a "
-                        "majority-class guess")
+        warnings.append(
+            f"strong imbalance: {big!r} has {ratio:.1f}x the training images of "
+            f"{small!r} (> {imbalance_ratio:g}); accuracy will flatter a "
+            "majority-class guess"
+        )
     if len(present) == 2:
         p_tr = counts["train"] / counts["train"].sum()
         p_va = counts["val"] / counts["val"].sum()
         tv = float(0.5 * np.abs(p_tr - p_va).sum())
         details["train_val_tv"] = tv
         if tv > split_shift_tv:
-            warnings.append(f"val's class mix differs from train's (total variation {tv:.2f} > "
-                            f"{split_shift_tv:g}); val accuracy will not estimate accuracy on "
-                            "train's distribution")
-    summary = (f"{k} classes; train {totals['train']}, val {totals['val']} images; "
-               f"largest/smallest train class {ratio:.2f}")
+            warnings.append(
+                f"val's class mix differs from train's (total variation {tv:.2f} > "
+                f"{split_shift_tv:g}); val accuracy will not estimate accuracy on "
+                "train's distribution"
+            )
+    summary = (
+        f"{k} classes; train {totals['train']}, val {totals['val']} images; "
+        f"largest/smallest train class {ratio:.2f}"
+    )
     expected = f"every class in both splits; max/min <= {imbalance_ratio:g}"
     value = round(ratio, 3) if math.isfinite(ratio) else None
     if problems:
-        return Verdict("data.class_balance", "fail", value=value, expected=expected,
-                       message="; ".join(problems + warnings), details=details)
+        return Verdict(
+            "data.class_balance",
+            "fail",
+            value=value,
+            expected=expected,
+            message="; ".join(problems + warnings),
+            details=details,
+        )
     if warnings:
-        return Verdict("data.class_balance", "warn", value=value, expected=expected,
-                       message="; ".join(warnings) + f" ({summary})", details=details)
-    return Verdict("data.class_balance", "pass", value=value, expected=expected, message=summary,
-                   details=details)
+        return Verdict(
+            "data.class_balance",
+            "warn",
+            value=value,
+            expected=expected,
+            message="; ".join(warnings) + f" ({summary})",
+            details=details,
+        )
+    return Verdict(
+        "data.class_balance",
+        "pass",
+        value=value,
+        expected=expected,
+        message=summary,
+        details=details,
+    )
 
 
-def duplicate_groups(table: ImageTable,
-                     pairs: np.ndarray) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+def duplicate_groups(
+    table: ImageTable, pairs: np.ndarray
+) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
     """(groups inside one split, leakage pairs across splits) from exact hashes and near pairs.
 
     A group is {"kind": "exact"|"near", "split", "members": [index...], "labels_differ"}.
@@ -526,8 +629,14 @@ def duplicate_groups(table: ImageTable,
         for si, s in enumerate(SPLITS):
             mem = [i for i in g if table.split[i] == si]
             if len(mem) > 1:
-                groups.append({"kind": "exact", "split": s, "members": mem,
-                               "labels_differ": len({int(table.label[i]) for i in mem}) > 1})
+                groups.append(
+                    {
+                        "kind": "exact",
+                        "split": s,
+                        "members": mem,
+                        "labels_differ": len({int(table.label[i]) for i in mem}) > 1,
+                    }
+                )
         tr = [i for i in g if table.split[i] == 0]
         va = [i for i in g if table.split[i] == 1]
         for v in va:
@@ -548,16 +657,23 @@ def duplicate_groups(table: ImageTable,
                 else:
                     t, v = (a, b) if sa == 0 else (b, a)
                     if v not in seen_leak:
-                        leaks.append({"train": t, "val": v, "kind": "near",
-                                      "hash_distance": int(d)})
+                        leaks.append(
+                            {"train": t, "val": v, "kind": "near", "hash_distance": int(d)}
+                        )
                         seen_leak.add(v)
     exact_sets = {frozenset(g["members"]) for g in groups}
     for s in SPLITS:
         for mem in uf[s].groups():
             if frozenset(mem) in exact_sets:
                 continue  # near links only inside an exact group add nothing
-            groups.append({"kind": "near", "split": s, "members": mem,
-                           "labels_differ": len({int(table.label[i]) for i in mem}) > 1})
+            groups.append(
+                {
+                    "kind": "near",
+                    "split": s,
+                    "members": mem,
+                    "labels_differ": len({int(table.label[i]) for i in mem}) > 1,
+                }
+            )
     groups.sort(key=lambda g: (-len(g["members"]), g["members"][0]))
     return groups, leaks
 
@@ -568,23 +684,40 @@ def duplicates(table: ImageTable, groups: List[Dict[str, Any]], max_listed: int 
     different labels are label noise and named first."""
     expected = "no duplicate images inside a split"
     if not groups:
-        return Verdict("data.duplicates", "pass", value=0, expected=expected,
-                       message=f"no exact or near duplicates among {int(table.ok.sum())} "
-                               "readable images")
+        return Verdict(
+            "data.duplicates",
+            "pass",
+            value=0,
+            expected=expected,
+            message=f"no exact or near duplicates among {int(table.ok.sum())} readable images",
+        )
     extra = sum(len(g["members"]) - 1 for g in groups)
     n_exact = sum(g["kind"] == "exact" for g in groups)
     conflicting = [g for g in groups if g["labels_differ"]]
-    listed = [{"kind": g["kind"], "split": g["split"], "labels_differ": g["labels_differ"],
-               "members": [table.describe(i) for i in g["members"][:max_listed]]}
-              for g in sorted(groups, key=lambda g: not g["labels_differ"])[:max_listed]]
-    msg = (f"{len(groups)} duplicate group(s) inside a split ({n_exact} exact, "
-           f"{len(groups) - n_exact} near), {extra} redundant image(s)"
-           f"{_more(len(groups), max_listed)}")
+    listed = [
+        {
+            "kind": g["kind"],
+            "split": g["split"],
+            "labels_differ": g["labels_differ"],
+            "members": [table.describe(i) for i in g["members"][:max_listed]],
+        }
+        for g in sorted(groups, key=lambda g: not g["labels_differ"])[:max_listed]
+    ]
+    msg = (
+        f"{len(groups)} duplicate group(s) inside a split ({n_exact} exact, "
+        f"{len(groups) - n_exact} near), {extra} redundant image(s)"
+        f"{_more(len(groups), max_listed)}"
+    )
     if conflicting:
         msg += f"; {len(conflicting)} group(s) carry different labels (label noise)"
-    return Verdict("data.duplicates", "warn", value=extra, expected=expected, message=msg,
-                   details={"groups": listed, "count_groups": len(groups),
-                            "count_redundant": extra})
+    return Verdict(
+        "data.duplicates",
+        "warn",
+        value=extra,
+        expected=expected,
+        message=msg,
+        details={"groups": listed, "count_groups": len(groups), "count_redundant": extra},
+    )
 
 
 def leakage(table: ImageTable, leaks: List[Dict[str, Any]], max_listed: int = 50) -> Verdict:
@@ -594,18 +727,35 @@ def leakage(table: ImageTable, leaks: List[Dict[str, Any]], max_listed: int = 50
     if not int((table.split == 1).sum()):
         return Verdict("data.leakage", "skip", expected=expected, message="no val split to compare")
     if not leaks:
-        return Verdict("data.leakage", "pass", value=0, expected=expected,
-                       message="no val image has an exact or near copy among the train images")
-    pairs = [{"train": table.describe(p["train"]), "val": table.describe(p["val"]),
-              "kind": p["kind"], "hash_distance": p["hash_distance"]} for p in leaks[:max_listed]]
+        return Verdict(
+            "data.leakage",
+            "pass",
+            value=0,
+            expected=expected,
+            message="no val image has an exact or near copy among the train images",
+        )
+    pairs = [
+        {
+            "train": table.describe(p["train"]),
+            "val": table.describe(p["val"]),
+            "kind": p["kind"],
+            "hash_distance": p["hash_distance"],
+        }
+        for p in leaks[:max_listed]
+    ]
     n_exact = sum(p["kind"] == "exact" for p in leaks)
     n_val = int((table.split == 1).sum())
-    return Verdict("data.leakage", "fail", value=len(leaks), expected=expected,
-                   message=f"{len(leaks)} of {n_val} val images have a copy in train "
-                           f"({n_exact} exact, {len(leaks) - n_exact} near)"
-                           f"{_more(len(leaks), max_listed)}, e.g. {pairs[0]['val']['name']} ~ "
-                           f"{pairs[0]['train']['name']}; remove them from one split",
-                   details={"pairs": pairs, "count": len(leaks)})
+    return Verdict(
+        "data.leakage",
+        "fail",
+        value=len(leaks),
+        expected=expected,
+        message=f"{len(leaks)} of {n_val} val images have a copy in train "
+        f"({n_exact} exact, {len(leaks) - n_exact} near)"
+        f"{_more(len(leaks), max_listed)}, e.g. {pairs[0]['val']['name']} ~ "
+        f"{pairs[0]['train']['name']}; remove them from one split",
+        details={"pairs": pairs, "count": len(leaks)},
+    )
 
 
 # contrast, area and aspect are scales: judged on a log scale, where their spread is symmetric
@@ -615,14 +765,18 @@ OUTLIER_FEATURES = ("brightness", "log_contrast", "log_area", "log_aspect")
 def outlier_scores(table: ImageTable) -> Dict[str, np.ndarray]:
     """Robust z-scores of the features outliers are judged on (NaN-free; 0 for unreadable)."""
     n = table.num
-    feats = {"brightness": n["brightness"], "log_contrast": np.log1p(n["contrast"]),
-             "log_area": np.log(n["width"] * n["height"]),
-             "log_aspect": np.log(n["width"] / n["height"])}
+    feats = {
+        "brightness": n["brightness"],
+        "log_contrast": np.log1p(n["contrast"]),
+        "log_area": np.log(n["width"] * n["height"]),
+        "log_aspect": np.log(n["width"] / n["height"]),
+    }
     return {k: robust_z(v) for k, v in feats.items()}
 
 
-def find_outliers(table: ImageTable, z_max: float = 5.0,
-                  rare_mode_fraction: float = 0.01) -> List[Tuple[int, List[str]]]:
+def find_outliers(
+    table: ImageTable, z_max: float = 5.0, rare_mode_fraction: float = 0.01
+) -> List[Tuple[int, List[str]]]:
     """Images far from the rest on brightness, contrast, size or aspect ratio (robust z-score
     beyond `z_max`), or in a mode (RGB/L/RGBA/...) fewer than `rare_mode_fraction` of the
     images have: [(index, reasons)], most extreme first."""
@@ -634,8 +788,11 @@ def find_outliers(table: ImageTable, z_max: float = 5.0,
     rare = {m for m, c in modes.items() if c < rare_mode_fraction * n_ok}
     found = []
     for i in np.flatnonzero(ok):
-        why = [f"{k} z={zs[i, f]:+.1f}" for f, k in enumerate(OUTLIER_FEATURES)
-               if abs(zs[i, f]) > z_max]
+        why = [
+            f"{k} z={zs[i, f]:+.1f}"
+            for f, k in enumerate(OUTLIER_FEATURES)
+            if abs(zs[i, f]) > z_max
+        ]
         if table.mode[i] in rare:
             why.append(f"mode {table.mode[i]} ({modes[table.mode[i]]} of {n_ok} images)")
         if why:
@@ -653,33 +810,58 @@ def mode_counts(table: ImageTable) -> Dict[str, int]:
     return dict(sorted(modes.items(), key=lambda kv: -kv[1]))
 
 
-def outliers(table: ImageTable, found: List[Tuple[int, List[str]]], z_max: float = 5.0,
-             rare_mode_fraction: float = 0.01, max_listed: int = 50) -> Verdict:
+def outliers(
+    table: ImageTable,
+    found: List[Tuple[int, List[str]]],
+    z_max: float = 5.0,
+    rare_mode_fraction: float = 0.01,
+    max_listed: int = 50,
+) -> Verdict:
     """data.outliers: warn when `find_outliers` found any (look at them: outliers almost
     always reveal a data-quality or preprocessing bug)."""
     n_ok = int(table.ok.sum())
-    expected = (f"|robust z| <= {z_max:g} on {', '.join(OUTLIER_FEATURES)}; "
-                f"no mode under {rare_mode_fraction:.0%}")
-    details = {"modes": mode_counts(table), "count": len(found),
-               "images": [dict(table.describe(i), why=w) for i, w in found[:max_listed]]}
+    expected = (
+        f"|robust z| <= {z_max:g} on {', '.join(OUTLIER_FEATURES)}; "
+        f"no mode under {rare_mode_fraction:.0%}"
+    )
+    details = {
+        "modes": mode_counts(table),
+        "count": len(found),
+        "images": [dict(table.describe(i), why=w) for i, w in found[:max_listed]],
+    }
     if not found:
-        return Verdict("data.outliers", "pass", value=0, expected=expected,
-                       message=f"no image of {n_ok} stands out on "
-                               f"{', '.join(OUTLIER_FEATURES)} or mode",
-                       details=details)
+        return Verdict(
+            "data.outliers",
+            "pass",
+            value=0,
+            expected=expected,
+            message=f"no image of {n_ok} stands out on {', '.join(OUTLIER_FEATURES)} or mode",
+            details=details,
+        )
     i, why = found[0]
-    return Verdict("data.outliers", "warn", value=len(found), expected=expected,
-                   message=f"{len(found)} of {n_ok} images stand out"
-                           f"{_more(len(found), max_listed)}, "
-                           f"e.g. {table.name[i]}: {', '.join(why)}",
-                   details=details)
+    return Verdict(
+        "data.outliers",
+        "warn",
+        value=len(found),
+        expected=expected,
+        message=f"{len(found)} of {n_ok} images stand out"
+        f"{_more(len(found), max_listed)}, "
+        f"e.g. {table.name[i]}: {', '.join(why)}",
+        details=details,
+    )
 
 
-def property_flags(table: ImageTable, dark_max: float = 32.0, bright_min: float = 223.0,
-                   blurry_max: float = 0.55, entropy_min: float = 1.0,
-                   low_contrast_max: float = 2.0, odd_size_factor: float = 3.0,
-                   odd_aspect_factor: float = 2.0, grayscale_tolerance: float = 1.0
-                   ) -> Dict[str, Tuple[np.ndarray, np.ndarray, str]]:
+def property_flags(
+    table: ImageTable,
+    dark_max: float = 32.0,
+    bright_min: float = 223.0,
+    blurry_max: float = 0.55,
+    entropy_min: float = 1.0,
+    low_contrast_max: float = 2.0,
+    odd_size_factor: float = 3.0,
+    odd_aspect_factor: float = 2.0,
+    grayscale_tolerance: float = 1.0,
+) -> Dict[str, Tuple[np.ndarray, np.ndarray, str]]:
     """CleanVision-style flags: check name -> (boolean mask over images, score to sort the
     flagged ones by (most extreme first = ascending), the rule in words)."""
     n, ok = table.num, table.ok
@@ -694,31 +876,57 @@ def property_flags(table: ImageTable, dark_max: float = 32.0, bright_min: float 
         low_info = ok & ((n["entropy"] < entropy_min) | (n["contrast"] < low_contrast_max))
         colour_majority = grey.sum() < 0.5 * ok.sum()
         return {
-            "data.dark": (ok & (n["p99"] < dark_max), n["p99"],
-                          f"99th-percentile brightness < {dark_max:g} of 255"),
-            "data.bright": (ok & (n["p01"] > bright_min), -n["p01"],
-                            f"1st-percentile brightness > {bright_min:g} of 255"),
-            "data.blurry": (ok & ~low_info & (n["sharpness"] < blurry_max), n["sharpness"],
-                            f"rms Laplacian / rms gradient < {blurry_max:g}"),
-            "data.low_information": (low_info, n["entropy"],
-                                     f"grey-level entropy < {entropy_min:g} bits or contrast "
-                                     f"< {low_contrast_max:g}"),
-            "data.odd_size": (ok & (size_off > math.log(odd_size_factor)), -size_off,
-                              f"side {odd_size_factor:g}x smaller or larger than the median "
-                              f"({med_side:.0f} px)" if np.isfinite(med_side) else "odd size"),
-            "data.odd_aspect": (ok & (aspect_off > math.log(odd_aspect_factor)), -aspect_off,
-                                f"aspect ratio {odd_aspect_factor:g}x off the median "
-                                f"({math.exp(med_aspect):.2f})" if np.isfinite(med_aspect)
-                                else "odd aspect"),
-            "data.grayscale": (grey & ~low_info if colour_majority else np.zeros_like(ok),
-                               n["colourfulness"],
-                               f"grey (1 channel, or mean |R-G|+|G-B| < {grayscale_tolerance:g}) "
-                               "while most images are in colour"),
+            "data.dark": (
+                ok & (n["p99"] < dark_max),
+                n["p99"],
+                f"99th-percentile brightness < {dark_max:g} of 255",
+            ),
+            "data.bright": (
+                ok & (n["p01"] > bright_min),
+                -n["p01"],
+                f"1st-percentile brightness > {bright_min:g} of 255",
+            ),
+            "data.blurry": (
+                ok & ~low_info & (n["sharpness"] < blurry_max),
+                n["sharpness"],
+                f"rms Laplacian / rms gradient < {blurry_max:g}",
+            ),
+            "data.low_information": (
+                low_info,
+                n["entropy"],
+                f"grey-level entropy < {entropy_min:g} bits or contrast < {low_contrast_max:g}",
+            ),
+            "data.odd_size": (
+                ok & (size_off > math.log(odd_size_factor)),
+                -size_off,
+                f"side {odd_size_factor:g}x smaller or larger than the median ({med_side:.0f} px)"
+                if np.isfinite(med_side)
+                else "odd size",
+            ),
+            "data.odd_aspect": (
+                ok & (aspect_off > math.log(odd_aspect_factor)),
+                -aspect_off,
+                f"aspect ratio {odd_aspect_factor:g}x off the median ({math.exp(med_aspect):.2f})"
+                if np.isfinite(med_aspect)
+                else "odd aspect",
+            ),
+            "data.grayscale": (
+                grey & ~low_info if colour_majority else np.zeros_like(ok),
+                n["colourfulness"],
+                f"grey (1 channel, or mean |R-G|+|G-B| < {grayscale_tolerance:g}) "
+                "while most images are in colour",
+            ),
         }
 
 
-def property_verdict(name: str, table: ImageTable, mask: np.ndarray, score: np.ndarray, rule: str,
-                     max_listed: int = 50) -> Verdict:
+def property_verdict(
+    name: str,
+    table: ImageTable,
+    mask: np.ndarray,
+    score: np.ndarray,
+    rule: str,
+    max_listed: int = 50,
+) -> Verdict:
     """One flag as a verdict: warn when any image has the property, listing the most extreme."""
     idx = np.flatnonzero(mask)
     idx = idx[np.argsort(score[idx], kind="stable")]
@@ -726,10 +934,21 @@ def property_verdict(name: str, table: ImageTable, mask: np.ndarray, score: np.n
     what = name.split(".", 1)[1].replace("_", " ")
     details = {"rule": rule, "count": int(len(idx)), "images": _listed(table, idx, max_listed)}
     if not len(idx):
-        return Verdict(name, "pass", value=0, expected=f"no image {what}: {rule}",
-                       message=f"no image of {n_ok} is {what}", details=details)
-    return Verdict(name, "warn", value=int(len(idx)), expected=f"no image {what}: {rule}",
-                   message=f"{len(idx)} of {n_ok} images are {what} "
-                           f"({len(idx) / max(n_ok, 1):.1%}; {rule})"
-                           f"{_more(len(idx), max_listed)}, e.g. {table.name[idx[0]]}",
-                   details=details)
+        return Verdict(
+            name,
+            "pass",
+            value=0,
+            expected=f"no image {what}: {rule}",
+            message=f"no image of {n_ok} is {what}",
+            details=details,
+        )
+    return Verdict(
+        name,
+        "warn",
+        value=int(len(idx)),
+        expected=f"no image {what}: {rule}",
+        message=f"{len(idx)} of {n_ok} images are {what} "
+        f"({len(idx) / max(n_ok, 1):.1%}; {rule})"
+        f"{_more(len(idx), max_listed)}, e.g. {table.name[idx[0]]}",
+        details=details,
+    )

@@ -2,15 +2,16 @@
 
 Pure: tensors in, a matplotlib Figure out; the output module saves it.
 """
+
 from __future__ import annotations
 
 import math
 from typing import Optional, Sequence
 
+import matplotlib.pyplot as plt  # noqa: E402
 import torch
 
 import runner.plots  # noqa: F401  (selects the Agg backend before pyplot is imported)
-import matplotlib.pyplot as plt  # noqa: E402
 
 
 def denormalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -22,8 +23,13 @@ def denormalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) ->
     return (x * s + m).clamp(0, 1)
 
 
-def image_grid(images: torch.Tensor, titles: Sequence[str], title: str, ncol: int = 8,
-               title_colors: Optional[Sequence[str]] = None):
+def image_grid(
+    images: torch.Tensor,
+    titles: Sequence[str],
+    title: str,
+    ncol: int = 8,
+    title_colors: Optional[Sequence[str]] = None,
+):
     """One mosaic image of [N, C, H, W] in [0, 1] with a caption under each tile.
 
     One imshow (not a subplot per image) keeps this fast for the 32-64 images a report shows.
@@ -42,15 +48,22 @@ def image_grid(images: torch.Tensor, titles: Sequence[str], title: str, ncol: in
         img = images[i]
         img = img.expand(3, h, w) if c == 1 else img[:3]
         y0, x0 = pad + r * (h + cap), pad + k * (w + pad)
-        canvas[:, y0:y0 + h, x0:x0 + w] = img
+        canvas[:, y0 : y0 + h, x0 : x0 + w] = img
     width = ncol * cell
     fig, ax = plt.subplots(figsize=(width, width * canvas.shape[1] / canvas.shape[2] + 0.5))
     ax.imshow(canvas.permute(1, 2, 0).numpy(), interpolation="nearest")
     for i, t in enumerate(titles[:n]):
         r, k = divmod(i, ncol)
-        ax.text(pad + k * (w + pad) + w / 2, pad + r * (h + cap) + h + pad / 2, t,
-                ha="center", va="top", fontsize=7, linespacing=1.1,
-                color=(title_colors[i] if title_colors else "black"))
+        ax.text(
+            pad + k * (w + pad) + w / 2,
+            pad + r * (h + cap) + h + pad / 2,
+            t,
+            ha="center",
+            va="top",
+            fontsize=7,
+            linespacing=1.1,
+            color=(title_colors[i] if title_colors else "black"),
+        )
     ax.set_axis_off()
     ax.set_title(title, fontsize=10)
     fig.tight_layout()

@@ -4,6 +4,7 @@ Recipe stage 2: "use backprop to chart dependencies" (the loss of example i must
 zero gradient on every other example's input) and our `train.grads_flow`: every trainable
 parameter gets a finite, non-zero gradient and moves when the optimiser steps.
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,9 +34,14 @@ def _dead_modules(model: nn.Module, bad: set) -> List[str]:
     return [w for w in whole if not any(w.startswith(o + ".") for o in whole)]
 
 
-def grads_flow(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 3,
-               make_optimizer: Optional[Callable[[nn.Module], torch.optim.Optimizer]] = None,
-               loss_fn: Optional[nn.Module] = None) -> Verdict:
+def grads_flow(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    steps: int = 3,
+    make_optimizer: Optional[Callable[[nn.Module], torch.optim.Optimizer]] = None,
+    loss_fn: Optional[nn.Module] = None,
+) -> Verdict:
     """train.grads_flow: on a copy of the model, take `steps` optimiser steps on (x, y).
 
     Every trainable parameter must get a finite gradient that is non-zero at some step (more
@@ -49,14 +55,20 @@ def grads_flow(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 
     m.train()
     params = trainable(m)
     if not params:
-        return Verdict(name, "fail", value=0, expected="every trainable parameter",
-                       message="the model has no trainable parameters (all requires_grad=False)")
+        return Verdict(
+            name,
+            "fail",
+            value=0,
+            expected="every trainable parameter",
+            message="the model has no trainable parameters (all requires_grad=False)",
+        )
     loss_fn = loss_fn or nn.CrossEntropyLoss()
     opt = (make_optimizer or _default_optimizer)(m)
     start = {n: p.detach().clone() for n, p in params}
     got: Dict[str, bool] = {n: False for n, _ in params}
     none: Dict[str, bool] = {n: True for n, _ in params}
     nonfinite: List[str] = []
+
     def inspect(loss: torch.Tensor, logits: torch.Tensor) -> bool:
         """Note which parameters got a (finite, non-zero) gradient; False (no update) on NaN/Inf."""
         for n, p in params:
@@ -89,25 +101,47 @@ def grads_flow(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 
     details = {"parameters": total, "steps": steps, "problems": problems}
     expected = "finite, non-zero gradient and an update for every trainable tensor"
     if not problems:
-        return Verdict(name, "pass", value=0, expected=expected, details=details,
-                       message=f"all {total} trainable tensors got a finite, non-zero gradient "
-                               f"and moved within {steps} optimiser step(s)")
+        return Verdict(
+            name,
+            "pass",
+            value=0,
+            expected=expected,
+            details=details,
+            message=f"all {total} trainable tensors got a finite, non-zero gradient "
+            f"and moved within {steps} optimiser step(s)",
+        )
     bad = set(problems)
     dead = _dead_modules(m, bad)
     listed = "; ".join(f"{n}: {why}" for n, why in list(problems.items())[:8])
     more = f" (+{len(problems) - 8} more)" if len(problems) > 8 else ""
     details["dead_modules"] = dead
     if nonfinite or dead or len(bad) == total:
-        what = ("NaN/Inf gradients" if nonfinite else
-                f"whole module(s) get no learning signal: {', '.join(dead[:5]) or 'all'}")
-        return Verdict(name, "fail", value=len(bad), expected=expected, details=details,
-                       message=f"{len(bad)} of {total} trainable tensors: {what}. {listed}{more}")
-    return Verdict(name, "warn", value=len(bad), expected=expected, details=details,
-                   message=f"{len(bad)} of {total} trainable tensors do not learn: {listed}{more}")
+        what = (
+            "NaN/Inf gradients"
+            if nonfinite
+            else f"whole module(s) get no learning signal: {', '.join(dead[:5]) or 'all'}"
+        )
+        return Verdict(
+            name,
+            "fail",
+            value=len(bad),
+            expected=expected,
+            details=details,
+            message=f"{len(bad)} of {total} trainable tensors: {what}. {listed}{more}",
+        )
+    return Verdict(
+        name,
+        "warn",
+        value=len(bad),
+        expected=expected,
+        details=details,
+        message=f"{len(bad)} of {total} trainable tensors do not learn: {listed}{more}",
+    )
 
 
-def batch_independence(model: nn.Module, x: torch.Tensor, examples: Sequence[int] = (0, -1),
-                       rtol: float = 1e-6) -> Verdict:
+def batch_independence(
+    model: nn.Module, x: torch.Tensor, examples: Sequence[int] = (0, -1), rtol: float = 1e-6
+) -> Verdict:
     """train.batch_independence: backprop the output of example i alone to the inputs.
 
     Only row i of the input gradient may be non-zero; anything else means the model mixes
@@ -121,8 +155,12 @@ def batch_independence(model: nn.Module, x: torch.Tensor, examples: Sequence[int
     if B < 2:
         return skip(name, "needs a batch of at least 2 examples")
     bns = batchnorm_layers(model)
-    mode = (f"train mode with its {len(bns)} BatchNorm layer(s) in eval mode (running statistics; "
-            "BatchNorm couples a batch by design in train mode)" if bns else "train mode")
+    mode = (
+        f"train mode with its {len(bns)} BatchNorm layer(s) in eval mode (running statistics; "
+        "BatchNorm couples a batch by design in train mode)"
+        if bns
+        else "train mode"
+    )
     leaks: Dict[int, float] = {}
     self_zero: List[int] = []
     rows = sorted({i % B for i in examples})
@@ -142,7 +180,7 @@ def batch_independence(model: nn.Module, x: torch.Tensor, examples: Sequence[int
                 continue
             per_row = g.detach().abs().flatten(1).amax(1)
             own = float(per_row[i])
-            others = torch.cat([per_row[:i], per_row[i + 1:]])
+            others = torch.cat([per_row[:i], per_row[i + 1 :]])
             worst = float(others.max())
             if not torch.isfinite(per_row).all() or worst > rtol * max(own, 1e-30):
                 leaks[i] = worst / own if own > 0 else float("inf")
@@ -152,15 +190,33 @@ def batch_independence(model: nn.Module, x: torch.Tensor, examples: Sequence[int
     expected = "zero gradient on every other example's input"
     if leaks:
         i, r = next(iter(leaks.items()))
-        return Verdict(name, "fail", value=len(leaks), expected=expected, details=details,
-                       message=f"the output of example {i} has a gradient on other examples' "
-                               f"inputs (largest {r:.3g}x its own): the model mixes information "
-                               "across the batch dimension (a view/reshape/transpose bug?); "
-                               f"ran in {mode}")
+        return Verdict(
+            name,
+            "fail",
+            value=len(leaks),
+            expected=expected,
+            details=details,
+            message=f"the output of example {i} has a gradient on other examples' "
+            f"inputs (largest {r:.3g}x its own): the model mixes information "
+            "across the batch dimension (a view/reshape/transpose bug?); "
+            f"ran in {mode}",
+        )
     if self_zero:
-        return Verdict(name, "warn", value=0, expected=expected, details=details,
-                       message=f"example(s) {self_zero}: the output does not depend on its own "
-                               f"input at all; ran in {mode}")
-    return Verdict(name, "pass", value=0, expected=expected, details=details,
-                   message=f"outputs of examples {rows} depend only on their own inputs "
-                           f"(batch of {B}); ran in {mode}")
+        return Verdict(
+            name,
+            "warn",
+            value=0,
+            expected=expected,
+            details=details,
+            message=f"example(s) {self_zero}: the output does not depend on its own "
+            f"input at all; ran in {mode}",
+        )
+    return Verdict(
+        name,
+        "pass",
+        value=0,
+        expected=expected,
+        details=details,
+        message=f"outputs of examples {rows} depend only on their own inputs "
+        f"(batch of {B}); ran in {mode}",
+    )

@@ -216,9 +216,12 @@ def label_issues_verdict(
     if result.skill < min_skill:
         # a model that cannot learn the labels from pixels disagrees with most of them: its
         # disagreement says nothing about any one label
-        return skip(NAME, f"the cheap model learns too little from pixels to judge single labels "
-                          f"(out-of-sample accuracy {result.accuracy:.3f} vs {result.chance:.3f} "
-                          f"by majority: skill {result.skill:.2f} < {min_skill:g})")
+        return skip(
+            NAME,
+            f"the cheap model learns too little from pixels to judge single labels "
+            f"(out-of-sample accuracy {result.accuracy:.3f} vs {result.chance:.3f} "
+            f"by majority: skill {result.skill:.2f} < {min_skill:g})",
+        )
     expected = f"estimated label noise <= {max_noise_rate:.1%}"
     rows: list[dict[str, Any]] = []
     for it in result.issues[:max_listed]:

@@ -15,6 +15,7 @@ A difference counts ("significant") when it is at least `min_delta` and its p-va
 alpha = 0.159 one-sided (z > 1): a cheap ladder step should be taken on moderate evidence,
 and `min_delta` guards the floor.
 """
+
 from __future__ import annotations
 
 import math
@@ -58,16 +59,26 @@ def _norm_isf(alpha: float) -> float:
     return float(norm.isf(alpha))
 
 
-def same_val_set(acc_a: Optional[float], acc_b: Optional[float], n: int,
-                 min_delta: float = 0.0, alpha: float = ONE_SE_ALPHA) -> Difference:
+def same_val_set(
+    acc_a: Optional[float],
+    acc_b: Optional[float],
+    n: int,
+    min_delta: float = 0.0,
+    alpha: float = ONE_SE_ALPHA,
+) -> Difference:
     """Accuracy b against a, both measured on the same n validation images: a one-sided z-test
     of the gap against its standard error sqrt(2 p (1 - p) / n), p = a's accuracy."""
     if not _finite(acc_a):
         return Difference(None, None, "no result to compare", False)
     if not n or n <= 0:  # no count of val images: no standard error, only the floor
         delta = float(acc_b) - float(acc_a) if _finite(acc_b) else None
-        return Difference(delta, None, f"no val count: gap vs min_delta {min_delta:g}",
-                          delta is not None and delta > min_delta, min_delta)
+        return Difference(
+            delta,
+            None,
+            f"no val count: gap vs min_delta {min_delta:g}",
+            delta is not None and delta > min_delta,
+            min_delta,
+        )
     p = min(max(float(acc_a), 0.0), 1.0)
     se = math.sqrt(2.0 * p * (1.0 - p) / max(int(n), 1))
     threshold = max(min_delta, _norm_isf(alpha) * se)
@@ -82,8 +93,12 @@ def same_val_set(acc_a: Optional[float], acc_b: Optional[float], n: int,
     return Difference(delta, pv, test, delta > threshold, threshold)
 
 
-def paired(correct_a: Sequence[bool], correct_b: Sequence[bool], min_delta: float = 0.0,
-           alpha: float = 0.05) -> Difference:
+def paired(
+    correct_a: Sequence[bool],
+    correct_b: Sequence[bool],
+    min_delta: float = 0.0,
+    alpha: float = 0.05,
+) -> Difference:
     """McNemar's exact test: of the examples exactly one model gets right, does b win more
     often than a coin would? The per-example answers must be on the same examples, in order."""
     from scipy.stats import binomtest
@@ -103,8 +118,13 @@ def paired(correct_a: Sequence[bool], correct_b: Sequence[bool], min_delta: floa
     return Difference(delta, pv, test, delta >= min_delta and delta > 0 and pv <= alpha)
 
 
-def across_seeds(a: Sequence[float], b: Sequence[float], min_delta: float = 0.0,
-                 alpha: float = 0.05, two_sided: bool = False) -> Difference:
+def across_seeds(
+    a: Sequence[float],
+    b: Sequence[float],
+    min_delta: float = 0.0,
+    alpha: float = 0.05,
+    two_sided: bool = False,
+) -> Difference:
     """Mean of b against mean of a over seeds: Welch's t-test (unequal variances). Fewer than
     two finite values on a side: the spread is unknown and nothing counts as significant.
     `two_sided`: the p-value of "they differ" rather than "b is better"."""
@@ -114,8 +134,7 @@ def across_seeds(a: Sequence[float], b: Sequence[float], min_delta: float = 0.0,
         return Difference(None, None, "no result to compare", False)
     delta = sum(ys) / len(ys) - sum(xs) / len(xs)
     if len(xs) < 2 or len(ys) < 2:
-        return Difference(delta, None, f"seeds {len(xs)} vs {len(ys)}: too few for a spread",
-                          False)
+        return Difference(delta, None, f"seeds {len(xs)} vs {len(ys)}: too few for a spread", False)
     from scipy.stats import ttest_ind
 
     alt = "two-sided" if two_sided else "greater"
@@ -124,6 +143,9 @@ def across_seeds(a: Sequence[float], b: Sequence[float], min_delta: float = 0.0,
     if not math.isfinite(pv):  # both sides without spread: only the gap itself tells
         pv = 0.0 if (delta != 0 if two_sided else delta > 0) else 1.0
     size = abs(delta) if two_sided else delta
-    return Difference(delta, pv, f"Welch's t-test over {len(xs)} vs {len(ys)} seeds"
-                      + (" (two-sided)" if two_sided else ""), size >= min_delta and pv <= alpha
-                      and size > 0)
+    return Difference(
+        delta,
+        pv,
+        f"Welch's t-test over {len(xs)} vs {len(ys)} seeds" + (" (two-sided)" if two_sided else ""),
+        size >= min_delta and pv <= alpha and size > 0,
+    )

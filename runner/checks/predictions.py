@@ -5,6 +5,7 @@ predicted class probabilities over training: they should settle, not jitter or c
 and stage 1's "look at the mispredictions and highest-loss examples": a confusion matrix
 and the top-loss validation images with true/predicted labels.
 """
+
 from __future__ import annotations
 
 from typing import List, Optional, Sequence
@@ -27,9 +28,14 @@ def fixed_examples(targets: torch.Tensor, num_classes: int, k: int = 8) -> List[
     return picked
 
 
-def prediction_dynamics(epochs: Sequence[int], probs: Sequence[torch.Tensor], targets: torch.Tensor,
-                        indices: Sequence[int], class_names: Optional[Sequence[str]] = None,
-                        max_lines: int = 6):
+def prediction_dynamics(
+    epochs: Sequence[int],
+    probs: Sequence[torch.Tensor],
+    targets: torch.Tensor,
+    indices: Sequence[int],
+    class_names: Optional[Sequence[str]] = None,
+    max_lines: int = 6,
+):
     """One panel per fixed example: its predicted class probabilities at every epoch.
 
     `probs[e]` is [len(indices), C], the softmax outputs for `indices` after epoch
@@ -40,8 +46,9 @@ def prediction_dynamics(epochs: Sequence[int], probs: Sequence[torch.Tensor], ta
     n = len(indices)
     ncol = min(4, n)
     nrow = (n + ncol - 1) // ncol
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.1 * ncol, 2.3 * nrow), squeeze=False,
-                             sharex=True, sharey=True)
+    fig, axes = plt.subplots(
+        nrow, ncol, figsize=(3.1 * ncol, 2.3 * nrow), squeeze=False, sharex=True, sharey=True
+    )
     P = torch.stack([p.float().cpu() for p in probs])  # [E, n, C]
     C = P.shape[-1]
     names = list(class_names) if class_names else [str(c) for c in range(C)]
@@ -56,8 +63,11 @@ def prediction_dynamics(epochs: Sequence[int], probs: Sequence[torch.Tensor], ta
             colour = "#cf222e" if c == final else "#aaaaaa"
             ax.plot(epochs, P[:, k, c].numpy(), color=colour, lw=1.6 if c == final else 1.0)
         ax.plot(epochs, P[:, k, t].numpy(), color="#1a7f37", lw=2.4)
-        ax.set_title(f"val #{idx}: true {names[t]}, pred {names[final]}", fontsize=8,
-                     color="black" if final == t else "#cf222e")
+        ax.set_title(
+            f"val #{idx}: true {names[t]}, pred {names[final]}",
+            fontsize=8,
+            color="black" if final == t else "#cf222e",
+        )
         ax.set_ylim(-0.02, 1.02)
     for k in range(n, nrow * ncol):
         axes[k // ncol][k % ncol].set_axis_off()
@@ -65,8 +75,11 @@ def prediction_dynamics(epochs: Sequence[int], probs: Sequence[torch.Tensor], ta
         ax.set_xlabel("epoch")
     for row in axes:
         row[0].set_ylabel("predicted prob.")
-    fig.suptitle("Prediction dynamics: fixed validation examples (green = true class, "
-                 "red = final wrong prediction)", fontsize=10)
+    fig.suptitle(
+        "Prediction dynamics: fixed validation examples (green = true class, "
+        "red = final wrong prediction)",
+        fontsize=10,
+    )
     fig.tight_layout()
     return fig
 
@@ -74,8 +87,9 @@ def prediction_dynamics(epochs: Sequence[int], probs: Sequence[torch.Tensor], ta
 def confusion(logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
     """[C, C] counts, rows = true class, columns = predicted class."""
     pred = logits.argmax(1)
-    return torch.bincount(targets.long() * num_classes + pred, minlength=num_classes ** 2) \
-        .view(num_classes, num_classes)
+    return torch.bincount(targets.long() * num_classes + pred, minlength=num_classes**2).view(
+        num_classes, num_classes
+    )
 
 
 def confusion_figure(cm: torch.Tensor, class_names: Optional[Sequence[str]] = None):
@@ -90,13 +104,23 @@ def confusion_figure(cm: torch.Tensor, class_names: Optional[Sequence[str]] = No
             for j in range(C):
                 v = int(cm[i, j])
                 if v:
-                    ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
-                            color="white" if v > thresh else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(v),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if v > thresh else "black",
+                    )
         ax.set_xticks(range(C), names, rotation=90 if C > 10 else 0, fontsize=7)
         ax.set_yticks(range(C), names, fontsize=7)
     acc = float(cm.diag().sum()) / max(int(cm.sum()), 1)
-    ax.set(xlabel="predicted class", ylabel="true class",
-           title=f"Confusion matrix, validation set ({int(cm.sum())} images, acc {100 * acc:.2f}%)")
+    ax.set(
+        xlabel="predicted class",
+        ylabel="true class",
+        title=f"Confusion matrix, validation set ({int(cm.sum())} images, acc {100 * acc:.2f}%)",
+    )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="images")
     fig.tight_layout()
     return fig
@@ -109,9 +133,16 @@ def top_losses(logits: torch.Tensor, targets: torch.Tensor, k: int = 16):
     return idx.tolist(), vals.tolist()
 
 
-def top_loss_figure(images: torch.Tensor, mean, std, indices: Sequence[int],
-                    losses: Sequence[float], logits: torch.Tensor, targets: torch.Tensor,
-                    class_names: Optional[Sequence[str]] = None):
+def top_loss_figure(
+    images: torch.Tensor,
+    mean,
+    std,
+    indices: Sequence[int],
+    losses: Sequence[float],
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    class_names: Optional[Sequence[str]] = None,
+):
     """The top-loss validation images (de-normalised) captioned true/predicted (p) and loss."""
     names = list(class_names) if class_names else [str(c) for c in range(logits.shape[1])]
     probs = logits.float().softmax(1)
@@ -120,6 +151,10 @@ def top_loss_figure(images: torch.Tensor, mean, std, indices: Sequence[int],
         t, p = int(targets[i]), int(probs[i].argmax())
         titles.append(f"{names[t]}->{names[p]} {float(probs[i, p]):.2f}\nloss {loss:.2f}")
         colours.append("#cf222e" if p != t else "black")
-    return image_grid(denormalise(images, mean, std), titles,
-                      "Top-loss validation examples (true -> predicted, its probability; loss)",
-                      ncol=8, title_colors=colours)
+    return image_grid(
+        denormalise(images, mean, std),
+        titles,
+        "Top-loss validation examples (true -> predicted, its probability; loss)",
+        ncol=8,
+        title_colors=colours,
+    )

@@ -5,6 +5,7 @@ about), which updates BatchNorm running statistics and draws dropout masks from 
 RNG. `preserved` puts buffers, train/eval flags and the RNG back afterwards, so running a
 check never changes the model or the random stream of the run that follows.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -1,5 +1,6 @@
 """regularize.first_layer: the recipe's "visualise the first layer's weights": clean edges and
 blobs, not noise. Plots the first conv's filters and judges their smoothness."""
+
 from __future__ import annotations
 
 import math
@@ -73,21 +74,29 @@ def first_layer_verdict(model, min_corr: float, min_kernel: int = 5) -> Verdict:
     fig = first_layer_figure(w, f"first-layer filters {tuple(w.shape)}, neighbour corr {corr:.2f}")
     expected = f"mean neighbour correlation >= {min_corr:g}"
     if max(k) < min_kernel:
-        v = Verdict(name, "skip", value=corr, expected=expected,
-                    message=f"{k[0]}x{k[1]} first-layer kernels are too small to judge by "
-                            f"neighbour correlation (needs >= {min_kernel}); see the plot",
-                    details={"shape": list(w.shape)})
+        v = Verdict(
+            name,
+            "skip",
+            value=corr,
+            expected=expected,
+            message=f"{k[0]}x{k[1]} first-layer kernels are too small to judge by "
+            f"neighbour correlation (needs >= {min_kernel}); see the plot",
+            details={"shape": list(w.shape)},
+        )
         v.figures["filters"] = fig
         return v
     if math.isfinite(corr) and corr >= min_corr:
         status, msg = "pass", f"the {w.shape[0]} filters ({k[0]}x{k[1]}) look smooth/structured"
     else:
         status = "warn"
-        msg = (f"the first-layer filters look like noise (neighbour correlation {corr:.3f}): "
-               "train longer, lower the lr, or add weight decay/augmentation; small kernels "
-               "(3x3 stems) show less structure")
-    v = Verdict(name, status, value=corr, expected=expected, message=msg,
-                details={"shape": list(w.shape)})
+        msg = (
+            f"the first-layer filters look like noise (neighbour correlation {corr:.3f}): "
+            "train longer, lower the lr, or add weight decay/augmentation; small kernels "
+            "(3x3 stems) show less structure"
+        )
+    v = Verdict(
+        name, status, value=corr, expected=expected, message=msg, details={"shape": list(w.shape)}
+    )
     v.figures["filters"] = fig
     return v
 

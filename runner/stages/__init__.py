@@ -6,6 +6,7 @@ are light (torch loads inside their functions), so the CLI can register every st
 Lineage, the recipe and the app ask this registry and each stage's module; none of them
 switches on a stage's name. tests/test_stages.py keeps it in sync with conf/stage/*.yaml.
 """
+
 from __future__ import annotations
 
 STAGES = {

@@ -6,6 +6,7 @@ cheap checks on the untrained model first, then the real run, then the checks th
 it, then the evidence a person looks at (prediction dynamics, confusion, top losses).
 Every check is switched and tuned under `checks.<name with '.' -> '_'>`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -16,8 +17,8 @@ import time
 from typing import TYPE_CHECKING, Dict, List, Tuple
 
 from runner.checks import Verdict, skip
-from runner.stages import train
 from runner.report import Figure, Section, Table, Text
+from runner.stages import train
 from runner.stages.protocol import Context, Headline, StageResult, run_check
 
 if TYPE_CHECKING:
@@ -40,8 +41,10 @@ def headline(run_dir, own=()) -> Headline:
     s = read_json(run_dir / "summary.json") or {}
     what = f"{s.get('model', '?')}, {s.get('epochs', '?')} epochs"
     more = train.changed(run_dir, s, own)
-    return Headline(s.get("best_val_acc", s.get("val_acc")),
-                    what if more == what else f"{what} {more}")
+    return Headline(
+        s.get("best_val_acc", s.get("val_acc")), what if more == what else f"{what} {more}"
+    )
+
 
 def run(cfg, ctx: Context) -> StageResult:
     from runner.checks.baselines import majority_accuracy
@@ -64,15 +67,19 @@ def run(cfg, ctx: Context) -> StageResult:
 
     verdicts = checks_before_training(cfg, ctx, data, model, train_loader, x, y, device)
     log.info("train: the skeleton, end to end")
-    res = train_run(cfg, ctx, data=data, model=model, keep_val_logits=cfg.checks.predictions.enabled)
+    res = train_run(
+        cfg, ctx, data=data, model=model, keep_val_logits=cfg.checks.predictions.enabled
+    )
     verdicts += checks_after_training(cfg, ctx, data, res, verdicts, device)
 
     majority = majority_accuracy(data.train.labels, data.val.labels, data.num_classes)
     ii = next((v for v in verdicts if v.name == "baseline.input_independent"), None)
-    baselines = {"majority_acc": majority,
-                 "zero_input_acc": ii.details.get("zero_input_acc") if ii else None,
-                 "human_baseline": cfg.human_baseline,
-                 "model_acc": res.history[-1]["val_acc"] if res.history else None}
+    baselines = {
+        "majority_acc": majority,
+        "zero_input_acc": ii.details.get("zero_input_acc") if ii else None,
+        "human_baseline": cfg.human_baseline,
+        "model_acc": res.history[-1]["val_acc"] if res.history else None,
+    }
     sections = [Section("Baselines", [_baselines_table(baselines)])]
     seconds = {v.name: round(v.seconds, 3) for v in verdicts if v.seconds is not None}
     if cfg.checks.predictions.enabled and res.records:
@@ -81,8 +88,9 @@ def run(cfg, ctx: Context) -> StageResult:
         sections += predictions_sections(data, res, cfg.checks.predictions)
         seconds["predictions"] = round(time.perf_counter() - t0, 3)
     sections.append(Section("Check cost", [_cost_table(seconds)]))
-    summary = summary_of(cfg, ctx, res, verdicts,
-                         {"baselines": baselines, "check_seconds": seconds})
+    summary = summary_of(
+        cfg, ctx, res, verdicts, {"baselines": baselines, "check_seconds": seconds}
+    )
     return result_of(res, verdicts, summary, sections=sections)
 
 
@@ -96,8 +104,15 @@ def _import_now() -> None:
 
 def _pool_size(cfg) -> int:
     c = cfg.checks
-    return int(max(c.init_loss.examples, c.input_stats.show, c.baseline_overfit_batch.examples,
-                   c.train_batch_independence.examples, cfg.trainer.batch_size))
+    return int(
+        max(
+            c.init_loss.examples,
+            c.input_stats.show,
+            c.baseline_overfit_batch.examples,
+            c.train_batch_independence.examples,
+            cfg.trainer.batch_size,
+        )
+    )
 
 
 def checks_before_training(cfg, ctx, data, model, train_loader, x, y, device) -> List[Verdict]:
@@ -114,48 +129,110 @@ def checks_before_training(cfg, ctx, data, model, train_loader, x, y, device) ->
     from runner.optim import build_optimizer
 
     c, out = cfg.checks, []
-    batch = (x[:cfg.trainer.batch_size], y[:cfg.trainer.batch_size])
+    batch = (x[: cfg.trainer.batch_size], y[: cfg.trainer.batch_size])
     prior = data.class_prior().to(device)
     n_init = int(c.init_loss.examples)
 
     # look at the exact tensors that go into model(x)
     log.info("check: input.stats (the first training batch, as model(x) sees it)")
-    out.append(run_check(c, "input.stats", lambda s: input_stats(
-        *batch, data.mean, data.std, data.class_names, max_abs_warn=float(s.max_abs_warn),
-        max_abs_fail=float(s.max_abs_fail), show=int(s.show))))
+    out.append(
+        run_check(
+            c,
+            "input.stats",
+            lambda s: input_stats(
+                *batch,
+                data.mean,
+                data.std,
+                data.class_names,
+                max_abs_warn=float(s.max_abs_warn),
+                max_abs_fail=float(s.max_abs_fail),
+                show=int(s.show),
+            ),
+        )
+    )
     # pretrained weights want the input statistics they were trained with
     log.info("check: input.pretrained_norm (mean/std/size vs the pretrained config)")
-    out.append(run_check(c, "input.pretrained_norm", lambda s: _pretrained_norm(cfg, data, model, s)))
+    out.append(
+        run_check(c, "input.pretrained_norm", lambda s: _pretrained_norm(cfg, data, model, s))
+    )
     # the untrained model: loss at init, then init the final bias well
     log.info("check: init.loss (untrained model on %d examples vs log C)", min(n_init, len(y)))
-    out.append(run_check(c, "init.loss", lambda s: init_loss(
-        model, x[:n_init], y[:n_init], prior, tolerance=float(s.tolerance))))
+    out.append(
+        run_check(
+            c,
+            "init.loss",
+            lambda s: init_loss(model, x[:n_init], y[:n_init], prior, tolerance=float(s.tolerance)),
+        )
+    )
     log.info("check: init.bias (final bias := log class prior, kept for the real run)")
-    out.append(run_check(c, "init.bias", lambda s: init_bias(
-        model, x[:n_init], y[:n_init], prior, tolerance=float(s.tolerance))))
+    out.append(
+        run_check(
+            c,
+            "init.bias",
+            lambda s: init_bias(model, x[:n_init], y[:n_init], prior, tolerance=float(s.tolerance)),
+        )
+    )
     # backprop as a probe: every parameter learns, examples stay apart
-    log.info("check: train.grads_flow (%d optimiser steps on a copy of the model)",
-             int(c.train_grads_flow.steps))
-    out.append(run_check(c, "train.grads_flow", lambda s: grads_flow(
-        model, *batch, steps=int(s.steps), make_optimizer=lambda m: build_optimizer(cfg.optim, m))))
+    log.info(
+        "check: train.grads_flow (%d optimiser steps on a copy of the model)",
+        int(c.train_grads_flow.steps),
+    )
+    out.append(
+        run_check(
+            c,
+            "train.grads_flow",
+            lambda s: grads_flow(
+                model,
+                *batch,
+                steps=int(s.steps),
+                make_optimizer=lambda m: build_optimizer(cfg.optim, m),
+            ),
+        )
+    )
     k = int(c.train_batch_independence.examples)
     log.info("check: train.batch_independence (backprop one example's output to %d inputs)", k)
-    out.append(run_check(c, "train.batch_independence", lambda s: batch_independence(
-        model, x[:k], examples=(0, k // 2, -1))))
+    out.append(
+        run_check(
+            c,
+            "train.batch_independence",
+            lambda s: batch_independence(model, x[:k], examples=(0, k // 2, -1)),
+        )
+    )
     # overfit one small batch
     s = c.baseline_overfit_batch
-    log.info("check: baseline.overfit_batch (%d examples, up to %d steps)", int(s.examples),
-             int(s.steps))
-    out.append(run_check(c, "baseline.overfit_batch", lambda s: overfit_batch(
-        model, x[:int(s.examples)], y[:int(s.examples)], steps=int(s.steps), lr=float(s.lr),
-        loss_below=float(s.loss_below))))
+    log.info(
+        "check: baseline.overfit_batch (%d examples, up to %d steps)", int(s.examples), int(s.steps)
+    )
+    out.append(
+        run_check(
+            c,
+            "baseline.overfit_batch",
+            lambda s: overfit_batch(
+                model,
+                x[: int(s.examples)],
+                y[: int(s.examples)],
+                steps=int(s.steps),
+                lr=float(s.lr),
+                loss_below=float(s.loss_below),
+            ),
+        )
+    )
     # fix the seed: two short runs give the same losses
     log.info("check: seed.determinism (two short runs from seed %d)", cfg.seed)
-    out.append(run_check(c, "seed.determinism", lambda s: seed_determinism(
-        lambda: build_model(cfg.model, data.num_classes, data.in_chans,
-                            ctx.original_cwd).to(device),
-        lambda m: build_optimizer(cfg.optim, m),
-        list(itertools.islice(train_loader.epoch(0), int(s.steps))), cfg.seed)))
+    out.append(
+        run_check(
+            c,
+            "seed.determinism",
+            lambda s: seed_determinism(
+                lambda: build_model(
+                    cfg.model, data.num_classes, data.in_chans, ctx.original_cwd
+                ).to(device),
+                lambda m: build_optimizer(cfg.optim, m),
+                list(itertools.islice(train_loader.epoch(0), int(s.steps))),
+                cfg.seed,
+            ),
+        )
+    )
     return out
 
 
@@ -168,20 +245,44 @@ def checks_after_training(cfg, ctx, data, res, before: List[Verdict], device) ->
     log.info("check: train.finite (no NaN/Inf loss in the real run)")
     out.append(run_check(c, "train.finite", lambda s: train_finite(res.nonfinite, res.state.step)))
     log.info("check: baseline.input_independent (the same model trained on zeroed inputs)")
-    out.append(run_check(c, "baseline.input_independent",
-                         lambda s: _input_independent(cfg, ctx, data, device, res, s)))
+    out.append(
+        run_check(
+            c,
+            "baseline.input_independent",
+            lambda s: _input_independent(cfg, ctx, data, device, res, s),
+        )
+    )
     log.info("check: eval.repeatable (the same val examples evaluated twice in eval mode)")
-    out.append(run_check(c, "eval.repeatable", lambda s: eval_repeatable(
-        res.model, data.val.get, range(min(int(s.examples), len(data.val))), res.device,
-        batch_size=cfg.trainer.batch_size, atol=float(s.atol))))
+    out.append(
+        run_check(
+            c,
+            "eval.repeatable",
+            lambda s: eval_repeatable(
+                res.model,
+                data.val.get,
+                range(min(int(s.examples), len(data.val))),
+                res.device,
+                batch_size=cfg.trainer.batch_size,
+                atol=float(s.atol),
+            ),
+        )
+    )
     log.info("check: train.split_labels (val at chance while train is learned = a label mix-up)")
     out.append(run_check(c, "train.split_labels", lambda s: _split_labels(data, res, s)))
     log.info("check: train.loss_decreases (training loss over the run, from the loss at init)")
-    init = next((v for v in before if v.name == "init.bias" and v.status != "skip"), None) \
-        or next((v for v in before if v.name == "init.loss" and v.status != "skip"), None)
+    init = next((v for v in before if v.name == "init.bias" and v.status != "skip"), None) or next(
+        (v for v in before if v.name == "init.loss" and v.status != "skip"), None
+    )
     initial = init.value if init is not None and isinstance(init.value, float) else None
-    out.append(run_check(c, "train.loss_decreases", lambda s: loss_decreases(
-        [r["train_loss"] for r in res.history], initial=initial, min_drop=float(s.min_drop))))
+    out.append(
+        run_check(
+            c,
+            "train.loss_decreases",
+            lambda s: loss_decreases(
+                [r["train_loss"] for r in res.history], initial=initial, min_drop=float(s.min_drop)
+            ),
+        )
+    )
     return out
 
 
@@ -194,9 +295,15 @@ def _pretrained_norm(cfg, data, model, s) -> Verdict:
         from timm.data import resolve_model_data_config
 
         pcfg = resolve_model_data_config(model)
-    return pretrained_norm(pcfg, data.mean, data.std, data.image_size,
-                           pretrained=bool(cfg.model.pretrained), tolerance=float(s.tolerance),
-                           check_size=bool(s.check_size))
+    return pretrained_norm(
+        pcfg,
+        data.mean,
+        data.std,
+        data.image_size,
+        pretrained=bool(cfg.model.pretrained),
+        tolerance=float(s.tolerance),
+        check_size=bool(s.check_size),
+    )
 
 
 def _split_labels(data, res, s) -> Verdict:
@@ -210,9 +317,16 @@ def _split_labels(data, res, s) -> Verdict:
     rec = next((r for r in reversed(res.records) if r.val_logits is not None), None)
     labels = rec.val_targets.tolist() if rec is not None else data.val.labels.tolist()
     preds = rec.val_logits.argmax(1).tolist() if rec is not None else None
-    return split_labels(last["train_acc"], last["val_acc"], data.num_classes, labels, preds,
-                        min_train_acc=float(s.min_train_acc), margin=float(s.margin),
-                        min_share=float(s.min_share))
+    return split_labels(
+        last["train_acc"],
+        last["val_acc"],
+        data.num_classes,
+        labels,
+        preds,
+        min_train_acc=float(s.min_train_acc),
+        margin=float(s.margin),
+        min_share=float(s.min_share),
+    )
 
 
 def first_examples(loader, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -245,13 +359,27 @@ def _input_independent(cfg, ctx, data, device, res, s) -> Verdict:
     zmodel = build_model(cfg.model, data.num_classes, data.in_chans, ctx.original_cwd).to(device)
     if cfg.checks.init_bias.enabled:
         _set_log_prior_bias(zmodel, data.class_prior())
-    zres = train_run(zcfg, ctx, data=data, zero_inputs=True, save_checkpoints=False,
-                     model=zmodel, write_metrics=False)
+    zres = train_run(
+        zcfg,
+        ctx,
+        data=data,
+        zero_inputs=True,
+        save_checkpoints=False,
+        model=zmodel,
+        write_metrics=False,
+    )
     zero = zres.history[-1] if zres.history else {"val_acc": math.nan, "val_loss": math.nan}
     last = res.history[-1]
     majority = majority_accuracy(data.train.labels, data.val.labels, data.num_classes)
-    return input_independent(last["val_acc"], last["val_loss"], zero["val_acc"], zero["val_loss"],
-                             majority, cfg.human_baseline, margin=float(s.margin))
+    return input_independent(
+        last["val_acc"],
+        last["val_loss"],
+        zero["val_acc"],
+        zero["val_loss"],
+        majority,
+        cfg.human_baseline,
+        margin=float(s.margin),
+    )
 
 
 def _set_log_prior_bias(model, prior) -> None:
@@ -267,8 +395,14 @@ def _set_log_prior_bias(model, prior) -> None:
 
 def predictions_sections(data, res, s) -> List[Section]:
     """Prediction dynamics, confusion matrix and top-loss examples (figures as data)."""
-    from runner.checks.predictions import (confusion, confusion_figure, fixed_examples,
-                                           prediction_dynamics, top_loss_figure, top_losses)
+    from runner.checks.predictions import (
+        confusion,
+        confusion_figure,
+        fixed_examples,
+        prediction_dynamics,
+        top_loss_figure,
+        top_losses,
+    )
 
     recs = [r for r in res.records if r.val_logits is not None]
     if not recs:
@@ -279,26 +413,47 @@ def predictions_sections(data, res, s) -> List[Section]:
     idx = fixed_examples(targets, data.num_classes, int(s.examples))
     probs = [r.val_logits[idx].float().softmax(1) for r in recs]
     fig = prediction_dynamics([r.epoch for r in recs], probs, targets, idx, data.class_names)
-    out.append(Section("Prediction dynamics", [
-        Figure(fig, "prediction_dynamics"),
-        Text("Predicted probabilities of fixed validation examples after each epoch: they "
-             "should settle on the true class, not jitter or collapse.", note=True)]))
+    out.append(
+        Section(
+            "Prediction dynamics",
+            [
+                Figure(fig, "prediction_dynamics"),
+                Text(
+                    "Predicted probabilities of fixed validation examples after each epoch: they "
+                    "should settle on the true class, not jitter or collapse.",
+                    note=True,
+                ),
+            ],
+        )
+    )
     cm = confusion(logits, targets, data.num_classes)
-    out.append(Section("Confusion matrix", [Figure(confusion_figure(cm, data.class_names),
-                                                   "confusion_matrix")]))
+    out.append(
+        Section(
+            "Confusion matrix", [Figure(confusion_figure(cm, data.class_names), "confusion_matrix")]
+        )
+    )
     top, losses = top_losses(logits, targets, int(s.top_losses))
     # the val loader is unshuffled, so row i is val example i (unless unreadable files were skipped)
-    aligned = len(targets) == len(data.val) and \
-        bool((data.val.labels.cpu()[top] == targets[top]).all())
+    aligned = len(targets) == len(data.val) and bool(
+        (data.val.labels.cpu()[top] == targets[top]).all()
+    )
     if aligned and top:
         xs, _ = data.val.get(top)
         names = data.class_names
         fig = top_loss_figure(xs, data.mean, data.std, top, losses, logits, targets, names)
-        rows = [{"val index": i, "file": data.val.name(i), "true": names[int(targets[i])],
-                 "predicted": names[int(logits[i].argmax())], "loss": loss}
-                for i, loss in zip(top, losses)]
-        out.append(Section("Top-loss validation examples", [Figure(fig, "top_losses"),
-                                                            Table(rows)]))
+        rows = [
+            {
+                "val index": i,
+                "file": data.val.name(i),
+                "true": names[int(targets[i])],
+                "predicted": names[int(logits[i].argmax())],
+                "loss": loss,
+            }
+            for i, loss in zip(top, losses)
+        ]
+        out.append(
+            Section("Top-loss validation examples", [Figure(fig, "top_losses"), Table(rows)])
+        )
     else:
         why = "validation predictions do not line up with the split (unreadable files skipped?)"
         out.append(Section("Top-loss validation examples", [Text(f"{why}: no images", note=True)]))
@@ -306,11 +461,15 @@ def predictions_sections(data, res, s) -> List[Section]:
 
 
 def _baselines_table(b: Dict) -> Table:
-    rows = [{"what": "majority class (always the most frequent training class)",
-             "val acc": b["majority_acc"]},
-            {"what": "same model, zeroed inputs", "val acc": b["zero_input_acc"]},
-            {"what": "model", "val acc": b["model_acc"]},
-            {"what": "human (human_baseline)", "val acc": b["human_baseline"]}]
+    rows = [
+        {
+            "what": "majority class (always the most frequent training class)",
+            "val acc": b["majority_acc"],
+        },
+        {"what": "same model, zeroed inputs", "val acc": b["zero_input_acc"]},
+        {"what": "model", "val acc": b["model_acc"]},
+        {"what": "human (human_baseline)", "val acc": b["human_baseline"]},
+    ]
     return Table(rows)
 
 

@@ -5,6 +5,7 @@ data, the model, the optimiser and schedule, (resume,) train with the one loop, 
 as it goes (on a background thread), then hand back what happened. Stages add their
 checks and report sections.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +23,15 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from runner.checkpoint import (CheckpointWriter, best_checkpoint, find_resume_checkpoint,
-                               load_checkpoint, make_checkpoint, restore, weights_of)
+from runner.checkpoint import (
+    CheckpointWriter,
+    best_checkpoint,
+    find_resume_checkpoint,
+    load_checkpoint,
+    make_checkpoint,
+    restore,
+    weights_of,
+)
 from runner.checks import Verdict
 from runner.data import DataBundle, build_data, train_transform
 from runner.distributed import from_env
@@ -62,9 +70,13 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("cuda")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("trainer.device='cuda' but no CUDA device is visible; use trainer.device=auto or cpu")
+        raise ConfigError(
+            "trainer.device='cuda' but no CUDA device is visible; use trainer.device=auto or cpu"
+        )
     if name == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise ConfigError("trainer.device='mps' but MPS is not available; use trainer.device=auto or cpu")
+        raise ConfigError(
+            "trainer.device='mps' but MPS is not available; use trainer.device=auto or cpu"
+        )
     return torch.device(name)
 
 
@@ -82,8 +94,10 @@ def setup_runtime(cfg) -> torch.device:
     if device.type == "cuda" and dist_info.enabled:
         device = torch.device("cuda", dist_info.local_rank)
     if t.precision == "fp16" and device.type != "cuda":
-        raise ConfigError(f"trainer.precision='fp16' needs CUDA (device is {device.type}); "
-                          "use bf16 or fp32 on CPU")
+        raise ConfigError(
+            f"trainer.precision='fp16' needs CUDA (device is {device.type}); "
+            "use bf16 or fp32 on CPU"
+        )
     # DDP ranks share the machine's cores instead of each taking all of them
     threads = t.threads or max(1, (os.cpu_count() or 1) // dist_info.world)
     torch.set_num_threads(threads)
@@ -104,19 +118,38 @@ def provenance(cfg, original_cwd: str, data: DataBundle, device: torch.device) -
             versions[pkg] = None
     git = None
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=original_cwd, capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=original_cwd,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         if out.returncode == 0:
-            dirty = subprocess.run(["git", "status", "--porcelain"], cwd=original_cwd,
-                                   capture_output=True, text=True, timeout=5).stdout.strip() != ""
+            dirty = (
+                subprocess.run(
+                    ["git", "status", "--porcelain"],
+                    cwd=original_cwd,
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                ).stdout.strip()
+                != ""
+            )
             git = {"commit": out.stdout.strip(), "dirty": dirty, "repo": original_cwd}
     except (OSError, subprocess.SubprocessError):
         pass
     return {
-        "versions": versions, "python": platform.python_version(), "git": git,
-        "data_fingerprint": data.fingerprint, "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(), "hostname": platform.node(),
+        "versions": versions,
+        "python": platform.python_version(),
+        "git": git,
+        "data_fingerprint": data.fingerprint,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "hostname": platform.node(),
     }
 
 
@@ -125,9 +158,15 @@ def build_data_for(cfg, ctx: Context) -> DataBundle:
     log.info("data: %s", cfg.data.kind)
     # the model node: a pretrained model's own mean/std when data.mean/std are null
     data = build_data(cfg.data, ctx.original_cwd, model=cfg.model)
-    log.info("data: %d train / %d val images, %d classes, %d channel(s), %dx%d px",
-             len(data.train), len(data.val), data.num_classes, data.in_chans, data.image_size,
-             data.image_size)
+    log.info(
+        "data: %d train / %d val images, %d classes, %d channel(s), %dx%d px",
+        len(data.train),
+        len(data.val),
+        data.num_classes,
+        data.in_chans,
+        data.image_size,
+        data.image_size,
+    )
     return data
 
 
@@ -136,8 +175,9 @@ def build_model_for(cfg, data: DataBundle, ctx: Context, device: torch.device) -
     model = model.to(device)
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    log.info("model: %s, %s parameters", cfg.model._target_ or cfg.model.name,
-             f"{count_params(model):,}")
+    log.info(
+        "model: %s, %s parameters", cfg.model._target_ or cfg.model.name, f"{count_params(model):,}"
+    )
     return model
 
 
@@ -145,17 +185,36 @@ def loaders(cfg, data: DataBundle, device: torch.device, zero_inputs: bool = Fal
     t, d = cfg.trainer, cfg.data
     di = from_env()
     if t.batch_size % di.world:
-        raise ConfigError(f"trainer.batch_size={t.batch_size} must be divisible by the "
-                          f"{di.world} DDP processes (it is the global batch)")
+        raise ConfigError(
+            f"trainer.batch_size={t.batch_size} must be divisible by the "
+            f"{di.world} DDP processes (it is the global batch)"
+        )
     aug_tf = train_transform(cfg.aug, data.image_size, data.mean, data.std)
     mixup = cfg.aug.mixup_alpha > 0 or cfg.aug.cutmix_alpha > 0
-    train_loader = data.train.loader(t.batch_size, True, cfg.seed, device, train=True,
-                                     num_workers=d.num_workers, drop_last=mixup,
-                                     zero_inputs=zero_inputs, aug_transform=aug_tf,
-                                     rank=di.rank, world=di.world)
-    val_loader = data.val.loader(t.batch_size * 2, False, cfg.seed, device, train=False,
-                                 num_workers=d.num_workers, zero_inputs=zero_inputs,
-                                 rank=di.rank, world=di.world)
+    train_loader = data.train.loader(
+        t.batch_size,
+        True,
+        cfg.seed,
+        device,
+        train=True,
+        num_workers=d.num_workers,
+        drop_last=mixup,
+        zero_inputs=zero_inputs,
+        aug_transform=aug_tf,
+        rank=di.rank,
+        world=di.world,
+    )
+    val_loader = data.val.loader(
+        t.batch_size * 2,
+        False,
+        cfg.seed,
+        device,
+        train=False,
+        num_workers=d.num_workers,
+        zero_inputs=zero_inputs,
+        rank=di.rank,
+        world=di.world,
+    )
     return train_loader, val_loader
 
 
@@ -185,8 +244,10 @@ class _StopOnSignal:
                 return
             raise KeyboardInterrupt  # a second Ctrl-C: stop now
         self.signum, self._at = signum, now
-        log.warning("signal %d: stopping after this step and saving a checkpoint "
-                    "(again to stop at once)", signum)
+        log.warning(
+            "signal %d: stopping after this step and saving a checkpoint (again to stop at once)",
+            signum,
+        )
 
     def requested(self) -> bool:
         return self.signum is not None
@@ -203,9 +264,9 @@ class _StopOnSignal:
         self._old.clear()
 
 
-
-def init_weights(model: torch.nn.Module, spec: str, original_cwd: str,
-                 optional: bool = False) -> Optional[Path]:
+def init_weights(
+    model: torch.nn.Module, spec: str, original_cwd: str, optional: bool = False
+) -> Optional[Path]:
     """`init_from=<run dir or .pt>`: load only the model weights (a warm start).
 
     `optional` (a warm start `from=` chose, not the user): weights that do not fit this model
@@ -221,8 +282,10 @@ def init_weights(model: torch.nn.Module, spec: str, original_cwd: str,
             except ConfigError:
                 weights = None
             if weights is None:
-                raise ConfigError(f"init_from={spec!r}: no checkpoints/best.pt or last.pt in {p}, "
-                                  "and it is no ladder, study, squeeze or recipe run with one")
+                raise ConfigError(
+                    f"init_from={spec!r}: no checkpoints/best.pt or last.pt in {p}, "
+                    "and it is no ladder, study, squeeze or recipe run with one"
+                )
         p = weights
     if not p.is_file():
         raise ConfigError(f"init_from={spec!r}: no such file or run directory ({p})")
@@ -241,11 +304,14 @@ def init_weights(model: torch.nn.Module, spec: str, original_cwd: str,
 def early_stopping(patience: int) -> Callback:
     """trainer.early_stopping_patience: stop when val loss has not improved for `patience`
     evaluations in a row."""
+
     def callback(rec: EpochRecord) -> Optional[str]:
         if rec.evaluated and rec.evals_since_best >= patience:
-            return (f"early stopping: val loss has not improved for {rec.evals_since_best} "
-                    "evaluations")
+            return (
+                f"early stopping: val loss has not improved for {rec.evals_since_best} evaluations"
+            )
         return None
+
     return callback
 
 
@@ -257,10 +323,17 @@ def _first_stop(callbacks: Sequence[Callback], rec: EpochRecord) -> Optional[Sto
     return None
 
 
-def train_run(cfg, ctx: Context, data: Optional[DataBundle] = None, zero_inputs: bool = False,
-              save_checkpoints: bool = True, keep_val_logits: bool = False,
-              model: Optional[torch.nn.Module] = None, write_metrics: bool = True,
-              callbacks: Sequence[Callback] = ()) -> TrainResult:
+def train_run(
+    cfg,
+    ctx: Context,
+    data: Optional[DataBundle] = None,
+    zero_inputs: bool = False,
+    save_checkpoints: bool = True,
+    keep_val_logits: bool = False,
+    model: Optional[torch.nn.Module] = None,
+    write_metrics: bool = True,
+    callbacks: Sequence[Callback] = (),
+) -> TrainResult:
     """Train and evaluate per the config; checkpoint as it goes; resume when asked.
 
     `callbacks`: the stage's own rules (overfit's loss target, tune's pruner), each called
@@ -280,19 +353,31 @@ def train_run(cfg, ctx: Context, data: Optional[DataBundle] = None, zero_inputs:
     if t.max_steps_per_epoch:
         steps = min(steps, t.max_steps_per_epoch)
     scheduler = build_scheduler(cfg.sched, optimizer, t.epochs, steps)
-    log.info("optim: %s lr=%g wd=%g; schedule: %s over %d epochs x %d steps", cfg.optim.name,
-             cfg.optim.lr, cfg.optim.weight_decay, cfg.sched.name, t.epochs, steps)
+    log.info(
+        "optim: %s lr=%g wd=%g; schedule: %s over %d epochs x %d steps",
+        cfg.optim.name,
+        cfg.optim.lr,
+        cfg.optim.weight_decay,
+        cfg.sched.name,
+        t.epochs,
+        steps,
+    )
 
     state = LoopState()
     resumed_from = None
-    ckpt_path = find_resume_checkpoint(cfg.resume, Path(ctx.original_cwd) / "outputs") \
-        if save_checkpoints else None
+    ckpt_path = (
+        find_resume_checkpoint(cfg.resume, Path(ctx.original_cwd) / "outputs")
+        if save_checkpoints
+        else None
+    )
     if ckpt_path is not None:
         ckpt = load_checkpoint(ckpt_path)
         if ckpt.get("kind") == "weights":
-            raise ConfigError(f"resume={cfg.resume!r}: {ckpt_path} holds only model weights "
-                              "(a best.pt); resume from the run's checkpoints/last.pt, or start "
-                              "from these weights with init_from=")
+            raise ConfigError(
+                f"resume={cfg.resume!r}: {ckpt_path} holds only model weights "
+                "(a best.pt); resume from the run's checkpoints/last.pt, or start "
+                "from these weights with init_from="
+            )
         state = restore(ckpt, ckpt_path, model, optimizer, scheduler)
         resumed_from = str(ckpt_path)
         log.info("resume: from %s at epoch %d, step %d", ckpt_path, state.epoch, state.step)
@@ -309,28 +394,49 @@ def train_run(cfg, ctx: Context, data: Optional[DataBundle] = None, zero_inputs:
 
         net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     compiled = torch.compile(net) if t.compile else net
-    opts = LoopOptions(mixup=mixup, precision=t.precision, channels_last=t.channels_last,
-                       grad_clip=t.grad_clip, eval_every=t.eval_every,
-                       max_steps_per_epoch=t.max_steps_per_epoch, keep_val_logits=keep_val_logits,
-                       progress=t.progress, time_first_step=t.compile and state.step == 0)
-    meta = {"model": cfg.model._target_ or cfg.model.name, "num_classes": data.num_classes,
-            "in_chans": data.in_chans, "image_size": data.image_size,
-            "data_fingerprint": data.fingerprint, "stage": cfg.stage.name}
+    opts = LoopOptions(
+        mixup=mixup,
+        precision=t.precision,
+        channels_last=t.channels_last,
+        grad_clip=t.grad_clip,
+        eval_every=t.eval_every,
+        max_steps_per_epoch=t.max_steps_per_epoch,
+        keep_val_logits=keep_val_logits,
+        progress=t.progress,
+        time_first_step=t.compile and state.step == 0,
+    )
+    meta = {
+        "model": cfg.model._target_ or cfg.model.name,
+        "num_classes": data.num_classes,
+        "in_chans": data.in_chans,
+        "image_size": data.image_size,
+        "data_fingerprint": data.fingerprint,
+        "stage": cfg.stage.name,
+    }
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     rules = list(callbacks)
     if t.early_stopping_patience:
         rules.append(early_stopping(t.early_stopping_patience))
 
     def snapshot(full: bool = True):  # taken on this thread, written by the writer's
-        return make_checkpoint(model, optimizer if full else None, scheduler if full else None,
-                               state, config_yaml, meta)
+        return make_checkpoint(
+            model,
+            optimizer if full else None,
+            scheduler if full else None,
+            state,
+            config_yaml,
+            meta,
+        )
 
     records: List[EpochRecord] = []
     agreed = 0  # the signal the loop stopped on (under DDP maybe another rank's)
     nonfinite = None
     stop: Optional[Stop] = None
-    log.info("train: %d epochs%s", t.epochs,
-             f" (continuing after epoch {state.epoch})" if state.epoch else "")
+    log.info(
+        "train: %d epochs%s",
+        t.epochs,
+        f" (continuing after epoch {state.epoch})" if state.epoch else "",
+    )
     signals = _StopOnSignal() if save_checkpoints else None
     # checkpoints are serialised on a background thread while the next epoch trains (rank 0)
     writer = CheckpointWriter(ctx.run) if save_checkpoints and ctx.run.enabled else None
@@ -340,9 +446,19 @@ def train_run(cfg, ctx: Context, data: Optional[DataBundle] = None, zero_inputs:
     loggers = build_loggers(cfg, ctx.run, ctx.original_cwd, data, model) if write_metrics else None
     try:
         try:
-            for rec in fit(compiled, optimizer, train_loader, val_loader, epochs=t.epochs,
-                           device=device, loss_fn=loss_fn, scheduler=scheduler, opts=opts,
-                           state=state, stop_signal=signals.signal if signals else None):
+            for rec in fit(
+                compiled,
+                optimizer,
+                train_loader,
+                val_loader,
+                epochs=t.epochs,
+                device=device,
+                loss_fn=loss_fn,
+                scheduler=scheduler,
+                opts=opts,
+                state=state,
+                stop_signal=signals.signal if signals else None,
+            ):
                 agreed = rec.signum or agreed
                 records.append(rec)
                 if rec.interrupted:  # a signal mid-epoch: save the half-done epoch exactly
@@ -351,10 +467,18 @@ def train_run(cfg, ctx: Context, data: Optional[DataBundle] = None, zero_inputs:
                         writer.wait()  # before fit's barrier lets any DDP rank exit
                     saved = (state.epoch, state.step)
                     break
-                log.info("epoch %d/%d  train_loss %.4f  train_acc %.4f  val_loss %.4f  "
-                         "val_acc %.4f  lr %.3g  %.0f img/s", rec.epoch, t.epochs,
-                         rec.train_loss, rec.train_acc, rec.val_loss, rec.val_acc, rec.lr,
-                         rec.images_per_s)
+                log.info(
+                    "epoch %d/%d  train_loss %.4f  train_acc %.4f  val_loss %.4f  "
+                    "val_acc %.4f  lr %.3g  %.0f img/s",
+                    rec.epoch,
+                    t.epochs,
+                    rec.train_loss,
+                    rec.train_acc,
+                    rec.val_loss,
+                    rec.val_acc,
+                    rec.lr,
+                    rec.images_per_s,
+                )
                 if write_metrics:
                     ctx.run.write_metrics(state.history)
                 if loggers:
@@ -364,9 +488,12 @@ def train_run(cfg, ctx: Context, data: Optional[DataBundle] = None, zero_inputs:
                     # last.pt every checkpoint_every epochs / seconds and when the run stops
                     # (the run's end is saved below); best.pt (weights) at every new best
                     every, every_s = t.checkpoint_every, t.checkpoint_every_s
-                    due = bool(stop or rec.signum
-                               or (every and rec.epoch % every == 0)
-                               or (every_s and time.monotonic() - saved_at >= every_s))
+                    due = bool(
+                        stop
+                        or rec.signum
+                        or (every and rec.epoch % every == 0)
+                        or (every_s and time.monotonic() - saved_at >= every_s)
+                    )
                     files = {"last.pt": snapshot()} if due else {}
                     if rec.best:
                         files["best.pt"] = weights_of(files.get("last.pt") or snapshot(False))
@@ -399,11 +526,21 @@ def train_run(cfg, ctx: Context, data: Optional[DataBundle] = None, zero_inputs:
     if signum and state.epoch < t.epochs and not (stop or nonfinite):
         raise Interrupted(signum, ctx.run.path, state.epoch, state.step)
     finished = [r for r in records if not r.interrupted]
-    return TrainResult(data=data, model=model, device=device, history=list(state.history),
-                       last=finished[-1] if finished else None, state=state,
-                       nonfinite=nonfinite, resumed_from=resumed_from, params=count_params(model),
-                       stop_reason=stop.reason if stop else None, records=finished,
-                       pruned=bool(stop and stop.pruned), compile_s=_compile_s(records))
+    return TrainResult(
+        data=data,
+        model=model,
+        device=device,
+        history=list(state.history),
+        last=finished[-1] if finished else None,
+        state=state,
+        nonfinite=nonfinite,
+        resumed_from=resumed_from,
+        params=count_params(model),
+        stop_reason=stop.reason if stop else None,
+        records=finished,
+        pruned=bool(stop and stop.pruned),
+        compile_s=_compile_s(records),
+    )
 
 
 def _compile_s(records: List[EpochRecord]) -> Optional[float]:
@@ -415,9 +552,16 @@ def _compile_s(records: List[EpochRecord]) -> Optional[float]:
     return max(0.0, r.first_step_s - typical)
 
 
-def sub_run(cfg, ctx: Context, path: Path, overrides: List[str], title: Optional[str] = None,
-            mark_epoch: Optional[float] = None, lineage: Optional[Dict[str, Any]] = None,
-            summary_extra: Optional[Dict[str, Any]] = None):
+def sub_run(
+    cfg,
+    ctx: Context,
+    path: Path,
+    overrides: List[str],
+    title: Optional[str] = None,
+    mark_epoch: Optional[float] = None,
+    lineage: Optional[Dict[str, Any]] = None,
+    summary_extra: Optional[Dict[str, Any]] = None,
+):
     """One training run of a stage's own (a ladder rung, a seed rerun) in `path`, with its
     own summary, checks and report; returns (TrainResult, summary).
 
@@ -430,25 +574,43 @@ def sub_run(cfg, ctx: Context, path: Path, overrides: List[str], title: Optional
     from runner.stages.finish import finish
 
     validate(cfg, ctx.original_cwd)
-    sub = Context(run=RunDir(path, enabled=ctx.run.enabled), original_cwd=ctx.original_cwd,
-                  overrides=list(overrides), lineage=ctx.lineage if lineage is None else lineage)
+    sub = Context(
+        run=RunDir(path, enabled=ctx.run.enabled),
+        original_cwd=ctx.original_cwd,
+        overrides=list(overrides),
+        lineage=ctx.lineage if lineage is None else lineage,
+    )
     if lineage is not None:
         sub.run.write_json("lineage.json", lineage)
     # the config it trains with, as a plain run's config.yaml (from=<this dir> reads it)
     sub.run.write_text("config.yaml", OmegaConf.to_yaml(cfg))
     res = train_run(cfg, sub)
-    verdicts = [run_check(cfg.checks, "train.finite",
-                          lambda s: train_finite(res.nonfinite, res.state.step))]
+    verdicts = [
+        run_check(cfg.checks, "train.finite", lambda s: train_finite(res.nonfinite, res.state.step))
+    ]
     summary = summary_of(cfg, sub, res, verdicts, extra=summary_extra)
-    finish(cfg, sub, StageResult(
-        verdicts, summary, history=res.history, mark_epoch=mark_epoch,
-        exit_code=1 if res.nonfinite else None,
-        title=title or f"{summary.get('stage') or cfg.stage.name}: {path.name}"))
+    finish(
+        cfg,
+        sub,
+        StageResult(
+            verdicts,
+            summary,
+            history=res.history,
+            mark_epoch=mark_epoch,
+            exit_code=1 if res.nonfinite else None,
+            title=title or f"{summary.get('stage') or cfg.stage.name}: {path.name}",
+        ),
+    )
     return res, summary
 
 
-def summary_of(cfg, ctx: Context, res: TrainResult, verdicts: List[Verdict],
-               extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+def summary_of(
+    cfg,
+    ctx: Context,
+    res: TrainResult,
+    verdicts: List[Verdict],
+    extra: Optional[Dict[str, Any]] = None,
+) -> Dict[str, Any]:
     h = res.history
     last = h[-1] if h else {}
     evaluated = [r for r in h if r.get("val_loss") is not None and math.isfinite(r["val_loss"])]
@@ -458,25 +620,40 @@ def summary_of(cfg, ctx: Context, res: TrainResult, verdicts: List[Verdict],
     out = {
         "stage": cfg.stage.name,
         "name": cfg.name,
-        "status": "nonfinite" if res.nonfinite else ("stopped_early" if res.stop_reason else "finished"),
-        "val_acc": last.get("val_acc"), "val_loss": last.get("val_loss"),
-        "train_loss": last.get("train_loss"), "train_acc": last.get("train_acc"),
-        "best_val_loss": best.get("val_loss"), "best_val_acc": best.get("val_acc"),
+        "status": "nonfinite"
+        if res.nonfinite
+        else ("stopped_early" if res.stop_reason else "finished"),
+        "val_acc": last.get("val_acc"),
+        "val_loss": last.get("val_loss"),
+        "train_loss": last.get("train_loss"),
+        "train_acc": last.get("train_acc"),
+        "best_val_loss": best.get("val_loss"),
+        "best_val_acc": best.get("val_acc"),
         "best_epoch": best.get("epoch"),
-        "epochs": res.state.epoch, "steps": res.state.step, "params": res.params,
+        "epochs": res.state.epoch,
+        "steps": res.state.step,
+        "params": res.params,
         "images_per_s": float(np.median(ips)) if ips else None,
         "wall_s": res.state.wall_s,
         "compile_s": res.compile_s,
         "checks": counts,
         "checks_failed": [v.name for v in verdicts if v.status == "fail"],
         "model": cfg.model._target_ or cfg.model.name,
-        "data": {"kind": res.data.kind, "num_train": len(res.data.train), "num_val": len(res.data.val),
-                 "num_classes": res.data.num_classes, "in_chans": res.data.in_chans,
-                 "image_size": res.data.image_size, "mean": list(res.data.mean),
-                 "std": list(res.data.std), "norm_from": res.data.norm_from,
-                 "fingerprint": res.data.fingerprint,
-                 "class_names": res.data.class_names},
-        "resumed_from": res.resumed_from, "stop_reason": res.stop_reason,
+        "data": {
+            "kind": res.data.kind,
+            "num_train": len(res.data.train),
+            "num_val": len(res.data.val),
+            "num_classes": res.data.num_classes,
+            "in_chans": res.data.in_chans,
+            "image_size": res.data.image_size,
+            "mean": list(res.data.mean),
+            "std": list(res.data.std),
+            "norm_from": res.data.norm_from,
+            "fingerprint": res.data.fingerprint,
+            "class_names": res.data.class_names,
+        },
+        "resumed_from": res.resumed_from,
+        "stop_reason": res.stop_reason,
         # files left out of training because they could not be read (name -> error)
         "unreadable_files": res.data.unreadable_files(),
         "error": str(res.nonfinite) if res.nonfinite else None,
@@ -488,9 +665,11 @@ def summary_of(cfg, ctx: Context, res: TrainResult, verdicts: List[Verdict],
     return out
 
 
-def result_of(res: TrainResult, verdicts: List[Verdict], summary: Dict[str, Any],
-              **more: Any) -> StageResult:
+def result_of(
+    res: TrainResult, verdicts: List[Verdict], summary: Dict[str, Any], **more: Any
+) -> StageResult:
     """A training stage's StageResult: its verdicts and summary, the run's curves, and
     whether it stopped on a NaN/Inf loss; `more`: sections, files, title, mark_epoch."""
-    return StageResult(verdicts, summary, history=list(res.history),
-                       exit_code=1 if res.nonfinite else None, **more)
+    return StageResult(
+        verdicts, summary, history=list(res.history), exit_code=1 if res.nonfinite else None, **more
+    )

@@ -5,6 +5,7 @@ A stage hands back data (runner/stages/protocol.py StageResult); this module is 
 one that turns it into files: checks.json, summary.json, the stage's own files (ladder.csv,
 lineage.json, ...), plots/*.png and report.html, all through the output module (RunDir).
 """
+
 from __future__ import annotations
 
 import json
@@ -24,9 +25,20 @@ def finish(cfg, ctx: Context, result: StageResult) -> int:
     """Write everything `result` holds into ctx.run, log the outcome; the exit code:
     0, or 1 when a check failed (checks.strict) or the run stopped on a NaN/Inf loss."""
     from runner import plots
-    from runner.report import (Report, checks_section, images, kv_table, pre, related_links,
-                               run_facts, run_files, run_kpis, saved_figures, table,
-                               verdict_counts)
+    from runner.report import (
+        Report,
+        checks_section,
+        images,
+        kv_table,
+        pre,
+        related_links,
+        run_facts,
+        run_files,
+        run_kpis,
+        saved_figures,
+        table,
+        verdict_counts,
+    )
 
     run, verdicts, summary = ctx.run, result.verdicts, result.summary
     save_verdict_figures(ctx, verdicts)
@@ -37,26 +49,43 @@ def finish(cfg, ctx: Context, result: StageResult) -> int:
         run.write_metrics(result.metrics)
     stage = summary.get("stage") or cfg.stage.name  # a sub-run may label itself
     if ctx.lineage:
-        summary.setdefault("from", {k: ctx.lineage[k] for k in ("source", "source_stage", "weights")})
+        summary.setdefault(
+            "from", {k: ctx.lineage[k] for k in ("source", "source_stage", "weights")}
+        )
     run.write_checks(verdicts)
     run.write_summary(summary)
 
     # header: what ran on what, key figures, verdict counts, links up to a sweep/recipe report
-    rep = Report(result.title or f"{stage}: {summary.get('model', '')} on {cfg.data.kind}",
-                 kpis=run_kpis(summary), facts=run_facts(summary), counts=verdict_counts(verdicts),
-                 links=related_links(run.path), files=run_files(run.path))
+    rep = Report(
+        result.title or f"{stage}: {summary.get('model', '')} on {cfg.data.kind}",
+        kpis=run_kpis(summary),
+        facts=run_facts(summary),
+        counts=verdict_counts(verdicts),
+        links=related_links(run.path),
+        files=run_files(run.path),
+    )
     if summary.get("error"):
         rep.add("Stopped", f"<p><b>{_esc(summary['error'])}</b></p>")
     if summary.get("unreadable_files"):
         bad = summary["unreadable_files"]
-        rep.add("Unreadable files", f"<p>{len(bad)} file(s) could not be read and were left out "
-                "of training (data.on_unreadable=skip); stage=inspect lists every one.</p>"
-                + table([{"file": k, "error": v} for k, v in bad.items()]))
+        rep.add(
+            "Unreadable files",
+            f"<p>{len(bad)} file(s) could not be read and were left out "
+            "of training (data.on_unreadable=skip); stage=inspect lists every one.</p>"
+            + table([{"file": k, "error": v} for k, v in bad.items()]),
+        )
     rep.add("Checks", checks_section(verdicts))
     if result.history:
         mark = None if result.mark_epoch is None else result.mark_epoch + 0.5
-        rel = run.save_figure(plots.curves(result.history, f"{stage}: training curves",
-                                           mark_epoch=mark, mark_label="continued here"), "curves")
+        rel = run.save_figure(
+            plots.curves(
+                result.history,
+                f"{stage}: training curves",
+                mark_epoch=mark,
+                mark_label="continued here",
+            ),
+            "curves",
+        )
         rep.add("Curves", images([rel]) + table(result.history))
     for sec in result.sections:
         rep.sections.append(sec)
@@ -68,9 +97,12 @@ def finish(cfg, ctx: Context, result: StageResult) -> int:
     rep.add("Summary", kv_table(flat))
     if isinstance(summary.get("data"), dict):
         rep.add("Data", kv_table(summary["data"]))
-    rep.add("Config", pre(OmegaConf.to_yaml(result.config if result.config is not None else cfg))
-            + "<p>Overrides:</p>"
-            + pre("\n".join(ctx.overrides) or "(none)"))
+    rep.add(
+        "Config",
+        pre(OmegaConf.to_yaml(result.config if result.config is not None else cfg))
+        + "<p>Overrides:</p>"
+        + pre("\n".join(ctx.overrides) or "(none)"),
+    )
     if "provenance" in summary:
         rep.add("Provenance", pre(json.dumps(summary["provenance"], indent=2)))
     run.write_report(rep.render())
@@ -80,19 +112,31 @@ def finish(cfg, ctx: Context, result: StageResult) -> int:
         log.info("checks:\n%s", lines)
     failed = [v.name for v in verdicts if v.status == "fail"]
     n = summary.get("epochs")
-    ran = ", ".join(x for x in (
-        f"{n} epoch{'' if n == 1 else 's'}" if isinstance(n, int) else "",
-        f"{summary['wall_s']:.1f} s" if isinstance(summary.get("wall_s"), (int, float)) else "")
-        if x)
+    ran = ", ".join(
+        x
+        for x in (
+            f"{n} epoch{'' if n == 1 else 's'}" if isinstance(n, int) else "",
+            f"{summary['wall_s']:.1f} s" if isinstance(summary.get("wall_s"), (int, float)) else "",
+        )
+        if x
+    )
     loss = summary.get("val_loss")
-    log.info("%s: val_acc %s%s%s  ->  %s", stage, _f(summary.get("val_acc")),
-             f"  val_loss {_f(loss)}" if loss is not None else "", f"  ({ran})" if ran else "",
-             run.path)
+    log.info(
+        "%s: val_acc %s%s%s  ->  %s",
+        stage,
+        _f(summary.get("val_acc")),
+        f"  val_loss {_f(loss)}" if loss is not None else "",
+        f"  ({ran})" if ran else "",
+        run.path,
+    )
     if result.exit_code is not None:
         return result.exit_code
     if failed:
-        log.warning("failed checks: %s%s", ", ".join(failed),
-                    "" if cfg.checks.strict else " (checks.strict=false: exit code 0)")
+        log.warning(
+            "failed checks: %s%s",
+            ", ".join(failed),
+            "" if cfg.checks.strict else " (checks.strict=false: exit code 0)",
+        )
         return 1 if cfg.checks.strict else 0
     return 0
 
@@ -130,9 +174,16 @@ def console_checks(verdicts: List[Any]) -> str:
         val = v.value if not isinstance(v.value, float) else f"{v.value:.4g}"
         head = f"{v.name.ljust(w)}  {v.status.upper():6}  "
         text = f"{val}  {v.message}" if val is not None else v.message
-        lines.append(textwrap.fill(text, width=max(60, 120 - len(head)) + len(head),
-                                   initial_indent=head, subsequent_indent=indent,
-                                   break_on_hyphens=False, break_long_words=False))
+        lines.append(
+            textwrap.fill(
+                text,
+                width=max(60, 120 - len(head)) + len(head),
+                initial_indent=head,
+                subsequent_indent=indent,
+                break_on_hyphens=False,
+                break_long_words=False,
+            )
+        )
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ evidence as images.csv and inspect.json for programs.
 Folders are scanned here (not through build_data) so that an empty class or an undecodable
 file is reported instead of stopping the run; every other data kind comes from build_data.
 """
+
 from __future__ import annotations
 
 import csv
@@ -91,8 +92,11 @@ class _StatsDataset:
         self.items, self.analysis_size = items, analysis_size
 
     def __len__(self):
-        return len(self.items.paths) if hasattr(self.items, "paths") else \
-            sum(len(s) for s in self.items.splits)
+        return (
+            len(self.items.paths)
+            if hasattr(self.items, "paths")
+            else sum(len(s) for s in self.items.splits)
+        )
 
     def __getitem__(self, i: int):
         try:
@@ -137,8 +141,9 @@ class Source:
             return None
 
 
-def scan_imagefolder(root: Path, val_fraction: float, split_seed: int,
-                     analysis_size: int) -> Source:
+def scan_imagefolder(
+    root: Path, val_fraction: float, split_seed: int, analysis_size: int
+) -> Source:
     """The files training would read (timm's folder walk and extensions, data.py's split),
     plus class folders without images, which training would refuse and inspect reports."""
     from timm.utils.misc import natural_key
@@ -156,13 +161,17 @@ def scan_imagefolder(root: Path, val_fraction: float, split_seed: int,
         per_top.append(samples)
         names |= set(classes)
         if ignored:
-            notes.append(f"{top}: {ignored} file(s) ignored: not {', '.join(sorted(exts))} "
-                         "(training does not read them either)")
+            notes.append(
+                f"{top}: {ignored} file(s) ignored: not {', '.join(sorted(exts))} "
+                "(training does not read them either)"
+            )
     class_names = sorted(names, key=natural_key)
     cidx = {c: k for k, c in enumerate(class_names)}
     if not class_names:
-        raise ConfigError(f"data.root: {root} has no class folders; expected one folder per class "
-                          "(or train/ and val/ folders of class folders)")
+        raise ConfigError(
+            f"data.root: {root} has no class folders; expected one folder per class "
+            "(or train/ and val/ folders of class folders)"
+        )
     if two:
         paths = [p for p, _ in per_top[0]] + [p for p, _ in per_top[1]]
         labels = [cidx[c] for _, c in per_top[0]] + [cidx[c] for _, c in per_top[1]]
@@ -177,8 +186,17 @@ def scan_imagefolder(root: Path, val_fraction: float, split_seed: int,
             split[va] = 1
     rel = [str(Path(p).relative_to(root)) for p in paths]  # names: relative to data.root
     fp = _fingerprint(*[f"{r}:{os.path.getsize(p)}" for r, p in zip(rel, paths)])
-    return Source("imagefolder", class_names, split, np.array(labels, np.int32), rel,
-                  _FileItems(paths, analysis_size), fp, notes, str(root))
+    return Source(
+        "imagefolder",
+        class_names,
+        split,
+        np.array(labels, np.int32),
+        rel,
+        _FileItems(paths, analysis_size),
+        fp,
+        notes,
+        str(root),
+    )
 
 
 def bundle_source(cfg, ctx: Context) -> Source:
@@ -189,14 +207,25 @@ def bundle_source(cfg, ctx: Context) -> Source:
     tr, va = data.train, data.val
     labels = np.r_[tr.labels.numpy(), va.labels.numpy()].astype(np.int32)
     split = np.r_[np.zeros(len(tr), np.int8), np.ones(len(va), np.int8)]
-    names = [f"train/{tr.name(i)}" for i in range(len(tr))] + \
-        [f"val/{va.name(i)}" for i in range(len(va))]
+    names = [f"train/{tr.name(i)}" for i in range(len(tr))] + [
+        f"val/{va.name(i)}" for i in range(len(va))
+    ]
     notes = list(data.notes)
     if hasattr(tr, "x"):
-        notes.append(f"in-memory images at the net's input size ({data.image_size} px): "
-                     "sizes and modes are the preprocessed ones")
-    return Source(data.kind, list(data.class_names), split, labels, names, _SplitItems(tr, va),
-                  data.fingerprint, notes)
+        notes.append(
+            f"in-memory images at the net's input size ({data.image_size} px): "
+            "sizes and modes are the preprocessed ones"
+        )
+    return Source(
+        data.kind,
+        list(data.class_names),
+        split,
+        labels,
+        names,
+        _SplitItems(tr, va),
+        data.fingerprint,
+        notes,
+    )
 
 
 def not_checked(source: Source, table: dc.ImageTable) -> List[Dict[str, str]]:
@@ -212,45 +241,68 @@ def not_checked(source: Source, table: dc.ImageTable) -> List[Dict[str, str]]:
     first = source.items.open(int(ok[0]))[0] if len(ok) else None
     in_memory = hasattr(source.items.splits[0], "x")  # TensorSplit: resized by build_data
     is_pil = hasattr(first, "mode") and hasattr(first, "convert")
-    what = ("in-memory tensors" if in_memory else
-            f"{'PIL image' if is_pil else type(first).__name__} items of a {source.kind} "
-            "dataset" if first is not None
-            else f"items of a {source.kind} dataset")
+    what = (
+        "in-memory tensors"
+        if in_memory
+        else f"{'PIL image' if is_pil else type(first).__name__} items of a {source.kind} dataset"
+        if first is not None
+        else f"items of a {source.kind} dataset"
+    )
     out = [
-        {"check": "data.spurious: file size",
-         "reason": f"no files: the images are {what}, so there is no file size to compare"},
-        {"check": "data.spurious: file format",
-         "reason": f"no files: the images are {what}, so there is no file format (suffix) "
-                   "to compare"},
+        {
+            "check": "data.spurious: file size",
+            "reason": f"no files: the images are {what}, so there is no file size to compare",
+        },
+        {
+            "check": "data.spurious: file format",
+            "reason": f"no files: the images are {what}, so there is no file format (suffix) "
+            "to compare",
+        },
     ]
     if in_memory:
-        out.append({"check": "data.corrupt",
-                    "reason": f"no files to decode: {what} are decoded already (the check "
-                              "passes trivially)"})
+        out.append(
+            {
+                "check": "data.corrupt",
+                "reason": f"no files to decode: {what} are decoded already (the check "
+                "passes trivially)",
+            }
+        )
     n = table.num
     one_size = len(ok) and len({(int(n["width"][i]), int(n["height"][i])) for i in ok}) == 1
     if in_memory or (one_size and not is_pil):
         size = f"{int(n['width'][ok[0]])}x{int(n['height'][ok[0]])} px" if len(ok) else "?"
-        why = (f"stored at the net's input size ({size}) by data={source.kind}" if in_memory
-               else f"every item is a tensor of one size ({size})")
-        out.append({"check": "original image size and aspect (data.odd_size, "
-                             "data.odd_aspect, data.outliers size/aspect, data.spurious "
-                             "width/height/aspect)",
-                    "reason": f"{why}: the original sizes, if they differed, are gone before "
-                              "the images reach inspect"})
+        why = (
+            f"stored at the net's input size ({size}) by data={source.kind}"
+            if in_memory
+            else f"every item is a tensor of one size ({size})"
+        )
+        out.append(
+            {
+                "check": "original image size and aspect (data.odd_size, "
+                "data.odd_aspect, data.outliers size/aspect, data.spurious "
+                "width/height/aspect)",
+                "reason": f"{why}: the original sizes, if they differed, are gone before "
+                "the images reach inspect",
+            }
+        )
     if first is not None and not is_pil and not in_memory:
         a = first.detach().cpu().numpy() if hasattr(first, "detach") else np.asarray(first)
         if a.dtype != np.uint8 and a.size and (a.min() < 0 or a.max() > 1):
-            out.append({"check": "brightness and contrast (data.dark, data.bright, "
-                                 "data.low_information, data.outliers brightness)",
-                        "reason": f"the dataset returns float tensors in {a.min():.2f}.."
-                                  f"{a.max():.2f} (already normalised?): read as 0..1, "
-                                  "clipped, so their levels are not the original ones"})
+            out.append(
+                {
+                    "check": "brightness and contrast (data.dark, data.bright, "
+                    "data.low_information, data.outliers brightness)",
+                    "reason": f"the dataset returns float tensors in {a.min():.2f}.."
+                    f"{a.max():.2f} (already normalised?): read as 0..1, "
+                    "clipped, so their levels are not the original ones",
+                }
+            )
     return out
 
 
-def stream_table(source: Source, analysis_size: int, num_workers: int,
-                 progress: bool = True) -> Tuple[dc.ImageTable, float]:
+def stream_table(
+    source: Source, analysis_size: int, num_workers: int, progress: bool = True
+) -> Tuple[dc.ImageTable, float]:
     """Every image through `image_stats`, in workers, in order; returns (table, images/s)."""
     import torch
     from torch.utils.data import DataLoader
@@ -258,8 +310,14 @@ def stream_table(source: Source, analysis_size: int, num_workers: int,
     n = len(source)
     table = dc.ImageTable.empty(n, source.class_names)
     ds = _StatsDataset(source.items, analysis_size)
-    loader = DataLoader(ds, batch_size=32, num_workers=num_workers, collate_fn=_as_list,
-                        shuffle=False, persistent_workers=False)
+    loader = DataLoader(
+        ds,
+        batch_size=32,
+        num_workers=num_workers,
+        collate_fn=_as_list,
+        shuffle=False,
+        persistent_workers=False,
+    )
     t0 = time.perf_counter()
     next_log = t0 + 10.0
     done = 0
@@ -268,8 +326,16 @@ def stream_table(source: Source, analysis_size: int, num_workers: int,
     try:
         for batch in loader:
             for i, row, thumb, error, content_hash in batch:
-                table.set_row(i, int(source.split[i]), int(source.label[i]), source.names[i], row,
-                              thumb, error, content_hash)
+                table.set_row(
+                    i,
+                    int(source.split[i]),
+                    int(source.label[i]),
+                    source.names[i],
+                    row,
+                    thumb,
+                    error,
+                    content_hash,
+                )
             done += len(batch)
             if progress and time.perf_counter() > next_log:
                 rate = done / (time.perf_counter() - t0)
@@ -301,8 +367,11 @@ def _thumb(a: Optional[np.ndarray], size: int) -> np.ndarray:
     return t
 
 
-def thumb_rows(rows: Sequence[Tuple[str, Sequence[Tuple[Optional[np.ndarray], str]]]], title: str,
-               size: int = 64):
+def thumb_rows(
+    rows: Sequence[Tuple[str, Sequence[Tuple[Optional[np.ndarray], str]]]],
+    title: str,
+    size: int = 64,
+):
     """One mosaic: a row per (row title, [(image, caption), ...]); a caption under each tile.
 
     Drawn as one imshow at one canvas pixel per screen pixel (fast for hundreds of tiles)."""
@@ -323,9 +392,9 @@ def thumb_rows(rows: Sequence[Tuple[str, Sequence[Tuple[Optional[np.ndarray], st
             t = _thumb(img, size)
             x0 = label_w + c * cell_w + (cell_w - t.shape[1]) // 2
             yy = y0 + (cell_h - t.shape[0]) // 2
-            canvas[yy:yy + t.shape[0], x0:x0 + t.shape[1]] = t
-            canvas[yy - 1:yy + t.shape[0] + 1, [x0 - 1, x0 + t.shape[1]]] = 160
-            canvas[[yy - 1, yy + t.shape[0]], x0 - 1:x0 + t.shape[1] + 1] = 160
+            canvas[yy : yy + t.shape[0], x0 : x0 + t.shape[1]] = t
+            canvas[yy - 1 : yy + t.shape[0] + 1, [x0 - 1, x0 + t.shape[1]]] = 160
+            canvas[[yy - 1, yy + t.shape[0]], x0 - 1 : x0 + t.shape[1] + 1] = 160
             lines = [ln for part in cap.split("\n") for ln in _wrap(part, 21, 2)][:3]
             for k, line in enumerate(lines):
                 x = label_w + c * cell_w + cell_w / 2
@@ -353,7 +422,7 @@ def _wrap(s: str, width: int, lines: int) -> List[str]:
         out.append(s[:cut])
         s = s[cut:]
     if s:
-        out[-1] = "…" + (out[-1] + s)[-(width - 1):]
+        out[-1] = "…" + (out[-1] + s)[-(width - 1) :]
     return out
 
 
@@ -368,8 +437,10 @@ def fig_class_counts(table: dc.ImageTable):
     import runner.plots  # noqa: F401
 
     k = len(table.class_names)
-    counts = {s: np.bincount(table.label[(table.split == si) & (table.label >= 0)], minlength=k)[:k]
-              for si, s in enumerate(dc.SPLITS)}
+    counts = {
+        s: np.bincount(table.label[(table.split == si) & (table.label >= 0)], minlength=k)[:k]
+        for si, s in enumerate(dc.SPLITS)
+    }
     if k <= 60:
         fig, ax = plt.subplots(figsize=(8, max(2.5, 0.28 * k + 1)))
         y = np.arange(k)
@@ -383,8 +454,9 @@ def fig_class_counts(table: dc.ImageTable):
         fig, ax = plt.subplots(figsize=(7, 3.5))
         for s in dc.SPLITS:
             ax.hist(counts[s], bins=40, histtype="step", label=s)
-        ax.set(title=f"Images per class ({k} classes)", xlabel="images in the class",
-               ylabel="classes")
+        ax.set(
+            title=f"Images per class ({k} classes)", xlabel="images in the class", ylabel="classes"
+        )
         ax.legend()
     fig.tight_layout()
     return fig
@@ -406,15 +478,19 @@ def fig_distributions(table: dc.ImageTable, max_classes: int):
     asp = (n["width"] / n["height"])[ok]
     ax.hist(asp, bins=40)
     ax.set(title="Aspect ratio", xlabel="width / height", ylabel="images")
-    classes = [c for c in range(len(table.class_names))
-               if (ok & (table.label == c)).any()][:max_classes]
-    for ax, key, unit in ((axes[1, 0], "brightness", "mean brightness (0-255)"),
-                          (axes[1, 1], "contrast", "brightness std (0-255)")):
+    classes = [c for c in range(len(table.class_names)) if (ok & (table.label == c)).any()][
+        :max_classes
+    ]
+    for ax, key, unit in (
+        (axes[1, 0], "brightness", "mean brightness (0-255)"),
+        (axes[1, 1], "contrast", "brightness std (0-255)"),
+    ):
         data = [n[key][ok & (table.label == c)] for c in classes]
         if data:
             ax.boxplot(data, vert=False, showfliers=True, flierprops={"markersize": 2})
-            ax.set_yticks(range(1, len(classes) + 1), [table.class_names[c][:20] for c in classes],
-                          fontsize=7)
+            ax.set_yticks(
+                range(1, len(classes) + 1), [table.class_names[c][:20] for c in classes], fontsize=7
+            )
             ax.invert_yaxis()
         ax.set(title=f"{key.capitalize()} per class", xlabel=unit)
     fig.tight_layout()
@@ -449,21 +525,35 @@ def run_checks(table: dc.ImageTable, ic, checks_cfg=None) -> Findings:
     t0 = time.perf_counter()
     pairs = dc.near_pairs(table, ic.near_hash_distance, ic.near_thumb_distance, ic.near_window)
     groups, leaks = dc.duplicate_groups(table, pairs)
-    log.info("inspect: %d near pair(s), %d duplicate group(s), %d leak(s) in %.1f s", len(pairs),
-             len(groups), len(leaks), time.perf_counter() - t0)
+    log.info(
+        "inspect: %d near pair(s), %d duplicate group(s), %d leak(s) in %.1f s",
+        len(pairs),
+        len(groups),
+        len(leaks),
+        time.perf_counter() - t0,
+    )
     check("data.duplicates", dc.duplicates, table, groups, L)
     check("data.leakage", dc.leakage, table, leaks, L)
     found = dc.find_outliers(table, ic.outlier_z, ic.rare_mode_fraction)
     check("data.outliers", dc.outliers, table, found, ic.outlier_z, ic.rare_mode_fraction, L)
-    flags = dc.property_flags(table, ic.dark_max, ic.bright_min, ic.blurry_max, ic.entropy_min,
-                              ic.low_contrast_max, ic.odd_size_factor, ic.odd_aspect_factor,
-                              ic.grayscale_tolerance)
+    flags = dc.property_flags(
+        table,
+        ic.dark_max,
+        ic.bright_min,
+        ic.blurry_max,
+        ic.entropy_min,
+        ic.low_contrast_max,
+        ic.odd_size_factor,
+        ic.odd_aspect_factor,
+        ic.grayscale_tolerance,
+    )
     for name, (mask, score, rule) in flags.items():
         check(name, dc.property_verdict, name, table, mask, score, rule, L)
     # labels: what a cheap cross-validated model confidently disagrees with
     suspects: List[Dict[str, Any]] = []
-    verdicts.append(run_check(checks_cfg, "data.label_issues",
-                              lambda s: _label_issues(table, s, suspects)))
+    verdicts.append(
+        run_check(checks_cfg, "data.label_issues", lambda s: _label_issues(table, s, suspects))
+    )
     # shortcuts: an image property that gives the label away on its own
     verdicts.append(run_check(checks_cfg, "data.spurious", lambda s: _spurious(table, s)))
     return Findings(verdicts, groups, leaks, found, flags, suspects)
@@ -494,21 +584,38 @@ def _label_issues(table: dc.ImageTable, s, suspects: List[Dict[str, Any]]) -> Ve
         res = None
     else:
         thumbs = table.thumbs[rows][:, None]
-        res = find_label_issues(image_features(thumbs, int(s.feature_size)), table.label[rows],
-                                len(names), folds=int(s.folds))
-    v = label_issues_verdict(res, float(s.max_noise_rate), int(s.max_listed), names, files,
-                             min_skill=float(s.min_model_skill))
+        res = find_label_issues(
+            image_features(thumbs, int(s.feature_size)),
+            table.label[rows],
+            len(names),
+            folds=int(s.folds),
+        )
+    v = label_issues_verdict(
+        res,
+        float(s.max_noise_rate),
+        int(s.max_listed),
+        names,
+        files,
+        min_skill=float(s.min_model_skill),
+    )
     if res is None or v.status == "skip":
         return v
     for it in res.issues:
         i = int(rows[it.index])
-        suspects.append({"index": pos[i], "given": names[it.given],
-                         "suggested": names[it.suggested], "score": round(float(it.score), 6),
-                         "path": table.name[i]})
-    top = res.issues[:int(s.max_listed)]
+        suspects.append(
+            {
+                "index": pos[i],
+                "given": names[it.given],
+                "suggested": names[it.suggested],
+                "score": round(float(it.score), 6),
+                "path": table.name[i],
+            }
+        )
+    top = res.issues[: int(s.max_listed)]
     if top:
         v.figures["suspects"] = label_issues_figure(
-            table.thumbs[rows][[t.index for t in top]][:, None], top, names)
+            table.thumbs[rows][[t.index for t in top]][:, None], top, names
+        )
     return v
 
 
@@ -517,9 +624,15 @@ def _spurious(table: dc.ImageTable, s) -> Verdict:
 
     log.info("check: data.spurious (does one image property give the label away?)")
     props, labels = properties_from_table(table, 0)
-    return spurious(props, labels, table.class_names, min_separation=float(s.min_separation),
-                    min_separation_content=float(s.min_separation_content),
-                    max_gain=float(s.max_gain), min_class_examples=int(s.min_class_examples))
+    return spurious(
+        props,
+        labels,
+        table.class_names,
+        min_separation=float(s.min_separation),
+        min_separation_content=float(s.min_separation_content),
+        max_gain=float(s.max_gain),
+        min_class_examples=int(s.min_class_examples),
+    )
 
 
 def run(cfg, ctx: Context) -> StageResult:
@@ -529,64 +642,104 @@ def run(cfg, ctx: Context) -> StageResult:
     log.info("inspect: %s (no network: looking at the data)", cfg.data.kind)
     if cfg.data.kind == "imagefolder":
         root = (Path(ctx.original_cwd) / cfg.data.root).expanduser()
-        source = scan_imagefolder(root, cfg.data.val_fraction, cfg.data.split_seed,
-                                  ic.analysis_size)
+        source = scan_imagefolder(
+            root, cfg.data.val_fraction, cfg.data.split_seed, ic.analysis_size
+        )
     else:
         source = bundle_source(cfg, ctx)
     for note in source.notes:
         log.info("inspect: %s", note)
     n_tr = int((source.split == 0).sum())
-    log.info("inspect: %d train / %d val images, %d classes", n_tr, len(source) - n_tr,
-             len(source.class_names))
+    log.info(
+        "inspect: %d train / %d val images, %d classes",
+        n_tr,
+        len(source) - n_tr,
+        len(source.class_names),
+    )
 
     log.info("inspect: reading every image once (%d worker(s))", cfg.data.num_workers)
     table, ips = stream_table(source, ic.analysis_size, cfg.data.num_workers, cfg.trainer.progress)
-    log.info("inspect: %d images in %.1f s (%.0f images/s)", len(table),
-             len(table) / ips if ips else 0, ips)
+    log.info(
+        "inspect: %d images in %.1f s (%.0f images/s)",
+        len(table),
+        len(table) / ips if ips else 0,
+        ips,
+    )
 
     found = run_checks(table, ic, cfg.checks)
     verdicts = found.verdicts
     groups, leaks, outl, flags = found.groups, found.leaks, found.outliers, found.flags
     unchecked = not_checked(source, table)
     for row in unchecked:
-        log.info("inspect: not checked for data=%s: %s (%s)", source.kind, row["check"],
-                 row["reason"])
+        log.info(
+            "inspect: not checked for data=%s: %s (%s)", source.kind, row["check"], row["reason"]
+        )
 
     log.info("report: figures and tables")
     sections = report_sections(cfg, source, table, verdicts, groups, leaks, outl, flags)
     if unchecked:  # right after the overview: what the verdicts below could not see
-        sections.insert(1, Section("Not checked for this data kind", [
-            Text(f"data={source.kind}: these checks or image properties could not run on "
-                 "this kind of data; an image folder gives every check the files."),
-            Table(unchecked, ["check", "reason"])]))
+        sections.insert(
+            1,
+            Section(
+                "Not checked for this data kind",
+                [
+                    Text(
+                        f"data={source.kind}: these checks or image properties could not run on "
+                        "this kind of data; an image folder gives every check the files."
+                    ),
+                    Table(unchecked, ["check", "reason"]),
+                ],
+            ),
+        )
     files = tables(source, table, groups, leaks, outl, flags, cfg)
     if is_enabled(cfg.checks, "data.label_issues"):
-        files["label_issues.csv"] = Rows(found.label_issues,
-                                         ["index", "given", "suggested", "score", "path"])
+        files["label_issues.csv"] = Rows(
+            found.label_issues, ["index", "given", "suggested", "score", "path"]
+        )
     outputs = [*files, "checks.json", "summary.json"]
     sections.append(Section("Machine-readable files", [Links([(p, p) for p in outputs])]))
 
     wall = time.perf_counter() - t_start
     summary = {
-        "stage": cfg.stage.name, "name": cfg.name, "status": "finished",
-        "val_acc": None, "val_loss": None, "train_loss": None, "train_acc": None,
-        "epochs": 0, "params": 0, "model": None,
-        "images": len(table), "readable": int(table.ok.sum()),
-        "images_per_s": ips, "wall_s": wall,
+        "stage": cfg.stage.name,
+        "name": cfg.name,
+        "status": "finished",
+        "val_acc": None,
+        "val_loss": None,
+        "train_loss": None,
+        "train_acc": None,
+        "epochs": 0,
+        "params": 0,
+        "model": None,
+        "images": len(table),
+        "readable": int(table.ok.sum()),
+        "images_per_s": ips,
+        "wall_s": wall,
         "checks": verdict_counts(verdicts),
         "checks_failed": [v.name for v in verdicts if v.status == "fail"],
-        "data": {"kind": source.kind, "num_train": n_tr, "num_val": len(source) - n_tr,
-                 "num_classes": len(source.class_names), "class_names": source.class_names,
-                 "fingerprint": source.fingerprint, "root": source.root},
+        "data": {
+            "kind": source.kind,
+            "num_train": n_tr,
+            "num_val": len(source) - n_tr,
+            "num_classes": len(source.class_names),
+            "class_names": source.class_names,
+            "fingerprint": source.fingerprint,
+            "root": source.root,
+        },
         "notes": source.notes,
         # checks/properties that could not run for this data kind: [{check, reason}]
         "not_checked": unchecked,
         "provenance": _provenance(cfg, ctx, source),
         "run_dir": str(ctx.run.path),
     }
-    return StageResult(verdicts, summary, sections, files,
-                       title=f"inspect: {source.kind} data, {len(table)} images, "
-                             f"{len(source.class_names)} classes")
+    return StageResult(
+        verdicts,
+        summary,
+        sections,
+        files,
+        title=f"inspect: {source.kind} data, {len(table)} images, "
+        f"{len(source.class_names)} classes",
+    )
 
 
 def _provenance(cfg, ctx: Context, source: Source) -> Dict[str, Any]:
@@ -596,12 +749,14 @@ def _provenance(cfg, ctx: Context, source: Source) -> Dict[str, Any]:
 
     from runner.stages.common import provenance
 
-    return provenance(cfg, ctx.original_cwd, SimpleNamespace(fingerprint=source.fingerprint),
-                      torch.device("cpu"))
+    return provenance(
+        cfg, ctx.original_cwd, SimpleNamespace(fingerprint=source.fingerprint), torch.device("cpu")
+    )
 
 
-def tables(source: Source, table: dc.ImageTable, groups, leaks, found, flags,
-           cfg) -> Dict[str, Any]:
+def tables(
+    source: Source, table: dc.ImageTable, groups, leaks, found, flags, cfg
+) -> Dict[str, Any]:
     """images.csv (one row per image, with its flags) and inspect.json (every finding)."""
     cols = table.columns()
     group_of: Dict[int, int] = {}
@@ -625,29 +780,56 @@ def tables(source: Source, table: dc.ImageTable, groups, leaks, found, flags,
     names = table.name
     k = len(table.class_names)
     doc = {
-        "kind": source.kind, "root": source.root, "images": len(table),
+        "kind": source.kind,
+        "root": source.root,
+        "images": len(table),
         "class_names": table.class_names,
-        "class_counts": {s: {table.class_names[c]: int(v) for c, v in enumerate(
-            np.bincount(table.label[(table.split == si) & (table.label >= 0)], minlength=k)[:k])}
-            for si, s in enumerate(dc.SPLITS)},
+        "class_counts": {
+            s: {
+                table.class_names[c]: int(v)
+                for c, v in enumerate(
+                    np.bincount(table.label[(table.split == si) & (table.label >= 0)], minlength=k)[
+                        :k
+                    ]
+                )
+            }
+            for si, s in enumerate(dc.SPLITS)
+        },
         "modes": dc.mode_counts(table),
-        "corrupt": [{"name": names[i], "split": dc.SPLITS[int(table.split[i])],
-                     "error": table.error[i]} for i in np.flatnonzero(~table.ok)],
-        "duplicate_groups": [{"kind": g["kind"], "split": g["split"],
-                              "labels_differ": g["labels_differ"],
-                              "members": [names[i] for i in g["members"]]} for g in groups],
-        "leakage": [{"train": names[p["train"]], "val": names[p["val"]], "kind": p["kind"],
-                     "hash_distance": p["hash_distance"]} for p in leaks],
+        "corrupt": [
+            {"name": names[i], "split": dc.SPLITS[int(table.split[i])], "error": table.error[i]}
+            for i in np.flatnonzero(~table.ok)
+        ],
+        "duplicate_groups": [
+            {
+                "kind": g["kind"],
+                "split": g["split"],
+                "labels_differ": g["labels_differ"],
+                "members": [names[i] for i in g["members"]],
+            }
+            for g in groups
+        ],
+        "leakage": [
+            {
+                "train": names[p["train"]],
+                "val": names[p["val"]],
+                "kind": p["kind"],
+                "hash_distance": p["hash_distance"],
+            }
+            for p in leaks
+        ],
         "outliers": [{"name": names[i], "why": w} for i, w in found],
-        "flags": {name: [names[i] for i in np.flatnonzero(mask)]
-                  for name, (mask, _, _) in flags.items()},
+        "flags": {
+            name: [names[i] for i in np.flatnonzero(mask)] for name, (mask, _, _) in flags.items()
+        },
         "thresholds": dict(cfg.inspect),
     }
     return {"images.csv": images_csv, "inspect.json": doc}
 
 
-def report_sections(cfg, source: Source, table: dc.ImageTable, verdicts, groups,
-                    leaks, found, flags) -> List[Section]:
+def report_sections(
+    cfg, source: Source, table: dc.ImageTable, verdicts, groups, leaks, found, flags
+) -> List[Section]:
     """The page a person reads: what the data looks like, then each finding with thumbnails
     (figures as data: the run's finish saves them)."""
 
@@ -669,7 +851,7 @@ def report_sections(cfg, source: Source, table: dc.ImageTable, verdicts, groups,
         return cap(i, "" if c in Path(table.name[i]).parts else c[:10])
 
     def rows_of(idx, extra=None, limit=None) -> Table:
-        idx = list(idx)[:limit or ic.max_listed]
+        idx = list(idx)[: limit or ic.max_listed]
         return Table([dict(table.describe(i), **(extra(i) if extra else {})) for i in idx])
 
     out: List[Section] = []
@@ -679,11 +861,18 @@ def report_sections(cfg, source: Source, table: dc.ImageTable, verdicts, groups,
 
     # overview
     modes = dc.mode_counts(table)
-    overview = [{"split": s, "images": int((table.split == si).sum()),
-                 "readable": int((ok & (table.split == si)).sum())}
-                for si, s in enumerate(dc.SPLITS)]
-    body: List[Any] = [Table(overview),
-                       Text("Modes: " + ", ".join(f"{m}: {c}" for m, c in modes.items()))]
+    overview = [
+        {
+            "split": s,
+            "images": int((table.split == si).sum()),
+            "readable": int((ok & (table.split == si)).sum()),
+        }
+        for si, s in enumerate(dc.SPLITS)
+    ]
+    body: List[Any] = [
+        Table(overview),
+        Text("Modes: " + ", ".join(f"{m}: {c}" for m, c in modes.items())),
+    ]
     if source.root:
         body.insert(0, Text(f"Folder `{source.root}` (names below are relative to it)"))
     body += [Text(x, note=True) for x in source.notes]
@@ -692,9 +881,15 @@ def report_sections(cfg, source: Source, table: dc.ImageTable, verdicts, groups,
     # class counts
     balance = by_name.get("data.class_balance")
     counts = balance.details.get("counts", {}) if balance is not None else {}
-    out.append(Section("Class counts per split", [
-        Figure(fig_class_counts(table), "inspect_class_counts"),
-        Table([dict({"class": c}, **v) for c, v in counts.items()])]))
+    out.append(
+        Section(
+            "Class counts per split",
+            [
+                Figure(fig_class_counts(table), "inspect_class_counts"),
+                Table([dict({"class": c}, **v) for c, v in counts.items()]),
+            ],
+        )
+    )
 
     # per-class sample grids
     grids: List[Any] = []
@@ -704,8 +899,12 @@ def report_sections(cfg, source: Source, table: dc.ImageTable, verdicts, groups,
         for c in range(k_show):
             idx = np.flatnonzero(ok & (table.split == si) & (table.label == c))
             pick = np.sort(rng.choice(idx, min(len(idx), ic.samples_per_class), replace=False))
-            rows.append((f"{table.class_names[c][:20]} ({len(idx)})",
-                         [(img(i), _short(table.name[i])) for i in pick]))
+            rows.append(
+                (
+                    f"{table.class_names[c][:20]} ({len(idx)})",
+                    [(img(i), _short(table.name[i])) for i in pick],
+                )
+            )
         if any(r[1] for r in rows):
             fig = thumb_rows(rows, f"{s}: random samples per class", size)
             grids.append(Figure(fig, f"inspect_samples_{s}"))
@@ -715,48 +914,79 @@ def report_sections(cfg, source: Source, table: dc.ImageTable, verdicts, groups,
 
     # distributions
     if ok.any():
-        out.append(Section("Distributions", [
-            Figure(fig_distributions(table, ic.max_classes_shown), "inspect_distributions")]))
+        out.append(
+            Section(
+                "Distributions",
+                [Figure(fig_distributions(table, ic.max_classes_shown), "inspect_distributions")],
+            )
+        )
 
     # sorted strips
     if ok.any():
         okidx = np.flatnonzero(ok)
         area = n["width"] * n["height"]
-        strips = [("darkest", n["brightness"], "{:.0f}", "brightness"),
-                  ("brightest", -n["brightness"], "{:.0f}", "brightness"),
-                  ("lowest contrast", n["contrast"], "{:.1f}", "contrast"),
-                  ("highest contrast", -n["contrast"], "{:.1f}", "contrast"),
-                  ("blurriest", n["sharpness"], "{:.3f}", "sharpness"),
-                  ("smallest", area, None, None), ("largest", -area, None, None)]
+        strips = [
+            ("darkest", n["brightness"], "{:.0f}", "brightness"),
+            ("brightest", -n["brightness"], "{:.0f}", "brightness"),
+            ("lowest contrast", n["contrast"], "{:.1f}", "contrast"),
+            ("highest contrast", -n["contrast"], "{:.1f}", "contrast"),
+            ("blurriest", n["sharpness"], "{:.3f}", "sharpness"),
+            ("smallest", area, None, None),
+            ("largest", -area, None, None),
+        ]
         rows = []
         for title, key, fmt, col in strips:
-            order = okidx[np.argsort(key[okidx], kind="stable")][:ic.strip_length]
+            order = okidx[np.argsort(key[okidx], kind="stable")][: ic.strip_length]
             tiles = []
             for i in order:
-                lab = fmt.format(n[col][i]) if col else \
-                    f"{int(n['width'][i])}x{int(n['height'][i])}"
+                lab = (
+                    fmt.format(n[col][i]) if col else f"{int(n['width'][i])}x{int(n['height'][i])}"
+                )
                 tiles.append((img(i), cap(i, lab)))
             rows.append((title, tiles))
         fig = thumb_rows(rows, "Sorted by: outliers along each axis often reveal a bug", size)
-        out.append(Section("Sorted by brightness, contrast, sharpness, size",
-                           [Figure(fig, "inspect_sorted")]))
+        out.append(
+            Section(
+                "Sorted by brightness, contrast, sharpness, size", [Figure(fig, "inspect_sorted")]
+            )
+        )
 
     # corrupt files
     bad = np.flatnonzero(~ok)
-    out.append(Section("Corrupt files", [rows_of(bad, lambda i: {"error": table.error[i]})
-                                         if len(bad) else Text("None: every image decodes.")]))
+    out.append(
+        Section(
+            "Corrupt files",
+            [
+                rows_of(bad, lambda i: {"error": table.error[i]})
+                if len(bad)
+                else Text("None: every image decodes.")
+            ],
+        )
+    )
 
     # duplicates (inside a split)
     v = by_name.get("data.duplicates")
     if groups and v is not None:
-        shown = groups[:ic.max_groups_shown]
-        rows = [(f"{g['kind']} · {g['split']}" + (" · labels differ" if g["labels_differ"] else ""),
-                 [(img(i), cap_class(i)) for i in g["members"][:8]])
-                for g in shown]
+        shown = groups[: ic.max_groups_shown]
+        rows = [
+            (
+                f"{g['kind']} · {g['split']}" + (" · labels differ" if g["labels_differ"] else ""),
+                [(img(i), cap_class(i)) for i in g["members"][:8]],
+            )
+            for g in shown
+        ]
         v.figures["groups"] = thumb_rows(rows, "Duplicate groups inside a split", size)
-        listing = [{"group": gi, "kind": g["kind"], "split": g["split"],
-                    "class": table.class_names[table.label[i]], "name": table.name[i]}
-                   for gi, g in enumerate(groups[:ic.max_listed]) for i in g["members"][:20]]
+        listing = [
+            {
+                "group": gi,
+                "kind": g["kind"],
+                "split": g["split"],
+                "class": table.class_names[table.label[i]],
+                "name": table.name[i],
+            }
+            for gi, g in enumerate(groups[: ic.max_listed])
+            for i in g["members"][:20]
+        ]
         out.append(Section("Duplicate groups", [Table(listing)]))
     else:
         out.append(Section("Duplicate groups", [Text("None found.")]))
@@ -764,15 +994,33 @@ def report_sections(cfg, source: Source, table: dc.ImageTable, verdicts, groups,
     # leakage (train vs val)
     v = by_name.get("data.leakage")
     if leaks and v is not None:
-        rows = [(f"{p['kind']} (d={p['hash_distance']})",
-                 [(img(p["train"]), table.name[p["train"]]), (img(p["val"]), table.name[p["val"]])])
-                for p in leaks[:ic.max_groups_shown * 2]]
+        rows = [
+            (
+                f"{p['kind']} (d={p['hash_distance']})",
+                [(img(p["train"]), table.name[p["train"]]), (img(p["val"]), table.name[p["val"]])],
+            )
+            for p in leaks[: ic.max_groups_shown * 2]
+        ]
         v.figures["pairs"] = thumb_rows(rows, "Leakage: the same image in train and val", size)
-        out.append(Section("Leakage pairs", [Table(
-            [{"kind": p["kind"], "train": table.name[p["train"]], "val": table.name[p["val"]],
-              "train class": table.class_names[table.label[p["train"]]],
-              "val class": table.class_names[table.label[p["val"]]]}
-             for p in leaks[:ic.max_listed]])]))
+        out.append(
+            Section(
+                "Leakage pairs",
+                [
+                    Table(
+                        [
+                            {
+                                "kind": p["kind"],
+                                "train": table.name[p["train"]],
+                                "val": table.name[p["val"]],
+                                "train class": table.class_names[table.label[p["train"]]],
+                                "val class": table.class_names[table.label[p["val"]]],
+                            }
+                            for p in leaks[: ic.max_listed]
+                        ]
+                    )
+                ],
+            )
+        )
     else:
         out.append(Section("Leakage pairs", [Text("None found.")]))
 
@@ -780,9 +1028,11 @@ def report_sections(cfg, source: Source, table: dc.ImageTable, verdicts, groups,
     v = by_name.get("data.outliers")
     if found and v is not None:
         per_row = 8
-        shown = found[:ic.max_groups_shown * per_row // 2]
-        rows = [("", [(img(i), cap(i, w[0].split(" (")[0])) for i, w in shown[r:r + per_row]])
-                for r in range(0, len(shown), per_row)]
+        shown = found[: ic.max_groups_shown * per_row // 2]
+        rows = [
+            ("", [(img(i), cap(i, w[0].split(" (")[0])) for i, w in shown[r : r + per_row]])
+            for r in range(0, len(shown), per_row)
+        ]
         v.figures["images"] = thumb_rows(rows, "Outliers (most extreme first)", size)
         why = dict(found)
         out.append(Section("Outliers", [rows_of(list(why), lambda i: {"why": "; ".join(why[i])})]))
@@ -794,12 +1044,20 @@ def report_sections(cfg, source: Source, table: dc.ImageTable, verdicts, groups,
     for name, (mask, score, rule) in flags.items():
         idx = np.flatnonzero(mask)
         idx = idx[np.argsort(score[idx], kind="stable")]
-        flag_rows.append({"flag": name, "images": len(idx), "rule": rule,
-                          "examples": ", ".join(_short(table.name[i]) for i in idx[:3])})
+        flag_rows.append(
+            {
+                "flag": name,
+                "images": len(idx),
+                "rule": rule,
+                "examples": ", ".join(_short(table.name[i]) for i in idx[:3]),
+            }
+        )
         v = by_name.get(name)
         if len(idx) and v is not None:
             v.figures["examples"] = thumb_rows(
-                [(name.split(".", 1)[1], [(img(i), cap(i)) for i in idx[:ic.strip_length]])],
-                f"{name}: {rule}", size)
+                [(name.split(".", 1)[1], [(img(i), cap(i)) for i in idx[: ic.strip_length]])],
+                f"{name}: {rule}",
+                size,
+            )
     out.append(Section("Image properties", [Table(flag_rows)]))
     return out

@@ -3,6 +3,7 @@
 Trains the stage config until the training loss reaches `stage.params.train_loss_target` or
 the epoch budget ends, checks `overfit.train_fit` and reports the train/val gap.
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,8 +46,7 @@ def gap_of(summary: dict[str, Any]) -> dict[str, Any]:
     ta, va = summary.get("train_acc"), summary.get("val_acc")
     tl, vl = summary.get("train_loss"), summary.get("val_loss")
     ok = lambda *xs: all(isinstance(x, (int, float)) and math.isfinite(x) for x in xs)
-    return {"gap_acc": ta - va if ok(ta, va) else None,
-            "gap_loss": vl - tl if ok(tl, vl) else None}
+    return {"gap_acc": ta - va if ok(ta, va) else None, "gap_loss": vl - tl if ok(tl, vl) else None}
 
 
 def run(cfg, ctx: Context) -> StageResult:
@@ -56,31 +56,60 @@ def run(cfg, ctx: Context) -> StageResult:
 
     p = params(cfg)
     res = train_run(cfg, ctx, callbacks=[until_train_loss(float(p["train_loss_target"]))])
-    verdicts = [run_check(cfg.checks, "train.finite",
-                          lambda s: train_finite(res.nonfinite, res.state.step))]
+    verdicts = [
+        run_check(cfg.checks, "train.finite", lambda s: train_finite(res.nonfinite, res.state.step))
+    ]
     last = res.history[-1] if res.history else {}
-    verdicts.append(run_check(cfg.checks, "overfit.train_fit", lambda s: train_fit(
-        last.get("train_loss"), last.get("train_acc"), float(p["train_loss_target"]),
-        float(p["train_acc_target"]), res.state.epoch, cfg.trainer.epochs)))
+    verdicts.append(
+        run_check(
+            cfg.checks,
+            "overfit.train_fit",
+            lambda s: train_fit(
+                last.get("train_loss"),
+                last.get("train_acc"),
+                float(p["train_loss_target"]),
+                float(p["train_acc_target"]),
+                res.state.epoch,
+                cfg.trainer.epochs,
+            ),
+        )
+    )
     summary = summary_of(cfg, ctx, res, verdicts)
     gap = gap_of(summary)
-    summary.update({"train_val_gap_acc": gap["gap_acc"], "train_val_gap_loss": gap["gap_loss"],
-                    "train_loss_target": p["train_loss_target"]})
-    gap_table = KeyValues({
-        "train accuracy": summary.get("train_acc"), "val accuracy": summary.get("val_acc"),
-        "gap (train - val accuracy)": gap["gap_acc"], "train loss": summary.get("train_loss"),
-        "val loss": summary.get("val_loss"), "gap (val - train loss)": gap["gap_loss"],
-        "stopped because": res.stop_reason or "epoch budget used"})
-    why = Text("A large gap is expected here: this stage only proves the model can fit; "
-               "stage=regularize trades some training fit for validation accuracy.")
+    summary.update(
+        {
+            "train_val_gap_acc": gap["gap_acc"],
+            "train_val_gap_loss": gap["gap_loss"],
+            "train_loss_target": p["train_loss_target"],
+        }
+    )
+    gap_table = KeyValues(
+        {
+            "train accuracy": summary.get("train_acc"),
+            "val accuracy": summary.get("val_acc"),
+            "gap (train - val accuracy)": gap["gap_acc"],
+            "train loss": summary.get("train_loss"),
+            "val loss": summary.get("val_loss"),
+            "gap (val - train loss)": gap["gap_loss"],
+            "stopped because": res.stop_reason or "epoch budget used",
+        }
+    )
+    why = Text(
+        "A large gap is expected here: this stage only proves the model can fit; "
+        "stage=regularize trades some training fit for validation accuracy."
+    )
     return result_of(res, verdicts, summary, sections=[Section("Train/val gap", [gap_table, why])])
 
 
 def until_train_loss(target: float):
     """The stage's callback: stop after the first epoch whose training loss is at or below
     `target` (0: never)."""
+
     def callback(rec):
         if target > 0 and math.isfinite(rec.train_loss) and rec.train_loss <= target:
-            return f"training loss {rec.train_loss:.4g} <= target {target:g} after epoch {rec.epoch}"
+            return (
+                f"training loss {rec.train_loss:.4g} <= target {target:g} after epoch {rec.epoch}"
+            )
         return None
+
     return callback

@@ -22,6 +22,7 @@ A stage module (runner/stages/<name>.py, listed once in runner/stages/__init__.p
 
 Light to import (no torch): the CLI registers every stage's Params before composing.
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,8 +46,11 @@ def keyword_fields(cls, **fields_: tuple) -> type:
     compile); OmegaConf reads its fields, which is all the schema needs."""
     import dataclasses
 
-    ns = {k: v for k, v in cls.__dict__.items() if k not in (
-        "__dict__", "__weakref__", "__dataclass_fields__", "__dataclass_params__")}
+    ns = {
+        k: v
+        for k, v in cls.__dict__.items()
+        if k not in ("__dict__", "__weakref__", "__dataclass_fields__", "__dataclass_params__")
+    }
     own = ns.get("__annotations__", {})
     for f in dataclasses.fields(cls):  # this class's fields again, defaults and factories kept
         if f.name in own:

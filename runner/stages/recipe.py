@@ -13,6 +13,7 @@ Writes summary.json ({"stages": [...], "val_acc": <final>, "final": {...}, "not_
 recipe.csv and a report with a row per stage (what changed, val acc, delta, failed checks,
 link; a stage a stopped recipe never ran: "not run").
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,8 +21,8 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List
 
 from runner.checks.outcomes import recipe_gates, recipe_progress
@@ -36,24 +37,33 @@ log = logging.getLogger("runner")
 # the command's overrides go on to the stages; each takes the model./data. keys it reads
 PASSES_OVERRIDES = True
 
+
 @dataclass
 class RecipeParams(train.Params):  # conf/stage/recipe.yaml builds on train
     """stage.params of stage=recipe."""
 
     # order matters; drop a stage by leaving it out (e.g. without tune: minutes less)
-    stages: List[str] = field(default_factory=lambda: [
-        "inspect", "baseline", "overfit", "regularize", "tune", "squeeze"])
+    stages: List[str] = field(
+        default_factory=lambda: ["inspect", "baseline", "overfit", "regularize", "tune", "squeeze"]
+    )
     # a stage that fails (exits non-zero) stops the recipe unless this is true
     continue_on_fail: bool = False
     # overrides for one stage only, e.g.
     # 'stage.params.per_stage.overfit=["stage.params.train_loss_target=0.05"]'
-    per_stage: Dict[str, Any] = field(default_factory=lambda: {
-        "inspect": [], "baseline": [], "train": [], "overfit": [], "regularize": [],
-        # a short study (stage=tune alone runs 8 trials): the warm start (the kept ladder)
-        # and two random draws; the whole digits recipe stays within ~5 min on 2 cores
-        "tune": ["hydra.sweeper.n_trials=3"],
-        # leave the winner training 3 more epochs (stage=squeeze alone: as many again)
-        "squeeze": ["stage.params.continue_epochs=3"]})
+    per_stage: Dict[str, Any] = field(
+        default_factory=lambda: {
+            "inspect": [],
+            "baseline": [],
+            "train": [],
+            "overfit": [],
+            "regularize": [],
+            # a short study (stage=tune alone runs 8 trials): the warm start (the kept ladder)
+            # and two random draws; the whole digits recipe stays within ~5 min on 2 cores
+            "tune": ["hydra.sweeper.n_trials=3"],
+            # leave the winner training 3 more epochs (stage=squeeze alone: as many again)
+            "squeeze": ["stage.params.continue_epochs=3"],
+        }
+    )
 
 
 Params = RecipeParams
@@ -85,16 +95,19 @@ def outcome(run_dir: Path):
             continue
         o.note = f"the recipe's last training stage ({row['stage']}, {d.name})"
         return o
-    raise ConfigError(f"from={run_dir}: this recipe run has no finished training stage to "
-                      "start from")
+    raise ConfigError(
+        f"from={run_dir}: this recipe run has no finished training stage to start from"
+    )
 
 
 def headline(run_dir: Path, own=()) -> Headline:
     """A recipe inside a recipe is refused; for a table of recipes: its final val accuracy."""
     s = read_json(run_dir / "summary.json") or {}
     final = s.get("final") or {}
-    return Headline(s.get("val_acc"), f"{len(s.get('stages') or [])} stage(s); final from "
-                                      f"{final.get('stage', '?')}")
+    return Headline(
+        s.get("val_acc"),
+        f"{len(s.get('stages') or [])} stage(s); final from {final.get('stage', '?')}",
+    )
 
 
 def params(cfg) -> dict[str, Any]:
@@ -107,6 +120,7 @@ def params(cfg) -> dict[str, Any]:
 def passthrough(overrides: list[str]) -> list[str]:
     """The command's overrides every stage gets: not the recipe's own stage/hydra ones, nor
     its `from=` (the recipe decides where each stage starts: see `recipe_from`)."""
+
     def recipes_own(key: str) -> bool:
         return key in ("stage", "from") or key.startswith(("stage.", "hydra.", "hydra/"))
 
@@ -116,8 +130,9 @@ def passthrough(overrides: list[str]) -> list[str]:
 def recipe_from(overrides: list[str]) -> str | None:
     """`stage=recipe from=<dir>`: where the first training stage after baseline starts (and
     squeeze's candidates when no training stage ran before it)."""
-    return next((o.split("=", 1)[1] for o in overrides
-                 if "=" in o and override_key(o) == "from"), None)
+    return next(
+        (o.split("=", 1)[1] for o in overrides if "=" in o and override_key(o) == "from"), None
+    )
 
 
 def stage_overrides(per_stage: Any, name: str) -> list[str]:
@@ -131,8 +146,12 @@ def _compose_problem(e: BaseException, override: str | None, keys: list[str]) ->
     says it (without its 'config error: <override>: ' head and its --cfg advice)."""
     from hydra.errors import ConfigCompositionException
 
-    if override and isinstance(e, ConfigCompositionException) and str(e).startswith("Could not override") \
-            and e.__cause__ is not None:
+    if (
+        override
+        and isinstance(e, ConfigCompositionException)
+        and str(e).startswith("Could not override")
+        and e.__cause__ is not None
+    ):
         from runner.__main__ import unknown_key_message
 
         msg = unknown_key_message(override, e) or ""
@@ -145,8 +164,11 @@ def _compose_problem(e: BaseException, override: str | None, keys: list[str]) ->
 
 def _user_set(overrides: list[str], key: str) -> bool:
     """Whether the command set stage.params.per_stage.<key> (or the whole per_stage)."""
-    return any(override_key(o) in ("stage.params.per_stage", f"stage.params.per_stage.{key}")
-               or override_key(o).startswith(f"stage.params.per_stage.{key}.") for o in overrides)
+    return any(
+        override_key(o) in ("stage.params.per_stage", f"stage.params.per_stage.{key}")
+        or override_key(o).startswith(f"stage.params.per_stage.{key}.")
+        for o in overrides
+    )
 
 
 def check_plan(cfg, p: dict[str, Any], overrides: list[str]) -> None:
@@ -167,32 +189,43 @@ def check_plan(cfg, p: dict[str, Any], overrides: list[str]) -> None:
     stages = [str(x) for x in p["stages"]]
     problems: list[str] = []
     if not stages:
-        problems.append(f"stage.params.stages is empty: list the stages to run, in order "
-                        f"(from {', '.join(names)})")
+        problems.append(
+            f"stage.params.stages is empty: list the stages to run, in order "
+            f"(from {', '.join(names)})"
+        )
     for i, name in enumerate(stages):
         if name == me:
             problems.append(f"stage.params.stages[{i}]={me!r}: a recipe cannot run itself")
         elif name not in STAGES:
-            problems.append(f"stage.params.stages[{i}]={name!r} is not a stage"
-                            + (_close(name, names) or f"; the stages: {', '.join(names)}"))
+            problems.append(
+                f"stage.params.stages[{i}]={name!r} is not a stage"
+                + (_close(name, names) or f"; the stages: {', '.join(names)}")
+            )
     per_stage = p["per_stage"] or {}
     if not isinstance(per_stage, dict):
         problems.append(f"stage.params.per_stage={per_stage!r} must map a stage to its overrides")
         per_stage = {}
     for key, v in per_stage.items():
         if key not in STAGES or key == me:
-            problems.append(f"stage.params.per_stage.{key}: {key!r} is not a stage"
-                            + (_close(str(key), names) or f"; the stages: {', '.join(names)}"))
+            problems.append(
+                f"stage.params.per_stage.{key}: {key!r} is not a stage"
+                + (_close(str(key), names) or f"; the stages: {', '.join(names)}")
+            )
         elif key not in stages and _user_set(overrides, key):
-            problems.append(f"stage.params.per_stage.{key}: {key} is not in stage.params.stages "
-                            f"[{', '.join(stages)}]")
+            problems.append(
+                f"stage.params.per_stage.{key}: {key} is not in stage.params.stages "
+                f"[{', '.join(stages)}]"
+            )
         if v is not None and not isinstance(v, (str, list, tuple)):
             problems.append(f"stage.params.per_stage.{key}={v!r} must be a list of overrides")
     common = passthrough(overrides)
     for i, name in enumerate(stages):  # a stage that cannot run where the recipe puts it
         hook = getattr(get_stage(name), "recipe_problem", None) if name in STAGES else None
-        own = stage_overrides(per_stage, name) if isinstance(per_stage.get(name),
-                                                              (str, list, tuple)) else []
+        own = (
+            stage_overrides(per_stage, name)
+            if isinstance(per_stage.get(name), (str, list, tuple))
+            else []
+        )
         problem = hook(stages[:i], [*common, *own], recipe_from(overrides)) if hook else None
         if problem:
             problems.append(f"stage.params.stages[{i}]={name!r} {problem}")
@@ -208,8 +241,12 @@ def check_plan(cfg, p: dict[str, Any], overrides: list[str]) -> None:
     # (model.name for the baseline's TinyCNN); a key no stage reads is a config error
     dropped: dict[str, list[str]] = {}
     for name in stages:
-        if name not in STAGES or name == me or name in checked \
-                or not isinstance(per_stage.get(name, []), (str, list, tuple)):
+        if (
+            name not in STAGES
+            or name == me
+            or name in checked
+            or not isinstance(per_stage.get(name, []), (str, list, tuple))
+        ):
             continue
         checked.add(name)
         where = f"stage.params.per_stage.{name}"
@@ -244,9 +281,11 @@ def check_plan(cfg, p: dict[str, Any], overrides: list[str]) -> None:
                 log.debug("recipe: stage %s's params not checked up front: %s", name, e)
     for o in common:
         if checked and all(o in dropped.get(n, []) for n in checked):
-            problems.append(f"{o}: no stage of this recipe reads {override_key(o)} with its "
-                            f"options ({', '.join(sorted(checked))}); set the option that reads "
-                            "it too (e.g. model=timm for model.name)")
+            problems.append(
+                f"{o}: no stage of this recipe reads {override_key(o)} with its "
+                f"options ({', '.join(sorted(checked))}); set the option that reads "
+                "it too (e.g. model=timm for model.name)"
+            )
     if problems:
         raise ConfigError(problems)
     return dropped
@@ -258,7 +297,7 @@ def _fmt(v: Any) -> str:
 
 def _short(v: Any, n: int = 60) -> str:
     t = _fmt(v)
-    return t if len(t) <= n else t[:n - 3] + "..."
+    return t if len(t) <= n else t[: n - 3] + "..."
 
 
 def stage_headline(name: str, d: Path, own: list[str] | None = None) -> dict[str, Any]:
@@ -278,9 +317,11 @@ def final_model(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     kept ladder): the recipe then still ends on the better model, and `regressions` says so."""
     from runner.stages import get_stage
 
-    ranked = sorted((r for r in rows if r["exit_code"] == 0
-                     and isinstance(r["val_acc"], (int, float))),
-                    key=lambda r: (r["val_acc"], rows.index(r)), reverse=True)
+    ranked = sorted(
+        (r for r in rows if r["exit_code"] == 0 and isinstance(r["val_acc"], (int, float))),
+        key=lambda r: (r["val_acc"], rows.index(r)),
+        reverse=True,
+    )
     for r in ranked:
         try:
             o = get_stage(r["stage"]).outcome(Path(r["dir"]))
@@ -288,12 +329,20 @@ def final_model(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
             continue
         if o.weights is None:  # no model to adopt (e.g. only looked at the data)
             continue
-        return {"stage": r["stage"], "run": str(o.run or r["dir"]), "config": str(o.config_file),
-                "weights": str(o.weights), "what": o.note, "val_acc": r["val_acc"]}
+        return {
+            "stage": r["stage"],
+            "run": str(o.run or r["dir"]),
+            "config": str(o.config_file),
+            "weights": str(o.weights),
+            "what": o.note,
+            "val_acc": r["val_acc"],
+        }
     return None
 
 
-def regressions(rows: list[dict[str, Any]], n_val: int | None, min_delta: float = 0.005) -> list[str]:
+def regressions(
+    rows: list[dict[str, Any]], n_val: int | None, min_delta: float = 0.005
+) -> list[str]:
     """Passing stages with a val accuracy that ended below the best stage before them by
     more than noise (runner/checks/outcomes.py)."""
     from runner.checks.outcomes import regressions as below_best
@@ -317,8 +366,15 @@ def _run_stage(args: list[str], cwd: str, env: dict) -> tuple[int, list[str]]:
     from collections import deque
 
     tail: deque = deque(maxlen=60)
-    proc = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    )
     assert proc.stdout is not None
     try:
         for line in proc.stdout:
@@ -349,8 +405,12 @@ def sub_run_times(d: Path) -> list[dict[str, Any]]:
     out = []
     for sub in found:
         w = (read_json(sub / "summary.json") or {}).get("wall_s")
-        out.append({"dir": str(sub.relative_to(d)),
-                    "wall_s": round(float(w), 2) if isinstance(w, (int, float)) else None})
+        out.append(
+            {
+                "dir": str(sub.relative_to(d)),
+                "wall_s": round(float(w), 2) if isinstance(w, (int, float)) else None,
+            }
+        )
     return out
 
 
@@ -360,12 +420,14 @@ def stage_times(d: Path | None, s: dict[str, Any], wall: float | None) -> dict[s
     sub_wall = [x["wall_s"] for x in subs if x["wall_s"] is not None]
     own = s.get("wall_s")
     data = s.get("data") if isinstance(s.get("data"), dict) else {}
-    return {"wall_s": round(wall, 2) if wall is not None else None,
-            "stage_wall_s": round(float(own), 2) if isinstance(own, (int, float)) else None,
-            "sub_runs": len(subs) if d is not None else None,
-            "sub_runs_wall_s": round(sum(sub_wall), 2) if sub_wall else None,
-            "n_val": int(data["num_val"]) if data.get("num_val") else None,
-            "sub_runs_list": subs}
+    return {
+        "wall_s": round(wall, 2) if wall is not None else None,
+        "stage_wall_s": round(float(own), 2) if isinstance(own, (int, float)) else None,
+        "sub_runs": len(subs) if d is not None else None,
+        "sub_runs_wall_s": round(sum(sub_wall), 2) if sub_wall else None,
+        "n_val": int(data["num_val"]) if data.get("num_val") else None,
+        "sub_runs_list": subs,
+    }
 
 
 def run(cfg, ctx: Context) -> StageResult:
@@ -383,8 +445,9 @@ def run(cfg, ctx: Context) -> StageResult:
     prev_acc = None
     n_val = None
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), ctx.original_cwd,
-                                         env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).resolve().parents[2]), ctx.original_cwd, env.get("PYTHONPATH", "")]
+    )
     env.pop("HYDRA_FULL_ERROR", None)
     # every stage's name and config, before any runs; which command keys each stage reads
     dropped = check_plan(cfg, p, list(ctx.overrides))
@@ -393,13 +456,15 @@ def run(cfg, ctx: Context) -> StageResult:
         d = ctx.run.path / f"{k}-{name}"
         own = stage_overrides(p["per_stage"], name)
         if dropped.get(name):
-            log.info("recipe: %s does not read %s (left out for it)", name,
-                     " ".join(dropped[name]))
+            log.info("recipe: %s does not read %s (left out for it)", name, " ".join(dropped[name]))
         args = [f"stage={name}", *[o for o in common if o not in dropped.get(name, [])], *own]
         mod = get_stage(name)
         # the last training stage that passed: this one starts from its outcome
-        prev = next((dd for x, dd, c in reversed(done) if stage_flag(x, "TRAINS") and c == 0),
-                     start) if stage_flag(name, "FROM_PREVIOUS") else None
+        prev = (
+            next((dd for x, dd, c in reversed(done) if stage_flag(x, "TRAINS") and c == 0), start)
+            if stage_flag(name, "FROM_PREVIOUS")
+            else None
+        )
         if prev is not None and not any(override_key(a) == "from" for a in args):
             args.append(f"from={prev}")
         if stage_flag(name, "SWEEP"):
@@ -418,93 +483,194 @@ def run(cfg, ctx: Context) -> StageResult:
         if isinstance(s.get("data"), dict) and s["data"].get("num_val"):
             n_val = n_val or int(s["data"]["num_val"])
         ran = any((d / f).exists() for f in ("summary.json", "study.json", "runs.csv"))
-        head = stage_headline(name, d, own) if ran or code == 0 else {
-            "val_acc": None, "change": "(did not finish)" if d.is_dir() else "(did not run)"}
+        head = (
+            stage_headline(name, d, own)
+            if ran or code == 0
+            else {"val_acc": None, "change": "(did not finish)" if d.is_dir() else "(did not run)"}
+        )
         acc, change = head["val_acc"], head["change"]
-        row = {"stage": name, "exit_code": code, "change": change, "val_acc": acc,
-               "delta": (acc - prev_acc) if isinstance(acc, (int, float)) and
-               isinstance(prev_acc, (int, float)) else None,
-               "checks_failed": [c["name"] for c in checks if c.get("status") == "fail"]
-               or s.get("checks_failed") or [],
-               "dir": str(d), "report": f"{d.name}/report.html" if (d / "report.html").exists() else "",
-               "error": _error_line(tail) if code != 0 and not (checks and any(
-                   c.get("status") == "fail" for c in checks)) else None,
-               **stage_times(d, s, wall)}
+        row = {
+            "stage": name,
+            "exit_code": code,
+            "change": change,
+            "val_acc": acc,
+            "delta": (acc - prev_acc)
+            if isinstance(acc, (int, float)) and isinstance(prev_acc, (int, float))
+            else None,
+            "checks_failed": [c["name"] for c in checks if c.get("status") == "fail"]
+            or s.get("checks_failed")
+            or [],
+            "dir": str(d),
+            "report": f"{d.name}/report.html" if (d / "report.html").exists() else "",
+            "error": _error_line(tail)
+            if code != 0 and not (checks and any(c.get("status") == "fail" for c in checks))
+            else None,
+            **stage_times(d, s, wall),
+        }
         rows.append(row)
         if isinstance(acc, (int, float)):
             prev_acc = acc
         if code != 0:
-            reason = (f"stage {name} exited {code}"
-                      + (f" (failed: {', '.join(row['checks_failed'])})" if row["checks_failed"] else "")
-                      + (f": {row['error']}" if row["error"] else ""))
+            reason = (
+                f"stage {name} exited {code}"
+                + (f" (failed: {', '.join(row['checks_failed'])})" if row["checks_failed"] else "")
+                + (f": {row['error']}" if row["error"] else "")
+            )
             log.warning("recipe: %s", reason)
             failed.append(reason)
             if not p["continue_on_fail"]:
-                stopped = reason + "; the recipe stops here (stage.params.continue_on_fail=true goes on)"
+                stopped = (
+                    reason + "; the recipe stops here (stage.params.continue_on_fail=true goes on)"
+                )
                 break
-    not_run = [f"{k}-{name}" for k, name in enumerate(p["stages"], start=1)][len(rows):]
-    not_run_rows = [{"stage": x.split("-", 1)[1], "exit_code": None, "change": "not run",
-                     "val_acc": None, "delta": None, "checks_failed": [],
-                     "dir": str(ctx.run.path / x), "report": "", "error": None,
-                     **stage_times(None, {}, None)} for x in not_run]
+    not_run = [f"{k}-{name}" for k, name in enumerate(p["stages"], start=1)][len(rows) :]
+    not_run_rows = [
+        {
+            "stage": x.split("-", 1)[1],
+            "exit_code": None,
+            "change": "not run",
+            "val_acc": None,
+            "delta": None,
+            "checks_failed": [],
+            "dir": str(ctx.run.path / x),
+            "report": "",
+            "error": None,
+            **stage_times(None, {}, None),
+        }
+        for x in not_run
+    ]
 
     # the final model is the best passing stage's (not merely the last one's), and its val
     # accuracy is the recipe's: a failed last stage does not stand for the recipe's result
     final_run = final_model(rows)
     final = final_run["val_acc"] if final_run else None
-    recipe_csv = [{**{k: v for k, v in r.items() if k != "sub_runs_list"},
-                   "checks_failed": " ".join(r["checks_failed"])} for r in rows + not_run_rows]
+    recipe_csv = [
+        {
+            **{k: v for k, v in r.items() if k != "sub_runs_list"},
+            "checks_failed": " ".join(r["checks_failed"]),
+        }
+        for r in rows + not_run_rows
+    ]
     # a failed stage fails the recipe; continue_on_fail only decides whether it went on
-    v = run_check(cfg.checks, "recipe.gates", lambda s: recipe_gates(
-        len(p["stages"]), rows, failed, [x.split("-", 1)[1] for x in not_run], stopped))
+    v = run_check(
+        cfg.checks,
+        "recipe.gates",
+        lambda s: recipe_gates(
+            len(p["stages"]), rows, failed, [x.split("-", 1)[1] for x in not_run], stopped
+        ),
+    )
     worse = regressions(rows, n_val)
-    last_acc = next((r["val_acc"] for r in reversed(rows) if r["exit_code"] == 0
-                     and isinstance(r["val_acc"], (int, float))), None)
-    v_reg = run_check(cfg.checks, "recipe.progress",
-                      lambda s: recipe_progress(worse, final_run, last_acc))
-    summary = {"stage": cfg.stage.name, "name": cfg.name, "val_acc": final, "val_loss": None,
-               "stages": [{"stage": r["stage"], "val_acc": r["val_acc"],
-                           "checks_failed": r["checks_failed"], "dir": r["dir"],
-                           "exit_code": r["exit_code"], "error": r["error"],
-                           **{k: r[k] for k in TIME_COLUMNS}, "sub_runs_list": r["sub_runs_list"]}
-                          for r in rows],
-               # the recipe's own wall time (its stages, plus the up-front plan check)
-               "wall_s": round(time.perf_counter() - t_recipe, 2),
-               "not_run": [x.split("-", 1)[1] for x in not_run],
-               "final": final_run, "regressions": worse,
-               "stopped": stopped, "checks_failed": [x.name for x in (v, v_reg) if x.status == "fail"],
-               "run_dir": str(ctx.run.path)}
-    table_rows = [{**r, "report": r["report"] if (Path(r["dir"]) / "report.html").exists() else None,
-                   "link": f"{r['stage']} report" if (Path(r["dir"]) / "report.html").exists()
-                   else "(no report)", "checks_failed": ", ".join(r["checks_failed"]),
-                   "error": r["error"] or "",
-                   "exit_code": "" if r["exit_code"] is None else r["exit_code"]}
-                  for r in rows + not_run_rows]
-    body: list[Any] = [Table(table_rows, ["stage", "change", "exit_code", "val_acc", "delta",
-                                          "wall_s", "sub_runs", "checks_failed", "error",
-                                          "link"],
-                             links={"link": "report"})]
+    last_acc = next(
+        (
+            r["val_acc"]
+            for r in reversed(rows)
+            if r["exit_code"] == 0 and isinstance(r["val_acc"], (int, float))
+        ),
+        None,
+    )
+    v_reg = run_check(
+        cfg.checks, "recipe.progress", lambda s: recipe_progress(worse, final_run, last_acc)
+    )
+    summary = {
+        "stage": cfg.stage.name,
+        "name": cfg.name,
+        "val_acc": final,
+        "val_loss": None,
+        "stages": [
+            {
+                "stage": r["stage"],
+                "val_acc": r["val_acc"],
+                "checks_failed": r["checks_failed"],
+                "dir": r["dir"],
+                "exit_code": r["exit_code"],
+                "error": r["error"],
+                **{k: r[k] for k in TIME_COLUMNS},
+                "sub_runs_list": r["sub_runs_list"],
+            }
+            for r in rows
+        ],
+        # the recipe's own wall time (its stages, plus the up-front plan check)
+        "wall_s": round(time.perf_counter() - t_recipe, 2),
+        "not_run": [x.split("-", 1)[1] for x in not_run],
+        "final": final_run,
+        "regressions": worse,
+        "stopped": stopped,
+        "checks_failed": [x.name for x in (v, v_reg) if x.status == "fail"],
+        "run_dir": str(ctx.run.path),
+    }
+    table_rows = [
+        {
+            **r,
+            "report": r["report"] if (Path(r["dir"]) / "report.html").exists() else None,
+            "link": f"{r['stage']} report"
+            if (Path(r["dir"]) / "report.html").exists()
+            else "(no report)",
+            "checks_failed": ", ".join(r["checks_failed"]),
+            "error": r["error"] or "",
+            "exit_code": "" if r["exit_code"] is None else r["exit_code"],
+        }
+        for r in rows + not_run_rows
+    ]
+    body: list[Any] = [
+        Table(
+            table_rows,
+            [
+                "stage",
+                "change",
+                "exit_code",
+                "val_acc",
+                "delta",
+                "wall_s",
+                "sub_runs",
+                "checks_failed",
+                "error",
+                "link",
+            ],
+            links={"link": "report"},
+        )
+    ]
     if rows:
-        body.append(Figure(recipe_walk(
-            [f"{k}. {r['stage']}" for k, r in enumerate(rows, start=1)],
-            [r["val_acc"] for r in rows], [r["n_val"] or n_val for r in rows],
-            [r["wall_s"] for r in rows], [r["sub_runs_wall_s"] for r in rows],
-            title=f"recipe on {cfg.data.kind}: accuracy after each stage, and where the time "
-                  "went"), "recipe_stages"))
-        body.append(Text("Left: validation accuracy after each stage; the band is one standard "
-                         "error of an accuracy measured on n_val images, sqrt(p(1-p)/n_val): "
-                         "steps inside it are noise. Right: each stage's process wall time; the "
-                         "darker part is its sub-runs' own training time (ladder rungs, study "
-                         "trials, squeeze's reruns).", note=True))
+        body.append(
+            Figure(
+                recipe_walk(
+                    [f"{k}. {r['stage']}" for k, r in enumerate(rows, start=1)],
+                    [r["val_acc"] for r in rows],
+                    [r["n_val"] or n_val for r in rows],
+                    [r["wall_s"] for r in rows],
+                    [r["sub_runs_wall_s"] for r in rows],
+                    title=f"recipe on {cfg.data.kind}: accuracy after each stage, and where the time "
+                    "went",
+                ),
+                "recipe_stages",
+            )
+        )
+        body.append(
+            Text(
+                "Left: validation accuracy after each stage; the band is one standard "
+                "error of an accuracy measured on n_val images, sqrt(p(1-p)/n_val): "
+                "steps inside it are noise. Right: each stage's process wall time; the "
+                "darker part is its sub-runs' own training time (ladder rungs, study "
+                "trials, squeeze's reruns).",
+                note=True,
+            )
+        )
     if failed:
         body.insert(0, Text(v.message, strong=True))
     if worse:
         body.append(Text(f"{v_reg.message}.", strong=True))
     if final_run:
-        body.append(Text(
-            f"Final model (val acc {final:.4f}), from the {final_run['stage']} stage: "
-            f"{final_run['what']}. Config `{final_run['config']}`; weights "
-            f"`{final_run['weights']}`. Continue from it with "
-            f"`python -m runner stage=train from={ctx.run.path}`."))
-    return StageResult([v, v_reg], summary, [Section("Stages", body)],
-                       {"recipe.csv": recipe_csv}, title=f"recipe on {cfg.data.kind}")
+        body.append(
+            Text(
+                f"Final model (val acc {final:.4f}), from the {final_run['stage']} stage: "
+                f"{final_run['what']}. Config `{final_run['config']}`; weights "
+                f"`{final_run['weights']}`. Continue from it with "
+                f"`python -m runner stage=train from={ctx.run.path}`."
+            )
+        )
+    return StageResult(
+        [v, v_reg],
+        summary,
+        [Section("Stages", body)],
+        {"recipe.csv": recipe_csv},
+        title=f"recipe on {cfg.data.kind}",
+    )

@@ -18,12 +18,13 @@ command's config: a rung that will be skipped may need that key to validate (pre
 need a file). A rung that still fails at its turn (at run time, or a `when:` rung enabled by a
 kept rung) is recorded with its error and reverted; the ladder goes on.
 """
+
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, List, Optional
 
 from omegaconf import MISSING, OmegaConf
@@ -35,6 +36,7 @@ from runner.stages import overfit
 from runner.stages.protocol import Context, Headline, Outcome, StageResult, run_check
 
 log = logging.getLogger("runner")
+
 
 @dataclass
 class Rung:
@@ -78,10 +80,15 @@ def outcome(run_dir: Path) -> Outcome:
         return run_outcome(run_dir)
     s = read_json(run_dir / "summary.json") or {}
     best_dir = s.get("best_rung_dir")
-    return Outcome(run_dir, load_yaml(kept), kept, "regularize",
-                   best_checkpoint(run_dir / best_dir) if best_dir else None,
-                   f"the ladder's kept changes ({' '.join(s.get('kept_overrides') or []) or 'none'})",
-                   run=run_dir / best_dir if best_dir else run_dir)
+    return Outcome(
+        run_dir,
+        load_yaml(kept),
+        kept,
+        "regularize",
+        best_checkpoint(run_dir / best_dir) if best_dir else None,
+        f"the ladder's kept changes ({' '.join(s.get('kept_overrides') or []) or 'none'})",
+        run=run_dir / best_dir if best_dir else run_dir,
+    )
 
 
 def headline(run_dir: Path, own=()) -> Headline:
@@ -91,8 +98,10 @@ def headline(run_dir: Path, own=()) -> Headline:
 
     s = read_json(run_dir / "summary.json") or {}
     kept = "kept: " + (" ".join(s.get("kept_overrides") or []) or "nothing")
-    return Headline(s.get("ladder_val_acc", s.get("best_val_acc", s.get("val_acc"))),
-                    f"{changed(run_dir, s, own)} {kept}")
+    return Headline(
+        s.get("ladder_val_acc", s.get("best_val_acc", s.get("val_acc"))),
+        f"{changed(run_dir, s, own)} {kept}",
+    )
 
 
 def params(cfg) -> dict[str, Any]:
@@ -107,16 +116,23 @@ def decide(best_acc: float, cand_acc: float | None, n_val: int, min_delta: float
     from runner.checks.noise import same_val_set
 
     d = same_val_set(best_acc, cand_acc, n_val, min_delta)
-    return {"keep": d.significant, "delta": d.delta, "threshold": d.threshold,
-            "p_value": d.p_value, "test": d.test}
+    return {
+        "keep": d.significant,
+        "delta": d.delta,
+        "threshold": d.threshold,
+        "p_value": d.p_value,
+        "test": d.test,
+    }
 
 
 # ----------------------------------------------------------------------------- experiment YAML
 def experiment_overrides(overrides: Sequence[str]) -> list[str]:
     """The command's overrides an experiment file should carry: not the stage or hydra ones."""
+
     def skip(key: str) -> bool:
-        return (key in ("stage", "experiment", "from", "init_from")
-                or key.startswith(("stage.", "hydra.", "hydra/")))
+        return key in ("stage", "experiment", "from", "init_from") or key.startswith(
+            ("stage.", "hydra.", "hydra/")
+        )
 
     return [o for o in overrides if not skip(override_key(o))]
 
@@ -144,14 +160,18 @@ def _flat_keys(cfg) -> list[str]:
                 key = f"{prefix}.{k}" if prefix else str(k)
                 out.append(key)
                 walk(v, key)
+
     walk(OmegaConf.to_container(cfg, resolve=False), "")
     return out
 
 
 def _first_line(e: BaseException) -> str:
     """The first line of an error's message, without Hydra's `use +key=value` advice."""
-    lines = [x.strip() for x in str(e).splitlines()
-             if x.strip() and not x.strip().startswith("To append to your config")]
+    lines = [
+        x.strip()
+        for x in str(e).splitlines()
+        if x.strip() and not x.strip().startswith("To append to your config")
+    ]
     return lines[0] if lines else type(e).__name__
 
 
@@ -181,17 +201,23 @@ def compose_problem(e: BaseException, override: str | None, keys: Sequence[str])
             return f"{choice!r} is not an option of {group}{listed}{_close(choice, options)}"
         return _first_line(e)
     cause = e.__cause__
-    if isinstance(e, ConfigCompositionException) and key and (
+    if (
+        isinstance(e, ConfigCompositionException)
+        and key
+        and (
             isinstance(cause, (ConfigKeyError, ConfigAttributeError))
-            or str(e).startswith("Could not override")):
+            or str(e).startswith("Could not override")
+        )
+    ):
         return f"{key} is not in the config{_close(key, keys)}"
     if isinstance(cause, ValidationError):
         return f"bad value: {_first_line(cause)}"
     return _first_line(cause if cause is not None else e)
 
 
-def compose_each(base: list[str], extra: list[str], where: str, whole: str, keys: Sequence[str],
-                 explain=None) -> tuple[Any, list[str]]:
+def compose_each(
+    base: list[str], extra: list[str], where: str, whole: str, keys: Sequence[str], explain=None
+) -> tuple[Any, list[str]]:
     """Compose base + extra: (config, []), or (None, problems) naming each override of `extra`
     that fails on its own (`where: override: why`), else the whole (`whole: why`)."""
     explain = explain or compose_problem
@@ -260,8 +286,9 @@ def run(cfg, ctx: Context) -> StageResult:
     rows: list[dict[str, Any]] = []
 
     log.info("regularize: rung 0 (base), then %d rung(s)", len(rungs))
-    best_res, best_summary = sub_run(cfg, ctx, rung_root / "0-base", list(ctx.overrides),
-                                       "regularize rung: 0-base")
+    best_res, best_summary = sub_run(
+        cfg, ctx, rung_root / "0-base", list(ctx.overrides), "regularize rung: 0-base"
+    )
     best_cfg, best_dir = cfg, "rungs/0-base"
     if best_res.nonfinite or best_summary.get("best_val_acc") is None:
         verdicts = [train_finite(best_res.nonfinite, best_res.state.step)]
@@ -270,11 +297,23 @@ def run(cfg, ctx: Context) -> StageResult:
         return out
     best_acc = float(best_summary["best_val_acc"])
     n_val = len(best_res.data.val)
-    rows.append({"rung": 0, "name": "base", "change": "(stage config)", "val_acc": best_acc,
-                 "val_loss": best_summary.get("best_val_loss"),
-                 "best_epoch": best_summary.get("best_epoch"), "epochs": best_summary.get("epochs"),
-                 "delta": None, "threshold": None, "best_before": None, "kept": True,
-                 "dir": "rungs/0-base", "error": None})
+    rows.append(
+        {
+            "rung": 0,
+            "name": "base",
+            "change": "(stage config)",
+            "val_acc": best_acc,
+            "val_loss": best_summary.get("best_val_loss"),
+            "best_epoch": best_summary.get("best_epoch"),
+            "epochs": best_summary.get("epochs"),
+            "delta": None,
+            "threshold": None,
+            "best_before": None,
+            "kept": True,
+            "dir": "rungs/0-base",
+            "error": None,
+        }
+    )
     base_acc = best_acc
 
     for k, rung in enumerate(rungs, start=1):
@@ -282,10 +321,21 @@ def run(cfg, ctx: Context) -> StageResult:
         change = [str(o) for o in (rung.get("overrides") or [])]
         path = rung_root / f"{k}-{_slug(name)}"
         overrides = list(ctx.overrides) + kept + change
-        row = {"rung": k, "name": name, "change": " ".join(change), "val_acc": None,
-               "val_loss": None, "best_epoch": None, "epochs": None, "delta": None,
-               "threshold": None, "best_before": best_acc, "kept": False,
-               "dir": f"rungs/{path.name}", "error": None}
+        row = {
+            "rung": k,
+            "name": name,
+            "change": " ".join(change),
+            "val_acc": None,
+            "val_loss": None,
+            "best_epoch": None,
+            "epochs": None,
+            "delta": None,
+            "threshold": None,
+            "best_before": best_acc,
+            "kept": False,
+            "dir": f"rungs/{path.name}",
+            "error": None,
+        }
         when = rung.get("when")
         if when and not OmegaConf.select(best_cfg, str(when), default=None):
             log.info("regularize: rung %d/%d %s skipped: %s is not set", k, len(rungs), name, when)
@@ -305,14 +355,27 @@ def run(cfg, ctx: Context) -> StageResult:
             row["error"] = f"diverged: {res.nonfinite}"
             log.warning("regularize: rung %s diverged: %s", name, res.nonfinite)
         d = decide(best_acc, acc, n_val, min_delta)
-        row.update({"val_acc": acc, "val_loss": summ.get("best_val_loss"),
-                    "best_epoch": summ.get("best_epoch"), "epochs": summ.get("epochs"),
-                    "delta": d["delta"], "threshold": d["threshold"], "p_value": d["p_value"],
-                    "kept": d["keep"]})
-        log.info("regularize: %s val_acc %s vs best %.4f (delta %s, threshold %.4f) -> %s", name,
-                 "none (diverged)" if acc is None else f"{acc:.4f}", best_acc,
-                 "none" if d["delta"] is None else f"{d['delta']:+.4f}", d["threshold"],
-                 "KEPT" if d["keep"] else "reverted")
+        row.update(
+            {
+                "val_acc": acc,
+                "val_loss": summ.get("best_val_loss"),
+                "best_epoch": summ.get("best_epoch"),
+                "epochs": summ.get("epochs"),
+                "delta": d["delta"],
+                "threshold": d["threshold"],
+                "p_value": d["p_value"],
+                "kept": d["keep"],
+            }
+        )
+        log.info(
+            "regularize: %s val_acc %s vs best %.4f (delta %s, threshold %.4f) -> %s",
+            name,
+            "none (diverged)" if acc is None else f"{acc:.4f}",
+            best_acc,
+            "none" if d["delta"] is None else f"{d['delta']:+.4f}",
+            d["threshold"],
+            "KEPT" if d["keep"] else "reverted",
+        )
         rows.append(row)
         if d["keep"]:
             kept += change
@@ -320,41 +383,90 @@ def run(cfg, ctx: Context) -> StageResult:
             best_dir = f"rungs/{path.name}"
 
     # outputs: the best rung's metrics, ladder.csv, the experiment file, the final config
-    header = ("Written by stage=regularize: the command's own overrides plus the kept ladder changes.\n"
-              "Copy into conf/experiment/; the best rung again (no ladder):\n"
-              "  python -m runner stage=regularize 'stage.params.rungs=[]' experiment=regularized\n"
-              "The full composed config: regularized_config.yaml beside this file.")
+    header = (
+        "Written by stage=regularize: the command's own overrides plus the kept ladder changes.\n"
+        "Copy into conf/experiment/; the best rung again (no ladder):\n"
+        "  python -m runner stage=regularize 'stage.params.rungs=[]' experiment=regularized\n"
+        "The full composed config: regularized_config.yaml beside this file."
+    )
     inherited = (ctx.lineage or {}).get("from_source") or {}
-    regularized = overrides_yaml(experiment_overrides(ctx.overrides) + kept, _groups(),
-                                 header.splitlines(), inherited)
-    files = {"ladder.csv": rows, "regularized.yaml": regularized,
-             "regularized_config.yaml": OmegaConf.to_yaml(best_cfg)}
+    regularized = overrides_yaml(
+        experiment_overrides(ctx.overrides) + kept, _groups(), header.splitlines(), inherited
+    )
+    files = {
+        "ladder.csv": rows,
+        "regularized.yaml": regularized,
+        "regularized_config.yaml": OmegaConf.to_yaml(best_cfg),
+    }
 
-    verdicts = [run_check(cfg.checks, "train.finite",
-                          lambda s: train_finite(best_res.nonfinite, best_res.state.step)),
-                run_check(cfg.checks, "regularize.first_layer", lambda s: first_layer_verdict(
-                    best_res.model, float(p["first_layer_min_corr"]),
-                    int(p["first_layer_min_kernel"])))]
-    extra = {"ladder": rows, "kept_overrides": kept, "base_val_acc": base_acc, "best_rung_dir": best_dir,
-             "ladder_val_acc": best_acc, "ladder_gain": best_acc - base_acc,
-             "decision_rule": f"keep when gain > max({min_delta:g}, one standard error sqrt(2p(1-p)/n_val)): "
-                              f"a one-sided z-test at p < 0.16 on the same n_val={n_val} images "
-                              "(runner/checks/noise.py)"}
+    verdicts = [
+        run_check(
+            cfg.checks,
+            "train.finite",
+            lambda s: train_finite(best_res.nonfinite, best_res.state.step),
+        ),
+        run_check(
+            cfg.checks,
+            "regularize.first_layer",
+            lambda s: first_layer_verdict(
+                best_res.model, float(p["first_layer_min_corr"]), int(p["first_layer_min_kernel"])
+            ),
+        ),
+    ]
+    extra = {
+        "ladder": rows,
+        "kept_overrides": kept,
+        "base_val_acc": base_acc,
+        "best_rung_dir": best_dir,
+        "ladder_val_acc": best_acc,
+        "ladder_gain": best_acc - base_acc,
+        "decision_rule": f"keep when gain > max({min_delta:g}, one standard error sqrt(2p(1-p)/n_val)): "
+        f"a one-sided z-test at p < 0.16 on the same n_val={n_val} images "
+        "(runner/checks/noise.py)",
+    }
     summary = summary_of(best_cfg, ctx, best_res, verdicts, extra)
     summary["stage"] = cfg.stage.name
-    cols = ["rung", "name", "change", "val_acc", "val_loss", "delta", "threshold", "p_value", "kept",
-            "best_epoch", "epochs", "error", "dir"]
+    cols = [
+        "rung",
+        "name",
+        "change",
+        "val_acc",
+        "val_loss",
+        "delta",
+        "threshold",
+        "p_value",
+        "kept",
+        "best_epoch",
+        "epochs",
+        "error",
+        "dir",
+    ]
     ladder = [
-        Text(f"Rule: {extra['decision_rule']}, p = current best val accuracy (at the best "
-             "val-loss epoch; early stopping on val loss). Rung reports: the dir column."),
+        Text(
+            f"Rule: {extra['decision_rule']}, p = current best val accuracy (at the best "
+            "val-loss epoch; early stopping on val loss). Rung reports: the dir column."
+        ),
         Table(_table_rows(rows, ctx.run.path), cols, links={"dir": "report"}),
-        Text(f"Kept: `{' '.join(kept) or '(nothing)'}`; base {base_acc:.4f} -> {best_acc:.4f}. "
-             "Files: ladder.csv, regularized.yaml, regularized_config.yaml.")]
-    sections = [Section("Ladder", ladder), Section("regularized.yaml", [Code(regularized)]),
-                Section("Final config", [Code(OmegaConf.to_yaml(best_cfg))])]
-    return result_of(best_res, verdicts, summary, sections=sections, files=files,
-                     metrics=best_res.history, config=best_cfg,
-                     title=f"regularize: {summary.get('model', '')} on {cfg.data.kind}")
+        Text(
+            f"Kept: `{' '.join(kept) or '(nothing)'}`; base {base_acc:.4f} -> {best_acc:.4f}. "
+            "Files: ladder.csv, regularized.yaml, regularized_config.yaml."
+        ),
+    ]
+    sections = [
+        Section("Ladder", ladder),
+        Section("regularized.yaml", [Code(regularized)]),
+        Section("Final config", [Code(OmegaConf.to_yaml(best_cfg))]),
+    ]
+    return result_of(
+        best_res,
+        verdicts,
+        summary,
+        sections=sections,
+        files=files,
+        metrics=best_res.history,
+        config=best_cfg,
+        title=f"regularize: {summary.get('model', '')} on {cfg.data.kind}",
+    )
 
 
 def _table_rows(rows: Sequence[dict], root) -> list[dict]:
@@ -365,6 +477,12 @@ def _table_rows(rows: Sequence[dict], root) -> list[dict]:
     for r in rows:
         d = r.get("dir")
         report = f"{d}/report.html" if d and (root / d / "report.html").is_file() else None
-        out.append({**r, "error": r.get("error") or "", "report": report,
-                    "dir": d if d and (root / d).is_dir() else ""})
+        out.append(
+            {
+                **r,
+                "error": r.get("error") or "",
+                "report": report,
+                "dir": d if d and (root / d).is_dir() else "",
+            }
+        )
     return out

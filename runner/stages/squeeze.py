@@ -28,6 +28,7 @@ adopted option. Each sub-run (seeds/<label>-seed<N>/, continued/) has its own li
 (the candidate it reruns or continues, and what changed) and says stage "squeeze" in its
 summary, with its role and candidate; the config it trains is the candidate's own.
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,15 +42,22 @@ from omegaconf import OmegaConf
 from runner.config import override_key
 from runner.errors import ConfigError
 from runner.output import read_json
-from runner.stages import regularize
 from runner.report import Images, Links, Section, Table, Text, verdict_counts
-from runner.stages.protocol import (Context, Headline, Outcome, StageResult, keyword_fields,
-                                   run_check)
+from runner.stages import regularize
+from runner.stages.protocol import (
+    Context,
+    Headline,
+    Outcome,
+    StageResult,
+    keyword_fields,
+    run_check,
+)
 
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger("runner")
+
 
 @dataclass
 class SqueezeParams(regularize.Params):  # conf/stage/squeeze.yaml builds on regularize
@@ -91,11 +99,15 @@ def outcome(run_dir: Path) -> Outcome:
     acc_s = f"val acc {acc:.4f}" if isinstance(acc, (int, float)) else "val acc ?"
     if isinstance(run, list):
         if not run:
-            raise ConfigError(f"from={run_dir}: this squeeze run adopted an ensemble without members")
+            raise ConfigError(
+                f"from={run_dir}: this squeeze run adopted an ensemble without members"
+            )
         n = len(run)
         run = run[0]
-        note = (f"squeeze adopted an ensemble of {n} ({acc_s}), which is no single model: the "
-                f"config and weights of its first, best-ranked member {Path(str(run)).name}")
+        note = (
+            f"squeeze adopted an ensemble of {n} ({acc_s}), which is no single model: the "
+            f"config and weights of its first, best-ranked member {Path(str(run)).name}"
+        )
     else:
         note = f"squeeze adopted the {what} ({acc_s})"
     if not run:
@@ -104,7 +116,9 @@ def outcome(run_dir: Path) -> Outcome:
     if not d.is_absolute():
         d = run_dir / d
     if not d.is_dir():
-        raise ConfigError(f"from={run_dir}: the run squeeze adopted ({d}) is not a directory any more")
+        raise ConfigError(
+            f"from={run_dir}: the run squeeze adopted ({d}) is not a directory any more"
+        )
     o = outcome_of(d)
     o.note = f"{note}: {o.note}"
     o.run = d
@@ -119,31 +133,40 @@ def headline(run_dir: Path, own=()) -> Headline:
         parts.insert(0, f"adopted: {s['adopted']['what']}")
     seeds = (s.get("seeds") or {}).get("winner")
     if seeds:
-        parts.append(f"winner over {len(seeds['seeds'])} seeds {seeds['mean']:.4f} +/- "
-                     f"{seeds['std']:.4f}")
+        parts.append(
+            f"winner over {len(seeds['seeds'])} seeds {seeds['mean']:.4f} +/- {seeds['std']:.4f}"
+        )
     if s.get("continued"):
-        parts.append("left training: " + ("val loss still improving"
-                                          if s["continued"]["val_loss_improved"]
-                                          else "val loss no longer improving"))
+        parts.append(
+            "left training: "
+            + (
+                "val loss still improving"
+                if s["continued"]["val_loss_improved"]
+                else "val loss no longer improving"
+            )
+        )
     return Headline(s.get("val_acc"), "; ".join(parts))
 
 
 def gives_candidates(args: Sequence[str]) -> bool:
     """Whether squeeze's own args name its candidates."""
-    return any(override_key(a) in ("from", "stage.params.from", "stage.params.runs")
-               for a in args)
+    return any(override_key(a) in ("from", "stage.params.from", "stage.params.runs") for a in args)
 
 
 def _sources(done: Sequence[tuple[str, Path]]) -> list[Path]:
     """The runs of the recipe's training stages after the baseline, the latest first."""
     from runner.stages import stage_flag
 
-    return [d for name, d in reversed(list(done)) if stage_flag(name, "TRAINS")
-            and stage_flag(name, "FROM_PREVIOUS") and d.is_dir()]
+    return [
+        d
+        for name, d in reversed(list(done))
+        if stage_flag(name, "TRAINS") and stage_flag(name, "FROM_PREVIOUS") and d.is_dir()
+    ]
 
 
-def recipe_args(args: Sequence[str], done: Sequence[tuple[str, Path]],
-                start: Optional[str]) -> list[str]:
+def recipe_args(
+    args: Sequence[str], done: Sequence[tuple[str, Path]], start: Optional[str]
+) -> list[str]:
     """In a recipe: the runs of the training stages before it are its candidates (or the
     recipe's from= when none ran), unless its own args name them."""
     if gives_candidates(args):
@@ -157,15 +180,22 @@ def recipe_args(args: Sequence[str], done: Sequence[tuple[str, Path]],
     return out
 
 
-def recipe_problem(before: Sequence[str], args: Sequence[str], start: Optional[str]) -> Optional[str]:
+def recipe_problem(
+    before: Sequence[str], args: Sequence[str], start: Optional[str]
+) -> Optional[str]:
     """Why squeeze cannot run where the recipe puts it: nothing before it gives candidates."""
     from runner.stages import stage_flag
 
-    if gives_candidates(args) or start or any(
-            stage_flag(n, "TRAINS") and stage_flag(n, "FROM_PREVIOUS") for n in before):
+    if (
+        gives_candidates(args)
+        or start
+        or any(stage_flag(n, "TRAINS") and stage_flag(n, "FROM_PREVIOUS") for n in before)
+    ):
         return None
-    return ("needs a training stage before it (its candidates), or "
-            "stage.params.per_stage.squeeze=[\"stage.params.from=<dir>\"] (or stage.params.runs)")
+    return (
+        "needs a training stage before it (its candidates), or "
+        'stage.params.per_stage.squeeze=["stage.params.from=<dir>"] (or stage.params.runs)'
+    )
 
 
 def _int(v: Any) -> bool:
@@ -176,16 +206,30 @@ def check_params(p: dict[str, Any]) -> list[tuple[str, str]]:
     """(key, problem) for each squeeze setting out of its type or range."""
     out: list[tuple[str, str]] = []
     if not (_int(p["k"]) and p["k"] >= 1):
-        out.append(("k", f"stage.params.k={p['k']!r} must be an integer >= 1 (the ensemble's size)"))
+        out.append(
+            ("k", f"stage.params.k={p['k']!r} must be an integer >= 1 (the ensemble's size)")
+        )
     if not (_int(p["seeds"]) and p["seeds"] >= 0):
-        out.append(("seeds", f"stage.params.seeds={p['seeds']!r} must be an integer >= 0 (seeds per "
-                             "candidate for the winner and runner-up; 0 or 1: no reruns)"))
+        out.append(
+            (
+                "seeds",
+                f"stage.params.seeds={p['seeds']!r} must be an integer >= 0 (seeds per "
+                "candidate for the winner and runner-up; 0 or 1: no reruns)",
+            )
+        )
     ce = p["continue_epochs"]
     if ce is not None and not (_int(ce) and ce >= 0):
-        out.append(("continue_epochs", f"stage.params.continue_epochs={ce!r} must be null (as many "
-                                       "epochs again) or an integer >= 0 (0: don't continue)"))
+        out.append(
+            (
+                "continue_epochs",
+                f"stage.params.continue_epochs={ce!r} must be null (as many "
+                "epochs again) or an integer >= 0 (0: don't continue)",
+            )
+        )
     if p["from"] is not None and not (isinstance(p["from"], str) and p["from"]):
-        out.append(("from", f"stage.params.from={p['from']!r} must be null or a directory (a string)"))
+        out.append(
+            ("from", f"stage.params.from={p['from']!r} must be null or a directory (a string)")
+        )
     runs = p["runs"]
     if runs is None:
         p["runs"] = []
@@ -196,8 +240,13 @@ def check_params(p: dict[str, Any]) -> list[tuple[str, str]]:
     else:
         bad = [f"runs[{i}]={r!r}" for i, r in enumerate(runs) if not (isinstance(r, str) and r)]
         if bad:
-            out.append(("runs", f"stage.params.{', '.join(bad)}: each run must be a directory (a string); "
-                                "stage.params.runs is a list of run directories"))
+            out.append(
+                (
+                    "runs",
+                    f"stage.params.{', '.join(bad)}: each run must be a directory (a string); "
+                    "stage.params.runs is a list of run directories",
+                )
+            )
     return out
 
 
@@ -224,24 +273,37 @@ def sources(cfg, cwd: Path) -> tuple[dict[str, Any], Optional[Path], list[Path]]
     if problems:  # check the directories that are well-formed, skip the rest
         if not isinstance(p["from"], str):
             p["from"] = None
-        p["runs"] = [r for r in p["runs"] if isinstance(r, str)] \
-            if isinstance(p["runs"], (list, tuple)) else []
+        p["runs"] = (
+            [r for r in p["runs"] if isinstance(r, str)]
+            if isinstance(p["runs"], (list, tuple))
+            else []
+        )
     top = cfg.get("from")
-    if top is not None and p["from"] is not None and \
-            (cwd / str(top)).expanduser().resolve() != (cwd / str(p["from"])).expanduser().resolve():
-        problems.append(f"stage=squeeze: from={top} and stage.params.from={p['from']} name different "
-                        "sources: give one of them (both mean the same here)")
+    if (
+        top is not None
+        and p["from"] is not None
+        and (cwd / str(top)).expanduser().resolve() != (cwd / str(p["from"])).expanduser().resolve()
+    ):
+        problems.append(
+            f"stage=squeeze: from={top} and stage.params.from={p['from']} name different "
+            "sources: give one of them (both mean the same here)"
+        )
     src = p["from"] if p["from"] is not None else top
     key = "stage.params.from" if p["from"] is not None else "from"
     from_ = (cwd / str(src)).expanduser() if src is not None else None
     if from_ is not None and not from_.is_dir():
         problems.append(f"{key}={src} is not a directory")
     runs = [(cwd / str(r)).expanduser() for r in p["runs"]]
-    problems += [f"stage.params.runs[{i}]={r} is not a directory"
-                 for i, (r, d) in enumerate(zip(p["runs"], runs)) if not d.is_dir()]
+    problems += [
+        f"stage.params.runs[{i}]={r} is not a directory"
+        for i, (r, d) in enumerate(zip(p["runs"], runs))
+        if not d.is_dir()
+    ]
     if from_ is None and not runs and not problems:
-        problems.append("stage=squeeze needs stage.params.from=<regularize or sweep dir> "
-                        "or stage.params.runs=[<run dir>, ...]")
+        problems.append(
+            "stage=squeeze needs stage.params.from=<regularize or sweep dir> "
+            "or stage.params.runs=[<run dir>, ...]"
+        )
     if problems:
         raise ConfigError(problems)
     return p, from_, runs
@@ -254,10 +316,14 @@ def ensemble_scores(member_logits: list[torch.Tensor], targets: torch.Tensor) ->
     targets = targets.long()
     accs = [float((lg.argmax(1) == targets).float().mean()) for lg in member_logits]
     mean = torch.stack([lg.float() for lg in member_logits]).mean(0)
-    return {"member_acc": accs, "ensemble_acc": float((mean.argmax(1) == targets).float().mean()),
-            "ensemble_loss": float(torch.nn.functional.cross_entropy(mean, targets)),
-            "member_loss": [float(torch.nn.functional.cross_entropy(lg.float(), targets))
-                            for lg in member_logits]}
+    return {
+        "member_acc": accs,
+        "ensemble_acc": float((mean.argmax(1) == targets).float().mean()),
+        "ensemble_loss": float(torch.nn.functional.cross_entropy(mean, targets)),
+        "member_loss": [
+            float(torch.nn.functional.cross_entropy(lg.float(), targets)) for lg in member_logits
+        ],
+    }
 
 
 def _is_run(d: Path) -> bool:
@@ -270,7 +336,11 @@ def candidates(sources: list[Path]) -> list[Path]:
     for s in sources:
         if not s.is_dir():
             raise ConfigError(f"stage=squeeze: {s} is not a directory")
-        found = sorted(p for p in (s / "rungs").glob("*") if _is_run(p)) if (s / "rungs").is_dir() else []
+        found = (
+            sorted(p for p in (s / "rungs").glob("*") if _is_run(p))
+            if (s / "rungs").is_dir()
+            else []
+        )
         found = found or sorted(p for p in s.glob("*") if p.is_dir() and _is_run(p))
         if not found and _is_run(s):
             found = [s]
@@ -314,9 +384,17 @@ def member_config(run_dir: Path):
     return OmegaConf.merge(schema(str((raw.get("stage") or {}).get("name"))), raw)
 
 
-def sub_lineage(cand: Path, cand_cfg, role: str, label: str, ctx: Context, changed: dict[str, Any],
-                note: str, weights: Optional[str] = None,
-                config_file: Optional[Path] = None) -> dict[str, Any]:
+def sub_lineage(
+    cand: Path,
+    cand_cfg,
+    role: str,
+    label: str,
+    ctx: Context,
+    changed: dict[str, Any],
+    note: str,
+    weights: Optional[str] = None,
+    config_file: Optional[Path] = None,
+) -> dict[str, Any]:
     """lineage.json of a squeeze sub-run: the candidate it reruns or continues, what changed.
 
     The keys of runner/lineage.py's Lineage (so `lineage_html` and summary["from"] read it), with
@@ -326,19 +404,37 @@ def sub_lineage(cand: Path, cand_cfg, role: str, label: str, ctx: Context, chang
     from runner.checkpoint import best_checkpoint
 
     stage = str(cand_cfg.stage.name)
-    return {"source": str(cand), "source_stage": stage,
-            "config_file": str(config_file or best_checkpoint(cand)),
-            "note": note, "common_stage": stage, "from_source": {}, "from_stage": {},
-            "from_command": {}, "weights": weights, "changed": changed,
-            "changed_by": f"squeeze ({role})", "stage": "squeeze", "role": role, "label": label,
-            "candidate": str(cand), "candidate_recorded_val_acc": _recorded_acc(cand),
-            "squeeze_run": str(ctx.run.path)}
+    return {
+        "source": str(cand),
+        "source_stage": stage,
+        "config_file": str(config_file or best_checkpoint(cand)),
+        "note": note,
+        "common_stage": stage,
+        "from_source": {},
+        "from_stage": {},
+        "from_command": {},
+        "weights": weights,
+        "changed": changed,
+        "changed_by": f"squeeze ({role})",
+        "stage": "squeeze",
+        "role": role,
+        "label": label,
+        "candidate": str(cand),
+        "candidate_recorded_val_acc": _recorded_acc(cand),
+        "squeeze_run": str(ctx.run.path),
+    }
 
 
 def _sub_summary(cand: Path, cand_cfg, role: str, label: str, **more) -> dict[str, Any]:
     """Summary fields of a squeeze sub-run: it is squeeze's, training the candidate's config."""
-    return {"stage": "squeeze", "role": role, "label": label, "candidate": str(cand),
-            "candidate_stage": str(cand_cfg.stage.name), **more}
+    return {
+        "stage": "squeeze",
+        "role": role,
+        "label": label,
+        "candidate": str(cand),
+        "candidate_stage": str(cand_cfg.stage.name),
+        **more,
+    }
 
 
 def seed_reruns(cand: Path, label: str, n: int, ctx: Context, root: Path) -> dict[str, Any]:
@@ -363,19 +459,39 @@ def seed_reruns(cand: Path, label: str, n: int, ctx: Context, root: Path) -> dic
         changed = {"seed": s0 + i}
         if int(c.trainer.epochs) != saved_epochs:  # the candidate stopped before its budget
             changed["trainer.epochs"] = int(c.trainer.epochs)
-        lin = sub_lineage(cand, base, "seed rerun", label, ctx, changed,
-                          f"squeeze's {label} candidate ({_acc_text(cand)}), "
-                          f"which this squeeze sub-run trains again from scratch with seed {s0 + i} "
-                          f"(its config and split otherwise, {int(c.trainer.epochs)} epochs as it ran)")
-        res, summ = sub_run(c, ctx, path, [f"seed={s0 + i}", f"trainer.epochs={c.trainer.epochs}"],
-                            f"squeeze: {label} seed {s0 + i}", lineage=lin,
-                            summary_extra=_sub_summary(cand, base, "seed rerun", label, seed=s0 + i))
+        lin = sub_lineage(
+            cand,
+            base,
+            "seed rerun",
+            label,
+            ctx,
+            changed,
+            f"squeeze's {label} candidate ({_acc_text(cand)}), "
+            f"which this squeeze sub-run trains again from scratch with seed {s0 + i} "
+            f"(its config and split otherwise, {int(c.trainer.epochs)} epochs as it ran)",
+        )
+        res, summ = sub_run(
+            c,
+            ctx,
+            path,
+            [f"seed={s0 + i}", f"trainer.epochs={c.trainer.epochs}"],
+            f"squeeze: {label} seed {s0 + i}",
+            lineage=lin,
+            summary_extra=_sub_summary(cand, base, "seed rerun", label, seed=s0 + i),
+        )
         seeds.append(s0 + i)
         accs.append(None if res.nonfinite else summ.get("best_val_acc"))
         dirs.append(str(path))
     mean, std = mean_std(accs)
-    return {"run": str(cand), "label": label, "seeds": seeds, "val_acc": accs, "dirs": dirs,
-            "mean": mean, "std": std}
+    return {
+        "run": str(cand),
+        "label": label,
+        "seeds": seeds,
+        "val_acc": accs,
+        "dirs": dirs,
+        "mean": mean,
+        "std": std,
+    }
 
 
 def leave_training(cand: Path, extra: Optional[int], ctx: Context, path: Path) -> dict[str, Any]:
@@ -390,40 +506,70 @@ def leave_training(cand: Path, extra: Optional[int], ctx: Context, path: Path) -
     changed: dict[str, Any] = {"resume": str(last), "trainer.epochs": e0 + extra}
     if int(c.trainer.early_stopping_patience or 0) != 0:
         changed["trainer.early_stopping_patience"] = 0
-    lin = sub_lineage(cand, c, "continued", "winner", ctx, changed,
-                      f"squeeze's winning candidate ({_acc_text(cand)}), "
-                      f"which this squeeze sub-run continues from its last.pt (epoch {e0}: model, "
-                      f"optimiser, schedule and history) for {extra} more epoch(s) without early "
-                      "stopping", weights=str(last), config_file=last)
+    lin = sub_lineage(
+        cand,
+        c,
+        "continued",
+        "winner",
+        ctx,
+        changed,
+        f"squeeze's winning candidate ({_acc_text(cand)}), "
+        f"which this squeeze sub-run continues from its last.pt (epoch {e0}: model, "
+        f"optimiser, schedule and history) for {extra} more epoch(s) without early "
+        "stopping",
+        weights=str(last),
+        config_file=last,
+    )
     extra_summary = _sub_summary(cand, c, "continued", "winner", from_epoch=e0)
     c.trainer.epochs = e0 + extra
     c.trainer.early_stopping_patience = 0
     c.resume = str(last)
     log.info("squeeze: leave it training: %s from epoch %d to %d", cand.name, e0, e0 + extra)
-    res, summ = sub_run(c, ctx, path, [f"resume={last}", f"trainer.epochs={e0 + extra}",
-                                       "trainer.early_stopping_patience=0"],
-                        f"squeeze: {cand.name} left training to epoch {e0 + extra}",
-                        mark_epoch=e0, lineage=lin, summary_extra=extra_summary)
-    hist = [r for r in res.history if r.get("val_loss") is not None and math.isfinite(r["val_loss"])]
+    res, summ = sub_run(
+        c,
+        ctx,
+        path,
+        [f"resume={last}", f"trainer.epochs={e0 + extra}", "trainer.early_stopping_patience=0"],
+        f"squeeze: {cand.name} left training to epoch {e0 + extra}",
+        mark_epoch=e0,
+        lineage=lin,
+        summary_extra=extra_summary,
+    )
+    hist = [
+        r for r in res.history if r.get("val_loss") is not None and math.isfinite(r["val_loss"])
+    ]
     before = [r for r in hist if r["epoch"] <= e0]
     after = [r for r in hist if r["epoch"] > e0]
     b = min(before, key=lambda r: r["val_loss"]) if before else None
     a = min(after, key=lambda r: r["val_loss"]) if after else None
     improved = bool(a and b and a["val_loss"] < b["val_loss"])
-    msg = ("no epoch was added" if not after else
-           f"val loss still improves: best {b['val_loss']:.4f} (epoch {b['epoch']}) -> "
-           f"{a['val_loss']:.4f} (epoch {a['epoch']}, val acc {a['val_acc']:.4f}): a longer budget pays"
-           if improved else
-           f"val loss stopped improving: best {b['val_loss']:.4f} at epoch {b['epoch']}; the "
-           f"{extra} more epochs reached {a['val_loss']:.4f} at best: the budget was long enough")
-    return {"run": str(cand), "dir": str(path), "from_epoch": e0, "to_epoch": res.state.epoch,
-            "best_val_loss_before": b and b["val_loss"], "best_val_loss_after": a and a["val_loss"],
-            "val_acc_before": b and b["val_acc"], "val_acc_after": a and a["val_acc"],
-            "val_loss_improved": improved, "message": msg}
+    msg = (
+        "no epoch was added"
+        if not after
+        else f"val loss still improves: best {b['val_loss']:.4f} (epoch {b['epoch']}) -> "
+        f"{a['val_loss']:.4f} (epoch {a['epoch']}, val acc {a['val_acc']:.4f}): a longer budget pays"
+        if improved
+        else f"val loss stopped improving: best {b['val_loss']:.4f} at epoch {b['epoch']}; the "
+        f"{extra} more epochs reached {a['val_loss']:.4f} at best: the budget was long enough"
+    )
+    return {
+        "run": str(cand),
+        "dir": str(path),
+        "from_epoch": e0,
+        "to_epoch": res.state.epoch,
+        "best_val_loss_before": b and b["val_loss"],
+        "best_val_loss_after": a and a["val_loss"],
+        "val_acc_before": b and b["val_acc"],
+        "val_acc_after": a and a["val_acc"],
+        "val_loss_improved": improved,
+        "message": msg,
+    }
 
 
-CHOOSE_RULE = ("the highest val accuracy; on a tie, the lower val loss; on a tie of both, the "
-               "simpler model (winner, then continued, then ensemble)")
+CHOOSE_RULE = (
+    "the highest val accuracy; on a tie, the lower val loss; on a tie of both, the "
+    "simpler model (winner, then continued, then ensemble)"
+)
 
 
 def choose(options: list[dict[str, Any]]) -> dict[str, Any]:
@@ -432,13 +578,20 @@ def choose(options: list[dict[str, Any]]) -> dict[str, Any]:
 
     A missing or non-finite val accuracy ranks last, a missing or non-finite val loss loses
     a tie."""
+
     def num(x: Any, bad: float) -> float:
         return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else bad
 
     if not options:
         raise ValueError("choose: no options")
-    return min(enumerate(options), key=lambda io: (-num(io[1].get("val_acc"), -math.inf),
-                                                   num(io[1].get("val_loss"), math.inf), io[0]))[1]
+    return min(
+        enumerate(options),
+        key=lambda io: (
+            -num(io[1].get("val_acc"), -math.inf),
+            num(io[1].get("val_loss"), math.inf),
+            io[0],
+        ),
+    )[1]
 
 
 def member_logits(run_dir: Path, original_cwd: str, device: torch.device):
@@ -454,15 +607,23 @@ def member_logits(run_dir: Path, original_cwd: str, device: torch.device):
     model = build_model(mcfg.model, data.num_classes, data.in_chans, original_cwd)
     model.load_state_dict(ckpt["model"])
     model.to(device)
-    loader = data.val.loader(int(mcfg.trainer.batch_size) * 2, False, int(mcfg.seed), device,
-                             train=False, num_workers=0)
+    loader = data.val.loader(
+        int(mcfg.trainer.batch_size) * 2, False, int(mcfg.seed), device, train=False, num_workers=0
+    )
     ev = evaluate(model, loader, device, keep_logits=True)
     return ev.logits.cpu(), ev.targets.cpu(), mcfg, data
 
 
-def squeeze_lineage(ctx: Context, from_: list[Path], runs: list[Path], ranked: list[Path],
-                    members: list[Path], skipped: list[str], comparable: list[Path],
-                    k: int) -> dict[str, Any]:
+def squeeze_lineage(
+    ctx: Context,
+    from_: list[Path],
+    runs: list[Path],
+    ranked: list[Path],
+    members: list[Path],
+    skipped: list[str],
+    comparable: list[Path],
+    k: int,
+) -> dict[str, Any]:
     """lineage.json of a squeeze run: its sources, every candidate (recorded val acc, its
     stage, whether it was an ensemble member, skipped for another input size/split, or not
     used), the winner and runner-up. run() adds the sub-runs, the options and the adoption."""
@@ -481,19 +642,41 @@ def squeeze_lineage(ctx: Context, from_: list[Path], runs: list[Path], ranked: l
             return "skipped: validated on another data set/split/input size than the winner"
         return f"not used: beyond the best k={k}"
 
-    cands = [{"rank": i + 1, "dir": str(d), "stage": stage_of(d), "recorded_val_acc": acc(d),
-              "member": d in members, "skipped": str(d) in skipped, "used": used(d)}
-             for i, d in enumerate(ranked)]
+    cands = [
+        {
+            "rank": i + 1,
+            "dir": str(d),
+            "stage": stage_of(d),
+            "recorded_val_acc": acc(d),
+            "member": d in members,
+            "skipped": str(d) in skipped,
+            "used": used(d),
+        }
+        for i, d in enumerate(ranked)
+    ]
 
     def pick(i: int) -> Optional[dict[str, Any]]:
-        return {"dir": str(comparable[i]), "recorded_val_acc": acc(comparable[i])} \
-            if len(comparable) > i else None
+        return (
+            {"dir": str(comparable[i]), "recorded_val_acc": acc(comparable[i])}
+            if len(comparable) > i
+            else None
+        )
 
-    return {"stage": "squeeze", "run_dir": str(ctx.run.path),
-            "sources": {"from": str(from_[0]) if from_ else None, "runs": [str(r) for r in runs]},
-            "k": k, "candidates": cands, "members": [str(m) for m in members],
-            "skipped": list(skipped), "winner": pick(0), "runner_up": pick(1), "sub_runs": [],
-            "rule": CHOOSE_RULE, "options": None, "adopted": None}
+    return {
+        "stage": "squeeze",
+        "run_dir": str(ctx.run.path),
+        "sources": {"from": str(from_[0]) if from_ else None, "runs": [str(r) for r in runs]},
+        "k": k,
+        "candidates": cands,
+        "members": [str(m) for m in members],
+        "skipped": list(skipped),
+        "winner": pick(0),
+        "runner_up": pick(1),
+        "sub_runs": [],
+        "rule": CHOOSE_RULE,
+        "options": None,
+        "adopted": None,
+    }
 
 
 def run(cfg, ctx: Context) -> StageResult:
@@ -505,13 +688,18 @@ def run(cfg, ctx: Context) -> StageResult:
     cwd = Path(ctx.original_cwd)
     # `from=<dir>` on the command line means stage.params.from: the candidates
     p, from_dir, run_dirs = sources(cfg, cwd)
-    cands = sorted(candidates(([from_dir] if from_dir else []) + run_dirs), key=_recorded_acc,
-                   reverse=True)
+    cands = sorted(
+        candidates(([from_dir] if from_dir else []) + run_dirs), key=_recorded_acc, reverse=True
+    )
     device = setup_runtime(cfg)
     k = int(p["k"])
-    log.info("squeeze: %d candidate run(s); %s", len(cands),
-             f"ensemble of the best {min(k, len(cands))}" if min(k, len(cands)) > 1 else
-             "no ensemble (" + ("one candidate" if len(cands) == 1 else "stage.params.k=1") + ")")
+    log.info(
+        "squeeze: %d candidate run(s); %s",
+        len(cands),
+        f"ensemble of the best {min(k, len(cands))}"
+        if min(k, len(cands)) > 1
+        else "no ensemble (" + ("one candidate" if len(cands) == 1 else "stage.params.k=1") + ")",
+    )
     logits, rows, targets, data, members, skipped = [], [], None, None, [], []
     for d in cands:
         if len(members) >= k:
@@ -521,50 +709,84 @@ def run(cfg, ctx: Context) -> StageResult:
             targets, data = tg, mdata
         elif mdata.fingerprint != data.fingerprint or not torch.equal(tg, targets):
             # another input size or split (a ladder's smaller-input rung): not comparable
-            log.warning("squeeze: %s left out: validated on another data set/split/input size "
-                        "than %s; an ensemble needs one validation set", d, members[0])
+            log.warning(
+                "squeeze: %s left out: validated on another data set/split/input size "
+                "than %s; an ensemble needs one validation set",
+                d,
+                members[0],
+            )
             skipped.append(str(d))
             continue
         members.append(d)
         logits.append(lg)
-        rows.append({"member": str(d), "model": mcfg.model.get("_target_") or mcfg.model.name,
-                     "recorded_val_acc": _recorded_acc(d)})
+        rows.append(
+            {
+                "member": str(d),
+                "model": mcfg.model.get("_target_") or mcfg.model.name,
+                "recorded_val_acc": _recorded_acc(d),
+            }
+        )
     # candidates beyond the k evaluated (the runner-up when k=1): their recorded data
     # fingerprint (input size, split) says whether they validated on the same set
-    for d in validated_elsewhere([c for c in cands if c not in members and str(c) not in skipped],
-                                 data.fingerprint):
-        log.warning("squeeze: %s left out: its summary records another data set/split/input "
-                    "size than %s", d, members[0])
+    for d in validated_elsewhere(
+        [c for c in cands if c not in members and str(c) not in skipped], data.fingerprint
+    ):
+        log.warning(
+            "squeeze: %s left out: its summary records another data set/split/input size than %s",
+            d,
+            members[0],
+        )
         skipped.append(str(d))
     ranked = list(cands)
     # seeds and continuation compare candidates on the same validation set too
     cands = [c for c in cands if str(c) not in skipped]
-    lineage = squeeze_lineage(ctx, [from_dir] if from_dir else [], run_dirs, ranked, members,
-                              skipped, cands, k)
+    lineage = squeeze_lineage(
+        ctx, [from_dir] if from_dir else [], run_dirs, ranked, members, skipped, cands, k
+    )
     sc = ensemble_scores(logits, targets)
     for r, a, l_ in zip(rows, sc["member_acc"], sc["member_loss"]):
         r.update({"val_acc": a, "val_loss": l_})
     best_member = max(sc["member_acc"])
     gain = sc["ensemble_acc"] - best_member
     if len(members) > 1:
-        rows.append({"member": "ensemble (mean logits)", "model": f"{len(members)} models",
-                     "recorded_val_acc": None, "val_acc": sc["ensemble_acc"],
-                     "val_loss": sc["ensemble_loss"]})
+        rows.append(
+            {
+                "member": "ensemble (mean logits)",
+                "model": f"{len(members)} models",
+                "recorded_val_acc": None,
+                "val_acc": sc["ensemble_acc"],
+                "val_loss": sc["ensemble_loss"],
+            }
+        )
     files: dict[str, Any] = {"ensemble.csv": rows, "lineage.json": lineage}
-    why_single = ("one candidate" if len(ranked) == 1 else "stage.params.k=1" if k == 1 else
-                  "one candidate validated on the winner's data")
-    v = run_check(cfg.checks, "squeeze.ensemble", lambda s: ensemble(
-        sc["member_acc"], sc["ensemble_acc"], members, why_single=why_single))
+    why_single = (
+        "one candidate"
+        if len(ranked) == 1
+        else "stage.params.k=1"
+        if k == 1
+        else "one candidate validated on the winner's data"
+    )
+    v = run_check(
+        cfg.checks,
+        "squeeze.ensemble",
+        lambda s: ensemble(sc["member_acc"], sc["ensemble_acc"], members, why_single=why_single),
+    )
     verdicts = [v]
     ensemble_blocks: list[Any] = [
-        Text(f"{len(members)} of {len(cands)} candidate(s), ranked by recorded val accuracy; "
-             "each reloaded from its best checkpoint and evaluated on the full val set "
-             f"({len(data.val)} images)" + ("; the ensemble averages their logits."
-                                            if len(members) > 1 else f": {v.message}.")),
-        Table(rows, ["member", "model", "recorded_val_acc", "val_acc", "val_loss"])]
+        Text(
+            f"{len(members)} of {len(cands)} candidate(s), ranked by recorded val accuracy; "
+            "each reloaded from its best checkpoint and evaluated on the full val set "
+            f"({len(data.val)} images)"
+            + ("; the ensemble averages their logits." if len(members) > 1 else f": {v.message}.")
+        ),
+        Table(rows, ["member", "model", "recorded_val_acc", "val_acc", "val_loss"]),
+    ]
     if len(members) > 1:
-        ensemble_blocks.append(Text(f"Ensemble {sc['ensemble_acc']:.4f} vs best member "
-                                    f"{best_member:.4f} ({gain:+.4f})."))
+        ensemble_blocks.append(
+            Text(
+                f"Ensemble {sc['ensemble_acc']:.4f} vs best member {best_member:.4f} ({gain:+.4f})."
+            )
+        )
     sections = [Section("Ensemble", ensemble_blocks)]
 
     # seeds: the winner and the runner-up again with more seeds, before adopting the winner
@@ -572,85 +794,191 @@ def run(cfg, ctx: Context) -> StageResult:
     seeds = None
     if n_seeds >= 2:
         win = seed_reruns(cands[0], "winner", n_seeds, ctx, ctx.run.path / "seeds")
-        up = seed_reruns(cands[1], "runner-up", n_seeds, ctx, ctx.run.path / "seeds") \
-            if len(cands) > 1 else None
+        up = (
+            seed_reruns(cands[1], "runner-up", n_seeds, ctx, ctx.run.path / "seeds")
+            if len(cands) > 1
+            else None
+        )
         seeds = {"winner": win, "runner_up": up}
         for g in (win, up):
             for sd, d in zip((g or {}).get("seeds", [])[1:], (g or {}).get("dirs", [])[1:]):
-                lineage["sub_runs"].append({"dir": d, "role": "seed rerun", "label": g["label"],
-                                            "candidate": g["run"], "seed": sd})
-        seed_rows = [{"candidate": f"{g['label']} ({Path(g['run']).name})", "seed": sd, "val_acc": a,
-                      "dir": d} for g in (win, up) if g for sd, a, d in zip(g["seeds"], g["val_acc"], g["dirs"])]
+                lineage["sub_runs"].append(
+                    {
+                        "dir": d,
+                        "role": "seed rerun",
+                        "label": g["label"],
+                        "candidate": g["run"],
+                        "seed": sd,
+                    }
+                )
+        seed_rows = [
+            {
+                "candidate": f"{g['label']} ({Path(g['run']).name})",
+                "seed": sd,
+                "val_acc": a,
+                "dir": d,
+            }
+            for g in (win, up)
+            if g
+            for sd, a, d in zip(g["seeds"], g["val_acc"], g["dirs"])
+        ]
         files["seeds.csv"] = seed_rows
-        sv = run_check(cfg.checks, "squeeze.seed_spread",
-                       lambda s: seed_spread(win, up, n_seeds, alpha=float(s.alpha)))
+        sv = run_check(
+            cfg.checks,
+            "squeeze.seed_spread",
+            lambda s: seed_spread(win, up, n_seeds, alpha=float(s.alpha)),
+        )
         verdicts.append(sv)
-        stats = [{"candidate": f"{g['label']}: {g['run']}", "seeds": len(g["seeds"]),
-                  "mean val_acc": g["mean"], "std": g["std"]} for g in (win, up) if g]
+        stats = [
+            {
+                "candidate": f"{g['label']}: {g['run']}",
+                "seeds": len(g["seeds"]),
+                "mean val_acc": g["mean"],
+                "std": g["std"],
+            }
+            for g in (win, up)
+            if g
+        ]
         sections.append(Section("Seeds", [Text(sv.message), Table(stats), Table(seed_rows)]))
     else:
-        verdicts.append(run_check(cfg.checks, "squeeze.seed_spread",
-                                  lambda s: seed_spread({}, None, n_seeds)))
+        verdicts.append(
+            run_check(cfg.checks, "squeeze.seed_spread", lambda s: seed_spread({}, None, n_seeds))
+        )
 
     # leave it training: the winner continues from its last checkpoint
     longer = None
     if p["continue_epochs"] is None or int(p["continue_epochs"]) > 0:
         longer = leave_training(cands[0], p["continue_epochs"], ctx, ctx.run.path / "continued")
-        lineage["sub_runs"].append({"dir": longer["dir"], "role": "continued", "label": "winner",
-                                    "candidate": longer["run"], "from_epoch": longer["from_epoch"],
-                                    "to_epoch": longer["to_epoch"]})
-        sections.append(Section("Leave it training", [
-            Text(f"{Path(longer['run']).name} continued from epoch {longer['from_epoch']} to "
-                 f"{longer['to_epoch']} without early stopping: {longer['message']}."),
-            Images(["continued/plots/curves.png"]),
-            Links([("continued run report", "continued/report.html")])]))
+        lineage["sub_runs"].append(
+            {
+                "dir": longer["dir"],
+                "role": "continued",
+                "label": "winner",
+                "candidate": longer["run"],
+                "from_epoch": longer["from_epoch"],
+                "to_epoch": longer["to_epoch"],
+            }
+        )
+        sections.append(
+            Section(
+                "Leave it training",
+                [
+                    Text(
+                        f"{Path(longer['run']).name} continued from epoch {longer['from_epoch']} to "
+                        f"{longer['to_epoch']} without early stopping: {longer['message']}."
+                    ),
+                    Images(["continued/plots/curves.png"]),
+                    Links([("continued run report", "continued/report.html")]),
+                ],
+            )
+        )
 
     # what to adopt: the best on val of the single winner, its continuation, the ensemble
     # (in that order of preference on a tie: the simpler, cheaper model first)
-    options = [{"what": "winner", "val_acc": sc["member_acc"][0], "val_loss": sc["member_loss"][0],
-                "run": str(members[0])}]
+    options = [
+        {
+            "what": "winner",
+            "val_acc": sc["member_acc"][0],
+            "val_loss": sc["member_loss"][0],
+            "run": str(members[0]),
+        }
+    ]
     if longer and longer["val_loss_improved"]:
-        options.append({"what": "continued", "val_acc": longer["val_acc_after"],
-                        "val_loss": longer["best_val_loss_after"], "run": longer["dir"]})
+        options.append(
+            {
+                "what": "continued",
+                "val_acc": longer["val_acc_after"],
+                "val_loss": longer["best_val_loss_after"],
+                "run": longer["dir"],
+            }
+        )
     if len(members) > 1:
-        options.append({"what": "ensemble", "val_acc": sc["ensemble_acc"],
-                        "val_loss": sc["ensemble_loss"], "run": [str(m) for m in members]})
+        options.append(
+            {
+                "what": "ensemble",
+                "val_acc": sc["ensemble_acc"],
+                "val_loss": sc["ensemble_loss"],
+                "run": [str(m) for m in members],
+            }
+        )
     adopted = choose(options)
-    sections.append(Section("Adopted", [Text(
-        f"Adopted: {adopted['what']} (val acc {adopted['val_acc']:.4f}, val loss "
-        f"{adopted['val_loss']:.4f}), the best on val of: "
-        + ", ".join(f"{o['what']} {o['val_acc']:.4f} (loss {o['val_loss']:.4f})" for o in options)
-        + ". A tie on val accuracy goes to the lower val loss; a tie of both to the simpler model "
-          "(winner, continued, ensemble in that order).")]))
+    sections.append(
+        Section(
+            "Adopted",
+            [
+                Text(
+                    f"Adopted: {adopted['what']} (val acc {adopted['val_acc']:.4f}, val loss "
+                    f"{adopted['val_loss']:.4f}), the best on val of: "
+                    + ", ".join(
+                        f"{o['what']} {o['val_acc']:.4f} (loss {o['val_loss']:.4f})"
+                        for o in options
+                    )
+                    + ". A tie on val accuracy goes to the lower val loss; a tie of both to the simpler model "
+                    "(winner, continued, ensemble in that order)."
+                )
+            ],
+        )
+    )
 
     lineage.update({"options": options, "adopted": adopted})
     given = [x for x in [lineage["sources"]["from"], *lineage["sources"]["runs"]] if x]
-    sections.append(Section("Started from", [
-        Text("Candidates from " + ", ".join(f"`{x}`" for x in given)
-             + ", ranked by recorded val accuracy (lineage.json):"),
-        Table(lineage["candidates"], ["rank", "dir", "stage", "recorded_val_acc", "used"])]))
+    sections.append(
+        Section(
+            "Started from",
+            [
+                Text(
+                    "Candidates from "
+                    + ", ".join(f"`{x}`" for x in given)
+                    + ", ranked by recorded val accuracy (lineage.json):"
+                ),
+                Table(lineage["candidates"], ["rank", "dir", "stage", "recorded_val_acc", "used"]),
+            ],
+        )
+    )
 
-    summary = {"stage": cfg.stage.name, "name": cfg.name, "val_acc": adopted["val_acc"],
-               "val_loss": adopted["val_loss"], "adopted": adopted, "options": options,
-               "ensemble_acc": sc["ensemble_acc"], "ensemble_loss": sc["ensemble_loss"],
-               "best_member_val_acc": best_member,
-               "ensemble_gain": gain, "members": [str(m) for m in members],
-               "member_val_acc": sc["member_acc"], "candidates": len(cands),
-               "seeds": seeds, "continued": longer,
-               "checks": verdict_counts(verdicts),
-               "checks_failed": [x.name for x in verdicts if x.status == "fail"],
-               "run_dir": str(ctx.run.path),
-               "data": {"kind": data.kind, "num_train": len(data.train), "num_val": len(data.val),
-                        "num_classes": data.num_classes,
-                        "fingerprint": data.fingerprint}}
-    return StageResult(verdicts, summary, sections, files, metrics=[],
-                       title=f"squeeze: adopted {_adopted_name(adopted)} on {data.kind}")
+    summary = {
+        "stage": cfg.stage.name,
+        "name": cfg.name,
+        "val_acc": adopted["val_acc"],
+        "val_loss": adopted["val_loss"],
+        "adopted": adopted,
+        "options": options,
+        "ensemble_acc": sc["ensemble_acc"],
+        "ensemble_loss": sc["ensemble_loss"],
+        "best_member_val_acc": best_member,
+        "ensemble_gain": gain,
+        "members": [str(m) for m in members],
+        "member_val_acc": sc["member_acc"],
+        "candidates": len(cands),
+        "seeds": seeds,
+        "continued": longer,
+        "checks": verdict_counts(verdicts),
+        "checks_failed": [x.name for x in verdicts if x.status == "fail"],
+        "run_dir": str(ctx.run.path),
+        "data": {
+            "kind": data.kind,
+            "num_train": len(data.train),
+            "num_val": len(data.val),
+            "num_classes": data.num_classes,
+            "fingerprint": data.fingerprint,
+        },
+    }
+    return StageResult(
+        verdicts,
+        summary,
+        sections,
+        files,
+        metrics=[],
+        title=f"squeeze: adopted {_adopted_name(adopted)} on {data.kind}",
+    )
 
 
 def _adopted_name(adopted: dict[str, Any]) -> str:
     """'the winner (val acc 0.9123)', 'the continued run (...)', 'an ensemble of 3 (...)'."""
-    what = {"winner": "the winner", "continued": "the continued winner",
-            "ensemble": f"an ensemble of {len(adopted.get('run') or [])}"}.get(
-        adopted["what"], f"the {adopted['what']}")
+    what = {
+        "winner": "the winner",
+        "continued": "the continued winner",
+        "ensemble": f"an ensemble of {len(adopted.get('run') or [])}",
+    }.get(adopted["what"], f"the {adopted['what']}")
     acc = adopted.get("val_acc")
     return what + (f" (val acc {acc:.4f})" if isinstance(acc, (int, float)) else "")

@@ -1,8 +1,8 @@
 """stage=train: one supervised run as configured (the skeleton every other stage builds on)."""
+
 from __future__ import annotations
 
 import logging
-
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -44,8 +44,9 @@ def changed(run_dir: Path, summary: dict, own: Sequence[str] = ()) -> str:
     lin = read_json(run_dir / "lineage.json")
     if lin is not None:
         keys = {**(lin.get("from_stage") or {}), **(lin.get("from_command") or {})}
-        parts = [f"{k}={_short(v)}" for k, v in keys.items()
-                 if not k.startswith(("checks.", "inspect."))]
+        parts = [
+            f"{k}={_short(v)}" for k, v in keys.items() if not k.startswith(("checks.", "inspect."))
+        ]
     else:
         parts = [o for o in own if not override_key(o).startswith(("hydra.", "hydra/"))]
     if not parts:
@@ -55,7 +56,7 @@ def changed(run_dir: Path, summary: dict, own: Sequence[str] = ()) -> str:
 
 def _short(v: Any, n: int = 60) -> str:
     t = f"{v:.4g}" if isinstance(v, float) else "null" if v is None else str(v)
-    return t if len(t) <= n else t[:n - 3] + "..."
+    return t if len(t) <= n else t[: n - 3] + "..."
 
 
 def run(cfg, ctx: Context) -> StageResult:
@@ -63,6 +64,7 @@ def run(cfg, ctx: Context) -> StageResult:
     from runner.stages.common import result_of, summary_of, train_run
 
     res = train_run(cfg, ctx)
-    verdicts = [run_check(cfg.checks, "train.finite",
-                          lambda s: train_finite(res.nonfinite, res.state.step))]
+    verdicts = [
+        run_check(cfg.checks, "train.finite", lambda s: train_finite(res.nonfinite, res.state.step))
+    ]
     return result_of(res, verdicts, summary_of(cfg, ctx, res, verdicts))

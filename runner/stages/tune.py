@@ -40,9 +40,16 @@ def outcome(run_dir: Path) -> Outcome:
     cfg_file = run_config(d) if d is not None else None
     if cfg_file is None:
         raise ConfigError(f"from={run_dir}: the study has no finished best trial with a config yet")
-    return Outcome(run_dir, load_yaml(cfg_file), cfg_file, "tune", best_checkpoint(d),
-                   f"the study's best trial {best.get('number')} "
-                   f"({study.get('metric', 'val_acc')} {best.get('value')})", run=d)
+    return Outcome(
+        run_dir,
+        load_yaml(cfg_file),
+        cfg_file,
+        "tune",
+        best_checkpoint(d),
+        f"the study's best trial {best.get('number')} "
+        f"({study.get('metric', 'val_acc')} {best.get('value')})",
+        run=d,
+    )
 
 
 def headline(run_dir: Path, own=()) -> Headline:
@@ -93,8 +100,9 @@ def run(cfg, ctx: Context) -> StageResult:
         reporter = open_trial_reporter(t.storage, t.study_name, t.trial)
 
     res = train_run(cfg, ctx, callbacks=[prune_by(reporter)] if reporter else [])
-    verdicts = [run_check(cfg.checks, "train.finite",
-                          lambda s: train_finite(res.nonfinite, res.state.step))]
+    verdicts = [
+        run_check(cfg.checks, "train.finite", lambda s: train_finite(res.nonfinite, res.state.step))
+    ]
     extra = {"trial": t.trial, "study_name": t.study_name}
     if res.pruned:
         extra["status"] = "pruned"
@@ -114,4 +122,5 @@ def prune_by(reporter):
         if reporter.should_prune():
             return Stop(f"pruned by the study's pruner after epoch {rec.epoch}", pruned=True)
         return None
+
     return callback
