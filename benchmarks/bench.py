@@ -434,7 +434,7 @@ def process_figures(tmp: Path, threads: int, reps: int, folder_images: int):
             ["model=timm", f"model.name={model}"] if model != "tiny_cnn" else ["model=tiny_cnn"]
         )
 
-        def runner(epochs, tag, model_args=model_args):
+        def runner(epochs, tag, model_args=model_args, model=model):
             return [
                 py,
                 "-m",
@@ -448,7 +448,7 @@ def process_figures(tmp: Path, threads: int, reps: int, folder_images: int):
                 f"trainer.threads={threads}",
                 "trainer.progress=false",
                 "stage.params.train_loss_target=0",
-                f"hydra.run.dir={tmp / tag}",
+                f"hydra.run.dir={tmp / model / tag}",
             ]
 
         def hand(epochs, tag, model=model):
