@@ -403,14 +403,14 @@ def _wall(cmd, cwd=ROOT) -> float:
     return dt
 
 
-def process_level(tmp: Path, arm_cmds, reps: int, e_lo: int = 1, e_hi: int = 5):
+def process_level(tmp: Path, arm_cmds, reps: int, e_lo: int = 1, e_hi: int = 5, tag: str = ""):
     """Per-epoch process wall time, (t[e_hi] - t[e_lo]) / (e_hi - e_lo), of two commands
     (`arm_cmds[name](epochs, tag)` -> argv), run interleaved A,B,A,B `reps` times."""
     per = {name: [] for name in arm_cmds}
     for k in range(reps):
         for name, make in arm_cmds.items():
-            lo = _wall(make(e_lo, f"{name}_{k}_lo"))
-            hi = _wall(make(e_hi, f"{name}_{k}_hi"))
+            lo = _wall(make(e_lo, f"{tag}{name}_{k}_lo"))  # a fresh run directory each
+            hi = _wall(make(e_hi, f"{tag}{name}_{k}_hi"))
             per[name].append((hi - lo) / (e_hi - e_lo))
     (a, ra), (b, rb) = per.items()
     return {
@@ -454,7 +454,7 @@ def process_figures(tmp: Path, threads: int, reps: int, folder_images: int):
         def hand(epochs, tag, model=model):
             return [py, bench, "--hand-digits", model, str(epochs), str(threads)]
 
-        r = process_level(tmp, {"runner": runner, "hand": hand}, reps)
+        r = process_level(tmp, {"runner": runner, "hand": hand}, reps, tag=f"{model}_")
         r["model"] = model
         digits.append(r)
         print(
@@ -488,7 +488,8 @@ def process_figures(tmp: Path, threads: int, reps: int, folder_images: int):
     def hand_f(epochs, tag):
         return [py, bench, "--hand-folder", str(root), "resnet10t", str(epochs), str(threads)]
 
-    f = process_level(tmp, {"runner": runner_f, "hand": hand_f}, max(1, reps - 1), 1, 2)
+    f = process_level(tmp, {"runner": runner_f, "hand": hand_f}, max(1, reps - 1), 1, 2,
+                      tag="folder_")
     f.update({"model": "resnet10t", "images": folder_images, "image_size": 64})
     n_train = folder_images - round(0.2 * folder_images)
     f["runner_img_s"], f["hand_img_s"] = n_train / f["runner_epoch_s"], n_train / f["hand_epoch_s"]
