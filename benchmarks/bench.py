@@ -488,8 +488,9 @@ def process_figures(tmp: Path, threads: int, reps: int, folder_images: int):
     def hand_f(epochs, tag):
         return [py, bench, "--hand-folder", str(root), "resnet10t", str(epochs), str(threads)]
 
-    f = process_level(tmp, {"runner": runner_f, "hand": hand_f}, max(1, reps - 1), 1, 2,
-                      tag="folder_")
+    f = process_level(
+        tmp, {"runner": runner_f, "hand": hand_f}, max(1, reps - 1), 1, 2, tag="folder_"
+    )
     f.update({"model": "resnet10t", "images": folder_images, "image_size": 64})
     n_train = folder_images - round(0.2 * folder_images)
     f["runner_img_s"], f["hand_img_s"] = n_train / f["runner_epoch_s"], n_train / f["hand_epoch_s"]
