@@ -262,6 +262,7 @@ def test_nan_producing_lr_is_a_failed_check_exit_1(cli):
 def test_sigterm_checkpoints_mid_epoch_and_resumes_exactly(tmp_path):
     args = FAST + [
         "stage=train",
+        "trainer.checkpoint_every=1",  # epoch 1's last.pt tells the test epoch 2 has begun
         "trainer.epochs=3",
         "data.num_train=4096",
         "trainer.batch_size=16",

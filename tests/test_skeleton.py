@@ -223,7 +223,9 @@ def test_nan_loss_stops_run_and_keeps_checkpoints(cli, tmp_path):
     (tmp_path / "nanmodel.py").write_text(NAN_MODEL)
     # 256 train images / 32 = 8 steps per epoch: step 11 is in epoch 2
     r = cli(
-        FAST + ["model=custom", "model._target_=nanmodel.Breaks", "stage=train", "trainer.epochs=3"]
+        FAST
+        + ["model=custom", "model._target_=nanmodel.Breaks", "stage=train", "trainer.epochs=3"]
+        + ["trainer.checkpoint_every=1"]  # the epoch before the NaN is saved
     )
     assert r.code == 1, r.out
     assert "epoch 2, step 11" in r.out
@@ -253,6 +255,7 @@ def test_nan_mid_epoch_is_found_at_the_next_check_before_any_checkpoint(cli, tmp
             "stage=train",
             "trainer.epochs=3",
             "data.num_train=4096",
+            "trainer.checkpoint_every=1",  # epoch 1's checkpoint, then the NaN in epoch 2
         ]
     )
     assert r.code == 1, r.out
@@ -276,6 +279,7 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
 
     args = FAST + [
         "stage=train",
+        "trainer.checkpoint_every=1",  # a checkpoint per epoch: the kill lands between two
         "trainer.epochs=6",
         "sched=cosine",
         "model.kwargs.width=8",
