@@ -40,30 +40,16 @@ PASSES_OVERRIDES = True
 
 @dataclass
 class RecipeParams(train.Params):  # conf/stage/recipe.yaml builds on train
-    """stage.params of stage=recipe."""
+    """stage.params of stage=recipe. The recipe's own plan (which stages, each one's
+    overrides) is a value, in conf/stage/recipe.yaml, where a user reads and copies it."""
 
-    # order matters; drop a stage by leaving it out (e.g. without tune: minutes less)
-    stages: List[str] = field(
-        default_factory=lambda: ["inspect", "baseline", "overfit", "regularize", "tune", "squeeze"]
-    )
+    # the stages to run, in order (registered names: runner/stages/__init__.py)
+    stages: List[str] = field(default_factory=list)
     # a stage that fails (exits non-zero) stops the recipe unless this is true
     continue_on_fail: bool = False
     # overrides for one stage only, e.g.
     # 'stage.params.per_stage.overfit=["stage.params.train_loss_target=0.05"]'
-    per_stage: Dict[str, Any] = field(
-        default_factory=lambda: {
-            "inspect": [],
-            "baseline": [],
-            "train": [],
-            "overfit": [],
-            "regularize": [],
-            # a short study (stage=tune alone runs 8 trials): the warm start (the kept ladder)
-            # and two random draws; the whole digits recipe stays within ~5 min on 2 cores
-            "tune": ["hydra.sweeper.n_trials=3"],
-            # leave the winner training 3 more epochs (stage=squeeze alone: as many again)
-            "squeeze": ["stage.params.continue_epochs=3"],
-        }
-    )
+    per_stage: Dict[str, Any] = field(default_factory=dict)
 
 
 Params = RecipeParams
