@@ -679,27 +679,12 @@ def squeeze_lineage(
     }
 
 
-def run(cfg, ctx: Context) -> StageResult:
+def evaluate_members(cands: list[Path], k: int, ctx: Context, device):
+    """The best k candidates reloaded and scored on one validation set: (members, their
+    logits, ensemble.csv rows, targets, the data, candidates left out as validated on
+    another set/split/input size)."""
     import torch
 
-    from runner.checks.outcomes import ensemble, seed_spread
-    from runner.stages.common import setup_runtime
-
-    cwd = Path(ctx.original_cwd)
-    # `from=<dir>` on the command line means stage.params.from: the candidates
-    p, from_dir, run_dirs = sources(cfg, cwd)
-    cands = sorted(
-        candidates(([from_dir] if from_dir else []) + run_dirs), key=_recorded_acc, reverse=True
-    )
-    device = setup_runtime(cfg)
-    k = int(p["k"])
-    log.info(
-        "squeeze: %d candidate run(s); %s",
-        len(cands),
-        f"ensemble of the best {min(k, len(cands))}"
-        if min(k, len(cands)) > 1
-        else "no ensemble (" + ("one candidate" if len(cands) == 1 else "stage.params.k=1") + ")",
-    )
     logits, rows, targets, data, members, skipped = [], [], None, None, [], []
     for d in cands:
         if len(members) >= k:
@@ -737,6 +722,78 @@ def run(cfg, ctx: Context) -> StageResult:
             members[0],
         )
         skipped.append(str(d))
+    return members, logits, rows, targets, data, skipped
+
+
+def seed_phase(cfg, cands: list[Path], n_seeds: int, ctx: Context, lineage: dict):
+    """The winner and the runner-up rerun with n_seeds seeds each (sub-runs recorded in
+    `lineage`); (the groups or None, the squeeze.seed_spread verdict, rows and stats)."""
+    from runner.checks.outcomes import seed_spread
+
+    if n_seeds < 2:
+        v = run_check(cfg.checks, "squeeze.seed_spread", lambda s: seed_spread({}, None, n_seeds))
+        return None, v, {}
+    win = seed_reruns(cands[0], "winner", n_seeds, ctx, ctx.run.path / "seeds")
+    up = (
+        seed_reruns(cands[1], "runner-up", n_seeds, ctx, ctx.run.path / "seeds")
+        if len(cands) > 1
+        else None
+    )
+    for g in (win, up):
+        for sd, d in zip((g or {}).get("seeds", [])[1:], (g or {}).get("dirs", [])[1:]):
+            lineage["sub_runs"].append(
+                {
+                    "dir": d,
+                    "role": "seed rerun",
+                    "label": g["label"],
+                    "candidate": g["run"],
+                    "seed": sd,
+                }
+            )
+    rows = [
+        {"candidate": f"{g['label']} ({Path(g['run']).name})", "seed": sd, "val_acc": a, "dir": d}
+        for g in (win, up)
+        if g
+        for sd, a, d in zip(g["seeds"], g["val_acc"], g["dirs"])
+    ]
+    v = run_check(
+        cfg.checks,
+        "squeeze.seed_spread",
+        lambda s: seed_spread(win, up, n_seeds, alpha=float(s.alpha)),
+    )
+    stats = [
+        {
+            "candidate": f"{g['label']}: {g['run']}",
+            "seeds": len(g["seeds"]),
+            "mean val_acc": g["mean"],
+            "std": g["std"],
+        }
+        for g in (win, up)
+        if g
+    ]
+    return {"winner": win, "runner_up": up}, v, {"rows": rows, "stats": stats}
+
+
+def run(cfg, ctx: Context) -> StageResult:
+    from runner.checks.outcomes import ensemble
+    from runner.stages.common import setup_runtime
+
+    cwd = Path(ctx.original_cwd)
+    # `from=<dir>` on the command line means stage.params.from: the candidates
+    p, from_dir, run_dirs = sources(cfg, cwd)
+    cands = sorted(
+        candidates(([from_dir] if from_dir else []) + run_dirs), key=_recorded_acc, reverse=True
+    )
+    device = setup_runtime(cfg)
+    k = int(p["k"])
+    log.info(
+        "squeeze: %d candidate run(s); %s",
+        len(cands),
+        f"ensemble of the best {min(k, len(cands))}"
+        if min(k, len(cands)) > 1
+        else "no ensemble (" + ("one candidate" if len(cands) == 1 else "stage.params.k=1") + ")",
+    )
+    members, logits, rows, targets, data, skipped = evaluate_members(cands, k, ctx, device)
     ranked = list(cands)
     # seeds and continuation compare candidates on the same validation set too
     cands = [c for c in cands if str(c) not in skipped]
@@ -791,58 +848,12 @@ def run(cfg, ctx: Context) -> StageResult:
 
     # seeds: the winner and the runner-up again with more seeds, before adopting the winner
     n_seeds = int(p["seeds"] or 0)
-    seeds = None
-    if n_seeds >= 2:
-        win = seed_reruns(cands[0], "winner", n_seeds, ctx, ctx.run.path / "seeds")
-        up = (
-            seed_reruns(cands[1], "runner-up", n_seeds, ctx, ctx.run.path / "seeds")
-            if len(cands) > 1
-            else None
-        )
-        seeds = {"winner": win, "runner_up": up}
-        for g in (win, up):
-            for sd, d in zip((g or {}).get("seeds", [])[1:], (g or {}).get("dirs", [])[1:]):
-                lineage["sub_runs"].append(
-                    {
-                        "dir": d,
-                        "role": "seed rerun",
-                        "label": g["label"],
-                        "candidate": g["run"],
-                        "seed": sd,
-                    }
-                )
-        seed_rows = [
-            {
-                "candidate": f"{g['label']} ({Path(g['run']).name})",
-                "seed": sd,
-                "val_acc": a,
-                "dir": d,
-            }
-            for g in (win, up)
-            if g
-            for sd, a, d in zip(g["seeds"], g["val_acc"], g["dirs"])
-        ]
-        files["seeds.csv"] = seed_rows
-        sv = run_check(
-            cfg.checks,
-            "squeeze.seed_spread",
-            lambda s: seed_spread(win, up, n_seeds, alpha=float(s.alpha)),
-        )
-        verdicts.append(sv)
-        stats = [
-            {
-                "candidate": f"{g['label']}: {g['run']}",
-                "seeds": len(g["seeds"]),
-                "mean val_acc": g["mean"],
-                "std": g["std"],
-            }
-            for g in (win, up)
-            if g
-        ]
-        sections.append(Section("Seeds", [Text(sv.message), Table(stats), Table(seed_rows)]))
-    else:
-        verdicts.append(
-            run_check(cfg.checks, "squeeze.seed_spread", lambda s: seed_spread({}, None, n_seeds))
+    seeds, sv, more = seed_phase(cfg, cands, n_seeds, ctx, lineage)
+    verdicts.append(sv)
+    if seeds is not None:
+        files["seeds.csv"] = more["rows"]
+        sections.append(
+            Section("Seeds", [Text(sv.message), Table(more["stats"]), Table(more["rows"])])
         )
 
     # leave it training: the winner continues from its last checkpoint
