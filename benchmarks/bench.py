@@ -1,6 +1,6 @@
 """Benchmark: the runner's loop against a hand-written PyTorch loop, side by side.
 
-    python benchmarks/bench.py            # full run (~3 min on 2 CPU cores)
+    python benchmarks/bench.py            # full run (~7 min on 2 CPU cores)
     python benchmarks/bench.py --compile  # also torch.compile (adds a minute or more)
     python benchmarks/bench.py --quick    # a tiny version (what tests/test_bench.py runs)
 
