@@ -59,7 +59,7 @@ class Lineage:
 
 
 # ----------------------------------------------------------------------------- outcomes
-def _load_yaml(p: Path) -> Dict[str, Any]:
+def load_yaml(p: Path) -> Dict[str, Any]:
     try:
         c = OmegaConf.load(p)
     except Exception as e:  # noqa: BLE001 -- any parse error: one message naming the file
@@ -67,7 +67,7 @@ def _load_yaml(p: Path) -> Dict[str, Any]:
     return OmegaConf.to_container(c, resolve=False)  # type: ignore[return-value]
 
 
-def _run_config(d: Path) -> Optional[Path]:
+def run_config(d: Path) -> Optional[Path]:
     """A plain run's final config: config.yaml (written when it had `from=`) or Hydra's."""
     for p in (d / "config.yaml", d / ".hydra" / "config.yaml"):
         if p.is_file():
@@ -83,7 +83,7 @@ def stage_of(src: Path) -> Optional[str]:
         return str(summary["stage"])
     for p in (src / "config.yaml", src / ".hydra" / "config.yaml", src / "multirun.yaml"):
         if p.is_file():
-            name = (_load_yaml(p).get("stage") or {}).get("name")
+            name = (load_yaml(p).get("stage") or {}).get("name")
             if name:
                 return str(name)
     from runner.checkpoint import best_checkpoint, load_checkpoint
@@ -121,10 +121,10 @@ def run_outcome(src: Path) -> Outcome:
     from runner.checkpoint import best_checkpoint, load_checkpoint
 
     _refuse_unfinished(src)
-    cfg_file = _run_config(src)
+    cfg_file = run_config(src)
     ck = best_checkpoint(src)
     if cfg_file is not None:
-        conf = _load_yaml(cfg_file)
+        conf = load_yaml(cfg_file)
         return Outcome(
             src,
             conf,
@@ -151,16 +151,6 @@ def run_outcome(src: Path) -> Outcome:
     )
 
 
-def load_yaml(p: Path) -> Dict[str, Any]:
-    """A run's YAML file as a plain dict; a parse error is a ConfigError naming the file."""
-    return _load_yaml(p)
-
-
-def run_config(run_dir: Path) -> Optional[Path]:
-    """A plain run's final config file: config.yaml (written with from=) or Hydra's."""
-    return _run_config(run_dir)
-
-
 def _refuse_unfinished(src: Path) -> None:
     """A run directory without summary.json has not finished (it crashed, was refused or was
     interrupted): its config and checkpoints are no outcome to start from."""
@@ -168,7 +158,7 @@ def _refuse_unfinished(src: Path) -> None:
         return
     from runner.checkpoint import best_checkpoint
 
-    if _run_config(src) is None and best_checkpoint(src) is None:
+    if run_config(src) is None and best_checkpoint(src) is None:
         return  # no run there at all: outcome's own message says what it expected
     last = src / "checkpoints" / "last.pt"
     hint = (

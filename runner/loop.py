@@ -22,6 +22,7 @@ from torch import nn
 
 from runner.distributed import all_reduce_sum, barrier
 from runner.errors import NonFiniteLoss
+from runner.output import METRIC_COLUMNS
 
 
 @dataclass
@@ -557,23 +558,7 @@ def fit(
             else:
                 state.evals_since_best += 1
         rec.evals_since_best = state.evals_since_best
-        state.history.append(
-            {
-                k: getattr(rec, k)
-                for k in (
-                    "epoch",
-                    "step",
-                    "train_loss",
-                    "train_acc",
-                    "val_loss",
-                    "val_acc",
-                    "lr",
-                    "wall_s",
-                    "epoch_s",
-                    "images_per_s",
-                )
-            }
-        )
+        state.history.append({k: getattr(rec, k) for k in METRIC_COLUMNS})
         yield rec
 
         # a stop request: the one agreed at the epoch end, or (one process) one that came

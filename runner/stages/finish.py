@@ -28,6 +28,7 @@ def finish(cfg, ctx: Context, result: StageResult) -> int:
     from runner.report import (
         Report,
         checks_section,
+        esc,
         images,
         kv_table,
         pre,
@@ -65,7 +66,7 @@ def finish(cfg, ctx: Context, result: StageResult) -> int:
         files=run_files(run.path),
     )
     if summary.get("error"):
-        rep.add("Stopped", f"<p><b>{_esc(summary['error'])}</b></p>")
+        rep.add("Stopped", f"<p><b>{esc(summary['error'])}</b></p>")
     if summary.get("unreadable_files"):
         bad = summary["unreadable_files"]
         rep.add(
@@ -185,12 +186,6 @@ def console_checks(verdicts: List[Any]) -> str:
             )
         )
     return "\n".join(lines)
-
-
-def _esc(x: Any) -> str:
-    from runner.report import esc
-
-    return esc(x)
 
 
 def _f(x) -> str:

@@ -277,15 +277,6 @@ def check_plan(cfg, p: dict[str, Any], overrides: list[str]) -> None:
     return dropped
 
 
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else "null" if v is None else str(v)
-
-
-def _short(v: Any, n: int = 60) -> str:
-    t = _fmt(v)
-    return t if len(t) <= n else t[: n - 3] + "..."
-
-
 def stage_headline(name: str, d: Path, own: list[str] | None = None) -> dict[str, Any]:
     """A stage's row head from its own module: its val accuracy and what it changed."""
     from runner.stages import get_stage

@@ -45,7 +45,9 @@ def changed(run_dir: Path, summary: dict, own: Sequence[str] = ()) -> str:
     if lin is not None:
         keys = {**(lin.get("from_stage") or {}), **(lin.get("from_command") or {})}
         parts = [
-            f"{k}={_short(v)}" for k, v in keys.items() if not k.startswith(("checks.", "inspect."))
+            f"{k}={short_value(v)}"
+            for k, v in keys.items()
+            if not k.startswith(("checks.", "inspect."))
         ]
     else:
         parts = [o for o in own if not override_key(o).startswith(("hydra.", "hydra/"))]
@@ -54,7 +56,8 @@ def changed(run_dir: Path, summary: dict, own: Sequence[str] = ()) -> str:
     return " ".join(parts)
 
 
-def _short(v: Any, n: int = 60) -> str:
+def short_value(v: Any, n: int = 60) -> str:
+    """A config value in one short cell: floats to 4 digits, None as null, long text cut."""
     t = f"{v:.4g}" if isinstance(v, float) else "null" if v is None else str(v)
     return t if len(t) <= n else t[: n - 3] + "..."
 

@@ -13,7 +13,10 @@ from pathlib import Path
 
 from runner.errors import ConfigError
 from runner.stages.protocol import Context, Headline, Outcome, StageResult, run_check
-from runner.stages.train import Params  # noqa: F401  (builds on stage=train: no settings of its own)
+from runner.stages.train import (
+    Params,  # noqa: F401  (builds on stage=train: no settings of its own)
+    short_value,
+)
 
 log = logging.getLogger("runner")
 
@@ -69,12 +72,8 @@ def headline(run_dir: Path, own=()) -> Headline:
     acc = s.get("best_val_acc", s.get("val_acc"))
     if acc is None and study.get("metric") == "val_acc":
         acc = best.get("value")
-    params = " ".join(f"{k}={_fmt(v)}" for k, v in (best.get("params") or {}).items())
+    params = " ".join(f"{k}={short_value(v)}" for k, v in (best.get("params") or {}).items())
     return Headline(acc, f"{study.get('trials', 0)} trial(s); best {params}")
-
-
-def _fmt(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else "null" if v is None else str(v)
 
 
 def run(cfg, ctx: Context) -> StageResult:
