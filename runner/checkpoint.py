@@ -121,7 +121,8 @@ class CheckpointWriter:
         self._error: BaseException | None = None
 
     def submit(self, files: dict[str, dict[str, Any]]) -> None:
-        """files: name -> payload, written in that order (last.pt before best.pt)."""
+        """files: name -> payload, written in that order (best.pt before last.pt: see
+        stages.common._checkpoint_files)."""
         self.wait()
         if not self.run.enabled:
             return

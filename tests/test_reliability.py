@@ -444,11 +444,11 @@ def test_checkpoint_writer_runs_in_the_background_one_write_at_a_time(tmp_path):
 
     run = SlowRun()
     w = CheckpointWriter(run)
-    w.submit({"last.pt": {"n": 1}, "best.pt": {"n": 1}})
+    w.submit({"best.pt": {"n": 1}, "last.pt": {"n": 1}})
     assert run.written == []  # returned at once: the write waits on its thread
     threading.Timer(0.2, run.gate.set).start()
     w.submit({"last.pt": {"n": 2}})  # waits for the first write (one in flight)
-    assert run.written[:2] == [("last.pt", 1), ("best.pt", 1)]
+    assert run.written[:2] == [("best.pt", 1), ("last.pt", 1)]  # in the order given
     w.close()
     assert run.written[-1] == ("last.pt", 2)
 
@@ -472,6 +472,12 @@ def test_best_pt_holds_weights_and_checkpoint_every_zero_saves_the_end(tmp_path)
     best = load_checkpoint(r.run_dir / "checkpoints" / "best.pt")
     assert best["kind"] == "weights" and "optimizer" not in best and "rng" not in best
     assert {"model", "config", "meta"} <= set(best) and 1 <= best["loop"]["epoch"] <= 3
+    # best.pt is written with last.pt (here only at the end), from the best epoch's snapshot
+    import csv
+
+    rows = list(csv.DictReader(open(r.run_dir / "metrics.csv")))
+    best_epoch = min(rows, key=lambda row: float(row["val_loss"]))["epoch"]
+    assert best["loop"]["epoch"] == int(best_epoch)
     assert best["model"].keys() == last["model"].keys()
     # and init_from= takes its weights
     again = run_cli(

@@ -441,6 +441,7 @@ def train_run(
     # checkpoints are serialised on a background thread while the next epoch trains (rank 0)
     writer = CheckpointWriter(ctx.run) if save_checkpoints and ctx.run.enabled else None
     saved = (state.epoch, state.step)  # the loop position of the newest last.pt
+    best_pending = None  # the newest best's weights (weights_of), until written
     saved_at = time.monotonic()
     # logger=tensorboard/mlflow mirror each epoch; metrics.csv is written whatever they are
     loggers = build_loggers(cfg, ctx.run, ctx.original_cwd, data, model) if write_metrics else None
@@ -463,7 +464,8 @@ def train_run(
                 records.append(rec)
                 if rec.interrupted:  # a signal mid-epoch: save the half-done epoch exactly
                     if writer is not None:
-                        writer.submit({"last.pt": snapshot()})
+                        writer.submit(_checkpoint_files(snapshot(), best_pending))
+                        best_pending = None
                         writer.wait()  # before fit's barrier lets any DDP rank exit
                     saved = (state.epoch, state.step)
                     break
@@ -486,7 +488,11 @@ def train_run(
                 stop = _first_stop(rules, rec)
                 if writer is not None:
                     # last.pt every checkpoint_every epochs / seconds and when the run stops
-                    # (the run's end is saved below); best.pt (weights) at every new best
+                    # (the run's end is saved below). A new best's weights are snapshotted
+                    # (a CPU copy) and written with the next last.pt, not at every new best
+                    # epoch: each write costs the training threads CPU time, and best.pt
+                    # never needs to be newer than last.pt (a resume recomputes the epochs
+                    # after last.pt, and so their bests)
                     every, every_s = t.checkpoint_every, t.checkpoint_every_s
                     due = bool(
                         stop
@@ -494,12 +500,12 @@ def train_run(
                         or (every and rec.epoch % every == 0)
                         or (every_s and time.monotonic() - saved_at >= every_s)
                     )
-                    files = {"last.pt": snapshot()} if due else {}
+                    last = snapshot() if due else None
                     if rec.best:
-                        files["best.pt"] = weights_of(files.get("last.pt") or snapshot(False))
-                    if files:
-                        writer.submit(files)
+                        best_pending = weights_of(last or snapshot(False))
                     if due:
+                        writer.submit(_checkpoint_files(last, best_pending))
+                        best_pending = None
                         saved, saved_at = (state.epoch, state.step), time.monotonic()
                     if rec.signum:  # DDP: rank 0 has written it before fit's barrier
                         writer.wait()
@@ -512,9 +518,12 @@ def train_run(
         # the run's end (or its stop on a signal) is always saved; after a NaN the previous
         # epoch's checkpoint is the one to keep
         if writer is not None and nonfinite is None and (state.epoch, state.step) != saved:
-            writer.submit({"last.pt": snapshot()})
+            writer.submit(_checkpoint_files(snapshot(), best_pending))
+            best_pending = None
     finally:
         if writer is not None:
+            if best_pending is not None:  # a NaN, an error: the best weights so far are kept
+                writer.submit({"best.pt": best_pending})
             writer.close()  # the process never exits with a checkpoint half-written
         if signals is not None:
             signals.restore()
@@ -541,6 +550,12 @@ def train_run(
         pruned=bool(stop and stop.pruned),
         compile_s=_compile_s(records),
     )
+
+
+def _checkpoint_files(last, best) -> dict:
+    """What one write holds: best.pt (when a new best is pending) before last.pt, so that a
+    kill between the two leaves an older last.pt, whose resume recomputes that best."""
+    return {**({"best.pt": best} if best is not None else {}), "last.pt": last}
 
 
 def _compile_s(records: List[EpochRecord]) -> Optional[float]:
