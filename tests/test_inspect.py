@@ -290,7 +290,7 @@ def test_near_pairs_in_a_crowd_of_equal_hashes_stay_bounded():
     for i in range(n):
         thumb = np.full((16, 16), i % 250, np.uint8) + rng.integers(0, 3, (16, 16), dtype=np.uint8)
         t.set_row(i, 0, 0, f"#{i}", {"mode": "L", "pixel_hash": f"{i}", "phash": 0}, thumb)
-    t.thumbs[499] = t.thumbs[17]
+    t.thumbs[499], t.match[499] = t.thumbs[17], t.match[17]  # the copy: both of its images
     pairs = dc.near_pairs(t, 4, 0.5, window=8)
     assert [tuple(p[:2]) for p in pairs.tolist()] == [(17, 499)]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -25,6 +26,13 @@ THUMB = 16
 # ... and their colour on (two opponent channels, CHROMA x CHROMA cells, uint8 around 128):
 # 32 bytes per image, enough to tell a blue sky from a grey wall of the same brightness
 CHROMA = 4
+# ... and their detail on a band-limited grey copy (`match_image`, MATCH x MATCH uint8, 1 KB
+# per image: 100 MB per 100k images): the display thumbnail is a box average, whose 16x16
+# cells alias fine texture, so a 1-px shift of a grass or gravel photo changes it as much as
+# a different patch does; smoothed before it is sampled, a small shift or zoom changes it
+# smoothly, the way the alignment in `aligned_distance` models
+MATCH = 32
+MATCH_SIGMA = 1.5  # Gaussian prefilter, in pixels of the 2*MATCH grid it is applied on
 
 NUMERIC_COLUMNS = (
     "width",
@@ -102,6 +110,30 @@ def chroma_cells(a: np.ndarray) -> np.ndarray:
     return np.clip(np.stack(cells, -1) + 128.0, 0, 255).round().astype(np.uint8)
 
 
+@lru_cache(maxsize=64)
+def _match_operator(n: int) -> np.ndarray:
+    """[MATCH, n]: box resize of n samples to 2*MATCH, Gaussian (sigma MATCH_SIGMA, edges
+    repeated), then pairs averaged, as one matrix (the three steps are linear and separable)."""
+    from scipy.ndimage import gaussian_filter1d
+
+    box = _resize_grey(np.eye(n, dtype=np.float32), n, 2 * MATCH)  # [2*MATCH, n]
+    gauss = gaussian_filter1d(np.eye(2 * MATCH), MATCH_SIGMA, axis=0, mode="nearest")
+    pairs = np.kron(np.eye(MATCH), np.full((1, 2), 0.5))
+    return (pairs @ gauss @ box).astype(np.float32)
+
+
+def match_image(g: np.ndarray) -> np.ndarray:
+    """MATCH x MATCH uint8 grey copy that near-duplicates are confirmed on: box-resized to
+    2*MATCH, Gaussian-smoothed (sigma MATCH_SIGMA px there, ~1.5 px of a 64 px image), then
+    2x2-averaged (`_match_operator`: two small matrix products, ~20 us). Band-limited, so a
+    shift of a fraction of its pixel (a 1-px shift of a 64 px image is 0.5 of them) changes it
+    by ~shift x gradient, which the linearised alignment removes, whatever the texture; at
+    32x32 it keeps twice the thumbnail's detail per side to tell low-detail crops apart."""
+    h, w = g.shape
+    m = _match_operator(h) @ g.astype(np.float32) @ _match_operator(w).T
+    return np.clip(m, 0, 255).round().astype(np.uint8)
+
+
 def sharpness(g: np.ndarray, rgb: bool) -> float:
     """Fine detail relative to edges: rms Laplacian / rms gradient, both on the pixels whose
     3x3 neighbourhood lies inside one 8x8 block of the grid JPEG codes on.
@@ -133,7 +165,7 @@ def image_stats(img, analysis_size: int = 128) -> Tuple[Dict[str, Any], np.ndarr
     one scale for every image). brightness/contrast/p01/p99 are on the 0..255 luma scale;
     sharpness is `sharpness` (rms Laplacian / rms gradient, low for blurry images whatever
     their contrast or JPEG quality); colourfulness is the mean |R-G| + |G-B| (0 for grey
-    images); `chroma` is `chroma_cells`.
+    images); `chroma` is `chroma_cells`, `match` is `match_image`.
     """
     from PIL import Image
 
@@ -172,6 +204,7 @@ def image_stats(img, analysis_size: int = 128) -> Tuple[Dict[str, Any], np.ndarr
         "colourfulness": colour,
         "phash": phash(g),
         "chroma": chroma_cells(a),
+        "match": match_image(g),
         "pixel_hash": pixel_hash,
     }
     thumb = np.clip(_resize_grey(g, THUMB, THUMB), 0, 255).round().astype(np.uint8)
@@ -188,8 +221,9 @@ class ImageTable:
 
     `label` indexes `class_names`; `split` indexes SPLITS; `ok` is false for an image that
     could not be read (its `error` says why, its statistics are NaN). `content_hash` is the
-    file bytes' hash for files and the pixels' hash for in-memory images. `phash`, `thumbs`
-    and `chroma` are what near-duplicates are found by (`near_pairs`).
+    file bytes' hash for files and the pixels' hash for in-memory images. `phash`, `thumbs`,
+    `chroma` and `match` are what near-duplicates are found by (`near_pairs`); `thumbs` is
+    also what the report draws and the label check learns from.
     """
 
     class_names: List[str]
@@ -203,6 +237,7 @@ class ImageTable:
     phash: np.ndarray
     thumbs: np.ndarray
     chroma: np.ndarray
+    match: np.ndarray
     num: Dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
@@ -219,6 +254,7 @@ class ImageTable:
             phash=np.zeros(n, np.uint64),
             thumbs=np.zeros((n, THUMB, THUMB), np.uint8),
             chroma=np.full((n, CHROMA, CHROMA, 2), 128, np.uint8),
+            match=np.zeros((n, MATCH, MATCH), np.uint8),
             num={k: np.full(n, np.nan) for k in NUMERIC_COLUMNS},
         )
 
@@ -247,6 +283,9 @@ class ImageTable:
         self.thumbs[i] = thumb
         if "chroma" in row:
             self.chroma[i] = row["chroma"]
+        # a row without one (built by hand) matches on its thumbnail, scaled up
+        up = np.ones((MATCH // THUMB, MATCH // THUMB), np.uint8)
+        self.match[i] = row["match"] if "match" in row else np.kron(thumb, up)
         for k in NUMERIC_COLUMNS:
             if k in row:
                 self.num[k][i] = row[k]
@@ -341,23 +380,29 @@ def _exact_groups(table: ImageTable) -> List[List[int]]:
     return [g for g in by_hash.values() if len(g) > 1]
 
 
-# near-duplicates: a pair is confirmed when, after the best small shift/zoom, the thumbnails
-# differ by at most `thumb_distance` AND by at most this fraction of the image's own detail
-# (thumbnail std + 1): a re-encode leaves ~0.01, a 1-px shift of a 64 px photo 0.06 (p90
-# 0.12), two different photo crops >= 0.38 (p0.1), different sky crops (little detail, so
-# small absolute differences) ~0.5 and more
-NEAR_RELATIVE = 0.15
+# near-duplicates: a pair is confirmed when, after the best small shift/zoom, the match
+# images (`match_image`) differ by at most `thumb_distance` AND by at most this fraction of
+# the image's own detail (match image std + 1; the +1 is 8-bit rounding). Measured on the
+# candidate pairs of 20k real-photo crops (benchmarks/bench_data.py; 3 photos, and 15 with
+# textures, a night sky and grey photos): a re-encode leaves a median 0.005-0.008 (p99
+# 0.07), a 1-px shift of a 64 px photo 0.02 (p95 0.04-0.07), a crop of 2-4% 0.02-0.03 (p95
+# 0.05-0.06); two different crops that the hash search paired (same low-frequency layout
+# and brightness: mostly dark or sky crops whose little detail is a smooth ramp) 0.09-0.17
+# at their p0.1, 0.4-1.3 at their median. 0.08 sits between the copies' p95-p99 and the
+# different crops' p0.1 (on the box thumbnail that p0.1 was 0.07 while shifts of textured
+# photos reached 0.3: no threshold separated them).
+NEAR_RELATIVE = 0.08
 # ... and their colour cells (`chroma_cells`) differ by at most this mean |a-b|: re-encodes and
 # shifts move them by < 1, a different patch of the same blue sky or green lawn by several
 NEAR_COLOUR = 3.0
-# shift tolerance of the confirmation: up to this many thumbnail pixels (1 thumbnail pixel =
-# 1/16 of the image: a 1-px shift of a 64 px image is 0.25) and this much zoom (crops of a
-# few %, resized back)
+# shift tolerance of the confirmation: up to this many match-image pixels (1 pixel = 1/32 of
+# the image: a 1-px shift of a 64 px image is 0.5) and this much zoom (crops of a few %,
+# resized back)
 NEAR_MAX_SHIFT, NEAR_MAX_ZOOM = 1.0, 0.08
 
 
 def aligned_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Mean |a - b| of grey thumbnails [P, T, T] after the best small shift and zoom (one
+    """Mean |a - b| of grey images [P, T, T] (match images) after the best small shift and zoom (one
     linearised least-squares step on the pair's mean gradient, clamped to NEAR_MAX_SHIFT /
     NEAR_MAX_ZOOM), over the inner (T-2)^2 pixels, where a shift brings nothing in."""
     a, b = a.astype(np.float32), b.astype(np.float32)
@@ -468,11 +513,11 @@ def confirm_near(
     thumb_distance: float,
     relative: float = NEAR_RELATIVE,
     colour: float = NEAR_COLOUR,
-    chunk: int = 20_000,
+    chunk: int = 5_000,
 ) -> np.ndarray:
     """Which candidate pairs (i[k], j[k]) are near-duplicates (boolean mask): shift/zoom-aligned
-    grey thumbnails within `thumb_distance` and within `relative` x (detail + 1), detail
-    being the smaller thumbnail std; colour cells within `colour`."""
+    match images (`match_image`) within `thumb_distance` and within `relative` x (detail + 1),
+    detail being the smaller match image std; colour cells within `colour`."""
     keep = np.zeros(len(i), bool)
     for lo in range(0, len(i), chunk):
         ii, jj = i[lo : lo + chunk], j[lo : lo + chunk]
@@ -480,7 +525,7 @@ def confirm_near(
         ok = cd <= colour
         if not ok.any():
             continue
-        ta, tb = table.thumbs[ii[ok]], table.thumbs[jj[ok]]
+        ta, tb = table.match[ii[ok]], table.match[jj[ok]]
         td = aligned_distance(ta, tb)
         detail = np.minimum(
             ta.reshape(len(ta), -1).std(axis=1), tb.reshape(len(tb), -1).std(axis=1)
