@@ -251,6 +251,41 @@ def test_on_unreadable_fail_stops_the_run_naming_the_file(cli, tmp_path):
     assert "1a.png" in r.out and "Traceback" not in r.out
 
 
+def test_a_nan_mid_run_keeps_the_best_weights_so_far(tmp_path):
+    # the model turns NaN in epoch 2 (8 steps an epoch); epoch 1's best weights, held in
+    # memory until the next last.pt is due (60 s), must still reach best.pt
+    (tmp_path / "nanzoo.py").write_text(
+        "import torch\n"
+        "from runner.models import TinyCNN\n"
+        "class LateNaN(TinyCNN):\n"
+        "    calls = 0\n"
+        "    def forward(self, x):\n"
+        "        out = super().forward(x)\n"
+        "        if self.training:\n"
+        "            LateNaN.calls += 1\n"
+        "            if LateNaN.calls > 12:\n"
+        "                return out * float('nan')\n"
+        "        return out\n"
+    )
+    r = run_cli(
+        FAST
+        + [
+            "stage=train",
+            "model=custom",
+            "model._target_=nanzoo.LateNaN",
+            "trainer.epochs=3",
+            "trainer.checkpoint_every_s=3600",
+        ],
+        tmp_path,
+    )
+    assert r.code == 1, r.out
+    from runner.checkpoint import load_checkpoint
+
+    best = load_checkpoint(r.run_dir / "checkpoints" / "best.pt")
+    assert best["loop"]["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in best["model"].values() if t.is_floating_point())
+
+
 def test_nan_producing_lr_is_a_failed_check_exit_1(cli):
     r = cli(FAST + ["stage=train", "optim=sgd", "optim.lr=1e12", "trainer.epochs=2"])
     assert r.code == 1, r.out
