@@ -37,8 +37,13 @@ class DataConfig:
     # imagefolder: folder with train/ and val/ class folders, or one folder of classes + val_fraction
     # torchvision: where the dataset lives (downloaded there when `download` is true)
     root: Optional[str] = None
-    # every image is resized to this square size before the net (digits are 8x8 upsampled)
+    # every image is resized to this square size before the net (digits are 8x8 upsampled);
+    # the data YAMLs set `${pretrained:input_size,N}`: a pretrained timm model's own input
+    # size (model.pretrained=true: its weights were trained at it), else N
     image_size: int = 32
+    # the resize filter (timm's names: bilinear, bicubic, nearest, box, hamming, lanczos); by
+    # default a pretrained timm model's own (often bicubic), else bilinear
+    interpolation: str = "${pretrained:interpolation,bilinear}"
     # used when the data has no split of its own (digits, one folder, torchvision w/o split)
     val_fraction: float = 0.2
     # seed of the train/val split; independent of `seed` so a split stays fixed across runs
@@ -383,6 +388,40 @@ def _choice(problems: List[str], key: str, value, allowed) -> None:
         )
 
 
+# timm's interpolation names (create_transform's `interpolation`)
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "box", "hamming", "lanczos")
+
+
+def pretrained_input(what: str, default: Any, *, _root_: Any) -> Any:
+    """`${pretrained:input_size,16}` / `${pretrained:interpolation,bilinear}`: the model's
+    pretrained input size (its height) or resize filter when `model` is a pretrained timm
+    model with a data config, else `default`. A config that sets the key itself replaces
+    the interpolation, and input.pretrained_norm then warns when it differs. timm is imported
+    only for a pretrained model."""
+    model = _root_.get("model") if _root_ is not None else None
+    if model is None or not model.get("pretrained"):
+        return default
+    from runner.models import pretrained_data_config
+
+    dc = pretrained_data_config(model) or {}
+    if what == "input_size":
+        size = dc.get("input_size")
+        return int(size[-2]) if size and len(size) == 3 else default
+    if what == "interpolation":
+        return str(dc.get("interpolation") or default)
+    raise ValueError(f"${{pretrained:{what},...}}: expected input_size or interpolation")
+
+
+def _register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("pretrained"):
+        OmegaConf.register_new_resolver("pretrained", pretrained_input)
+
+
+_register_resolvers()
+
+
 def _positive(problems: List[str], key: str, value, allow_zero: bool = False) -> None:
     ok = value >= 0 if allow_zero else value > 0
     if not ok:
@@ -425,6 +464,7 @@ def validate(cfg, original_cwd: Optional[str] = None) -> None:
         p.append(f"data.std={list(d.std)} must be > 0 per channel")
     _positive(p, "data.num_workers", d.num_workers, allow_zero=True)
     _choice(p, "data.on_unreadable", d.on_unreadable, ON_UNREADABLE)
+    _choice(p, "data.interpolation", d.interpolation, INTERPOLATIONS)
     if d.kind == "imagefolder":
         if not d.root:
             p.append(

@@ -35,9 +35,16 @@ log = logging.getLogger(__name__)
 # std, num_workers, in_memory_max_pixels). config.validate() refuses a key the user set that the
 # selected kind does not read, naming the kind that would: never a silently ignored setting.
 KIND_KEYS = {
-    "digits": ("val_fraction", "split_seed"),
+    "digits": ("val_fraction", "split_seed", "interpolation"),
     "synthetic": ("num_classes", "num_train", "num_val", "noise", "channels", "split_seed"),
-    "imagefolder": ("root", "channels", "val_fraction", "split_seed", "on_unreadable"),
+    "imagefolder": (
+        "root",
+        "channels",
+        "val_fraction",
+        "split_seed",
+        "on_unreadable",
+        "interpolation",
+    ),
     "torchvision": (
         "name",
         "root",
@@ -47,8 +54,9 @@ KIND_KEYS = {
         "val_fraction",
         "split_seed",
         "on_unreadable",
+        "interpolation",
     ),
-    "custom": ("_target_", "kwargs", "channels", "on_unreadable"),
+    "custom": ("_target_", "kwargs", "channels", "on_unreadable", "interpolation"),
 }
 
 
@@ -348,13 +356,14 @@ class StreamSplit:
         std,
         filename_fn=None,
         image_size: Optional[int] = None,
+        interpolation: str = "bilinear",
     ):
         self.dataset = dataset
         self._labels = labels
         self.train_transform, self.eval_transform = train_transform, eval_transform
         self.mean, self.std = tuple(mean), tuple(std)
         self.filename_fn = filename_fn
-        self.image_size = image_size
+        self.image_size, self.interpolation = image_size, interpolation
         # files that could not be read while iterating (name -> error), shared by the loaders
         # of this split; `skip` leaves them out of the epoch, `fail` stops the run
         self.unreadable: dict[str, str] = {}
@@ -386,7 +395,7 @@ class StreamSplit:
                 img = to_pil_image(img if img.dtype == torch.uint8 else img.clamp(0, 1))
             return self.train_transform(img)
         if isinstance(img, torch.Tensor):
-            return _tensor_item(img, self.mean, self.std, self.image_size)
+            return _tensor_item(img, self.mean, self.std, self.image_size, self.interpolation)
         return self.eval_transform(img)
 
     def get(self, indices: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -418,6 +427,7 @@ class StreamSplit:
                 self.std,
                 self.filename_fn,
                 self.image_size,
+                self.interpolation,
             )
             split.unreadable, split.on_unreadable = self.unreadable, self.on_unreadable
         return StreamLoader(
@@ -435,15 +445,15 @@ class StreamSplit:
         )
 
 
-def _tensor_item(img: torch.Tensor, mean, std, image_size) -> torch.Tensor:
+def _tensor_item(
+    img: torch.Tensor, mean, std, image_size, interpolation="bilinear"
+) -> torch.Tensor:
     """A CxHxW (or HxW) uint8/float image tensor -> resized, normalised float tensor."""
     x = img.float() / 255.0 if img.dtype == torch.uint8 else img.float()
     if x.dim() == 2:
         x = x.unsqueeze(0)
     if image_size and tuple(x.shape[-2:]) != (image_size, image_size):
-        x = F.interpolate(
-            x[None], size=(image_size, image_size), mode="bilinear", align_corners=False
-        )[0]
+        x = _resize_float(x[None], image_size, interpolation)[0]
     return (x - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
 
 
@@ -545,6 +555,8 @@ class DataBundle:
     # where mean/std came from, for the summary's data section: "config", "pretrained config
     # of <model>", "measured on the training set", "ImageNet defaults", ...
     norm_from: str = ""
+    # the resize filter (data.interpolation, resolved)
+    interpolation: str = "bilinear"
 
     def unreadable_files(self) -> dict[str, str]:
         """Files left out so far because they could not be read (name -> error), both splits;
@@ -575,6 +587,7 @@ def build_data(cfg, original_cwd: Optional[str] = None, model=None) -> DataBundl
     base = Path(original_cwd) if original_cwd else Path.cwd()
     norm = pretrained_mean_std(model) if cfg.mean is None or cfg.std is None else None
     bundle = builders[cfg.kind](cfg, base, norm)
+    bundle.interpolation = str(cfg.interpolation)
     log.info(
         "data: mean %s, std %s (%s)",
         _fmt_floats(bundle.mean),
@@ -595,25 +608,11 @@ def build_data(cfg, original_cwd: Optional[str] = None, model=None) -> DataBundl
 
 def pretrained_mean_std(model) -> Optional[Tuple[Tuple[float, ...], Tuple[float, ...], str]]:
     """(mean, std, "pretrained config of <name>") of a pretrained timm `model` node, else
-    None (not pretrained, a custom model, or no config). timm's resolve_model_data_config on
-    a model built on the meta device: no weights, no memory, ~10 ms."""
-    if (
-        model is None
-        or not model.get("pretrained")
-        or model.get("_target_")
-        or not model.get("name")
-    ):
-        return None
-    import timm
-    from timm.data import resolve_model_data_config
+    None (not pretrained, a custom model, or no config)."""
+    from runner.models import pretrained_data_config
 
-    try:
-        with torch.device("meta"):
-            m = timm.create_model(model.name, pretrained=False, **dict(model.get("kwargs") or {}))
-        dc = resolve_model_data_config(m)
-    except Exception:  # noqa: BLE001 -- build_model reports a bad name or kwargs with context
-        return None
-    if not dc.get("mean") or not dc.get("std"):
+    dc = pretrained_data_config(model)
+    if not dc or not dc.get("mean") or not dc.get("std"):
         return None
     return tuple(dc["mean"]), tuple(dc["std"]), f"pretrained config of {model.name}"
 
@@ -646,16 +645,33 @@ def _tensor_mean_std(x: torch.Tensor):
     return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
 
 
-def _resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
+# data.interpolation (timm's names, as create_transform takes them for PIL images) -> the
+# closest torch.nn.functional.interpolate mode, for images that are tensors: torch has no
+# hamming or lanczos filter, so those resize bicubic (antialiased when shrinking)
+TENSOR_MODES = {
+    "nearest": "nearest",
+    "bilinear": "bilinear",
+    "bicubic": "bicubic",
+    "box": "area",
+    "hamming": "bicubic",
+    "lanczos": "bicubic",
+}
+
+
+def _resize_float(x: torch.Tensor, size: int, interpolation: str = "bilinear") -> torch.Tensor:
+    """[N, C, H, W] float -> [N, C, size, size] with data.interpolation's filter."""
+    mode = TENSOR_MODES.get(interpolation, "bilinear")
+    if mode in ("nearest", "area"):
+        return F.interpolate(x, size=(size, size), mode=mode)
+    return F.interpolate(
+        x, size=(size, size), mode=mode, align_corners=False, antialias=size < x.shape[-1]
+    )
+
+
+def _resize_uint8(x: torch.Tensor, size: int, interpolation: str = "bilinear") -> torch.Tensor:
     if x.shape[-1] == size and x.shape[-2] == size:
         return x
-    xf = F.interpolate(
-        x.float(),
-        size=(size, size),
-        mode="bilinear",
-        align_corners=False,
-        antialias=size < x.shape[-1],
-    )
+    xf = _resize_float(x.float(), size, interpolation)
     return xf.round().clamp(0, 255).to(torch.uint8)
 
 
@@ -683,7 +699,7 @@ def _fingerprint(*parts) -> str:
 
 
 def _tensor_bundle(cfg, kind, x, y, tr, va, class_names, notes=(), norm=None) -> DataBundle:
-    x = _resize_uint8(x, cfg.image_size)
+    x = _resize_uint8(x, cfg.image_size, cfg.interpolation)
     xtr, ytr, xva, yva = x[tr], y[tr], x[va], y[va]
     if norm is not None:
         mean, std = list(_per_channel(norm[0], x.shape[1])), list(_per_channel(norm[1], x.shape[1]))
@@ -794,15 +810,20 @@ def _default_mean_std(cfg, channels, norm=None):
     return mean, std, _norm_from(cfg, source)
 
 
-def eval_transform(image_size: int, mean, std):
+def eval_transform(image_size: int, mean, std, interpolation: str = "bilinear"):
     from timm.data import create_transform
 
     return create_transform(
-        input_size=image_size, is_training=False, crop_pct=1.0, mean=mean, std=std
+        input_size=image_size,
+        is_training=False,
+        crop_pct=1.0,
+        interpolation=interpolation,
+        mean=mean,
+        std=std,
     )
 
 
-def train_transform(aug, image_size: int, mean, std):
+def train_transform(aug, image_size: int, mean, std, interpolation: str = "bilinear"):
     """timm's training transform for an aug preset; None when aug is off (recipe: start simple)."""
     if aug.name == "none":
         return None
@@ -818,6 +839,7 @@ def train_transform(aug, image_size: int, mean, std):
         color_jitter=aug.color_jitter or 0.0,
         auto_augment=aug.auto_augment,
         re_prob=aug.re_prob,
+        interpolation=interpolation,
         mean=mean,
         std=std,
     )
@@ -884,7 +906,7 @@ def _imagefolder(cfg, base, norm=None) -> DataBundle:
         raise ConfigError(problems)
     mode = "L" if cfg.channels == 1 else "RGB"
     mean, std, source = _default_mean_std(cfg, cfg.channels, norm)
-    tf = eval_transform(cfg.image_size, mean, std)
+    tf = eval_transform(cfg.image_size, mean, std, cfg.interpolation)
     if two:
         tr_ds = ImageDataset(str(root / "train"), input_img_mode=mode)
         class_to_idx = tr_ds.reader.class_to_idx
@@ -903,6 +925,7 @@ def _imagefolder(cfg, base, norm=None) -> DataBundle:
             std,
             lambda i, d=tr_ds: d.filename(i, absolute=True),
             cfg.image_size,
+            cfg.interpolation,
         )
         val = StreamSplit(
             _Files(va_ds, mode),
@@ -913,6 +936,7 @@ def _imagefolder(cfg, base, norm=None) -> DataBundle:
             std,
             lambda i, d=va_ds: d.filename(i, absolute=True),
             cfg.image_size,
+            cfg.interpolation,
         )
         samples = tr_ds.reader.samples + va_ds.reader.samples
     else:
@@ -932,6 +956,7 @@ def _imagefolder(cfg, base, norm=None) -> DataBundle:
             std,
             lambda i, d=ds, t=tr: d.filename(int(t[i]), absolute=True),
             cfg.image_size,
+            cfg.interpolation,
         )
         val = StreamSplit(
             Subset(files, va.tolist()),
@@ -942,6 +967,7 @@ def _imagefolder(cfg, base, norm=None) -> DataBundle:
             std,
             lambda i, d=ds, v=va: d.filename(int(v[i]), absolute=True),
             cfg.image_size,
+            cfg.interpolation,
         )
         samples = ds.reader.samples
     names = [c for c, _ in sorted(class_to_idx.items(), key=lambda kv: kv[1])]
@@ -1006,7 +1032,7 @@ def _torchvision(cfg, base, norm=None) -> DataBundle:
             ) from e
 
     mean, std, source = _default_mean_std(cfg, cfg.channels, norm)
-    tf = _channel_fix(eval_transform(cfg.image_size, mean, std), cfg.channels)
+    tf = _channel_fix(eval_transform(cfg.image_size, mean, std, cfg.interpolation), cfg.channels)
     if "train" in params or "split" in params:
         tr_ds, va_ds = make("train"), make("val")
         tr_labels, va_labels = _targets_of(tr_ds), _targets_of(va_ds)
@@ -1020,8 +1046,26 @@ def _torchvision(cfg, base, norm=None) -> DataBundle:
 
         tr_ds, va_ds = Subset(ds, tr.tolist()), Subset(ds, va.tolist())
         tr_labels, va_labels = labels[tr], labels[va]
-    train = StreamSplit(tr_ds, tr_labels, None, tf, mean, std, image_size=cfg.image_size)
-    val = StreamSplit(va_ds, va_labels, None, tf, mean, std, image_size=cfg.image_size)
+    train = StreamSplit(
+        tr_ds,
+        tr_labels,
+        None,
+        tf,
+        mean,
+        std,
+        image_size=cfg.image_size,
+        interpolation=cfg.interpolation,
+    )
+    val = StreamSplit(
+        va_ds,
+        va_labels,
+        None,
+        tf,
+        mean,
+        std,
+        image_size=cfg.image_size,
+        interpolation=cfg.interpolation,
+    )
     classes = getattr(tr_ds, "classes", None) or getattr(
         getattr(tr_ds, "dataset", None), "classes", None
     )
@@ -1076,9 +1120,27 @@ def _custom(cfg, base, norm=None) -> DataBundle:
     else:
         channels = cfg.channels
     mean, std, source = _default_mean_std(cfg, channels, norm)
-    tf = _channel_fix(eval_transform(cfg.image_size, mean, std), channels)
-    train = StreamSplit(tr_ds, _targets_of(tr_ds), None, tf, mean, std, image_size=cfg.image_size)
-    val = StreamSplit(va_ds, _targets_of(va_ds), None, tf, mean, std, image_size=cfg.image_size)
+    tf = _channel_fix(eval_transform(cfg.image_size, mean, std, cfg.interpolation), channels)
+    train = StreamSplit(
+        tr_ds,
+        _targets_of(tr_ds),
+        None,
+        tf,
+        mean,
+        std,
+        image_size=cfg.image_size,
+        interpolation=cfg.interpolation,
+    )
+    val = StreamSplit(
+        va_ds,
+        _targets_of(va_ds),
+        None,
+        tf,
+        mean,
+        std,
+        image_size=cfg.image_size,
+        interpolation=cfg.interpolation,
+    )
     classes = getattr(tr_ds, "classes", None)
     n_cls = len(classes) if classes else int(torch.cat([train.labels, val.labels]).max()) + 1
     names = [str(c) for c in classes] if classes else [str(i) for i in range(n_cls)]

@@ -110,3 +110,66 @@ def test_other_statistics_set_by_the_user_are_kept_and_warned_about(cli, weights
     assert v["status"] == "warn"
     assert "mean [0.5, 0.5, 0.5] but the weights expect [0.485, 0.456, 0.406]" in v["message"]
     assert "data.std=[0.229,0.224,0.225]" in v["message"]
+
+
+def test_pretrained_input_size_and_interpolation_are_the_weights_by_default():
+    pre = ["model=timm", f"model.name={MODEL}", "model.pretrained=true"]
+    cfg = compose(["data=digits", *pre])
+    assert (cfg.data.image_size, cfg.data.interpolation) == (176, "bicubic")  # resnet10t's
+    plain = compose(["data=digits", "model=timm", f"model.name={MODEL}"])
+    assert (plain.data.image_size, plain.data.interpolation) == (16, "bilinear")
+    # set by the user: kept (input.pretrained_norm then warns)
+    own = compose(["data=digits", *pre, "data.image_size=32", "data.interpolation=bilinear"])
+    assert (own.data.image_size, own.data.interpolation) == (32, "bilinear")
+    data = build_data(cfg.data, model=cfg.model)
+    assert data.image_size == 176 and data.interpolation == "bicubic"
+    assert tuple(data.train.x.shape[-2:]) == (176, 176)
+
+
+def _folder(root, n=12, size=200):
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for i in range(n):
+        d = root / f"c{i % 2}"
+        d.mkdir(parents=True, exist_ok=True)
+        a = torch.randint(0, 256, (size, size, 3), dtype=torch.uint8, generator=g).numpy()
+        Image.fromarray(a).save(d / f"{i}.png")
+    return root
+
+
+def test_a_folder_is_fed_at_the_weights_size_and_filter_and_other_ones_are_warned(cli, tmp_path):
+    import timm
+
+    name = "test_efficientnet"  # 160 px, bicubic in its pretrained config; 0.36M parameters
+    w = tmp_path / "w.pth"
+    torch.save(timm.create_model(name, num_classes=2).state_dict(), w)
+    base = [
+        "stage=baseline",
+        "data=imagefolder",
+        f"data.root={_folder(tmp_path / 'imgs')}",
+        "data.num_workers=0",
+        "trainer.epochs=1",
+        "trainer.batch_size=8",
+        "trainer.progress=false",
+        "trainer.threads=1",
+        "model=timm",
+        f"model.name={name}",
+        "model.pretrained=true",
+        f"model.pretrained_file={w}",
+        "checks.train_loss_decreases.enabled=false",  # random pixels: nothing to learn
+        *OFF,
+    ]
+    r = cli(base)
+    assert r.code == 0, r.out
+    data = r.json("summary.json")["data"]
+    assert (data["image_size"], data["interpolation"]) == (160, "bicubic")
+    v = {c["name"]: c for c in r.json("checks.json")}["input.pretrained_norm"]
+    assert v["status"] == "pass", v["message"]
+
+    r = cli([*base, "data.image_size=64", "data.interpolation=bilinear"])
+    assert r.code == 0, r.out
+    v = {c["name"]: c for c in r.json("checks.json")}["input.pretrained_norm"]
+    assert v["status"] == "warn"
+    assert "image size 64 px but the weights were trained at 160x160 px" in v["message"]
+    assert "bilinear resize but the weights expect bicubic" in v["message"]

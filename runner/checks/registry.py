@@ -144,7 +144,8 @@ class EvalRepeatable(CheckSettings):
 class PretrainedNorm(CheckSettings):
     # mean/std per channel may differ by this much (rounded published values)
     tolerance: float = 0.01
-    # fine-tuning at another resolution is often meant; false: do not list the size
+    # the size defaults to the weights' own; one set on purpose (fine-tuning at another
+    # resolution is often meant) is listed unless this is false
     check_size: bool = True
 
 

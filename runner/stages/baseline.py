@@ -300,6 +300,7 @@ def _pretrained_norm(cfg, data, model, s) -> Verdict:
         data.mean,
         data.std,
         data.image_size,
+        data.interpolation,
         pretrained=bool(cfg.model.pretrained),
         tolerance=float(s.tolerance),
         check_size=bool(s.check_size),

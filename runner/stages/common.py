@@ -189,7 +189,7 @@ def loaders(cfg, data: DataBundle, device: torch.device, zero_inputs: bool = Fal
             f"trainer.batch_size={t.batch_size} must be divisible by the "
             f"{di.world} DDP processes (it is the global batch)"
         )
-    aug_tf = train_transform(cfg.aug, data.image_size, data.mean, data.std)
+    aug_tf = train_transform(cfg.aug, data.image_size, data.mean, data.std, data.interpolation)
     mixup = cfg.aug.mixup_alpha > 0 or cfg.aug.cutmix_alpha > 0
     train_loader = data.train.loader(
         t.batch_size,
@@ -661,6 +661,7 @@ def summary_of(
             "num_classes": res.data.num_classes,
             "in_chans": res.data.in_chans,
             "image_size": res.data.image_size,
+            "interpolation": res.data.interpolation,
             "mean": list(res.data.mean),
             "std": list(res.data.std),
             "norm_from": res.data.norm_from,
