@@ -382,16 +382,20 @@ def _exact_groups(table: ImageTable) -> List[List[int]]:
 
 # near-duplicates: a pair is confirmed when, after the best small shift/zoom, the match
 # images (`match_image`) differ by at most `thumb_distance` AND by at most this fraction of
-# the image's own detail (match image std + 1; the +1 is 8-bit rounding). Measured on the
-# candidate pairs of 20k real-photo crops (benchmarks/bench_data.py; 3 photos, and 15 with
-# textures, a night sky and grey photos): a re-encode leaves a median 0.005-0.008 (p99
-# 0.07), a 1-px shift of a 64 px photo 0.02 (p95 0.04-0.07), a crop of 2-4% 0.02-0.03 (p95
-# 0.05-0.06); two different crops that the hash search paired (same low-frequency layout
-# and brightness: mostly dark or sky crops whose little detail is a smooth ramp) 0.09-0.17
-# at their p0.1, 0.4-1.3 at their median. 0.08 sits between the copies' p95-p99 and the
-# different crops' p0.1 (on the box thumbnail that p0.1 was 0.07 while shifts of textured
-# photos reached 0.3: no threshold separated them).
-NEAR_RELATIVE = 0.08
+# the image's own detail, measured as its rms gradient (+1 grey level for 8-bit rounding).
+# The gradient, not the std, is the scale of a misalignment: shifting an image by d pixels
+# changes it by ~d x gradient, so a copy's residual after alignment is a small fraction of
+# it whatever the content, while two different views leave a residual of the order of the
+# displacement the alignment cannot absorb times the gradient. The std was lenient exactly
+# where the false alarms were: smooth crops (a portrait's cheek, a dark or sky ramp) have a
+# large std but small gradients. Measured on the candidate pairs of 20k and 100k real-photo
+# crops (benchmarks/bench_data.py; 3 photos, and 15 with textures, a night sky and grey
+# photos): re-encodes leave a median 0.016 (p99 0.11-0.15), 1-px shifts of a 64 px photo
+# 0.05 (p95 0.09-0.11, p99 0.13-0.17), crops of 2-4% 0.05 (p95 0.12); two different crops
+# that the hash search paired (same low-frequency layout and brightness) 0.18-0.36 at their
+# p0.1 and > 1 at their median. (On the std, at 100k the two overlapped: no threshold kept
+# both 1-px shifts >= 90% and false alarms <= 0.1%.)
+NEAR_RELATIVE = 0.16
 # ... and their colour cells (`chroma_cells`) differ by at most this mean |a-b|: re-encodes and
 # shifts move them by < 1, a different patch of the same blue sky or green lawn by several
 NEAR_COLOUR = 3.0
@@ -420,6 +424,15 @@ def aligned_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     step[:, 2] = np.clip(step[:, 2], -NEAR_MAX_ZOOM, NEAR_MAX_ZOOM)
     resid = d.reshape(len(a), -1) - np.einsum("pki,pi->pk", J, step)
     return np.abs(resid).mean(axis=1)
+
+
+def _gradient_rms(x: np.ndarray) -> np.ndarray:
+    """rms of the central-difference gradient over the inner pixels of images [P, T, T], in
+    grey levels per pixel: the scale of what a small misalignment changes."""
+    x = x.astype(np.float32)
+    gx = (x[:, 1:-1, 2:] - x[:, 1:-1, :-2]) / 2
+    gy = (x[:, 2:, 1:-1] - x[:, :-2, 1:-1]) / 2
+    return np.sqrt((gx**2 + gy**2).mean(axis=(1, 2)))
 
 
 _POP8 = np.array([bin(v).count("1") for v in range(256)], np.uint8)
@@ -517,7 +530,8 @@ def confirm_near(
 ) -> np.ndarray:
     """Which candidate pairs (i[k], j[k]) are near-duplicates (boolean mask): shift/zoom-aligned
     match images (`match_image`) within `thumb_distance` and within `relative` x (detail + 1),
-    detail being the smaller match image std; colour cells within `colour`."""
+    detail being the smaller rms gradient of the two (`_gradient_rms`); colour cells within
+    `colour`."""
     keep = np.zeros(len(i), bool)
     for lo in range(0, len(i), chunk):
         ii, jj = i[lo : lo + chunk], j[lo : lo + chunk]
@@ -527,9 +541,7 @@ def confirm_near(
             continue
         ta, tb = table.match[ii[ok]], table.match[jj[ok]]
         td = aligned_distance(ta, tb)
-        detail = np.minimum(
-            ta.reshape(len(ta), -1).std(axis=1), tb.reshape(len(tb), -1).std(axis=1)
-        )
+        detail = np.minimum(_gradient_rms(ta), _gradient_rms(tb))
         sub = (td <= thumb_distance) & (td <= relative * (detail + 1.0))
         keep[lo + np.flatnonzero(ok)[sub]] = True
     return keep
