@@ -225,10 +225,11 @@ class InspectConfig:
     # near-duplicates: perceptual hashes (64 bits) within this many bits are candidates: a
     # JPEG re-encode moves <= 4 bits, a 1-px shift of a 64 px photo <= 10 (p95), other photos ~32
     near_hash_distance: int = 10
-    # ... confirmed when their 16x16 grey thumbnails, aligned by the best small shift/zoom,
-    # differ by at most this mean |a-b| (0..255) (and by a fraction of their detail, see
-    # data.NEAR_RELATIVE): a re-encode leaves ~0.5, a 1-px shift ~3 (p90 4.7); digits' closest
-    # different "1"s at 16 px stay above 5
+    # ... confirmed when their 32x32 band-limited grey images (data.match_image), aligned by
+    # the best small shift/zoom, differ by at most this mean |a-b| (0..255) (and by a fraction
+    # of their rms gradient, see data.NEAR_RELATIVE): re-encodes, 1-px shifts and 2-4% crops
+    # of real-photo crops leave a median 0.6 (max 2.4, benchmarks/bench_data.py); digits'
+    # closest different candidates stay above 6.8
     near_thumb_distance: float = 5.0
     # ... and in a crowd sharing a hash band (thousands of blank images) each image is compared
     # with this many neighbours in thumbnail brightness, not all: bounds the work at N x this
