@@ -407,20 +407,91 @@ def stage_times(d: Path | None, s: dict[str, Any], wall: float | None) -> dict[s
     }
 
 
-def run(cfg, ctx: Context) -> StageResult:
-    from runner.plots import recipe_walk
-    from runner.report import Figure, Section, Table, Text
+def _stage_args(name, k, n, ctx, p, common, dropped, done, start) -> list[str]:
+    """The command line of stage `name` (the k-th of n): the recipe's overrides it reads, its
+    own, `from=` the last training stage that passed, its run (or sweep) directory, and the
+    stage's recipe_args hook (squeeze: the earlier stages' runs as candidates)."""
     from runner.stages import get_stage, stage_flag
 
-    t_recipe = time.perf_counter()
-    p = params(cfg)
+    d = ctx.run.path / f"{k}-{name}"
+    own = stage_overrides(p["per_stage"], name)
+    if dropped.get(name):
+        log.info("recipe: %s does not read %s (left out for it)", name, " ".join(dropped[name]))
+    args = [f"stage={name}", *[o for o in common if o not in dropped.get(name, [])], *own]
+    prev = (
+        next((dd for x, dd, c in reversed(done) if stage_flag(x, "TRAINS") and c == 0), start)
+        if stage_flag(name, "FROM_PREVIOUS")
+        else None
+    )
+    if prev is not None and not any(override_key(a) == "from" for a in args):
+        args.append(f"from={prev}")
+    if stage_flag(name, "SWEEP"):
+        args = ["-m", *args, f"hydra.sweep.dir={d}"]
+    else:
+        args.append(f"hydra.run.dir={d}")
+    mod = get_stage(name)
+    if hasattr(mod, "recipe_args"):
+        args += mod.recipe_args(args, [(x, dd) for x, dd, _ in done], start)
+    log.info("recipe: %d/%d %s: python -m runner %s", k, n, name, " ".join(args))
+    return args
+
+
+def _stage_row(name, d, own, code, tail, wall, prev_acc) -> dict[str, Any]:
+    """recipe.csv's row of a stage that ran (or failed to): its headline, checks, times."""
+    s = read_json(d / "summary.json") or {}
+    checks = read_json(d / "checks.json") or []
+    ran = any((d / f).exists() for f in ("summary.json", "study.json", "runs.csv"))
+    head = (
+        stage_headline(name, d, own)
+        if ran or code == 0
+        else {"val_acc": None, "change": "(did not finish)" if d.is_dir() else "(did not run)"}
+    )
+    acc = head["val_acc"]
+    numbers = isinstance(acc, (int, float)) and isinstance(prev_acc, (int, float))
+    return {
+        "stage": name,
+        "exit_code": code,
+        "change": head["change"],
+        "val_acc": acc,
+        "delta": acc - prev_acc if numbers else None,
+        "checks_failed": [c["name"] for c in checks if c.get("status") == "fail"]
+        or s.get("checks_failed")
+        or [],
+        "dir": str(d),
+        "report": f"{d.name}/report.html" if (d / "report.html").exists() else "",
+        "error": _error_line(tail)
+        if code != 0 and not (checks and any(c.get("status") == "fail" for c in checks))
+        else None,
+        "n_val_seen": int(s["data"]["num_val"])
+        if isinstance(s.get("data"), dict) and s["data"].get("num_val")
+        else None,
+        **stage_times(d, s, wall),
+    }
+
+
+def _not_run_row(path: Path) -> dict[str, Any]:
+    return {
+        "stage": path.name.split("-", 1)[1],
+        "exit_code": None,
+        "change": "not run",
+        "val_acc": None,
+        "delta": None,
+        "checks_failed": [],
+        "dir": str(path),
+        "report": "",
+        "error": None,
+        **stage_times(None, {}, None),
+    }
+
+
+def _walk(cfg, ctx: Context, p) -> tuple[list, list, str | None, int | None]:
+    """Run the stages in order: (rows, why each failed stage failed, why the recipe stopped,
+    n_val)."""
     common = passthrough(list(ctx.overrides))
     rows: list[dict[str, Any]] = []
     done: list[tuple[str, Path, int]] = []
-    stopped = None
-    failed: list[str] = []  # why each failed stage failed
-    prev_acc = None
-    n_val = None
+    failed: list[str] = []
+    stopped, prev_acc, n_val = None, None, None
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(Path(__file__).resolve().parents[2]), ctx.original_cwd, env.get("PYTHONPATH", "")]
@@ -431,62 +502,17 @@ def run(cfg, ctx: Context) -> StageResult:
     start = recipe_from(list(ctx.overrides))
     for k, name in enumerate(p["stages"], start=1):
         d = ctx.run.path / f"{k}-{name}"
-        own = stage_overrides(p["per_stage"], name)
-        if dropped.get(name):
-            log.info("recipe: %s does not read %s (left out for it)", name, " ".join(dropped[name]))
-        args = [f"stage={name}", *[o for o in common if o not in dropped.get(name, [])], *own]
-        mod = get_stage(name)
-        # the last training stage that passed: this one starts from its outcome
-        prev = (
-            next((dd for x, dd, c in reversed(done) if stage_flag(x, "TRAINS") and c == 0), start)
-            if stage_flag(name, "FROM_PREVIOUS")
-            else None
-        )
-        if prev is not None and not any(override_key(a) == "from" for a in args):
-            args.append(f"from={prev}")
-        if stage_flag(name, "SWEEP"):
-            args = ["-m", *args, f"hydra.sweep.dir={d}"]
-        else:
-            args.append(f"hydra.run.dir={d}")
-        if hasattr(mod, "recipe_args"):  # e.g. squeeze: the earlier stages' runs as candidates
-            args += mod.recipe_args(args, [(x, dd) for x, dd, _ in done], start)
-        log.info("recipe: %d/%d %s: python -m runner %s", k, len(p["stages"]), name, " ".join(args))
+        args = _stage_args(name, k, len(p["stages"]), ctx, p, common, dropped, done, start)
         t_stage = time.perf_counter()  # what the user waits for: the whole process
         code, tail = _run_stage(args, ctx.original_cwd, env)
         wall = time.perf_counter() - t_stage
         done.append((name, d, code))
-        s = read_json(d / "summary.json") or {}
-        checks = read_json(d / "checks.json") or []
-        if isinstance(s.get("data"), dict) and s["data"].get("num_val"):
-            n_val = n_val or int(s["data"]["num_val"])
-        ran = any((d / f).exists() for f in ("summary.json", "study.json", "runs.csv"))
-        head = (
-            stage_headline(name, d, own)
-            if ran or code == 0
-            else {"val_acc": None, "change": "(did not finish)" if d.is_dir() else "(did not run)"}
-        )
-        acc, change = head["val_acc"], head["change"]
-        row = {
-            "stage": name,
-            "exit_code": code,
-            "change": change,
-            "val_acc": acc,
-            "delta": (acc - prev_acc)
-            if isinstance(acc, (int, float)) and isinstance(prev_acc, (int, float))
-            else None,
-            "checks_failed": [c["name"] for c in checks if c.get("status") == "fail"]
-            or s.get("checks_failed")
-            or [],
-            "dir": str(d),
-            "report": f"{d.name}/report.html" if (d / "report.html").exists() else "",
-            "error": _error_line(tail)
-            if code != 0 and not (checks and any(c.get("status") == "fail" for c in checks))
-            else None,
-            **stage_times(d, s, wall),
-        }
+        row = _stage_row(name, d, stage_overrides(p["per_stage"], name), code, tail, wall, prev_acc)
+        seen = row.pop("n_val_seen")
+        n_val = n_val or seen
         rows.append(row)
-        if isinstance(acc, (int, float)):
-            prev_acc = acc
+        if isinstance(row["val_acc"], (int, float)):
+            prev_acc = row["val_acc"]
         if code != 0:
             reason = (
                 f"stage {name} exited {code}"
@@ -500,22 +526,80 @@ def run(cfg, ctx: Context) -> StageResult:
                     reason + "; the recipe stops here (stage.params.continue_on_fail=true goes on)"
                 )
                 break
-    not_run = [f"{k}-{name}" for k, name in enumerate(p["stages"], start=1)][len(rows) :]
-    not_run_rows = [
+    return rows, failed, stopped, n_val
+
+
+def _report_body(cfg, ctx, rows, not_run_rows, n_val, failed, worse, v, v_reg, final_run):
+    """The report's Stages section: the table, the walk figure, verdict lines, the final model."""
+    from runner.plots import recipe_walk
+    from runner.report import Figure, Table, Text
+
+    table_rows = [
         {
-            "stage": x.split("-", 1)[1],
-            "exit_code": None,
-            "change": "not run",
-            "val_acc": None,
-            "delta": None,
-            "checks_failed": [],
-            "dir": str(ctx.run.path / x),
-            "report": "",
-            "error": None,
-            **stage_times(None, {}, None),
+            **r,
+            "report": r["report"] if (Path(r["dir"]) / "report.html").exists() else None,
+            "link": f"{r['stage']} report"
+            if (Path(r["dir"]) / "report.html").exists()
+            else "(no report)",
+            "checks_failed": ", ".join(r["checks_failed"]),
+            "error": r["error"] or "",
+            "exit_code": "" if r["exit_code"] is None else r["exit_code"],
         }
-        for x in not_run
+        for r in rows + not_run_rows
     ]
+    columns = ["stage", "change", "exit_code", "val_acc", "delta", "wall_s", "sub_runs"]
+    body: list[Any] = [
+        Table(table_rows, [*columns, "checks_failed", "error", "link"], links={"link": "report"})
+    ]
+    if rows:
+        body.append(
+            Figure(
+                recipe_walk(
+                    [f"{k}. {r['stage']}" for k, r in enumerate(rows, start=1)],
+                    [r["val_acc"] for r in rows],
+                    [r["n_val"] or n_val for r in rows],
+                    [r["wall_s"] for r in rows],
+                    [r["sub_runs_wall_s"] for r in rows],
+                    title=f"recipe on {cfg.data.kind}: accuracy after each stage, and where the time "
+                    "went",
+                ),
+                "recipe_stages",
+            )
+        )
+        body.append(
+            Text(
+                "Left: validation accuracy after each stage; the band is one standard "
+                "error of an accuracy measured on n_val images, sqrt(p(1-p)/n_val): "
+                "steps inside it are noise. Right: each stage's process wall time; the "
+                "darker part is its sub-runs' own training time (ladder rungs, study "
+                "trials, squeeze's reruns).",
+                note=True,
+            )
+        )
+    if failed:
+        body.insert(0, Text(v.message, strong=True))
+    if worse:
+        body.append(Text(f"{v_reg.message}.", strong=True))
+    if final_run:
+        body.append(
+            Text(
+                f"Final model (val acc {final_run['val_acc']:.4f}), from the "
+                f"{final_run['stage']} stage: {final_run['what']}. Config "
+                f"`{final_run['config']}`; weights `{final_run['weights']}`. Continue from it "
+                f"with `python -m runner stage=train from={ctx.run.path}`."
+            )
+        )
+    return body
+
+
+def run(cfg, ctx: Context) -> StageResult:
+    from runner.report import Section
+
+    t_recipe = time.perf_counter()
+    p = params(cfg)
+    rows, failed, stopped, n_val = _walk(cfg, ctx, p)
+    not_run = [f"{k}-{name}" for k, name in enumerate(p["stages"], start=1)][len(rows) :]
+    not_run_rows = [_not_run_row(ctx.run.path / x) for x in not_run]
 
     # the final model is the best passing stage's (not merely the last one's), and its val
     # accuracy is the recipe's: a failed last stage does not stand for the recipe's result
@@ -575,75 +659,7 @@ def run(cfg, ctx: Context) -> StageResult:
         "checks_failed": [x.name for x in (v, v_reg) if x.status == "fail"],
         "run_dir": str(ctx.run.path),
     }
-    table_rows = [
-        {
-            **r,
-            "report": r["report"] if (Path(r["dir"]) / "report.html").exists() else None,
-            "link": f"{r['stage']} report"
-            if (Path(r["dir"]) / "report.html").exists()
-            else "(no report)",
-            "checks_failed": ", ".join(r["checks_failed"]),
-            "error": r["error"] or "",
-            "exit_code": "" if r["exit_code"] is None else r["exit_code"],
-        }
-        for r in rows + not_run_rows
-    ]
-    body: list[Any] = [
-        Table(
-            table_rows,
-            [
-                "stage",
-                "change",
-                "exit_code",
-                "val_acc",
-                "delta",
-                "wall_s",
-                "sub_runs",
-                "checks_failed",
-                "error",
-                "link",
-            ],
-            links={"link": "report"},
-        )
-    ]
-    if rows:
-        body.append(
-            Figure(
-                recipe_walk(
-                    [f"{k}. {r['stage']}" for k, r in enumerate(rows, start=1)],
-                    [r["val_acc"] for r in rows],
-                    [r["n_val"] or n_val for r in rows],
-                    [r["wall_s"] for r in rows],
-                    [r["sub_runs_wall_s"] for r in rows],
-                    title=f"recipe on {cfg.data.kind}: accuracy after each stage, and where the time "
-                    "went",
-                ),
-                "recipe_stages",
-            )
-        )
-        body.append(
-            Text(
-                "Left: validation accuracy after each stage; the band is one standard "
-                "error of an accuracy measured on n_val images, sqrt(p(1-p)/n_val): "
-                "steps inside it are noise. Right: each stage's process wall time; the "
-                "darker part is its sub-runs' own training time (ladder rungs, study "
-                "trials, squeeze's reruns).",
-                note=True,
-            )
-        )
-    if failed:
-        body.insert(0, Text(v.message, strong=True))
-    if worse:
-        body.append(Text(f"{v_reg.message}.", strong=True))
-    if final_run:
-        body.append(
-            Text(
-                f"Final model (val acc {final:.4f}), from the {final_run['stage']} stage: "
-                f"{final_run['what']}. Config `{final_run['config']}`; weights "
-                f"`{final_run['weights']}`. Continue from it with "
-                f"`python -m runner stage=train from={ctx.run.path}`."
-            )
-        )
+    body = _report_body(cfg, ctx, rows, not_run_rows, n_val, failed, worse, v, v_reg, final_run)
     return StageResult(
         [v, v_reg],
         summary,
