@@ -827,45 +827,40 @@ def tables(
     return {"images.csv": images_csv, "inspect.json": doc}
 
 
-def report_sections(
-    cfg, source: Source, table: dc.ImageTable, verdicts, groups, leaks, found, flags
-) -> List[Section]:
-    """The page a person reads: what the data looks like, then each finding with thumbnails
-    (figures as data: the run's finish saves them)."""
+class _Pictures:
+    """Thumbnails and captions of one ImageTable's images for the report (decoded once)."""
 
-    ic = cfg.inspect
-    size = ic.thumb_size
-    by_name = {v.name: v for v in verdicts}
-    cache: Dict[int, Optional[np.ndarray]] = {}
+    def __init__(self, cfg, source: Source, table: dc.ImageTable):
+        self.ic, self.source, self.table = cfg.inspect, source, table
+        self.size = self.ic.thumb_size
+        self._cache: Dict[int, Optional[np.ndarray]] = {}
 
-    def img(i: int):
-        if i not in cache:
-            cache[i] = source.image(i) if table.ok[i] else None
-        return cache[i]
+    def img(self, i: int):
+        if i not in self._cache:
+            self._cache[i] = self.source.image(i) if self.table.ok[i] else None
+        return self._cache[i]
 
-    def cap(i: int, extra: str = "") -> str:
-        return (extra + "\n" if extra else "") + _short(table.name[i])
+    def cap(self, i: int, extra: str = "") -> str:
+        return (extra + "\n" if extra else "") + _short(self.table.name[i])
 
-    def cap_class(i: int) -> str:  # the class, unless the name already shows it
-        c = table.class_names[table.label[i]] if table.label[i] >= 0 else ""
-        return cap(i, "" if c in Path(table.name[i]).parts else c[:10])
+    def cap_class(self, i: int) -> str:  # the class, unless the name already shows it
+        t = self.table
+        c = t.class_names[t.label[i]] if t.label[i] >= 0 else ""
+        return self.cap(i, "" if c in Path(t.name[i]).parts else c[:10])
 
-    def rows_of(idx, extra=None, limit=None) -> Table:
-        idx = list(idx)[: limit or ic.max_listed]
-        return Table([dict(table.describe(i), **(extra(i) if extra else {})) for i in idx])
+    def rows_of(self, idx, extra=None, limit=None) -> Table:
+        idx = list(idx)[: limit or self.ic.max_listed]
+        return Table([dict(self.table.describe(i), **(extra(i) if extra else {})) for i in idx])
 
-    out: List[Section] = []
-    ok = table.ok
-    n = table.num
-    rng = np.random.default_rng(cfg.seed)
 
-    # overview
+def _overview(pics: _Pictures, by_name) -> List[Section]:
+    table, source = pics.table, pics.source
     modes = dc.mode_counts(table)
     overview = [
         {
             "split": s,
             "images": int((table.split == si).sum()),
-            "readable": int((ok & (table.split == si)).sum()),
+            "readable": int((table.ok & (table.split == si)).sum()),
         }
         for si, s in enumerate(dc.SPLITS)
     ]
@@ -876,170 +871,164 @@ def report_sections(
     if source.root:
         body.insert(0, Text(f"Folder `{source.root}` (names below are relative to it)"))
     body += [Text(x, note=True) for x in source.notes]
-    out.append(Section("Data overview", body))
-
-    # class counts
     balance = by_name.get("data.class_balance")
     counts = balance.details.get("counts", {}) if balance is not None else {}
-    out.append(
+    return [
+        Section("Data overview", body),
         Section(
             "Class counts per split",
             [
                 Figure(fig_class_counts(table), "inspect_class_counts"),
                 Table([dict({"class": c}, **v) for c, v in counts.items()]),
             ],
-        )
-    )
+        ),
+    ]
 
-    # per-class sample grids
+
+def _samples(pics: _Pictures, seed: int) -> Section:
+    """Per-class random sample grids, one per split."""
+    table, ic = pics.table, pics.ic
+    rng = np.random.default_rng(seed)
     grids: List[Any] = []
     k_show = min(len(table.class_names), ic.max_classes_shown)
     for si, s in enumerate(dc.SPLITS):
         rows = []
         for c in range(k_show):
-            idx = np.flatnonzero(ok & (table.split == si) & (table.label == c))
+            idx = np.flatnonzero(table.ok & (table.split == si) & (table.label == c))
             pick = np.sort(rng.choice(idx, min(len(idx), ic.samples_per_class), replace=False))
             rows.append(
                 (
                     f"{table.class_names[c][:20]} ({len(idx)})",
-                    [(img(i), _short(table.name[i])) for i in pick],
+                    [(pics.img(i), _short(table.name[i])) for i in pick],
                 )
             )
         if any(r[1] for r in rows):
-            fig = thumb_rows(rows, f"{s}: random samples per class", size)
+            fig = thumb_rows(rows, f"{s}: random samples per class", pics.size)
             grids.append(Figure(fig, f"inspect_samples_{s}"))
     if len(table.class_names) > k_show:
         grids.append(Text(f"First {k_show} of {len(table.class_names)} classes.", note=True))
-    out.append(Section("Samples per class", grids))
+    return Section("Samples per class", grids)
 
-    # distributions
-    if ok.any():
-        out.append(
-            Section(
-                "Distributions",
-                [Figure(fig_distributions(table, ic.max_classes_shown), "inspect_distributions")],
-            )
-        )
 
-    # sorted strips
-    if ok.any():
-        okidx = np.flatnonzero(ok)
-        area = n["width"] * n["height"]
-        strips = [
-            ("darkest", n["brightness"], "{:.0f}", "brightness"),
-            ("brightest", -n["brightness"], "{:.0f}", "brightness"),
-            ("lowest contrast", n["contrast"], "{:.1f}", "contrast"),
-            ("highest contrast", -n["contrast"], "{:.1f}", "contrast"),
-            ("blurriest", n["sharpness"], "{:.3f}", "sharpness"),
-            ("smallest", area, None, None),
-            ("largest", -area, None, None),
-        ]
-        rows = []
-        for title, key, fmt, col in strips:
-            order = okidx[np.argsort(key[okidx], kind="stable")][: ic.strip_length]
-            tiles = []
-            for i in order:
-                lab = (
-                    fmt.format(n[col][i]) if col else f"{int(n['width'][i])}x{int(n['height'][i])}"
-                )
-                tiles.append((img(i), cap(i, lab)))
-            rows.append((title, tiles))
-        fig = thumb_rows(rows, "Sorted by: outliers along each axis often reveal a bug", size)
-        out.append(
-            Section(
-                "Sorted by brightness, contrast, sharpness, size", [Figure(fig, "inspect_sorted")]
-            )
-        )
-
-    # corrupt files
-    bad = np.flatnonzero(~ok)
-    out.append(
+def _sorted_strips(pics: _Pictures) -> List[Section]:
+    """Distributions, and the images at both ends of each property (readable images only)."""
+    table, ic = pics.table, pics.ic
+    if not table.ok.any():
+        return []
+    n = table.num
+    okidx = np.flatnonzero(table.ok)
+    area = n["width"] * n["height"]
+    strips = [
+        ("darkest", n["brightness"], "{:.0f}", "brightness"),
+        ("brightest", -n["brightness"], "{:.0f}", "brightness"),
+        ("lowest contrast", n["contrast"], "{:.1f}", "contrast"),
+        ("highest contrast", -n["contrast"], "{:.1f}", "contrast"),
+        ("blurriest", n["sharpness"], "{:.3f}", "sharpness"),
+        ("smallest", area, None, None),
+        ("largest", -area, None, None),
+    ]
+    rows = []
+    for title, key, fmt, col in strips:
+        order = okidx[np.argsort(key[okidx], kind="stable")][: ic.strip_length]
+        tiles = []
+        for i in order:
+            lab = fmt.format(n[col][i]) if col else f"{int(n['width'][i])}x{int(n['height'][i])}"
+            tiles.append((pics.img(i), pics.cap(i, lab)))
+        rows.append((title, tiles))
+    fig = thumb_rows(rows, "Sorted by: outliers along each axis often reveal a bug", pics.size)
+    return [
         Section(
-            "Corrupt files",
+            "Distributions",
+            [Figure(fig_distributions(table, ic.max_classes_shown), "inspect_distributions")],
+        ),
+        Section("Sorted by brightness, contrast, sharpness, size", [Figure(fig, "inspect_sorted")]),
+    ]
+
+
+def _corrupt(pics: _Pictures) -> Section:
+    table = pics.table
+    bad = np.flatnonzero(~table.ok)
+    body = (
+        pics.rows_of(bad, lambda i: {"error": table.error[i]})
+        if len(bad)
+        else Text("None: every image decodes.")
+    )
+    return Section("Corrupt files", [body])
+
+
+def _duplicates(pics: _Pictures, v, groups) -> Section:
+    """Duplicate groups inside a split: a listing, and the groups' thumbnails on the check."""
+    table, ic = pics.table, pics.ic
+    if not groups or v is None:
+        return Section("Duplicate groups", [Text("None found.")])
+    rows = [
+        (
+            f"{g['kind']} · {g['split']}" + (" · labels differ" if g["labels_differ"] else ""),
+            [(pics.img(i), pics.cap_class(i)) for i in g["members"][:8]],
+        )
+        for g in groups[: ic.max_groups_shown]
+    ]
+    v.figures["groups"] = thumb_rows(rows, "Duplicate groups inside a split", pics.size)
+    listing = [
+        {
+            "group": gi,
+            "kind": g["kind"],
+            "split": g["split"],
+            "class": table.class_names[table.label[i]],
+            "name": table.name[i],
+        }
+        for gi, g in enumerate(groups[: ic.max_listed])
+        for i in g["members"][:20]
+    ]
+    return Section("Duplicate groups", [Table(listing)])
+
+
+def _leakage(pics: _Pictures, v, leaks) -> Section:
+    """Train/val pairs of one image: a listing, and the pairs' thumbnails on the check."""
+    table, ic = pics.table, pics.ic
+    if not leaks or v is None:
+        return Section("Leakage pairs", [Text("None found.")])
+    rows = [
+        (
+            f"{p['kind']} (d={p['hash_distance']})",
             [
-                rows_of(bad, lambda i: {"error": table.error[i]})
-                if len(bad)
-                else Text("None: every image decodes.")
+                (pics.img(p["train"]), table.name[p["train"]]),
+                (pics.img(p["val"]), table.name[p["val"]]),
             ],
         )
-    )
+        for p in leaks[: ic.max_groups_shown * 2]
+    ]
+    v.figures["pairs"] = thumb_rows(rows, "Leakage: the same image in train and val", pics.size)
+    listing = [
+        {
+            "kind": p["kind"],
+            "train": table.name[p["train"]],
+            "val": table.name[p["val"]],
+            "train class": table.class_names[table.label[p["train"]]],
+            "val class": table.class_names[table.label[p["val"]]],
+        }
+        for p in leaks[: ic.max_listed]
+    ]
+    return Section("Leakage pairs", [Table(listing)])
 
-    # duplicates (inside a split)
-    v = by_name.get("data.duplicates")
-    if groups and v is not None:
-        shown = groups[: ic.max_groups_shown]
-        rows = [
-            (
-                f"{g['kind']} · {g['split']}" + (" · labels differ" if g["labels_differ"] else ""),
-                [(img(i), cap_class(i)) for i in g["members"][:8]],
-            )
-            for g in shown
-        ]
-        v.figures["groups"] = thumb_rows(rows, "Duplicate groups inside a split", size)
-        listing = [
-            {
-                "group": gi,
-                "kind": g["kind"],
-                "split": g["split"],
-                "class": table.class_names[table.label[i]],
-                "name": table.name[i],
-            }
-            for gi, g in enumerate(groups[: ic.max_listed])
-            for i in g["members"][:20]
-        ]
-        out.append(Section("Duplicate groups", [Table(listing)]))
-    else:
-        out.append(Section("Duplicate groups", [Text("None found.")]))
 
-    # leakage (train vs val)
-    v = by_name.get("data.leakage")
-    if leaks and v is not None:
-        rows = [
-            (
-                f"{p['kind']} (d={p['hash_distance']})",
-                [(img(p["train"]), table.name[p["train"]]), (img(p["val"]), table.name[p["val"]])],
-            )
-            for p in leaks[: ic.max_groups_shown * 2]
-        ]
-        v.figures["pairs"] = thumb_rows(rows, "Leakage: the same image in train and val", size)
-        out.append(
-            Section(
-                "Leakage pairs",
-                [
-                    Table(
-                        [
-                            {
-                                "kind": p["kind"],
-                                "train": table.name[p["train"]],
-                                "val": table.name[p["val"]],
-                                "train class": table.class_names[table.label[p["train"]]],
-                                "val class": table.class_names[table.label[p["val"]]],
-                            }
-                            for p in leaks[: ic.max_listed]
-                        ]
-                    )
-                ],
-            )
-        )
-    else:
-        out.append(Section("Leakage pairs", [Text("None found.")]))
+def _outliers(pics: _Pictures, v, found) -> Section:
+    if not found or v is None:
+        return Section("Outliers", [Text("None found.")])
+    per_row = 8
+    shown = found[: pics.ic.max_groups_shown * per_row // 2]
+    rows = [
+        ("", [(pics.img(i), pics.cap(i, w[0].split(" (")[0])) for i, w in shown[r : r + per_row]])
+        for r in range(0, len(shown), per_row)
+    ]
+    v.figures["images"] = thumb_rows(rows, "Outliers (most extreme first)", pics.size)
+    why = dict(found)
+    return Section("Outliers", [pics.rows_of(list(why), lambda i: {"why": "; ".join(why[i])})])
 
-    # outliers
-    v = by_name.get("data.outliers")
-    if found and v is not None:
-        per_row = 8
-        shown = found[: ic.max_groups_shown * per_row // 2]
-        rows = [
-            ("", [(img(i), cap(i, w[0].split(" (")[0])) for i, w in shown[r : r + per_row]])
-            for r in range(0, len(shown), per_row)
-        ]
-        v.figures["images"] = thumb_rows(rows, "Outliers (most extreme first)", size)
-        why = dict(found)
-        out.append(Section("Outliers", [rows_of(list(why), lambda i: {"why": "; ".join(why[i])})]))
-    else:
-        out.append(Section("Outliers", [Text("None found.")]))
 
-    # property flags
+def _property_flags(pics: _Pictures, by_name, flags) -> Section:
+    """A row per flag (dark, blurry, ...), and each flagged check's examples as a strip."""
+    table = pics.table
     flag_rows = []
     for name, (mask, score, rule) in flags.items():
         idx = np.flatnonzero(mask)
@@ -1054,10 +1043,27 @@ def report_sections(
         )
         v = by_name.get(name)
         if len(idx) and v is not None:
+            tiles = [(pics.img(i), pics.cap(i)) for i in idx[: pics.ic.strip_length]]
             v.figures["examples"] = thumb_rows(
-                [(name.split(".", 1)[1], [(img(i), cap(i)) for i in idx[: ic.strip_length]])],
-                f"{name}: {rule}",
-                size,
+                [(name.split(".", 1)[1], tiles)], f"{name}: {rule}", pics.size
             )
-    out.append(Section("Image properties", [Table(flag_rows)]))
-    return out
+    return Section("Image properties", [Table(flag_rows)])
+
+
+def report_sections(
+    cfg, source: Source, table: dc.ImageTable, verdicts, groups, leaks, found, flags
+) -> List[Section]:
+    """The page a person reads: what the data looks like, then each finding with thumbnails
+    (figures as data: the run's finish saves them; a check's own pictures go on its verdict)."""
+    pics = _Pictures(cfg, source, table)
+    by_name = {v.name: v for v in verdicts}
+    return [
+        *_overview(pics, by_name),
+        _samples(pics, cfg.seed),
+        *_sorted_strips(pics),
+        _corrupt(pics),
+        _duplicates(pics, by_name.get("data.duplicates"), groups),
+        _leakage(pics, by_name.get("data.leakage"), leaks),
+        _outliers(pics, by_name.get("data.outliers"), found),
+        _property_flags(pics, by_name, flags),
+    ]
