@@ -406,24 +406,29 @@ NEAR_MAX_SHIFT, NEAR_MAX_ZOOM = 1.0, 0.08
 
 
 def aligned_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Mean |a - b| of grey images [P, T, T] (match images) after the best small shift and zoom (one
-    linearised least-squares step on the pair's mean gradient, clamped to NEAR_MAX_SHIFT /
-    NEAR_MAX_ZOOM), over the inner (T-2)^2 pixels, where a shift brings nothing in."""
+    """Mean |a - b| of grey images [P, T, T] (match images) after the best small shift and
+    zoom (one linearised least-squares step on the pair's mean gradient, clamped to
+    NEAR_MAX_SHIFT / NEAR_MAX_ZOOM), over the inner (T-2)^2 pixels, where a shift brings
+    nothing in. The Jacobian is built in place and reduced by batched 3xK products (~24 us a
+    pair at T=32): the confirmation runs on every candidate pair."""
     a, b = a.astype(np.float32), b.astype(np.float32)
-    m = (a + b) / 2
-    gx = (m[:, 1:-1, 2:] - m[:, 1:-1, :-2]) / 2
-    gy = (m[:, 2:, 1:-1] - m[:, :-2, 1:-1]) / 2
-    d = (b - a)[:, 1:-1, 1:-1]
-    c = np.arange(a.shape[-1] - 2, dtype=np.float32) - (a.shape[-1] - 3) / 2
-    zoom = c[None, None, :] * gx + c[None, :, None] * gy
-    J = np.stack([gx, gy, zoom], -1).reshape(len(a), -1, 3)
-    jtj = np.einsum("pki,pkj->pij", J, J) + 1e-3 * np.eye(3, dtype=np.float32)
-    jtd = np.einsum("pki,pk->pi", J, d.reshape(len(a), -1))
-    step = np.linalg.solve(jtj, jtd[..., None])[..., 0]
+    p, t = len(a), a.shape[-1]
+    s = a + b  # the central difference of the mean (a+b)/2 is diff(s) / 4
+    jac = np.empty((p, 3, t - 2, t - 2), np.float32)  # d/dx, d/dy, d/dzoom
+    np.subtract(s[:, 1:-1, 2:], s[:, 1:-1, :-2], out=jac[:, 0])
+    np.subtract(s[:, 2:, 1:-1], s[:, :-2, 1:-1], out=jac[:, 1])
+    jac[:, :2] *= 0.25
+    c = np.arange(t - 2, dtype=np.float32) - (t - 3) / 2
+    np.multiply(jac[:, 0], c[None, None, :], out=jac[:, 2])
+    jac[:, 2] += jac[:, 1] * c[None, :, None]
+    jac = jac.reshape(p, 3, -1)
+    d = (b - a)[:, 1:-1, 1:-1].reshape(p, -1)
+    jtj = np.matmul(jac, jac.transpose(0, 2, 1)) + 1e-3 * np.eye(3, dtype=np.float32)
+    step = np.linalg.solve(jtj, np.matmul(jac, d[..., None]))[..., 0]
     step[:, :2] = np.clip(step[:, :2], -NEAR_MAX_SHIFT, NEAR_MAX_SHIFT)
     step[:, 2] = np.clip(step[:, 2], -NEAR_MAX_ZOOM, NEAR_MAX_ZOOM)
-    resid = d.reshape(len(a), -1) - np.einsum("pki,pi->pk", J, step)
-    return np.abs(resid).mean(axis=1)
+    d -= np.matmul(step[:, None, :], jac)[:, 0]
+    return np.abs(d).mean(axis=1)
 
 
 def _gradient_rms(x: np.ndarray) -> np.ndarray:
@@ -482,6 +487,7 @@ def near_pairs(
     cand_a: List[np.ndarray] = []
     cand_b: List[np.ndarray] = []
     pending = [0]
+    seen = [np.zeros(0, np.int64)]  # pairs already confirmed: each is confirmed once
 
     def flush() -> None:
         if not cand_a:
@@ -490,6 +496,8 @@ def near_pairs(
         cand_a.clear(), cand_b.clear()
         pending[0] = 0
         key = np.unique(np.minimum(a, b) * len(idx) + np.maximum(a, b))
+        key = key[~np.isin(key, seen[0], assume_unique=True)]
+        seen[0] = np.union1d(seen[0], key)
         a, b = key // len(idx), key % len(idx)
         i, j = idx[a], idx[b]
         keep = confirm_near(table, i, j, thumb_distance, relative, colour)
