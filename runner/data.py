@@ -17,6 +17,7 @@ import hashlib
 import inspect
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -257,6 +258,16 @@ class StreamLoader(_GlobalBatches):
             if self.zero_inputs:
                 x = torch.zeros_like(x)
             yield x, y.to(self.device, non_blocking=True)
+
+
+def default_workers(device: torch.device) -> int:
+    """DataLoader workers when data.num_workers is null: none on a CPU (the training threads
+    use every core; a worker decoding there slows every one of their ops more than it saves:
+    measured on 2 cores, see config.DataConfig), else min(8, cores - 1) (a GPU's main
+    process mostly waits, so decoding and augmenting in parallel is what keeps it fed)."""
+    if device.type == "cpu":
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
 # ----------------------------------------------------------------------------- splits

@@ -33,7 +33,7 @@ from runner.checkpoint import (
     weights_of,
 )
 from runner.checks import Verdict
-from runner.data import DataBundle, build_data, train_transform
+from runner.data import DataBundle, build_data, default_workers, train_transform
 from runner.distributed import from_env
 from runner.errors import ConfigError, Interrupted, NonFiniteLoss
 from runner.loggers import build_loggers
@@ -191,13 +191,14 @@ def loaders(cfg, data: DataBundle, device: torch.device, zero_inputs: bool = Fal
         )
     aug_tf = train_transform(cfg.aug, data.image_size, data.mean, data.std, data.interpolation)
     mixup = cfg.aug.mixup_alpha > 0 or cfg.aug.cutmix_alpha > 0
+    workers = d.num_workers if d.num_workers is not None else default_workers(device)
     train_loader = data.train.loader(
         t.batch_size,
         True,
         cfg.seed,
         device,
         train=True,
-        num_workers=d.num_workers,
+        num_workers=workers,
         drop_last=mixup,
         zero_inputs=zero_inputs,
         aug_transform=aug_tf,
@@ -210,7 +211,7 @@ def loaders(cfg, data: DataBundle, device: torch.device, zero_inputs: bool = Fal
         cfg.seed,
         device,
         train=False,
-        num_workers=d.num_workers,
+        num_workers=workers,
         zero_inputs=zero_inputs,
         rank=di.rank,
         world=di.world,
