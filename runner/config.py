@@ -70,7 +70,8 @@ class DataConfig:
     # DataLoader workers for streamed (file/PIL) data and augmented in-memory data; null =
     # chosen for the device (runner.data.default_workers): none on a CPU, whose cores the
     # training threads already use (2 cores, resnet10t, 64 px JPEG/PNG folder, process wall
-    # time per epoch: 2 workers 1.2x and 1 worker 1.17x the time of none), and up to 8 on CUDA
+    # time per epoch: 2 workers 1.2x and 1 worker 1.17x the time of none), up to 8 on CUDA;
+    # stage=inspect (no training): one per core, up to 8
     num_workers: Optional[int] = None
     # a file that cannot be read while training: skip = left out of the epoch (named in the
     # log and the summary's unreadable_files), fail = stop the run naming it. Skip by default:

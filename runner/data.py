@@ -260,14 +260,18 @@ class StreamLoader(_GlobalBatches):
             yield x, y.to(self.device, non_blocking=True)
 
 
-def default_workers(device: torch.device) -> int:
-    """DataLoader workers when data.num_workers is null: none on a CPU (the training threads
-    use every core; a worker decoding there slows every one of their ops more than it saves:
-    measured on 2 cores, see config.DataConfig), else min(8, cores - 1) (a GPU's main
-    process mostly waits, so decoding and augmenting in parallel is what keeps it fed)."""
-    if device.type == "cpu":
+def default_workers(device: Optional[torch.device], training: bool = True) -> int:
+    """DataLoader workers when data.num_workers is null. Training on a CPU: none (the training
+    threads use every core; a worker decoding there slows every one of their ops more than
+    it saves: measured on 2 cores, see config.DataConfig). On CUDA, min(8, cores - 1): the
+    main process mostly waits for the GPU, so decoding in parallel is what keeps it fed.
+    Reading without training (stage=inspect): one per core up to 8, none on one core."""
+    cores = os.cpu_count() or 1
+    if not training:
+        return min(8, cores) if cores > 1 else 0
+    if device is None or device.type == "cpu":
         return 0
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    return max(1, min(8, cores - 1))
 
 
 # ----------------------------------------------------------------------------- splits

@@ -657,8 +657,12 @@ def run(cfg, ctx: Context) -> StageResult:
         len(source.class_names),
     )
 
-    log.info("inspect: reading every image once (%d worker(s))", cfg.data.num_workers)
-    table, ips = stream_table(source, ic.analysis_size, cfg.data.num_workers, cfg.trainer.progress)
+    from runner.data import default_workers
+
+    workers = cfg.data.num_workers
+    workers = default_workers(None, training=False) if workers is None else workers
+    log.info("inspect: reading every image once (%d worker(s))", workers)
+    table, ips = stream_table(source, ic.analysis_size, workers, cfg.trainer.progress)
     log.info(
         "inspect: %d images in %.1f s (%.0f images/s)",
         len(table),
