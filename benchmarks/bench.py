@@ -535,8 +535,10 @@ def markdown(res) -> str:
                 "`python -m runner stage=overfit` (start-up, checkpoints, metrics and a full "
                 f"validation pass included; {p['digits'][0]['epochs'][1]} epochs minus "
                 f"{p['digits'][0]['epochs'][0]}) vs a hand-written loop with a full validation "
-                "pass each epoch; batch 128, paired runs, medians; speed ratio = hand s / runner s "
-                f"(load {p['load_before']:.2f} before, {p['load_after']:.2f} after)"
+                "pass each epoch; batch 128, paired runs, medians; speed ratio = median of the "
+                "paired hand s / runner s (1-minute load at the start of this section "
+                f"{p['load_before']:.2f} and at its end {p['load_after']:.2f}: the benchmark's "
+                "own two processes)"
             ),
             "",
             "| data | model | image | runner s/epoch | hand s/epoch | speed ratio |",

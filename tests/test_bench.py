@@ -1,4 +1,5 @@
-"""A tiny run of benchmarks/bench.py (not in the default run: `pytest -m bench`)."""
+"""Tiny runs of the benchmarks: bench.py under `pytest -m bench` (not in the default run), the
+GPU script's CPU smoke mode in the default run."""
 
 import importlib.util
 import json
@@ -25,3 +26,18 @@ def test_bench_quick(tmp_path):
     assert res["startup_s"] < 30
     md = (tmp_path / "results.md").read_text()
     assert "| ratio |" in md and "runner --help" in md
+
+
+def test_gpu_bench_runs_on_cpu_in_quick_mode(tmp_path):
+    # the GPU script waits for a CUDA machine; its quick CPU mode keeps it working meanwhile
+    spec = importlib.util.spec_from_file_location("bench_gpu", BENCH.parent / "bench_gpu.py")
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    res = gpu.main(["--quick", "--device", "cpu", "--out", str(tmp_path)])
+    assert {r["variant"] for r in res["runs"]} == {"fp32", "bf16+channels_last"}
+    for r in res["runs"]:
+        assert r["runner_img_s"] > 0 and r["hand_img_s"] > 0 and 0 < r["mfu"] < 1
+        assert r["gflop_per_step"] > 0
+    saved = json.loads((tmp_path / "gpu_results.json").read_text())
+    assert saved["runs"][0]["model"] == "test_resnet"
+    assert "| MFU |" in (tmp_path / "gpu_results.md").read_text()
