@@ -453,3 +453,22 @@ def test_nonfinite_verdict_is_not_nan_in_json():
 
     v = train_finite(NonFiniteLoss(2, 11, "loss", math.nan), 10).to_dict()
     assert v["status"] == "fail" and json.dumps(v)
+
+
+def test_data_workers_default_to_none_on_a_cpu_and_some_on_cuda(monkeypatch):
+    import os
+
+    import torch
+
+    from runner.data import default_workers
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert default_workers(torch.device("cpu")) == 0  # the training threads use the cores
+    assert default_workers(torch.device("cuda", 0)) == 8
+    assert default_workers(None, training=False) == 8  # stage=inspect: reading only
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert default_workers(torch.device("cuda", 0)) == 1
+    assert default_workers(None, training=False) == 2
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert default_workers(None, training=False) == 0
+    assert compose([]).data.num_workers is None  # null: chosen per device
