@@ -25,15 +25,22 @@ Measured 2026-11-30 on 2 CPU cores, --workers 1, load average 1.0-1.9 (another j
 other core); re-encodes / 1-px shifts / crops found, blurred JPEGs flagged, clean false
 alarms, clean flagged blurry, near-duplicate search seconds, build seconds:
 
-    --n 20000 --photos all     96% / 99% / 96%, blur 73%, FA 0.000%, blurry 0.25%, 0.7 s, 53 s
-    --n 20000 --photos basic   98% / 95% / 97%, blur 92%, FA 0.000%, blurry 0.26%, 0.7 s, 53 s
-    --n 100000 --photos all    99% / 98% / 91%, blur 78%, FA 0.002%, blurry 0.22%, 3.8 s, 248 s
-    --n 100000 --photos basic  99% / 96% / 89%, blur 90%, FA 0.019%, blurry 0.28%, 4.3 s, 242 s
+    --n 20000 --photos all     96% / 99% / 96%, blur 85%, FA 0.000%, blurry 0.13%, 0.7 s, 53 s
+    --n 20000 --photos basic   98% / 95% / 97%, blur 93%, FA 0.000%, blurry 0.08%, 0.7 s, 53 s
+    --n 100000 --photos all    99% / 98% / 91%, blur 88%, FA 0.002%, blurry 0.11%, 3.8 s, 248 s
+    --n 100000 --photos basic  99% / 96% / 89%, blur 89%, FA 0.019%, blurry 0.09%, 4.3 s, 242 s
 
 (before the 32x32 match image, at 20k basic with this script's then --hash-distance 8
 --thumb-distance 3: 98% / 42% / 59%, FA 0.275%). The search is ~linear: 5.4-6.1x the
-seconds for 5x the images. Blur is missed mostly on low-contrast textures
-(moon, brick, gravel: contrast < 15 after the blur), whose JPEG noise reads as detail.
+seconds for 5x the images. The blur and blurry figures are from 2026-11-30's sharpness,
+which takes each image's own noise floor (20/36 of its mean squared mixed second difference)
+off the Laplacian (`runner.checks.data.sharpness`); before it, on the same images: blur
+73% / 92% / 78% / 90%, blurry 0.25% / 0.26% / 0.22% / 0.28% (rows above, in order): JPEG
+noise on low-contrast textures (moon, brick, gravel: contrast < 15 after the blur) read as
+detail. It costs ~4% more per image in `image_stats` (0.536 vs 0.514 ms for 64 px crops).
+(100 blurred JPEGs per run: +-3-4 points of noise; on 1000-1500 per set the basic set's
+recall went 89.6% -> 90.5%.) Blur still missed: near-flat blurred crops (moon, rocket),
+whose gradient is hardly above the noise.
 """
 
 from __future__ import annotations
