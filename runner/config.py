@@ -511,7 +511,11 @@ def validate(cfg, original_cwd: Optional[str] = None) -> None:
         )
     if m.pretrained_file and not (base / m.pretrained_file).expanduser().is_file():
         p.append(f"model.pretrained_file={m.pretrained_file!r} is not a file")
-    if m.pretrained_file and not m.pretrained:
+    from runner.stages import stage_flag
+
+    # a stage that hands its command on (the recipe) lets each of its stages judge the file
+    passes_on = stage_flag(str(cfg.stage.name), "PASSES_OVERRIDES")
+    if m.pretrained_file and not reads_pretrained_file(cfg) and not passes_on:
         p.append(
             "model.pretrained_file is set but model.pretrained=false; set model.pretrained=true"
         )
@@ -571,10 +575,8 @@ def validate(cfg, original_cwd: Optional[str] = None) -> None:
     if not isinstance(cfg.resume, (bool, str)):
         p.append(f"resume={cfg.resume!r} must be true, false or a run directory / checkpoint path")
     check_settings_problems(p, cfg.checks)
-    from runner.stages import stage_flag
-
     # a stage that hands its command on to other stages (the recipe) lets each take what it reads
-    if not stage_flag(str(cfg.stage.name), "PASSES_OVERRIDES"):
+    if not passes_on:
         unread_key_problems(p, cfg, user_set_keys())
 
     if p:
@@ -815,7 +817,30 @@ def unread_keys(cfg, keys) -> list[str]:
         leaf = rest.split(".")[0]
         if leaf in {k for ks in table.values() for k in ks} and leaf not in table.get(kind, ()):
             out.append(key)
+        elif key == "model.pretrained_file" and not reads_pretrained_file(cfg):
+            out.append(key)  # a stage that trains from scratch (the recipe's baseline)
     return out
+
+
+def reads_pretrained_file(cfg) -> bool:
+    """model.pretrained_file is read when the model is pretrained, or when one of the stage's
+    ladder rungs turns pretrained weights on (regularize's `pretrained` rung, `when:
+    model.pretrained_file`): there the base trains from scratch and the rung tries the file."""
+    from omegaconf import OmegaConf
+
+    if cfg.model.get("pretrained"):
+        return True
+    rungs = OmegaConf.select(cfg, "stage.params.rungs", default=None) or []
+    for rung in rungs:
+        for o in rung.get("overrides") or []:
+            key, _, value = str(o).partition("=")
+            if override_key(key + "=") == "model.pretrained" and value.strip().lower() in (
+                "true",
+                "1",
+                "yes",
+            ):
+                return True
+    return False
 
 
 def unread_key_problems(problems: list[str], cfg, user: dict[str, Any]) -> None:

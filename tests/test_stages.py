@@ -170,6 +170,53 @@ def test_squeeze_candidates_need_finished_runs(tmp_path):
 
 
 # ----------------------------------------------------------------------------- end to end
+def test_a_pretrained_rung_keeps_the_base_image_size(cli, tmp_path):
+    # model.pretrained=true makes data.image_size default to the weights' own (test_resnet:
+    # 160 px); a rung is one change, so it trains at the base's 16 px digits all the same
+    import timm
+
+    w = tmp_path / "w.pth"
+    torch.save(timm.create_model("test_resnet", num_classes=10, in_chans=1).state_dict(), w)
+    rungs = "stage.params.rungs=[{name:pre,overrides:['model.pretrained=true']}]"
+    r = cli(
+        [
+            *FAST,
+            "data=digits",
+            "model=timm",
+            "model.name=test_resnet",
+            f"model.pretrained_file={w}",
+            "stage=regularize",
+            "trainer.epochs=1",
+            rungs,
+        ]
+    )
+    assert r.code == 0, r.out
+    rung = OmegaConf.load(r.run_dir / "rungs" / "1-pre" / "config.yaml")
+    assert rung.model.pretrained is True
+    assert rung.data.image_size == 16
+    assert r.json("summary.json")["kept_overrides"] in ([], ["model.pretrained=true"])
+
+
+def test_a_weights_file_without_pretrained_is_read_only_by_a_ladder_that_tries_it(tmp_path):
+    # the recipe hands the file on: regularize's pretrained rung reads it, a stage that trains
+    # from scratch does not (left out for it); alone, a stage that ignores it is an error
+    from runner.config import unread_keys, validate
+
+    w = tmp_path / "w.pth"
+    w.write_bytes(b"")
+    args = ["model=timm", "model.name=test_resnet", f"model.pretrained_file={w}"]
+    regularize = compose(["stage=regularize", *args])
+    validate(regularize)
+    assert unread_keys(regularize, ["model.pretrained_file"]) == []
+    train = compose(["stage=train", *args])
+    assert unread_keys(train, ["model.pretrained_file"]) == ["model.pretrained_file"]
+    with pytest.raises(ConfigError, match="set model.pretrained=true"):
+        validate(train)
+    no_rung = compose(["stage=regularize", *args, "stage.params.rungs=[]"])
+    assert unread_keys(no_rung, ["model.pretrained_file"]) == ["model.pretrained_file"]
+    validate(compose(["stage=recipe", *args]))  # each of its stages judges for itself
+
+
 def test_regularize_ladder_keeps_the_rung_that_helps_and_reverts_the_one_that_hurts(cli):
     rungs = (
         "stage.params.rungs=[{name:up,overrides:['optim.lr=3e-3']},"

@@ -267,10 +267,14 @@ def check_plan(cfg, p: dict[str, Any], overrides: list[str]) -> None:
                 log.debug("recipe: stage %s's params not checked up front: %s", name, e)
     for o in common:
         if checked and all(o in dropped.get(n, []) for n in checked):
+            hint = (
+                "set model.pretrained=true, or keep regularize's pretrained rung in the plan"
+                if override_key(o) == "model.pretrained_file"
+                else "set the option that reads it too (e.g. model=timm for model.name)"
+            )
             problems.append(
                 f"{o}: no stage of this recipe reads {override_key(o)} with its "
-                f"options ({', '.join(sorted(checked))}); set the option that reads "
-                "it too (e.g. model=timm for model.name)"
+                f"options ({', '.join(sorted(checked))}); {hint}"
             )
     if problems:
         raise ConfigError(problems)
