@@ -1,7 +1,7 @@
 """Data checks at scale on real-photo crops (issue 16 item 7): precision, recall and time.
 
     pip install -e '.[bench]'   # scikit-image: its bundled photos, no download
-    python benchmarks/bench_data.py --n 100000 --workers 1 [--photos basic]
+    python benchmarks/bench_data.py --n 100000 --workers 2 [--photos basic]
 
 Builds N clean 64 px images (random crops of bundled photos: with --photos all, the default,
 15: scikit-learn's two sample images, matplotlib's grace_hopper.jpg and 12 of scikit-image's
@@ -21,14 +21,15 @@ flagged blurry, and the seconds per phase (build = generate + encode + decode +
 plus the confirmation of each candidate pair, so it grows with N and with the number of
 real near-copies in the data).
 
-Measured 2026-11-30 on 2 CPU cores, --workers 1, load average 1.0-1.9 (another job on the
-other core); re-encodes / 1-px shifts / crops found, blurred JPEGs flagged, clean false
-alarms, clean flagged blurry, near-duplicate search seconds, build seconds:
+Measured 2026-11-30 on 2 CPU cores, --workers 2, one run after another with no other job
+(1-minute load 0.38 before the first; later ones start at the previous run's own load);
+re-encodes / 1-px shifts / crops found, blurred JPEGs flagged, clean false alarms, clean
+flagged blurry, near-duplicate search seconds, build seconds:
 
-    --n 20000 --photos all     96% / 99% / 96%, blur 85%, FA 0.000%, blurry 0.13%, 0.7 s, 53 s
-    --n 20000 --photos basic   98% / 95% / 97%, blur 93%, FA 0.000%, blurry 0.08%, 0.7 s, 53 s
-    --n 100000 --photos all    99% / 98% / 91%, blur 88%, FA 0.002%, blurry 0.11%, 3.8 s, 248 s
-    --n 100000 --photos basic  99% / 96% / 89%, blur 89%, FA 0.019%, blurry 0.09%, 4.3 s, 242 s
+    --n 20000 --photos all     96% / 99% / 96%, blur 85%, FA 0.000%, blurry 0.13%, 0.7 s, 29 s
+    --n 20000 --photos basic   98% / 95% / 97%, blur 93%, FA 0.000%, blurry 0.08%, 0.7 s, 29 s
+    --n 100000 --photos all    99% / 98% / 91%, blur 88%, FA 0.002%, blurry 0.11%, 3.8 s, 125 s
+    --n 100000 --photos basic  99% / 96% / 89%, blur 89%, FA 0.019%, blurry 0.09%, 4.9 s, 132 s
 
 (before the 32x32 match image, at 20k basic with this script's then --hash-distance 8
 --thumb-distance 3: 98% / 42% / 59%, FA 0.275%). The search is ~linear: 5.4-6.1x the
