@@ -831,16 +831,12 @@ def reads_pretrained_file(cfg) -> bool:
     if cfg.model.get("pretrained"):
         return True
     rungs = OmegaConf.select(cfg, "stage.params.rungs", default=None) or []
-    for rung in rungs:
-        for o in rung.get("overrides") or []:
-            key, _, value = str(o).partition("=")
-            if override_key(key + "=") == "model.pretrained" and value.strip().lower() in (
-                "true",
-                "1",
-                "yes",
-            ):
-                return True
-    return False
+    return any(
+        override_key(str(o)) == "model.pretrained"
+        and str(o).partition("=")[2].strip().lower() in ("true", "1", "yes")
+        for rung in rungs
+        for o in rung.get("overrides") or []
+    )
 
 
 def unread_key_problems(problems: list[str], cfg, user: dict[str, Any]) -> None:

@@ -466,9 +466,6 @@ def _stage_row(name, d, own, code, tail, wall, prev_acc) -> dict[str, Any]:
         "error": _error_line(tail)
         if code != 0 and not (checks and any(c.get("status") == "fail" for c in checks))
         else None,
-        "n_val_seen": int(s["data"]["num_val"])
-        if isinstance(s.get("data"), dict) and s["data"].get("num_val")
-        else None,
         **stage_times(d, s, wall),
     }
 
@@ -512,8 +509,7 @@ def _walk(cfg, ctx: Context, p) -> tuple[list, list, str | None, int | None]:
         wall = time.perf_counter() - t_stage
         done.append((name, d, code))
         row = _stage_row(name, d, stage_overrides(p["per_stage"], name), code, tail, wall, prev_acc)
-        seen = row.pop("n_val_seen")
-        n_val = n_val or seen
+        n_val = n_val or row["n_val"]  # the first stage that states its val set's size
         rows.append(row)
         if isinstance(row["val_acc"], (int, float)):
             prev_acc = row["val_acc"]
