@@ -194,9 +194,9 @@ def evaluate(
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
         n += len(y)
-        if keep_logits:
-            all_logits.append(logits.cpu())
-            all_targets.append(y.cpu())
+        if keep_logits:  # kept on the device: a copy to the host per batch would wait for it
+            all_logits.append(logits)
+            all_targets.append(y)
     model.train(was_training)
     # DDP: each rank saw its share of the validation set; sum over ranks
     totals = all_reduce_sum(
@@ -211,8 +211,8 @@ def evaluate(
         float(totals[0]) / n,
         float(totals[1]) / n,
         n,
-        torch.cat(all_logits) if keep_logits else None,
-        torch.cat(all_targets) if keep_logits else None,
+        torch.cat(all_logits).cpu() if keep_logits and all_logits else None,
+        torch.cat(all_targets).cpu() if keep_logits and all_targets else None,
     )
 
 
