@@ -143,6 +143,7 @@ def test_a_folder_is_fed_at_the_weights_size_and_filter_and_other_ones_are_warne
 
     name = "test_efficientnet"  # 160 px, bicubic in its pretrained config; 0.36M parameters
     w = tmp_path / "w.pth"
+    torch.manual_seed(0)
     torch.save(timm.create_model(name, num_classes=2).state_dict(), w)
     base = [
         "stage=baseline",
@@ -158,6 +159,10 @@ def test_a_folder_is_fed_at_the_weights_size_and_filter_and_other_ones_are_warne
         "model.pretrained=true",
         f"model.pretrained_file={w}",
         "checks.train_loss_decreases.enabled=false",  # random pixels: nothing to learn
+        # random "pretrained" weights on random pixels: their logits at init can be large
+        # (one run in a few gave init loss 2.4 vs log 2), which is no input-pipeline matter
+        "checks.init_loss.enabled=false",
+        "checks.init_bias.enabled=false",
         *OFF,
     ]
     r = cli(base)
