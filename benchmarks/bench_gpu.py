@@ -5,16 +5,20 @@
     python benchmarks/bench_gpu.py --quick --device cpu  # the smoke test (tests/test_bench.py)
 
 For resnet18 and resnet50 at 224 px, batch 128, and each input path option (fp32; bf16
-autocast + channels_last): training images/s of `runner.loop.fit` on the runner's
-TensorLoader (uint8 images on the device, normalised there per batch) against a hand-written
-loop over the same uint8 tensor (index, normalise, forward, backward, step; synchronised
-before the clock stops), A,B,A,B repeats, medians and the median of the paired ratios; the
-training step's FLOPs (torch.utils.flop_counter) and MFU against a dense matmul peak
-measured on the same device in the same precision; with --compile, torch.compile's steady
-img/s and its compile time; with --ddp, `torchrun --nproc_per_node=<GPUs> -m runner
-stage=train` on synthetic data with NCCL (exit code and wall time). Writes gpu_results.json
-and gpu_results.md (--out DIR, default benchmarks/), and records the device, the torch and
-CUDA versions and the host's 1-minute load.
+autocast; bf16 + channels_last; the same with cudnn.benchmark): training images/s of
+`runner.loop.fit` on the runner's TensorLoader (uint8 images on the device, normalised there
+per batch), timed around the whole fit() call with the device synchronised (its one-batch
+validation included), against a hand-written loop over the same uint8 tensor (index,
+normalise, forward, backward, step; synchronised before the clock stops), A,B,A,B repeats,
+medians and the median of the paired ratios; the training step's FLOPs
+(torch.utils.flop_counter) and MFU against a dense matmul peak measured on the same device
+in the precision the step's convolutions use (fp32 convolutions run as TF32 on CUDA by
+cuDNN's default); with --compile, torch.compile's steady img/s and its compile time for the
+--compile-variants; with --ddp, `torchrun --nproc_per_node=<GPUs> -m runner stage=train` on
+synthetic data with NCCL (exit code and wall time). Eager runs come first, then DDP, then
+compile; the results files are rewritten after each so a run cut short keeps what it
+measured. Writes gpu_results.json and gpu_results.md (--out DIR, default benchmarks/), and
+records the device, the torch and CUDA versions and the host's 1-minute load.
 """
 
 from __future__ import annotations
@@ -38,7 +42,14 @@ from runner.data import TensorSplit  # noqa: E402 (after sys.path)
 from runner.loop import LoopOptions, autocast, fit  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-VARIANTS = {"fp32": ("fp32", False), "bf16+channels_last": ("bf16", True)}
+# name: (precision, channels_last, cudnn.benchmark)
+VARIANTS = {
+    "fp32": ("fp32", False, False),
+    "bf16": ("bf16", False, False),
+    "bf16+channels_last": ("bf16", True, False),
+    "bf16+channels_last+cudnn.benchmark": ("bf16", True, True),
+}
+QUICK_VARIANTS = ("fp32", "bf16+channels_last")
 
 
 def sync(device: torch.device) -> None:
@@ -54,11 +65,15 @@ def make_model(name: str, device: torch.device, channels_last: bool) -> nn.Modul
     return m.to(memory_format=torch.channels_last) if channels_last else m
 
 
-def runner_img_s(model, opt, loader, val, device, precision, channels_last) -> float:
-    """One epoch through runner.loop.fit; its own clock (it reads the device at the end)."""
+def runner_img_s(model, opt, loader, val, n, device, precision, channels_last) -> tuple:
+    """One epoch of `n` images through runner.loop.fit: (img/s by the wall clock around the
+    whole call, the device synchronised before and after; img/s by the loop's own clock)."""
     opts = LoopOptions(precision=precision, channels_last=channels_last, eval_every=10**6)
+    sync(device)
+    t0 = time.perf_counter()
     recs = list(fit(model, opt, loader, val, epochs=1, device=device, opts=opts))
-    return recs[-1].images_per_s
+    sync(device)
+    return n / (time.perf_counter() - t0), recs[-1].images_per_s
 
 
 def hand_img_s(model, opt, x, y, batch, device, precision, channels_last, seed) -> float:
@@ -85,18 +100,32 @@ def hand_img_s(model, opt, x, y, batch, device, precision, channels_last, seed) 
     return n / (time.perf_counter() - t0)
 
 
-def matmul_peak(device: torch.device, precision: str, n: int, reps: int = 10) -> float:
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - t0)
+def matmul_peak(device: torch.device, kind: str, n: int, reps: int = 10) -> float:
+    """Dense n x n matmul FLOP/s: kind fp32 (TF32 off), tf32 (TF32 on) or bf16."""
+    dtype = torch.bfloat16 if kind == "bf16" else torch.float32
+    was = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = kind == "tf32"
+    try:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        for _ in range(3):
+            a @ b
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        sync(device)
+        return 2 * n**3 * reps / (time.perf_counter() - t0)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = was
+
+
+def peak_kind(device: torch.device, precision: str) -> str:
+    """The peak an MFU is taken against: the precision the convolutions run in (cuDNN runs
+    fp32 convolutions as TF32 unless torch.backends.cudnn.allow_tf32 is turned off)."""
+    if precision == "bf16":
+        return "bf16"
+    return "tf32" if device.type == "cuda" and torch.backends.cudnn.allow_tf32 else "fp32"
 
 
 def step_flops(model, batch, size, device, precision, channels_last) -> int:
@@ -112,59 +141,82 @@ def step_flops(model, batch, size, device, precision, channels_last) -> int:
     return fc.get_total_flops()
 
 
-def measure(name, size, batch, steps, reps, device, variant, peaks, do_compile):
-    precision, cl = VARIANTS[variant]
+def make_data(size, batch, steps, device):
     g = torch.Generator().manual_seed(0)
     xh = torch.randint(0, 256, (batch * steps, 3, size, size), dtype=torch.uint8, generator=g)
     yh = torch.randint(0, 10, (batch * steps,), generator=g)
-    split = TensorSplit(xh, yh, MEAN, STD)
-    loader = split.loader(batch, True, 0, device, train=True)
+    loader = TensorSplit(xh, yh, MEAN, STD).loader(batch, True, 0, device, train=True)
     val = TensorSplit(xh[:batch], yh[:batch], MEAN, STD).loader(batch, False, 0, device)
-    x, y = xh.to(device), yh.to(device)
+    return loader, val, xh.to(device), yh.to(device)
+
+
+def measure(name, size, batch, steps, reps, device, variant, peaks):
+    precision, cl, bench = VARIANTS[variant]
+    torch.backends.cudnn.benchmark = bench
+    loader, val, x, y = make_data(size, batch, steps, device)
+    n = batch * steps
     m_r, m_h = make_model(name, device, cl), make_model(name, device, cl)
     o_r = torch.optim.AdamW(m_r.parameters(), 1e-3)
     o_h = torch.optim.AdamW(m_h.parameters(), 1e-3)
-    runner_img_s(m_r, o_r, loader, val, device, precision, cl)  # warm-up: allocator, kernels
+    runner_img_s(m_r, o_r, loader, val, n, device, precision, cl)  # warm-up: allocator, kernels
     hand_img_s(m_h, o_h, x, y, batch, device, precision, cl, 0)
-    r, h = [], []
+    r, r_loop, h = [], [], []
     for k in range(reps):  # A,B,A,B
-        r.append(runner_img_s(m_r, o_r, loader, val, device, precision, cl))
+        wall, own = runner_img_s(m_r, o_r, loader, val, n, device, precision, cl)
+        r.append(wall)
+        r_loop.append(own)
         h.append(hand_img_s(m_h, o_h, x, y, batch, device, precision, cl, k + 1))
     flops = step_flops(m_r, batch, size, device, precision, cl)
     runner = statistics.median(r)
-    out = {
+    pk = peak_kind(device, precision)
+    torch.backends.cudnn.benchmark = False
+    return {
         "model": name,
         "variant": variant,
+        "precision": precision,
+        "channels_last": cl,
+        "cudnn_benchmark": bench,
         "image_size": size,
         "batch_size": batch,
+        "images_per_epoch": n,
         "runner_img_s": runner,
+        "runner_loop_clock_img_s": statistics.median(r_loop),
         "hand_img_s": statistics.median(h),
         "ratio": runner / statistics.median(h),
         "paired_ratio": statistics.median(a / b for a, b in zip(r, h)),
         "gflop_per_step": flops / 1e9,
         "achieved_tflops": flops * runner / batch / 1e12,
-        "mfu": flops * runner / batch / peaks[precision],
+        "mfu_against": pk,
+        "mfu": flops * runner / batch / peaks[pk],
         "runner_all": r,
         "hand_all": h,
     }
-    if do_compile:
-        m_c = make_model(name, device, cl)
-        o_c = torch.optim.AdamW(m_c.parameters(), 1e-3)
-        cm = torch.compile(m_c)
-        t0 = time.perf_counter()
-        first = runner_img_s(cm, o_c, loader, val, device, precision, cl)
-        first_s = time.perf_counter() - t0
-        steady = statistics.median(
-            runner_img_s(cm, o_c, loader, val, device, precision, cl) for _ in range(reps)
-        )
-        out["compile"] = {
-            "img_s": steady,
-            "vs_eager": steady / runner,
-            # the first epoch's time minus what its steps cost once compiled
-            "compile_s": first_s - len(yh) / steady,
-            "first_epoch_img_s": first,
-        }
-    return out
+
+
+def measure_compile(name, size, batch, steps, reps, device, variant, eager_img_s):
+    precision, cl, bench = VARIANTS[variant]
+    torch.backends.cudnn.benchmark = bench
+    loader, val, _, _ = make_data(size, batch, steps, device)
+    n = batch * steps
+    m_c = make_model(name, device, cl)
+    o_c = torch.optim.AdamW(m_c.parameters(), 1e-3)
+    cm = torch.compile(m_c)
+    t0 = time.perf_counter()
+    first, _ = runner_img_s(cm, o_c, loader, val, n, device, precision, cl)
+    first_s = time.perf_counter() - t0
+    steady = statistics.median(
+        runner_img_s(cm, o_c, loader, val, n, device, precision, cl)[0] for _ in range(reps)
+    )
+    torch.backends.cudnn.benchmark = False
+    return {
+        "model": name,
+        "variant": variant,
+        "img_s": steady,
+        "vs_eager": steady / eager_img_s if eager_img_s else None,
+        # the first epoch's time minus what its steps cost once compiled (train and eval graphs)
+        "compile_s": first_s - n / steady,
+        "first_epoch_img_s": first,
+    }
 
 
 def ddp_run(tmp: Path, gpus: int, quick: bool) -> dict:
@@ -180,6 +232,7 @@ def ddp_run(tmp: Path, gpus: int, quick: bool) -> dict:
         "stage=train",
         "data=synthetic",
         f"data.num_train={512 if quick else 8192}",
+        "data.image_size=64",
         "trainer.epochs=2",
         f"trainer.batch_size={64 * gpus}",
         "trainer.device=cuda",
@@ -190,14 +243,18 @@ def ddp_run(tmp: Path, gpus: int, quick: bool) -> dict:
         "model.name=resnet18",
         f"hydra.run.dir={tmp / 'ddp'}",
     ]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, check=False)
+    p = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, check=False)
     summary = tmp / "ddp" / "summary.json"
+    facts = json.loads(summary.read_text()) if summary.exists() else {}
     return {
         "gpus": gpus,
         "exit_code": p.returncode,
         "wall_s": time.perf_counter() - t0,
-        "val_acc": json.loads(summary.read_text()).get("val_acc") if summary.exists() else None,
+        "val_acc": facts.get("val_acc"),
+        "world_size": facts.get("world_size"),
         "tail": (p.stdout + p.stderr)[-1500:],
     }
 
@@ -210,32 +267,50 @@ def markdown(res: dict) -> str:
         f"{res['load_before']:.2f}; measured dense matmul peak: "
         + ", ".join(f"{k} {v / 1e12:.0f} TFLOP/s" for k, v in res["peaks"].items()),
         "",
-        "Training images/s, `runner.loop.fit` on the runner's TensorLoader vs a hand-written "
-        "loop on the same uint8 tensor on the device (medians of A,B,A,B repeats); MFU = the "
-        "step's FLOPs x steps/s / the measured peak of that precision.",
+        "Training images/s, `runner.loop.fit` on the runner's TensorLoader (wall clock around "
+        "the whole call) vs a hand-written loop on the same uint8 tensor on the device "
+        "(medians of A,B,A,B repeats); MFU = the step's FLOPs x steps/s / the measured peak of "
+        "the precision its convolutions run in.",
         "",
         "| model | image | batch | variant | runner img/s | hand img/s | ratio | paired | "
-        "GFLOP/step | TFLOP/s | MFU | compiled img/s | compile s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "GFLOP/step | TFLOP/s | MFU (vs) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["runs"]:
-        c = r.get("compile") or {}
         L.append(
             f"| {r['model']} | {r['image_size']} | {r['batch_size']} | {r['variant']} | "
             f"{r['runner_img_s']:.0f} | {r['hand_img_s']:.0f} | {r['ratio']:.3f} | "
             f"{r['paired_ratio']:.3f} | {r['gflop_per_step']:.1f} | "
-            f"{r['achieved_tflops']:.1f} | {r['mfu']:.1%} | "
-            + (f"{c['img_s']:.0f} | {c['compile_s']:.0f} |" if c else " | |")
+            f"{r['achieved_tflops']:.1f} | {r['mfu']:.1%} ({r['mfu_against']}) |"
         )
+    if res.get("compile"):
+        L += [
+            "",
+            "torch.compile (default mode) through `runner.loop.fit`:",
+            "",
+            "| model | variant | compiled img/s | vs eager | compile s |",
+            "|---|---|---|---|---|",
+        ]
+        for c in res["compile"]:
+            L.append(
+                f"| {c['model']} | {c['variant']} | {c['img_s']:.0f} | "
+                f"{c['vs_eager']:.2f}x | {c['compile_s']:.0f} |"
+            )
     d = res.get("ddp")
     if d:
         L += [
             "",
             f"DDP: `torchrun --nproc_per_node={d['gpus']} -m runner stage=train` (NCCL, bf16, "
-            f"channels_last, resnet18, synthetic data): exit {d['exit_code']}, "
+            f"channels_last, resnet18, synthetic data at 64 px): exit {d['exit_code']}, "
             f"{d['wall_s']:.0f} s, val acc {d['val_acc']}",
         ]
     return "\n".join(L) + "\n"
+
+
+def save(res: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_results.json").write_text(json.dumps(res, indent=2))
+    (out / "gpu_results.md").write_text(markdown(res))
 
 
 def main(argv=None) -> dict:
@@ -243,11 +318,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (the CPU smoke test)")
     ap.add_argument("--models", default="resnet18,resnet50")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=20, help="steps per timed epoch")
+    ap.add_argument("--steps", type=int, default=30, help="steps per timed epoch")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--compile-variants", default="bf16+channels_last")
     ap.add_argument("--ddp", action="store_true", help="also a torchrun run over every GPU")
     ap.add_argument("--out", default=str(ROOT / "benchmarks"))
     a = ap.parse_args(argv)
@@ -255,9 +332,14 @@ def main(argv=None) -> dict:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here: run on a GPU machine (or --device cpu --quick)")
     models = ["test_resnet"] if a.quick else a.models.split(",")
+    variants = QUICK_VARIANTS if a.quick else tuple(a.variants.split(","))
+    unknown = [v for v in variants + tuple(a.compile_variants.split(",")) if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}: expected some of {list(VARIANTS)}")
     size, batch, steps, reps = (32, 8, 2, 1) if a.quick else (a.size, a.batch, a.steps, a.reps)
     n = 256 if a.quick else 8192
-    peaks = {p: matmul_peak(device, p, n) for p in ("fp32", "bf16")}
+    out = Path(a.out)
+    peaks = {k: matmul_peak(device, k, n) for k in ("fp32", "tf32", "bf16")}
     res = {
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
@@ -268,13 +350,13 @@ def main(argv=None) -> dict:
         "runs": [],
     }
     for name in models:
-        for variant in VARIANTS:
-            r = measure(name, size, batch, steps, reps, device, variant, peaks, a.compile)
+        for variant in variants:
+            r = measure(name, size, batch, steps, reps, device, variant, peaks)
             res["runs"].append(r)
+            save(res, out)
             print(
-                f"{name:10s} {variant:18s} runner {r['runner_img_s']:.0f} vs hand "
-                f"{r['hand_img_s']:.0f} img/s: ratio {r['ratio']:.3f}, MFU {r['mfu']:.1%}"
-                + (f", compiled {r['compile']['img_s']:.0f} img/s" if "compile" in r else ""),
+                f"{name:10s} {variant:36s} runner {r['runner_img_s']:.0f} vs hand "
+                f"{r['hand_img_s']:.0f} img/s: ratio {r['ratio']:.3f}, MFU {r['mfu']:.1%}",
                 flush=True,
             )
     if a.ddp and device.type == "cuda":
@@ -282,11 +364,31 @@ def main(argv=None) -> dict:
 
         with tempfile.TemporaryDirectory() as tmp:
             res["ddp"] = ddp_run(Path(tmp), torch.cuda.device_count(), a.quick)
-        print(f"ddp        exit {res['ddp']['exit_code']} in {res['ddp']['wall_s']:.0f} s")
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_results.json").write_text(json.dumps(res, indent=2))
-    (out / "gpu_results.md").write_text(markdown(res))
+        save(res, out)
+        print(f"ddp exit {res['ddp']['exit_code']} in {res['ddp']['wall_s']:.0f} s", flush=True)
+        if res["ddp"]["exit_code"]:
+            print(res["ddp"]["tail"], flush=True)
+    if a.compile:
+        res["compile"] = []
+        for name in models:
+            for variant in a.compile_variants.split(","):
+                eager = next(
+                    (
+                        r["runner_img_s"]
+                        for r in res["runs"]
+                        if (r["model"], r["variant"]) == (name, variant)
+                    ),
+                    None,
+                )
+                c = measure_compile(name, size, batch, steps, reps, device, variant, eager)
+                res["compile"].append(c)
+                save(res, out)
+                print(
+                    f"{name:10s} {variant:36s} compiled {c['img_s']:.0f} img/s, "
+                    f"compile {c['compile_s']:.0f} s",
+                    flush=True,
+                )
+    save(res, out)
     print(f"wrote {out / 'gpu_results.json'} and {out / 'gpu_results.md'}")
     return res
 
