@@ -41,6 +41,8 @@ def test_default_main_job_on_digits(cli):
     assert s["val_acc"] > 0.5  # two epochs of a tiny CNN on digits
     assert s["provenance"]["versions"]["torch"] == torch.__version__.split("+")[0]
     assert s["provenance"]["data_fingerprint"]
+    # trainer.precision=auto / channels_last=null: what a CPU run resolved them to
+    assert (s["provenance"]["precision"], s["provenance"]["channels_last"]) == ("fp32", False)
     assert "val_acc" in r.out and str(r.run_dir) in r.out
     rows = list(csv.DictReader((r.run_dir / "metrics.csv").open()))
     assert [int(x["epoch"]) for x in rows] == [1, 2]
@@ -428,6 +430,37 @@ def test_tensor_loader_order_depends_on_seed_and_epoch_only():
     c = [y.tolist() for _, y in split.loader(4, True, 1, dev).epoch(4)]
     assert a == b and a != c
     assert sorted(sum(a, [])) == list(range(10))
+
+
+def test_tensor_loader_resumes_mid_epoch_with_the_same_batches():
+    from runner.data import TensorSplit
+
+    x = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 1, 2, 2).contiguous()
+    loader = TensorSplit(x, torch.arange(10), [0.0], [1.0]).loader(4, True, 1, torch.device("cpu"))
+
+    def pairs(batches):  # (image values back in 0..255, labels) per batch
+        return [((xb[:, 0, 0, 0] * 255).round().long().tolist(), yb.tolist()) for xb, yb in batches]
+
+    full, rest = pairs(loader.epoch(2)), pairs(loader.epoch(2, start=1))
+    assert rest == full[1:] and [len(y) for _, y in full] == [4, 4, 2]
+    assert all(xs == ys for xs, ys in full)  # each image with its own label
+    assert list(loader.epoch(2, start=3)) == []
+
+
+def test_input_path_auto_is_bf16_channels_last_on_cuda_only(monkeypatch):
+    from runner.stages.common import input_path
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert input_path("auto", None, cpu) == ("fp32", False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert input_path("auto", None, cuda) == ("bf16", True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert input_path("auto", None, cuda) == ("fp32", True)  # pre-Ampere: no fast bf16
+    # a value the user set is kept, on any device
+    assert input_path("fp32", False, cuda) == ("fp32", False)
+    assert input_path("bf16", True, cpu) == ("bf16", True)
+    t = compose([]).trainer
+    assert (t.precision, t.channels_last) == ("auto", None)
 
 
 def test_malicious_checkpoint_is_refused(tmp_path):

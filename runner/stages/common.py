@@ -86,6 +86,18 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def input_path(precision: str, channels_last, device: torch.device) -> tuple:
+    """(precision, channels_last) with `auto`/null resolved for `device`: bf16 autocast and
+    channels_last on a CUDA device with bf16, where they measured 2x fp32 (resnet18/50 on an
+    H200, benchmarks/gpu_results.md); fp32 and the default layout elsewhere."""
+    cuda = device.type == "cuda"
+    if precision == "auto":
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    if channels_last is None:
+        channels_last = cuda
+    return precision, bool(channels_last)
+
+
 def setup_runtime(cfg) -> torch.device:
     """Seed, threads and device in one place (STYLE habit 11)."""
     t = cfg.trainer
@@ -98,6 +110,8 @@ def setup_runtime(cfg) -> torch.device:
             f"trainer.precision='fp16' needs CUDA (device is {device.type}); "
             "use bf16 or fp32 on CPU"
         )
+    # the automatic input path, fixed here for the whole run (summary.json records it)
+    t.precision, t.channels_last = input_path(t.precision, t.channels_last, device)
     # DDP ranks share the machine's cores instead of each taking all of them
     threads = t.threads or max(1, (os.cpu_count() or 1) // dist_info.world)
     torch.set_num_threads(threads)
@@ -149,6 +163,8 @@ def provenance(cfg, original_cwd: str, data: DataBundle, device: torch.device) -
         if device.type == "cuda"
         else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
+        "precision": cfg.trainer.precision,
+        "channels_last": cfg.trainer.channels_last,
         "hostname": platform.node(),
     }
 
