@@ -25,6 +25,8 @@ DATA_KINDS = ("digits", "synthetic", "imagefolder", "torchvision", "custom")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("adam", "adamw", "sgd", "momentum", "nadam", "radam", "lamb", "lion", "rmsprop")
+# the ones torch gives a fused kernel (optim.fused)
+FUSED_OPTIMIZERS = ("adam", "adamw", "sgd", "momentum")
 SCHEDULERS = ("none", "cosine", "step", "multistep", "plateau", "poly", "tanh")
 ON_UNREADABLE = ("skip", "fail")
 
@@ -105,6 +107,10 @@ class OptimConfig:
     momentum: float = 0.9
     betas: Optional[List[float]] = None
     eps: Optional[float] = None
+    # torch's fused kernel (one kernel over all parameters): null = where the optimizer has
+    # one (adam, adamw, sgd, momentum), true = required, false = off. On 2 CPU cores an Adam
+    # step of resnet10t (4.9M parameters) takes 2.3 ms fused vs 23 ms per parameter
+    fused: Optional[bool] = None
 
 
 @dataclass
@@ -539,6 +545,11 @@ def validate(cfg, original_cwd: Optional[str] = None) -> None:
 
     # optim / sched / aug
     _choice(p, "optim.name", o.name, OPTIMIZERS)
+    if o.fused and o.name in OPTIMIZERS and o.name not in FUSED_OPTIMIZERS:
+        p.append(
+            f"optim.fused=true but optim.name={o.name!r} has no fused kernel (those with one: "
+            f"{', '.join(FUSED_OPTIMIZERS)}); set optim.fused=null (auto) or false"
+        )
     _positive(p, "optim.lr", o.lr)
     _positive(p, "optim.weight_decay", o.weight_decay, allow_zero=True)
     _choice(p, "sched.name", s.name, SCHEDULERS)

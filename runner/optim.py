@@ -20,9 +20,27 @@ def optimizer_kwargs(cfg) -> dict:
 
 
 def build_optimizer(cfg, model: nn.Module):
+    """timm's optimizer for the `optim` node. `optim.fused` null (auto): torch's fused kernel
+    where the optimizer has one for these parameters (Adam, AdamW, SGD on CPU and CUDA),
+    else the optimizer's own default; true: fused or a config error; false: never."""
     from timm.optim import create_optimizer_v2
 
-    return create_optimizer_v2(model, **optimizer_kwargs(cfg))
+    kw = optimizer_kwargs(cfg)
+    fused = cfg.get("fused")
+    if fused is False:
+        return create_optimizer_v2(model, **kw)
+    try:
+        return create_optimizer_v2(model, **kw, fused=True)
+    except (TypeError, RuntimeError) as e:  # no `fused` argument, or not for these params
+        if fused:
+            from runner.errors import ConfigError
+
+            raise ConfigError(
+                f"optim.fused=true but optim.name={cfg.name!r} has no fused kernel for this "
+                f"model's parameters ({str(e).splitlines()[0]}); set optim.fused=null (auto) "
+                "or false"
+            ) from None
+    return create_optimizer_v2(model, **kw)
 
 
 def build_scheduler(cfg, optimizer, epochs: int, steps_per_epoch: int):

@@ -182,6 +182,10 @@ def test_torchvision_dataset_without_split(cli):
         (["stage=nope"], "stage"),
         (["trainer.device=gpu"], "trainer.device='gpu' is not one of"),
         (["model=custom", "model._target_=os.system"], "refused"),
+        (
+            ["optim.name=lamb", "optim.fused=true"],
+            "optim.fused=true but optim.name='lamb' has no fused kernel",
+        ),
     ],
 )
 def test_bad_config_exit_2_with_clear_message(cli, override, needle):
@@ -445,6 +449,46 @@ def test_tensor_loader_resumes_mid_epoch_with_the_same_batches():
     assert rest == full[1:] and [len(y) for _, y in full] == [4, 4, 2]
     assert all(xs == ys for xs, ys in full)  # each image with its own label
     assert list(loader.epoch(2, start=3)) == []
+
+
+def test_digits_are_scikit_learns_without_importing_it():
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from runner.data import digits_arrays
+
+    images, target = digits_arrays()
+    d = load_digits()
+    assert np.array_equal(images, d.images) and np.array_equal(target, d.target)
+    # every stage process loads digits: importing scikit-learn for it costs ~1 s each
+    code = "import sys, runner.data as d; d.digits_arrays(); print('sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    "name, fused, expect",
+    [("adam", None, True), ("adamw", None, True), ("sgd", None, True), ("adam", False, None)]
+    + [("lamb", None, None), ("nadam", None, None), ("rmsprop", None, None), ("adam", True, True)],
+)
+def test_optimizer_is_fused_where_torch_has_a_kernel(name, fused, expect):
+    from runner.optim import build_optimizer
+
+    cfg = compose([f"optim.name={name}", f"optim.fused={'null' if fused is None else fused}"])
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(3)
+    )
+    model(torch.zeros(1, 1, 8, 8))
+    opt = build_optimizer(cfg.optim, model)
+    assert bool(opt.defaults.get("fused")) == bool(expect), type(opt).__name__
+    before = [q.detach().clone() for q in model.parameters()]
+    torch.nn.functional.cross_entropy(
+        model(torch.randn(4, 1, 8, 8)), torch.arange(4) % 3
+    ).backward()
+    opt.step()  # the kernel runs on these parameters, and moves them
+    assert any(not torch.equal(a, q) for a, q in zip(before, model.parameters()))
 
 
 def test_input_path_auto_is_bf16_channels_last_on_cuda_only(monkeypatch):
