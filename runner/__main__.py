@@ -265,5 +265,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     return max(codes, default=0)
 
 
+def cli() -> int:
+    """The command line (`python -m runner`, `recipe-runner`): main(), then an exit without
+    a collection over every object left. Interpreter shutdown otherwise spends ~0.7 s (2 cores)
+    collecting what timm and torch._dynamo imported; the recipe starts seven such processes.
+    Everything the run writes is written and closed by then, and atexit handlers still run."""
+    import gc
+
+    code = main()
+    gc.freeze()
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())
