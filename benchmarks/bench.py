@@ -625,6 +625,13 @@ def markdown(res) -> str:
             f"| stage=inspect data=digits (1,797 images, incl. start-up) | {c['inspect_digits_s']:.1f} |",
             f"| stage=inspect per 1,000 images | {c['inspect_digits_s_per_1000']:.1f} |",
         ]
+    L += [
+        "",
+        "## GPU",
+        "",
+        "CUDA figures (runner vs hand loop at 224 px, MFU, torch.compile, DDP with NCCL) come "
+        "from `benchmarks/bench_gpu.py` on a GPU machine: [gpu_results.md](gpu_results.md).",
+    ]
     return "\n".join(L) + "\n"
 
 
