@@ -263,8 +263,10 @@ class InspectConfig:
     # bright: 1st-percentile brightness above this: hardly a pixel below 87% grey
     bright_min: float = 223.0
     # blurry: rms Laplacian / rms gradient below this (at analysis_size, JPEG block seams left
-    # out): sharp 64 px photo crops 0.7-3 (PNG or JPEG q75+), digits at 16 px >= 1.7, at 32 px
-    # >= 0.55, the same crops under a Gaussian blur of 2-4 px 0.2-0.5
+    # out, the image's own noise floor taken off: runner/checks/data.py sharpness). Digits at
+    # 16 px score 0.59-1.21 (none flagged); at 32 px, 4x upsampled and so blurred by
+    # construction, 0.50-0.94 (2.1% flagged); on benchmarks/bench_data.py's 64 px photo crops
+    # this threshold flags 85-93% of the blurred JPEGs and 0.08-0.13% of the clean ones
     blurry_max: float = 0.55
     # low information: grey-level entropy below this many bits (a near two-tone image) ...
     entropy_min: float = 1.0
