@@ -194,10 +194,12 @@ def evaluate(
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
         n += len(y)
-        if keep_logits:  # kept on the device: a copy to the host per batch would wait for it
-            all_logits.append(logits)
-            all_targets.append(y)
+        if keep_logits:  # to the host without waiting for the device (pinned memory on CUDA)
+            all_logits.append(logits.to("cpu", non_blocking=True))
+            all_targets.append(y.to("cpu", non_blocking=True))
     model.train(was_training)
+    if keep_logits and device.type == "cuda":
+        torch.cuda.synchronize(device)  # the copies to the host are complete before use
     # DDP: each rank saw its share of the validation set; sum over ranks
     totals = all_reduce_sum(
         torch.stack(
@@ -211,8 +213,8 @@ def evaluate(
         float(totals[0]) / n,
         float(totals[1]) / n,
         n,
-        torch.cat(all_logits).cpu() if keep_logits and all_logits else None,
-        torch.cat(all_targets).cpu() if keep_logits and all_targets else None,
+        torch.cat(all_logits) if keep_logits and all_logits else None,
+        torch.cat(all_targets) if keep_logits and all_targets else None,
     )
 
 
