@@ -156,7 +156,7 @@ class TrainerConfig:
     # auto | fp32 | bf16 | fp16 autocast (fp16 only on CUDA, with a GradScaler). auto: bf16 on
     # a CUDA device that supports it, else fp32. Measured on an H200 (benchmarks/
     # gpu_results.md, 224 px, batch 128): bf16 + channels_last trains resnet18 and resnet50
-    # 2.0-2.2x faster than fp32 (bf16 alone 1.06x); on a CPU fp32 is the faster one
+    # 2.0-2.2x faster than fp32 (bf16 alone 1.06-1.09x); on a CPU fp32 is the faster one
     precision: str = "auto"
     # null (auto): channels_last on CUDA, where with bf16 it is the measured 2x; off elsewhere
     channels_last: Optional[bool] = None

@@ -51,6 +51,9 @@ def test_default_main_job_on_digits(cli):
     ck = torch.load(r.run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert {"model", "optimizer", "scheduler", "rng", "loop", "config"} <= set(ck)
     assert ck["loop"]["epoch"] == 2 and isinstance(ck["config"], str)
+    # the saved config keeps the choice (auto / null), not what this machine made of it, so
+    # from= on another device decides again
+    assert "precision: auto" in ck["config"] and "channels_last: null" in ck["config"]
     assert (r.run_dir / "checkpoints" / "best.pt").exists()
     assert (r.run_dir / ".hydra" / "config.yaml").exists()
 

@@ -110,8 +110,6 @@ def setup_runtime(cfg) -> torch.device:
             f"trainer.precision='fp16' needs CUDA (device is {device.type}); "
             "use bf16 or fp32 on CPU"
         )
-    # the automatic input path, fixed here for the whole run (summary.json records it)
-    t.precision, t.channels_last = input_path(t.precision, t.channels_last, device)
     # DDP ranks share the machine's cores instead of each taking all of them
     threads = t.threads or max(1, (os.cpu_count() or 1) // dist_info.world)
     torch.set_num_threads(threads)
@@ -153,6 +151,7 @@ def provenance(cfg, original_cwd: str, data: DataBundle, device: torch.device) -
             git = {"commit": out.stdout.strip(), "dirty": dirty, "repo": original_cwd}
     except (OSError, subprocess.SubprocessError):
         pass
+    precision, channels_last = input_path(cfg.trainer.precision, cfg.trainer.channels_last, device)
     return {
         "versions": versions,
         "python": platform.python_version(),
@@ -163,8 +162,9 @@ def provenance(cfg, original_cwd: str, data: DataBundle, device: torch.device) -
         if device.type == "cuda"
         else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
-        "precision": cfg.trainer.precision,
-        "channels_last": cfg.trainer.channels_last,
+        # what trainer.precision / channels_last (auto / null in the config) came to here
+        "precision": precision,
+        "channels_last": channels_last,
         "hostname": platform.node(),
     }
 
@@ -189,7 +189,7 @@ def build_data_for(cfg, ctx: Context) -> DataBundle:
 def build_model_for(cfg, data: DataBundle, ctx: Context, device: torch.device) -> torch.nn.Module:
     model = build_model(cfg.model, data.num_classes, data.in_chans, ctx.original_cwd)
     model = model.to(device)
-    if cfg.trainer.channels_last:
+    if input_path(cfg.trainer.precision, cfg.trainer.channels_last, device)[1]:
         model = model.to(memory_format=torch.channels_last)
     log.info(
         "model: %s, %s parameters", cfg.model._target_ or cfg.model.name, f"{count_params(model):,}"
@@ -411,10 +411,13 @@ def train_run(
 
         net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     compiled = torch.compile(net) if t.compile else net
+    # auto / null resolved for this device; the config keeps them as written (from= and
+    # checkpoints carry the choice, not what one machine made of it)
+    precision, channels_last = input_path(t.precision, t.channels_last, device)
     opts = LoopOptions(
         mixup=mixup,
-        precision=t.precision,
-        channels_last=t.channels_last,
+        precision=precision,
+        channels_last=channels_last,
         grad_clip=t.grad_clip,
         eval_every=t.eval_every,
         max_steps_per_epoch=t.max_steps_per_epoch,
