@@ -128,7 +128,10 @@ def test_every_sampler_proposes_distinct_points_and_a_seed_repeats_them(spec):
     seeded = five_points(spec, 7)
     assert len(set(seeded)) == 5, seeded  # rebuilt with one seed per trial, not the same seed
     assert five_points(spec, 7) == seeded  # a seeded study is reproducible
-    assert len(set(five_points(spec, None))) == 5  # unseeded: still distinct
+    # unseeded: fresh points. Five uniform draws from SPACE's 2,121 points share one by chance
+    # ~0.5% of the time (a CI run met it); a sampler rebuilt with one repeated seed would give
+    # one point five times
+    assert len(set(five_points(spec, None))) >= 4
 
 
 # ----------------------------------------------------------------------------- search space
