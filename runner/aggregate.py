@@ -262,7 +262,12 @@ def load_job(path: Path) -> Job:
         for k in FIGURES:
             figures[k] = summary.get(k)
         for k, v in summary.items():  # stage-specific figures (e.g. tune's objective)
-            if k not in figures and isinstance(v, (int, float)) and not isinstance(v, bool):
+            if (
+                k not in figures
+                and k != "exit_code"  # the job's own column (below)
+                and isinstance(v, (int, float))
+                and not isinstance(v, bool)
+            ):
                 figures[k] = v
         got = summary.get("checks") if isinstance(summary.get("checks"), dict) else {}
         checks = {s: int(got.get(s) or 0) for s in CHECK_STATUSES}

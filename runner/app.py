@@ -21,7 +21,7 @@ def run(cfg: DictConfig) -> int:
     run_dir = Path(hc.runtime.output_dir)
     original_cwd = hc.runtime.cwd
     overrides = list(hc.overrides.task)
-    # in a sweep, a failing job records why (error.json) and returns its code instead of
+    # a failing run records why (error.json); in a sweep it returns its code instead of
     # raising: the other jobs and the sweep summary (runner/aggregate.py) still happen
     from hydra.types import RunMode
 
@@ -37,14 +37,14 @@ def run(cfg: DictConfig) -> int:
         return e.exit_code
     except RunnerError as e:
         log.error("%s", e)
-        if sweep:
-            _record_error(run_dir, e, e.exit_code)
+        _record_error(run_dir, e, e.exit_code)
         return e.exit_code
     except Exception as e:
+        # every failed run says why in its directory (error.json: runner/jobs.py RunRecord)
+        _record_error(run_dir, e, 1)
         if not sweep:
             raise
         log.exception("job failed: %s: %s", type(e).__name__, e)
-        _record_error(run_dir, e, 1)
         return 1
 
 
@@ -71,9 +71,16 @@ def _drop_if_empty(run_dir: Path) -> None:
 
 
 def _record_error(run_dir: Path, e: BaseException, code: int, prefix: str = "") -> None:
+    """error.json (rank 0 only under DDP); a folder that cannot take it never hides the error."""
     from runner.aggregate import write_job_error
+    from runner.distributed import from_env
 
-    write_job_error(run_dir, e, code, prefix)
+    if not from_env().main:
+        return
+    try:
+        write_job_error(run_dir, e, code, prefix)
+    except OSError as oe:
+        log.warning("could not record the error in %s: %s", run_dir, oe)
 
 
 def _run(cfg, run_dir: Path, original_cwd: str, overrides) -> int:

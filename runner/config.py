@@ -445,8 +445,11 @@ def _positive(problems: List[str], key: str, value, allow_zero: bool = False) ->
         problems.append(f"{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
 
 
-def validate(cfg, original_cwd: Optional[str] = None) -> None:
+def validate(cfg, original_cwd: Optional[str] = None, user_overrides=None) -> None:
     """Check the composed config; gather every problem and raise one ConfigError.
+
+    `user_overrides`: the overrides the user gave (runner/jobs.py plan); None: this Hydra
+    run's own (its command line), as the CLI's task has them.
 
     Type and unknown-key errors are Hydra's (compose time); these are the semantic ones.
     Only light imports here except the timm model lookup, done only when a name is set.
@@ -594,7 +597,7 @@ def validate(cfg, original_cwd: Optional[str] = None) -> None:
     check_settings_problems(p, cfg.checks)
     # a stage that hands its command on to other stages (the recipe) lets each take what it reads
     if not passes_on:
-        unread_key_problems(p, cfg, user_set_keys())
+        unread_key_problems(p, cfg, user_set_keys(user_overrides))
 
     if p:
         raise ConfigError(p)
@@ -755,24 +758,30 @@ def overrides_yaml(
     return "".join(f"# {h}\n" if h else "#\n" for h in lines) + text
 
 
-def user_set_keys() -> dict[str, Any]:
+def user_set_keys(overrides=None) -> dict[str, Any]:
     """key -> (where, value) for every key this run's user set explicitly: the command line's
-    overrides (Hydra's hydra.overrides.task, group choices included) and the keys of the
-    selected experiment file. Keys set by option or stage files are not the user's. Empty
-    outside a Hydra run (a config composed in Python)."""
+    overrides (`overrides`, else Hydra's hydra.overrides.task; group choices included) and the
+    keys of the selected experiment file. Keys set by option or stage files are not the
+    user's. Empty outside a Hydra run when no overrides are given."""
     from hydra.core.hydra_config import HydraConfig
 
-    if not HydraConfig.initialized():
-        return {}
-    hc = HydraConfig.get()
+    if overrides is None:
+        if not HydraConfig.initialized():
+            return {}
+        hc = HydraConfig.get()
+        overrides = list(hc.overrides.task)
+        exp = hc.runtime.choices.get("experiment")
+    else:
+        overrides = [str(o) for o in overrides]
+        named = [o.split("=", 1)[1] for o in overrides if override_key(o) == "experiment"]
+        exp = named[-1] if named else None
     out: dict[str, Any] = {}
-    exp = hc.runtime.choices.get("experiment")
-    if exp:
+    if exp and str(exp) not in ("null", "None"):
         out.update(_experiment_keys(str(exp)))
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
-        parsed = OverridesParser.create().parse_overrides(list(hc.overrides.task))
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
     except Exception:  # noqa: BLE001 -- Hydra parsed them already; nothing to add if it cannot
         return out
     for o in parsed:

@@ -76,3 +76,15 @@ class Interrupted(RunnerError):
             f"interrupted by signal {signum} in epoch {epoch + 1} after step {step}; checkpoint "
             f"saved. Continue with: python -m runner resume={run_dir}"
         )
+
+
+class StageInterrupted(RunnerError):
+    """A composite stage's sub-run stopped on a signal (it saved its checkpoint): the composite
+    stops too, with the sub-run's exit code (128 + signal)."""
+
+    def __init__(self, code: int, stage: str, run_dir):
+        self.exit_code = code
+        super().__init__(
+            f"stage {stage} was interrupted (exit {code}); its checkpoint is saved: continue "
+            f"it with python -m runner resume={run_dir}"
+        )

@@ -9,7 +9,8 @@ import json
 import pytest
 from conftest import FAST, assert_contract
 
-from runner.stages.recipe import _error_line, final_model, regressions
+from runner.jobs import error_line as _error_line
+from runner.stages.recipe import final_model, regressions
 from runner.stages.recipe import stage_headline as headline
 
 

@@ -53,6 +53,16 @@ def finish(cfg, ctx: Context, result: StageResult) -> int:
         summary.setdefault(
             "from", {k: ctx.lineage[k] for k in ("source", "source_stage", "weights")}
         )
+    failed = [v.name for v in verdicts if v.status == "fail"]
+    # the run's exit code, in its summary: runner/jobs.py RunRecord reads it back
+    from runner.jobs import exit_code
+
+    code = (
+        result.exit_code
+        if result.exit_code is not None
+        else exit_code(failed, bool(cfg.checks.strict), str(summary.get("status") or ""))
+    )
+    summary["exit_code"] = code
     run.write_checks(verdicts)
     run.write_summary(summary)
 
@@ -111,7 +121,6 @@ def finish(cfg, ctx: Context, result: StageResult) -> int:
     lines = console_checks(verdicts)
     if lines:
         log.info("checks:\n%s", lines)
-    failed = [v.name for v in verdicts if v.status == "fail"]
     n = summary.get("epochs")
     ran = ", ".join(
         x
@@ -130,16 +139,13 @@ def finish(cfg, ctx: Context, result: StageResult) -> int:
         f"  ({ran})" if ran else "",
         run.path,
     )
-    if result.exit_code is not None:
-        return result.exit_code
-    if failed:
+    if failed and result.exit_code is None:
         log.warning(
             "failed checks: %s%s",
             ", ".join(failed),
             "" if cfg.checks.strict else " (checks.strict=false: exit code 0)",
         )
-        return 1 if cfg.checks.strict else 0
-    return 0
+    return code
 
 
 def write_file(run, name: str, content: Any) -> None:

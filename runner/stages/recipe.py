@@ -17,17 +17,15 @@ link; a stage a stopped recipe never ran: "not run").
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List
 
+from runner import jobs
 from runner.checks.outcomes import recipe_gates, recipe_progress
 from runner.config import override_key
-from runner.errors import ConfigError
+from runner.errors import ConfigError, StageInterrupted
 from runner.output import read_json
 from runner.stages import train
 from runner.stages.protocol import Context, Headline, StageResult, run_check
@@ -47,6 +45,10 @@ class RecipeParams(train.Params):  # conf/stage/recipe.yaml builds on train
     stages: List[str] = field(default_factory=list)
     # a stage that fails (exits non-zero) stops the recipe unless this is true
     continue_on_fail: bool = False
+    # run each stage as its own `python -m runner` process instead of in this one (imports
+    # paid once: ~4 s a stage less); each stage has its own run directory, log file, seed and
+    # threads either way
+    isolate: bool = False
     # overrides for one stage only, e.g.
     # 'stage.params.per_stage.overfit=["stage.params.train_loss_target=0.05"]'
     per_stage: Dict[str, Any] = field(default_factory=dict)
@@ -104,13 +106,10 @@ def params(cfg) -> dict[str, Any]:
 
 
 def passthrough(overrides: list[str]) -> list[str]:
-    """The command's overrides every stage gets: not the recipe's own stage/hydra ones, nor
-    its `from=` (the recipe decides where each stage starts: see `recipe_from`)."""
-
-    def recipes_own(key: str) -> bool:
-        return key in ("stage", "from") or key.startswith(("stage.", "hydra.", "hydra/"))
-
-    return [o for o in overrides if not recipes_own(override_key(o))]
+    """The command's overrides every stage gets (runner/jobs.py HANDED_ON): not the recipe's
+    own stage/hydra ones, nor its `from=` (the recipe decides where each stage starts: see
+    `recipe_from`)."""
+    return jobs.select(overrides, jobs.HANDED_ON)
 
 
 def recipe_from(overrides: list[str]) -> str | None:
@@ -219,8 +218,7 @@ def check_plan(cfg, p: dict[str, Any], overrides: list[str]) -> None:
     parser = OverridesParser.create()
 
     def composable(o: str) -> bool:
-        key = override_key(o)
-        return not key.startswith(("hydra.", "hydra/")) and key != "from"
+        return jobs.classify(o) not in ("hydra", "location", "from")
 
     checked: set[str] = set()
     # the command's model./data. keys a stage's options do not read are left out for it
@@ -331,42 +329,6 @@ def regressions(
     return below_best(rows, n_val, min_delta)
 
 
-def _error_line(tail: list[str]) -> str | None:
-    """The reason a stage process failed, from the end of its output."""
-    # Hydra's "Set the environment variable HYDRA_FULL_ERROR=1 ..." footer is never the reason
-    lines = [ln.strip() for ln in tail if ln.strip() and "HYDRA_FULL_ERROR" not in ln]
-    for ln in reversed(lines):
-        low = ln.lower()
-        if "error" in low or "exception" in low:
-            return ln[-500:]
-    return lines[-1][-500:] if lines else None
-
-
-def _run_stage(args: list[str], cwd: str, env: dict) -> tuple[int, list[str]]:
-    """`python -m runner ARGS`, its output passed through live; (exit code, last lines)."""
-    from collections import deque
-
-    tail: deque = deque(maxlen=60)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runner", *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-    )
-    assert proc.stdout is not None
-    try:
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
-            tail.append(line.rstrip("\n"))
-    finally:
-        code = proc.wait()
-    return code, list(tail)
-
-
 # recipe.csv's and summary stages' time columns (seconds): the stage's process wall time (what
 # the user waits for), the wall_s its summary.json states (training and checks, without the
 # process start), and its sub-runs' (ladder rungs, study trials, squeeze's reruns) count and
@@ -440,15 +402,16 @@ def _stage_args(name, k, n, ctx, p, common, dropped, done, start) -> list[str]:
     return args
 
 
-def _stage_row(name, d, own, code, tail, wall, prev_acc) -> dict[str, Any]:
-    """recipe.csv's row of a stage that ran (or failed to): its headline, checks, times."""
-    s = read_json(d / "summary.json") or {}
-    checks = read_json(d / "checks.json") or []
+def _stage_row(name, d, own, code, error, wall, prev_acc) -> dict[str, Any]:
+    """recipe.csv's row of a stage that ran (or failed to): its headline, checks, times; the
+    reason it failed from its run record (error.json), else what it logged."""
+    rec = jobs.RunRecord.read(d)
+    s, checks = rec.summary, rec.checks
     ran = any((d / f).exists() for f in ("summary.json", "study.json", "runs.csv"))
     head = (
         stage_headline(name, d, own)
         if ran or code == 0
-        else {"val_acc": None, "change": "(did not finish)" if d.is_dir() else "(did not run)"}
+        else {"val_acc": None, "change": "(did not finish)" if _started(d) else "(did not run)"}
     )
     acc = head["val_acc"]
     numbers = isinstance(acc, (int, float)) and isinstance(prev_acc, (int, float))
@@ -463,11 +426,16 @@ def _stage_row(name, d, own, code, tail, wall, prev_acc) -> dict[str, Any]:
         or [],
         "dir": str(d),
         "report": f"{d.name}/report.html" if (d / "report.html").exists() else "",
-        "error": _error_line(tail)
+        "error": (rec.error or error)
         if code != 0 and not (checks and any(c.get("status") == "fail" for c in checks))
         else None,
         **stage_times(d, s, wall),
     }
+
+
+def _started(d: Path) -> bool:
+    """Whether a stage got as far as its run directory (more than the job layer's error.json)."""
+    return d.is_dir() and any(p.name != "error.json" for p in d.iterdir())
 
 
 def _not_run_row(path: Path) -> dict[str, Any]:
@@ -493,11 +461,7 @@ def _walk(cfg, ctx: Context, p) -> tuple[list, list, str | None, int | None]:
     done: list[tuple[str, Path, int]] = []
     failed: list[str] = []
     stopped, prev_acc, n_val = None, None, None
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(Path(__file__).resolve().parents[2]), ctx.original_cwd, env.get("PYTHONPATH", "")]
-    )
-    env.pop("HYDRA_FULL_ERROR", None)
+    how = "process" if p.get("isolate") else "in-process"
     # every stage's name and config, before any runs; which command keys each stage reads
     dropped = check_plan(cfg, p, list(ctx.overrides))
     start = recipe_from(list(ctx.overrides))
@@ -505,10 +469,17 @@ def _walk(cfg, ctx: Context, p) -> tuple[list, list, str | None, int | None]:
         d = ctx.run.path / f"{k}-{name}"
         args = _stage_args(name, k, len(p["stages"]), ctx, p, common, dropped, done, start)
         t_stage = time.perf_counter()  # what the user waits for: the whole process
-        code, tail = _run_stage(args, ctx.original_cwd, env)
+        ran = jobs.run_argv(args, how=how, cwd=ctx.original_cwd)
+        code = ran.code
         wall = time.perf_counter() - t_stage
+        if code != 0:
+            jobs.record_failure(d, code, ran.error)
+        if code >= 128:  # stopped by a signal: its checkpoint is saved; so does the recipe
+            raise StageInterrupted(code, name, d)
         done.append((name, d, code))
-        row = _stage_row(name, d, stage_overrides(p["per_stage"], name), code, tail, wall, prev_acc)
+        row = _stage_row(
+            name, d, stage_overrides(p["per_stage"], name), code, ran.error, wall, prev_acc
+        )
         n_val = n_val or row["n_val"]  # the first stage that states its val set's size
         rows.append(row)
         if isinstance(row["val_acc"], (int, float)):
