@@ -206,7 +206,11 @@ def plan(
     if multirun:  # a sweep's values are the sweeper's to expand: checked when it launches
         return p
     with _composer(cdir):
-        cfg, problems = _compose_all(_search_path(cdir), args)
+        # the stage is part of the base: each override is diagnosed on the stage it is for
+        head = [a for a in args if override_key(a) == "stage"]
+        cfg, problems = _compose_all(
+            _search_path(cdir) + head, [a for a in args if override_key(a) != "stage"]
+        )
         if problems:
             raise ConfigError(problems)
         from runner.lineage import apply

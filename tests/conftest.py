@@ -48,10 +48,47 @@ class CliResult:
 
 
 def run_cli(
-    args: List[str], cwd: Path, env: Optional[dict] = None, timeout: int = 300
+    args: List[str],
+    cwd: Path,
+    env: Optional[dict] = None,
+    timeout: int = 300,
+    process: bool = False,
 ) -> CliResult:
-    """`python -m runner ARGS` in `cwd`, as a user would run it."""
+    """`python -m runner ARGS` in `cwd`, as a user would run it: in this process (runner/jobs.py
+    run_argv: Hydra's and logging's state isolated, what it prints captured), or as a child
+    process when `process` is set or `env` is given (a variable the run reads at start-up).
+    Modules the run imported from `cwd` (a test's own `_target_` files) are forgotten after
+    it, so the next test's file of the same name is imported afresh."""
     Path(cwd).mkdir(parents=True, exist_ok=True)
+    if process or env:
+        return _run_child(args, cwd, env, timeout)
+    import importlib
+    import traceback
+
+    from runner.jobs import run_argv
+
+    importlib.invalidate_caches()
+    before = set(sys.modules)
+    saved_env = os.environ.pop("HYDRA_FULL_ERROR", None)
+    try:
+        out = run_argv(args, how="in-process", cwd=str(cwd), capture=True)
+        code, text = out.code, out.output
+    except BaseException as e:  # noqa: BLE001 -- what a child process would print and exit with
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        code, text = 1, "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    finally:
+        if saved_env is not None:
+            os.environ["HYDRA_FULL_ERROR"] = saved_env
+        root = str(Path(cwd).resolve())
+        for name in set(sys.modules) - before:
+            f = getattr(sys.modules.get(name), "__file__", None) or ""
+            if f and str(Path(f).resolve()).startswith(root):
+                del sys.modules[name]
+    return CliResult(code, text, Path(cwd))
+
+
+def _run_child(args: List[str], cwd: Path, env: Optional[dict], timeout: int) -> CliResult:
     e = dict(os.environ)
     e.pop("HYDRA_FULL_ERROR", None)
     e["PYTHONPATH"] = os.pathsep.join([str(REPO), str(cwd), e.get("PYTHONPATH", "")])
@@ -98,7 +135,7 @@ def assert_contract(*run_dirs: Path) -> None:
 def cli(tmp_path):
     """cli([...overrides]) -> CliResult, run in this test's temp folder."""
 
-    def _run(args, **kw):
+    def _run(args, **kw):  # process=True: a child `python -m runner`
         return run_cli(args, tmp_path, **kw)
 
     return _run

@@ -92,7 +92,8 @@ def test_typo_in_a_check_setting_is_a_config_error(cli):
     # the checks schema is typed (runner/checks/registry.py): a typo fails at compose time,
     # with or without '+', naming the closest setting
     for typo in ("checks.init_loss.tolerence=0.5", "+checks.init_loss.tolerence=0.5"):
-        r = cli(["stage=baseline", *TINY, typo])
+        # the CLI's own process: its exit code and what it prints, with no traceback
+        r = cli(["stage=baseline", *TINY, typo], process=True)
         assert r.code == 2, r.out
         assert (
             "checks.init_loss has no key 'tolerence'; did you mean "

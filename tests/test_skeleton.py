@@ -32,7 +32,8 @@ def write_png_folder(root: Path, classes=("a", "b"), per_class=6, size=12, split
 
 
 def test_default_main_job_on_digits(cli):
-    r = cli(["trainer.epochs=2", "trainer.progress=false", "trainer.threads=1"])
+    # one of the few tests that start `python -m runner` as its own process, as the README does
+    r = cli(["trainer.epochs=2", "trainer.progress=false", "trainer.threads=1"], process=True)
     assert r.code == 0, r.out
     assert_contract(r.run_dir)
     s = r.json("summary.json")

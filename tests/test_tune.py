@@ -263,8 +263,9 @@ def two_workers(tmp_path, name: str, storage: str, url: Optional[str] = None, n:
             f"hydra.sweeper.n_trials={n}",
         ]
     )
-    with ThreadPoolExecutor(2) as pool:  # two `python -m runner -m stage=tune` at once
-        results = list(pool.map(lambda _: run_cli(args, tmp_path), range(2)))
+    # two `python -m runner -m stage=tune` at once: two processes, as two machines would be
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: run_cli(args, tmp_path, process=True), range(2)))
     assert [r.code for r in results] == [0, 0], results[0].out + results[1].out
     study, d = study_of(tmp_path, name, journal=url is None, url=url)
     # both workers may ask for the last slot at once: the later number is put back as WAITING
