@@ -33,7 +33,7 @@ cells = [
         "input-independent baseline, overfitting one batch, backprop dependencies, ...). "
         "In Jupyter the run shows its verdict table, key figures and curves."
     ),
-    code('base = runner.run("baseline", ["trainer.epochs=5"], quiet=True)\nbase'),
+    code('base = runner.run("baseline", ["trainer.epochs=3"], quiet=True)\nbase'),
     code(
         "print(base.ok, base.exit_code, round(base.accuracy, 4))\n"
         'print(base.verdict("init.loss")["message"])\n'
@@ -67,7 +67,8 @@ cells = [
         "rec = runner.run(\n"
         '    "recipe",\n'
         '    ["stage.params.stages=[baseline,overfit]", '
-        "'stage.params.per_stage.overfit=[\"trainer.epochs=10\"]'],\n"
+        "'stage.params.per_stage.baseline=[\"trainer.epochs=3\"]',\n"
+        "     'stage.params.per_stage.overfit=[\"trainer.epochs=10\"]'],\n"
         "    quiet=True,\n"
         ")\n"
         "rec"

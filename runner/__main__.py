@@ -87,16 +87,9 @@ def _original_overrides(path: Path, argv: List[str]) -> List[str]:
         recorded = [str(o) for o in (yaml.safe_load(path.read_text()) or [])]
     except (OSError, ValueError, ImportError):
         return []
-    from runner.config import override_key
+    from runner.jobs import reapplied_on_resume
 
-    mine = {override_key(a) for a in argv if "=" in a}
-    return [
-        o
-        for o in recorded
-        if "=" in o
-        and override_key(o) not in mine
-        and not override_key(o).startswith(("hydra.run", "resume"))
-    ]
+    return reapplied_on_resume(recorded, argv)
 
 
 def _distributed(argv: List[str]) -> List[str]:

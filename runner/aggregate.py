@@ -39,6 +39,7 @@ from hydra.experimental.callback import Callback
 
 from runner.config import override_key
 from runner.errors import ConfigError
+from runner.jobs import SWEEP_IDENTITY, key_class
 from runner.output import read_json
 
 log = logging.getLogger("runner")
@@ -59,9 +60,6 @@ FIGURES = (
 # figures that get mean/std per seed group (the main metric is always added)
 GROUP_FIGURES = ("val_acc", "val_loss", "train_loss", "best_val_acc", "epochs", "wall_s")
 CHECK_STATUSES = ("pass", "warn", "fail", "skip")
-# override keys that say how a job was started, not what it is: `resume`, and the
-# bookkeeping the tune sweeper gives each trial (tune.trial, tune.storage, tune.study_name)
-NOT_IDENTITY = ("resume", "tune")
 # jobs without results: error.json is newer than any summary.json, or neither exists;
 # every other status comes from summary.json (finished, stopped_early, nonfinite, pruned...)
 NO_RESULT = ("failed", "incomplete")
@@ -150,7 +148,7 @@ def _override_pairs(lines: Sequence[str]) -> list[tuple[str, str]]:
         if line.startswith("~") or "=" not in line:
             continue
         key, value = override_key(line), line.split("=", 1)[1]
-        if key.startswith(("hydra.", "hydra/")) or key.split(".")[0] in NOT_IDENTITY:
+        if key_class(key) not in SWEEP_IDENTITY:
             continue
         out.append((key, value))
     return out

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
+from runner.config import override_key  # light: omegaconf is imported inside its functions
+
 log = logging.getLogger("runner")
 
 # ----------------------------------------------------------------------------- overrides
@@ -66,11 +68,6 @@ REAPPLIED_ON_RESUME = frozenset(
 # keys a user set that count as "this command set it" for from=/lineage records
 COMMAND = frozenset({"identity"})
 COMMAND_WITH_PER_RUN = frozenset({"identity", "stage", "from", "init_from", "resume", "trial"})
-
-
-def override_key(o: str) -> str:
-    """`+a.b=1` -> `a.b`; `model=resnet18` -> `model`; `hydra/launcher=joblib` -> as is."""
-    return str(o).split("=", 1)[0].lstrip("~+")
 
 
 def key_class(key: str) -> str:
@@ -250,26 +247,37 @@ def _compose_all(base: List[str], args: List[str]) -> tuple:
 
 
 # ----------------------------------------------------------------------------- run
+# Hydra's singletons that belong to one run (hydra.core.singleton.Singleton subclasses)
+PER_RUN_SINGLETONS = ("GlobalHydra", "HydraConfig", "JobRuntime")
+
+
 @contextlib.contextmanager
 def isolated_hydra():
     """Hydra's singletons (GlobalHydra, HydraConfig, the config store), OmegaConf's resolvers,
     the logging set-up and the two variables the CLI sets, as they were before: a run in this
     process (a recipe's stage, a notebook's `runner.run`) leaves its caller's state alone."""
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.singleton import Singleton
+    from omegaconf.basecontainer import BaseContainer
 
-    state = Singleton.get_state()
+    # by reference, not Hydra's deep-copying get_state (~0.4 s a run): the config store and
+    # the plugins are shared; the per-run singletons (GlobalHydra, HydraConfig, JobRuntime)
+    # are taken out, so the run makes its own and the caller's come back untouched
+    saved_instances = dict(Singleton._instances)
+    saved_resolvers = dict(BaseContainer._resolvers)
     env = {k: os.environ.get(k) for k in ("HYDRA_FULL_ERROR", "RUNNER_SETS_HYDRA_FULL_ERROR")}
     loggers = [logging.getLogger()] + [
         lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
     ]
     saved = {id(lg): (lg, list(lg.handlers), lg.level, lg.propagate, lg.disabled) for lg in loggers}
-    GlobalHydra.instance().clear()
+    for cls in list(Singleton._instances):
+        if cls.__name__ in PER_RUN_SINGLETONS:
+            del Singleton._instances[cls]
     try:
         yield
     finally:
-        GlobalHydra.instance().clear()
-        Singleton.set_state(state)
+        Singleton._instances.clear()
+        Singleton._instances.update(saved_instances)
+        BaseContainer._resolvers = saved_resolvers
         for k, v in env.items():
             if v is None:
                 os.environ.pop(k, None)

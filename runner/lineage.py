@@ -30,15 +30,18 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from runner.config import override_key
 from runner.errors import ConfigError
+from runner.jobs import COMMAND, COMMAND_WITH_PER_RUN, INHERITED, key_class, keys_of
 from runner.output import read_json
 from runner.stages.protocol import Outcome
 
 log = logging.getLogger("runner")
 
-# top-level keys that belong to one run and are never taken from the source
-PER_RUN = ("stage", "hydra", "from", "resume", "init_from", "tune")
+
+def _per_run(key: str) -> bool:
+    """A key that belongs to one run and is never taken from the source (runner/jobs.py
+    INHERITED: only identity keys are)."""
+    return key_class(key) not in INHERITED
 
 
 @dataclass
@@ -232,17 +235,10 @@ def _diff(a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def command_keys(overrides: Sequence[str], include_per_run: bool = False) -> List[str]:
-    """The dotted keys (or whole group packages) this command set explicitly."""
-    keys: List[str] = []
-    for k in map(override_key, overrides):
-        if (
-            (_top(k) in PER_RUN and not include_per_run)
-            or k.startswith("hydra")
-            or k == "experiment"
-        ):
-            continue
-        keys.append(k)
-    return keys
+    """The dotted keys (or whole group packages) this command set explicitly: its identity
+    keys, and with `include_per_run` its stage, from=, init_from, resume and trial keys too
+    (runner/jobs.py COMMAND, COMMAND_WITH_PER_RUN)."""
+    return keys_of(overrides, COMMAND_WITH_PER_RUN if include_per_run else COMMAND)
 
 
 def _stage_leaves(config_name: str, stage: str) -> Dict[str, Any]:
@@ -282,12 +278,12 @@ def inherit(
     anc = common_stage(chain_new, chain_src)
     stage_new = _stage_leaves(config_name, new_stage)
     stage_anc = _stage_leaves(config_name, anc) if anc else {}
-    by_stage = {k: v for k, v in _diff(stage_anc, stage_new).items() if _top(k) not in PER_RUN}
+    by_stage = {k: v for k, v in _diff(stage_anc, stage_new).items() if not _per_run(k)}
     user = flatten(_plain(cfg))
-    by_command = {k: v for k, v in _diff(stage_new, user).items() if _top(k) not in PER_RUN}
+    by_command = {k: v for k, v in _diff(stage_new, user).items() if not _per_run(k)}
     for k in command_keys(overrides):  # set explicitly, even to the stage's own value
         by_command.update({u: v for u, v in user.items() if u == k or u.startswith(k + ".")})
-    source = {k: v for k, v in flatten(out.config).items() if _top(k) not in PER_RUN}
+    source = {k: v for k, v in flatten(out.config).items() if not _per_run(k)}
 
     def covered(k: str, keys) -> bool:
         parts = k.split(".")

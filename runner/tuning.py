@@ -717,12 +717,10 @@ def best_yaml(overrides: Sequence[str], groups: Sequence[str], header: Sequence[
     """The best trial's overrides as a primary config on top of conf/config.yaml
     (runner.config.overrides_yaml); the trial's own bookkeeping (stage=tune, tune.*) is left
     out and stage becomes train."""
-    from runner.config import override_key, overrides_yaml
+    from runner import jobs
+    from runner.config import overrides_yaml
 
-    def bookkeeping(key: str) -> bool:
-        return key in ("stage", "tune") or key.startswith(("tune.", "hydra.", "hydra/"))
-
-    kept = [o for o in overrides if not bookkeeping(override_key(o))]
+    kept = [o for o in overrides if jobs.classify(o) not in ("stage", "trial", "hydra", "location")]
     return overrides_yaml(kept, groups, header, primary=True)
 
 

@@ -148,3 +148,15 @@ def test_runner_run_raises_the_clis_config_error(tmp_path):
     assert not (tmp_path / "outputs").exists()  # nothing ran
     with pytest.raises(runner.ConfigError, match="not a directory"):
         runner.load(tmp_path / "nowhere")
+
+
+def test_contract_validator_is_the_shared_one():
+    """The vendored tests/tools/check_rundir.py is the shared one (DESIGN.md's contract), where
+    a checkout has ../shared beside it; without it the vendored copy still checks every run."""
+    from conftest import CHECK_RUNDIR, SHARED_CHECK_RUNDIR
+
+    assert CHECK_RUNDIR.is_file()
+    if SHARED_CHECK_RUNDIR.is_file():
+        assert CHECK_RUNDIR.read_text() == SHARED_CHECK_RUNDIR.read_text(), (
+            f"cp {SHARED_CHECK_RUNDIR} {CHECK_RUNDIR}"
+        )

@@ -65,16 +65,33 @@ def app(tmp_path: Path, script: str, conf: str, name: str = "app.py") -> Path:
 
 
 def sweep(script: Path, *overrides: str, sweep_dir: bool = True):
-    """`python app.py -m OVERRIDES` in the app's folder; (process, sweep folder)."""
+    """`python app.py -m OVERRIDES` in the app's folder; (result, sweep folder). Run in this
+    process (runpy, with Hydra's and logging's state isolated as runner/jobs.py does for the
+    runner's own runs): the same Hydra main, without a Python start-up per sweep."""
+    import contextlib
+    import io
+    import runpy
+    from types import SimpleNamespace
+
+    from runner.jobs import _in_dir, isolated_hydra
+
     out = script.parent / "out"
-    args = [sys.executable, str(script), "-m", *overrides]
-    if sweep_dir:
-        args.append(f"hydra.sweep.dir={out}")
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    p = subprocess.run(
-        args, cwd=script.parent, env=env, capture_output=True, text=True, check=False, timeout=300
-    )
-    return p, out
+    argv = [str(script), "-m", *overrides] + ([f"hydra.sweep.dir={out}"] if sweep_dir else [])
+    stdout, stderr, code = io.StringIO(), io.StringIO(), 0
+    saved_argv, full = sys.argv, os.environ.pop("HYDRA_FULL_ERROR", None)
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            with _in_dir(str(script.parent), importable=True), isolated_hydra():
+                sys.argv = argv
+                try:
+                    runpy.run_path(str(script), run_name="__main__")
+                except SystemExit as e:
+                    code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = saved_argv
+        if full is not None:
+            os.environ["HYDRA_FULL_ERROR"] = full
+    return SimpleNamespace(returncode=code, stdout=stdout.getvalue(), stderr=stderr.getvalue()), out
 
 
 def results(out: Path):

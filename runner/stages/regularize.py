@@ -127,14 +127,11 @@ def decide(best_acc: float, cand_acc: float | None, n_val: int, min_delta: float
 
 # ----------------------------------------------------------------------------- experiment YAML
 def experiment_overrides(overrides: Sequence[str]) -> list[str]:
-    """The command's overrides an experiment file should carry: not the stage or hydra ones."""
+    """The command's overrides an experiment file should carry (runner/jobs.py
+    EXPERIMENT_FILE): what the run is, not its stage, start, resume or Hydra settings."""
+    from runner import jobs
 
-    def skip(key: str) -> bool:
-        return key in ("stage", "experiment", "from", "init_from") or key.startswith(
-            ("stage.", "hydra.", "hydra/")
-        )
-
-    return [o for o in overrides if not skip(override_key(o))]
+    return jobs.select(overrides, jobs.EXPERIMENT_FILE)
 
 
 def _compose(overrides: list[str]):
@@ -302,7 +299,13 @@ def run(cfg, ctx: Context) -> StageResult:
     )
     best_cfg, best_dir = cfg, "rungs/0-base"
     if best_res.nonfinite or best_summary.get("best_val_acc") is None:
-        verdicts = [train_finite(best_res.nonfinite, best_res.state.step)]
+        verdicts = [
+            run_check(
+                cfg.checks,
+                "train.finite",
+                lambda s: train_finite(best_res.nonfinite, best_res.state.step),
+            )
+        ]
         out = result_of(best_res, verdicts, summary_of(cfg, ctx, best_res, verdicts))
         out.exit_code = 1  # no ladder without a base to compare with
         return out

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from runner.config import override_key
+from runner.jobs import classify
 from runner.stages.protocol import Context, Headline, NoParams, Outcome, StageResult, run_check
 
 log = logging.getLogger("runner")
@@ -50,7 +50,7 @@ def changed(run_dir: Path, summary: dict, own: Sequence[str] = ()) -> str:
             if not k.startswith(("checks.", "inspect."))
         ]
     else:
-        parts = [o for o in own if not override_key(o).startswith(("hydra.", "hydra/"))]
+        parts = [o for o in own if classify(o) not in ("hydra", "location")]
     if not parts:
         parts = [f"{summary.get('model', '?')}, {summary.get('epochs', '?')} epochs"]
     return " ".join(parts)
