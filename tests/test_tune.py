@@ -141,7 +141,9 @@ def test_sweep_resumes_without_repeats_and_best_yaml_runs(tmp_path):
     for t in study.trials:  # trial directories are named by trial number
         s = json.loads((d / str(t.number) / "summary.json").read_text())
         assert s["stage"] == "tune" and s["trial"] == t.number and s["epochs"] == 2
-        assert s["val_acc"] == pytest.approx(t.value)
+        # the objective is the run's headline accuracy: the best val-loss epoch's, as the
+        # recipe, the ladder and squeeze rank runs (not the last epoch's val_acc)
+        assert s["best_val_acc"] == pytest.approx(t.value)
         assert sorted(t.intermediate_values) == [1, 2]  # reported every epoch
     assert_contract(*(d / str(n) for n in range(2)))
     rows = list(csv.DictReader((d / "trials.csv").open()))

@@ -473,7 +473,7 @@ class OptunaSweeper(Sweeper):
         if summary.get("status") == "pruned":
             return TrialState.PRUNED, None, attrs
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
-        values = [summary.get(m) for m in metrics]
+        values = [self._value(out_dir, summary, m) for m in metrics]
         bad = [
             f"{m} is {v}"
             for m, v in zip(metrics, values)
@@ -483,6 +483,18 @@ class OptunaSweeper(Sweeper):
             attrs["reason"] = summary.get("error") or "; ".join(bad)
             return TrialState.FAIL, None, attrs
         return TrialState.COMPLETE, [float(v) for v in values], attrs
+
+    @staticmethod
+    def _value(out_dir: Path, summary: dict, metric: str):
+        """A finished runner job's objective: `val_acc` is the run's headline accuracy
+        (runner/jobs.py RunRecord: the best val-loss epoch's, as every other stage ranks runs
+        and as the study's best trial is then reported); any other metric is summary.json's."""
+        if metric == "val_acc":
+            from runner.jobs import RunRecord
+
+            acc = RunRecord.read(out_dir).accuracy
+            return acc if acc is not None else summary.get(metric)
+        return summary.get(metric)
 
     def _returned(self, value: Any, attrs: dict[str, Any]):
         """The published plugin's contract: the task function returns the objective (a number,
