@@ -6,18 +6,10 @@ import json
 import logging
 
 import pytest
+from conftest import FAST
 
 import runner
 from runner import jobs
-
-FAST = [
-    "data=synthetic",
-    "trainer.epochs=2",
-    "trainer.batch_size=32",
-    "trainer.progress=false",
-    "data.num_workers=0",
-    "trainer.threads=1",
-]
 
 
 @pytest.mark.parametrize(

@@ -125,8 +125,9 @@ def test_recipe_checks_every_stage_before_running_any(cli):
     assert "recipe: 1/" not in r.out and not list(r.cwd.glob("outputs/*/*"))
 
 
-@pytest.mark.parametrize("go_on", [True, False])
-def test_recipe_failed_stage_reason_and_final_val_acc(cli, go_on):
+# isolate=true (a process per stage) in one case: the reason reaches the recipe either way
+@pytest.mark.parametrize("go_on, isolate", [(True, True), (False, False)])
+def test_recipe_failed_stage_reason_and_final_val_acc(cli, go_on, isolate):
     """A stage that fails with an error (no check): the recipe names the error (console,
     summary, report) and its val_acc is the final model's, not the failed stage's. With
     continue_on_fail the recipe goes on and still fails (exit 1); without, it stops and lists
@@ -137,6 +138,7 @@ def test_recipe_failed_stage_reason_and_final_val_acc(cli, go_on):
             "stage=recipe",
             "stage.params.stages=[squeeze,train]",
             f"stage.params.continue_on_fail={str(go_on).lower()}",
+            f"stage.params.isolate={str(isolate).lower()}",
             'stage.params.per_stage.squeeze=["stage.params.from=nowhere"]',
             'stage.params.per_stage.train=["optim.lr=2e-3"]',
         ]
