@@ -223,27 +223,184 @@ def plan(
 def _compose_all(base: List[str], args: List[str]) -> tuple:
     """(config, []) or (None, problems): on a failure each override is tried on its own to
     name the ones at fault (`model.nme=x: model has no key 'nme'; did you mean ...`)."""
-    from hydra import compose as hydra_compose
-
-    from runner.stages.recipe import _compose_problem
-    from runner.stages.regularize import _flat_keys
-
     try:
-        return hydra_compose(config_name="config", overrides=base + args), []
-    except Exception as e:  # noqa: BLE001 -- which override: each on its own
-        try:
-            keys = _flat_keys(hydra_compose(config_name="config", overrides=base))
-        except Exception:  # noqa: BLE001 -- the packaged config itself: say so below
-            keys = []
+        keys = flat_keys(_hydra_compose(base))
+    except Exception:  # noqa: BLE001 -- the packaged config itself: compose_each says so
+        keys = []
+    return compose_each(base, args, None, " ".join(args) or "(no overrides)", keys, cli_problem)
+
+
+# ----------------------------------------------------------------------------- compose
+# A composite stage's sub-runs (ladder rungs, the recipe's stages) are composed inside the
+# running Hydra task, on its search path (an experiment repo's conf/ included).
+def _hydra_compose(overrides: Sequence[str]):
+    from hydra import compose as hydra_compose
+    from hydra.core.hydra_config import HydraConfig
+
+    name = HydraConfig.get().job.config_name if HydraConfig.initialized() else None
+    return hydra_compose(config_name=name or "config", overrides=list(overrides))
+
+
+def flat_keys(cfg) -> List[str]:
+    """Every dotted key of a config, nodes and leaves (for close-match suggestions)."""
+    from omegaconf import OmegaConf
+
+    out: List[str] = []
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                key = f"{prefix}.{k}" if prefix else str(k)
+                out.append(key)
+                walk(v, key)
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return out
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an error's message, without Hydra's `use +key=value` advice."""
+    lines = [
+        x.strip()
+        for x in str(e).splitlines()
+        if x.strip() and not x.strip().startswith("To append to your config")
+    ]
+    return lines[0] if lines else type(e).__name__
+
+
+def compose_problem(e: BaseException, override: Optional[str], keys: Sequence[str]) -> str:
+    """A Hydra compose failure of `override` in our words (never Hydra's `use +key` advice)."""
+    import re
+
+    from hydra.errors import (
+        ConfigCompositionException,
+        MissingConfigException,
+        OverrideParseException,
+    )
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+    from runner.config import _close
+
+    key = override_key(override) if override else None
+    if isinstance(e, OverrideParseException):
+        return f"not a valid override ({first_line(e)})"
+    if isinstance(e, MissingConfigException):
+        m = re.search(r"Could not find '([^']+)/([^'/]+)'", str(e))
+        opts = re.search(r"Available options in '[^']+':\n((?:\t.*\n?)*)", str(e))
+        if m:
+            group, choice = m.group(1), m.group(2)
+            options = [x.strip() for x in opts.group(1).splitlines() if x.strip()] if opts else []
+            listed = f" (options: {', '.join(options)})" if options else ""
+            return f"{choice!r} is not an option of {group}{listed}{_close(choice, options)}"
+        return first_line(e)
+    cause = e.__cause__
+    if (
+        isinstance(e, ConfigCompositionException)
+        and key
+        and (
+            isinstance(cause, (ConfigKeyError, ConfigAttributeError))
+            or str(e).startswith("Could not override")
+        )
+    ):
+        return f"{key} is not in the config{_close(key, keys)}"
+    if isinstance(cause, ValidationError):
+        return f"bad value: {first_line(cause)}"
+    return first_line(cause if cause is not None else e)
+
+
+def cli_problem(e: BaseException, override: Optional[str], keys: Sequence[str]) -> str:
+    """compose_problem, with an unknown key said as the command line says it
+    (runner.__main__.unknown_key_message, without its head and its --cfg advice)."""
+    from hydra.errors import ConfigCompositionException
+
+    if (
+        override
+        and isinstance(e, ConfigCompositionException)
+        and str(e).startswith("Could not override")
+        and e.__cause__ is not None
+    ):
+        from runner.__main__ import unknown_key_message
+
+        msg = unknown_key_message(override, e) or ""
+        msg = msg.removeprefix(f"config error: {override}: ")
+        return msg.replace(" (python -m runner --cfg job prints every key)", "")
+    return compose_problem(e, override, keys)
+
+
+def compose_each(
+    base: Sequence[str],
+    extra: Sequence[str],
+    where: Optional[str],
+    whole: str,
+    keys: Sequence[str],
+    explain=None,
+) -> tuple:
+    """Compose base + extra: (config, []), or (None, problems) naming each override of `extra`
+    that fails on its own (`where: override: why`), else the whole (`whole: why`)."""
+    explain = explain or compose_problem
+    head = f"{where}: " if where else ""
+    try:
+        return _hydra_compose([*base, *extra]), []
+    except Exception as e:  # noqa: BLE001 -- find which override is bad: each on its own
         bad = []
-        for o in args:
+        for o in extra:
             try:
-                hydra_compose(config_name="config", overrides=base + [o])
+                _hydra_compose([*base, o])
             except Exception as e1:  # noqa: BLE001
-                bad.append(f"{o}: {_compose_problem(e1, o, keys)}")
-        return None, bad or [
-            f"{' '.join(args) or '(no overrides)'}: {_compose_problem(e, None, keys)}"
-        ]
+                bad.append(f"{head}{o}: {explain(e1, o, keys)}")
+        return None, bad or [f"{whole}: {explain(e, None, keys)}"]
+
+
+def plan_in_task(overrides: Sequence[str], cwd: str, where: Optional[str] = None) -> tuple:
+    """A sub-run's config inside the running task (a ladder rung): compose `overrides`, apply
+    their `from=`, validate with them as the user's keys (not the parent command's). Returns
+    (config, lineage); a ConfigError's problems each start with `where: `."""
+    from runner.config import validate
+    from runner.errors import ConfigError
+    from runner.lineage import apply
+
+    head = f"{where}: " if where else ""
+    try:
+        cfg = _hydra_compose(overrides)
+    except Exception as e:  # noqa: BLE001 -- said in our words, naming the sub-run
+        raise ConfigError(f"{head}{compose_problem(e, None, [])}") from e
+    try:
+        cfg, lineage = apply(cfg, list(overrides), cwd)
+        validate(cfg, cwd, user_overrides=list(overrides))
+    except ConfigError as e:
+        raise ConfigError([f"{head}{x}" for x in e.problems]) from e
+    return cfg, lineage
+
+
+def check(cfg, cwd: str, overrides: Sequence[str]) -> None:
+    """Validate a sub-run's config with `overrides` as the keys its user set (a seed rerun's
+    seed=, a rung's changes), not the parent command's."""
+    from runner.config import validate
+
+    validate(cfg, cwd, user_overrides=[str(o) for o in overrides])
+
+
+def trained_config(run_dir: Path):
+    """A finished run's config (saved in its checkpoint) on the schema, ready to train again:
+    no from=, no Hydra node, no warm start or resume of its own."""
+    from omegaconf import OmegaConf
+
+    from runner.checkpoint import best_checkpoint, load_checkpoint
+    from runner.config import schema
+
+    ck = best_checkpoint(Path(run_dir), required=True)
+    raw = OmegaConf.to_container(OmegaConf.create(load_checkpoint(ck)["config"]))
+    for key in ("from", "hydra"):
+        raw.pop(key, None)
+    raw.update({"init_from": None, "resume": False})
+    return OmegaConf.merge(schema(str((raw.get("stage") or {}).get("name"))), raw)
+
+
+def task_groups() -> List[str]:
+    """The config groups of the running task (model, data, ...; not Hydra's own)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return [g for g in HydraConfig.get().runtime.choices if not g.startswith("hydra")]
 
 
 # ----------------------------------------------------------------------------- run

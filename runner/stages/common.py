@@ -604,11 +604,11 @@ def sub_run(
     from"); None: the stage's own (ctx.lineage), no lineage.json. `summary_extra`: summary
     fields over the trained config's (e.g. {"stage": "squeeze", "role": "seed rerun"}: a
     stage that reruns another stage's config labels the run as its own)."""
+    from runner import jobs
     from runner.checks.training import train_finite
-    from runner.config import validate
     from runner.stages.finish import finish
 
-    validate(cfg, ctx.original_cwd)
+    jobs.check(cfg, ctx.original_cwd, overrides)  # its own keys, not the parent command's
     sub = Context(
         run=RunDir(path, enabled=ctx.run.enabled),
         original_cwd=ctx.original_cwd,

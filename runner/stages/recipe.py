@@ -126,27 +126,6 @@ def stage_overrides(per_stage: Any, name: str) -> list[str]:
     return [v] if isinstance(v, str) else [str(o) for o in v]
 
 
-def _compose_problem(e: BaseException, override: str | None, keys: list[str]) -> str:
-    """A compose failure in our words: an unknown key as runner.__main__.unknown_key_message
-    says it (without its 'config error: <override>: ' head and its --cfg advice)."""
-    from hydra.errors import ConfigCompositionException
-
-    if (
-        override
-        and isinstance(e, ConfigCompositionException)
-        and str(e).startswith("Could not override")
-        and e.__cause__ is not None
-    ):
-        from runner.__main__ import unknown_key_message
-
-        msg = unknown_key_message(override, e) or ""
-        msg = msg.removeprefix(f"config error: {override}: ")
-        return msg.replace(" (python -m runner --cfg job prints every key)", "")
-    from runner.stages.regularize import compose_problem
-
-    return compose_problem(e, override, keys)
-
-
 def _user_set(overrides: list[str], key: str) -> bool:
     """Whether the command set stage.params.per_stage.<key> (or the whole per_stage)."""
     return any(
@@ -167,7 +146,6 @@ def check_plan(cfg, p: dict[str, Any], overrides: list[str]) -> None:
 
     from runner.config import _close, unread_keys
     from runner.stages import STAGES, get_stage
-    from runner.stages.regularize import _flat_keys, compose_each
 
     me = str(cfg.stage.name)
     names = [k for k in STAGES if k != me]
@@ -214,7 +192,7 @@ def check_plan(cfg, p: dict[str, Any], overrides: list[str]) -> None:
         problem = hook(stages[:i], [*common, *own], recipe_from(overrides)) if hook else None
         if problem:
             problems.append(f"stage.params.stages[{i}]={name!r} {problem}")
-    keys = _flat_keys(cfg)
+    keys = jobs.flat_keys(cfg)
     parser = OverridesParser.create()
 
     def composable(o: str) -> bool:
@@ -244,13 +222,13 @@ def check_plan(cfg, p: dict[str, Any], overrides: list[str]) -> None:
             except Exception:  # noqa: BLE001 -- not an override at all: compose says why
                 plain.append(o)
         whole = f"stage={name} with {' '.join(base[1:] + plain) or 'no overrides'}"
-        ccfg, bad = compose_each(base, plain, where, whole, keys, _compose_problem)
+        ccfg, bad = jobs.compose_each(base, plain, where, whole, keys, jobs.cli_problem)
         if bad:
             problems += bad
             continue
         unread = set(unread_keys(ccfg, [override_key(o) for o in common if composable(o)]))
         dropped[name] = [o for o in common if override_key(o) in unread]
-        have = set(_flat_keys(ccfg))
+        have = set(jobs.flat_keys(ccfg))
         for o in swept:
             k = override_key(o)
             if not o.startswith("+") and k not in have:

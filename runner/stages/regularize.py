@@ -29,9 +29,9 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING, OmegaConf
 
+from runner import jobs
 from runner.config import override_key, overrides_yaml
 from runner.errors import ConfigError
-from runner.lineage import apply as apply_lineage
 from runner.stages import overfit
 from runner.stages.protocol import Context, Headline, Outcome, StageResult, run_check
 
@@ -134,84 +134,6 @@ def experiment_overrides(overrides: Sequence[str]) -> list[str]:
     return jobs.select(overrides, jobs.EXPERIMENT_FILE)
 
 
-def _compose(overrides: list[str]):
-    from hydra import compose
-    from hydra.core.hydra_config import HydraConfig
-
-    return compose(config_name=HydraConfig.get().job.config_name, overrides=list(overrides))
-
-
-def _groups() -> list[str]:
-    from hydra.core.hydra_config import HydraConfig
-
-    return [g for g in HydraConfig.get().runtime.choices if not g.startswith("hydra")]
-
-
-def _flat_keys(cfg) -> list[str]:
-    """Every dotted key of a config, nodes and leaves (for close-match suggestions)."""
-    out: list[str] = []
-
-    def walk(node, prefix: str) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                key = f"{prefix}.{k}" if prefix else str(k)
-                out.append(key)
-                walk(v, key)
-
-    walk(OmegaConf.to_container(cfg, resolve=False), "")
-    return out
-
-
-def _first_line(e: BaseException) -> str:
-    """The first line of an error's message, without Hydra's `use +key=value` advice."""
-    lines = [
-        x.strip()
-        for x in str(e).splitlines()
-        if x.strip() and not x.strip().startswith("To append to your config")
-    ]
-    return lines[0] if lines else type(e).__name__
-
-
-def compose_problem(e: BaseException, override: str | None, keys: Sequence[str]) -> str:
-    """A Hydra compose failure of `override` in our words (never Hydra's `use +key` advice)."""
-    import re
-
-    from hydra.errors import (
-        ConfigCompositionException,
-        MissingConfigException,
-        OverrideParseException,
-    )
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
-
-    from runner.config import _close
-
-    key = override_key(override) if override else None
-    if isinstance(e, OverrideParseException):
-        return f"not a valid override ({_first_line(e)})"
-    if isinstance(e, MissingConfigException):
-        m = re.search(r"Could not find '([^']+)/([^'/]+)'", str(e))
-        opts = re.search(r"Available options in '[^']+':\n((?:\t.*\n?)*)", str(e))
-        if m:
-            group, choice = m.group(1), m.group(2)
-            options = [x.strip() for x in opts.group(1).splitlines() if x.strip()] if opts else []
-            listed = f" (options: {', '.join(options)})" if options else ""
-            return f"{choice!r} is not an option of {group}{listed}{_close(choice, options)}"
-        return _first_line(e)
-    cause = e.__cause__
-    if (
-        isinstance(e, ConfigCompositionException)
-        and key
-        and (
-            isinstance(cause, (ConfigKeyError, ConfigAttributeError))
-            or str(e).startswith("Could not override")
-        )
-    ):
-        return f"{key} is not in the config{_close(key, keys)}"
-    if isinstance(cause, ValidationError):
-        return f"bad value: {_first_line(cause)}"
-    return _first_line(cause if cause is not None else e)
-
-
 def _same_input_size(base_cfg, named: Sequence[str]) -> list[str]:
     """A rung is one change: it trains at the base's image size unless it (or a kept rung)
     names data.image_size. Without this, `model.pretrained=true` would also switch to the
@@ -223,30 +145,12 @@ def _same_input_size(base_cfg, named: Sequence[str]) -> list[str]:
     return [f"data.image_size={int(base_cfg.data.image_size)}"]
 
 
-def compose_each(
-    base: list[str], extra: list[str], where: str, whole: str, keys: Sequence[str], explain=None
-) -> tuple[Any, list[str]]:
-    """Compose base + extra: (config, []), or (None, problems) naming each override of `extra`
-    that fails on its own (`where: override: why`), else the whole (`whole: why`)."""
-    explain = explain or compose_problem
-    try:
-        return _compose(base + extra), []
-    except Exception as e:  # noqa: BLE001 -- find which override is bad: each on its own
-        bad = []
-        for o in extra:
-            try:
-                _compose(base + [o])
-            except Exception as e1:  # noqa: BLE001
-                bad.append(f"{where}: {o}: {explain(e1, o, keys)}")
-        return None, bad or [f"{whole}: {explain(e, None, keys)}"]
-
-
 def check_rungs(cfg, rungs: Sequence[dict], ctx: Context) -> None:
     """Compose and validate every rung on its own against the command before anything trains;
     one ConfigError lists every bad rung as `stage.params.rungs[<i>] (<name>): <override>: why`."""
-    from runner.config import _close, validate
+    from runner.config import _close
 
-    keys = _flat_keys(cfg)
+    keys = jobs.flat_keys(cfg)
     base = list(ctx.overrides)
     problems: list[str] = []
     missing = object()
@@ -258,19 +162,20 @@ def check_rungs(cfg, rungs: Sequence[dict], ctx: Context) -> None:
         if when and OmegaConf.select(cfg, str(when), default=missing) is missing:
             problems.append(f"{where}: when: {when} is not in the config{_close(str(when), keys)}")
             continue
-        rcfg, bad = compose_each(base, change, where, f"{where}: {' '.join(change)}", keys)
+        _, bad = jobs.compose_each(base, change, where, f"{where}: {' '.join(change)}", keys)
         if bad:
             problems += bad
             continue
         if when and not OmegaConf.select(cfg, str(when), default=None):
             continue  # skipped at its turn unless a kept rung sets the key (then checked there)
         try:
-            rcfg, _ = apply_lineage(rcfg, base + change, ctx.original_cwd)  # from=
-            validate(rcfg, ctx.original_cwd)
+            jobs.plan_in_task(base + change, ctx.original_cwd, f"{where}: {' '.join(change)}")
         except ConfigError as e:
-            problems += [f"{where}: {' '.join(change)}: {x}" for x in e.problems]
+            problems += e.problems
         except Exception as e:  # noqa: BLE001
-            problems.append(f"{where}: {' '.join(change)}: {type(e).__name__}: {_first_line(e)}")
+            problems.append(
+                f"{where}: {' '.join(change)}: {type(e).__name__}: {jobs.first_line(e)}"
+            )
     if problems:
         raise ConfigError(problems)
 
@@ -279,124 +184,185 @@ def _slug(s: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in str(s))[:40] or "rung"
 
 
-def run(cfg, ctx: Context) -> StageResult:
-    from runner.checks.training import train_finite
-    from runner.checks.weights import first_layer_verdict
-    from runner.report import Code, Section, Table, Text
-    from runner.stages.common import result_of, sub_run, summary_of
+LADDER_COLUMNS = [
+    "rung",
+    "name",
+    "change",
+    "val_acc",
+    "val_loss",
+    "delta",
+    "threshold",
+    "p_value",
+    "kept",
+    "best_epoch",
+    "epochs",
+    "error",
+    "dir",
+]
 
-    p = params(cfg)
-    rungs = list(p["rungs"] or [])  # typed by Rung at compose time
-    check_rungs(cfg, rungs, ctx)  # every rung composes and validates, before rung 0 trains
-    min_delta = float(p["min_delta"])
-    rung_root = ctx.run.path / "rungs"
-    kept: list[str] = []
-    rows: list[dict[str, Any]] = []
 
-    log.info("regularize: rung 0 (base), then %d rung(s)", len(rungs))
-    best_res, best_summary = sub_run(
-        cfg, ctx, rung_root / "0-base", list(ctx.overrides), "regularize rung: 0-base"
-    )
-    best_cfg, best_dir = cfg, "rungs/0-base"
-    if best_res.nonfinite or best_summary.get("best_val_acc") is None:
-        verdicts = [
-            run_check(
-                cfg.checks,
-                "train.finite",
-                lambda s: train_finite(best_res.nonfinite, best_res.state.step),
-            )
-        ]
-        out = result_of(best_res, verdicts, summary_of(cfg, ctx, best_res, verdicts))
-        out.exit_code = 1  # no ladder without a base to compare with
-        return out
-    best_acc = float(best_summary["best_val_acc"])
-    n_val = len(best_res.data.val)
-    rows.append(
-        {
-            "rung": 0,
-            "name": "base",
-            "change": "(stage config)",
-            "val_acc": best_acc,
-            "val_loss": best_summary.get("best_val_loss"),
-            "best_epoch": best_summary.get("best_epoch"),
-            "epochs": best_summary.get("epochs"),
-            "delta": None,
-            "threshold": None,
-            "best_before": None,
-            "kept": True,
-            "dir": "rungs/0-base",
-            "error": None,
+def _row(k: int, name: str, change: str, best_before, path: Optional[str]) -> dict[str, Any]:
+    """A ladder.csv row before its rung ran."""
+    return {
+        "rung": k,
+        "name": name,
+        "change": change,
+        "val_acc": None,
+        "val_loss": None,
+        "best_epoch": None,
+        "epochs": None,
+        "delta": None,
+        "threshold": None,
+        "best_before": best_before,
+        "kept": False,
+        "dir": path,
+        "error": None,
+    }
+
+
+@dataclass
+class Ladder:
+    """The ladder as it climbs: the rows so far, the kept overrides, the best rung."""
+
+    cfg: Any
+    ctx: Context
+    min_delta: float
+    rows: list = field(default_factory=list)
+    kept: list = field(default_factory=list)
+    best: Any = None  # the best rung's TrainResult
+    best_summary: dict = field(default_factory=dict)
+    best_cfg: Any = None
+    best_dir: str = "rungs/0-base"
+    best_acc: float = 0.0
+    base_acc: float = 0.0
+    n_val: int = 0
+
+    @property
+    def root(self) -> Path:
+        return self.ctx.run.path / "rungs"
+
+    def base(self) -> bool:
+        """Rung 0, the stage config as composed; False when it gave nothing to compare with."""
+        from runner.stages.common import sub_run
+
+        self.best, self.best_summary = sub_run(
+            self.cfg,
+            self.ctx,
+            self.root / "0-base",
+            list(self.ctx.overrides),
+            "regularize rung: 0-base",
+        )
+        self.best_cfg = self.cfg
+        if self.best.nonfinite or self.best_summary.get("best_val_acc") is None:
+            return False
+        self.best_acc = self.base_acc = float(self.best_summary["best_val_acc"])
+        self.n_val = len(self.best.data.val)
+        row = _row(0, "base", "(stage config)", None, "rungs/0-base")
+        row.update(self._figures(self.best_summary, self.best_acc), kept=True)
+        self.rows.append(row)
+        return True
+
+    @staticmethod
+    def _figures(summ: dict, acc) -> dict[str, Any]:
+        return {
+            "val_acc": acc,
+            "val_loss": summ.get("best_val_loss"),
+            "best_epoch": summ.get("best_epoch"),
+            "epochs": summ.get("epochs"),
         }
-    )
-    base_acc = best_acc
 
-    for k, rung in enumerate(rungs, start=1):
+    def climb(self, k: int, rung: dict, n: int) -> None:
+        """Rung k: train the kept overrides plus its own; keep it when it beats the best by
+        more than noise; a rung that fails at its turn is recorded and reverted."""
+        from runner.stages.common import sub_run
+
         name = str(rung.get("name") or f"rung{k}")
         change = [str(o) for o in (rung.get("overrides") or [])]
-        path = rung_root / f"{k}-{_slug(name)}"
-        overrides = list(ctx.overrides) + kept + change + _same_input_size(best_cfg, kept + change)
-        row = {
-            "rung": k,
-            "name": name,
-            "change": " ".join(change),
-            "val_acc": None,
-            "val_loss": None,
-            "best_epoch": None,
-            "epochs": None,
-            "delta": None,
-            "threshold": None,
-            "best_before": best_acc,
-            "kept": False,
-            "dir": f"rungs/{path.name}",
-            "error": None,
-        }
+        path = self.root / f"{k}-{_slug(name)}"
+        row = _row(k, name, " ".join(change), self.best_acc, f"rungs/{path.name}")
         when = rung.get("when")
-        if when and not OmegaConf.select(best_cfg, str(when), default=None):
-            log.info("regularize: rung %d/%d %s skipped: %s is not set", k, len(rungs), name, when)
-            rows.append({**row, "dir": None, "error": f"skipped: {when} is not set"})
-            continue
-        log.info("regularize: rung %d/%d %s: %s", k, len(rungs), name, " ".join(change))
+        if when and not OmegaConf.select(self.best_cfg, str(when), default=None):
+            log.info("regularize: rung %d/%d %s skipped: %s is not set", k, n, name, when)
+            self.rows.append({**row, "dir": None, "error": f"skipped: {when} is not set"})
+            return
+        log.info("regularize: rung %d/%d %s: %s", k, n, name, " ".join(change))
+        overrides = [
+            *self.ctx.overrides,
+            *self.kept,
+            *change,
+            *_same_input_size(self.best_cfg, self.kept + change),
+        ]
         try:
-            rcfg, _ = apply_lineage(_compose(overrides), overrides, ctx.original_cwd)  # from=
-            res, summ = sub_run(rcfg, ctx, path, overrides, f"regularize rung: {path.name}")
+            rcfg, _ = jobs.plan_in_task(overrides, self.ctx.original_cwd)
+            res, summ = sub_run(rcfg, self.ctx, path, overrides, f"regularize rung: {path.name}")
         except Exception as e:  # noqa: BLE001 -- checked up front (check_rungs); a run-time failure is reverted
             log.error("regularize: rung %s failed: %s: %s (reverted)", name, type(e).__name__, e)
-            row["error"] = f"{type(e).__name__}: {_first_line(e)}"
-            rows.append({**row, "dir": row["dir"] if path.is_dir() else None})
-            continue
+            row["error"] = f"{type(e).__name__}: {jobs.first_line(e)}"
+            self.rows.append({**row, "dir": row["dir"] if path.is_dir() else None})
+            return
         acc = None if res.nonfinite else summ.get("best_val_acc")
         if res.nonfinite:  # diverged: reverted like a rung that hurt, and the ladder says why
             row["error"] = f"diverged: {res.nonfinite}"
             log.warning("regularize: rung %s diverged: %s", name, res.nonfinite)
-        d = decide(best_acc, acc, n_val, min_delta)
-        row.update(
-            {
-                "val_acc": acc,
-                "val_loss": summ.get("best_val_loss"),
-                "best_epoch": summ.get("best_epoch"),
-                "epochs": summ.get("epochs"),
-                "delta": d["delta"],
-                "threshold": d["threshold"],
-                "p_value": d["p_value"],
-                "kept": d["keep"],
-            }
-        )
+        d = decide(self.best_acc, acc, self.n_val, self.min_delta)
+        row.update(self._figures(summ, acc))
+        row.update(delta=d["delta"], threshold=d["threshold"], p_value=d["p_value"], kept=d["keep"])
         log.info(
             "regularize: %s val_acc %s vs best %.4f (delta %s, threshold %.4f) -> %s",
             name,
             "none (diverged)" if acc is None else f"{acc:.4f}",
-            best_acc,
+            self.best_acc,
             "none" if d["delta"] is None else f"{d['delta']:+.4f}",
             d["threshold"],
             "KEPT" if d["keep"] else "reverted",
         )
-        rows.append(row)
+        self.rows.append(row)
         if d["keep"]:
-            kept += change
-            best_acc, best_res, best_summary, best_cfg = float(acc), res, summ, rcfg
-            best_dir = f"rungs/{path.name}"
+            self.kept += change
+            self.best_acc, self.best, self.best_summary, self.best_cfg = float(acc), res, summ, rcfg
+            self.best_dir = f"rungs/{path.name}"
 
-    # outputs: the best rung's metrics, ladder.csv, the experiment file, the final config
+    def decision_rule(self) -> str:
+        return (
+            f"keep when gain > max({self.min_delta:g}, one standard error sqrt(2p(1-p)/n_val)): "
+            f"a one-sided z-test at p < 0.16 on the same n_val={self.n_val} images "
+            "(runner/checks/noise.py)"
+        )
+
+
+def _finite(cfg, res):
+    from runner.checks.training import train_finite
+
+    return run_check(
+        cfg.checks, "train.finite", lambda s: train_finite(res.nonfinite, res.state.step)
+    )
+
+
+def run(cfg, ctx: Context) -> StageResult:
+    from runner.stages.common import result_of, summary_of
+
+    p = params(cfg)
+    rungs = list(p["rungs"] or [])  # typed by Rung at compose time
+    check_rungs(cfg, rungs, ctx)  # every rung composes and validates, before rung 0 trains
+    ladder = Ladder(cfg, ctx, float(p["min_delta"]))
+    log.info("regularize: rung 0 (base), then %d rung(s)", len(rungs))
+    if not ladder.base():
+        verdicts = [_finite(cfg, ladder.best)]
+        out = result_of(ladder.best, verdicts, summary_of(cfg, ctx, ladder.best, verdicts))
+        out.exit_code = 1  # no ladder without a base to compare with
+        return out
+    for k, rung in enumerate(rungs, start=1):
+        ladder.climb(k, rung, len(rungs))
+    return _result(cfg, ctx, p, ladder)
+
+
+def _result(cfg, ctx: Context, p: dict[str, Any], ladder: Ladder) -> StageResult:
+    """The ladder's outputs (ladder.csv, regularized.yaml, regularized_config.yaml), its
+    verdicts on the best rung, its summary and report."""
+    from runner.checks.weights import first_layer_verdict
+    from runner.report import Code, Section, Table, Text
+    from runner.stages.common import result_of, summary_of
+
     header = (
         "Written by stage=regularize: the command's own overrides plus the kept ladder changes.\n"
         "Copy into conf/experiment/; the best rung again (no ladder):\n"
@@ -404,80 +370,62 @@ def run(cfg, ctx: Context) -> StageResult:
         "The full composed config: regularized_config.yaml beside this file."
     )
     inherited = (ctx.lineage or {}).get("from_source") or {}
+    kept, best, best_cfg = ladder.kept, ladder.best, ladder.best_cfg
     regularized = overrides_yaml(
-        experiment_overrides(ctx.overrides) + kept, _groups(), header.splitlines(), inherited
+        experiment_overrides(ctx.overrides) + kept,
+        jobs.task_groups(),
+        header.splitlines(),
+        inherited,
     )
-    files = {
-        "ladder.csv": rows,
-        "regularized.yaml": regularized,
-        "regularized_config.yaml": OmegaConf.to_yaml(best_cfg),
-    }
-
+    final_yaml = OmegaConf.to_yaml(best_cfg)
     verdicts = [
-        run_check(
-            cfg.checks,
-            "train.finite",
-            lambda s: train_finite(best_res.nonfinite, best_res.state.step),
-        ),
+        _finite(cfg, best),
         run_check(
             cfg.checks,
             "regularize.first_layer",
             lambda s: first_layer_verdict(
-                best_res.model, float(p["first_layer_min_corr"]), int(p["first_layer_min_kernel"])
+                best.model, float(p["first_layer_min_corr"]), int(p["first_layer_min_kernel"])
             ),
         ),
     ]
+    rule = ladder.decision_rule()
     extra = {
-        "ladder": rows,
+        "ladder": ladder.rows,
         "kept_overrides": kept,
-        "base_val_acc": base_acc,
-        "best_rung_dir": best_dir,
-        "ladder_val_acc": best_acc,
-        "ladder_gain": best_acc - base_acc,
-        "decision_rule": f"keep when gain > max({min_delta:g}, one standard error sqrt(2p(1-p)/n_val)): "
-        f"a one-sided z-test at p < 0.16 on the same n_val={n_val} images "
-        "(runner/checks/noise.py)",
+        "base_val_acc": ladder.base_acc,
+        "best_rung_dir": ladder.best_dir,
+        "ladder_val_acc": ladder.best_acc,
+        "ladder_gain": ladder.best_acc - ladder.base_acc,
+        "decision_rule": rule,
     }
-    summary = summary_of(best_cfg, ctx, best_res, verdicts, extra)
+    summary = summary_of(best_cfg, ctx, best, verdicts, extra)
     summary["stage"] = cfg.stage.name
-    cols = [
-        "rung",
-        "name",
-        "change",
-        "val_acc",
-        "val_loss",
-        "delta",
-        "threshold",
-        "p_value",
-        "kept",
-        "best_epoch",
-        "epochs",
-        "error",
-        "dir",
-    ]
-    ladder = [
+    table = [
         Text(
-            f"Rule: {extra['decision_rule']}, p = current best val accuracy (at the best "
+            f"Rule: {rule}, p = current best val accuracy (at the best "
             "val-loss epoch; early stopping on val loss). Rung reports: the dir column."
         ),
-        Table(_table_rows(rows, ctx.run.path), cols, links={"dir": "report"}),
+        Table(_table_rows(ladder.rows, ctx.run.path), LADDER_COLUMNS, links={"dir": "report"}),
         Text(
-            f"Kept: `{' '.join(kept) or '(nothing)'}`; base {base_acc:.4f} -> {best_acc:.4f}. "
-            "Files: ladder.csv, regularized.yaml, regularized_config.yaml."
+            f"Kept: `{' '.join(kept) or '(nothing)'}`; base {ladder.base_acc:.4f} -> "
+            f"{ladder.best_acc:.4f}. Files: ladder.csv, regularized.yaml, regularized_config.yaml."
         ),
     ]
-    sections = [
-        Section("Ladder", ladder),
-        Section("regularized.yaml", [Code(regularized)]),
-        Section("Final config", [Code(OmegaConf.to_yaml(best_cfg))]),
-    ]
     return result_of(
-        best_res,
+        best,
         verdicts,
         summary,
-        sections=sections,
-        files=files,
-        metrics=best_res.history,
+        sections=[
+            Section("Ladder", table),
+            Section("regularized.yaml", [Code(regularized)]),
+            Section("Final config", [Code(final_yaml)]),
+        ],
+        files={
+            "ladder.csv": ladder.rows,
+            "regularized.yaml": regularized,
+            "regularized_config.yaml": final_yaml,
+        },
+        metrics=best.history,
         config=best_cfg,
         title=f"regularize: {summary.get('model', '')} on {cfg.data.kind}",
     )

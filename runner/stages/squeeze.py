@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from omegaconf import OmegaConf
 
+from runner import jobs
 from runner.config import override_key
 from runner.errors import ConfigError
 from runner.output import read_json
@@ -371,19 +372,6 @@ def _acc_text(d: Path) -> str:
     return f"recorded val acc {a:.4f}" if a >= 0 else "no recorded val acc"
 
 
-def member_config(run_dir: Path):
-    """A finished run's config (saved in its checkpoint) on the schema, ready to train again."""
-    from runner.checkpoint import best_checkpoint, load_checkpoint
-    from runner.config import schema
-
-    ck = best_checkpoint(run_dir, required=True)
-    raw = OmegaConf.to_container(OmegaConf.create(load_checkpoint(ck)["config"]))
-    for key in ("from", "hydra"):
-        raw.pop(key, None)
-    raw.update({"init_from": None, "resume": False})
-    return OmegaConf.merge(schema(str((raw.get("stage") or {}).get("name"))), raw)
-
-
 def sub_lineage(
     cand: Path,
     cand_cfg,
@@ -442,7 +430,7 @@ def seed_reruns(cand: Path, label: str, n: int, ctx: Context, root: Path) -> dic
     from runner.checks.outcomes import mean_std
     from runner.stages.common import sub_run
 
-    base = member_config(cand)
+    base = jobs.trained_config(cand)
     saved_epochs = int(base.trainer.epochs)
     # as many epochs as the candidate ran: a stage's own stop (overfit's training-loss target)
     # is not in its config; early stopping is, and applies again
@@ -502,7 +490,7 @@ def leave_training(cand: Path, extra: Optional[int], ctx: Context, path: Path) -
     last = cand / "checkpoints" / "last.pt"  # the resume machinery's checkpoint
     e0 = int(load_checkpoint(last)["loop"]["epoch"])
     extra = e0 if extra is None else int(extra)
-    c = member_config(cand)
+    c = jobs.trained_config(cand)
     changed: dict[str, Any] = {"resume": str(last), "trainer.epochs": e0 + extra}
     if int(c.trainer.early_stopping_patience or 0) != 0:
         changed["trainer.early_stopping_patience"] = 0
@@ -774,13 +762,28 @@ def seed_phase(cfg, cands: list[Path], n_seeds: int, ctx: Context, lineage: dict
     return {"winner": win, "runner_up": up}, v, {"rows": rows, "stats": stats}
 
 
-def run(cfg, ctx: Context) -> StageResult:
-    from runner.checks.outcomes import ensemble
+@dataclass
+class Pool:
+    """The candidates, the ensemble of the best k and their scores on one validation set."""
+
+    ranked: list  # every candidate, best recorded val accuracy first
+    cands: list  # those validated on the winner's data (seeds and continuation use these)
+    members: list
+    rows: list  # ensemble.csv
+    scores: dict  # ensemble_scores
+    data: Any
+    k: int
+    lineage: dict
+
+    @property
+    def best_member(self) -> float:
+        return max(self.scores["member_acc"])
+
+
+def ensemble_phase(cfg, ctx: Context, p: dict[str, Any], from_dir, run_dirs) -> Pool:
+    """Rank the candidates, reload the best k on one validation set and score their ensemble."""
     from runner.stages.common import setup_runtime
 
-    cwd = Path(ctx.original_cwd)
-    # `from=<dir>` on the command line means stage.params.from: the candidates
-    p, from_dir, run_dirs = sources(cfg, cwd)
     cands = sorted(
         candidates(([from_dir] if from_dir else []) + run_dirs), key=_recorded_acc, reverse=True
     )
@@ -803,8 +806,6 @@ def run(cfg, ctx: Context) -> StageResult:
     sc = ensemble_scores(logits, targets)
     for r, a, l_ in zip(rows, sc["member_acc"], sc["member_loss"]):
         r.update({"val_acc": a, "val_loss": l_})
-    best_member = max(sc["member_acc"])
-    gain = sc["ensemble_acc"] - best_member
     if len(members) > 1:
         rows.append(
             {
@@ -815,12 +816,19 @@ def run(cfg, ctx: Context) -> StageResult:
                 "val_loss": sc["ensemble_loss"],
             }
         )
-    files: dict[str, Any] = {"ensemble.csv": rows, "lineage.json": lineage}
+    return Pool(ranked, cands, members, rows, sc, data, k, lineage)
+
+
+def ensemble_section(cfg, pool: Pool):
+    """The squeeze.ensemble verdict and the report's Ensemble section."""
+    from runner.checks.outcomes import ensemble
+
+    sc, members = pool.scores, pool.members
     why_single = (
         "one candidate"
-        if len(ranked) == 1
+        if len(pool.ranked) == 1
         else "stage.params.k=1"
-        if k == 1
+        if pool.k == 1
         else "one candidate validated on the winner's data"
     )
     v = run_check(
@@ -828,64 +836,60 @@ def run(cfg, ctx: Context) -> StageResult:
         "squeeze.ensemble",
         lambda s: ensemble(sc["member_acc"], sc["ensemble_acc"], members, why_single=why_single),
     )
-    verdicts = [v]
-    ensemble_blocks: list[Any] = [
+    blocks: list[Any] = [
         Text(
-            f"{len(members)} of {len(cands)} candidate(s), ranked by recorded val accuracy; "
+            f"{len(members)} of {len(pool.cands)} candidate(s), ranked by recorded val accuracy; "
             "each reloaded from its best checkpoint and evaluated on the full val set "
-            f"({len(data.val)} images)"
+            f"({len(pool.data.val)} images)"
             + ("; the ensemble averages their logits." if len(members) > 1 else f": {v.message}.")
         ),
-        Table(rows, ["member", "model", "recorded_val_acc", "val_acc", "val_loss"]),
+        Table(pool.rows, ["member", "model", "recorded_val_acc", "val_acc", "val_loss"]),
     ]
     if len(members) > 1:
-        ensemble_blocks.append(
+        gain = sc["ensemble_acc"] - pool.best_member
+        blocks.append(
             Text(
-                f"Ensemble {sc['ensemble_acc']:.4f} vs best member {best_member:.4f} ({gain:+.4f})."
+                f"Ensemble {sc['ensemble_acc']:.4f} vs best member {pool.best_member:.4f} "
+                f"({gain:+.4f})."
             )
         )
-    sections = [Section("Ensemble", ensemble_blocks)]
+    return v, Section("Ensemble", blocks)
 
-    # seeds: the winner and the runner-up again with more seeds, before adopting the winner
-    n_seeds = int(p["seeds"] or 0)
-    seeds, sv, more = seed_phase(cfg, cands, n_seeds, ctx, lineage)
-    verdicts.append(sv)
-    if seeds is not None:
-        files["seeds.csv"] = more["rows"]
-        sections.append(
-            Section("Seeds", [Text(sv.message), Table(more["stats"]), Table(more["rows"])])
-        )
 
-    # leave it training: the winner continues from its last checkpoint
-    longer = None
-    if p["continue_epochs"] is None or int(p["continue_epochs"]) > 0:
-        longer = leave_training(cands[0], p["continue_epochs"], ctx, ctx.run.path / "continued")
-        lineage["sub_runs"].append(
-            {
-                "dir": longer["dir"],
-                "role": "continued",
-                "label": "winner",
-                "candidate": longer["run"],
-                "from_epoch": longer["from_epoch"],
-                "to_epoch": longer["to_epoch"],
-            }
-        )
-        sections.append(
-            Section(
-                "Leave it training",
-                [
-                    Text(
-                        f"{Path(longer['run']).name} continued from epoch {longer['from_epoch']} to "
-                        f"{longer['to_epoch']} without early stopping: {longer['message']}."
-                    ),
-                    Images(["continued/plots/curves.png"]),
-                    Links([("continued run report", "continued/report.html")]),
-                ],
-            )
-        )
+def continue_phase(p: dict[str, Any], ctx: Context, pool: Pool):
+    """Leave the winner training (stage.params.continue_epochs); (its outcome, its report
+    section), or (None, None) when continue_epochs=0."""
+    if not (p["continue_epochs"] is None or int(p["continue_epochs"]) > 0):
+        return None, None
+    longer = leave_training(pool.cands[0], p["continue_epochs"], ctx, ctx.run.path / "continued")
+    pool.lineage["sub_runs"].append(
+        {
+            "dir": longer["dir"],
+            "role": "continued",
+            "label": "winner",
+            "candidate": longer["run"],
+            "from_epoch": longer["from_epoch"],
+            "to_epoch": longer["to_epoch"],
+        }
+    )
+    section = Section(
+        "Leave it training",
+        [
+            Text(
+                f"{Path(longer['run']).name} continued from epoch {longer['from_epoch']} to "
+                f"{longer['to_epoch']} without early stopping: {longer['message']}."
+            ),
+            Images(["continued/plots/curves.png"]),
+            Links([("continued run report", "continued/report.html")]),
+        ],
+    )
+    return longer, section
 
-    # what to adopt: the best on val of the single winner, its continuation, the ensemble
-    # (in that order of preference on a tie: the simpler, cheaper model first)
+
+def adoption(pool: Pool, longer: Optional[dict[str, Any]]):
+    """What to adopt: the best on val of the single winner, its continuation and the ensemble
+    (on a tie the simpler, cheaper model first); (options, adopted, its report sections)."""
+    sc, members = pool.scores, pool.members
     options = [
         {
             "what": "winner",
@@ -913,27 +917,21 @@ def run(cfg, ctx: Context) -> StageResult:
             }
         )
     adopted = choose(options)
-    sections.append(
+    pool.lineage.update({"options": options, "adopted": adopted})
+    told = ", ".join(f"{o['what']} {o['val_acc']:.4f} (loss {o['val_loss']:.4f})" for o in options)
+    given = [x for x in [pool.lineage["sources"]["from"], *pool.lineage["sources"]["runs"]] if x]
+    sections = [
         Section(
             "Adopted",
             [
                 Text(
                     f"Adopted: {adopted['what']} (val acc {adopted['val_acc']:.4f}, val loss "
-                    f"{adopted['val_loss']:.4f}), the best on val of: "
-                    + ", ".join(
-                        f"{o['what']} {o['val_acc']:.4f} (loss {o['val_loss']:.4f})"
-                        for o in options
-                    )
-                    + ". A tie on val accuracy goes to the lower val loss; a tie of both to the simpler model "
+                    f"{adopted['val_loss']:.4f}), the best on val of: {told}. A tie on val "
+                    "accuracy goes to the lower val loss; a tie of both to the simpler model "
                     "(winner, continued, ensemble in that order)."
                 )
             ],
-        )
-    )
-
-    lineage.update({"options": options, "adopted": adopted})
-    given = [x for x in [lineage["sources"]["from"], *lineage["sources"]["runs"]] if x]
-    sections.append(
+        ),
         Section(
             "Started from",
             [
@@ -942,11 +940,37 @@ def run(cfg, ctx: Context) -> StageResult:
                     + ", ".join(f"`{x}`" for x in given)
                     + ", ranked by recorded val accuracy (lineage.json):"
                 ),
-                Table(lineage["candidates"], ["rank", "dir", "stage", "recorded_val_acc", "used"]),
+                Table(
+                    pool.lineage["candidates"], ["rank", "dir", "stage", "recorded_val_acc", "used"]
+                ),
             ],
-        )
-    )
+        ),
+    ]
+    return options, adopted, sections
 
+
+def run(cfg, ctx: Context) -> StageResult:
+    # `from=<dir>` on the command line means stage.params.from: the candidates
+    p, from_dir, run_dirs = sources(cfg, Path(ctx.original_cwd))
+    pool = ensemble_phase(cfg, ctx, p, from_dir, run_dirs)
+    v, section = ensemble_section(cfg, pool)
+    verdicts, sections = [v], [section]
+    files: dict[str, Any] = {"ensemble.csv": pool.rows, "lineage.json": pool.lineage}
+    # seeds: the winner and the runner-up again with more seeds, before adopting the winner
+    n_seeds = int(p["seeds"] or 0)
+    seeds, sv, more = seed_phase(cfg, pool.cands, n_seeds, ctx, pool.lineage)
+    verdicts.append(sv)
+    if seeds is not None:
+        files["seeds.csv"] = more["rows"]
+        sections.append(
+            Section("Seeds", [Text(sv.message), Table(more["stats"]), Table(more["rows"])])
+        )
+    # leave it training: the winner continues from its last checkpoint
+    longer, section = continue_phase(p, ctx, pool)
+    sections += [section] if section else []
+    options, adopted, adopted_sections = adoption(pool, longer)
+    sections += adopted_sections
+    sc, data = pool.scores, pool.data
     summary = {
         "stage": cfg.stage.name,
         "name": cfg.name,
@@ -956,11 +980,11 @@ def run(cfg, ctx: Context) -> StageResult:
         "options": options,
         "ensemble_acc": sc["ensemble_acc"],
         "ensemble_loss": sc["ensemble_loss"],
-        "best_member_val_acc": best_member,
-        "ensemble_gain": gain,
-        "members": [str(m) for m in members],
+        "best_member_val_acc": pool.best_member,
+        "ensemble_gain": sc["ensemble_acc"] - pool.best_member,
+        "members": [str(m) for m in pool.members],
         "member_val_acc": sc["member_acc"],
-        "candidates": len(cands),
+        "candidates": len(pool.cands),
         "seeds": seeds,
         "continued": longer,
         "checks": verdict_counts(verdicts),
