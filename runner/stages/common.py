@@ -340,24 +340,23 @@ def _first_stop(callbacks: Sequence[Callback], rec: EpochRecord) -> Optional[Sto
     return None
 
 
-def train_run(
-    cfg,
-    ctx: Context,
-    data: Optional[DataBundle] = None,
-    zero_inputs: bool = False,
-    save_checkpoints: bool = True,
-    keep_val_logits: bool = False,
-    model: Optional[torch.nn.Module] = None,
-    write_metrics: bool = True,
-    callbacks: Sequence[Callback] = (),
-) -> TrainResult:
-    """Train and evaluate per the config; checkpoint as it goes; resume when asked.
+@dataclass
+class Parts:
+    """What one run trains: built from the config by `build_parts`."""
 
-    `callbacks`: the stage's own rules (overfit's loss target, tune's pruner), each called
-    with every finished epoch's record; the first that returns a Stop (or a reason) ends the
-    run after that epoch (TrainResult.stop_reason, .pruned). trainer.early_stopping_patience
-    adds one after them.
-    """
+    device: torch.device
+    data: DataBundle
+    model: torch.nn.Module
+    train_loader: Any
+    val_loader: Any
+    loss_fn: Any
+    mixup: Any
+    optimizer: Any
+    scheduler: Any
+
+
+def build_parts(cfg, ctx: Context, data, model, zero_inputs: bool) -> Parts:
+    """Seed and device, the data, the model, the loaders, the loss, optimiser and schedule."""
     device = setup_runtime(cfg)
     data = data or build_data_for(cfg, ctx)
     if model is None:
@@ -379,9 +378,14 @@ def train_run(
         t.epochs,
         steps,
     )
+    return Parts(
+        device, data, model, train_loader, val_loader, loss_fn, mixup, optimizer, scheduler
+    )
 
-    state = LoopState()
-    resumed_from = None
+
+def start_state(cfg, ctx: Context, parts: Parts, save_checkpoints: bool):
+    """(loop state, the checkpoint resumed from): resume= a checkpoint (model, optimiser,
+    schedule and loop), else init_from= weights (a warm start), else a fresh start."""
     ckpt_path = (
         find_resume_checkpoint(cfg.resume, Path(ctx.original_cwd) / "outputs")
         if save_checkpoints
@@ -395,27 +399,32 @@ def train_run(
                 "(a best.pt); resume from the run's checkpoints/last.pt, or start "
                 "from these weights with init_from="
             )
-        state = restore(ckpt, ckpt_path, model, optimizer, scheduler)
-        resumed_from = str(ckpt_path)
+        state = restore(ckpt, ckpt_path, parts.model, parts.optimizer, parts.scheduler)
         log.info("resume: from %s at epoch %d, step %d", ckpt_path, state.epoch, state.step)
-    elif cfg.get("init_from"):
+        return state, str(ckpt_path)
+    if cfg.get("init_from"):
         implicit = bool(ctx.lineage) and ctx.lineage.get("weights") == str(cfg.init_from)
-        init_weights(model, cfg.init_from, ctx.original_cwd, optional=implicit)
-    if write_metrics:  # the header at once: a run that dies in epoch 1 still has metrics.csv
-        ctx.run.write_metrics(state.history)
+        init_weights(parts.model, cfg.init_from, ctx.original_cwd, optional=implicit)
+    return LoopState(), None
 
-    di = from_env()
+
+def _net(model: torch.nn.Module, device: torch.device, compile_: bool):
+    """The module the loop calls: DDP-wrapped under torchrun, compiled when asked."""
     net = model
-    if di.enabled:
+    if from_env().enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    compiled = torch.compile(net) if t.compile else net
+    return torch.compile(net) if compile_ else net
+
+
+def loop_options(cfg, parts: Parts, state: LoopState, keep_val_logits: bool) -> LoopOptions:
+    t = cfg.trainer
     # auto / null resolved for this device; the config keeps them as written (from= and
     # checkpoints carry the choice, not what one machine made of it)
-    precision, channels_last = input_path(t.precision, t.channels_last, device)
-    opts = LoopOptions(
-        mixup=mixup,
+    precision, channels_last = input_path(t.precision, t.channels_last, parts.device)
+    return LoopOptions(
+        mixup=parts.mixup,
         precision=precision,
         channels_last=channels_last,
         grad_clip=t.grad_clip,
@@ -425,126 +434,188 @@ def train_run(
         progress=t.progress,
         time_first_step=t.compile and state.step == 0,
     )
-    meta = {
-        "model": cfg.model._target_ or cfg.model.name,
-        "num_classes": data.num_classes,
-        "in_chans": data.in_chans,
-        "image_size": data.image_size,
-        "data_fingerprint": data.fingerprint,
-        "stage": cfg.stage.name,
-    }
-    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+
+
+class Checkpoints:
+    """When and what a run saves, on a background thread (rank 0): last.pt every
+    checkpoint_every epochs / seconds, at a signal and at the run's end; a new best's weights
+    are snapshotted (a CPU copy) and written with the next last.pt, not at every new best
+    epoch: each write costs the training threads CPU time, and best.pt never needs to be newer
+    than last.pt (a resume recomputes the epochs after last.pt, and so their bests)."""
+
+    def __init__(self, cfg, ctx: Context, parts: Parts, state: LoopState, enabled: bool):
+        self.t, self.state = cfg.trainer, state
+        self.writer = CheckpointWriter(ctx.run) if enabled and ctx.run.enabled else None
+        self.saved = (state.epoch, state.step)  # the loop position of the newest last.pt
+        self.best_pending = None  # the newest best's weights (weights_of), until written
+        self.saved_at = time.monotonic()
+        config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+        meta = {
+            "model": cfg.model._target_ or cfg.model.name,
+            "num_classes": parts.data.num_classes,
+            "in_chans": parts.data.in_chans,
+            "image_size": parts.data.image_size,
+            "data_fingerprint": parts.data.fingerprint,
+            "stage": cfg.stage.name,
+        }
+
+        def snapshot(full: bool = True):  # taken on this thread, written by the writer's
+            return make_checkpoint(
+                parts.model,
+                parts.optimizer if full else None,
+                parts.scheduler if full else None,
+                state,
+                config_yaml,
+                meta,
+            )
+
+        self.snapshot = snapshot
+
+    def _write(self, last) -> None:
+        self.writer.submit(_checkpoint_files(last, self.best_pending))
+        self.best_pending = None
+        self.saved, self.saved_at = (self.state.epoch, self.state.step), time.monotonic()
+
+    def interrupted(self) -> None:
+        """A signal mid-epoch: the half-done epoch saved exactly, before fit's barrier lets
+        any DDP rank exit."""
+        if self.writer is not None:
+            self._write(self.snapshot())
+            self.writer.wait()
+        self.saved = (self.state.epoch, self.state.step)
+
+    def epoch_done(self, rec: EpochRecord, stop) -> None:
+        if self.writer is None:
+            return
+        every, every_s = self.t.checkpoint_every, self.t.checkpoint_every_s
+        due = bool(
+            stop
+            or rec.signum
+            or (every and rec.epoch % every == 0)
+            or (every_s and time.monotonic() - self.saved_at >= every_s)
+        )
+        last = self.snapshot() if due else None
+        if rec.best:
+            self.best_pending = weights_of(last or self.snapshot(False))
+        if due:
+            self._write(last)
+        if rec.signum:  # DDP: rank 0 has written it before fit's barrier
+            self.writer.wait()
+
+    def run_end(self, nonfinite) -> None:
+        """The run's end (or its stop on a signal) is always saved; after a NaN the previous
+        epoch's checkpoint is the one to keep."""
+        if (
+            self.writer is not None
+            and nonfinite is None
+            and (
+                self.state.epoch,
+                self.state.step,
+            )
+            != self.saved
+        ):
+            self._write(self.snapshot())
+
+    def close(self) -> None:
+        if self.writer is not None:
+            if self.best_pending is not None:  # a NaN, an error: the best weights so far kept
+                self.writer.submit({"best.pt": self.best_pending})
+            self.writer.close()  # the process never exits with a checkpoint half-written
+
+
+def _log_epoch(rec: EpochRecord, epochs: int) -> None:
+    log.info(
+        "epoch %d/%d  train_loss %.4f  train_acc %.4f  val_loss %.4f  "
+        "val_acc %.4f  lr %.3g  %.0f img/s",
+        rec.epoch,
+        epochs,
+        rec.train_loss,
+        rec.train_acc,
+        rec.val_loss,
+        rec.val_acc,
+        rec.lr,
+        rec.images_per_s,
+    )
+
+
+def train_run(
+    cfg,
+    ctx: Context,
+    data: Optional[DataBundle] = None,
+    zero_inputs: bool = False,
+    save_checkpoints: bool = True,
+    keep_val_logits: bool = False,
+    model: Optional[torch.nn.Module] = None,
+    write_metrics: bool = True,
+    callbacks: Sequence[Callback] = (),
+) -> TrainResult:
+    """Train and evaluate per the config; checkpoint as it goes; resume when asked.
+
+    `callbacks`: the stage's own rules (overfit's loss target, tune's pruner), each called
+    with every finished epoch's record; the first that returns a Stop (or a reason) ends the
+    run after that epoch (TrainResult.stop_reason, .pruned). trainer.early_stopping_patience
+    adds one after them.
+    """
+    parts = build_parts(cfg, ctx, data, model, zero_inputs)
+    state, resumed_from = start_state(cfg, ctx, parts, save_checkpoints)
+    if write_metrics:  # the header at once: a run that dies in epoch 1 still has metrics.csv
+        ctx.run.write_metrics(state.history)
+    t = cfg.trainer
     rules = list(callbacks)
     if t.early_stopping_patience:
         rules.append(early_stopping(t.early_stopping_patience))
-
-    def snapshot(full: bool = True):  # taken on this thread, written by the writer's
-        return make_checkpoint(
-            model,
-            optimizer if full else None,
-            scheduler if full else None,
-            state,
-            config_yaml,
-            meta,
-        )
-
     records: List[EpochRecord] = []
     agreed = 0  # the signal the loop stopped on (under DDP maybe another rank's)
-    nonfinite = None
-    stop: Optional[Stop] = None
+    nonfinite, stop = None, None
     log.info(
         "train: %d epochs%s",
         t.epochs,
         f" (continuing after epoch {state.epoch})" if state.epoch else "",
     )
     signals = _StopOnSignal() if save_checkpoints else None
-    # checkpoints are serialised on a background thread while the next epoch trains (rank 0)
-    writer = CheckpointWriter(ctx.run) if save_checkpoints and ctx.run.enabled else None
-    saved = (state.epoch, state.step)  # the loop position of the newest last.pt
-    best_pending = None  # the newest best's weights (weights_of), until written
-    saved_at = time.monotonic()
+    ckpts = Checkpoints(cfg, ctx, parts, state, save_checkpoints)
     # logger=tensorboard/mlflow mirror each epoch; metrics.csv is written whatever they are
-    loggers = build_loggers(cfg, ctx.run, ctx.original_cwd, data, model) if write_metrics else None
+    loggers = (
+        build_loggers(cfg, ctx.run, ctx.original_cwd, parts.data, parts.model)
+        if write_metrics
+        else None
+    )
     try:
         try:
             for rec in fit(
-                compiled,
-                optimizer,
-                train_loader,
-                val_loader,
+                _net(parts.model, parts.device, t.compile),
+                parts.optimizer,
+                parts.train_loader,
+                parts.val_loader,
                 epochs=t.epochs,
-                device=device,
-                loss_fn=loss_fn,
-                scheduler=scheduler,
-                opts=opts,
+                device=parts.device,
+                loss_fn=parts.loss_fn,
+                scheduler=parts.scheduler,
+                opts=loop_options(cfg, parts, state, keep_val_logits),
                 state=state,
                 stop_signal=signals.signal if signals else None,
             ):
                 agreed = rec.signum or agreed
                 records.append(rec)
                 if rec.interrupted:  # a signal mid-epoch: save the half-done epoch exactly
-                    if writer is not None:
-                        writer.submit(_checkpoint_files(snapshot(), best_pending))
-                        best_pending = None
-                        writer.wait()  # before fit's barrier lets any DDP rank exit
-                    saved = (state.epoch, state.step)
+                    ckpts.interrupted()
                     break
-                log.info(
-                    "epoch %d/%d  train_loss %.4f  train_acc %.4f  val_loss %.4f  "
-                    "val_acc %.4f  lr %.3g  %.0f img/s",
-                    rec.epoch,
-                    t.epochs,
-                    rec.train_loss,
-                    rec.train_acc,
-                    rec.val_loss,
-                    rec.val_acc,
-                    rec.lr,
-                    rec.images_per_s,
-                )
+                _log_epoch(rec, t.epochs)
                 if write_metrics:
                     ctx.run.write_metrics(state.history)
                 if loggers:
                     loggers.log_epoch(rec)
                 stop = _first_stop(rules, rec)
-                if writer is not None:
-                    # last.pt every checkpoint_every epochs / seconds and when the run stops
-                    # (the run's end is saved below). A new best's weights are snapshotted
-                    # (a CPU copy) and written with the next last.pt, not at every new best
-                    # epoch: each write costs the training threads CPU time, and best.pt
-                    # never needs to be newer than last.pt (a resume recomputes the epochs
-                    # after last.pt, and so their bests)
-                    every, every_s = t.checkpoint_every, t.checkpoint_every_s
-                    due = bool(
-                        stop
-                        or rec.signum
-                        or (every and rec.epoch % every == 0)
-                        or (every_s and time.monotonic() - saved_at >= every_s)
-                    )
-                    last = snapshot() if due else None
-                    if rec.best:
-                        best_pending = weights_of(last or snapshot(False))
-                    if due:
-                        writer.submit(_checkpoint_files(last, best_pending))
-                        best_pending = None
-                        saved, saved_at = (state.epoch, state.step), time.monotonic()
-                    if rec.signum:  # DDP: rank 0 has written it before fit's barrier
-                        writer.wait()
+                ckpts.epoch_done(rec, stop)
                 if stop:
                     log.info("%s", stop.reason)
                     break
         except NonFiniteLoss as e:
             nonfinite = e
             log.error("%s", e)
-        # the run's end (or its stop on a signal) is always saved; after a NaN the previous
-        # epoch's checkpoint is the one to keep
-        if writer is not None and nonfinite is None and (state.epoch, state.step) != saved:
-            writer.submit(_checkpoint_files(snapshot(), best_pending))
-            best_pending = None
+        ckpts.run_end(nonfinite)
     finally:
-        if writer is not None:
-            if best_pending is not None:  # a NaN, an error: the best weights so far are kept
-                writer.submit({"best.pt": best_pending})
-            writer.close()  # the process never exits with a checkpoint half-written
+        ckpts.close()
         if signals is not None:
             signals.restore()
         # this process's signal, else the one the ranks agreed on (another rank's, under DDP):
@@ -556,15 +627,15 @@ def train_run(
         raise Interrupted(signum, ctx.run.path, state.epoch, state.step)
     finished = [r for r in records if not r.interrupted]
     return TrainResult(
-        data=data,
-        model=model,
-        device=device,
+        data=parts.data,
+        model=parts.model,
+        device=parts.device,
         history=list(state.history),
         last=finished[-1] if finished else None,
         state=state,
         nonfinite=nonfinite,
         resumed_from=resumed_from,
-        params=count_params(model),
+        params=count_params(parts.model),
         stop_reason=stop.reason if stop else None,
         records=finished,
         pruned=bool(stop and stop.pruned),
