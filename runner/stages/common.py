@@ -538,6 +538,53 @@ def _log_epoch(rec: EpochRecord, epochs: int) -> None:
     )
 
 
+@dataclass
+class _Loop:
+    """What the epochs gave: their records, the signal agreed on, a NaN/Inf, a rule's stop."""
+
+    records: List[EpochRecord] = field(default_factory=list)
+    agreed: int = 0  # the signal the loop stopped on (under DDP maybe another rank's)
+    nonfinite: Optional[NonFiniteLoss] = None
+    stop: Optional[Stop] = None
+
+
+def _epochs(cfg, ctx, parts, state, out: _Loop, ckpts, signals, loggers, rules, keep_logits):
+    """The loop over epochs (runner/loop.py fit): log, metrics, loggers, rules, checkpoints."""
+    t = cfg.trainer
+    try:
+        for rec in fit(
+            _net(parts.model, parts.device, t.compile),
+            parts.optimizer,
+            parts.train_loader,
+            parts.val_loader,
+            epochs=t.epochs,
+            device=parts.device,
+            loss_fn=parts.loss_fn,
+            scheduler=parts.scheduler,
+            opts=loop_options(cfg, parts, state, keep_logits),
+            state=state,
+            stop_signal=signals.signal if signals else None,
+        ):
+            out.agreed = rec.signum or out.agreed
+            out.records.append(rec)
+            if rec.interrupted:  # a signal mid-epoch: save the half-done epoch exactly
+                ckpts.interrupted()
+                break
+            _log_epoch(rec, t.epochs)
+            if loggers is not None:  # None: a check's run, which writes no metrics either
+                ctx.run.write_metrics(state.history)
+                loggers.log_epoch(rec)
+            out.stop = _first_stop(rules, rec)
+            ckpts.epoch_done(rec, out.stop)
+            if out.stop:
+                log.info("%s", out.stop.reason)
+                break
+    except NonFiniteLoss as e:
+        out.nonfinite = e
+        log.error("%s", e)
+    ckpts.run_end(out.nonfinite)
+
+
 def train_run(
     cfg,
     ctx: Context,
@@ -564,9 +611,6 @@ def train_run(
     rules = list(callbacks)
     if t.early_stopping_patience:
         rules.append(early_stopping(t.early_stopping_patience))
-    records: List[EpochRecord] = []
-    agreed = 0  # the signal the loop stopped on (under DDP maybe another rank's)
-    nonfinite, stop = None, None
     log.info(
         "train: %d epochs%s",
         t.epochs,
@@ -580,49 +624,19 @@ def train_run(
         if write_metrics
         else None
     )
+    out = _Loop()
     try:
-        try:
-            for rec in fit(
-                _net(parts.model, parts.device, t.compile),
-                parts.optimizer,
-                parts.train_loader,
-                parts.val_loader,
-                epochs=t.epochs,
-                device=parts.device,
-                loss_fn=parts.loss_fn,
-                scheduler=parts.scheduler,
-                opts=loop_options(cfg, parts, state, keep_val_logits),
-                state=state,
-                stop_signal=signals.signal if signals else None,
-            ):
-                agreed = rec.signum or agreed
-                records.append(rec)
-                if rec.interrupted:  # a signal mid-epoch: save the half-done epoch exactly
-                    ckpts.interrupted()
-                    break
-                _log_epoch(rec, t.epochs)
-                if write_metrics:
-                    ctx.run.write_metrics(state.history)
-                if loggers:
-                    loggers.log_epoch(rec)
-                stop = _first_stop(rules, rec)
-                ckpts.epoch_done(rec, stop)
-                if stop:
-                    log.info("%s", stop.reason)
-                    break
-        except NonFiniteLoss as e:
-            nonfinite = e
-            log.error("%s", e)
-        ckpts.run_end(nonfinite)
+        _epochs(cfg, ctx, parts, state, out, ckpts, signals, loggers, rules, keep_val_logits)
     finally:
         ckpts.close()
         if signals is not None:
             signals.restore()
         # this process's signal, else the one the ranks agreed on (another rank's, under DDP):
         # every rank then leaves the same way (rank 0's checkpoint, Interrupted, exit 128+signal)
-        signum = (signals.signum if signals is not None else None) or agreed or None
+        signum = (signals.signum if signals is not None else None) or out.agreed or None
         if loggers:
-            loggers.close("FAILED" if nonfinite else "KILLED" if signum else "FINISHED")
+            loggers.close("FAILED" if out.nonfinite else "KILLED" if signum else "FINISHED")
+    records, nonfinite, stop = out.records, out.nonfinite, out.stop
     if signum and state.epoch < t.epochs and not (stop or nonfinite):
         raise Interrupted(signum, ctx.run.path, state.epoch, state.step)
     finished = [r for r in records if not r.interrupted]
