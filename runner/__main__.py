@@ -240,8 +240,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     saved = sys.argv
     sys.argv = [saved[0] if saved else "runner"] + argv
+    from runner import jobs
+
     try:
-        _friendly_hydra_errors(_task)
+        with jobs.sweeps_finished() as sweeps:
+            _friendly_hydra_errors(_task)
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         # Hydra exits 1 on a compose error (typo, wrong type): that is bad config -> 2
@@ -250,11 +253,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return code
     finally:
         sys.argv = saved
-    # a sweep's own summary (runner/aggregate.py) knows the codes of jobs run in other
-    # processes (joblib launcher), whose return values never come back here
-    from runner.aggregate import pop_sweep_exit_codes
-
-    codes = [c for c in state["codes"] if isinstance(c, int)] + pop_sweep_exit_codes()
+    # a sweep's own summary (sweep.json, runner/aggregate.py) knows the codes of jobs run in
+    # other processes (joblib launcher), whose return values never come back here
+    codes = [c for c in state["codes"] if isinstance(c, int)]
+    codes += [jobs.sweep_exit_code(d) for d in sweeps]
     return max(codes, default=0)
 
 

@@ -40,7 +40,6 @@ from hydra.experimental.callback import Callback
 from runner.config import override_key
 from runner.errors import ConfigError
 from runner.jobs import SWEEP_IDENTITY, key_class
-from runner.output import read_json
 
 log = logging.getLogger("runner")
 
@@ -64,6 +63,8 @@ CHECK_STATUSES = ("pass", "warn", "fail", "skip")
 # every other status comes from summary.json (finished, stopped_early, nonfinite, pruned...)
 NO_RESULT = ("failed", "incomplete")
 ERROR_FILE = "error.json"
+# a sweep's outcome (its exit code, the jobs by status): what `python -m runner -m` returns
+SWEEP_FILE = "sweep.json"
 
 
 # ----------------------------------------------------------------------------- job errors
@@ -240,23 +241,15 @@ def load_job(path: Path) -> Job:
         seed = _select(cfg, "seed")
     overrides.pop("stage", None)
 
-    summary = read_json(path / "summary.json")
-    error = read_json(path / ERROR_FILE)
-    summary = summary if isinstance(summary, dict) else None
-    error = error if isinstance(error, dict) else None
-    error_is_current = error is not None and (  # a later resume may have finished the job
-        summary is None
-        or (path / ERROR_FILE).stat().st_mtime >= (path / "summary.json").stat().st_mtime
-    )
+    from runner import jobs
+
+    rec = jobs.RunRecord.read(path)  # status, error and exit code: the one reading of a run
+    summary = rec.summary or None
     figures: dict[str, Any] = {}
     checks = {s: 0 for s in CHECK_STATUSES}
     checks_failed: list[str] = []
-    if error_is_current:
-        status, err = "failed", error.get("error") or "failed (no message)"
-        code = error.get("exit_code") if isinstance(error.get("exit_code"), int) else 1
-    elif summary is not None:
-        status = str(summary.get("status") or "finished")
-        err = one_line(summary["error"]) if summary.get("error") else None
+    status, err, code = rec.status, rec.error, rec.exit_code
+    if status != "failed" and summary is not None:
         for k in FIGURES:
             figures[k] = summary.get(k)
         for k, v in summary.items():  # stage-specific figures (e.g. tune's objective)
@@ -270,13 +263,9 @@ def load_job(path: Path) -> Job:
         got = summary.get("checks") if isinstance(summary.get("checks"), dict) else {}
         checks = {s: int(got.get(s) or 0) for s in CHECK_STATUSES}
         checks_failed = list(summary.get("checks_failed") or [])
-        strict = _select(cfg, "checks.strict")
-        code = 1 if status == "nonfinite" or (checks["fail"] and strict is not False) else 0
-    else:
+    elif status != "failed":
         status, code = "incomplete", None
-        err = _last_log_error(path) or (
-            "no summary.json: still running, killed, or stopped before writing results"
-        )
+        err = err or "no summary.json: still running, killed, or stopped before writing results"
     stage = (summary or {}).get("stage") or _select(cfg, "stage.name") or choices.get("stage")
     resumed = bool((summary or {}).get("resumed_from")) or bool(earlier)
     return Job(
@@ -294,19 +283,6 @@ def load_job(path: Path) -> Job:
         config=cfg,
         choices=choices,
     )
-
-
-def _last_log_error(path: Path) -> str | None:
-    """The last ERROR line of the job's log (a job killed before it wrote error.json)."""
-    for log_file in sorted(path.glob("*.log")):
-        try:
-            lines = log_file.read_text(errors="replace").splitlines()
-        except OSError:
-            continue
-        errors = [ln for ln in lines if "[ERROR]" in ln]
-        if errors:
-            return one_line(errors[-1].split("[ERROR]", 1)[1])
-    return None
 
 
 # ----------------------------------------------------------------------------- the table
@@ -526,6 +502,7 @@ def summarize(
     html = render_report(tab, out_dir, figs, [str(p) for p in paths])
     html = html.replace('<meta charset="utf-8">', '<meta charset="utf-8">' + MARKER, 1)
     tab.report = run.write_report(html, report_name(out_dir))
+    run.write_json(SWEEP_FILE, {"exit_code": tab.exit_code, "jobs": tab.counts(), "metric": metric})
     return tab
 
 
@@ -707,15 +684,13 @@ def console_table(tab: SweepTable, limit: int = 20) -> str:
 
 
 # ----------------------------------------------------------------------------- entry points
-# exit codes of the sweeps summarised in this process, for `python -m runner -m` to return
-# (a joblib job runs in another process, so its return value never reaches the CLI)
-_sweep_exit_codes: list[int] = []
+def _failed_summary(sweep_dir: Path, why: str) -> None:
+    from runner.output import RunDir
 
-
-def pop_sweep_exit_codes() -> list[int]:
-    out = list(_sweep_exit_codes)
-    _sweep_exit_codes.clear()
-    return out
+    try:
+        RunDir(sweep_dir).write_json(SWEEP_FILE, {"exit_code": 1, "error": one_line(why)})
+    except OSError as e:  # the folder itself is gone: the CLI reads no file and says 1 too
+        log.error("sweep summary: cannot write %s: %s", sweep_dir / SWEEP_FILE, e)
 
 
 class SweepSummary(Callback):
@@ -752,20 +727,22 @@ class SweepSummary(Callback):
         # read at the end: a sweeper may move the sweep (tune: its study folder), and Hydra
         # caches ${now:...}, so this is the folder the launcher used
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        from runner import jobs
+
+        jobs.sweep_finished(sweep_dir)  # the CLI returns its sweep.json's exit code
         try:
             # a stage without the metric (e.g. inspect) still gets its table, unranked
             tab = summarize([sweep_dir], sweep_dir, *self.ranking(config), require_metric=False)
         except ConfigError as e:
             log.error("sweep summary: %s", e)
-            _sweep_exit_codes.append(1)
+            _failed_summary(sweep_dir, str(e))
             return
         except Exception:  # the jobs' own results are on disk; never lose them to a summary bug
             log.exception(
                 "sweep summary failed; rebuild it with: python -m runner aggregate %s", sweep_dir
             )
-            _sweep_exit_codes.append(1)
+            _failed_summary(sweep_dir, "the sweep summary failed (see the log)")
             return
-        _sweep_exit_codes.append(tab.exit_code)
         log.info("sweep summary (%d jobs): %s\n%s", len(tab.rows), tab.report, console_table(tab))
         if tab.failed:
             log.error(

@@ -657,6 +657,14 @@ def record_failure(run_dir: Path, code: int, error: Optional[str]) -> None:
 
 
 # ----------------------------------------------------------------------------- read
+def summary(run_dir: Union[str, Path]) -> Dict[str, Any]:
+    """A run directory's summary.json as a dict ({} when it has none, or not a dict)."""
+    from runner.output import read_json
+
+    s = read_json(Path(run_dir) / "summary.json")
+    return s if isinstance(s, dict) else {}
+
+
 @dataclass
 class RunRecord:
     """What a run directory says about its run (RunRecord.read)."""
@@ -665,11 +673,11 @@ class RunRecord:
     stage: Optional[str]
     status: str  # finished, stopped_early, nonfinite, pruned, failed, incomplete
     exit_code: Optional[int]
-    accuracy: Optional[float]  # the headline: the stage's own (best val-loss epoch for training)
     summary: Dict[str, Any]
     checks: List[Dict[str, Any]]
     error: Optional[str]
     lineage: Optional[Dict[str, Any]] = None
+    error_type: Optional[str] = None  # error.json's type: ConfigError, Interrupted, exit, ...
 
     @classmethod
     def read(cls, run_dir: Union[str, Path]) -> "RunRecord":
@@ -677,43 +685,50 @@ class RunRecord:
         from runner.output import read_json
 
         d = Path(run_dir)
-        summary = read_json(d / "summary.json")
-        summary = summary if isinstance(summary, dict) else {}
+        s = summary(d)
         checks = read_json(d / "checks.json")
         checks = [c for c in checks if isinstance(c, dict)] if isinstance(checks, list) else []
         err = read_json(d / ERROR_FILE)
         err = err if isinstance(err, dict) else None
-        current = err is not None and (
-            not summary or (d / ERROR_FILE).stat().st_mtime >= (d / "summary.json").stat().st_mtime
+        current = err is not None and (  # a later resume may have finished the run
+            not s or (d / ERROR_FILE).stat().st_mtime >= (d / "summary.json").stat().st_mtime
         )
         failed = [c["name"] for c in checks if c.get("status") == "fail"]
         if current:
             status = "failed"
             error = err.get("error") or "failed (no message)"
             code = err.get("exit_code") if isinstance(err.get("exit_code"), int) else 1
-        elif summary:
-            status = str(summary.get("status") or "finished")
-            error = one_line(summary["error"]) if summary.get("error") else None
-            code = summary.get("exit_code")
+        elif s:
+            status = str(s.get("status") or "finished")
+            error = one_line(s["error"]) if s.get("error") else None
+            code = s.get("exit_code")
             if not isinstance(code, int):  # written before summaries held it: the same rule
-                strict = summary.get("strict", True)
-                code = exit_code(failed or summary.get("checks_failed") or [], strict, status)
+                strict = s.get("strict", _config_value(d, "checks.strict"))
+                code = exit_code(failed or s.get("checks_failed") or [], strict, status)
         elif (d / "study.json").is_file():
             status, error, code = "finished", None, None
-        else:
-            status, error, code = "incomplete", None, None
-        stage = summary.get("stage") or _stage_of(d)
+        else:  # killed, or still running: the last error it logged, if any
+            status, error, code = "incomplete", _last_log_error(d), None
         return cls(
             path=d,
-            stage=stage,
+            stage=s.get("stage") or _stage_of(d),
             status=status,
             exit_code=code,
-            accuracy=headline_accuracy(d, stage) if status != "failed" else None,
-            summary=summary,
+            summary=s,
             checks=checks,
             error=error,
             lineage=read_json(d / "lineage.json"),
+            error_type=(err or {}).get("type") if current else None,
         )
+
+    @property
+    def accuracy(self) -> Optional[float]:
+        """The headline: the stage's own (best val-loss epoch for a training run)."""
+        if self.status == "failed":
+            return None
+        if "_accuracy" not in self.__dict__:
+            self.__dict__["_accuracy"] = headline_accuracy(self.path, self.stage)
+        return self.__dict__["_accuracy"]
 
     @property
     def ok(self) -> bool:
@@ -724,6 +739,37 @@ class RunRecord:
         return [c["name"] for c in self.checks if c.get("status") == "fail"] or list(
             self.summary.get("checks_failed") or []
         )
+
+
+def _last_log_error(path: Path) -> Optional[str]:
+    """The last ERROR line of a run's log (a run killed before it wrote error.json)."""
+    from runner.aggregate import one_line
+
+    for log_file in sorted(path.glob("*.log")):
+        try:
+            lines = log_file.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        errors = [ln for ln in lines if "[ERROR]" in ln]
+        if errors:
+            return one_line(errors[-1].split("[ERROR]", 1)[1])
+    return None
+
+
+def _config_value(d: Path, key: str) -> Any:
+    """A key of the run's saved config (config.yaml or .hydra/config.yaml); None if absent."""
+    for p in (d / "config.yaml", d / ".hydra" / "config.yaml"):
+        if p.is_file():
+            try:
+                import yaml
+
+                node: Any = yaml.safe_load(p.read_text()) or {}
+                for part in key.split("."):
+                    node = node.get(part) if isinstance(node, dict) else None
+                return node
+            except Exception:  # noqa: BLE001 -- unreadable: unknown
+                continue
+    return None
 
 
 def exit_code(failed_checks: Sequence[str], strict: Any, status: str = "finished") -> int:
@@ -752,17 +798,51 @@ def headline_accuracy(run_dir: Path, stage: Optional[str]) -> Optional[float]:
 
 
 def _stage_of(d: Path) -> Optional[str]:
-    for p in (d / "config.yaml", d / ".hydra" / "config.yaml", d / "multirun.yaml"):
-        if p.is_file():
-            try:
-                import yaml
+    name = _config_value(d, "stage.name")
+    if not name and (d / "multirun.yaml").is_file():
+        try:
+            import yaml
 
-                name = ((yaml.safe_load(p.read_text()) or {}).get("stage") or {}).get("name")
-            except Exception:  # noqa: BLE001 -- unreadable: unknown stage
-                continue
-            if name:
-                return str(name)
-    return None
+            name = (
+                (yaml.safe_load((d / "multirun.yaml").read_text()) or {}).get("stage") or {}
+            ).get("name")
+        except Exception:  # noqa: BLE001 -- unreadable: unknown stage
+            name = None
+    return str(name) if name else None
+
+
+# ----------------------------------------------------------------------------- sweeps
+# the sweeps a `python -m runner -m` call finished (runner/aggregate.py SweepSummary reports
+# each): one list per call in progress, so a sweep inside a recipe's stage, or a notebook's
+# second sweep, is counted by its own call only
+_sweep_calls: List[List[Path]] = []
+
+
+@contextlib.contextmanager
+def sweeps_finished():
+    """The sweep directories finished while this is open (the innermost call's)."""
+    found: List[Path] = []
+    _sweep_calls.append(found)
+    try:
+        yield found
+    finally:
+        _sweep_calls.remove(found)
+
+
+def sweep_finished(sweep_dir: Union[str, Path]) -> None:
+    if _sweep_calls:
+        _sweep_calls[-1].append(Path(sweep_dir))
+
+
+def sweep_exit_code(sweep_dir: Union[str, Path]) -> int:
+    """A finished sweep's exit code, from its sweep.json (1 when it has none: the summary
+    could not be written, so the sweep cannot say all went well)."""
+    from runner.aggregate import SWEEP_FILE
+    from runner.output import read_json
+
+    s = read_json(Path(sweep_dir) / SWEEP_FILE)
+    code = s.get("exit_code") if isinstance(s, dict) else None
+    return code if isinstance(code, int) and not isinstance(code, bool) else 1
 
 
 def dumps(obj: Any) -> str:

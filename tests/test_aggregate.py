@@ -143,6 +143,9 @@ def test_a_failing_job_hides_nothing_and_the_sweep_exit_code_says_so(sweeps):
     # the console ends with the ranked table and the failures
     tail = a.out[a.out.index("sweep summary") :]
     assert "rank" in tail and "best" in tail and tail.count("FAILED:") == 4
+    # the sweep's own record of its outcome, which the CLI's exit code is read from
+    sweep = json.loads((sweeps["dir_a"] / "sweep.json").read_text())
+    assert sweep["exit_code"] == 2 and sweep["jobs"] == {"finished": 8, "failed": 4}
 
 
 def test_seed_groups_mean_std_count_equal_the_per_run_summaries(sweeps):

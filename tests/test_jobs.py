@@ -152,3 +152,22 @@ def test_contract_validator_is_the_shared_one():
         assert CHECK_RUNDIR.read_text() == SHARED_CHECK_RUNDIR.read_text(), (
             f"cp {SHARED_CHECK_RUNDIR} {CHECK_RUNDIR}"
         )
+
+
+def test_a_sweep_exit_code_is_its_own_calls_and_read_from_its_sweep_json(tmp_path):
+    """The CLI's code for a sweep comes from the sweep directory's sweep.json, collected per
+    call: a sweep finished inside another call (a recipe's tune stage) is counted there only."""
+    from runner.aggregate import SWEEP_FILE
+
+    ok, bad, missing = tmp_path / "ok", tmp_path / "bad", tmp_path / "missing"
+    for d, code in ((ok, 0), (bad, 1)):
+        d.mkdir()
+        (d / SWEEP_FILE).write_text(json.dumps({"exit_code": code}))
+    with jobs.sweeps_finished() as outer:
+        jobs.sweep_finished(ok)
+        with jobs.sweeps_finished() as inner:
+            jobs.sweep_finished(bad)
+        jobs.sweep_finished(missing)
+    jobs.sweep_finished(bad)  # no call open: nobody counts it
+    assert inner == [bad] and outer == [ok, missing]
+    assert [jobs.sweep_exit_code(d) for d in (ok, bad, missing)] == [0, 1, 1]

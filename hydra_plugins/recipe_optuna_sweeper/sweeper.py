@@ -434,7 +434,7 @@ class OptunaSweeper(Sweeper):
         from hydra.core.utils import JobStatus
         from optuna.trial import TrialState
 
-        from runner.output import read_json
+        from runner.jobs import RunRecord
 
         try:
             out_dir = Path(str(ret.hydra_cfg.hydra.runtime.output_dir))
@@ -449,15 +449,14 @@ class OptunaSweeper(Sweeper):
             except Exception as e:  # noqa: BLE001 -- whatever the job raised fails its trial
                 attrs["reason"] = f"crashed: {type(e).__name__}: {e}"[:500]
             return TrialState.FAIL, None, attrs
-        summary = read_json(out_dir / "summary.json")
+        rec = RunRecord.read(out_dir)  # the job's record: runner/jobs.py, as every stage reads
+        summary = rec.summary or None
         if summary is None and not self._runner_app:
             return self._returned(ret.return_value, attrs)
-        if summary is None:
-            # a job that fails in a sweep says why in error.json (runner/app.py)
-            error = read_json(out_dir / "error.json")
-            error = error if isinstance(error, dict) else {}
-            why = error.get("error")
-            if error.get("type") == "Interrupted":  # Ctrl-C / SIGTERM: the user stops the study
+        if summary is None or rec.status == "failed":
+            # a job that fails in a sweep says why in error.json (runner/jobs.py record_failure)
+            why = rec.error if rec.status == "failed" else None
+            if rec.error_type == "Interrupted":  # Ctrl-C / SIGTERM: the user stops the study
                 self._interrupted = True
                 attrs["reason"] = f"interrupted: {why}"[:500]
                 return TrialState.FAIL, None, attrs
