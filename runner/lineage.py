@@ -30,9 +30,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from runner import jobs
 from runner.errors import ConfigError
 from runner.jobs import COMMAND, COMMAND_WITH_PER_RUN, INHERITED, key_class, keys_of
-from runner.output import read_json
 from runner.stages.protocol import Outcome
 
 log = logging.getLogger("runner")
@@ -81,7 +81,7 @@ def run_config(d: Path) -> Optional[Path]:
 def stage_of(src: Path) -> Optional[str]:
     """Which stage made a run directory: its summary.json, else its config (a run's, or
     a sweep's multirun.yaml), else the config saved in its checkpoint."""
-    summary = read_json(src / "summary.json") or {}
+    summary = jobs.summary(src)
     if summary.get("stage"):
         return str(summary["stage"])
     for p in (src / "config.yaml", src / ".hydra" / "config.yaml", src / "multirun.yaml"):

@@ -16,6 +16,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Dict, List, Tuple
 
+from runner import jobs
 from runner.checks import Verdict, skip
 from runner.report import Figure, Section, Table, Text
 from runner.stages import train
@@ -36,9 +37,8 @@ outcome = train.outcome
 
 def headline(run_dir, own=()) -> Headline:
     """The model and its budget, then what it changed; its best val accuracy."""
-    from runner.output import read_json
 
-    s = read_json(run_dir / "summary.json") or {}
+    s = jobs.summary(run_dir)
     what = f"{s.get('model', '?')}, {s.get('epochs', '?')} epochs"
     more = train.changed(run_dir, s, own)
     return Headline(

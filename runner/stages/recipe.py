@@ -26,7 +26,6 @@ from runner import jobs
 from runner.checks.outcomes import recipe_gates, recipe_progress
 from runner.config import override_key
 from runner.errors import ConfigError, StageInterrupted
-from runner.output import read_json
 from runner.stages import train
 from runner.stages.protocol import Context, Headline, StageResult, run_check
 
@@ -67,7 +66,7 @@ def outcome(run_dir: Path):
     from runner.lineage import outcome as outcome_of
     from runner.stages import stage_flag
 
-    summary = read_json(run_dir / "summary.json") or {}
+    summary = jobs.summary(run_dir)
     final = summary.get("final") or {}
     if final.get("run") and Path(final["run"]).is_dir():
         o = outcome_of(Path(final["run"]))
@@ -90,7 +89,7 @@ def outcome(run_dir: Path):
 
 def headline(run_dir: Path, own=()) -> Headline:
     """A recipe inside a recipe is refused; for a table of recipes: its final val accuracy."""
-    s = read_json(run_dir / "summary.json") or {}
+    s = jobs.summary(run_dir)
     final = s.get("final") or {}
     return Headline(
         s.get("val_acc"),
@@ -325,7 +324,7 @@ def sub_run_times(d: Path) -> list[dict[str, Any]]:
             found.append(sub)
     out = []
     for sub in found:
-        w = (read_json(sub / "summary.json") or {}).get("wall_s")
+        w = jobs.summary(sub).get("wall_s")
         out.append(
             {
                 "dir": str(sub.relative_to(d)),

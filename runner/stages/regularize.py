@@ -73,12 +73,11 @@ def outcome(run_dir: Path) -> Outcome:
     weights of the best rung; a ladder that never finished is a plain run's outcome."""
     from runner.checkpoint import best_checkpoint
     from runner.lineage import load_yaml, run_outcome
-    from runner.output import read_json
 
     kept = run_dir / "regularized_config.yaml"
     if not kept.is_file():
         return run_outcome(run_dir)
-    s = read_json(run_dir / "summary.json") or {}
+    s = jobs.summary(run_dir)
     best_dir = s.get("best_rung_dir")
     return Outcome(
         run_dir,
@@ -93,10 +92,9 @@ def outcome(run_dir: Path) -> Outcome:
 
 def headline(run_dir: Path, own=()) -> Headline:
     """The ladder's val accuracy; the stage's changes and the rungs it kept."""
-    from runner.output import read_json
     from runner.stages.train import changed
 
-    s = read_json(run_dir / "summary.json") or {}
+    s = jobs.summary(run_dir)
     kept = "kept: " + (" ".join(s.get("kept_overrides") or []) or "nothing")
     return Headline(
         s.get("ladder_val_acc", s.get("best_val_acc", s.get("val_acc"))),

@@ -42,7 +42,6 @@ from omegaconf import OmegaConf
 from runner import jobs
 from runner.config import override_key
 from runner.errors import ConfigError
-from runner.output import read_json
 from runner.report import Images, Links, Section, Table, Text, verdict_counts
 from runner.stages import regularize
 from runner.stages.protocol import (
@@ -91,7 +90,7 @@ def outcome(run_dir: Path) -> Outcome:
     from runner.lineage import outcome as outcome_of
     from runner.lineage import run_outcome
 
-    adopted = (read_json(run_dir / "summary.json") or {}).get("adopted")
+    adopted = jobs.summary(run_dir).get("adopted")
     if not adopted:  # a sub-run (seed rerun, continuation) or an unfinished squeeze
         return run_outcome(run_dir)
     run = adopted.get("run")
@@ -128,7 +127,7 @@ def outcome(run_dir: Path) -> Outcome:
 
 def headline(run_dir: Path, own=()) -> Headline:
     """The adopted model's val accuracy; what was adopted, the ensemble, seeds, continuation."""
-    s = read_json(run_dir / "summary.json") or {}
+    s = jobs.summary(run_dir)
     parts = [f"ensemble of {len(s.get('members') or [])}"]
     if s.get("adopted"):
         parts.insert(0, f"adopted: {s['adopted']['what']}")
@@ -355,14 +354,14 @@ def validated_elsewhere(dirs: list[Path], fingerprint: str) -> list[Path]:
     """The runs whose summary records another data fingerprint (input size, split, data)."""
     out = []
     for d in dirs:
-        fp = ((read_json(d / "summary.json") or {}).get("data") or {}).get("fingerprint")
+        fp = (jobs.summary(d).get("data") or {}).get("fingerprint")
         if fp is not None and fp != fingerprint:
             out.append(d)
     return out
 
 
 def _recorded_acc(d: Path) -> float:
-    s = read_json(d / "summary.json") or {}
+    s = jobs.summary(d)
     acc = s.get("best_val_acc", s.get("val_acc"))
     return float(acc) if isinstance(acc, (int, float)) and math.isfinite(acc) else -1.0
 
@@ -434,7 +433,7 @@ def seed_reruns(cand: Path, label: str, n: int, ctx: Context, root: Path) -> dic
     saved_epochs = int(base.trainer.epochs)
     # as many epochs as the candidate ran: a stage's own stop (overfit's training-loss target)
     # is not in its config; early stopping is, and applies again
-    ran = (read_json(cand / "summary.json") or {}).get("epochs")
+    ran = jobs.summary(cand).get("epochs")
     if isinstance(ran, int) and ran > 0:
         base.trainer.epochs = ran
     s0 = int(base.seed)
@@ -617,7 +616,7 @@ def squeeze_lineage(
     used), the winner and runner-up. run() adds the sub-runs, the options and the adoption."""
 
     def stage_of(d: Path) -> Optional[str]:
-        return (read_json(d / "summary.json") or {}).get("stage")
+        return jobs.summary(d).get("stage")
 
     def acc(d: Path) -> Optional[float]:
         a = _recorded_acc(d)

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
+from runner import jobs
 from runner.jobs import classify
 from runner.stages.protocol import Context, Headline, NoParams, Outcome, StageResult, run_check
 
@@ -30,9 +31,8 @@ def outcome(run_dir: Path) -> Outcome:
 
 def headline(run_dir: Path, own: Sequence[str] = ()) -> Headline:
     """Its best val accuracy and what it changed (lineage.json, else its own overrides)."""
-    from runner.output import read_json
 
-    s = read_json(run_dir / "summary.json") or {}
+    s = jobs.summary(run_dir)
     return Headline(s.get("best_val_acc", s.get("val_acc")), changed(run_dir, s, own))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from runner import jobs
 from runner.errors import ConfigError
 from runner.stages.protocol import Context, Headline, Outcome, StageResult, run_check
 from runner.stages.train import (
@@ -68,7 +69,7 @@ def headline(run_dir: Path, own=()) -> Headline:
     d = Path(best["dir"]) if best.get("dir") else None
     if d is not None and not d.is_absolute():
         d = run_dir / d
-    s = (read_json(d / "summary.json") if d is not None else None) or {}
+    s = jobs.summary(d) if d is not None else {}
     acc = s.get("best_val_acc", s.get("val_acc"))
     if acc is None and study.get("metric") == "val_acc":
         acc = best.get("value")
