@@ -26,7 +26,46 @@ def conf_dir() -> str:
 CONF_DIR = conf_dir()
 
 
-def _preprocess(argv: List[str]) -> List[str]:
+def _own(target: Path, held: Optional[List[Path]]) -> None:
+    """Lock the run directory this command writes before Hydra writes anything there (its
+    .hydra/ record, its log): a second process on a running run changes none of its files.
+    Rank 0 only under torchrun (the other ranks write nothing)."""
+    if held is None or int(os.environ.get("RANK", "0")) != 0:
+        return
+    from runner.errors import ConfigError
+    from runner.output import lock_run_dir
+
+    made = not target.exists()
+    try:
+        lock_run_dir(target)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    held.append(target)
+    if made:
+        _MADE.add(str(target.resolve()))
+
+
+_MADE: set = set()  # run directories _own created (removed again when nothing ran in them)
+
+
+def _release(held: List[Path]) -> None:
+    from runner.output import LOCK_FILE, unlock_run_dir
+
+    for d in reversed(held):
+        unlock_run_dir(d)
+        key = str(d.resolve())
+        if key in _MADE:
+            _MADE.discard(key)
+            try:  # refused before Hydra began: only the lock file is there
+                if [p.name for p in d.iterdir()] == [LOCK_FILE]:
+                    (d / LOCK_FILE).unlink()
+                    d.rmdir()
+            except OSError:
+                pass
+
+
+def _preprocess(argv: List[str], held: Optional[List[Path]] = None) -> List[str]:
     """`from=<run dir>` becomes `+from=` (runner/lineage.py reads it in the task).
 
     `resume=<interrupted run dir>` continues *in* that directory: point Hydra's run dir at it.
@@ -65,6 +104,7 @@ def _preprocess(argv: List[str]) -> List[str]:
                 p = Path(value).expanduser()
                 target = p.parent.parent if p.is_file() and p.parent.name == "checkpoints" else p
             if target is not None and target.is_dir() and not (target / "summary.json").exists():
+                _own(target, held)  # before its .hydra/ record is copied below
                 out.append(f"hydra.run.dir={target.resolve()}")
                 hydra_dir = target / ".hydra"
                 # the interrupted run's own overrides first: `resume=<dir>` alone continues the
@@ -214,8 +254,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         from runner.commands import run_command
 
         return run_command(argv[0], argv[1:])
+    held: List[Path] = []
     try:
-        argv = _distributed(_preprocess(argv))
+        return _main(argv, held)
+    finally:
+        _release(held)
+
+
+def _main(argv: List[str], held: List[Path]) -> int:
+    try:
+        argv = _distributed(_preprocess(argv, held))
+        if "-m" not in argv and "--multirun" not in argv:
+            dirs = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")]
+            if dirs and "$" not in dirs[-1]:  # an interpolation: Hydra's to resolve (app.py locks)
+                _own(Path(dirs[-1]).expanduser(), held)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 2
 
