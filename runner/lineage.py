@@ -296,6 +296,14 @@ def inherit(
         for k, v in source.items()
         if not covered(k, by_stage) and not covered(k, by_command) and user.get(k, object()) != v
     }
+    from runner.targets import refuse_untrusted, untrusted_code
+
+    # the source's config is data: code it alone names is not run (runner/targets.py)
+    refuse_untrusted(
+        untrusted_code(taken, user),
+        f"from={src}: {out.config_file}",
+        bool(cfg.get("trust_run_configs")),
+    )
     result = cfg.copy()
     with open_dict(result):
         for k, v in taken.items():

@@ -238,7 +238,8 @@ def read_lineage(run_dir: Path) -> Optional[Dict[str, Any]]:
 
 def read_metrics(run_dir: Path) -> List[Dict[str, Any]]:
     """metrics.csv's rows, numbers as floats (empty cells None); [] when there is none; a
-    ConfigError naming the file, the line and the column of a value that is no number."""
+    ConfigError naming the file, the line and the column of a contract column's value that
+    is no number."""
     p = Path(run_dir) / "metrics.csv"
     if not p.exists():
         return []
@@ -258,9 +259,11 @@ def read_metrics(run_dir: Path) -> List[Dict[str, Any]]:
             try:
                 parsed[k] = float(v) if v != "" else None
             except ValueError:
-                raise ConfigError(
-                    f"{p}: line {line}, column {k}: {v!r:.40} is not a number{_MALFORMED}"
-                ) from None
+                if k in METRIC_COLUMNS:  # a stage's own extra column may hold text
+                    raise ConfigError(
+                        f"{p}: line {line}, column {k}: {v!r:.40} is not a number{_MALFORMED}"
+                    ) from None
+                parsed[k] = v
         out.append(parsed)
     return out
 
@@ -399,10 +402,18 @@ class RunDir:
     def save_figure(self, fig, name: str) -> str:
         """Save a matplotlib figure as plots/<name>.png; returns the path relative to the run."""
         import matplotlib.pyplot as plt
+        from matplotlib.text import Text
 
         buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-        plt.close(fig)
+        # class and file names are text, never mathtext: a folder named `$\foo$` would make
+        # the draw raise (the labels made while drawing, e.g. ticks, take the rc setting)
+        try:
+            with plt.rc_context({"text.parse_math": False}):
+                for t in fig.findobj(Text):
+                    t.set_parse_math(False)
+                fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+        finally:
+            plt.close(fig)
         p = self.plots / f"{name}.png"
         self._write(p, buf.getvalue())
         return self.rel(p)

@@ -193,3 +193,268 @@ def test_the_lock_is_reentrant_in_one_process_and_refuses_another(tmp_path):
         holder.wait()
     lock_run_dir(d)  # free again
     unlock_run_dir(d)
+
+
+def _copy(run_dir: Path, to: Path, finished: bool = True) -> Path:
+    """A copy of a run directory (its lock file left behind); `finished=False`: as if it was
+    interrupted (no summary.json)."""
+    import shutil
+
+    shutil.copytree(run_dir, to, ignore=shutil.ignore_patterns(".runner.lock"))
+    if not finished:
+        (to / "summary.json").unlink()
+    return to
+
+
+# ----------------------------------------------------------------------------- reading back
+@pytest.mark.parametrize(
+    "file, content, start, message",
+    [
+        ("summary.json", "", "from", "summary.json is empty: not a run summary"),
+        ("summary.json", "", "resume", "summary.json is empty: not a run summary"),
+        ("summary.json", '{"val_acc": 0.9}', "from", "not a complete run summary: no stage"),
+        ("summary.json", '{"stage": "train", "epochs": "2"}', "resume", "epochs='2' is not int"),
+        ("summary.json", '{"stage": "tr', "from", "summary.json is not valid JSON"),
+        ("config.yaml", "- a\n- b\n", "from", "config.yaml holds a list, not a config"),
+        (".hydra/overrides.yaml", "{a: 1}", "resume-interrupted", "expected a list of overrides"),
+    ],
+)
+def test_a_malformed_run_file_is_exit_2_naming_it_never_a_finished_run(
+    finished, tmp_path, file, content, start, message
+):
+    d = _copy(finished, tmp_path / "src", finished=start != "resume-interrupted")
+    (d / file).write_text(content)
+    args = FAST + ["stage=train", f"from={d}"] if start == "from" else FAST + [f"resume={d}"]
+    r = run_cli(args, tmp_path)
+    assert r.code == 2, r.out
+    assert message in r.out and str(d) in r.out, r.out
+    assert "Traceback" not in r.out
+    assert not list(tmp_path.glob("outputs/*/*/summary.json"))  # nothing ran
+
+
+def test_a_checkpoint_whose_loop_state_has_the_wrong_type_is_refused_naming_it(finished, tmp_path):
+    d = _copy(finished, tmp_path / "src", finished=False)
+    last = d / "checkpoints" / "last.pt"
+    ck = torch.load(last, weights_only=True)
+    ck["loop"] = "epoch 3"
+    torch.save(ck, last)
+    r = run_cli([f"resume={d}"], tmp_path)
+    assert r.code == 2, r.out
+    assert f"checkpoint {last} is malformed: loop state is str, not a dict" in r.out
+    assert "AttributeError" not in r.out and "Traceback" not in r.out
+
+    ck["loop"] = {"epoch": "1", "step": 8, "history": []}
+    torch.save(ck, last)
+    r = run_cli([f"resume={d}"], tmp_path)
+    assert r.code == 2 and "loop.epoch='1' is not int" in r.out, r.out
+
+
+def test_checks_metrics_and_lineage_read_back_are_validated(finished, tmp_path):
+    import runner
+    from runner.errors import ConfigError
+    from runner.jobs import RunRecord
+
+    d = _copy(finished, tmp_path / "src")
+    rec = RunRecord.read(d)
+    assert rec.status == "finished" and rec.checks and rec.exit_code == 0
+    good = (d / "checks.json").read_text()
+    (d / "checks.json").write_text('[{"name": "train.finite", "status": "PASSED"}]')
+    with pytest.raises(ConfigError, match=r"checks\.json: train\.finite: status 'PASSED'"):
+        RunRecord.read(d)
+    (d / "checks.json").write_text(good)
+    (d / "lineage.json").write_text("[]")
+    with pytest.raises(ConfigError, match=r"lineage\.json holds list, not a JSON object"):
+        RunRecord.read(d)
+    (d / "lineage.json").unlink()
+    metrics = (d / "metrics.csv").read_text().splitlines()
+    cells = metrics[1].split(",")
+    cells[4] = "oops"  # val_loss
+    (d / "metrics.csv").write_text("\n".join([metrics[0], ",".join(cells)]) + "\n")
+    with pytest.raises(ConfigError, match=r"metrics\.csv: line 2, column val_loss: 'oops'"):
+        _ = runner.load(d).metrics
+
+
+# ----------------------------------------------------------------------------- code
+MARKER = """
+from pathlib import Path
+from runner.models import TinyCNN
+
+def make(**kw):
+    Path(__file__).with_name("ran.txt").write_text("ran")  # the code path ran
+    return TinyCNN(**kw)
+"""
+
+
+def test_code_named_only_by_a_run_directory_is_refused_unless_trusted(finished, tmp_path):
+    (tmp_path / "marker.py").write_text(MARKER)
+    ran = tmp_path / "ran.txt"
+
+    def naming_marker(p: Path) -> None:
+        p.write_text(p.read_text().replace("runner.models.TinyCNN", "marker.make"))
+
+    # a from= source's config.yaml
+    src = _copy(finished, tmp_path / "src")
+    (src / ".hydra" / "config.yaml").rename(src / "config.yaml")
+    naming_marker(src / "config.yaml")
+    r = run_cli(FAST + ["stage=train", f"from={src}"], tmp_path)
+    assert r.code == 2, r.out
+    assert f"from={src}: {src / 'config.yaml'} names code: model._target_=marker.make" in r.out
+    assert "trust_run_configs=true" in r.out and not ran.exists()
+
+    # the overrides resume= reapplies
+    stopped = _copy(finished, tmp_path / "stopped", finished=False)
+    with (stopped / ".hydra" / "overrides.yaml").open("a") as f:
+        f.write("- model._target_=marker.make\n")
+    r = run_cli([f"resume={stopped}"], tmp_path)
+    assert r.code == 2, r.out
+    assert "records model._target_=marker.make" in r.out and "trust_run_configs=true" in r.out
+    assert not ran.exists()
+
+    # the config stored in a checkpoint
+    import runner
+    from runner.errors import ConfigError
+
+    best = src / "checkpoints" / "best.pt"
+    ck = torch.load(best, weights_only=True)
+    ck["config"] = ck["config"].replace("runner.models.TinyCNN", "marker.make")
+    torch.save(ck, best)
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        with pytest.raises(ConfigError, match="names code: model._target_=marker.make"):
+            runner.load(src).model()
+        assert not ran.exists()
+        runner.load(src).model(trust_run_configs=True)
+        assert ran.read_text() == "ran"  # the check was on the path that runs it
+        ran.unlink()
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("marker", None)
+
+    # trusted explicitly: the source's code runs
+    r = run_cli(FAST + ["stage=train", f"from={src}", "trust_run_configs=true"], tmp_path)
+    assert r.code == 0, r.out
+    assert ran.read_text() == "ran"
+
+
+def test_the_blocklist_refuses_the_resolved_callable_not_its_spelling(tmp_path, monkeypatch):
+    from runner.errors import ConfigError
+    from runner.targets import resolve_target
+
+    (tmp_path / "reexport.py").write_text(
+        "import os, subprocess\nfrom os import system\nrun = system\nopen_ = subprocess.Popen\n"
+        "clear = os.environ.clear\nev = eval\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name, what in [
+        ("reexport.system", "posix.system"),
+        ("reexport.run", "posix.system"),
+        ("reexport.open_", "subprocess.Popen"),
+        ("reexport.clear", "clear"),
+        ("reexport.ev", "builtins.eval"),
+    ]:
+        with pytest.raises(ConfigError, match="is refused: it is .*" + what):
+            resolve_target(name, "model._target_")
+    assert resolve_target("runner.models.TinyCNN", "model._target_").__name__ == "TinyCNN"
+    import sys
+
+    sys.modules.pop("reexport", None)
+
+
+def test_resume_of_a_finished_run_reapplies_the_overrides_it_recorded(finished, tmp_path):
+    """`resume=<finished run> trainer.epochs=2` trains on in a new directory with the run's
+    own data, model and batch size (without them: digits' 10 classes, the checkpoint unfit)."""
+    r = run_cli([f"resume={finished}", "trainer.epochs=2"], tmp_path)
+    assert r.code == 0, r.out
+    s = r.json("summary.json")
+    assert s["epochs"] == 2 and s["data"]["kind"] == "synthetic"
+    assert s["resumed_from"] == str(finished / "checkpoints" / "last.pt")
+
+
+# ----------------------------------------------------------------------------- hostile input
+def _bomb_png(path: Path, side: int = 20000) -> None:
+    """A PNG whose header says side x side pixels (1.2 GB as RGB) in a few hundred bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * (side + 1) * 4)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.fixture
+def hostile_folder(tmp_path) -> Path:
+    """Classes named with mathtext and HTML, one decompression bomb, one image over the
+    pixel limit the tests set (data.max_image_pixels=100: 8x8 is under, 16x16 over)."""
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    for split in ("train", "val"):
+        for c, cls in enumerate((r"$\foo$", "<i>x $a$b")):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (8, 8), (30 + 180 * c + 5 * i,) * 3).save(d / f"{i}.png")
+    _bomb_png(root / "train" / r"$\foo$" / "bomb.png")
+    Image.new("RGB", (16, 16)).save(root / "train" / "<i>x $a$b" / "big.png")
+    return root
+
+
+def test_hostile_class_names_and_images_train_to_a_report(hostile_folder, tmp_path):
+    args = FAST + [
+        "stage=train",
+        "data=imagefolder",
+        f"data.root={hostile_folder}",
+        "data.image_size=8",
+        "data.max_image_pixels=100",
+    ]
+    r = run_cli(args, tmp_path)
+    assert r.code == 0, r.out
+    s = r.json("summary.json")
+    assert s["data"]["class_names"] == [r"$\foo$", "<i>x $a$b"]
+    bad = s["unreadable_files"]
+    bomb = str(hostile_folder / "train" / r"$\foo$" / "bomb.png")
+    big = str(hostile_folder / "train" / "<i>x $a$b" / "big.png")
+    assert sorted(bad) == sorted([bomb, big])
+    assert "decompression bomb" in bad[bomb] and "400000000 pixels" in bad[bomb]
+    assert "16x16 = 256 pixels, over data.max_image_pixels=100" in bad[big]
+    page = (r.run_dir / "report.html").read_text()
+    assert "&lt;i&gt;x" in page and "<i>x $a$b" not in page
+
+    r = run_cli(args + ["data.on_unreadable=fail"], tmp_path / "strict")
+    assert r.code == 2, r.out
+    assert "bomb.png" in r.out and "Traceback" not in r.out
+
+
+def test_inspect_names_the_bomb_and_plots_mathtext_class_names(hostile_folder, tmp_path):
+    """Both files are refused from their headers (nothing decoded: memory stays bounded);
+    data.corrupt fails (exit 1) naming them, and every figure is drawn."""
+    r = run_cli(
+        FAST
+        + [
+            "stage=inspect",
+            "data=imagefolder",
+            f"data.root={hostile_folder}",
+            "data.image_size=8",
+            "data.max_image_pixels=100",
+        ],
+        tmp_path,
+    )
+    assert r.code == 1, r.out
+    checks = {c["name"]: c for c in r.json("checks.json")}
+    assert checks["data.corrupt"]["status"] == "fail" and checks["data.corrupt"]["value"] == 2
+    errors = {f["name"]: f["error"] for f in checks["data.corrupt"]["details"]["files"]}
+    assert errors == {
+        "train/$\\foo$/bomb.png": errors.get("train/$\\foo$/bomb.png"),
+        "train/<i>x $a$b/big.png": "ImageTooLarge: 16x16 = 256 pixels, over data.max_image_pixels=100",
+    }
+    assert "decompression bomb" in errors["train/$\\foo$/bomb.png"]
+    assert len(list((r.run_dir / "plots").glob("*.png"))) >= 3
+    assert "Traceback" not in r.out
