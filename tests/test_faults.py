@@ -93,6 +93,36 @@ def test_a_file_size_limit_ends_with_efbig_named_not_torchs_enforce_fail(tmp_pat
     assert not last.exists() and _temps(r.run_dir) == []
 
 
+@pytest.mark.parametrize(
+    "err, condition",
+    [
+        (errno.EROFS, "the file system is read-only (EROFS)"),
+        (errno.EACCES, "permission denied (EACCES)"),
+        (errno.EDQUOT, "the disk quota is exceeded (EDQUOT)"),
+        (errno.EIO, "an I/O error of the device (EIO)"),
+    ],
+)
+def test_each_write_condition_is_named_and_the_old_file_kept(tmp_path, monkeypatch, err, condition):
+    """The rename (EROFS, EACCES: a file system remounted read-only, a chmod by someone else)
+    or the fsync (EDQUOT, EIO) fails: exit-3 error naming it; the previous file is intact."""
+    from runner.errors import RunFileError
+    from runner.output import RunDir
+
+    run = RunDir(tmp_path / "run")
+    p = run.write_json("summary.json", {"stage": "train", "val_acc": 0.5})
+
+    def fail(*a, **kw):
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(os, "replace" if err in (errno.EROFS, errno.EACCES) else "fsync", fail)
+    with pytest.raises(RunFileError) as e:
+        run.write_json("summary.json", {"stage": "train", "val_acc": 0.9})
+    assert str(e.value).startswith(f"could not write {p}: {condition}")
+    assert e.value.exit_code == 3 and "No checkpoint of this run was saved" in str(e.value)
+    monkeypatch.undo()
+    assert '"val_acc": 0.5' in p.read_text() and _temps(run.path) == []
+
+
 def test_a_vanished_run_directory_is_not_made_again(tmp_path):
     from runner.errors import RunFileError
     from runner.output import RunDir
