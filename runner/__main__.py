@@ -1,7 +1,8 @@
 """`python -m runner [overrides]`: compose conf/ with Hydra and run the selected stage.
 
 Exit codes (DESIGN.md): 0 finished and no check failed; 1 a check failed (or NaN loss);
-2 bad config or bad input, before training.
+2 bad config or bad input, before training; 3 a run file could not be written (disk full,
+size limit, read-only: runner/errors.py RunFileError); 128 + N stopped by signal N.
 """
 
 from __future__ import annotations
@@ -26,7 +27,46 @@ def conf_dir() -> str:
 CONF_DIR = conf_dir()
 
 
-def _preprocess(argv: List[str]) -> List[str]:
+def _own(target: Path, held: Optional[List[Path]]) -> None:
+    """Lock the run directory this command writes before Hydra writes anything there (its
+    .hydra/ record, its log): a second process on a running run changes none of its files.
+    Rank 0 only under torchrun (the other ranks write nothing)."""
+    if held is None or int(os.environ.get("RANK", "0")) != 0:
+        return
+    from runner.errors import ConfigError
+    from runner.output import lock_run_dir
+
+    made = not target.exists()
+    try:
+        lock_run_dir(target)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    held.append(target)
+    if made:
+        _MADE.add(str(target.resolve()))
+
+
+_MADE: set = set()  # run directories _own created (removed again when nothing ran in them)
+
+
+def _release(held: List[Path]) -> None:
+    from runner.output import LOCK_FILE, unlock_run_dir
+
+    for d in reversed(held):
+        unlock_run_dir(d)
+        key = str(d.resolve())
+        if key in _MADE:
+            _MADE.discard(key)
+            try:  # refused before Hydra began: only the lock file is there
+                if [p.name for p in d.iterdir()] == [LOCK_FILE]:
+                    (d / LOCK_FILE).unlink()
+                    d.rmdir()
+            except OSError:
+                pass
+
+
+def _preprocess(argv: List[str], held: Optional[List[Path]] = None) -> List[str]:
     """`from=<run dir>` becomes `+from=` (runner/lineage.py reads it in the task).
 
     `resume=<interrupted run dir>` continues *in* that directory: point Hydra's run dir at it.
@@ -38,7 +78,7 @@ def _preprocess(argv: List[str]) -> List[str]:
     for a in argv:
         if a.startswith("hydra.run.dir=") and "-m" not in argv and "--multirun" not in argv:
             target = Path(a.split("=", 1)[1]).expanduser()
-            if (target / "summary.json").exists():
+            if _finished(target):
                 print(
                     f"config error: hydra.run.dir={target} already holds a finished run "
                     "(summary.json); refusing to overwrite it: choose another directory",
@@ -64,13 +104,16 @@ def _preprocess(argv: List[str]) -> List[str]:
             else:
                 p = Path(value).expanduser()
                 target = p.parent.parent if p.is_file() and p.parent.name == "checkpoints" else p
-            if target is not None and target.is_dir() and not (target / "summary.json").exists():
-                out.append(f"hydra.run.dir={target.resolve()}")
+            if target is not None and target.is_dir():
+                done = _finished(target)  # a finished run continues in a new directory
+                if not done:
+                    _own(target, held)  # before its .hydra/ record is copied below
+                    out.append(f"hydra.run.dir={target.resolve()}")
                 hydra_dir = target / ".hydra"
-                # the interrupted run's own overrides first: `resume=<dir>` alone continues the
-                # same config; overrides typed again (or changed) come later and win
+                # the run's own overrides first: `resume=<dir>` alone continues the same
+                # config; overrides typed again (or changed) come later and win
                 out = _original_overrides(hydra_dir / "overrides.yaml", out) + out
-                if hydra_dir.is_dir():  # keep the original record of the interrupted run
+                if not done and hydra_dir.is_dir():  # keep the interrupted run's own record
                     k = 1
                     while (target / f".hydra.before-resume-{k}").exists():
                         k += 1
@@ -79,17 +122,40 @@ def _preprocess(argv: List[str]) -> List[str]:
     return ["+" + a if a.startswith("from=") else a for a in out]
 
 
-def _original_overrides(path: Path, argv: List[str]) -> List[str]:
-    """A run's recorded overrides that the command does not set itself."""
+def _finished(d: Path) -> bool:
+    """d holds a finished run: a whole summary.json (a malformed one: exit 2 naming it)."""
+    from runner.errors import ConfigError
+    from runner.output import read_summary
+
     try:
-        import yaml
+        return read_summary(d) is not None
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
-        recorded = [str(o) for o in (yaml.safe_load(path.read_text()) or [])]
-    except (OSError, ValueError, ImportError):
-        return []
+
+def _original_overrides(path: Path, argv: List[str]) -> List[str]:
+    """A run's recorded overrides that the command does not set itself. They are the run
+    directory's, not the user's: one that names code (a `_target_`, a Hydra search path or
+    callback) is refused unless the command sets trust_run_configs=true (runner/targets.py)."""
+    from runner.errors import ConfigError
     from runner.jobs import reapplied_on_resume
+    from runner.output import read_overrides
+    from runner.targets import names_code, trusts_run_configs
 
-    return reapplied_on_resume(recorded, argv)
+    try:
+        again = reapplied_on_resume(read_overrides(path), argv)
+        code = [o for o in again if names_code(o)]
+        if code and not trusts_run_configs(argv):
+            raise ConfigError(
+                f"resume: {path} records {', '.join(code)}: code named only by a run "
+                "directory is not run (run files are data); give the override yourself if you "
+                "mean it, or add trust_run_configs=true to trust what this run directory names"
+            )
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return again
 
 
 def _distributed(argv: List[str]) -> List[str]:
@@ -214,8 +280,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         from runner.commands import run_command
 
         return run_command(argv[0], argv[1:])
+    held: List[Path] = []
     try:
-        argv = _distributed(_preprocess(argv))
+        return _main(argv, held)
+    finally:
+        _release(held)
+
+
+def _main(argv: List[str], held: List[Path]) -> int:
+    try:
+        argv = _distributed(_preprocess(argv, held))
+        if "-m" not in argv and "--multirun" not in argv:
+            dirs = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")]
+            if dirs and "$" not in dirs[-1]:  # an interpolation: Hydra's to resolve (app.py locks)
+                _own(Path(dirs[-1]).expanduser(), held)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 2
 

@@ -17,7 +17,6 @@ model is loaded.
 from __future__ import annotations
 
 import base64
-import csv
 import html
 from datetime import datetime
 from pathlib import Path
@@ -92,11 +91,9 @@ class Run:
     @property
     def metrics(self) -> List[Dict[str, Any]]:
         """metrics.csv's rows, numbers as floats (empty cells as None)."""
-        p = self.path / "metrics.csv"
-        if not p.is_file():
-            return []
-        with p.open(newline="") as f:
-            return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        from runner.output import read_metrics
+
+        return read_metrics(self.path)  # a malformed file: ConfigError naming line and column
 
     @property
     def config(self):
@@ -129,18 +126,24 @@ class Run:
     def report_path(self) -> Path:
         return self.path / "report.html"
 
-    def model(self, device: str = "cpu"):
-        """The final model, built as the run built it, its weights loaded, in eval mode."""
+    def model(self, device: str = "cpu", trust_run_configs: bool = False):
+        """The final model, built as the run built it, its weights loaded, in eval mode. The
+        checkpoint's config is data: a `_target_` it names that the packaged configs do not
+        is refused unless `trust_run_configs` (the run's own code, if you trust its folder)."""
         from omegaconf import OmegaConf
 
         from runner.checkpoint import load_checkpoint
+        from runner.lineage import flatten
         from runner.models import build_model
+        from runner.targets import refuse_untrusted, untrusted_code
 
         w = self.weights
         if w is None:
             raise FileNotFoundError(f"{self.path}: this {self.stage} run has no model weights")
         ck = load_checkpoint(Path(w))
         cfg = OmegaConf.create(ck["config"])
+        stored = flatten({"model": OmegaConf.to_container(cfg.model, resolve=False)})
+        refuse_untrusted(untrusted_code(stored, {}), f"{w} (its stored config)", trust_run_configs)
         meta = ck.get("meta") or {}
         cwd = (self.summary.get("provenance") or {}).get("git", {}) or {}
         model = build_model(
@@ -201,15 +204,6 @@ class Run:
     def __repr__(self) -> str:
         acc = f" accuracy={self.accuracy:.4f}" if self.accuracy is not None else ""
         return f"<Run {self.stage} {self.status} exit={self.exit_code}{acc} {self.path}>"
-
-
-def _number(v: Any) -> Any:
-    if v in ("", None):
-        return None
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return v
 
 
 def _short(v: Any) -> str:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner.errors import ConfigError, RunnerError
+from runner.errors import ConfigError, RunDirInUse, RunnerError
 
 log = logging.getLogger("runner")
 
@@ -27,7 +28,11 @@ def run(cfg: DictConfig) -> int:
 
     sweep = hc.mode == RunMode.MULTIRUN
     try:
-        return _run(cfg, run_dir, original_cwd, overrides)
+        with _owning(run_dir):
+            return _run(cfg, run_dir, original_cwd, overrides)
+    except RunDirInUse as e:  # another process's directory: nothing is written or removed there
+        log.error("config error: %s", e)
+        return e.exit_code
     except ConfigError as e:
         log.error("config error: %s", e)
         if sweep:
@@ -48,12 +53,27 @@ def run(cfg: DictConfig) -> int:
         return 1
 
 
+@contextlib.contextmanager
+def _owning(run_dir: Path):
+    """This process owns the run directory while it runs (rank 0: the one that writes it)."""
+    from runner.distributed import from_env
+    from runner.output import owned
+
+    if not from_env().main:
+        yield
+        return
+    with owned(run_dir):
+        yield
+
+
 def _drop_if_empty(run_dir: Path) -> None:
     """A run refused before it began leaves no folder behind: remove what Hydra and this app
     created there (.hydra/, the log, from='s lineage.json and config.yaml) when nothing else is
     in it. A folder holding anything more (an interrupted run being resumed: checkpoints/, a
     finished one: summary.json, a user's files) is left exactly as it was."""
-    ours = {".hydra", "lineage.json", "config.yaml"}
+    from runner.output import LOCK_FILE
+
+    ours = {".hydra", "lineage.json", "config.yaml", LOCK_FILE}
     if not run_dir.is_dir() or any(
         p.name not in ours and p.suffix != ".log" for p in run_dir.iterdir()
     ):
@@ -75,7 +95,7 @@ def _record_error(run_dir: Path, e: BaseException, code: int, prefix: str = "") 
     from runner.aggregate import write_job_error
     from runner.distributed import from_env
 
-    if not from_env().main:
+    if not from_env().main or not run_dir.is_dir():  # a removed directory is not made again
         return
     try:
         write_job_error(run_dir, e, code, prefix)

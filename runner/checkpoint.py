@@ -179,7 +179,48 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             f"checkpoint {path} is not a recipe-runner checkpoint "
             "(expected keys model, optimizer, loop, ...)"
         )
+    problems = _shape_problems(ckpt)
+    if problems:
+        raise ConfigError(
+            f"checkpoint {path} is malformed: {'; '.join(problems)} (the runner writes each "
+            "checkpoint whole: it was changed or made elsewhere); resume from another "
+            "checkpoint, or start the run again"
+        )
     return ckpt
+
+
+def _loop_types() -> dict:
+    """LoopState field -> the types a checkpoint's loop state may hold for it."""
+    out = {}
+    for f in dataclasses.fields(LoopState):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        out[f.name] = (int, float) if isinstance(default, float) else (type(default),)
+    return out
+
+
+def _shape_problems(ckpt: dict) -> list:
+    """What is wrong with a loaded checkpoint's structure (model, loop state, config, meta)."""
+    problems = []
+    model = ckpt["model"]
+    if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
+        problems.append("model is not a dict of tensors")
+    loop = ckpt["loop"]
+    if not isinstance(loop, dict):
+        problems.append(f"loop state is {type(loop).__name__}, not a dict")
+    else:
+        for k, types in _loop_types().items():
+            v = loop.get(k)
+            if k in loop and (isinstance(v, bool) or not isinstance(v, types)):
+                want = " or ".join(t.__name__ for t in types)
+                problems.append(f"loop.{k}={v!r:.40} is not {want}")
+        if isinstance(loop.get("history"), list) and not all(
+            isinstance(r, dict) for r in loop["history"]
+        ):
+            problems.append("loop.history is not a list of dicts")
+    for key, types in (("config", (str,)), ("meta", (dict,)), ("optimizer", (dict,))):
+        if ckpt.get(key) is not None and not isinstance(ckpt[key], types):
+            problems.append(f"{key} is {type(ckpt[key]).__name__}, not {types[0].__name__}")
+    return problems
 
 
 def restore(ckpt: dict[str, Any], path: Path, model, optimizer=None, scheduler=None) -> LoopState:

@@ -79,6 +79,13 @@ class DataConfig:
     # log and the summary's unreadable_files), fail = stop the run naming it. Skip by default:
     # one bad file in a large folder should not cost a night's run; inspect lists them all
     on_unreadable: str = "skip"
+    # decoding limits of image files (imagefolder, and what stage=inspect reads): a file over
+    # either is unreadable like a corrupt one (named, counted, skipped or fatal per
+    # on_unreadable), refused from its header before it is decoded: a 20000x20000 PNG of a
+    # few KB decodes to 1.2 GB. Pixels: PIL's own decompression-bomb limit (~0.27 GB as RGB;
+    # PIL refuses over twice it whatever this says); bytes: far above a training image
+    max_image_pixels: int = 89_478_485
+    max_image_bytes: int = 100_000_000
     # keep datasets up to this many pixels (N*C*H*W) as one uint8 tensor in memory
     in_memory_max_pixels: int = 200_000_000
 
@@ -366,6 +373,10 @@ class RunnerConfig:
     human_baseline: Optional[float] = None
     # experiment name (set by experiment/*.yaml); shown in reports
     name: str = "default"
+    # run code (a `_target_`) that only a run directory names: a from= source's config, the
+    # overrides resume= reapplies, a checkpoint's stored config. Off: run folders and
+    # checkpoints are data, and sharing one must not share code that runs when it is read
+    trust_run_configs: bool = False
 
 
 def schema(stage: Optional[str] = None):

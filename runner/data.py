@@ -45,6 +45,8 @@ KIND_KEYS = {
         "split_seed",
         "on_unreadable",
         "interpolation",
+        "max_image_pixels",
+        "max_image_bytes",
     ),
     "torchvision": (
         "name",
@@ -508,7 +510,7 @@ class _Transformed(Dataset):
 
                 return pil_to_tensor(self._uint8(img)), int(label)
             return self.split.apply(img, self.train), int(label)
-        except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for bad files
+        except (OSError, ValueError, SyntaxError, _bomb_error()) as e:  # PIL's, for bad files
             log.warning("unreadable image %s: %s", self.split.name(i), e)
             return Unreadable(self.split.name(i), f"{type(e).__name__}: {e}")
 
@@ -545,20 +547,51 @@ def _before_to_tensor(tf, mean, std):
 class _Files(Dataset):
     """(PIL image, label) of a timm ImageDataset's files, opened here rather than through its
     __getitem__, which answers an unreadable file with the *next* one (that neighbour is then
-    trained on twice and the epoch's count is wrong); here the error reaches _Transformed."""
+    trained on twice and the epoch's count is wrong); here the error reaches _Transformed.
+    A file over the decoding limits (data.max_image_pixels, max_image_bytes) is unreadable."""
 
-    def __init__(self, ds, mode: str):
+    def __init__(self, ds, mode: str, max_pixels: int = 0, max_bytes: int = 0):
         self.ds, self.mode = ds, mode
+        self.max_pixels, self.max_bytes = max_pixels, max_bytes
 
     def __len__(self):
         return len(self.ds)
 
     def __getitem__(self, i):
-        from PIL import Image
-
         path, target = self.ds.reader.samples[i]
-        with Image.open(path) as im:
+        with open_image(path, self.max_pixels, self.max_bytes) as im:
             return im.convert(self.mode), target  # convert decodes: a truncated file raises here
+
+
+class ImageTooLarge(ValueError):
+    """An image over a decoding limit: unreadable, like a corrupt file."""
+
+
+def _bomb_error():
+    from PIL import Image
+
+    return Image.DecompressionBombError
+
+
+def open_image(path, max_pixels: int = 0, max_bytes: int = 0):
+    """A file opened by PIL (its header read, nothing decoded yet), or ImageTooLarge when its
+    size on disk, its pixel count or PIL's decompression-bomb check says no; 0: no limit."""
+    from PIL import Image
+
+    nbytes = os.path.getsize(path)
+    if max_bytes and nbytes > max_bytes:
+        raise ImageTooLarge(f"{nbytes:,} bytes, over data.max_image_bytes={max_bytes:,}")
+    try:
+        im = Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise ImageTooLarge(f"a decompression bomb: {e}") from None
+    w, h = im.size
+    if max_pixels and w * h > max_pixels:
+        im.close()
+        raise ImageTooLarge(
+            f"{w}x{h} = {w * h:,} pixels, over data.max_image_pixels={max_pixels:,}"
+        )
+    return im
 
 
 # ----------------------------------------------------------------------------- bundle
@@ -945,6 +978,7 @@ def _imagefolder(cfg, base, norm=None) -> DataBundle:
     if problems:
         raise ConfigError(problems)
     mode = "L" if cfg.channels == 1 else "RGB"
+    limits = (int(cfg.get("max_image_pixels") or 0), int(cfg.get("max_image_bytes") or 0))
     mean, std, source = _default_mean_std(cfg, cfg.channels, norm)
     tf = eval_transform(cfg.image_size, mean, std, cfg.interpolation)
     if two:
@@ -957,7 +991,7 @@ def _imagefolder(cfg, base, norm=None) -> DataBundle:
         tr_labels = torch.tensor([t for _, t in tr_ds.reader.samples])
         va_labels = torch.tensor([t for _, t in va_ds.reader.samples])
         train = StreamSplit(
-            _Files(tr_ds, mode),
+            _Files(tr_ds, mode, *limits),
             tr_labels,
             None,
             tf,
@@ -968,7 +1002,7 @@ def _imagefolder(cfg, base, norm=None) -> DataBundle:
             cfg.interpolation,
         )
         val = StreamSplit(
-            _Files(va_ds, mode),
+            _Files(va_ds, mode, *limits),
             va_labels,
             None,
             tf,
@@ -986,7 +1020,7 @@ def _imagefolder(cfg, base, norm=None) -> DataBundle:
         tr, va = _random_split(len(labels), cfg.val_fraction, cfg.split_seed, labels)
         from torch.utils.data import Subset
 
-        files = _Files(ds, mode)
+        files = _Files(ds, mode, *limits)
         train = StreamSplit(
             Subset(files, tr.tolist()),
             torch.from_numpy(labels[tr]),

@@ -26,6 +26,11 @@ class ConfigError(RunnerError):
         return f"{len(self.problems)} problems:\n" + "\n".join(f"  - {x}" for x in self.problems)
 
 
+class RunDirInUse(ConfigError):
+    """Another process owns the run directory (runner/output.py lock_run_dir): refused before
+    anything is written there (exit 2)."""
+
+
 class UnreadableFiles(RunnerError):
     """data.on_unreadable=fail: a file of the data could not be read while training; the run
     stops naming it instead of leaving it out (bad input: exit 2)."""
@@ -88,3 +93,43 @@ class StageInterrupted(RunnerError):
             f"stage {stage} was interrupted (exit {code}); its checkpoint is saved: continue "
             f"it with python -m runner resume={run_dir}"
         )
+
+
+class RunFileError(RunnerError, OSError):
+    """A run file could not be written: the disk is full, a file-size limit, a read-only file
+    system, no permission, the run directory gone (exit 3). The message names the file, the
+    condition and what survived; nothing is truncated (every write is temp file + rename).
+
+    An OSError too, so code that tolerates a failed write (e.g. recording error.json on the
+    same full disk) still does."""
+
+    exit_code = 3
+
+    def __init__(self, path, err: OSError, survived: str):
+        self.path, self.cause, self.survived = str(path), err, survived
+        self.condition = io_condition(err)
+        super().__init__(f"could not write {path}: {self.condition}. {survived}")
+        self.errno = err.errno
+
+
+# errno -> what the user reads (and can act on); anything else is named by its errno name
+IO_CONDITIONS = {
+    "ENOSPC": "no space left on the device (ENOSPC): free space",
+    "EDQUOT": "the disk quota is exceeded (EDQUOT): free space or raise the quota",
+    "EFBIG": "the file is larger than allowed (EFBIG: `ulimit -f` or the file system's limit): "
+    "raise the limit",
+    "EROFS": "the file system is read-only (EROFS): write the run elsewhere",
+    "EACCES": "permission denied (EACCES): make the directory writable",
+    "EPERM": "operation not permitted (EPERM): make the directory writable",
+    "ENOENT": "the run directory no longer exists (ENOENT: removed or unmounted during the run)",
+    "EIO": "an I/O error of the device (EIO)",
+}
+
+
+def io_condition(err: OSError) -> str:
+    import errno as _errno
+
+    name = _errno.errorcode.get(err.errno or 0, "")
+    if name in IO_CONDITIONS:
+        return IO_CONDITIONS[name]
+    return f"{err.strerror or err} ({name or 'no errno'})"

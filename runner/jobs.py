@@ -44,6 +44,7 @@ CLASSES: Dict[str, str] = {
     "init_from": "init_from",  # weights to start from (a warm start)
     "resume": "resume",  # continue an interrupted run in its own directory
     "tune": "trial",  # the tune sweeper's bookkeeping for one trial (tune.trial, tune.storage)
+    "trust_run_configs": "trust",  # the user's own; never taken from a run dir or reapplied
     "experiment": "experiment",  # an experiment file: a set of identity keys
     "hydra.run": "location",  # where the run writes
     "hydra.sweep": "location",
@@ -56,7 +57,7 @@ CLASSES: Dict[str, str] = {
 INHERITED = frozenset({"identity"})
 # a composite stage's command handed on to the runs it starts (the recipe's stages): the
 # composite decides each one's stage, start and directory
-HANDED_ON = frozenset({"identity", "experiment", "init_from", "resume", "trial"})
+HANDED_ON = frozenset({"identity", "experiment", "init_from", "resume", "trial", "trust"})
 # an experiment file written from a run (regularized.yaml, a study's best trial): what it is
 EXPERIMENT_FILE = frozenset({"identity"})
 # what tells jobs of one sweep apart in its table (runner/aggregate.py)
@@ -659,10 +660,10 @@ def record_failure(run_dir: Path, code: int, error: Optional[str]) -> None:
 # ----------------------------------------------------------------------------- read
 def summary(run_dir: Union[str, Path]) -> Dict[str, Any]:
     """A run directory's summary.json as a dict ({} when it has none, or not a dict)."""
-    from runner.output import read_json
+    from runner.output import read_summary
 
-    s = read_json(Path(run_dir) / "summary.json")
-    return s if isinstance(s, dict) else {}
+    # validated (runner/output.py): a malformed summary is a ConfigError naming the file
+    return read_summary(Path(run_dir)) or {}
 
 
 @dataclass
@@ -682,12 +683,11 @@ class RunRecord:
     @classmethod
     def read(cls, run_dir: Union[str, Path]) -> "RunRecord":
         from runner.aggregate import ERROR_FILE, one_line
-        from runner.output import read_json
+        from runner.output import read_checks, read_json, read_lineage
 
         d = Path(run_dir)
-        s = summary(d)
-        checks = read_json(d / "checks.json")
-        checks = [c for c in checks if isinstance(c, dict)] if isinstance(checks, list) else []
+        s = summary(d)  # a malformed summary: a ConfigError naming the file, never "finished"
+        checks = read_checks(d)
         err = read_json(d / ERROR_FILE)
         err = err if isinstance(err, dict) else None
         current = err is not None and (  # a later resume may have finished the run
@@ -717,7 +717,7 @@ class RunRecord:
             summary=s,
             checks=checks,
             error=error,
-            lineage=read_json(d / "lineage.json"),
+            lineage=read_lineage(d),
             error_type=(err or {}).get("type") if current else None,
         )
 

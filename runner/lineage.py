@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from runner import jobs
 from runner.errors import ConfigError
 from runner.jobs import COMMAND, COMMAND_WITH_PER_RUN, INHERITED, key_class, keys_of
+from runner.output import read_summary
 from runner.stages.protocol import Outcome
 
 log = logging.getLogger("runner")
@@ -67,6 +68,8 @@ def load_yaml(p: Path) -> Dict[str, Any]:
         c = OmegaConf.load(p)
     except Exception as e:  # noqa: BLE001 -- any parse error: one message naming the file
         raise ConfigError(f"from=: cannot read {p}: {e}") from e
+    if not isinstance(c, DictConfig):
+        raise ConfigError(f"from=: {p} holds a list, not a config (a mapping of keys)")
     return OmegaConf.to_container(c, resolve=False)  # type: ignore[return-value]
 
 
@@ -81,7 +84,7 @@ def run_config(d: Path) -> Optional[Path]:
 def stage_of(src: Path) -> Optional[str]:
     """Which stage made a run directory: its summary.json, else its config (a run's, or
     a sweep's multirun.yaml), else the config saved in its checkpoint."""
-    summary = jobs.summary(src)
+    summary = jobs.summary(src)  # a malformed summary.json: ConfigError naming it
     if summary.get("stage"):
         return str(summary["stage"])
     for p in (src / "config.yaml", src / ".hydra" / "config.yaml", src / "multirun.yaml"):
@@ -157,7 +160,7 @@ def run_outcome(src: Path) -> Outcome:
 def _refuse_unfinished(src: Path) -> None:
     """A run directory without summary.json has not finished (it crashed, was refused or was
     interrupted): its config and checkpoints are no outcome to start from."""
-    if (src / "summary.json").is_file():
+    if read_summary(src) is not None:
         return
     from runner.checkpoint import best_checkpoint
 
@@ -294,6 +297,14 @@ def inherit(
         for k, v in source.items()
         if not covered(k, by_stage) and not covered(k, by_command) and user.get(k, object()) != v
     }
+    from runner.targets import refuse_untrusted, untrusted_code
+
+    # the source's config is data: code it alone names is not run (runner/targets.py)
+    refuse_untrusted(
+        untrusted_code(taken, user),
+        f"from={src}: {out.config_file}",
+        bool(cfg.get("trust_run_configs")),
+    )
     result = cfg.copy()
     with open_dict(result):
         for k, v in taken.items():

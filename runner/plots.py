@@ -8,6 +8,9 @@ from typing import Dict, List, Optional, Sequence
 import matplotlib
 
 matplotlib.use("Agg")
+# class names, file names and config values are text, never mathtext: a class folder named
+# `$\foo$` made the report's draw raise. Read when each Text is made (tight_layout draws too)
+matplotlib.rcParams["text.parse_math"] = False
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 

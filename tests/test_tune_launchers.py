@@ -152,7 +152,9 @@ def test_a_dead_job_fails_its_trial_and_the_study_goes_on(tmp_path):
                 )
             out = tmp_path / str(initial_job_idx)
             out.mkdir()
-            (out / "summary.json").write_text(json.dumps({"val_acc": 0.5, "epochs": 1}))
+            (out / "summary.json").write_text(
+                json.dumps({"stage": "train", "val_acc": 0.5, "epochs": 1})
+            )
             hydra_cfg = OmegaConf.create({"hydra": {"runtime": {"output_dir": str(out)}}})
             return [SimpleNamespace(status=JobStatus.COMPLETED, hydra_cfg=hydra_cfg)]
 

@@ -434,6 +434,7 @@ class OptunaSweeper(Sweeper):
         from hydra.core.utils import JobStatus
         from optuna.trial import TrialState
 
+        from runner.errors import ConfigError
         from runner.jobs import RunRecord
 
         try:
@@ -472,7 +473,11 @@ class OptunaSweeper(Sweeper):
         if summary.get("status") == "pruned":
             return TrialState.PRUNED, None, attrs
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
-        values = [self._value(out_dir, summary, m) for m in metrics]
+        try:
+            values = [self._value(out_dir, summary, m) for m in metrics]
+        except ConfigError as e:  # a malformed run file (runner/output.py): this trial failed
+            attrs["reason"] = str(e)[:500]
+            return TrialState.FAIL, None, attrs
         bad = [
             f"{m} is {v}"
             for m, v in zip(metrics, values)

@@ -40,11 +40,10 @@ def neighbour_corr(w) -> float:
 
 
 def first_layer_figure(w, title: str = "first-layer filters"):
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+
+    import runner.plots  # noqa: F401  (Agg backend, names as plain text)
 
     n = min(int(w.shape[0]), 64)
     cols = min(8, n)

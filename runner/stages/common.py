@@ -40,7 +40,7 @@ from runner.loggers import build_loggers
 from runner.loop import Callback, EpochRecord, LoopOptions, LoopState, Stop, fit
 from runner.models import build_model, count_params
 from runner.optim import build_loss_and_mixup, build_optimizer, build_scheduler
-from runner.output import RunDir
+from runner.output import RunDir, owned
 from runner.stages.protocol import Context, StageResult, run_check
 
 log = logging.getLogger("runner")
@@ -690,10 +690,18 @@ def sub_run(
     fields over the trained config's (e.g. {"stage": "squeeze", "role": "seed rerun"}: a
     stage that reruns another stage's config labels the run as its own)."""
     from runner import jobs
+
+    jobs.check(cfg, ctx.original_cwd, overrides)  # its own keys, not the parent command's
+    if not ctx.run.enabled:
+        return _sub_run(cfg, ctx, path, overrides, title, mark_epoch, lineage, summary_extra)
+    with owned(path):  # a rung's own directory, below the parent's: this process's too
+        return _sub_run(cfg, ctx, path, overrides, title, mark_epoch, lineage, summary_extra)
+
+
+def _sub_run(cfg, ctx, path, overrides, title, mark_epoch, lineage, summary_extra):
     from runner.checks.training import train_finite
     from runner.stages.finish import finish
 
-    jobs.check(cfg, ctx.original_cwd, overrides)  # its own keys, not the parent command's
     sub = Context(
         run=RunDir(path, enabled=ctx.run.enabled),
         original_cwd=ctx.original_cwd,

@@ -52,20 +52,39 @@ def headline(run_dir: Path, own=()) -> Headline:
 class _FileItems:
     """Image files read from disk: content hash of the bytes, full decode (catches truncation)."""
 
-    def __init__(self, paths: Sequence[str], analysis_size: int):
+    def __init__(
+        self, paths: Sequence[str], analysis_size: int, max_pixels: int = 0, max_bytes: int = 0
+    ):
         self.paths, self.analysis_size = list(paths), analysis_size
+        # data.max_image_pixels / max_image_bytes: memory stays bounded on hostile folders
+        self.max_pixels, self.max_bytes = max_pixels, max_bytes
 
     def open(self, i: int):
-        """(PIL image, content hash, file bytes, full (width, height)); raises on a bad file."""
+        """(PIL image, content hash, file bytes, full (width, height)); raises on a bad file,
+        and on one over the decoding limits before reading or decoding it."""
         from PIL import Image
 
+        from runner.data import ImageTooLarge
+
+        nbytes = os.path.getsize(self.paths[i])
+        if self.max_bytes and nbytes > self.max_bytes:
+            raise ImageTooLarge(f"{nbytes:,} bytes, over data.max_image_bytes={self.max_bytes:,}")
         with open(self.paths[i], "rb") as f:
             raw = f.read()
-        im = Image.open(io.BytesIO(raw))
+        try:
+            im = Image.open(io.BytesIO(raw))
+        except Image.DecompressionBombError as e:
+            raise ImageTooLarge(f"a decompression bomb: {e}") from None
         size = im.size
         if im.format == "JPEG" and max(size) > 2 * self.analysis_size:
             # decode at a reduced scale (DCT scaling): the statistics use a small copy anyway
             im.draft(im.mode, (2 * self.analysis_size, 2 * self.analysis_size))
+        w, h = im.size  # what will be decoded (a JPEG's reduced scale)
+        if self.max_pixels and w * h > self.max_pixels:
+            raise ImageTooLarge(
+                f"{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, over "
+                f"data.max_image_pixels={self.max_pixels:,}"
+            )
         im.load()
         return im, hashlib.sha1(raw).hexdigest()[:16], len(raw), size
 
@@ -142,7 +161,12 @@ class Source:
 
 
 def scan_imagefolder(
-    root: Path, val_fraction: float, split_seed: int, analysis_size: int
+    root: Path,
+    val_fraction: float,
+    split_seed: int,
+    analysis_size: int,
+    max_pixels: int = 0,
+    max_bytes: int = 0,
 ) -> Source:
     """The files training would read (timm's folder walk and extensions, data.py's split),
     plus class folders without images, which training would refuse and inspect reports."""
@@ -192,7 +216,7 @@ def scan_imagefolder(
         split,
         np.array(labels, np.int32),
         rel,
-        _FileItems(paths, analysis_size),
+        _FileItems(paths, analysis_size, max_pixels, max_bytes),
         fp,
         notes,
         str(root),
@@ -643,7 +667,12 @@ def run(cfg, ctx: Context) -> StageResult:
     if cfg.data.kind == "imagefolder":
         root = (Path(ctx.original_cwd) / cfg.data.root).expanduser()
         source = scan_imagefolder(
-            root, cfg.data.val_fraction, cfg.data.split_seed, ic.analysis_size
+            root,
+            cfg.data.val_fraction,
+            cfg.data.split_seed,
+            ic.analysis_size,
+            int(cfg.data.max_image_pixels or 0),
+            int(cfg.data.max_image_bytes or 0),
         )
     else:
         source = bundle_source(cfg, ctx)

@@ -581,6 +581,25 @@ def choose(options: list[dict[str, Any]]) -> dict[str, Any]:
     )[1]
 
 
+def _refuse_stored_code(cands: list[Path], cfg) -> None:
+    """A candidate's checkpoint config is data: a `_target_` only it names (not the packaged
+    configs, not this run's own config) is refused unless trust_run_configs=true."""
+    from runner.checkpoint import best_checkpoint, load_checkpoint
+    from runner.lineage import flatten
+    from runner.targets import refuse_untrusted, untrusted_code
+
+    own = flatten(OmegaConf.to_container(cfg, resolve=False))
+    for d in cands:
+        ck = best_checkpoint(d)
+        if ck is not None:
+            stored = OmegaConf.to_container(OmegaConf.create(load_checkpoint(ck)["config"]))
+            refuse_untrusted(
+                untrusted_code(flatten(stored), own),
+                f"stage=squeeze: {ck} (its stored config)",
+                bool(cfg.get("trust_run_configs")),
+            )
+
+
 def member_logits(run_dir: Path, original_cwd: str, device: torch.device):
     """(logits, targets, config, fingerprint) of a run's best checkpoint on its full val set."""
     from runner.checkpoint import best_checkpoint, load_checkpoint
@@ -786,6 +805,7 @@ def ensemble_phase(cfg, ctx: Context, p: dict[str, Any], from_dir, run_dirs) -> 
     cands = sorted(
         candidates(([from_dir] if from_dir else []) + run_dirs), key=_recorded_acc, reverse=True
     )
+    _refuse_stored_code(cands, cfg)  # their checkpoints' configs build the members
     device = setup_runtime(cfg)
     k = int(p["k"])
     log.info(
