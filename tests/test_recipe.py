@@ -90,7 +90,7 @@ def test_change_column_lists_the_stage_yaml_and_per_stage_command_changes(tmp_pa
         )
     )
     (tmp_path / "summary.json").write_text(
-        json.dumps({"model": "resnet18", "epochs": 3, "best_val_acc": 0.9})
+        json.dumps({"stage": "overfit", "model": "resnet18", "epochs": 3, "best_val_acc": 0.9})
     )
     head = headline("overfit", tmp_path)  # the stage's own module says it (protocol headline)
     assert (
@@ -99,7 +99,9 @@ def test_change_column_lists_the_stage_yaml_and_per_stage_command_changes(tmp_pa
     assert head["val_acc"] == 0.9
     # no from= (no lineage.json): the stage's per_stage overrides as given, not hydra's
     (tmp_path / "none").mkdir()
-    (tmp_path / "none" / "summary.json").write_text(json.dumps({"model": "tiny_cnn", "epochs": 2}))
+    (tmp_path / "none" / "summary.json").write_text(
+        json.dumps({"stage": "baseline", "model": "tiny_cnn", "epochs": 2})
+    )
     head = headline("baseline", tmp_path / "none", ["optim.lr=1e-3", "hydra.job.name=x"])
     assert head["change"] == "tiny_cnn, 2 epochs optim.lr=1e-3"
 

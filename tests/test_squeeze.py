@@ -182,7 +182,9 @@ def test_candidates_not_evaluated_are_checked_by_their_recorded_fingerprint(tmp_
         d = tmp_path / name
         d.mkdir()
         data = {"fingerprint": fp} if fp else {}
-        (d / "summary.json").write_text(json.dumps({"best_val_acc": 0.5, "data": data}))
+        (d / "summary.json").write_text(
+            json.dumps({"stage": "train", "best_val_acc": 0.5, "data": data})
+        )
         dirs.append(d)
     assert validated_elsewhere(dirs, "abc") == [tmp_path / "other"]
 
