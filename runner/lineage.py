@@ -180,27 +180,33 @@ def _refuse_unfinished(src: Path) -> None:
 
 # ----------------------------------------------------------------------------- stage chains
 def stage_chain(name: str) -> List[str]:
-    """The stages a stage YAML builds on, root first: overfit -> [train, baseline, overfit]."""
-    from hydra.core.default_element import ConfigDefault
+    """The stages a stage YAML builds on, root first: overfit -> [train, baseline, overfit].
+
+    Read from the stage files' own defaults lists, through the config sources on Hydra's
+    search path (ConfigLoader.get_sources, the interface sweepers and plugins use): a stage's
+    parent is its first defaults entry relative to the stage group (`- baseline`)."""
     from hydra.core.global_hydra import GlobalHydra
 
-    repo = GlobalHydra.instance().config_loader().repository
+    sources = GlobalHydra.instance().config_loader().get_sources()
     chain: List[str] = []
     cur: Optional[str] = name
     while cur and cur not in chain:
         chain.insert(0, cur)
-        res = repo.load_config(f"stage/{cur}")
-        parents = (
-            [
-                d.path
-                for d in (res.defaults_list or [])
-                if isinstance(d, ConfigDefault) and d.path and d.path != "_self_"
-            ]
-            if res is not None
-            else []
-        )
-        cur = parents[0].rsplit("/", 1)[-1] if parents else None
+        cur = _parent_stage(sources, cur)
     return chain
+
+
+def _parent_stage(sources, stage: str) -> Optional[str]:
+    path = f"stage/{stage}"
+    for src in sources:  # the first source that has the file, as Hydra's search path goes
+        if not src.is_config(path):
+            continue
+        defaults = src.load_config(path).config.get("defaults") or []
+        for d in defaults:
+            if isinstance(d, str) and d != "_self_" and not d.startswith("/"):
+                return d.split("@", 1)[0].rsplit("/", 1)[-1].removesuffix(".yaml") or None
+        return None
+    return None
 
 
 def common_stage(a: Sequence[str], b: Sequence[str]) -> Optional[str]:
