@@ -194,11 +194,9 @@ def read_summary(run_dir: Path) -> Optional[Dict[str, Any]]:
     """summary.json of a run: None when there is none; a ConfigError naming the file when it
     is empty, no JSON object, has no stage, or a field of the wrong type."""
     p = Path(run_dir) / "summary.json"
-    if not p.exists():
+    obj = _json_object(p, "a run summary")
+    if obj is None:
         return None
-    obj = _json_file(p, "a run summary")
-    if not isinstance(obj, dict):
-        raise ConfigError(f"{p} holds {type(obj).__name__}, not a JSON object{_MALFORMED}")
     problems = ([] if obj.get("stage") else ["no stage"]) + _typed(obj, SUMMARY_FIELDS)
     if problems:
         raise ConfigError(f"{p} is not a complete run summary: {'; '.join(problems)}{_MALFORMED}")
@@ -227,10 +225,15 @@ def read_checks(run_dir: Path) -> List[Dict[str, Any]]:
 
 def read_lineage(run_dir: Path) -> Optional[Dict[str, Any]]:
     """lineage.json: a JSON object, None when there is none."""
-    p = Path(run_dir) / "lineage.json"
+    return _json_object(Path(run_dir) / "lineage.json", "a lineage record")
+
+
+def _json_object(p: Path, what: str) -> Optional[Dict[str, Any]]:
+    """A run file that holds one JSON object: None when absent, a ConfigError naming it when
+    it is not one."""
     if not p.exists():
         return None
-    obj = _json_file(p, "a lineage record")
+    obj = _json_file(p, what)
     if not isinstance(obj, dict):
         raise ConfigError(f"{p} holds {type(obj).__name__}, not a JSON object{_MALFORMED}")
     return obj

@@ -699,7 +699,6 @@ def sub_run(
 
 
 def _sub_run(cfg, ctx, path, overrides, title, mark_epoch, lineage, summary_extra):
-    from runner.checks.training import train_finite
     from runner.stages.finish import finish
 
     sub = Context(
@@ -713,9 +712,7 @@ def _sub_run(cfg, ctx, path, overrides, title, mark_epoch, lineage, summary_extr
     # the config it trains with, as a plain run's config.yaml (from=<this dir> reads it)
     sub.run.write_text("config.yaml", OmegaConf.to_yaml(cfg))
     res = train_run(cfg, sub)
-    verdicts = [
-        run_check(cfg.checks, "train.finite", lambda s: train_finite(res.nonfinite, res.state.step))
-    ]
+    verdicts = [finite_verdict(cfg, res)]
     summary = summary_of(cfg, sub, res, verdicts, extra=summary_extra)
     finish(
         cfg,
@@ -730,6 +727,15 @@ def _sub_run(cfg, ctx, path, overrides, title, mark_epoch, lineage, summary_extr
         ),
     )
     return res, summary
+
+
+def finite_verdict(cfg, res: TrainResult) -> Verdict:
+    """train.finite on a finished run: did it stop on a NaN/Inf loss, and at which step."""
+    from runner.checks.training import train_finite
+
+    return run_check(
+        cfg.checks, "train.finite", lambda s: train_finite(res.nonfinite, res.state.step)
+    )
 
 
 def summary_of(

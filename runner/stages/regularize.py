@@ -328,16 +328,8 @@ class Ladder:
         )
 
 
-def _finite(cfg, res):
-    from runner.checks.training import train_finite
-
-    return run_check(
-        cfg.checks, "train.finite", lambda s: train_finite(res.nonfinite, res.state.step)
-    )
-
-
 def run(cfg, ctx: Context) -> StageResult:
-    from runner.stages.common import result_of, summary_of
+    from runner.stages.common import finite_verdict, result_of, summary_of
 
     p = params(cfg)
     rungs = list(p["rungs"] or [])  # typed by Rung at compose time
@@ -345,7 +337,7 @@ def run(cfg, ctx: Context) -> StageResult:
     ladder = Ladder(cfg, ctx, float(p["min_delta"]))
     log.info("regularize: rung 0 (base), then %d rung(s)", len(rungs))
     if not ladder.base():
-        verdicts = [_finite(cfg, ladder.best)]
+        verdicts = [finite_verdict(cfg, ladder.best)]
         out = result_of(ladder.best, verdicts, summary_of(cfg, ctx, ladder.best, verdicts))
         out.exit_code = 1  # no ladder without a base to compare with
         return out
@@ -359,7 +351,7 @@ def _result(cfg, ctx: Context, p: dict[str, Any], ladder: Ladder) -> StageResult
     verdicts on the best rung, its summary and report."""
     from runner.checks.weights import first_layer_verdict
     from runner.report import Code, Section, Table, Text
-    from runner.stages.common import result_of, summary_of
+    from runner.stages.common import finite_verdict, result_of, summary_of
 
     header = (
         "Written by stage=regularize: the command's own overrides plus the kept ladder changes.\n"
@@ -377,7 +369,7 @@ def _result(cfg, ctx: Context, p: dict[str, Any], ladder: Ladder) -> StageResult
     )
     final_yaml = OmegaConf.to_yaml(best_cfg)
     verdicts = [
-        _finite(cfg, best),
+        finite_verdict(cfg, best),
         run_check(
             cfg.checks,
             "regularize.first_layer",
