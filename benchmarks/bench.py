@@ -449,7 +449,7 @@ def process_figures(tmp: Path, threads: int, reps: int, folder_images: int):
                 f"trainer.epochs={epochs}",
                 f"trainer.threads={threads}",
                 "trainer.progress=false",
-                "stage.params.train_loss_target=0",
+                "checks.overfit_train_fit.train_loss_target=0",
                 f"hydra.run.dir={tmp / model / tag}",
             ]
 
@@ -483,7 +483,7 @@ def process_figures(tmp: Path, threads: int, reps: int, folder_images: int):
             f"trainer.epochs={epochs}",
             f"trainer.threads={threads}",
             "trainer.progress=false",
-            "stage.params.train_loss_target=0",
+            "checks.overfit_train_fit.train_loss_target=0",
             f"hydra.run.dir={tmp / tag}",
         ]
 

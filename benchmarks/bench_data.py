@@ -12,7 +12,7 @@ splits them 80/20 into train/val and plants, into val, copies of train images: J
 re-encodes, 1-px shifts and crops of a few %; plus heavily blurred JPEGs. Every image is
 encoded and decoded as a file would be, then goes through `image_stats` into an
 `ImageTable`, and the near-duplicate search and blur flag run with stage=inspect's
-defaults (runner.config.InspectConfig).
+defaults (runner.stages.inspect.settings(): checks.data_duplicates.*).
 
 Prints: recall per planted kind, clean images in any near-duplicate group or leak pair with
 another clean image that is not the same view (the false alarms: goal <= 0.1%), clean images
@@ -58,7 +58,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from runner.checks import data as dc  # noqa: E402
-from runner.config import InspectConfig  # noqa: E402
+from runner.stages.inspect import settings  # noqa: E402
 
 SIZE = 64
 PLANTED = ("reencode", "shift1", "crop", "blur")
@@ -234,7 +234,7 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=20000, help="clean images")
     ap.add_argument("--plant", type=int, default=400, help="planted images (4 kinds)")
     ap.add_argument("--workers", type=int, default=2)
-    ic = InspectConfig()  # stage=inspect's defaults
+    ic = settings()  # stage=inspect's defaults
     ap.add_argument("--hash-distance", type=int, default=ic.near_hash_distance)
     ap.add_argument("--thumb-distance", type=float, default=ic.near_thumb_distance)
     ap.add_argument("--window", type=int, default=ic.near_window)

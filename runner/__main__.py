@@ -182,6 +182,11 @@ def unknown_key_message(override: str, err: BaseException) -> Optional[str]:
     refuses new keys anyway, and a new key under stage.params is a typo of a stage setting."""
     import difflib
 
+    from runner.config import moved_key_problem
+
+    moved = moved_key_problem(override.split("=", 1)[0])
+    if moved:
+        return f"config error: {override}: {moved}"
     cause = err.__cause__
     key = getattr(cause, "full_key", None) or override
     node = getattr(cause, "parent_node", None)
@@ -235,6 +240,8 @@ def _friendly_hydra_errors(task):
 
     from hydra.errors import ConfigCompositionException
 
+    from runner.config import moved_key_in
+
     mark = "RUNNER_SETS_HYDRA_FULL_ERROR"  # ours, inherited by a subprocess: not the user's
     own = "HYDRA_FULL_ERROR" in os.environ and mark not in os.environ
     if not own:
@@ -250,6 +257,9 @@ def _friendly_hydra_errors(task):
             line = text.split("+", 1)[1].strip() if "+" in text else override
             # ours is the whole story: no "HYDRA_FULL_ERROR=1" footer after it
             print(unknown_key_message(line, e), file=sys.stderr)
+        elif moved_key_in(e):
+            where = text.split(":", 1)[0] + ": " if text.startswith("In '") else ""
+            print(f"config error: {where}{moved_key_in(e)}", file=sys.stderr)
         else:
             cause = f"\n{e.__cause__}" if e.__cause__ is not None else ""
             print(f"{text}{cause}", file=sys.stderr)

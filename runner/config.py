@@ -236,68 +236,6 @@ class StageConfig:
 
 
 @dataclass
-class InspectConfig:
-    """stage=inspect (recipe stage 1, runner/stages/inspect.py): thresholds of the data checks
-    (runner/checks/data.py) and how much of the evidence the report shows."""
-
-    # pixel statistics are measured on a copy whose longer side is at most this many pixels
-    # (sharpness depends on scale, so every image is judged at one scale)
-    analysis_size: int = 128
-    # near-duplicates: perceptual hashes (64 bits) within this many bits are candidates: a
-    # JPEG re-encode moves <= 4 bits, a 1-px shift of a 64 px photo <= 10 (p95), other photos ~32
-    near_hash_distance: int = 10
-    # ... confirmed when their 32x32 band-limited grey images (data.match_image), aligned by
-    # the best small shift/zoom, differ by at most this mean |a-b| (0..255) (and by a fraction
-    # of their rms gradient, see data.NEAR_RELATIVE): re-encodes, 1-px shifts and 2-4% crops
-    # of real-photo crops leave a median 0.6 (max 2.4, benchmarks/bench_data.py); digits'
-    # closest different candidates stay above 6.8
-    near_thumb_distance: float = 5.0
-    # ... and in a crowd sharing a hash band (thousands of blank images) each image is compared
-    # with this many neighbours in thumbnail brightness, not all: bounds the work at N x this
-    near_window: int = 64
-    # class_balance warns when the largest train class has this many times the smallest's
-    # images: beyond ~10:1 accuracy mostly measures the majority class
-    imbalance_ratio: float = 10.0
-    # class_balance warns when val's class mix differs from train's by this total variation
-    split_shift_tv: float = 0.2
-    # outliers: robust z-score (median/MAD) of brightness, log contrast, log area or log aspect
-    # beyond this; 5 MADs is rare in real data, so what stands out is worth a look
-    outlier_z: float = 5.0
-    # outliers: a mode (RGB, L, RGBA, P, ...) held by fewer than this fraction of images
-    rare_mode_fraction: float = 0.01
-    # dark: 99th-percentile brightness below this (0..255): hardly a pixel above 12% grey
-    dark_max: float = 32.0
-    # bright: 1st-percentile brightness above this: hardly a pixel below 87% grey
-    bright_min: float = 223.0
-    # blurry: rms Laplacian / rms gradient below this (at analysis_size, JPEG block seams left
-    # out, the image's own noise floor taken off: runner/checks/data.py sharpness). Digits at
-    # 16 px score 0.59-1.21 (none flagged); at 32 px, 4x upsampled and so blurred by
-    # construction, 0.50-0.94 (2.1% flagged); on benchmarks/bench_data.py's 64 px photo crops
-    # this threshold flags 85-93% of the blurred JPEGs and 0.08-0.13% of the clean ones
-    blurry_max: float = 0.55
-    # low information: grey-level entropy below this many bits (a near two-tone image) ...
-    entropy_min: float = 1.0
-    # ... or brightness std below this (0..255): a near-constant image
-    low_contrast_max: float = 2.0
-    # odd size: side (sqrt of area) this many times smaller or larger than the median image's
-    odd_size_factor: float = 3.0
-    # odd aspect: width/height this many times off the median aspect ratio
-    odd_aspect_factor: float = 2.0
-    # grayscale: mean |R-G|+|G-B| below this counts as grey (flagged only among colour images)
-    grayscale_tolerance: float = 1.0
-    # images listed per check in checks.json and the report (all are in images.csv)
-    max_listed: int = 50
-    # report: sample images per class and split, and how many classes the grids show
-    samples_per_class: int = 8
-    max_classes_shown: int = 20
-    # report: images per "sorted by" strip and per flag, groups of duplicates shown
-    strip_length: int = 10
-    max_groups_shown: int = 12
-    # report thumbnails are drawn this many pixels on their longer side
-    thumb_size: int = 64
-
-
-@dataclass
 class TuneConfig:
     """A trial of `python -m runner -m stage=tune` (runner/stages/tune.py). The Optuna sweeper
     (hydra_plugins/recipe_optuna_sweeper) sets these on each trial job; outside a sweep they
@@ -361,7 +299,6 @@ class RunnerConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checks: ChecksConfig = field(default_factory=ChecksConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    inspect: InspectConfig = field(default_factory=InspectConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     seed: int = 0
     # false, true (latest interrupted run under outputs/), or a run directory / checkpoint path
@@ -402,6 +339,64 @@ def register_configs() -> None:
     cs.store(name="runner_schema", node=RunnerConfig)
     for name in STAGES:  # each stage's Params, typed (conf/stage/<name>.yaml selects it)
         cs.store(group="stage_params", name=name, node=get_stage(name).Params)
+
+
+# Keys that moved to their one home (issue 23): every check's thresholds under
+# checks.<name>.*, stage=inspect's own settings under its stage.params. An old key is a config
+# error that names the new one (moved_key_problem), never a silent no-op.
+_INSPECT_PARAMS = (
+    "analysis_size",
+    "max_listed",
+    "samples_per_class",
+    "max_classes_shown",
+    "strip_length",
+    "max_groups_shown",
+    "thumb_size",
+)
+MOVED_KEYS = {
+    "stage.params.train_loss_target": "checks.overfit_train_fit.train_loss_target",
+    "stage.params.train_acc_target": "checks.overfit_train_fit.train_acc_target",
+    "stage.params.first_layer_min_corr": "checks.regularize_first_layer.min_corr",
+    "stage.params.first_layer_min_kernel": "checks.regularize_first_layer.min_kernel",
+    **{f"inspect.{k}": f"stage.params.{k} (of stage=inspect)" for k in _INSPECT_PARAMS},
+}
+
+
+def moved_key(key: str) -> Optional[str]:
+    """Where a key that moved lives now (None: it did not move)."""
+    from dataclasses import fields as dc_fields
+
+    from runner.checks.registry import CHECKS
+
+    key = key.lstrip("+~")
+    if key in MOVED_KEYS:
+        return MOVED_KEYS[key]
+    if key.startswith("inspect."):
+        leaf = key.split(".", 1)[1]
+        for c in CHECKS.values():
+            if c.stage == "inspect" and leaf in {f.name for f in dc_fields(c.settings)}:
+                return f"checks.{c.key}.{leaf}"
+    if key == "inspect":
+        return "checks.data_<check>.* (thresholds) and stage.params.* of stage=inspect"
+    return None
+
+
+def moved_key_in(e: BaseException) -> Optional[str]:
+    """moved_key_problem for the key a compose error is about (Hydra chains the OmegaConf
+    error as the cause, or only as the context when it merges a config file)."""
+    inner = e.__cause__ or e.__context__
+    return moved_key_problem(getattr(inner, "full_key", None))
+
+
+def moved_key_problem(key: Optional[str]) -> Optional[str]:
+    """The config error for a key that moved: the old key and the new one."""
+    new = moved_key(key) if key else None
+    if new is None:
+        return None
+    return (
+        f"{key.lstrip('+~')} has moved: it is now {new} (each check's thresholds live under "
+        "checks.<check name with _>.*; python -m runner --cfg job prints every key)"
+    )
 
 
 def _close(value: str, options, n: int = 3) -> str:
@@ -630,6 +625,10 @@ def unknown_keys(cfg, extra=("from",)) -> List[str]:
         for k in node.keys():
             key = f"{prefix}.{k}" if prefix else str(k)
             if names is not None and k not in names and k not in allowed_extra:
+                moved = moved_key_problem(key)
+                if moved:
+                    problems.append(f"{key}: {moved}")
+                    continue
                 where = f"{prefix} has no key {k!r}" if prefix else f"the config has no key {k!r}"
                 near = difflib.get_close_matches(str(k), sorted(names), n=1, cutoff=0.6)
                 hint = (

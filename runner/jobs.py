@@ -280,9 +280,12 @@ def compose_problem(e: BaseException, override: Optional[str], keys: Sequence[st
     )
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
-    from runner.config import _close
+    from runner.config import _close, moved_key_in, moved_key_problem
 
     key = override_key(override) if override else None
+    moved = moved_key_problem(key) or moved_key_in(e)
+    if moved:
+        return moved
     if isinstance(e, OverrideParseException):
         return f"not a valid override ({first_line(e)})"
     if isinstance(e, MissingConfigException):
@@ -314,6 +317,11 @@ def cli_problem(e: BaseException, override: Optional[str], keys: Sequence[str]) 
     (runner.__main__.unknown_key_message, without its head and its --cfg advice)."""
     from hydra.errors import ConfigCompositionException
 
+    from runner.config import moved_key_problem
+
+    moved = moved_key_problem(override_key(override) if override else None)
+    if moved:
+        return moved
     if (
         override
         and isinstance(e, ConfigCompositionException)

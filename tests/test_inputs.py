@@ -17,12 +17,12 @@ from runner.stages.common import init_weights
 def test_stage_params_are_typed_at_compose_time():
     """stage.params is the stage's Params dataclass: a wrong type or an unknown key fails
     while composing, with OmegaConf's full key; a number where a float goes is a float."""
-    cfg = compose(["stage=overfit", "stage.params.train_loss_target=1"])
-    assert cfg.stage.params.train_loss_target == 1.0
-    assert isinstance(cfg.stage.params.train_loss_target, float)
+    cfg = compose(["stage=overfit", "checks.overfit_train_fit.train_loss_target=1"])
+    assert cfg.checks.overfit_train_fit.train_loss_target == 1.0
+    assert isinstance(cfg.checks.overfit_train_fit.train_loss_target, float)
     with pytest.raises(Exception) as e:
-        compose(["stage=overfit", "stage.params.train_loss_target=abc"])
-    assert "stage.params.train_loss_target" in str(e.value.__cause__)
+        compose(["stage=overfit", "checks.overfit_train_fit.train_loss_target=abc"])
+    assert "checks.overfit_train_fit.train_loss_target" in str(e.value.__cause__)
     with pytest.raises(Exception) as e:
         compose(["stage=regularize", "stage.params.min_delta=[1]"])
     with pytest.raises(Exception) as e:
@@ -74,9 +74,12 @@ def test_config_error_under_from_leaves_no_run_folder(cli, tmp_path):
     src.mkdir()
     (src / "config.yaml").write_text(OmegaConf.to_yaml(compose(FAST + ["stage=train"])))
     (src / "summary.json").write_text(json.dumps({"stage": "train", "val_acc": 0.5}))
-    r = cli(FAST + ["stage=overfit", "from=src", "stage.params.train_loss_target=abc"])
+    r = cli(FAST + ["stage=overfit", "from=src", "checks.overfit_train_fit.train_loss_target=abc"])
     assert r.code == 2, r.out
-    assert "stage.params.train_loss_target" in r.out and "could not be converted to Float" in r.out
+    assert (
+        "checks.overfit_train_fit.train_loss_target" in r.out
+        and "could not be converted to Float" in r.out
+    )
     assert "Traceback" not in r.out
     assert not list((tmp_path / "outputs").glob("*/*"))
     # a missing init_from= is found before data and model are built

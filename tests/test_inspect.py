@@ -14,8 +14,7 @@ from PIL import Image, ImageFilter
 
 from runner.checks import data as dc
 from runner.checks.registry import CHECKS
-from runner.config import InspectConfig
-from runner.stages.inspect import run_checks, scan_imagefolder, stream_table
+from runner.stages.inspect import run_checks, scan_imagefolder, settings, stream_table
 
 SIZE = 48
 # every check stage=inspect runs (runner/checks/registry.py)
@@ -86,7 +85,7 @@ def plant_faults(root: Path) -> dict:
 
 
 def inspect_folder(root: Path, **thresholds):
-    ic = InspectConfig(**thresholds)
+    ic = settings(**thresholds)
     source = scan_imagefolder(root, 0.2, 0, ic.analysis_size)
     table, ips = stream_table(source, ic.analysis_size, num_workers=0, progress=False)
     found = run_checks(table, ic)
@@ -371,7 +370,7 @@ def test_custom_dataset_items_that_raise_are_corrupt(tmp_path, monkeypatch):
     )
     source = bundle_source(cfg, SimpleNamespace(original_cwd=str(tmp_path)))
     table, _ = stream_table(source, 128, num_workers=0, progress=False)
-    v = {x.name: x for x in run_checks(table, cfg.inspect).verdicts}
+    v = {x.name: x for x in run_checks(table, settings(cfg.stage.params, cfg.checks)).verdicts}
     assert v["data.corrupt"].status == "fail"
     assert [f["name"] for f in v["data.corrupt"].details["files"]] == ["train/#5"]
     assert "item 5 is unreadable" in v["data.corrupt"].details["files"][0]["error"]

@@ -61,7 +61,7 @@ def test_from_starts_a_stage_from_a_runs_outcome_and_train_warm_starts(cli):
             "stage=overfit",
             f"from={src_dir}",
             "model.name=test_resnet",
-            "stage.params.train_loss_target=0.5",
+            "checks.overfit_train_fit.train_loss_target=0.5",
         ]
     )
     assert o.code in (0, 1), o.out
@@ -75,9 +75,9 @@ def test_from_starts_a_stage_from_a_runs_outcome_and_train_warm_starts(cli):
     # the command's stage settings are listed too (they are never taken from the source)
     assert lin["from_command"] == {
         "model.name": "test_resnet",
-        "stage.params.train_loss_target": 0.5,
+        "checks.overfit_train_fit.train_loss_target": 0.5,
     }
-    assert "stage.params.train_loss_target" in (o_dir / "report.html").read_text()
+    assert "checks.overfit_train_fit.train_loss_target" in (o_dir / "report.html").read_text()
     assert lin["weights"] is None  # overfit trains from scratch
     used = OmegaConf.load(o_dir / "config.yaml")
     assert used.data.kind == "synthetic" and used.data.num_train == 96 and used.seed == 5
@@ -188,7 +188,7 @@ def test_recipe_runs_tune_between_regularize_and_squeeze(cli):
             "stage.params.stages=[baseline,overfit,regularize,tune,squeeze]",
             "optim.lr=3e-3",
             "checks.strict=false",
-            'stage.params.per_stage.overfit=["stage.params.train_loss_target=0.5"]',
+            'stage.params.per_stage.overfit=["checks.overfit_train_fit.train_loss_target=0.5"]',
             'stage.params.per_stage.tune=["hydra.sweeper.n_trials=2"]',
             f"stage.params.per_stage.regularize=['{rungs}']",
             'stage.params.per_stage.squeeze=["stage.params.seeds=0","stage.params.continue_epochs=0"]',

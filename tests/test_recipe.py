@@ -83,7 +83,7 @@ def test_change_column_lists_the_stage_yaml_and_per_stage_command_changes(tmp_pa
                 "from_stage": {"model.name": "resnet18", "checks.strict": False},
                 "from_command": {
                     "optim.lr": 0.001,
-                    "stage.params.train_loss_target": 0.05,
+                    "checks.overfit_train_fit.train_loss_target": 0.05,
                     "inspect.max_images": 10,
                 },
             }
@@ -94,7 +94,8 @@ def test_change_column_lists_the_stage_yaml_and_per_stage_command_changes(tmp_pa
     )
     head = headline("overfit", tmp_path)  # the stage's own module says it (protocol headline)
     assert (
-        head["change"] == "model.name=resnet18 optim.lr=0.001 stage.params.train_loss_target=0.05"
+        head["change"]
+        == "model.name=resnet18 optim.lr=0.001 checks.overfit_train_fit.train_loss_target=0.05"
     )
     assert head["val_acc"] == 0.9
     # no from= (no lineage.json): the stage's per_stage overrides as given, not hydra's

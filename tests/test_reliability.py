@@ -561,7 +561,7 @@ def test_stage_callbacks_stop_the_run_and_say_why(tmp_path):
             "stage=overfit",
             "model=tiny_cnn",
             "trainer.epochs=3",
-            "stage.params.train_loss_target=100",
+            "checks.overfit_train_fit.train_loss_target=100",
         ],
         tmp_path,
     )

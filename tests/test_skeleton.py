@@ -173,9 +173,14 @@ def test_torchvision_dataset_without_split(cli):
     [
         (["trainer.epoch=3"], "trainer has no key 'epoch'; did you mean 'trainer.epochs'?"),
         (
-            ["stage=overfit", "stage.params.train_los_target=1"],
-            "did you mean 'stage.params.train_loss_target'",
+            ["stage=regularize", "stage.params.min_delt=1"],
+            "did you mean 'stage.params.min_delta'",
         ),
+        (  # a key that moved to its one home names the new one
+            ["stage=overfit", "stage.params.train_loss_target=1"],
+            "it is now checks.overfit_train_fit.train_loss_target",
+        ),
+        (["stage=inspect", "inspect.outlier_z=3"], "it is now checks.data_outliers.outlier_z"),
         (["trainer.epochs=abc"], "trainer.epochs"),
         (["optim.lr=-0.1"], "optim.lr=-0.1 must be > 0"),
         (["model=timm", "model.name=resnt18"], "did you mean 'resnet18'"),

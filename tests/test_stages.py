@@ -47,8 +47,6 @@ def test_overfit_differs_from_baseline_exactly_where_its_yaml_says():
     base, ovf = compose(["stage=baseline"]), compose(["stage=overfit"])
     assert _diff(base, ovf) == {
         "stage.name",
-        "stage.params.train_loss_target",
-        "stage.params.train_acc_target",
         "model.name",
         "model._target_",
         "model.kwargs.width",
@@ -64,8 +62,6 @@ def test_regularize_differs_from_overfit_exactly_where_its_yaml_says():
     assert _diff(ovf, reg) == {
         "stage.name",
         "stage.params.min_delta",
-        "stage.params.first_layer_min_corr",
-        "stage.params.first_layer_min_kernel",
         "stage.params.rungs",
         "trainer.epochs",
         "trainer.early_stopping_patience",
@@ -319,7 +315,7 @@ def test_recipe_overfit_then_squeeze_and_stops_at_a_failing_gate(cli):
             "stage.params.stages=[overfit,squeeze]",
             "trainer.epochs=20",
             "optim.lr=3e-3",
-            'stage.params.per_stage.overfit=["stage.params.train_loss_target=0.05"]',
+            'stage.params.per_stage.overfit=["checks.overfit_train_fit.train_loss_target=0.05"]',
             'stage.params.per_stage.squeeze=["stage.params.seeds=0"]',
         ]
     )

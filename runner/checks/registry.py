@@ -39,6 +39,92 @@ class Check:
 
 
 # ----------------------------------------------------------------------------- settings
+# stage=inspect: the thresholds of the data checks (runner/checks/data.py); the evidence the
+# report shows (how many images, thumbnails) is stage=inspect's own (stage.params)
+@dataclass
+class ClassBalance(CheckSettings):
+    # warn when the largest train class has this many times the smallest's images: beyond
+    # ~10:1 accuracy mostly measures the majority class
+    imbalance_ratio: float = 10.0
+    # warn when val's (or test's) class mix differs from train's by this total variation
+    split_shift_tv: float = 0.2
+
+
+@dataclass
+class Duplicates(CheckSettings):
+    """Near-duplicate matching; data.leakage matches across splits with these same settings."""
+
+    # perceptual hashes (64 bits) within this many bits are candidates: a JPEG re-encode
+    # moves <= 4 bits, a 1-px shift of a 64 px photo <= 10 (p95), other photos ~32
+    near_hash_distance: int = 10
+    # ... confirmed when their 32x32 band-limited grey images (data.match_image), aligned by
+    # the best small shift/zoom, differ by at most this mean |a-b| (0..255) (and by a fraction
+    # of their rms gradient, see data.NEAR_RELATIVE): re-encodes, 1-px shifts and 2-4% crops
+    # of real-photo crops leave a median 0.6 (max 2.4, benchmarks/bench_data.py); digits'
+    # closest different candidates stay above 6.8
+    near_thumb_distance: float = 5.0
+    # ... and in a crowd sharing a hash band (thousands of blank images) each image is compared
+    # with this many neighbours in thumbnail brightness, not all: bounds the work at N x this
+    near_window: int = 64
+
+
+@dataclass
+class Outliers(CheckSettings):
+    # robust z-score (median/MAD) of brightness, log contrast, log area or log aspect beyond
+    # this; 5 MADs is rare in real data, so what stands out is worth a look
+    outlier_z: float = 5.0
+    # a mode (RGB, L, RGBA, P, ...) held by fewer than this fraction of images
+    rare_mode_fraction: float = 0.01
+
+
+@dataclass
+class Dark(CheckSettings):
+    # 99th-percentile brightness below this (0..255): hardly a pixel above 12% grey
+    dark_max: float = 32.0
+
+
+@dataclass
+class Bright(CheckSettings):
+    # 1st-percentile brightness above this: hardly a pixel below 87% grey
+    bright_min: float = 223.0
+
+
+@dataclass
+class Blurry(CheckSettings):
+    # rms Laplacian / rms gradient below this (at stage.params.analysis_size, JPEG block seams
+    # left out, the image's own noise floor taken off: runner/checks/data.py sharpness).
+    # Digits at 16 px score 0.59-1.21 (none flagged); at 32 px, 4x upsampled and so blurred by
+    # construction, 0.50-0.94 (2.1% flagged); on benchmarks/bench_data.py's 64 px photo crops
+    # this threshold flags 85-93% of the blurred JPEGs and 0.08-0.13% of the clean ones
+    blurry_max: float = 0.55
+
+
+@dataclass
+class LowInformation(CheckSettings):
+    # grey-level entropy below this many bits (a near two-tone image) ...
+    entropy_min: float = 1.0
+    # ... or brightness std below this (0..255): a near-constant image
+    low_contrast_max: float = 2.0
+
+
+@dataclass
+class OddSize(CheckSettings):
+    # side (sqrt of area) this many times smaller or larger than the median image's
+    odd_size_factor: float = 3.0
+
+
+@dataclass
+class OddAspect(CheckSettings):
+    # width/height this many times off the median aspect ratio
+    odd_aspect_factor: float = 2.0
+
+
+@dataclass
+class Grayscale(CheckSettings):
+    # mean |R-G|+|G-B| below this counts as grey (flagged only among colour images)
+    grayscale_tolerance: float = 1.0
+
+
 # stage=baseline
 @dataclass
 class InputStats(CheckSettings):
@@ -159,6 +245,24 @@ class SplitLabels(CheckSettings):
     min_share: float = 0.8
 
 
+# stage=overfit: its run stops once the training loss reaches train_loss_target
+@dataclass
+class TrainFit(CheckSettings):
+    # the training loss that counts as "near zero" (the stage stops there)
+    train_loss_target: float = 0.02
+    # ... or the training accuracy that passes too
+    train_acc_target: float = 0.999
+
+
+# stage=regularize
+@dataclass
+class FirstLayer(CheckSettings):
+    # warns below this mean neighbour-pixel correlation of the first layer's filters
+    min_corr: float = 0.1
+    # ... judged only for kernels at least this wide (3x3 stems show little structure: skip)
+    min_kernel: int = 5
+
+
 # stage=squeeze
 @dataclass
 class SeedSpread(CheckSettings):
@@ -173,48 +277,48 @@ def _checks(*entries: Check) -> Dict[str, Check]:
 
 _D = "runner.checks.data"
 CHECKS: Dict[str, Check] = _checks(
-    # stage=inspect (recipe stage 1): become one with the data; thresholds are inspect.*
+    # stage=inspect (recipe stage 1): become one with the data
     Check(
         "data.corrupt", CheckSettings, f"{_D}:corrupt", "inspect", "every file opens and decodes"
     ),
     Check(
         "data.class_balance",
-        CheckSettings,
+        ClassBalance,
         f"{_D}:class_balance",
         "inspect",
         "class counts, imbalance, train/val class mix",
     ),
     Check(
         "data.duplicates",
-        CheckSettings,
+        Duplicates,
         f"{_D}:duplicates",
         "inspect",
         "exact and near duplicates inside a split",
     ),
     Check(
         "data.leakage",
-        CheckSettings,
+        CheckSettings,  # matched with checks.data_duplicates' near_* settings (one pass)
         f"{_D}:leakage",
         "inspect",
         "the same or near-same image in train and val",
     ),
     Check(
         "data.outliers",
-        CheckSettings,
+        Outliers,
         f"{_D}:outliers",
         "inspect",
         "images far from the rest in brightness, contrast, size, aspect or mode",
     ),
     *(
-        Check(f"data.{p}", CheckSettings, f"{_D}:property_verdict", "inspect", doc)
-        for p, doc in (
-            ("dark", "nearly black images"),
-            ("bright", "nearly white images"),
-            ("blurry", "images without sharp detail"),
-            ("low_information", "near two-tone or near-constant images"),
-            ("odd_size", "images far smaller or larger than the rest"),
-            ("odd_aspect", "images far off the usual aspect ratio"),
-            ("grayscale", "grey images among colour ones"),
+        Check(f"data.{p}", settings, f"{_D}:property_verdict", "inspect", doc)
+        for p, settings, doc in (
+            ("dark", Dark, "nearly black images"),
+            ("bright", Bright, "nearly white images"),
+            ("blurry", Blurry, "images without sharp detail"),
+            ("low_information", LowInformation, "near two-tone or near-constant images"),
+            ("odd_size", OddSize, "images far smaller or larger than the rest"),
+            ("odd_aspect", OddAspect, "images far off the usual aspect ratio"),
+            ("grayscale", Grayscale, "grey images among colour ones"),
         )
     ),
     Check(
@@ -316,7 +420,7 @@ CHECKS: Dict[str, Check] = _checks(
         "baseline",
         "train and val use one label mapping (val not at chance)",
     ),
-    # stage=overfit (recipe stage 3); its targets are stage.params.train_loss_target/_acc_target
+    # stage=overfit (recipe stage 3)
     Check(
         "train.loss_decreases",
         LossDecreases,
@@ -326,15 +430,15 @@ CHECKS: Dict[str, Check] = _checks(
     ),
     Check(
         "overfit.train_fit",
-        CheckSettings,
+        TrainFit,
         "runner.checks.training:train_fit",
         "overfit",
         "the model fits the training set (loss near zero)",
     ),
-    # stage=regularize (recipe stage 4); thresholds: stage.params.first_layer_min_corr/_kernel
+    # stage=regularize (recipe stage 4)
     Check(
         "regularize.first_layer",
-        CheckSettings,
+        FirstLayer,
         "runner.checks.weights:first_layer_verdict",
         "regularize",
         "the first layer's filters look like edges and blobs, not noise",

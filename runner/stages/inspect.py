@@ -18,8 +18,9 @@ import io
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -33,8 +34,56 @@ from runner.stages.protocol import Context, Headline, NoParams, Rows, StageResul
 
 log = logging.getLogger("runner")
 
-# no stage.params: the data checks' thresholds are inspect.* and checks.*
-Params = NoParams
+
+@dataclass
+class InspectParams(NoParams):
+    """stage.params of stage=inspect: how images are measured and how much evidence the report
+    shows. The data checks' thresholds are each check's own: checks.data_<name>.* (runner/
+    checks/registry.py)."""
+
+    # pixel statistics are measured on a copy whose longer side is at most this many pixels
+    # (sharpness depends on scale, so every image is judged at one scale)
+    analysis_size: int = 128
+    # images listed per check in checks.json and the report (all are in images.csv)
+    max_listed: int = 50
+    # report: sample images per class and split, and how many classes the grids show
+    samples_per_class: int = 8
+    max_classes_shown: int = 20
+    # report: images per "sorted by" strip and per flag, groups of duplicates shown
+    strip_length: int = 10
+    max_groups_shown: int = 12
+    # report thumbnails are drawn this many pixels on their longer side
+    thumb_size: int = 64
+
+
+Params = InspectParams
+
+
+def settings(params=None, checks=None, **overrides) -> SimpleNamespace:
+    """stage=inspect's settings in one namespace: its stage.params (`params`) and the
+    thresholds of the checks in runner/checks/data.py (`checks`: the config's checks node),
+    each a default where not given; `overrides` (tests, benchmarks) by name."""
+    from runner.checks.registry import CHECKS
+
+    out = {f.name: getattr(Params(), f.name) for f in fields(Params)}
+    out.update({k: params[k] for k in list(out) if params is not None and k in params})
+    for c in CHECKS.values():
+        if not c.where.startswith("runner.checks.data:"):
+            continue  # label_issues and spurious read their settings themselves
+        node = checks.get(c.key) if checks is not None else None
+        for f in fields(c.settings):
+            if f.name != "enabled":
+                given = node is not None and f.name in node
+                out[f.name] = node[f.name] if given else getattr(c.settings(), f.name)
+    unknown = set(overrides) - set(out)
+    if unknown:
+        raise TypeError(f"not a stage=inspect setting: {', '.join(sorted(unknown))}")
+    out.update(overrides)
+    return SimpleNamespace(**out)
+
+
+def _settings(cfg) -> SimpleNamespace:
+    return settings(cfg.stage.params, cfg.checks)
 
 
 def outcome(run_dir: Path):
@@ -536,8 +585,8 @@ class Findings:
 
 
 def run_checks(table: dc.ImageTable, ic, checks_cfg=None) -> Findings:
-    """Every data check on the table, with the thresholds of the `inspect` config node and the
-    checks' own settings (`checks_cfg`: the `checks` config node; None = the defaults)."""
+    """Every data check on the table: `ic` is settings() (stage.params and the data checks'
+    thresholds), `checks_cfg` the `checks` config node that switches checks (None = defaults)."""
     verdicts: List[Verdict] = []
 
     def check(name, fn, *args):
@@ -661,7 +710,7 @@ def _spurious(table: dc.ImageTable, s) -> Verdict:
 
 def run(cfg, ctx: Context) -> StageResult:
 
-    ic = cfg.inspect
+    ic = _settings(cfg)
     t_start = time.perf_counter()
     log.info("inspect: %s (no network: looking at the data)", cfg.data.kind)
     if cfg.data.kind == "imagefolder":
@@ -855,7 +904,7 @@ def tables(
         "flags": {
             name: [names[i] for i in np.flatnonzero(mask)] for name, (mask, _, _) in flags.items()
         },
-        "thresholds": dict(cfg.inspect),
+        "thresholds": vars(_settings(cfg)),
     }
     return {"images.csv": images_csv, "inspect.json": doc}
 
@@ -864,7 +913,7 @@ class _Pictures:
     """Thumbnails and captions of one ImageTable's images for the report (decoded once)."""
 
     def __init__(self, cfg, source: Source, table: dc.ImageTable):
-        self.ic, self.source, self.table = cfg.inspect, source, table
+        self.ic, self.source, self.table = _settings(cfg), source, table
         self.size = self.ic.thumb_size
         self._cache: Dict[int, Optional[np.ndarray]] = {}
 

@@ -1,14 +1,13 @@
 """stage=overfit (recipe stage 3): a proven model big enough to drive training loss to ~0.
 
-Trains the stage config until the training loss reaches `stage.params.train_loss_target` or
-the epoch budget ends, checks `overfit.train_fit` and reports the train/val gap.
+Trains the stage config until the training loss reaches the check's target
+(`checks.overfit_train_fit.train_loss_target`) or the epoch budget ends, checks `overfit.train_fit` and reports the train/val gap.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from typing import Any
 
 from runner.stages import train
@@ -17,28 +16,13 @@ from runner.stages.protocol import Context, StageResult, run_check
 log = logging.getLogger("runner")
 
 
-@dataclass
-class OverfitParams(train.Params):  # conf/stage/overfit.yaml builds on baseline, which adds none
-    """stage.params of stage=overfit."""
-
-    # stop once the epoch's training loss is at or below this ("near zero")
-    train_loss_target: float = 0.02
-    # overfit.train_fit also passes when training accuracy reaches this
-    train_acc_target: float = 0.999
-
-
-Params = OverfitParams
+# no settings of its own: what counts as "fitted" (and so where the run stops) is the
+# threshold of its check, checks.overfit_train_fit.train_loss_target / train_acc_target
+Params = train.Params
 TRAINS = True
 FROM_PREVIOUS = True
 outcome = train.outcome
 headline = train.headline
-
-
-def params(cfg) -> dict[str, Any]:
-    """stage.params as a plain dict (typed by Params at compose time)."""
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(cfg.stage.params, resolve=True)
 
 
 def gap_of(summary: dict[str, Any]) -> dict[str, Any]:
@@ -54,8 +38,8 @@ def run(cfg, ctx: Context) -> StageResult:
     from runner.report import KeyValues, Section, Text
     from runner.stages.common import result_of, summary_of, train_run
 
-    p = params(cfg)
-    res = train_run(cfg, ctx, callbacks=[until_train_loss(float(p["train_loss_target"]))])
+    fit = cfg.checks.overfit_train_fit
+    res = train_run(cfg, ctx, callbacks=[until_train_loss(float(fit.train_loss_target))])
     verdicts = [
         run_check(cfg.checks, "train.finite", lambda s: train_finite(res.nonfinite, res.state.step))
     ]
@@ -67,8 +51,8 @@ def run(cfg, ctx: Context) -> StageResult:
             lambda s: train_fit(
                 last.get("train_loss"),
                 last.get("train_acc"),
-                float(p["train_loss_target"]),
-                float(p["train_acc_target"]),
+                float(s.train_loss_target),
+                float(s.train_acc_target),
                 res.state.epoch,
                 cfg.trainer.epochs,
             ),
@@ -80,7 +64,7 @@ def run(cfg, ctx: Context) -> StageResult:
         {
             "train_val_gap_acc": gap["gap_acc"],
             "train_val_gap_loss": gap["gap_loss"],
-            "train_loss_target": p["train_loss_target"],
+            "train_loss_target": float(fit.train_loss_target),
         }
     )
     gap_table = KeyValues(

@@ -49,7 +49,7 @@ class RecipeParams(train.Params):  # conf/stage/recipe.yaml builds on train
     # threads either way
     isolate: bool = False
     # overrides for one stage only, e.g.
-    # 'stage.params.per_stage.overfit=["stage.params.train_loss_target=0.05"]'
+    # 'stage.params.per_stage.overfit=["checks.overfit_train_fit.train_loss_target=0.05"]'
     per_stage: Dict[str, Any] = field(default_factory=dict)
 
 

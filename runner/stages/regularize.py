@@ -55,10 +55,6 @@ class RegularizeParams(overfit.Params):  # conf/stage/regularize.yaml builds on 
 
     # the smallest val-accuracy gain that counts, whatever the noise estimate says
     min_delta: float = 0.005
-    # regularize.first_layer warns below this mean neighbour-pixel correlation of the filters
-    first_layer_min_corr: float = 0.1
-    # ... judged only for kernels at least this wide (3x3 stems show little structure: skip)
-    first_layer_min_kernel: int = 5
     # the ladder, tried in order; conf/stage/regularize.yaml lists the recipe's default one
     rungs: List[Rung] = field(default_factory=list)
 
@@ -373,9 +369,7 @@ def _result(cfg, ctx: Context, p: dict[str, Any], ladder: Ladder) -> StageResult
         run_check(
             cfg.checks,
             "regularize.first_layer",
-            lambda s: first_layer_verdict(
-                best.model, float(p["first_layer_min_corr"]), int(p["first_layer_min_kernel"])
-            ),
+            lambda s: first_layer_verdict(best.model, float(s.min_corr), int(s.min_kernel)),
         ),
     ]
     rule = ladder.decision_rule()

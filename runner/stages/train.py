@@ -44,10 +44,12 @@ def changed(run_dir: Path, summary: dict, own: Sequence[str] = ()) -> str:
     lin = read_json(run_dir / "lineage.json")
     if lin is not None:
         keys = {**(lin.get("from_stage") or {}), **(lin.get("from_command") or {})}
+        # which checks ran and how strict is not a change of the training; a threshold is
+        # (checks.overfit_train_fit.train_loss_target is where stage=overfit stops)
         parts = [
             f"{k}={short_value(v)}"
             for k, v in keys.items()
-            if not k.startswith(("checks.", "inspect."))
+            if not (k == "checks.strict" or k.endswith(".enabled") or k.startswith("inspect."))
         ]
     else:
         parts = [o for o in own if classify(o) not in ("hydra", "location")]
