@@ -67,7 +67,7 @@ def _release(held: List[Path]) -> None:
 
 
 def _preprocess(argv: List[str], held: Optional[List[Path]] = None) -> List[str]:
-    """`from=<run dir>` becomes `+from=` (runner/lineage.py reads it in the task).
+    """`+from=<run dir>` (the old spelling) is `from=` (runner/lineage.py reads it in the task).
 
     `resume=<interrupted run dir>` continues *in* that directory: point Hydra's run dir at it.
 
@@ -118,8 +118,8 @@ def _preprocess(argv: List[str], held: Optional[List[Path]] = None) -> List[str]
                     while (target / f".hydra.before-resume-{k}").exists():
                         k += 1
                     shutil.copytree(hydra_dir, target / f".hydra.before-resume-{k}")
-    # `from` is a Python keyword, so it is no schema field: add it as a plain key
-    return ["+" + a if a.startswith("from=") else a for a in out]
+    # `from` is an ordinary key now; `+from=` (how it was spelled before) means the same
+    return [a[1:] if a.startswith("+from=") else a for a in out]
 
 
 def _finished(d: Path) -> bool:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from runner.errors import ConfigError
-from runner.stages.protocol import NoParams
+from runner.stages.protocol import NoParams, keyword_fields
 
 DATA_KINDS = ("digits", "synthetic", "imagefolder", "torchvision", "custom")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -289,7 +289,7 @@ class LoggerConfig:
 
 
 @dataclass
-class RunnerConfig:
+class _RunnerConfig:
     stage: StageConfig = field(default_factory=StageConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -314,6 +314,12 @@ class RunnerConfig:
     # overrides resume= reapplies, a checkpoint's stored config. Off: run folders and
     # checkpoints are data, and sharing one must not share code that runs when it is read
     trust_run_configs: bool = False
+
+
+# `from=<run dir>`: where a run starts (an earlier run's outcome, runner/lineage.py). An
+# ordinary key of the schema (so `from=` needs no `+` and `--cfg job` shows it); `from` is a
+# Python keyword, hence added this way
+RunnerConfig = keyword_fields(_RunnerConfig, "RunnerConfig", **{"from": (Optional[str], None)})
 
 
 def schema(stage: Optional[str] = None):

@@ -198,7 +198,7 @@ def plan(
     cwd = str(Path(cwd or os.getcwd()).resolve())
     cdir = str(Path(config_dir).expanduser().resolve()) if config_dir else None
     args = ([f"stage={stage}"] if stage else []) + [
-        "+" + o if override_key(o) == "from" and not o.startswith("+") else o for o in rest
+        o[1:] if o.startswith("+from=") else o for o in rest
     ]
     p = Plan(stage or "", rest, config_dir=cdir, multirun=multirun, cwd=cwd)
     if multirun:  # a sweep's values are the sweeper's to expand: checked when it launches

@@ -39,11 +39,13 @@ class NoParams:
     """A stage without settings of its own (and the base of every stage's Params)."""
 
 
-def keyword_fields(cls, **fields_: tuple) -> type:
-    """A Params dataclass `cls` plus fields whose names are Python keywords (name=(type,
-    default)): squeeze's `stage.params.from` is a public key, and `from` cannot be written as
+def keyword_fields(cls, name: str, **fields_: tuple) -> type:
+    """A dataclass `cls` plus fields whose names are Python keywords (name=(type, default)):
+    `from=` and squeeze's `stage.params.from` are public keys, and `from` cannot be written as
     a dataclass field. Such a class has no generated __init__/__repr__/__eq__ (they would not
-    compile); OmegaConf reads its fields, which is all the schema needs."""
+    compile); OmegaConf reads its fields, which is all the schema needs. `name`: the module
+    attribute the result is bound to, so that pickle finds it by reference (a config pickled
+    to a launcher's worker and back must not rebuild, and overwrite, the class)."""
     import dataclasses
 
     ns = {
@@ -56,11 +58,12 @@ def keyword_fields(cls, **fields_: tuple) -> type:
         if f.name in own:
             ns[f.name] = dataclasses.field(default=f.default, default_factory=f.default_factory)
     annotations = dict(own)
-    for name, (type_, default) in fields_.items():
-        annotations[name] = type_
-        ns[name] = default
+    for key, (type_, default) in fields_.items():
+        annotations[key] = type_
+        ns[key] = default
     ns["__annotations__"] = annotations
-    new = type(cls.__name__, cls.__bases__, ns)
+    ns["__qualname__"] = name
+    new = type(name, cls.__bases__, ns)
     return dataclasses.dataclass(init=False, repr=False, eq=False)(new)
 
 

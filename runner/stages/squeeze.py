@@ -77,7 +77,7 @@ class SqueezeParams(regularize.Params):  # conf/stage/squeeze.yaml builds on reg
 
 
 # a regularize run dir (its rungs/), a tune/multirun sweep dir (its trials), or a run dir
-Params = keyword_fields(SqueezeParams, **{"from": (Optional[str], None)})
+Params = keyword_fields(SqueezeParams, "Params", **{"from": (Optional[str], None)})
 # the settings squeeze reads (the rest of Params is what its YAML inherits from regularize)
 OWN = ("from", "runs", "k", "seeds", "continue_epochs")
 # it reads from= itself: the candidates' directories, not a config to start from
