@@ -242,6 +242,44 @@ def _hydra_compose(overrides: Sequence[str]):
     return hydra_compose(config_name=name or "config", overrides=list(overrides))
 
 
+def compose_stage(config_name: str, stage: str):
+    """`stage=<stage>` composed alone from `config_name` (what the stage's YAML sets)."""
+    from hydra import compose as hydra_compose
+
+    return hydra_compose(config_name=config_name, overrides=[f"stage={stage}"])
+
+
+def sweep_job_config(loader, sweep_cfg, overrides: Sequence[str]) -> tuple:
+    """(config, group choices, keys taken from the source run or None) of a job a sweeper
+    launches with `overrides`, as runner/app.py builds it in the job: Hydra's config loader
+    composes it (the sweeper's own, as its launcher will), then `from=`'s lineage applies.
+    A bad from= is a ConfigError (every job would fail the same way)."""
+    from omegaconf import OmegaConf, open_dict, read_write
+
+    from runner import lineage
+    from runner.stages import stage_flag
+
+    if not sweep_cfg.get("from") or stage_flag(str(sweep_cfg.stage.name), "OWN_FROM"):
+        return sweep_cfg, sweep_cfg.hydra.runtime.choices, None
+    job = loader.load_sweep_config(sweep_cfg, list(overrides))
+    choices = OmegaConf.to_container(job.hydra.runtime.choices)
+    with read_write(job), open_dict(job):  # a job's task config has no hydra node
+        del job["hydra"]
+    result, lin = lineage.inherit(
+        job,
+        list(overrides),
+        str(sweep_cfg.hydra.runtime.cwd),
+        str(sweep_cfg.hydra.job.config_name or "config"),
+    )
+    return result, choices, lin.from_source
+
+
+def check_sweep_batch(sweeper, batch: Sequence[Sequence[str]]) -> None:
+    """Compose each job of a sweep's batch before any runs (Hydra's own check, the sweeper
+    API's validate_batch_is_legal): a typo in a key fails once, before the first trial."""
+    sweeper.validate_batch_is_legal([list(b) for b in batch])
+
+
 def flat_keys(cfg) -> List[str]:
     """Every dotted key of a config, nodes and leaves (for close-match suggestions)."""
     from omegaconf import OmegaConf

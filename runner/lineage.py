@@ -260,17 +260,11 @@ def _stage_leaves(config_name: str, stage: str) -> Dict[str, Any]:
     )
     key = (sources, config_name, stage)
     if key not in _STAGE_CACHE:
-        _STAGE_CACHE[key] = flatten(_plain(_compose_stage(config_name, stage)))
+        _STAGE_CACHE[key] = flatten(_plain(jobs.compose_stage(config_name, stage)))
     return dict(_STAGE_CACHE[key])
 
 
 _STAGE_CACHE: Dict[Tuple[Any, str, str], Dict[str, Any]] = {}
-
-
-def _compose_stage(config_name: str, stage: str):
-    from hydra import compose
-
-    return compose(config_name=config_name, overrides=[f"stage={stage}"])
 
 
 def inherit(

@@ -638,31 +638,18 @@ class OptunaSweeper(Sweeper):
         space's fixed overrides; the searched keys are left at their config values, so they
         do not count as set by the command), then `from=`'s lineage (source outcome + stage
         changes + command changes)."""
-        from runner import lineage
+        from runner import jobs
         from runner.errors import ConfigError
-        from runner.stages import stage_flag
 
-        cfg = self.config
-        if not cfg.get("from") or stage_flag(str(cfg.stage.name), "OWN_FROM"):
-            return cfg, cfg.hydra.runtime.choices, None
-        fixed = list(space.fixed)
-        job = self.hydra_context.config_loader.load_sweep_config(cfg, fixed)
-        choices = OmegaConf.to_container(job.hydra.runtime.choices)
-        with read_write(job), open_dict(job):  # a job's task config has no hydra node
-            del job["hydra"]
         try:
-            result, lin = lineage.inherit(
-                job,
-                fixed,
-                str(cfg.hydra.runtime.cwd),
-                str(cfg.hydra.job.config_name or "config"),
+            return jobs.sweep_job_config(
+                self.hydra_context.config_loader, self.config, list(space.fixed)
             )
         except ConfigError as e:
             # a bad from= fails every job the same way: say so once, exit 2, no traceback
             # (Hydra prints the whole stack of an exception raised outside a job)
             log.error("config error: %s", e)
             raise SystemExit(e.exit_code) from None
-        return result, choices, lin.from_source
 
     def _current_choice(self, group: str, cfg, choices, taken: dict[str, Any] | None):
         """A group's current option. With `from=`, when the group's values come (in part) from
@@ -825,10 +812,10 @@ class OptunaSweeper(Sweeper):
 
     def _check_composes(self, space) -> None:
         """Compose one trial's config before any job runs: typos in keys fail here, once."""
-        from runner import tuning
+        from runner import jobs, tuning
 
         sample = [f"{k}={tuning.format_value(_first(d))}" for k, d in space.distributions.items()]
-        self.validate_batch_is_legal([list(space.fixed) + sample])
+        jobs.check_sweep_batch(self, [list(space.fixed) + sample])
 
     # ------------------------------------------------------------------------- outputs
     def _write_outputs(self, study, final: bool) -> None:
