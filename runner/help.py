@@ -8,6 +8,7 @@ that --help imports neither torch nor timm (STYLE habit 11).
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.util
 import re
 from typing import List, Tuple
@@ -34,8 +35,10 @@ def _recipe_step(summary: str) -> float:
     return float(m.group(1)) if m else 0.0  # stages outside the recipe's numbering come first
 
 
+@functools.lru_cache(maxsize=1)
 def stage_lines() -> str:
-    """'  name  summary' for every registered stage, in the recipe's order."""
+    """'  name  summary' for every registered stage, in the recipe's order (read once a
+    process: Hydra resolves the help template on every run)."""
     from runner.stages import STAGES
 
     rows: List[Tuple[float, str, str]] = []

@@ -225,6 +225,10 @@ def _compose_all(base: List[str], args: List[str]) -> tuple:
     """(config, []) or (None, problems): on a failure each override is tried on its own to
     name the ones at fault (`model.nme=x: model has no key 'nme'; did you mean ...`)."""
     try:
+        return _hydra_compose([*base, *args]), []
+    except Exception:  # noqa: BLE001 -- find the bad overrides below (the failure path only)
+        pass
+    try:  # the keys that exist, for "did you mean" (composing costs ~0.4 s: only on failure)
         keys = flat_keys(_hydra_compose(base))
     except Exception:  # noqa: BLE001 -- the packaged config itself: compose_each says so
         keys = []
