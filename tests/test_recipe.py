@@ -128,8 +128,9 @@ def test_recipe_checks_every_stage_before_running_any(cli):
     assert "recipe: 1/" not in r.out and not list(r.cwd.glob("outputs/*/*"))
 
 
-# isolate=true (a process per stage) in one case: the reason reaches the recipe either way
-@pytest.mark.parametrize("go_on, isolate", [(True, True), (False, False)])
+# isolate=true (a process per stage) in one case, the one that stops after its first stage
+# (one child process): the reason reaches the recipe either way
+@pytest.mark.parametrize("go_on, isolate", [(True, False), (False, True)])
 def test_recipe_failed_stage_reason_and_final_val_acc(cli, go_on, isolate):
     """A stage that fails with an error (no check): the recipe names the error (console,
     summary, report) and its val_acc is the final model's, not the failed stage's. With
