@@ -201,6 +201,19 @@ def test_train_scores_the_final_model_once_on_test_with_per_class_figures(traine
     assert "test" not in header  # nothing per epoch looks at the test split
 
 
+def test_metric_macro_f1_picks_the_best_epoch_on_it(tmp_path):
+    d = tmp_path / "r"
+    args = [*TINY, "metric=macro_f1", "trainer.epochs=3", "optim.lr=0.01"]
+    out = jobs.run(jobs.plan("train", args, cwd=tmp_path), d, capture=True)
+    assert out.code == 0, out.output
+    s = json.loads((d / "summary.json").read_text())
+    rows = list(csv.DictReader((d / "metrics.csv").open()))
+    f1 = [float(r["val_macro_f1"]) for r in rows]
+    assert s["best_epoch"] == 1 + f1.index(max(f1)) and s["metric"] == "macro_f1"
+    assert s["evaluation"]["val"]["macro_f1"] == pytest.approx(max(f1), abs=1e-5)
+    assert jobs.RunRecord.read(d).score == pytest.approx(s["best_val_macro_f1"])
+
+
 def test_unknown_metric_is_a_config_error(tmp_path):
     with pytest.raises(runner.ConfigError) as e:
         jobs.plan("train", [*TINY, "metric=f1"], cwd=tmp_path)

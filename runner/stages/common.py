@@ -969,8 +969,12 @@ def evaluation_sections(final: Optional[Dict[str, Any]]) -> List[Any]:
         return []
     blocks: List[Any] = [
         Text(
-            f"The final model (epoch {final.get('epoch')}, the weights best.pt holds), "
-            "evaluated once after training. The test split is scored here only: nothing "
+            (
+                f"The final model (epoch {final['epoch']}, the weights best.pt holds), "
+                if final.get("epoch") is not None
+                else "The adopted model (an ensemble: its members' averaged logits), "
+            )
+            + "evaluated once after training. The test split is scored here only: nothing "
             "selected on it.",
             note=True,
         )
