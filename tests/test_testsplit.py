@@ -263,7 +263,7 @@ def test_shuffled_test_labels_change_no_decision_of_the_ladder(tmp_path):
             "data=custom",
             "data._target_=shuffled.make",
             f"+data.kwargs.shuffle={shuffle}",
-            "trainer.epochs=2",
+            "trainer.epochs=1",
             rungs,
         ]
         r = jobs.run(jobs.plan("regularize", args, cwd=tmp_path), d, capture=True)
@@ -275,3 +275,44 @@ def test_shuffled_test_labels_change_no_decision_of_the_ladder(tmp_path):
     assert a["best_rung_dir"] == b["best_rung_dir"] and a["candidates"] == b["candidates"] == 2
     assert a["test"]["n"] == b["test"]["n"] == 32
     assert a["test_acc"] != b["test_acc"]  # the labels did differ, and only test saw them
+
+
+def test_inspect_reads_the_test_split_and_counts_leakage_into_it(tmp_path):
+    import shutil
+
+    from test_inspect import make_folder, photo_crops
+
+    root = make_folder(tmp_path / "d", n_train=4, n_val=2)
+    for c, tile in zip(("cat", "dog", "bird"), photo_crops(-3)):
+        (root / "test" / c).mkdir(parents=True)
+        Image.fromarray(tile).save(root / "test" / c / f"{c}-t.png")
+    shutil.copy(root / "train" / "cat" / "cat0.png", root / "test" / "cat" / "from_train.png")
+    shutil.copy(root / "val" / "dog" / "dog1.png", root / "test" / "dog" / "from_val.png")
+    from runner.config import InspectConfig
+    from runner.stages.inspect import (
+        _leakage,
+        _Pictures,
+        run_checks,
+        scan_imagefolder,
+        stream_table,
+        tables,
+    )
+
+    ic = InspectConfig()
+    source = scan_imagefolder(root, 0.2, 0, ic.analysis_size)
+    table, _ = stream_table(source, ic.analysis_size, num_workers=0, progress=False)
+    found = run_checks(table, ic)
+    checks = {v.name: v for v in found.verdicts}
+    leak = checks["data.leakage"]
+    assert leak.status == "fail"
+    assert leak.details["counts"] == {"train-val": 0, "train-test": 1, "val-test": 1}
+    assert "1 of 5 test images have a copy in train" in leak.message
+    assert checks["data.class_balance"].details["totals"] == {"train": 12, "val": 6, "test": 5}
+    cfg = OmegaConf.create({"inspect": OmegaConf.structured(ic)})
+    doc = tables(source, table, found.groups, found.leaks, found.outliers, found.flags, cfg)
+    leaks = doc["inspect.json"]["leakage"]
+    assert {p["pair"] for p in leaks} == {"train-test", "val-test"}
+    assert "test/cat/from_train.png" in {p.get("test") for p in leaks}
+    section = _leakage(_Pictures(cfg, source, table), leak, found.leaks)  # the report's listing
+    assert {r["pair"] for r in section.body[0].rows} == {"train-test", "val-test"}
+    assert "pairs" in leak.figures
