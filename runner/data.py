@@ -1017,6 +1017,25 @@ def _class_folder_problems(layout: Dict[str, Optional[Path]]) -> List[str]:
     return problems
 
 
+def _refuse_test_copies(layout, train_samples, test_samples) -> None:
+    """A file of test/ that is also in train/ (the same class folder, file name and size: a
+    copy) makes the test figure measure memory: refused, naming the files. Near copies under
+    other names are what stage=inspect's data.leakage finds (it reads every image)."""
+
+    def key(p: str) -> tuple:
+        return (Path(p).parent.name, Path(p).name, os.path.getsize(p))
+
+    train = {key(p) for p, _ in train_samples}
+    copies = [p for p, _ in test_samples if key(p) in train]
+    if copies:
+        shown = ", ".join(str(Path(p).relative_to(layout["test"])) for p in copies[:5])
+        raise ConfigError(
+            f"data.root: {len(copies)} file(s) of {layout['test']} are also in "
+            f"{layout['train']} (same class, name and size), e.g. {shown}; a test split must "
+            "hold images training never saw: remove them from one of the two"
+        )
+
+
 def split_indices(
     labels: np.ndarray,
     val_fraction: float,
@@ -1112,6 +1131,8 @@ def _imagefolder(cfg, base, norm=None) -> DataBundle:
     )
     samples = tr_ds.reader.samples + [x for d in folders.values() for x in d.reader.samples]
     names = [c for c, _ in sorted(class_to_idx.items(), key=lambda kv: kv[1])]
+    if "test" in folders:
+        _refuse_test_copies(layout, tr_ds.reader.samples, folders["test"].reader.samples)
     fp = _fingerprint(
         *[f"{Path(p).relative_to(root)}:{Path(p).stat().st_size}" for p, _ in samples],
         *(["test", te.tobytes()] if len(te) else []),
@@ -1254,6 +1275,12 @@ def _custom(cfg, base, norm=None) -> DataBundle:
             + "; expected a (train, val) pair or a (train, val, test) triple of map-style datasets"
         )
     tr_ds, va_ds, te_ds = (*out, None) if len(out) == 2 else out
+    if te_ds is not None and (te_ds is tr_ds or te_ds is va_ds):
+        raise ConfigError(
+            f"data._target_={cfg._target_!r} returned the "
+            f"{'train' if te_ds is tr_ds else 'val'} dataset as the test dataset; the test "
+            "split must be images no training and no selection saw"
+        )
     for nm, ds in (("train", tr_ds), ("val", va_ds), ("test", te_ds)):
         if ds is None:
             continue

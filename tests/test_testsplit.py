@@ -113,10 +113,19 @@ def test_image_folder_single_folder_takes_test_fraction(tmp_path):
             "has other classes than {root}/train: not in train/: ['c'], missing from test/: ['b']",
         ),
         ({"val": ["a", "b"], "test": ["a", "b"]}, "has val/, test/ but no train/"),
+        (
+            {"train": ["a", "b"], "test": ["a", "b"]},
+            "1 file(s) of {root}/test are also in {root}/train (same class, name and size), "
+            "e.g. a/traina0.png",
+        ),
     ],
 )
 def test_image_folder_bad_test_split_is_one_clear_error(tmp_path, splits, needle):
+    import shutil
+
     root = folder(tmp_path / "d", splits, n=2)
+    if "copies" in needle or "also in" in needle:  # a train image copied into test/
+        shutil.copy(root / "train" / "a" / "traina0.png", root / "test" / "a" / "traina0.png")
     with pytest.raises(runner.ConfigError) as e:
         build_data(data_cfg(kind="imagefolder", root=str(root), image_size=8))
     assert needle.format(root=root) in str(e.value)
@@ -152,10 +161,15 @@ def test_custom_callable_may_return_a_test_split(tmp_path, monkeypatch):
         "def make(n=8):\n"
         "    ds = lambda m: torch.utils.data.TensorDataset(torch.rand(m, 3, 8, 8), torch.arange(m) % 2)\n"
         "    return ds(n), ds(4), ds(6)\n"
+        "def same():\n"
+        "    a, b = make()[:2]\n"
+        "    return a, b, a\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     b = build_data(data_cfg(kind="custom", _target_="three.make", image_size=8))
     assert (len(b.train), len(b.val), len(b.test)) == (8, 4, 6)
+    with pytest.raises(runner.ConfigError, match="returned the train dataset as the test"):
+        build_data(data_cfg(kind="custom", _target_="three.same", image_size=8))
 
 
 def test_the_docs_data_kind_example_runs(monkeypatch):
