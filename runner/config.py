@@ -21,7 +21,10 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 from runner.errors import ConfigError
 from runner.stages.protocol import NoParams, keyword_fields
 
-DATA_KINDS = ("digits", "synthetic", "imagefolder", "torchvision", "custom")
+# what validation selects on (top-level `metric`): early stopping and best.pt, the ladder's
+# kept rungs, the study's trials, squeeze's pick and the recipe's final model (runner/jobs.py
+# selection_value); val_loss is minimised, the others maximised
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "val_loss")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("adam", "adamw", "sgd", "momentum", "nadam", "radam", "lamb", "lion", "rmsprop")
@@ -46,8 +49,14 @@ class DataConfig:
     # the resize filter (timm's names: bilinear, bicubic, nearest, box, hamming, lanczos); by
     # default a pretrained timm model's own (often bicubic), else bilinear
     interpolation: str = "${pretrained:interpolation,bilinear}"
-    # used when the data has no split of its own (digits, one folder, torchvision w/o split)
+    # used when the data has no val split of its own (digits, one folder, train/ without
+    # val/, torchvision: carved from its train split), stratified by class
     val_fraction: float = 0.2
+    # a test split carved from the data when it has none of its own (digits, one folder,
+    # torchvision without train/test), stratified; scored once on the final model, never
+    # selected on. 0 = none: off by default so the splits (and results) of existing configs
+    # stay as they were; an image folder's test/ and torchvision's test split need no setting
+    test_fraction: float = 0.0
     # seed of the train/val split; independent of `seed` so a split stays fixed across runs
     split_seed: int = 0
     # channels fed to the net for folders/torchvision (1 = grayscale, 3 = RGB)
@@ -65,8 +74,11 @@ class DataConfig:
     num_classes: int = 10
     num_train: int = 512
     num_val: int = 256
+    # synthetic: test images (0 = no test split)
+    num_test: int = 0
     noise: float = 0.3
-    # custom: dotted path to a callable returning (train, val) map-style datasets
+    # custom: dotted path to a callable returning (train, val) or (train, val, test)
+    # map-style datasets
     _target_: Optional[str] = None
     kwargs: Dict[str, Any] = field(default_factory=dict)
     # DataLoader workers for streamed (file/PIL) data and augmented in-memory data; null =
@@ -301,6 +313,13 @@ class _RunnerConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     seed: int = 0
+    # what validation selects on: accuracy | balanced_accuracy | macro_f1 | val_loss. Accuracy
+    # (the default) and val_loss keep the recipe's in-run rule, best.pt and early stopping on
+    # the val loss (smooth, where accuracy on a few hundred images ties between epochs), and
+    # compare runs on the best epoch's accuracy (val_loss: its loss); balanced_accuracy and
+    # macro_f1 (for imbalanced classes, where accuracy hides a class never predicted) pick the
+    # epoch and compare runs on themselves. The test split is never selected on
+    metric: str = "accuracy"
     # false, true (latest interrupted run under outputs/), or a run directory / checkpoint path
     resume: Any = False
     # a run directory or checkpoint whose model weights initialise this run (a warm start:
@@ -483,10 +502,20 @@ def validate(cfg, original_cwd: Optional[str] = None, user_overrides=None) -> No
     _choice(p, "stage.name", cfg.stage.name, sorted(STAGES))
 
     # data
-    _choice(p, "data.kind", d.kind, DATA_KINDS)
+    from runner.data import DATA_KINDS  # the registry beside the builders (imports torch)
+
+    _choice(p, "data.kind", d.kind, sorted(DATA_KINDS))
+    _choice(p, "metric", cfg.metric, METRICS)
     _positive(p, "data.image_size", d.image_size)
     if not 0.0 < d.val_fraction < 1.0:
         p.append(f"data.val_fraction={d.val_fraction!r} must be between 0 and 1 (exclusive)")
+    if not 0.0 <= d.test_fraction < 1.0:
+        p.append(f"data.test_fraction={d.test_fraction!r} must be >= 0 and < 1 (0 = no test split)")
+    elif d.val_fraction + d.test_fraction >= 0.9:
+        p.append(
+            f"data.val_fraction={d.val_fraction!r} + data.test_fraction={d.test_fraction!r} "
+            "leave under 10% of the images to train on; lower one of them"
+        )
     _choice(p, "data.channels", d.channels, (1, 3))
     for key in ("mean", "std"):
         v = d[key]
@@ -528,6 +557,7 @@ def validate(cfg, original_cwd: Optional[str] = None, user_overrides=None) -> No
             )
         _positive(p, "data.num_train", d.num_train)
         _positive(p, "data.num_val", d.num_val)
+        _positive(p, "data.num_test", d.num_test, allow_zero=True)
         if d.num_classes > 16:
             p.append(f"data.num_classes={d.num_classes} must be <= 16 for synthetic data")
 
@@ -842,7 +872,7 @@ def _experiment_keys(name: str) -> dict[str, Any]:
 
 def unread_keys(cfg, keys) -> list[str]:
     """Of dotted `model.*` / `data.*` keys, those the selected model/data option does not read
-    (runner/models.py MODEL_KEYS, runner/data.py KIND_KEYS; a key in no table is read by all)."""
+    (runner/models.py MODEL_KEYS, runner/data.py DATA_KINDS; a key in no table is read by all)."""
     out = []
     for key in keys:
         group, _, rest = str(key).partition(".")
@@ -853,7 +883,7 @@ def unread_keys(cfg, keys) -> list[str]:
         elif group == "data":
             from runner import data
 
-            table, kind = data.KIND_KEYS, str(cfg.data.kind)
+            table, kind = data.kind_keys(), str(cfg.data.kind)
         else:
             continue
         leaf = rest.split(".")[0]
@@ -885,7 +915,7 @@ def unread_key_problems(problems: list[str], cfg, user: dict[str, Any]) -> None:
     """A model.* or data.* key the user set that the selected option does not read would be
     silently ignored (`model.name=resnet18` with model=tiny_cnn trains a TinyCNN): a problem
     naming the option that reads it. The tables live beside the builders: runner/models.py
-    MODEL_KEYS, runner/data.py KIND_KEYS; a key in no table entry is read by every option.
+    MODEL_KEYS, runner/data.py DATA_KINDS; a key in no table entry is read by every option.
 
     In a sweep over a group's options (`-m data=digits,custom data._target_=x`) a job whose
     option does not read such a key only logs a warning: the sweep sets it for the others."""
@@ -918,7 +948,7 @@ def unread_key_problems(problems: list[str], cfg, user: dict[str, Any]) -> None:
         else:
             from runner import data
 
-            table, kind = data.KIND_KEYS, str(cfg.data.kind)
+            table, kind = data.kind_keys(), str(cfg.data.kind)
             option = {k: k for k in table}
             chosen = choices.get("data") or kind
             selected = f"data={chosen}" + (f" (data.kind={kind})" if chosen != kind else "")

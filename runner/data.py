@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -31,36 +31,6 @@ from torch.utils.data import DataLoader, Dataset
 from runner.errors import ConfigError, UnreadableFiles
 
 log = logging.getLogger(__name__)
-
-# The data.* keys each data.kind reads, besides those every kind reads (kind, image_size, mean,
-# std, num_workers, in_memory_max_pixels). config.validate() refuses a key the user set that the
-# selected kind does not read, naming the kind that would: never a silently ignored setting.
-KIND_KEYS = {
-    "digits": ("val_fraction", "split_seed", "interpolation"),
-    "synthetic": ("num_classes", "num_train", "num_val", "noise", "channels", "split_seed"),
-    "imagefolder": (
-        "root",
-        "channels",
-        "val_fraction",
-        "split_seed",
-        "on_unreadable",
-        "interpolation",
-        "max_image_pixels",
-        "max_image_bytes",
-    ),
-    "torchvision": (
-        "name",
-        "root",
-        "download",
-        "kwargs",
-        "channels",
-        "val_fraction",
-        "split_seed",
-        "on_unreadable",
-        "interpolation",
-    ),
-    "custom": ("_target_", "kwargs", "channels", "on_unreadable", "interpolation"),
-}
 
 
 # ----------------------------------------------------------------------------- loaders
@@ -136,23 +106,28 @@ class _GlobalBatches:
 
 
 class TensorLoader(_GlobalBatches):
-    """Batches of an in-memory uint8 tensor, normalised on the fly on the target device."""
+    """Batches of an in-memory uint8 tensor, normalised on the fly on the target device.
+
+    Keyword-only, with StreamLoader's names (`num_workers` is accepted and unused: batches
+    of an in-memory tensor are made by indexing, no worker decodes anything)."""
 
     def __init__(
         self,
+        *,
         split: "TensorSplit",
         batch_size: int,
         shuffle: bool,
         seed: int,
         device: torch.device,
+        train: bool = True,
+        num_workers: int = 0,
         drop_last: bool = False,
         zero_inputs: bool = False,
         rank: int = 0,
         world: int = 1,
-        train: bool = True,
     ):
         self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
-        self.train = train
+        self.train, self.num_workers = train, num_workers
         self.drop_last, self.device, self.zero_inputs = drop_last, device, zero_inputs
         self.rank, self.world = rank, world
         # data moved once, as uint8 (a quarter of float32's bytes), from pinned memory on CUDA;
@@ -213,7 +188,8 @@ def _collate_skip_bad(items, mean=None, std=None):
 
 
 class StreamLoader(_GlobalBatches):
-    """A DataLoader over a StreamSplit, with the same global batches as TensorLoader.
+    """A DataLoader over a StreamSplit, with the same global batches as TensorLoader (and its
+    keyword-only arguments).
 
     Undecodable files come back as Unreadable and are left out of their batch (logged, and
     recorded in the split's `unreadable`); with data.on_unreadable=fail the run stops instead.
@@ -221,13 +197,14 @@ class StreamLoader(_GlobalBatches):
 
     def __init__(
         self,
+        *,
         split: "StreamSplit",
         batch_size: int,
         shuffle: bool,
         seed: int,
         device: torch.device,
-        train: bool,
-        num_workers: int,
+        train: bool = True,
+        num_workers: int = 0,
         drop_last: bool = False,
         zero_inputs: bool = False,
         rank: int = 0,
@@ -330,24 +307,22 @@ class TensorSplit:
         rank=0,
         world=1,
     ):
+        kw = dict(
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            device=device,
+            train=train,
+            num_workers=num_workers,
+            drop_last=drop_last,
+            zero_inputs=zero_inputs,
+            rank=rank,
+            world=world,
+        )
         if aug_transform is not None and train:
             # augmentation works per image (timm transforms on PIL): stream this split instead
-            return StreamLoader(
-                self.as_stream(aug_transform),
-                batch_size,
-                shuffle,
-                seed,
-                device,
-                True,
-                num_workers,
-                drop_last,
-                zero_inputs,
-                rank,
-                world,
-            )
-        return TensorLoader(
-            self, batch_size, shuffle, seed, device, drop_last, zero_inputs, rank, world, train
-        )
+            return StreamLoader(split=self.as_stream(aug_transform), **kw)
+        return TensorLoader(split=self, **kw)
 
     def as_stream(self, train_transform) -> "StreamSplit":
         return StreamSplit(
@@ -456,17 +431,17 @@ class StreamSplit:
             )
             split.unreadable, split.on_unreadable = self.unreadable, self.on_unreadable
         return StreamLoader(
-            split,
-            batch_size,
-            shuffle,
-            seed,
-            device,
-            train,
-            num_workers,
-            drop_last,
-            zero_inputs,
-            rank,
-            world,
+            split=split,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            device=device,
+            train=train,
+            num_workers=num_workers,
+            drop_last=drop_last,
+            zero_inputs=zero_inputs,
+            rank=rank,
+            world=world,
         )
 
 
@@ -613,12 +588,22 @@ class DataBundle:
     norm_from: str = ""
     # the resize filter (data.interpolation, resolved)
     interpolation: str = "bilinear"
+    # the test split (None: the data has none): scored once, on the final model, after
+    # training; never read by a selection (runner/stages/common.py final_evaluation)
+    test: object = None
+
+    def splits(self) -> Dict[str, object]:
+        """{"train", "val"[, "test"]} -> the split, those the data has."""
+        out = {"train": self.train, "val": self.val}
+        if self.test is not None:
+            out["test"] = self.test
+        return out
 
     def unreadable_files(self) -> dict[str, str]:
-        """Files left out so far because they could not be read (name -> error), both splits;
-        for the summary's `unreadable_files` and the report."""
+        """Files left out so far because they could not be read (name -> error), every
+        split; for the summary's `unreadable_files` and the report."""
         out: dict[str, str] = {}
-        for split in (self.train, self.val):
+        for split in self.splits().values():
             out.update(getattr(split, "unreadable", {}))
         return dict(sorted(out.items()))
 
@@ -633,16 +618,13 @@ def build_data(cfg, original_cwd: Optional[str] = None, model=None) -> DataBundl
     `model`: the `model` node, when known. A pretrained timm model with data.mean/std null
     gets the mean/std its weights were trained with (recipe stage 4: pretrained weights
     expect their own input statistics), not the training set's."""
-    builders = {
-        "digits": _digits,
-        "synthetic": _synthetic,
-        "imagefolder": _imagefolder,
-        "torchvision": _torchvision,
-        "custom": _custom,
-    }
+    if cfg.kind not in DATA_KINDS:
+        raise ConfigError(
+            f"data.kind={cfg.kind!r} is not a data kind; expected one of {sorted(DATA_KINDS)}"
+        )
     base = Path(original_cwd) if original_cwd else Path.cwd()
     norm = pretrained_mean_std(model) if cfg.mean is None or cfg.std is None else None
-    bundle = builders[cfg.kind](cfg, base, norm)
+    bundle = DATA_KINDS[cfg.kind].build(cfg, base, norm)
     bundle.interpolation = str(cfg.interpolation)
     log.info(
         "data: mean %s, std %s (%s)",
@@ -656,7 +638,7 @@ def build_data(cfg, original_cwd: Optional[str] = None, model=None) -> DataBundl
             f"{bundle.class_names}; a classifier needs at least 2 (with one class "
             "the loss is 0 from the start and nothing is learned)"
         )
-    for split in (bundle.train, bundle.val):
+    for split in bundle.splits().values():
         if isinstance(split, StreamSplit):
             split.on_unreadable = cfg.get("on_unreadable", "skip")
     return bundle
@@ -754,7 +736,11 @@ def _fingerprint(*parts) -> str:
     return h.hexdigest()[:16]
 
 
-def _tensor_bundle(cfg, kind, x, y, tr, va, class_names, notes=(), norm=None) -> DataBundle:
+def _tensor_bundle(
+    cfg, kind, x, y, tr, va, class_names, notes=(), norm=None, te=None
+) -> DataBundle:
+    """A DataBundle of in-memory images `x` [N, C, H, W] uint8 and labels `y`, split by the
+    index arrays tr, va (and te, the test split; None or empty: none)."""
     x = _resize_uint8(x, cfg.image_size, cfg.interpolation)
     xtr, ytr, xva, yva = x[tr], y[tr], x[va], y[va]
     if norm is not None:
@@ -781,6 +767,9 @@ def _tensor_bundle(cfg, kind, x, y, tr, va, class_names, notes=(), norm=None) ->
         kind=kind,
         notes=list(notes),
         norm_from=source,
+        test=TensorSplit(x[te], y[te], mean, std, names=[f"#{int(i)}" for i in te])
+        if te is not None and len(te)
+        else None,
     )
 
 
@@ -817,7 +806,7 @@ def _digits(cfg, base, norm=None) -> DataBundle:
     # 8x8 grey levels 0..16 -> uint8 0..255, one channel
     x = torch.from_numpy(np.round(images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
     y = torch.from_numpy(target)
-    tr, va = _random_split(len(y), cfg.val_fraction, cfg.split_seed, target)
+    tr, va, te = split_indices(target, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
     return _tensor_bundle(
         cfg,
         "digits",
@@ -828,6 +817,7 @@ def _digits(cfg, base, norm=None) -> DataBundle:
         [str(c) for c in range(10)],
         notes=["scikit-learn's bundled digits: 1,797 real 8x8 images, upsampled"],
         norm=norm,
+        te=te,
     )
 
 
@@ -848,15 +838,16 @@ def synthetic_images(
 
 
 def _synthetic(cfg, base, norm=None) -> DataBundle:
-    n = cfg.num_train + cfg.num_val
+    n_test = int(cfg.get("num_test") or 0)
+    n = cfg.num_train + cfg.num_val + n_test
     x, y = synthetic_images(
         n, cfg.num_classes, cfg.image_size, cfg.channels, cfg.noise, cfg.split_seed
     )
     tr = np.arange(cfg.num_train)
-    va = np.arange(cfg.num_train, n)
-    return _tensor_bundle(
-        cfg, "synthetic", x, y, tr, va, [f"c{k}" for k in range(cfg.num_classes)], norm=norm
-    )
+    va = np.arange(cfg.num_train, cfg.num_train + cfg.num_val)
+    te = np.arange(cfg.num_train + cfg.num_val, n)
+    names = [f"c{k}" for k in range(cfg.num_classes)]
+    return _tensor_bundle(cfg, "synthetic", x, y, tr, va, names, norm=norm, te=te)
 
 
 def _default_mean_std(cfg, channels, norm=None):
@@ -953,18 +944,53 @@ def walk_image_folder(top: Path) -> Tuple[List[Tuple[str, str]], List[str], int]
     return [(p, idx_to_class[t]) for p, t in samples], classes, ignored
 
 
-def _imagefolder(cfg, base, norm=None) -> DataBundle:
-    from timm.data import ImageDataset
+# split folder names of an image folder (never class names): what each one is
+SPLIT_FOLDERS = {
+    "train": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+}
 
-    root = (base / cfg.root).expanduser()
-    two = (root / "train").is_dir() and (root / "val").is_dir()
-    top = [root / "train", root / "val"] if two else [root]
+
+def folder_layout(root: Path) -> Dict[str, Optional[Path]]:
+    """{"train", "val", "test"} -> the folder of that split under data.root, or None (carved
+    from train). root/train/ (+ val/, valid/ or validation/, + test/) is a split layout; a root
+    without split folders is one folder of class folders: train, with val (and test with
+    data.test_fraction) carved from it."""
+    found: Dict[str, List[Path]] = {}
+    for name, split in SPLIT_FOLDERS.items():
+        if (root / name).is_dir():
+            found.setdefault(split, []).append(root / name)
+    if not found:
+        return {"train": root, "val": None, "test": None}
     problems = []
-    for t in top:
+    if "train" not in found:
+        problems.append(
+            f"data.root: {root} has {', '.join(p.name + '/' for v in found.values() for p in v)} "
+            "but no train/; split folders (train, val/valid/validation, test) are never "
+            "classes: add train/ beside them, or put the class folders directly in data.root"
+        )
+    if len(found.get("val", ())) > 1:
+        problems.append(
+            f"data.root: {root} has {' and '.join(p.name + '/' for p in found['val'])}: "
+            "which one is the validation split? keep one"
+        )
+    if problems:
+        raise ConfigError(problems)
+    return {s: (found[s][0] if s in found else None) for s in ("train", "val", "test")}
+
+
+def _class_folder_problems(layout: Dict[str, Optional[Path]]) -> List[str]:
+    problems = []
+    for split, t in layout.items():
+        if t is None:
+            continue
         classes = list_class_folders(t)
         if not classes:
             problems.append(f"data.root: {t} has no class folders; expected one folder per class")
-        elif len(classes) == 1 and t != root / "val":  # val may hold fewer classes
+        elif len(classes) == 1 and split == "train":  # val may hold fewer classes
             problems.append(
                 f"data.root: {t} has one class folder ({classes[0].name}); a "
                 "classifier needs at least 2 (one folder per class)"
@@ -975,78 +1001,141 @@ def _imagefolder(cfg, base, norm=None) -> DataBundle:
                     f"data.root: class folder {c} has no images "
                     f"(expected {', '.join(sorted(image_extensions()))})"
                 )
+    train = {c.name for c in list_class_folders(layout["train"])}
+    if layout["val"] is not None:
+        extra = sorted({c.name for c in list_class_folders(layout["val"])} - train)
+        if extra:
+            problems.append(f"data.root: {layout['val']} has classes not in train/: {extra}")
+    if layout["test"] is not None:
+        test = {c.name for c in list_class_folders(layout["test"])}
+        if test != train:
+            problems.append(
+                f"data.root: {layout['test']} has other classes than {layout['train']}: "
+                f"not in train/: {sorted(test - train)}, missing from test/: "
+                f"{sorted(train - test)}; the test split must hold the classes the model learns"
+            )
+    return problems
+
+
+def _refuse_test_copies(layout, train_samples, test_samples) -> None:
+    """A file of test/ that is also in train/ (the same class folder, file name and size: a
+    copy) makes the test figure measure memory: refused, naming the files. Near copies under
+    other names are what stage=inspect's data.leakage finds (it reads every image)."""
+
+    def key(p: str) -> tuple:
+        return (Path(p).parent.name, Path(p).name, os.path.getsize(p))
+
+    train = {key(p) for p, _ in train_samples}
+    copies = [p for p, _ in test_samples if key(p) in train]
+    if copies:
+        shown = ", ".join(str(Path(p).relative_to(layout["test"])) for p in copies[:5])
+        raise ConfigError(
+            f"data.root: {len(copies)} file(s) of {layout['test']} are also in "
+            f"{layout['train']} (same class, name and size), e.g. {shown}; a test split must "
+            "hold images training never saw: remove them from one of the two"
+        )
+
+
+def split_indices(
+    labels: np.ndarray,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    carve_val: bool = True,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, val, test) indices of one pool of images, each stratified by label and seeded.
+
+    val is what `_random_split` has always carved (the same images whether or not a test split
+    is asked for: turning data.test_fraction on does not move validation); the test split
+    (test_fraction of the pool) is then carved from the rest, with its own seed."""
+    n = len(labels)
+    if carve_val:
+        tr, va = _random_split(n, val_fraction, seed, labels)
+    else:
+        tr, va = np.arange(n, dtype=np.int64), np.zeros(0, np.int64)
+    if test_fraction <= 0 or len(tr) == 0:
+        return tr, va, np.zeros(0, np.int64)
+    rel = min(0.99, test_fraction * n / len(tr))
+    keep, te = _random_split(len(tr), rel, seed + 1, labels[tr])
+    return tr[keep], va, tr[te]
+
+
+def _imagefolder(cfg, base, norm=None) -> DataBundle:
+    from timm.data import ImageDataset
+    from torch.utils.data import Subset
+
+    root = (base / cfg.root).expanduser()
+    layout = folder_layout(root)
+    problems = _class_folder_problems(layout)
+    test_fraction = float(cfg.get("test_fraction") or 0.0)
+    if layout["test"] is not None and test_fraction > 0:
+        problems.append(
+            f"data.test_fraction={test_fraction:g} but {layout['test']} is the test split; "
+            "remove data.test_fraction (or the test/ folder)"
+        )
     if problems:
         raise ConfigError(problems)
     mode = "L" if cfg.channels == 1 else "RGB"
     limits = (int(cfg.get("max_image_pixels") or 0), int(cfg.get("max_image_bytes") or 0))
     mean, std, source = _default_mean_std(cfg, cfg.channels, norm)
     tf = eval_transform(cfg.image_size, mean, std, cfg.interpolation)
-    if two:
-        tr_ds = ImageDataset(str(root / "train"), input_img_mode=mode)
-        class_to_idx = tr_ds.reader.class_to_idx
-        va_ds = ImageDataset(str(root / "val"), input_img_mode=mode, class_map=dict(class_to_idx))
-        missing = sorted(set(c.name for c in list_class_folders(root / "val")) - set(class_to_idx))
-        if missing:
-            raise ConfigError(f"data.root: {root / 'val'} has classes not in train/: {missing}")
-        tr_labels = torch.tensor([t for _, t in tr_ds.reader.samples])
-        va_labels = torch.tensor([t for _, t in va_ds.reader.samples])
-        train = StreamSplit(
-            _Files(tr_ds, mode, *limits),
-            tr_labels,
-            None,
-            tf,
-            mean,
-            std,
-            lambda i, d=tr_ds: d.filename(i, absolute=True),
-            cfg.image_size,
-            cfg.interpolation,
-        )
-        val = StreamSplit(
-            _Files(va_ds, mode, *limits),
-            va_labels,
-            None,
-            tf,
-            mean,
-            std,
-            lambda i, d=va_ds: d.filename(i, absolute=True),
-            cfg.image_size,
-            cfg.interpolation,
-        )
-        samples = tr_ds.reader.samples + va_ds.reader.samples
-    else:
-        ds = ImageDataset(str(root), input_img_mode=mode)
-        class_to_idx = ds.reader.class_to_idx
-        labels = np.array([t for _, t in ds.reader.samples])
-        tr, va = _random_split(len(labels), cfg.val_fraction, cfg.split_seed, labels)
-        from torch.utils.data import Subset
 
+    def stream(ds, idx=None) -> StreamSplit:
+        """A split of the folder ImageDataset `ds`: all of it, or its items `idx`."""
+        labels = np.array([t for _, t in ds.reader.samples], dtype=np.int64)
         files = _Files(ds, mode, *limits)
-        train = StreamSplit(
-            Subset(files, tr.tolist()),
-            torch.from_numpy(labels[tr]),
+        if idx is None:
+            return StreamSplit(
+                files,
+                torch.from_numpy(labels),
+                None,
+                tf,
+                mean,
+                std,
+                lambda i, d=ds: d.filename(i, absolute=True),
+                cfg.image_size,
+                cfg.interpolation,
+            )
+        return StreamSplit(
+            Subset(files, idx.tolist()),
+            torch.from_numpy(labels[idx]),
             None,
             tf,
             mean,
             std,
-            lambda i, d=ds, t=tr: d.filename(int(t[i]), absolute=True),
+            lambda i, d=ds, t=idx: d.filename(int(t[i]), absolute=True),
             cfg.image_size,
             cfg.interpolation,
         )
-        val = StreamSplit(
-            Subset(files, va.tolist()),
-            torch.from_numpy(labels[va]),
-            None,
-            tf,
-            mean,
-            std,
-            lambda i, d=ds, v=va: d.filename(int(v[i]), absolute=True),
-            cfg.image_size,
-            cfg.interpolation,
-        )
-        samples = ds.reader.samples
+
+    tr_ds = ImageDataset(str(layout["train"]), input_img_mode=mode)
+    class_to_idx = tr_ds.reader.class_to_idx
+    folders = {
+        s: ImageDataset(str(layout[s]), input_img_mode=mode, class_map=dict(class_to_idx))
+        for s in ("val", "test")
+        if layout[s] is not None
+    }
+    labels = np.array([t for _, t in tr_ds.reader.samples], dtype=np.int64)
+    tr, va, te = split_indices(
+        labels,
+        cfg.val_fraction,
+        test_fraction,
+        cfg.split_seed,
+        carve_val="val" not in folders,
+    )
+    whole = "val" in folders and not len(te)  # train/ is the train split as it is
+    train = stream(tr_ds, None if whole else tr)
+    val = stream(folders["val"]) if "val" in folders else stream(tr_ds, va)
+    test = (
+        stream(folders["test"]) if "test" in folders else (stream(tr_ds, te) if len(te) else None)
+    )
+    samples = tr_ds.reader.samples + [x for d in folders.values() for x in d.reader.samples]
     names = [c for c, _ in sorted(class_to_idx.items(), key=lambda kv: kv[1])]
+    if "test" in folders:
+        _refuse_test_copies(layout, tr_ds.reader.samples, folders["test"].reader.samples)
     fp = _fingerprint(
-        *[f"{Path(p).relative_to(root)}:{Path(p).stat().st_size}" for p, _ in samples]
+        *[f"{Path(p).relative_to(root)}:{Path(p).stat().st_size}" for p, _ in samples],
+        *(["test", te.tobytes()] if len(te) else []),
     )
     return DataBundle(
         train,
@@ -1060,6 +1149,7 @@ def _imagefolder(cfg, base, norm=None) -> DataBundle:
         fp,
         "imagefolder",
         norm_from=source,
+        test=test,
     )
 
 
@@ -1096,7 +1186,7 @@ def _torchvision(cfg, base, norm=None) -> DataBundle:
         if "train" in params:
             k["train"] = split_name == "train"
         elif "split" in params:
-            k["split"] = "train" if split_name == "train" else "test"
+            k["split"] = split_name
         try:
             return cls(**k)
         except RuntimeError as e:  # torchvision: "Dataset not found. You can use download=True"
@@ -1107,45 +1197,46 @@ def _torchvision(cfg, base, norm=None) -> DataBundle:
 
     mean, std, source = _default_mean_std(cfg, cfg.channels, norm)
     tf = _channel_fix(eval_transform(cfg.image_size, mean, std, cfg.interpolation), cfg.channels)
-    if "train" in params or "split" in params:
-        tr_ds, va_ds = make("train"), make("val")
-        tr_labels, va_labels = _targets_of(tr_ds), _targets_of(va_ds)
-    else:  # one dataset (e.g. FakeData): split it
-        ds = make("train")
-        labels = _targets_of(ds)
-        if labels is None:
-            labels = torch.tensor([int(ds[i][1]) for i in range(len(ds))])
-        tr, va = _random_split(len(ds), cfg.val_fraction, cfg.split_seed, labels.numpy())
-        from torch.utils.data import Subset
+    from torch.utils.data import Subset
 
-        tr_ds, va_ds = Subset(ds, tr.tolist()), Subset(ds, va.tolist())
-        tr_labels, va_labels = labels[tr], labels[va]
-    train = StreamSplit(
-        tr_ds,
-        tr_labels,
-        None,
-        tf,
-        mean,
-        std,
-        image_size=cfg.image_size,
-        interpolation=cfg.interpolation,
+    # the dataset's official test split is the test split, scored once on the final model;
+    # validation, which every selection reads, is carved from its train split (stratified,
+    # data.split_seed): selecting on the benchmark's test set would leave no honest number
+    official = "train" in params or "split" in params
+    ds = make("train")
+    labels = _targets_of(ds)
+    if labels is None:
+        labels = torch.tensor([int(ds[i][1]) for i in range(len(ds))])
+    tr, va, te = split_indices(
+        labels.numpy(),
+        cfg.val_fraction,
+        0.0 if official else float(cfg.get("test_fraction") or 0.0),
+        cfg.split_seed,
     )
-    val = StreamSplit(
-        va_ds,
-        va_labels,
-        None,
-        tf,
-        mean,
-        std,
-        image_size=cfg.image_size,
-        interpolation=cfg.interpolation,
-    )
-    classes = getattr(tr_ds, "classes", None) or getattr(
-        getattr(tr_ds, "dataset", None), "classes", None
-    )
-    n_cls = len(classes) if classes else int(torch.cat([train.labels, val.labels]).max()) + 1
+
+    def stream(d, lab):
+        return StreamSplit(
+            d, lab, None, tf, mean, std, image_size=cfg.image_size, interpolation=cfg.interpolation
+        )
+
+    train = stream(Subset(ds, tr.tolist()), labels[tr])
+    val = stream(Subset(ds, va.tolist()), labels[va])
+    if official:
+        te_ds = make("test")
+        test = stream(te_ds, _targets_of(te_ds))
+    else:
+        test = stream(Subset(ds, te.tolist()), labels[te]) if len(te) else None
+    classes = getattr(ds, "classes", None)
+    n_cls = len(classes) if classes else int(labels.max()) + 1
     names = [str(c) for c in classes] if classes else [str(i) for i in range(n_cls)]
-    fp = _fingerprint("torchvision", cfg.name, len(train), len(val), train.labels.numpy().tobytes())
+    fp = _fingerprint(
+        "torchvision",
+        cfg.name,
+        len(train),
+        len(val),
+        train.labels.numpy().tobytes(),
+        *(["test", len(test)] if test is not None else []),
+    )
     return DataBundle(
         train,
         val,
@@ -1158,6 +1249,7 @@ def _torchvision(cfg, base, norm=None) -> DataBundle:
         fp,
         "torchvision",
         norm_from=source,
+        test=test,
     )
 
 
@@ -1176,13 +1268,22 @@ def _custom(cfg, base, norm=None) -> DataBundle:
 
     fn = resolve_target(cfg._target_, "data._target_")
     out = fn(**dict(cfg.kwargs))
-    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+    if not (isinstance(out, (tuple, list)) and len(out) in (2, 3)):
         raise ConfigError(
-            f"data._target_={cfg._target_!r} returned {type(out).__name__}; "
-            "expected a (train, val) pair of map-style datasets"
+            f"data._target_={cfg._target_!r} returned {type(out).__name__}"
+            + (f" of {len(out)}" if isinstance(out, (tuple, list)) else "")
+            + "; expected a (train, val) pair or a (train, val, test) triple of map-style datasets"
         )
-    tr_ds, va_ds = out
-    for nm, ds in (("train", tr_ds), ("val", va_ds)):
+    tr_ds, va_ds, te_ds = (*out, None) if len(out) == 2 else out
+    if te_ds is not None and (te_ds is tr_ds or te_ds is va_ds):
+        raise ConfigError(
+            f"data._target_={cfg._target_!r} returned the "
+            f"{'train' if te_ds is tr_ds else 'val'} dataset as the test dataset; the test "
+            "split must be images no training and no selection saw"
+        )
+    for nm, ds in (("train", tr_ds), ("val", va_ds), ("test", te_ds)):
+        if ds is None:
+            continue
         if not hasattr(ds, "__getitem__") or not hasattr(ds, "__len__") or len(ds) == 0:
             raise ConfigError(
                 f"data._target_={cfg._target_!r}: the {nm} dataset is empty or not "
@@ -1215,10 +1316,34 @@ def _custom(cfg, base, norm=None) -> DataBundle:
         image_size=cfg.image_size,
         interpolation=cfg.interpolation,
     )
+    test = None
+    if te_ds is not None:
+        test = StreamSplit(
+            te_ds,
+            _targets_of(te_ds),
+            None,
+            tf,
+            mean,
+            std,
+            image_size=cfg.image_size,
+            interpolation=cfg.interpolation,
+        )
     classes = getattr(tr_ds, "classes", None)
     n_cls = len(classes) if classes else int(torch.cat([train.labels, val.labels]).max()) + 1
     names = [str(c) for c in classes] if classes else [str(i) for i in range(n_cls)]
-    fp = _fingerprint("custom", cfg._target_, len(train), len(val), train.labels.numpy().tobytes())
+    if test is not None and len(test) and int(test.labels.max()) >= n_cls:
+        raise ConfigError(
+            f"data._target_={cfg._target_!r}: the test dataset has label "
+            f"{int(test.labels.max())}, but train/val hold {n_cls} classes ({names})"
+        )
+    fp = _fingerprint(
+        "custom",
+        cfg._target_,
+        len(train),
+        len(val),
+        train.labels.numpy().tobytes(),
+        *(["test", len(test)] if test is not None else []),
+    )
     return DataBundle(
         train,
         val,
@@ -1231,4 +1356,66 @@ def _custom(cfg, base, norm=None) -> DataBundle:
         fp,
         "custom",
         norm_from=source,
+        test=test,
     )
+
+
+# ----------------------------------------------------------------------------- the registry
+@dataclass(frozen=True)
+class DataKind:
+    """A data kind: its builder `build(cfg, base, norm) -> DataBundle` (cfg: the `data` node;
+    base: the folder relative paths start from; norm: a pretrained model's (mean, std, source)
+    or None) and the data.* keys it reads besides those every kind reads (kind, image_size,
+    mean, std, num_workers, in_memory_max_pixels). config.validate() refuses a key the user
+    set that the selected kind does not read, naming the kind that would: never a silently
+    ignored setting."""
+
+    build: Callable[..., DataBundle]
+    keys: Tuple[str, ...] = ()
+
+
+# data.kind -> DataKind: a new kind is one builder function and one line here
+DATA_KINDS: Dict[str, DataKind] = {
+    "digits": DataKind(_digits, ("val_fraction", "test_fraction", "split_seed", "interpolation")),
+    "synthetic": DataKind(
+        _synthetic,
+        ("num_classes", "num_train", "num_val", "num_test", "noise", "channels", "split_seed"),
+    ),
+    "imagefolder": DataKind(
+        _imagefolder,
+        (
+            "root",
+            "channels",
+            "val_fraction",
+            "test_fraction",
+            "split_seed",
+            "on_unreadable",
+            "interpolation",
+            "max_image_pixels",
+            "max_image_bytes",
+        ),
+    ),
+    "torchvision": DataKind(
+        _torchvision,
+        (
+            "name",
+            "root",
+            "download",
+            "kwargs",
+            "channels",
+            "val_fraction",
+            "test_fraction",
+            "split_seed",
+            "on_unreadable",
+            "interpolation",
+        ),
+    ),
+    "custom": DataKind(
+        _custom, ("_target_", "kwargs", "channels", "on_unreadable", "interpolation")
+    ),
+}
+
+
+def kind_keys() -> Dict[str, Tuple[str, ...]]:
+    """data.kind -> the data.* keys it reads (DATA_KINDS' `keys`), for config.validate()."""
+    return {name: kind.keys for name, kind in DATA_KINDS.items()}

@@ -781,6 +781,18 @@ class RunRecord:
         return self.__dict__["_accuracy"]
 
     @property
+    def score(self) -> Optional[float]:
+        """What validation selects this run by (the run's `metric`, selection_value): the
+        headline accuracy for metric=accuracy, else the best epoch's figure of the metric
+        (higher is better: val_loss negated). Never a test figure."""
+        if self.status == "failed":
+            return None
+        metric = str(self.summary.get("metric") or "accuracy")
+        if metric == "accuracy":
+            return self.accuracy
+        return selection_value(self.summary, metric)
+
+    @property
     def ok(self) -> bool:
         return self.exit_code == 0
 
@@ -828,6 +840,30 @@ def exit_code(failed_checks: Sequence[str], strict: Any, status: str = "finished
     if status == "nonfinite":
         return 1
     return 1 if failed_checks and strict is not False else 0
+
+
+# `metric` -> the summary.json field of a run's best epoch it reads (runner/stages/common.py
+# summary_of); the test split's figures are never among them
+SELECTION_FIELDS = {
+    "accuracy": "best_val_acc",
+    "balanced_accuracy": "best_val_balanced_acc",
+    "macro_f1": "best_val_macro_f1",
+    "val_loss": "best_val_loss",
+}
+
+
+def selection_value(summary: Dict[str, Any], metric: Optional[str] = None) -> Optional[float]:
+    """The one number validation compares runs by (the ladder's rungs, the study's trials,
+    squeeze's candidates and seed reruns, the recipe's stages): the best epoch's figure of
+    `metric` (default: the summary's own `metric`, else accuracy), higher is better (val_loss
+    negated); None when the run has none (it diverged, or never evaluated)."""
+    metric = str(metric or summary.get("metric") or "accuracy")
+    v = summary.get(SELECTION_FIELDS.get(metric, "best_val_acc"))
+    if v is None and metric == "accuracy":
+        v = summary.get("val_acc")
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v:
+        return None
+    return -float(v) if metric == "val_loss" else float(v)
 
 
 def headline_accuracy(run_dir: Path, stage: Optional[str]) -> Optional[float]:

@@ -32,6 +32,22 @@ class EvalResult:
     n: int
     logits: torch.Tensor | None = None  # [n, C] on CPU, when asked for
     targets: torch.Tensor | None = None
+    # [C, C] counts on CPU, rows the true class, columns the predicted (runner/metrics.py)
+    confusion: torch.Tensor | None = None
+
+    @property
+    def balanced_acc(self) -> float:
+        from runner.metrics import balanced_accuracy
+
+        return (
+            balanced_accuracy(self.confusion) if self.n and self.confusion is not None else math.nan
+        )
+
+    @property
+    def macro_f1(self) -> float:
+        from runner.metrics import macro_f1
+
+        return macro_f1(self.confusion) if self.n and self.confusion is not None else math.nan
 
 
 @dataclass
@@ -49,8 +65,13 @@ class EpochRecord:
     evaluated: bool = True
     val_logits: torch.Tensor | None = None
     val_targets: torch.Tensor | None = None
-    best: bool = False  # best val loss so far
-    evals_since_best: int = 0  # evaluations since the best val loss (early stopping reads it)
+    # balanced accuracy and macro-F1 of the evaluation (runner/metrics.py)
+    val_balanced_acc: float = math.nan
+    val_macro_f1: float = math.nan
+    val_confusion: torch.Tensor | None = None  # [C, C] on CPU (EvalResult.confusion)
+    # best so far on LoopOptions.best_on (val loss by default)
+    best: bool = False
+    evals_since_best: int = 0  # evaluations since the best (early stopping reads it)
     interrupted: bool = False  # stopped mid-epoch on request; not a finished epoch
     # the signal the ranks agreed to stop on (the largest any rank got), on the record after
     # which the loop stops for it; 0: none. A rank that got no signal itself learns it here.
@@ -79,6 +100,8 @@ class LoopState:
     wall_s: float = 0.0
     best_val_loss: float = math.inf
     evals_since_best: int = 0
+    # the best epoch's -metric when LoopOptions.best_on is balanced_accuracy or macro_f1
+    best_score: float = math.inf
     history: list[dict] = field(default_factory=list)
     # a half-done epoch (after SIGINT/SIGTERM): batches done and their running sums
     batch_in_epoch: int = 0
@@ -114,6 +137,9 @@ class LoopOptions:
     check_every: int = CHECK_EVERY  # steps between check points
     check_seconds: float = CHECK_SECONDS  # ... or fewer, so that they come about this often
     time_first_step: bool = False  # torch.compile: time the first step (it compiles)
+    # what the best epoch (EpochRecord.best: best.pt, early stopping) is chosen on: val_loss,
+    # or balanced_accuracy / macro_f1 (the largest)
+    best_on: str = "val_loss"
 
 
 def autocast(device: torch.device, precision: str):
@@ -183,6 +209,7 @@ def evaluate(
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.long)
+    confusion = None  # [C*C] counts, made at the first batch (C: the logits' width)
     n = 0
     all_logits, all_targets = [], []
     for x, y in loader.epoch(epoch):
@@ -192,7 +219,12 @@ def evaluate(
             logits = model(x)
         logits = logits.float()
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").double()
-        correct += (logits.argmax(1) == y).sum()
+        pred = logits.argmax(1)
+        correct += (pred == y).sum()
+        c = logits.shape[1]
+        if confusion is None:
+            confusion = torch.zeros(c * c, device=device, dtype=torch.long)
+        confusion += torch.bincount(y.long() * c + pred, minlength=c * c)[: c * c]
         n += len(y)
         if keep_logits:  # to the host without waiting for the device (pinned memory on CUDA)
             all_logits.append(logits.to("cpu", non_blocking=True))
@@ -209,12 +241,17 @@ def evaluate(
     n = int(totals[2])
     if n == 0:
         return EvalResult(math.nan, math.nan, 0)
+    if confusion is not None:  # DDP: every rank's counts (a rank with no batch has none)
+        confusion = all_reduce_sum(confusion)
+        c = math.isqrt(confusion.numel())
+        confusion = confusion.view(c, c).cpu()
     return EvalResult(
         float(totals[0]) / n,
         float(totals[1]) / n,
         n,
         torch.cat(all_logits) if keep_logits and all_logits else None,
         torch.cat(all_targets) if keep_logits and all_targets else None,
+        confusion,
     )
 
 
@@ -544,6 +581,9 @@ def fit(
             train_acc=float(totals[1]) / n_seen,
             val_loss=ev.loss,
             val_acc=ev.acc,
+            val_balanced_acc=ev.balanced_acc,
+            val_macro_f1=ev.macro_f1,
+            val_confusion=ev.confusion,
             lr=current_lr(optimizer),
             wall_s=state.wall_s,
             epoch_s=epoch_s,
@@ -555,8 +595,16 @@ def fit(
             first_step_s=ep.first_step_s,
         )
         if evaluated:
-            if ev.loss < state.best_val_loss:
-                state.best_val_loss, state.evals_since_best, rec.best = ev.loss, 0, True
+            if opts.best_on == "val_loss":
+                better = ev.loss < state.best_val_loss
+            else:  # the largest balanced accuracy / macro-F1 (kept negated: smaller is better)
+                score = -(ev.balanced_acc if opts.best_on == "balanced_accuracy" else ev.macro_f1)
+                better = score < state.best_score
+                if better:
+                    state.best_score = score
+            state.best_val_loss = min(state.best_val_loss, ev.loss)
+            if better:
+                state.evals_since_best, rec.best = 0, True
             else:
                 state.evals_since_best += 1
         rec.evals_since_best = state.evals_since_best

@@ -31,6 +31,9 @@ METRIC_COLUMNS = [
     "wall_s",
     "epoch_s",
     "images_per_s",
+    # the evaluation's balanced accuracy and macro-F1 (runner/metrics.py; `metric` may select on them)
+    "val_balanced_acc",
+    "val_macro_f1",
 ]
 
 

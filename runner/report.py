@@ -396,9 +396,16 @@ def run_kpis(summary: Dict[str, Any]) -> Dict[str, Any]:
     if best and summary.get("best_epoch") is not None:
         best += f" (epoch {summary['best_epoch']})"
     ips, wall, params = summary.get("images_per_s"), summary.get("wall_s"), summary.get("params")
+    test = summary.get("test") if isinstance(summary.get("test"), dict) else {}
+    ci = test.get("acc_ci95") or [None, None]
+    test_acc = _pct(test.get("acc"))
+    if test_acc and _finite(ci[0]) and _finite(ci[1]):
+        test_acc += f" ({_pct(ci[0])} - {_pct(ci[1])}, 95%, n={test.get('n')})"
     k = {
         "val accuracy": _pct(summary.get("val_acc")),
         "best val accuracy": best,
+        # the final model's, scored once (nothing selected on it)
+        "test accuracy": test_acc,
         "human baseline": _pct(summary.get("human_baseline")),
         "val loss": summary.get("val_loss"),
         "train loss": summary.get("train_loss"),

@@ -492,11 +492,14 @@ class OptunaSweeper(Sweeper):
     def _value(out_dir: Path, summary: dict, metric: str):
         """A finished runner job's objective: `val_acc` is the run's headline accuracy
         (runner/jobs.py RunRecord: the best val-loss epoch's, as every other stage ranks runs
-        and as the study's best trial is then reported); any other metric is summary.json's."""
+        and as the study's best trial is then reported), or, when the run's config sets
+        `metric` to another one (balanced_accuracy, macro_f1, val_loss), its score on that
+        (RunRecord.score, higher is better: the study selects on what every stage selects
+        on); any other metric is summary.json's."""
         if metric == "val_acc":
             from runner.jobs import RunRecord
 
-            acc = RunRecord.read(out_dir).accuracy
+            acc = RunRecord.read(out_dir).score
             return acc if acc is not None else summary.get(metric)
         return summary.get(metric)
 

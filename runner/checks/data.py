@@ -240,7 +240,16 @@ def image_stats(img, analysis_size: int = 128) -> Tuple[Dict[str, Any], np.ndarr
 
 
 # ----------------------------------------------------------------------------- the table
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")
+# the split pairs leakage is looked for across: the later split's image has a copy in the earlier
+LEAK_PAIRS = (("train", "val"), ("train", "test"), ("val", "test"))
+
+
+def leak_pair(p: Dict[str, Any]) -> Tuple[int, int]:
+    """(the earlier split's image, the later split's image) of a leakage pair: a pair is
+    {<split a>: index, <split b>: index, "pair": "a-b", "kind", "hash_distance"}."""
+    a, b = str(p.get("pair") or "train-val").split("-")
+    return int(p[a]), int(p[b])
 
 
 @dataclass
@@ -634,19 +643,24 @@ def class_balance(
         for si, s in enumerate(SPLITS)
     }
     present = [s for s in SPLITS if counts[s].sum() > 0]
-    per_class = {names[c]: {s: int(counts[s][c]) for s in SPLITS} for c in range(k)}
+    # train and val always; test when the data has a test split
+    shown = [s for s in SPLITS if s != "test" or counts[s].sum() > 0]
+    per_class = {names[c]: {s: int(counts[s][c]) for s in shown} for c in range(k)}
     totals = {s: int(counts[s].sum()) for s in SPLITS}
-    details: Dict[str, Any] = {"counts": per_class, "totals": totals}
+    details: Dict[str, Any] = {
+        "counts": per_class,
+        "totals": {s: totals[s] for s in shown},
+    }
     problems, warnings = [], []
     empty = [names[c] for c in range(k) if all(counts[s][c] == 0 for s in SPLITS)]
     if empty:
         problems.append(f"{len(empty)} empty class(es) with no images: {', '.join(empty[:10])}")
-    if len(present) == 2:
-        one = [
-            f"{names[c]} (only in {'train' if counts['train'][c] else 'val'})"
-            for c in range(k)
-            if (counts["train"][c] == 0) != (counts["val"][c] == 0)
-        ]
+    if len(present) >= 2:
+        one = []
+        for c in range(k):
+            has = [s for s in present if counts[s][c]]
+            if has and len(has) < len(present):
+                one.append(f"{names[c]} (only in {', '.join(has)})")
         if one:
             problems.append(
                 f"{len(one)} class(es) present in only one split: {', '.join(one[:10])}"
@@ -664,20 +678,23 @@ def class_balance(
             f"{small!r} (> {imbalance_ratio:g}); accuracy will flatter a "
             "majority-class guess"
         )
-    if len(present) == 2:
+    for other in ("val", "test"):
+        if not (totals["train"] and totals[other]):
+            continue
         p_tr = counts["train"] / counts["train"].sum()
-        p_va = counts["val"] / counts["val"].sum()
-        tv = float(0.5 * np.abs(p_tr - p_va).sum())
-        details["train_val_tv"] = tv
+        p_o = counts[other] / counts[other].sum()
+        tv = float(0.5 * np.abs(p_tr - p_o).sum())
+        details[f"train_{other}_tv"] = tv
         if tv > split_shift_tv:
             warnings.append(
-                f"val's class mix differs from train's (total variation {tv:.2f} > "
-                f"{split_shift_tv:g}); val accuracy will not estimate accuracy on "
+                f"{other}'s class mix differs from train's (total variation {tv:.2f} > "
+                f"{split_shift_tv:g}); {other} accuracy will not estimate accuracy on "
                 "train's distribution"
             )
     summary = (
-        f"{k} classes; train {totals['train']}, val {totals['val']} images; "
-        f"largest/smallest train class {ratio:.2f}"
+        f"{k} classes; train {totals['train']}, val {totals['val']}"
+        + (f", test {totals['test']}" if totals["test"] else "")
+        + f" images; largest/smallest train class {ratio:.2f}"
     )
     expected = f"every class in both splits; max/min <= {imbalance_ratio:g}"
     value = round(ratio, 3) if math.isfinite(ratio) else None
@@ -715,9 +732,12 @@ def duplicate_groups(
     """(groups inside one split, leakage pairs across splits) from exact hashes and near pairs.
 
     A group is {"kind": "exact"|"near", "split", "members": [index...], "labels_differ"}.
-    A leakage pair is {"train": index, "val": index, "kind", "hash_distance"}."""
+    A leakage pair is {<earlier split>: index, <later split>: index, "pair": "train-val" |
+    "train-test" | "val-test", "kind", "hash_distance"} (`leak_pair`): one per later-split
+    image and split pair."""
     groups, leaks = [], []
-    seen_leak = set()
+    seen_leak = set()  # (pair, the later split's image)
+    order = {s: si for si, s in enumerate(SPLITS)}
     for g in _exact_groups(table):
         for si, s in enumerate(SPLITS):
             mem = [i for i in g if table.split[i] == si]
@@ -730,12 +750,14 @@ def duplicate_groups(
                         "labels_differ": len({int(table.label[i]) for i in mem}) > 1,
                     }
                 )
-        tr = [i for i in g if table.split[i] == 0]
-        va = [i for i in g if table.split[i] == 1]
-        for v in va:
-            for t in tr[:1]:  # one train twin per val image is enough evidence
-                leaks.append({"train": t, "val": v, "kind": "exact", "hash_distance": 0})
-                seen_leak.add(v)
+        for a, b in LEAK_PAIRS:
+            early = [i for i in g if table.split[i] == order[a]]
+            for v in (i for i in g if table.split[i] == order[b]):
+                for t in early[:1]:  # one earlier twin per image is enough evidence
+                    leaks.append(
+                        {a: t, b: v, "pair": f"{a}-{b}", "kind": "exact", "hash_distance": 0}
+                    )
+                    seen_leak.add((f"{a}-{b}", v))
     # near pairs join exact groups' representatives; expand to the full exact groups
     members_of: Dict[str, List[int]] = {}
     for i in np.flatnonzero(table.ok):
@@ -748,12 +770,19 @@ def duplicate_groups(
                 if sa == sb:
                     uf[SPLITS[sa]].union(a, b)
                 else:
-                    t, v = (a, b) if sa == 0 else (b, a)
-                    if v not in seen_leak:
+                    (st, t), (sv, v) = sorted([(sa, a), (sb, b)])
+                    pair = f"{SPLITS[st]}-{SPLITS[sv]}"
+                    if (pair, v) not in seen_leak:
                         leaks.append(
-                            {"train": t, "val": v, "kind": "near", "hash_distance": int(d)}
+                            {
+                                SPLITS[st]: t,
+                                SPLITS[sv]: v,
+                                "pair": pair,
+                                "kind": "near",
+                                "hash_distance": int(d),
+                            }
                         )
-                        seen_leak.add(v)
+                        seen_leak.add((pair, v))
     exact_sets = {frozenset(g["members"]) for g in groups}
     for s in SPLITS:
         for mem in uf[s].groups():
@@ -814,40 +843,60 @@ def duplicates(table: ImageTable, groups: List[Dict[str, Any]], max_listed: int 
 
 
 def leakage(table: ImageTable, leaks: List[Dict[str, Any]], max_listed: int = 50) -> Verdict:
-    """data.leakage: the same or near-same image in train and val (fail: val then measures
-    memory, not generalisation)."""
-    expected = "no val image also in train"
-    if not int((table.split == 1).sum()):
+    """data.leakage: the same or near-same image in train and val, in train and test, or in
+    val and test (fail: val, or test, then measures memory, not generalisation). Counted per
+    split pair in `details["counts"]`."""
+    n_of = {s: int((table.split == si).sum()) for si, s in enumerate(SPLITS)}
+    has_test = bool(n_of["test"])
+    expected = "no val image also in train" + (
+        ", no test image in train or val" if has_test else ""
+    )
+    if not n_of["val"] and not has_test:
         return Verdict("data.leakage", "skip", expected=expected, message="no val split to compare")
+    pairs_present = [f"{a}-{b}" for a, b in LEAK_PAIRS if n_of[a] and n_of[b]]
+    counts = {pr: sum(p.get("pair", "train-val") == pr for p in leaks) for pr in pairs_present}
     if not leaks:
         return Verdict(
             "data.leakage",
             "pass",
             value=0,
             expected=expected,
-            message="no val image has an exact or near copy among the train images",
+            message="no val image has an exact or near copy among the train images"
+            + ("; no test image one among the train or val images" if has_test else ""),
+            details={"counts": counts},
         )
-    pairs = [
-        {
-            "train": table.describe(p["train"]),
-            "val": table.describe(p["val"]),
+
+    def described(p):
+        a, b = str(p.get("pair") or "train-val").split("-")
+        return {
+            a: table.describe(p[a]),
+            b: table.describe(p[b]),
+            "pair": f"{a}-{b}",
             "kind": p["kind"],
             "hash_distance": p["hash_distance"],
         }
-        for p in leaks[:max_listed]
-    ]
-    n_exact = sum(p["kind"] == "exact" for p in leaks)
-    n_val = int((table.split == 1).sum())
+
+    pairs = [described(p) for p in leaks[:max_listed]]
+    parts = []
+    for pr, n in counts.items():
+        if not n:
+            continue
+        a, b = pr.split("-")
+        mine = [p for p in leaks if p.get("pair", "train-val") == pr]
+        n_exact = sum(p["kind"] == "exact" for p in mine)
+        parts.append(
+            f"{n} of {n_of[b]} {b} images have a copy in {a} ({n_exact} exact, {n - n_exact} near)"
+        )
+    first = pairs[0]
+    a, b = first["pair"].split("-")
     return Verdict(
         "data.leakage",
         "fail",
         value=len(leaks),
         expected=expected,
-        message=f"{len(leaks)} of {n_val} val images have a copy in train "
-        f"({n_exact} exact, {len(leaks) - n_exact} near)"
-        f"{_more(len(leaks), max_listed)}, e.g. {pairs[0]['val']['name']} ~ "
-        f"{pairs[0]['train']['name']}; remove them from one split",
-        details={"pairs": pairs, "count": len(leaks)},
+        message="; ".join(parts) + f"{_more(len(leaks), max_listed)}, e.g. "
+        f"{first[b]['name']} ~ {first[a]['name']}; remove them from one split",
+        details={"pairs": pairs, "count": len(leaks), "counts": counts},
     )
 
 

@@ -38,10 +38,11 @@ from runner.distributed import from_env
 from runner.errors import ConfigError, Interrupted, NonFiniteLoss
 from runner.loggers import build_loggers
 from runner.loop import Callback, EpochRecord, LoopOptions, LoopState, Stop, fit
+from runner.metrics import best_epoch_on, evaluation_block
 from runner.models import build_model, count_params
 from runner.optim import build_loss_and_mixup, build_optimizer, build_scheduler
 from runner.output import RunDir, owned
-from runner.stages.protocol import Context, StageResult, run_check
+from runner.stages.protocol import Context, Rows, StageResult, run_check
 
 log = logging.getLogger("runner")
 
@@ -61,6 +62,9 @@ class TrainResult:
     records: List[EpochRecord] = field(default_factory=list)
     pruned: bool = False  # stopped by a tuning trial's pruner (a Stop with pruned=True)
     compile_s: Optional[float] = None  # torch.compile's time (trainer.compile), about
+    # the final model's evaluation (final_evaluation): val and test, per class; None for a
+    # check's own run (write_metrics=False)
+    final: Optional[Dict[str, Any]] = None
 
 
 # ----------------------------------------------------------------------------- runtime
@@ -318,15 +322,13 @@ def init_weights(
     return p
 
 
-def early_stopping(patience: int) -> Callback:
-    """trainer.early_stopping_patience: stop when val loss has not improved for `patience`
-    evaluations in a row."""
+def early_stopping(patience: int, what: str = "val loss") -> Callback:
+    """trainer.early_stopping_patience: stop when `what` (the loop's best_on) has not improved
+    for `patience` evaluations in a row."""
 
     def callback(rec: EpochRecord) -> Optional[str]:
         if rec.evaluated and rec.evals_since_best >= patience:
-            return (
-                f"early stopping: val loss has not improved for {rec.evals_since_best} evaluations"
-            )
+            return f"early stopping: {what} has not improved for {rec.evals_since_best} evaluations"
         return None
 
     return callback
@@ -433,6 +435,7 @@ def loop_options(cfg, parts: Parts, state: LoopState, keep_val_logits: bool) -> 
         keep_val_logits=keep_val_logits,
         progress=t.progress,
         time_first_step=t.compile and state.step == 0,
+        best_on=best_epoch_on(str(cfg.get("metric") or "accuracy")),
     )
 
 
@@ -546,9 +549,14 @@ class _Loop:
     agreed: int = 0  # the signal the loop stopped on (under DDP maybe another rank's)
     nonfinite: Optional[NonFiniteLoss] = None
     stop: Optional[Stop] = None
+    # the best epoch's record and weights (a CPU copy), for the final evaluation
+    best: Optional[EpochRecord] = None
+    best_weights: Optional[Dict[str, torch.Tensor]] = None
 
 
-def _epochs(cfg, ctx, parts, state, out: _Loop, ckpts, signals, loggers, rules, keep_logits):
+def _epochs(
+    cfg, ctx, parts, state, out: _Loop, ckpts, signals, loggers, rules, keep_logits, keep_best
+):
     """The loop over epochs (runner/loop.py fit): log, metrics, loggers, rules, checkpoints."""
     t = cfg.trainer
     try:
@@ -567,6 +575,11 @@ def _epochs(cfg, ctx, parts, state, out: _Loop, ckpts, signals, loggers, rules, 
         ):
             out.agreed = rec.signum or out.agreed
             out.records.append(rec)
+            if rec.best and keep_best:
+                out.best = rec
+                out.best_weights = {
+                    k: v.detach().to("cpu", copy=True) for k, v in parts.model.state_dict().items()
+                }
             if rec.interrupted:  # a signal mid-epoch: save the half-done epoch exactly
                 ckpts.interrupted()
                 break
@@ -610,7 +623,8 @@ def train_run(
     t = cfg.trainer
     rules = list(callbacks)
     if t.early_stopping_patience:
-        rules.append(early_stopping(t.early_stopping_patience))
+        on = best_epoch_on(str(cfg.get("metric") or "accuracy"))
+        rules.append(early_stopping(t.early_stopping_patience, on.replace("_", " ")))
     log.info(
         "train: %d epochs%s",
         t.epochs,
@@ -626,7 +640,19 @@ def train_run(
     )
     out = _Loop()
     try:
-        _epochs(cfg, ctx, parts, state, out, ckpts, signals, loggers, rules, keep_val_logits)
+        _epochs(
+            cfg,
+            ctx,
+            parts,
+            state,
+            out,
+            ckpts,
+            signals,
+            loggers,
+            rules,
+            keep_val_logits,
+            keep_best=write_metrics,
+        )
     finally:
         ckpts.close()
         if signals is not None:
@@ -640,6 +666,8 @@ def train_run(
     if signum and state.epoch < t.epochs and not (stop or nonfinite):
         raise Interrupted(signum, ctx.run.path, state.epoch, state.step)
     finished = [r for r in records if not r.interrupted]
+    # the final model, scored once: val per class, and the test split (never seen before)
+    final = final_evaluation(cfg, ctx, parts, out) if write_metrics and not zero_inputs else None
     return TrainResult(
         data=parts.data,
         model=parts.model,
@@ -654,6 +682,88 @@ def train_run(
         records=finished,
         pruned=bool(stop and stop.pruned),
         compile_s=_compile_s(records),
+        final=final,
+    )
+
+
+def final_evaluation(cfg, ctx: Context, parts: Parts, out: _Loop) -> Optional[Dict[str, Any]]:
+    """The final model of a run, evaluated once after training, per class: the best epoch's
+    weights (those best.pt holds and the run's headline reports), on the val split (its
+    confusion matrix from that epoch's evaluation) and on the test split, which nothing read
+    before: no early stopping, best epoch, ladder, study, squeeze or recipe selects on it.
+
+    {"epoch", "val": block, "test": block or None} (runner/metrics.py evaluation_block)."""
+    from runner.loop import evaluate
+
+    data, model, device = parts.data, parts.model, parts.device
+    best = out.best
+    weights = out.best_weights
+    if best is None and weights is None and out.nonfinite is not None:
+        return None  # a NaN/Inf before any good epoch: no model to score
+    if weights is None and state_has_best(ctx):  # resumed after the best epoch: its best.pt
+        try:
+            weights = load_checkpoint(ctx.run.path / "checkpoints" / "best.pt")["model"]
+        except (ConfigError, KeyError, OSError) as e:
+            log.warning("final evaluation: best.pt not read (%s); the last weights", e)
+    opts = loop_options(cfg, parts, LoopState(step=1), False)
+    keep = None
+    last = out.records[-1] if out.records else None
+    if weights is not None and (best is None or best is not last):  # the model holds the last
+        keep = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        model.load_state_dict(weights)
+    try:
+        if best is not None and best.val_confusion is not None:
+            val = evaluation_block(best.val_confusion, best.val_loss, data.class_names)
+        else:
+            ev = evaluate(
+                model, parts.val_loader, device, opts.precision, False, 0, opts.channels_last
+            )
+            val = evaluation_block(_confusion(ev, data.num_classes), ev.loss, data.class_names)
+        test = None
+        if data.test is not None and len(data.test):
+            log.info("test: scoring the final model once on %d test images", len(data.test))
+            ev = evaluate(
+                model,
+                test_loader(cfg, data, device),
+                device,
+                opts.precision,
+                False,
+                0,
+                opts.channels_last,
+            )
+            test = evaluation_block(_confusion(ev, data.num_classes), ev.loss, data.class_names)
+            if val.get("acc") is not None and test.get("acc") is not None:
+                test["val_test_gap"] = val["acc"] - test["acc"]
+    finally:
+        if keep is not None:
+            model.load_state_dict(keep)
+    return {"epoch": best.epoch if best is not None else None, "val": val, "test": test}
+
+
+def state_has_best(ctx: Context) -> bool:
+    return bool(ctx.run.enabled) and (ctx.run.path / "checkpoints" / "best.pt").is_file()
+
+
+def _confusion(ev, num_classes: int) -> torch.Tensor:
+    if ev.confusion is not None:
+        return ev.confusion
+    return torch.zeros(num_classes, num_classes, dtype=torch.long)
+
+
+def test_loader(cfg, data: DataBundle, device: torch.device):
+    """The test split's loader: as validation's (no augmentation, every example once)."""
+    d, t = cfg.data, cfg.trainer
+    di = from_env()
+    workers = d.num_workers if d.num_workers is not None else default_workers(device)
+    return data.test.loader(
+        t.batch_size * 2,
+        False,
+        cfg.seed,
+        device,
+        train=False,
+        num_workers=workers,
+        rank=di.rank,
+        world=di.world,
     )
 
 
@@ -717,12 +827,11 @@ def _sub_run(cfg, ctx, path, overrides, title, mark_epoch, lineage, summary_extr
     finish(
         cfg,
         sub,
-        StageResult(
+        result_of(
+            res,
             verdicts,
             summary,
-            history=res.history,
             mark_epoch=mark_epoch,
-            exit_code=1 if res.nonfinite else None,
             title=title or f"{summary.get('stage') or cfg.stage.name}: {path.name}",
         ),
     )
@@ -747,8 +856,8 @@ def summary_of(
 ) -> Dict[str, Any]:
     h = res.history
     last = h[-1] if h else {}
-    evaluated = [r for r in h if r.get("val_loss") is not None and math.isfinite(r["val_loss"])]
-    best = min(evaluated, key=lambda r: r["val_loss"]) if evaluated else {}
+    metric = str(cfg.get("metric") or "accuracy")
+    best = best_row(h, best_epoch_on(metric))
     ips = [r.images_per_s for r in res.records if r.images_per_s]
     counts = {s: sum(v.status == s for v in verdicts) for s in ("pass", "warn", "fail", "skip")}
     out = {
@@ -763,7 +872,11 @@ def summary_of(
         "train_acc": last.get("train_acc"),
         "best_val_loss": best.get("val_loss"),
         "best_val_acc": best.get("val_acc"),
+        "best_val_balanced_acc": best.get("val_balanced_acc"),
+        "best_val_macro_f1": best.get("val_macro_f1"),
         "best_epoch": best.get("epoch"),
+        # what validation selects on (the config's `metric`; runner/jobs.py selection_value)
+        "metric": metric,
         "epochs": res.state.epoch,
         "steps": res.state.step,
         "params": res.params,
@@ -777,6 +890,7 @@ def summary_of(
             "kind": res.data.kind,
             "num_train": len(res.data.train),
             "num_val": len(res.data.val),
+            "num_test": len(res.data.test) if res.data.test is not None else 0,
             "num_classes": res.data.num_classes,
             "in_chans": res.data.in_chans,
             "image_size": res.data.image_size,
@@ -796,8 +910,123 @@ def summary_of(
         "provenance": provenance(cfg, ctx.original_cwd, res.data, res.device),
         "run_dir": str(ctx.run.path),
     }
+    out.update(final_summary(res.final))
     out.update(extra or {})
     return out
+
+
+def best_row(history: List[Dict[str, Any]], best_on: str = "val_loss") -> Dict[str, Any]:
+    """The history row of the best epoch as the loop chose it (LoopOptions.best_on): the
+    smallest val loss, or the largest balanced accuracy / macro-F1; {} when none was evaluated."""
+    col = {"balanced_accuracy": "val_balanced_acc", "macro_f1": "val_macro_f1"}.get(best_on)
+    key = col or "val_loss"
+    ok = [r for r in history if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+    if not ok:
+        return {}
+    return max(ok, key=lambda r: r[key]) if col else min(ok, key=lambda r: r[key])
+
+
+def final_summary(final: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """summary.json's fields of the final model's evaluation (final_evaluation): `evaluation`
+    (val and test, per class, with confusion matrices), and the test split's headline
+    figures `test_acc`, `test_loss` and `test` (n, accuracy with its 95% Wilson interval,
+    balanced accuracy, macro-F1, the val-test gap); null test figures when there is none."""
+    if not final:
+        return {}
+    t = final.get("test")
+    head = (
+        {
+            k: t.get(k)
+            for k in ("n", "acc", "acc_ci95", "loss", "balanced_acc", "macro_f1", "val_test_gap")
+        }
+        if t
+        else None
+    )
+    return {
+        "evaluation": final,
+        "test_acc": t.get("acc") if t else None,
+        "test_loss": t.get("loss") if t else None,
+        "test": head,
+    }
+
+
+def per_class_rows(final: Optional[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """per_class.csv: one row per split and class of the final model's evaluation."""
+    rows = []
+    for split in ("val", "test"):
+        block = (final or {}).get(split)
+        for r in (block or {}).get("per_class", []):
+            rows.append({"split": split, **r})
+    return rows
+
+
+def evaluation_sections(final: Optional[Dict[str, Any]]) -> List[Any]:
+    """The report's section on the final model: per split its figures, per class precision,
+    recall, F1 and support, and the confusion matrix (rows: true class, columns: predicted)."""
+    from runner.report import KeyValues, Section, Table, Text
+
+    if not final:
+        return []
+    blocks: List[Any] = [
+        Text(
+            (
+                f"The final model (epoch {final['epoch']}, the weights best.pt holds), "
+                if final.get("epoch") is not None
+                else "The adopted model (an ensemble: its members' averaged logits), "
+            )
+            + "evaluated once after training. The test split is scored here only: nothing "
+            "selected on it.",
+            note=True,
+        )
+    ]
+
+    def f(x):
+        return None if x is None else round(float(x), 4)
+
+    for split in ("val", "test"):
+        b = final.get(split)
+        if not b:
+            continue
+        lo, hi = b.get("acc_ci95") or [None, None]
+        figures = {
+            "images": b["n"],
+            "accuracy": f(b.get("acc")),
+            "95% interval (Wilson)": f"{lo:.4f} - {hi:.4f}" if lo is not None else None,
+            "loss": f(b.get("loss")),
+            "balanced accuracy": f(b.get("balanced_acc")),
+            "macro-F1": f(b.get("macro_f1")),
+        }
+        if "val_test_gap" in b:
+            figures["val - test accuracy"] = f(b["val_test_gap"])
+        blocks += [Text(split, strong=True), KeyValues(figures)]
+        blocks.append(
+            Table(
+                [
+                    {
+                        "class": r["class"],
+                        "precision": f(r["precision"]),
+                        "recall": f(r["recall"]),
+                        "F1": f(r["f1"]),
+                        "support": r["support"],
+                    }
+                    for r in b["per_class"]
+                ],
+                ["class", "precision", "recall", "F1", "support"],
+                sortable=True,
+            )
+        )
+        names = [r["class"] for r in b["per_class"]]
+        if len(names) <= 30:
+            blocks.append(
+                Table(
+                    [
+                        {"true \\ predicted": n, **{m: c for m, c in zip(names, row)}}
+                        for n, row in zip(names, b["confusion"])
+                    ],
+                    ["true \\ predicted", *names],
+                )
+            )
+    return [Section("Final model: per-class evaluation", blocks, anchor="evaluation")]
 
 
 def result_of(
@@ -805,6 +1034,20 @@ def result_of(
 ) -> StageResult:
     """A training stage's StageResult: its verdicts and summary, the run's curves, and
     whether it stopped on a NaN/Inf loss; `more`: sections, files, title, mark_epoch."""
+    sections = list(more.pop("sections", [])) + evaluation_sections(res.final)
+    files = dict(more.pop("files", {}))
+    rows = per_class_rows(res.final)
+    if rows:
+        files.setdefault("per_class.csv", Rows(rows, PER_CLASS_COLUMNS))
     return StageResult(
-        verdicts, summary, history=list(res.history), exit_code=1 if res.nonfinite else None, **more
+        verdicts,
+        summary,
+        history=list(res.history),
+        exit_code=1 if res.nonfinite else None,
+        sections=sections,
+        files=files,
+        **more,
     )
+
+
+PER_CLASS_COLUMNS = ["split", "class", "precision", "recall", "f1", "support"]

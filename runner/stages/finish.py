@@ -131,11 +131,16 @@ def finish(cfg, ctx: Context, result: StageResult) -> int:
         if x
     )
     loss = summary.get("val_loss")
+    test = summary.get("test") if isinstance(summary.get("test"), dict) else None
+    ci = (test or {}).get("acc_ci95") or [None, None]
     log.info(
-        "%s: val_acc %s%s%s  ->  %s",
+        "%s: val_acc %s%s%s%s  ->  %s",
         stage,
         _f(summary.get("val_acc")),
         f"  val_loss {_f(loss)}" if loss is not None else "",
+        f"  test_acc {_f(test.get('acc'))} [{_f(ci[0])}, {_f(ci[1])}] (n={test.get('n')})"
+        if test and test.get("acc") is not None and ci[0] is not None
+        else "",
         f"  ({ran})" if ran else "",
         run.path,
     )

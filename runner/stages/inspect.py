@@ -139,15 +139,16 @@ class _FileItems:
 
 
 class _SplitItems:
-    """Images of a DataBundle's two splits (in-memory tensors or a map-style dataset)."""
+    """Images of a DataBundle's splits, one after the other (in-memory tensors or a map-style
+    dataset)."""
 
-    def __init__(self, train, val):
-        self.splits = (train, val)
-        self.n_train = len(train)
+    def __init__(self, *splits):
+        self.splits = tuple(splits)
+        self.starts = np.cumsum([0] + [len(sp) for sp in self.splits])
 
     def open(self, i: int):
-        split = self.splits[0] if i < self.n_train else self.splits[1]
-        j = i if i < self.n_train else i - self.n_train
+        k = int(np.searchsorted(self.starts, i, side="right")) - 1
+        split, j = self.splits[k], i - int(self.starts[k])
         if hasattr(split, "x"):  # TensorSplit
             return split.x[j], "", -1, None
         return split.dataset[j][0], "", -1, None
@@ -216,15 +217,24 @@ def scan_imagefolder(
     analysis_size: int,
     max_pixels: int = 0,
     max_bytes: int = 0,
+    test_fraction: float = 0.0,
 ) -> Source:
-    """The files training would read (timm's folder walk and extensions, data.py's split),
-    plus class folders without images, which training would refuse and inspect reports."""
+    """The files training would read (timm's folder walk and extensions, data.py's layout
+    and split: train/, val/ (or valid/, validation/), test/, or one folder of classes), plus
+    class folders without images, which training would refuse and inspect reports."""
     from timm.utils.misc import natural_key
 
-    from runner.data import _fingerprint, _random_split, image_extensions, walk_image_folder
+    from runner.data import (
+        _fingerprint,
+        folder_layout,
+        image_extensions,
+        split_indices,
+        walk_image_folder,
+    )
 
-    two = (root / "train").is_dir() and (root / "val").is_dir()
-    tops = [root / "train", root / "val"] if two else [root]
+    layout = folder_layout(root)
+    tops = [layout[s] for s in ("train", "val", "test") if layout[s] is not None]
+    split_of_top = [si for si, s in enumerate(("train", "val", "test")) if layout[s] is not None]
     exts = image_extensions()
     per_top = []
     names = set()
@@ -245,18 +255,25 @@ def scan_imagefolder(
             f"data.root: {root} has no class folders; expected one folder per class "
             "(or train/ and val/ folders of class folders)"
         )
-    if two:
-        paths = [p for p, _ in per_top[0]] + [p for p, _ in per_top[1]]
-        labels = [cidx[c] for _, c in per_top[0]] + [cidx[c] for _, c in per_top[1]]
-        split = np.r_[np.zeros(len(per_top[0]), np.int8), np.ones(len(per_top[1]), np.int8)]
-    else:
-        paths = [p for p, _ in per_top[0]]
-        labels = [cidx[c] for _, c in per_top[0]]
-        split = np.zeros(len(paths), np.int8)
-        if paths:
-            # the split training will use (same order as timm's ImageDataset, same seed)
-            _, va = _random_split(len(paths), val_fraction, split_seed, np.array(labels))
-            split[va] = 1
+    paths = [p for samples in per_top for p, _ in samples]
+    labels = [cidx[c] for samples in per_top for _, c in samples]
+    split = np.concatenate(
+        [np.full(len(samples), si, np.int8) for si, samples in zip(split_of_top, per_top)]
+    )
+    n_train = len(per_top[0])
+    if n_train:
+        # the split training will use (same order as timm's ImageDataset, same seed): what
+        # data.py carves from train/ (val when there is no val folder; test with
+        # data.test_fraction when there is no test folder)
+        _, va, te = split_indices(
+            np.array(labels[:n_train]),
+            val_fraction,
+            test_fraction if layout["test"] is None else 0.0,
+            split_seed,
+            carve_val=layout["val"] is None,
+        )
+        split[va] = 1
+        split[te] = 2
     rel = [str(Path(p).relative_to(root)) for p in paths]  # names: relative to data.root
     fp = _fingerprint(*[f"{r}:{os.path.getsize(p)}" for r, p in zip(rel, paths)])
     return Source(
@@ -277,12 +294,13 @@ def bundle_source(cfg, ctx: Context) -> Source:
     from runner.stages.common import build_data_for
 
     data = build_data_for(cfg, ctx)
-    tr, va = data.train, data.val
-    labels = np.r_[tr.labels.numpy(), va.labels.numpy()].astype(np.int32)
-    split = np.r_[np.zeros(len(tr), np.int8), np.ones(len(va), np.int8)]
-    names = [f"train/{tr.name(i)}" for i in range(len(tr))] + [
-        f"val/{va.name(i)}" for i in range(len(va))
-    ]
+    tr = data.train
+    splits = list(data.splits().items())  # train, val[, test]
+    labels = np.concatenate([sp.labels.numpy() for _, sp in splits]).astype(np.int32)
+    split = np.concatenate(
+        [np.full(len(sp), dc.SPLITS.index(name), np.int8) for name, sp in splits]
+    )
+    names = [f"{name}/{sp.name(i)}" for name, sp in splits for i in range(len(sp))]
     notes = list(data.notes)
     if hasattr(tr, "x"):
         notes.append(
@@ -295,7 +313,7 @@ def bundle_source(cfg, ctx: Context) -> Source:
         split,
         labels,
         names,
-        _SplitItems(tr, va),
+        _SplitItems(*[sp for _, sp in splits]),
         data.fingerprint,
         notes,
     )
@@ -517,8 +535,10 @@ def fig_class_counts(table: dc.ImageTable):
     if k <= 60:
         fig, ax = plt.subplots(figsize=(8, max(2.5, 0.28 * k + 1)))
         y = np.arange(k)
-        ax.barh(y - 0.2, counts["train"], height=0.4, label="train")
-        ax.barh(y + 0.2, counts["val"], height=0.4, label="val")
+        shown = [s for s in dc.SPLITS if s != "test" or counts[s].sum()]
+        h = 0.8 / len(shown)
+        for j, s in enumerate(shown):
+            ax.barh(y - 0.4 + h * (j + 0.5), counts[s], height=h, label=s)
         ax.set_yticks(y, [c[:24] for c in table.class_names], fontsize=8)
         ax.invert_yaxis()
         ax.set(title="Images per class and split", xlabel="images")
@@ -526,6 +546,8 @@ def fig_class_counts(table: dc.ImageTable):
     else:
         fig, ax = plt.subplots(figsize=(7, 3.5))
         for s in dc.SPLITS:
+            if s == "test" and not counts[s].sum():
+                continue
             ax.hist(counts[s], bins=40, histtype="step", label=s)
         ax.set(
             title=f"Images per class ({k} classes)", xlabel="images in the class", ylabel="classes"
@@ -722,16 +744,18 @@ def run(cfg, ctx: Context) -> StageResult:
             ic.analysis_size,
             int(cfg.data.max_image_pixels or 0),
             int(cfg.data.max_image_bytes or 0),
+            float(cfg.data.test_fraction or 0.0),
         )
     else:
         source = bundle_source(cfg, ctx)
     for note in source.notes:
         log.info("inspect: %s", note)
-    n_tr = int((source.split == 0).sum())
+    n_tr, n_va, n_te = (int((source.split == si).sum()) for si in range(3))
     log.info(
-        "inspect: %d train / %d val images, %d classes",
+        "inspect: %d train / %d val%s images, %d classes",
         n_tr,
-        len(source) - n_tr,
+        n_va,
+        f" / {n_te} test" if n_te else "",
         len(source.class_names),
     )
 
@@ -845,7 +869,7 @@ def tables(
     for g_id, g in enumerate(groups):
         for i in g["members"]:
             group_of.setdefault(i, g_id)
-    leaked = {p["val"] for p in leaks} | {p["train"] for p in leaks}
+    leaked = {i for p in leaks for i in dc.leak_pair(p)}
     outlier_why = {i: "; ".join(w) for i, w in found}
     n = len(table)
     cols["duplicate_group"] = [group_of.get(i, "") for i in range(n)]
@@ -893,8 +917,8 @@ def tables(
         ],
         "leakage": [
             {
-                "train": names[p["train"]],
-                "val": names[p["val"]],
+                **{sp: names[i] for sp, i in zip(p["pair"].split("-"), dc.leak_pair(p))},
+                "pair": p["pair"],
                 "kind": p["kind"],
                 "hash_distance": p["hash_distance"],
             }
@@ -1066,31 +1090,34 @@ def _duplicates(pics: _Pictures, v, groups) -> Section:
 
 
 def _leakage(pics: _Pictures, v, leaks) -> Section:
-    """Train/val pairs of one image: a listing, and the pairs' thumbnails on the check."""
+    """Pairs of one image across splits (train-val, train-test, val-test): a listing, and the
+    pairs' thumbnails on the check."""
     table, ic = pics.table, pics.ic
     if not leaks or v is None:
         return Section("Leakage pairs", [Text("None found.")])
-    rows = [
-        (
-            f"{p['kind']} (d={p['hash_distance']})",
-            [
-                (pics.img(p["train"]), table.name[p["train"]]),
-                (pics.img(p["val"]), table.name[p["val"]]),
-            ],
+    rows = []
+    for p in leaks[: ic.max_groups_shown * 2]:
+        a, b = dc.leak_pair(p)
+        rows.append(
+            (
+                f"{p['pair']} {p['kind']} (d={p['hash_distance']})",
+                [(pics.img(a), table.name[a]), (pics.img(b), table.name[b])],
+            )
         )
-        for p in leaks[: ic.max_groups_shown * 2]
-    ]
-    v.figures["pairs"] = thumb_rows(rows, "Leakage: the same image in train and val", pics.size)
-    listing = [
-        {
-            "kind": p["kind"],
-            "train": table.name[p["train"]],
-            "val": table.name[p["val"]],
-            "train class": table.class_names[table.label[p["train"]]],
-            "val class": table.class_names[table.label[p["val"]]],
-        }
-        for p in leaks[: ic.max_listed]
-    ]
+    v.figures["pairs"] = thumb_rows(rows, "Leakage: the same image in two splits", pics.size)
+    listing = []
+    for p in leaks[: ic.max_listed]:
+        a, b = dc.leak_pair(p)
+        listing.append(
+            {
+                "pair": p["pair"],
+                "kind": p["kind"],
+                "image": table.name[a],
+                "copy": table.name[b],
+                "class": table.class_names[table.label[a]],
+                "copy's class": table.class_names[table.label[b]],
+            }
+        )
     return Section("Leakage pairs", [Table(listing)])
 
 

@@ -273,9 +273,12 @@ def final_model(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     kept ladder): the recipe then still ends on the better model, and `regressions` says so."""
     from runner.stages import get_stage
 
+    def score(r):  # the stage's score on `metric` (jobs.RunRecord.score), else its accuracy
+        return r.get("score") if isinstance(r.get("score"), (int, float)) else r["val_acc"]
+
     ranked = sorted(
-        (r for r in rows if r["exit_code"] == 0 and isinstance(r["val_acc"], (int, float))),
-        key=lambda r: (r["val_acc"], rows.index(r)),
+        (r for r in rows if r["exit_code"] == 0 and isinstance(score(r), (int, float))),
+        key=lambda r: (score(r), rows.index(r)),
         reverse=True,
     )
     for r in ranked:
@@ -292,8 +295,41 @@ def final_model(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
             "weights": str(o.weights),
             "what": o.note,
             "val_acc": r["val_acc"],
+            **final_test(Path(r["dir"]), Path(o.run or r["dir"])),
         }
     return None
+
+
+def final_test(stage_dir: Path, run_dir: Path) -> dict[str, Any]:
+    """The final model's test figures, as its run scored them once after training (the
+    stage's summary, else the outcome run's: a ladder's best rung, squeeze's adopted model);
+    read after the final model was chosen, never by the choice."""
+    for d in (stage_dir, run_dir):
+        s = jobs.summary(d)
+        if s.get("test"):
+            return {
+                "test_acc": s.get("test_acc"),
+                "test_loss": s.get("test_loss"),
+                "test": s["test"],
+            }
+    return {"test_acc": None, "test_loss": None, "test": None}
+
+
+def candidates_compared(rows: list[dict[str, Any]]) -> int:
+    """How many candidates validation chose among on the way to the final model: every
+    training run the recipe made (a stage's own run, or its sub-runs: ladder rungs, study
+    trials, squeeze's seed reruns and continuation), plus squeeze's ensemble when it was an
+    option; the final choice among the stages compares these again and adds none."""
+    n = 0
+    for r in rows:
+        s = jobs.summary(Path(r["dir"])) if r.get("dir") else {}
+        if r.get("exit_code") is None or not (s or r.get("sub_runs")):
+            continue
+        if not isinstance(r.get("val_acc"), (int, float)) and not r.get("sub_runs"):
+            continue  # looked at the data only (inspect), or never finished
+        n += max(1, int(r.get("sub_runs") or 0))
+        n += sum(1 for o in s.get("options") or [] if o.get("what") == "ensemble")
+    return n
 
 
 def regressions(
@@ -392,11 +428,14 @@ def _stage_row(name, d, own, code, error, wall, prev_acc) -> dict[str, Any]:
     )
     acc = head["val_acc"]
     numbers = isinstance(acc, (int, float)) and isinstance(prev_acc, (int, float))
+    metric = str(s.get("metric") or "accuracy")
     return {
         "stage": name,
         "exit_code": code,
         "change": head["change"],
         "val_acc": acc,
+        # what the final model is chosen by (`metric`; accuracy: the headline val_acc)
+        "score": acc if metric == "accuracy" else rec.score,
         "delta": acc - prev_acc if numbers else None,
         "checks_failed": [c["name"] for c in checks if c.get("status") == "fail"]
         or s.get("checks_failed")
@@ -537,6 +576,28 @@ def _report_body(cfg, ctx, rows, not_run_rows, n_val, failed, worse, v, v_reg, f
                 f"with `python -m runner stage=train from={ctx.run.path}`."
             )
         )
+        t = final_run.get("test")
+        n = candidates_compared(rows)
+        if t and t.get("acc") is not None:
+            lo, hi = t.get("acc_ci95") or [None, None]
+            body.append(
+                Text(
+                    f"Test accuracy {t['acc']:.4f} (95% interval {lo:.4f} - {hi:.4f}, "
+                    f"{t['n']} images), scored once on the final model; val - test "
+                    f"{t.get('val_test_gap') or 0:+.4f}. The val figure is the best of "
+                    f"{n} candidate(s) validation chose among, so it is optimistic; the test "
+                    "split was read by no choice."
+                )
+            )
+        else:
+            body.append(
+                Text(
+                    f"The final val figure is the best of {n} candidate(s) validation chose "
+                    "among (optimistic); no test split to score it on (an image folder's "
+                    "test/, or data.test_fraction).",
+                    note=True,
+                )
+            )
     return body
 
 
@@ -602,6 +663,12 @@ def run(cfg, ctx: Context) -> StageResult:
         "wall_s": round(time.perf_counter() - t_recipe, 2),
         "not_run": [x.split("-", 1)[1] for x in not_run],
         "final": final_run,
+        # the final model's test split figures (scored once, after every choice)
+        "test_acc": (final_run or {}).get("test_acc"),
+        "test": (final_run or {}).get("test"),
+        "metric": str(cfg.get("metric") or "accuracy"),
+        # how many runs validation chose among: the final val_acc is the best of these
+        "candidates": candidates_compared(rows),
         "regressions": worse,
         "stopped": stopped,
         "checks_failed": [x.name for x in (v, v_reg) if x.status == "fail"],

@@ -104,11 +104,25 @@ def params(cfg) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- decision rule
-def decide(best_acc: float, cand_acc: float | None, n_val: int, min_delta: float) -> dict[str, Any]:
+def decide(
+    best_acc: float, cand_acc: float | None, n_val: int, min_delta: float, proportion: bool = True
+) -> dict[str, Any]:
     """Keep the candidate when it beats the current best on the same val set by more than
-    noise (runner/checks/noise.py same_val_set: more than max(min_delta, one standard error))."""
+    noise (runner/checks/noise.py same_val_set: more than max(min_delta, one standard error)).
+
+    `proportion` false (metric=val_loss: the scores are negated losses, not proportions, and
+    have no binomial standard error): keep when the gain is more than min_delta."""
     from runner.checks.noise import same_val_set
 
+    if not proportion:
+        delta = None if cand_acc is None else cand_acc - best_acc
+        return {
+            "keep": delta is not None and delta > min_delta,
+            "delta": delta,
+            "threshold": min_delta,
+            "p_value": None,
+            "test": "gain in val loss > min_delta",
+        }
     d = same_val_set(best_acc, cand_acc, n_val, min_delta)
     return {
         "keep": d.significant,
@@ -184,6 +198,7 @@ LADDER_COLUMNS = [
     "change",
     "val_acc",
     "val_loss",
+    "score",
     "delta",
     "threshold",
     "p_value",
@@ -203,6 +218,7 @@ def _row(k: int, name: str, change: str, best_before, path: Optional[str]) -> di
         "change": change,
         "val_acc": None,
         "val_loss": None,
+        "score": None,
         "best_epoch": None,
         "epochs": None,
         "delta": None,
@@ -227,9 +243,13 @@ class Ladder:
     best_summary: dict = field(default_factory=dict)
     best_cfg: Any = None
     best_dir: str = "rungs/0-base"
-    best_acc: float = 0.0
+    best_acc: float = 0.0  # the best rung's score (jobs.selection_value, on `metric`)
     base_acc: float = 0.0
     n_val: int = 0
+    metric: str = "accuracy"
+
+    def score(self, summ: dict) -> Optional[float]:
+        return jobs.selection_value(summ, self.metric)
 
     @property
     def root(self) -> Path:
@@ -247,9 +267,9 @@ class Ladder:
             "regularize rung: 0-base",
         )
         self.best_cfg = self.cfg
-        if self.best.nonfinite or self.best_summary.get("best_val_acc") is None:
+        if self.best.nonfinite or self.score(self.best_summary) is None:
             return False
-        self.best_acc = self.base_acc = float(self.best_summary["best_val_acc"])
+        self.best_acc = self.base_acc = float(self.score(self.best_summary))
         self.n_val = len(self.best.data.val)
         row = _row(0, "base", "(stage config)", None, "rungs/0-base")
         row.update(self._figures(self.best_summary, self.best_acc), kept=True)
@@ -259,8 +279,9 @@ class Ladder:
     @staticmethod
     def _figures(summ: dict, acc) -> dict[str, Any]:
         return {
-            "val_acc": acc,
+            "val_acc": summ.get("best_val_acc") if acc is not None else None,
             "val_loss": summ.get("best_val_loss"),
+            "score": acc,
             "best_epoch": summ.get("best_epoch"),
             "epochs": summ.get("epochs"),
         }
@@ -294,16 +315,19 @@ class Ladder:
             row["error"] = f"{type(e).__name__}: {jobs.first_line(e)}"
             self.rows.append({**row, "dir": row["dir"] if path.is_dir() else None})
             return
-        acc = None if res.nonfinite else summ.get("best_val_acc")
+        acc = None if res.nonfinite else self.score(summ)
         if res.nonfinite:  # diverged: reverted like a rung that hurt, and the ladder says why
             row["error"] = f"diverged: {res.nonfinite}"
             log.warning("regularize: rung %s diverged: %s", name, res.nonfinite)
-        d = decide(self.best_acc, acc, self.n_val, self.min_delta)
+        d = decide(
+            self.best_acc, acc, self.n_val, self.min_delta, proportion=self.metric != "val_loss"
+        )
         row.update(self._figures(summ, acc))
         row.update(delta=d["delta"], threshold=d["threshold"], p_value=d["p_value"], kept=d["keep"])
         log.info(
-            "regularize: %s val_acc %s vs best %.4f (delta %s, threshold %.4f) -> %s",
+            "regularize: %s %s %s vs best %.4f (delta %s, threshold %.4f) -> %s",
             name,
+            "val_acc" if self.metric == "accuracy" else self.metric,
             "none (diverged)" if acc is None else f"{acc:.4f}",
             self.best_acc,
             "none" if d["delta"] is None else f"{d['delta']:+.4f}",
@@ -330,7 +354,7 @@ def run(cfg, ctx: Context) -> StageResult:
     p = params(cfg)
     rungs = list(p["rungs"] or [])  # typed by Rung at compose time
     check_rungs(cfg, rungs, ctx)  # every rung composes and validates, before rung 0 trains
-    ladder = Ladder(cfg, ctx, float(p["min_delta"]))
+    ladder = Ladder(cfg, ctx, float(p["min_delta"]), metric=str(cfg.metric))
     log.info("regularize: rung 0 (base), then %d rung(s)", len(rungs))
     if not ladder.base():
         verdicts = [finite_verdict(cfg, ladder.best)]
@@ -381,6 +405,8 @@ def _result(cfg, ctx: Context, p: dict[str, Any], ladder: Ladder) -> StageResult
         "ladder_val_acc": ladder.best_acc,
         "ladder_gain": ladder.best_acc - ladder.base_acc,
         "decision_rule": rule,
+        # the runs validation compared (the rungs trained); the recipe adds them up
+        "candidates": sum(1 for r in ladder.rows if r.get("dir")),
     }
     summary = summary_of(best_cfg, ctx, best, verdicts, extra)
     summary["stage"] = cfg.stage.name

@@ -313,10 +313,23 @@ def ensemble_scores(member_logits: list[torch.Tensor], targets: torch.Tensor) ->
     """Each member's accuracy and the averaged-logits ensemble's accuracy and loss."""
     import torch
 
+    from runner.metrics import balanced_accuracy, macro_f1
+
     targets = targets.long()
     accs = [float((lg.argmax(1) == targets).float().mean()) for lg in member_logits]
     mean = torch.stack([lg.float() for lg in member_logits]).mean(0)
+
+    def confusion(lg):
+        c = lg.shape[1]
+        return torch.bincount(targets * c + lg.argmax(1), minlength=c * c)[: c * c].view(c, c)
+
+    cms = [confusion(lg) for lg in member_logits]
     return {
+        # balanced accuracy and macro-F1 of each member and of the ensemble (metric=...)
+        "member_balanced_acc": [balanced_accuracy(cm) for cm in cms],
+        "member_macro_f1": [macro_f1(cm) for cm in cms],
+        "ensemble_balanced_acc": balanced_accuracy(confusion(mean)),
+        "ensemble_macro_f1": macro_f1(confusion(mean)),
         "member_acc": accs,
         "ensemble_acc": float((mean.argmax(1) == targets).float().mean()),
         "ensemble_loss": float(torch.nn.functional.cross_entropy(mean, targets)),
@@ -358,6 +371,23 @@ def validated_elsewhere(dirs: list[Path], fingerprint: str) -> list[Path]:
         if fp is not None and fp != fingerprint:
             out.append(d)
     return out
+
+
+def _recorded_score(d: Path, metric: str) -> float:
+    """A candidate's recorded figure of `metric` (runner/jobs.py selection_value, higher is
+    better), -inf when it has none: what candidates are ranked by."""
+    v = jobs.selection_value(jobs.summary(d), metric)
+    return v if v is not None and math.isfinite(v) else -math.inf
+
+
+def _option_score(sc: dict[str, Any], i: Optional[int], metric: str) -> Optional[float]:
+    """The score on `metric` (higher is better) of member i, or of the ensemble (i None),
+    from the logits squeeze scored on one validation set."""
+    name = {"accuracy": "acc", "balanced_accuracy": "balanced_acc", "macro_f1": "macro_f1"}.get(
+        metric, "loss"
+    )
+    v = sc[f"ensemble_{name}"] if i is None else sc[f"member_{name}"][i]
+    return -v if name == "loss" else v
 
 
 def _recorded_acc(d: Path) -> float:
@@ -560,8 +590,9 @@ CHOOSE_RULE = (
 
 
 def choose(options: list[dict[str, Any]]) -> dict[str, Any]:
-    """The option to adopt: the highest val accuracy; on a tie, the lower val loss; on a tie
-    of both, the earlier in `options` (listed simplest first: winner, continued, ensemble).
+    """The option to adopt: the highest score on `metric` (an option's "score"; without one,
+    its val accuracy); on a tie, the lower val loss; on a tie of both, the earlier in
+    `options` (listed simplest first: winner, continued, ensemble).
 
     A missing or non-finite val accuracy ranks last, a missing or non-finite val loss loses
     a tie."""
@@ -574,7 +605,7 @@ def choose(options: list[dict[str, Any]]) -> dict[str, Any]:
     return min(
         enumerate(options),
         key=lambda io: (
-            -num(io[1].get("val_acc"), -math.inf),
+            -num(io[1].get("score", io[1].get("val_acc")), -math.inf),
             num(io[1].get("val_loss"), math.inf),
             io[0],
         ),
@@ -600,8 +631,9 @@ def _refuse_stored_code(cands: list[Path], cfg) -> None:
             )
 
 
-def member_logits(run_dir: Path, original_cwd: str, device: torch.device):
-    """(logits, targets, config, fingerprint) of a run's best checkpoint on its full val set."""
+def member_logits(run_dir: Path, original_cwd: str, device: torch.device, split: str = "val"):
+    """(logits, targets, config, data) of a run's best checkpoint on its full val set (or
+    its test split: `split`="test", None when the data has none)."""
     from runner.checkpoint import best_checkpoint, load_checkpoint
     from runner.data import build_data
     from runner.loop import evaluate
@@ -613,11 +645,49 @@ def member_logits(run_dir: Path, original_cwd: str, device: torch.device):
     model = build_model(mcfg.model, data.num_classes, data.in_chans, original_cwd)
     model.load_state_dict(ckpt["model"])
     model.to(device)
-    loader = data.val.loader(
+    which = data.test if split == "test" else data.val
+    if which is None:
+        return None, None, mcfg, data
+    loader = which.loader(
         int(mcfg.trainer.batch_size) * 2, False, int(mcfg.seed), device, train=False, num_workers=0
     )
     ev = evaluate(model, loader, device, keep_logits=True)
     return ev.logits.cpu(), ev.targets.cpu(), mcfg, data
+
+
+def adopted_evaluation(cfg, pool, adopted: dict[str, Any], ctx: Context) -> Optional[dict]:
+    """The adopted model's final evaluation (runner/stages/common.py final_evaluation's
+    shape): a single run's is its own summary's (the same best.pt); the ensemble's is scored
+    here, once, on the members' averaged val logits and averaged test logits. Nothing
+    selects on the test figures: adoption has already happened."""
+    import torch
+
+    from runner.metrics import evaluation_block
+    from runner.stages.common import resolve_device
+
+    if adopted["what"] != "ensemble":
+        return jobs.summary(Path(adopted["run"])).get("evaluation")
+    device = resolve_device(cfg.trainer.device)
+    names = pool.data.class_names
+
+    def block(split):
+        logits, targets = [], None
+        for m in pool.members:
+            lg, targets, _, _ = member_logits(Path(m), ctx.original_cwd, device, split)
+            logits.append(lg)
+        mean = torch.stack([lg.float() for lg in logits]).mean(0)
+        c = mean.shape[1]
+        cm = torch.bincount(targets.long() * c + mean.argmax(1), minlength=c * c)[: c * c]
+        loss = float(torch.nn.functional.cross_entropy(mean, targets.long()))
+        return evaluation_block(cm.view(c, c), loss, names)
+
+    out = {"epoch": None, "val": block("val"), "test": None}
+    if pool.data.test is not None and len(pool.data.test):
+        log.info("squeeze: scoring the adopted ensemble once on the test split")
+        out["test"] = block("test")
+        if out["val"]["acc"] is not None and out["test"]["acc"] is not None:
+            out["test"]["val_test_gap"] = out["val"]["acc"] - out["test"]["acc"]
+    return out
 
 
 def squeeze_lineage(
@@ -802,8 +872,11 @@ def ensemble_phase(cfg, ctx: Context, p: dict[str, Any], from_dir, run_dirs) -> 
     """Rank the candidates, reload the best k on one validation set and score their ensemble."""
     from runner.stages.common import setup_runtime
 
+    metric = str(cfg.get("metric") or "accuracy")
     cands = sorted(
-        candidates(([from_dir] if from_dir else []) + run_dirs), key=_recorded_acc, reverse=True
+        candidates(([from_dir] if from_dir else []) + run_dirs),
+        key=lambda d: _recorded_score(d, metric),
+        reverse=True,
     )
     _refuse_stored_code(cands, cfg)  # their checkpoints' configs build the members
     device = setup_runtime(cfg)
@@ -905,9 +978,9 @@ def continue_phase(p: dict[str, Any], ctx: Context, pool: Pool):
     return longer, section
 
 
-def adoption(pool: Pool, longer: Optional[dict[str, Any]]):
-    """What to adopt: the best on val of the single winner, its continuation and the ensemble
-    (on a tie the simpler, cheaper model first); (options, adopted, its report sections)."""
+def adoption(pool: Pool, longer: Optional[dict[str, Any]], metric: str = "accuracy"):
+    """What to adopt: the best on val (`metric`) of the single winner, its continuation and the
+    ensemble (on a tie the simpler, cheaper model first); (options, adopted, its sections)."""
     sc, members = pool.scores, pool.members
     options = [
         {
@@ -915,6 +988,7 @@ def adoption(pool: Pool, longer: Optional[dict[str, Any]]):
             "val_acc": sc["member_acc"][0],
             "val_loss": sc["member_loss"][0],
             "run": str(members[0]),
+            "score": _option_score(sc, 0, metric),
         }
     ]
     if longer and longer["val_loss_improved"]:
@@ -924,6 +998,9 @@ def adoption(pool: Pool, longer: Optional[dict[str, Any]]):
                 "val_acc": longer["val_acc_after"],
                 "val_loss": longer["best_val_loss_after"],
                 "run": longer["dir"],
+                "score": longer["val_acc_after"]
+                if metric == "accuracy"
+                else jobs.selection_value(jobs.summary(Path(longer["dir"])), metric),
             }
         )
     if len(members) > 1:
@@ -933,6 +1010,7 @@ def adoption(pool: Pool, longer: Optional[dict[str, Any]]):
                 "val_acc": sc["ensemble_acc"],
                 "val_loss": sc["ensemble_loss"],
                 "run": [str(m) for m in members],
+                "score": _option_score(sc, None, metric),
             }
         )
     adopted = choose(options)
@@ -987,8 +1065,16 @@ def run(cfg, ctx: Context) -> StageResult:
     # leave it training: the winner continues from its last checkpoint
     longer, section = continue_phase(p, ctx, pool)
     sections += [section] if section else []
-    options, adopted, adopted_sections = adoption(pool, longer)
+    options, adopted, adopted_sections = adoption(
+        pool, longer, str(cfg.get("metric") or "accuracy")
+    )
     sections += adopted_sections
+    from runner.stages.common import evaluation_sections, final_summary, per_class_rows
+
+    final = adopted_evaluation(cfg, pool, adopted, ctx)
+    sections += evaluation_sections(final)
+    if per_class_rows(final):
+        files["per_class.csv"] = per_class_rows(final)
     sc, data = pool.scores, pool.data
     summary = {
         "stage": cfg.stage.name,
@@ -1004,8 +1090,10 @@ def run(cfg, ctx: Context) -> StageResult:
         "members": [str(m) for m in pool.members],
         "member_val_acc": sc["member_acc"],
         "candidates": len(pool.cands),
+        "metric": str(cfg.get("metric") or "accuracy"),
         "seeds": seeds,
         "continued": longer,
+        **final_summary(final),
         "checks": verdict_counts(verdicts),
         "checks_failed": [x.name for x in verdicts if x.status == "fail"],
         "run_dir": str(ctx.run.path),
