@@ -302,17 +302,19 @@ def test_inspect_reads_the_test_split_and_counts_leakage_into_it(tmp_path):
         Image.fromarray(tile).save(root / "test" / c / f"{c}-t.png")
     shutil.copy(root / "train" / "cat" / "cat0.png", root / "test" / "cat" / "from_train.png")
     shutil.copy(root / "val" / "dog" / "dog1.png", root / "test" / "dog" / "from_val.png")
-    from runner.config import InspectConfig
+    from conftest import compose
+
     from runner.stages.inspect import (
         _leakage,
         _Pictures,
         run_checks,
         scan_imagefolder,
+        settings,
         stream_table,
         tables,
     )
 
-    ic = InspectConfig()
+    ic = settings()
     source = scan_imagefolder(root, 0.2, 0, ic.analysis_size)
     table, _ = stream_table(source, ic.analysis_size, num_workers=0, progress=False)
     found = run_checks(table, ic)
@@ -322,7 +324,7 @@ def test_inspect_reads_the_test_split_and_counts_leakage_into_it(tmp_path):
     assert leak.details["counts"] == {"train-val": 0, "train-test": 1, "val-test": 1}
     assert "1 of 5 test images have a copy in train" in leak.message
     assert checks["data.class_balance"].details["totals"] == {"train": 12, "val": 6, "test": 5}
-    cfg = OmegaConf.create({"inspect": OmegaConf.structured(ic)})
+    cfg = compose(["stage=inspect"])
     doc = tables(source, table, found.groups, found.leaks, found.outliers, found.flags, cfg)
     leaks = doc["inspect.json"]["leakage"]
     assert {p["pair"] for p in leaks} == {"train-test", "val-test"}
