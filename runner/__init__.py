@@ -2,12 +2,13 @@
 
 From Python (README "From Python and notebooks"): `runner.run(stage, overrides)` runs a stage
 as the CLI would and returns a `runner.Run`; `runner.load(run_dir)` reads a run directory
-back. Config errors raise `runner.ConfigError`. Imported lazily: `import runner` stays light.
+back; `runner.predict(run_dir, inputs)` and `runner.export(run_dir, formats)` use a run's
+final model. Config errors raise `runner.ConfigError`. Imported lazily: `import runner` stays light.
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["run", "load", "plan", "Run", "ConfigError", "RunnerError"]
+__all__ = ["run", "load", "plan", "predict", "export", "Run", "ConfigError", "RunnerError"]
 
 
 def __getattr__(name):
@@ -15,6 +16,14 @@ def __getattr__(name):
         from runner import api
 
         return getattr(api, name)
+    if name == "predict":
+        from runner.prediction import predict
+
+        return predict
+    if name == "export":
+        from runner.exporting import export
+
+        return export
     if name == "plan":
         from runner.jobs import plan
 

@@ -286,9 +286,9 @@ def _friendly_hydra_errors(task):
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("aggregate", "init"):
-        from runner.commands import run_command
+    from runner.commands import COMMANDS, run_command  # light: no torch, no Hydra
 
+    if argv and argv[0] in COMMANDS:
         return run_command(argv[0], argv[1:])
     held: List[Path] = []
     try:

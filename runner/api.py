@@ -113,44 +113,44 @@ class Run:
 
     @property
     def weights(self) -> Optional[Path]:
-        """The final model's checkpoint: the stage's outcome (a run's best.pt, a ladder's best
-        rung's, a study's best trial's, squeeze's or a recipe's adopted model)."""
+        """The final model's file: the stage's outcome (a run's best.pt, a ladder's best
+        rung's, a study's best trial's, squeeze's adopted model, its ensemble.pt included, or
+        a recipe's final model)."""
         from runner.lineage import outcome
 
         try:
-            return outcome(self.path).weights
+            o = outcome(self.path)
         except ConfigError:
             return None
+        return o.model or o.weights
 
     @property
     def report_path(self) -> Path:
         return self.path / "report.html"
 
     def model(self, device: str = "cpu", trust_run_configs: bool = False):
-        """The final model, built as the run built it, its weights loaded, in eval mode. The
-        checkpoint's config is data: a `_target_` it names that the packaged configs do not
-        is refused unless `trust_run_configs` (the run's own code, if you trust its folder)."""
-        from omegaconf import OmegaConf
+        """The final model, built as the run built it, its weights loaded, in eval mode (an
+        ensemble: one module averaging its members' logits). The checkpoint's config is data:
+        a `_target_` it names that the packaged configs do not is refused unless
+        `trust_run_configs` (the run's own code, if you trust its folder)."""
+        from runner.inference import load_final
 
-        from runner.checkpoint import load_checkpoint
-        from runner.lineage import flatten
-        from runner.models import build_model
-        from runner.targets import refuse_untrusted, untrusted_code
-
-        w = self.weights
-        if w is None:
+        if self.weights is None:
             raise FileNotFoundError(f"{self.path}: this {self.stage} run has no model weights")
-        ck = load_checkpoint(Path(w))
-        cfg = OmegaConf.create(ck["config"])
-        stored = flatten({"model": OmegaConf.to_container(cfg.model, resolve=False)})
-        refuse_untrusted(untrusted_code(stored, {}), f"{w} (its stored config)", trust_run_configs)
-        meta = ck.get("meta") or {}
-        cwd = (self.summary.get("provenance") or {}).get("git", {}) or {}
-        model = build_model(
-            cfg.model, int(meta["num_classes"]), int(meta["in_chans"]), cwd.get("repo")
-        )
-        model.load_state_dict(ck["model"])
-        return model.to(device).eval()
+        return load_final(self.path, device, trust_run_configs).module
+
+    def predict(self, inputs=(), **kw):
+        """runner.predict on this run: image files/folders, or `split="val"` (its own data);
+        the rows as a list of dicts (`.accuracy` on a split; `out=` also writes the CSV)."""
+        from runner.prediction import predict
+
+        return predict(self.path, inputs, **kw)
+
+    def export(self, formats=("onnx",), out=None, **kw):
+        """runner.export on this run: a folder with the model file(s), config.json and a card."""
+        from runner.exporting import export
+
+        return export(self.path, formats, out, **kw)
 
     # -- in a notebook
     def report(self, height: int = 800):

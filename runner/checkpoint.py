@@ -92,6 +92,51 @@ def make_checkpoint(
     }
 
 
+# runner/data.py eval_transform: timm's eval transform with crop_pct=1.0 (resize the short side
+# to image_size, centre crop: nothing is cut from a square image)
+EVAL_CROP_PCT = 1.0
+EVAL_CROP_MODE = "center"
+
+
+def usage_meta(cfg, data, original_cwd: str | None = None) -> dict[str, Any]:
+    """The facts a checkpoint carries so its weights can be used without the run: class names,
+    the model (timm architecture or `_target_`), and the eval preprocessing exactly as the run
+    applied it (input size, channels, mean/std, resize filter, crop). Plain lists and strings:
+    the checkpoint still loads with weights_only=True.
+
+    `pipeline`: "tensor" for data held as uint8 tensors (digits, synthetic), resized with
+    torch's interpolate (runner/data.py _resize_uint8) before normalising; "timm" for streamed
+    images, which go through timm's eval transform (PIL resize + centre crop)."""
+    from runner.data import TensorSplit
+
+    model = cfg.model
+    return {
+        "class_names": [str(c) for c in data.class_names],
+        "architecture": None if model.get("_target_") else str(model.name),
+        "target": str(model._target_) if model.get("_target_") else None,
+        "model_kwargs": _plain(model.get("kwargs") or {}),
+        "channels": "L" if int(data.in_chans) == 1 else "RGB" if int(data.in_chans) == 3 else "",
+        "input_size": [int(data.in_chans), int(data.image_size), int(data.image_size)],
+        "mean": [float(v) for v in data.mean],
+        "std": [float(v) for v in data.std],
+        "interpolation": str(data.interpolation),
+        "crop_pct": EVAL_CROP_PCT,
+        "crop_mode": EVAL_CROP_MODE,
+        "pipeline": "tensor" if isinstance(data.val, TensorSplit) else "timm",
+        "data_kind": str(data.kind),
+        # relative data paths (data.root) resolve from here: predict --split reads the data again
+        "cwd": str(original_cwd) if original_cwd else None,
+    }
+
+
+def _plain(node) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(node):
+        return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
+    return dict(node)
+
+
 def weights_of(ckpt: dict[str, Any]) -> dict[str, Any]:
     """best.pt: what it is for (the weights and the facts to use them: meta, config, when),
     sharing the snapshot's tensors (no copy); `resume` refuses it (no optimiser, no RNG)."""
@@ -174,6 +219,16 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             f"checkpoint {path} is not a readable torch checkpoint "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
         ) from e
+    if isinstance(ckpt, dict) and ckpt.get("kind") == "ensemble":  # runner/ensemble.py
+        from runner.ensemble import ensemble_problems
+
+        problems = ensemble_problems(ckpt)
+        if problems:
+            raise ConfigError(
+                f"ensemble file {path} is malformed: {'; '.join(problems)} (stage=squeeze "
+                "writes it whole: it was changed or made elsewhere); run the squeeze stage again"
+            )
+        return ckpt
     if not isinstance(ckpt, dict) or "model" not in ckpt or "loop" not in ckpt:
         raise ConfigError(
             f"checkpoint {path} is not a recipe-runner checkpoint "

@@ -22,9 +22,23 @@ def _init(args: List[str]) -> int:
     return init_main(args)
 
 
+def _predict(args: List[str]) -> int:
+    from runner.prediction import predict_main
+
+    return predict_main(args)
+
+
+def _export(args: List[str]) -> int:
+    from runner.exporting import export_main
+
+    return export_main(args)
+
+
 COMMANDS: Dict[str, Callable[[List[str]], int]] = {
     "aggregate": _aggregate,
     "init": _init,
+    "predict": _predict,
+    "export": _export,
 }
 
 

@@ -126,6 +126,25 @@ def _clean(obj: Any) -> Any:
     return str(obj)
 
 
+def write_csv_file(
+    path: Path, rows: List[Dict[str, Any]], columns: Optional[List[str]] = None
+) -> Path:
+    """A CSV outside a run directory (predict's predictions), written atomically; `columns`
+    first, then any others the rows have. A write that fails is a ConfigError naming it."""
+    cols: List[str] = list(columns or [])
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    w.writerows([_clean(r) for r in rows])
+    try:
+        _atomic_write_bytes(Path(path), buf.getvalue().encode())
+    except OSError as e:
+        raise ConfigError(f"could not write {path}: {e.strerror or e}") from e
+    return Path(path)
+
+
 def read_json(p: Path) -> Any:
     """A JSON file of a run directory (summary.json, study.json, checks.json, ...), or None
     when it is missing or unreadable: the one reader of a run's JSON."""
@@ -449,6 +468,15 @@ class RunDir:
             self._saved[name] = (loop.get("epoch"), loop.get("step"))
         return p
 
+    def save_model(self, payload: dict[str, Any], name: str) -> Path:
+        """A model file beside summary.json (squeeze's ensemble.pt), written atomically."""
+        import torch
+
+        p = self.path / name
+        if self.enabled:
+            self._atomic(p, lambda f: torch.save(payload, f))
+        return p
+
 
 def _checkpoint_position(path: Path) -> Optional[tuple]:
     """(epoch, step) of a checkpoint's loop state, None when it cannot be read."""
@@ -463,6 +491,8 @@ def _checkpoint_position(path: Path) -> Optional[tuple]:
 
 # ----------------------------------------------------------------------------- ownership
 LOCK_FILE = ".runner.lock"
+# squeeze's adopted ensemble, one file (runner/ensemble.py reads and writes it)
+ENSEMBLE_FILE = "ensemble.pt"
 # this process's run-directory locks (resolved path -> [fd, depth]): re-entrant, so a recipe's
 # stages and a ladder's rungs, run in this process in directories of their own or below the
 # parent's, never refuse themselves. Process state by nature: an flock belongs to a process.

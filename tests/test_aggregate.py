@@ -326,7 +326,8 @@ def test_commands_dispatch_matches_the_cli():
     from runner.commands import COMMANDS, run_command
 
     src = Path(cli_main.__file__).read_text()
-    assert all(f'"{name}"' in src for name in COMMANDS)
+    assert "argv[0] in COMMANDS" in src  # the CLI sends every command name here
+    assert set(COMMANDS) >= {"aggregate", "init", "predict", "export"}
     assert run_command("nope", []) == 2
 
 

@@ -30,6 +30,7 @@ from runner.checkpoint import (
     load_checkpoint,
     make_checkpoint,
     restore,
+    usage_meta,
     weights_of,
 )
 from runner.checks import Verdict
@@ -311,6 +312,12 @@ def init_weights(
     if not p.is_file():
         raise ConfigError(f"init_from={spec!r}: no such file or run directory ({p})")
     ck = load_checkpoint(p)
+    if ck.get("kind") == "ensemble":  # runner/ensemble.py: several models, no one state
+        runs = ", ".join(str(m.get("run")) for m in ck["members"])
+        raise ConfigError(
+            f"init_from={spec!r}: {p} is an ensemble of {len(ck['members'])} models, not one "
+            f"model's weights; start from one of its members: init_from=<one of {runs}>"
+        )
     try:
         restore({"model": ck["model"], "loop": {}, "meta": ck.get("meta") or {}}, p, model)
     except ConfigError as e:
@@ -460,6 +467,9 @@ class Checkpoints:
             "image_size": parts.data.image_size,
             "data_fingerprint": parts.data.fingerprint,
             "stage": cfg.stage.name,
+            # what using the weights needs (predict, export, any other tool): the classes and
+            # the exact eval preprocessing (runner/checkpoint.py usage_meta)
+            **usage_meta(cfg, parts.data, ctx.original_cwd),
         }
 
         def snapshot(full: bool = True):  # taken on this thread, written by the writer's

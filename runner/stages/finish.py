@@ -154,7 +154,8 @@ def finish(cfg, ctx: Context, result: StageResult) -> int:
 
 
 def write_file(run, name: str, content: Any) -> None:
-    """One of a stage's own files: rows as CSV, text as it is, an object as JSON."""
+    """One of a stage's own files: rows as CSV, text as it is, an object as JSON, a
+    model file (.pt) through torch.save."""
     if isinstance(content, Rows):
         run.write_csv(name, content.rows, content.columns)
     elif isinstance(content, str):
@@ -163,6 +164,8 @@ def write_file(run, name: str, content: Any) -> None:
         run.write_csv(name, list(content))
     elif name.endswith(".json"):
         run.write_json(name, content)
+    elif name.endswith(".pt"):  # a model file (squeeze's ensemble.pt): tensors, torch.save
+        run.save_model(content, name)
     else:
         run.write_text(name, str(content))
 

@@ -122,6 +122,9 @@ class Outcome:
     note: str = ""
     # the run directory that holds the outcome (a ladder's best rung, a study's best trial)
     run: Optional[Path] = None
+    # the loadable final model when it is not `weights` (squeeze's adopted ensemble:
+    # runner/ensemble.py); `weights` stays what a training stage can start from
+    model: Optional[Path] = None
 
 
 @dataclass

@@ -71,6 +71,9 @@ def outcome(run_dir: Path):
     if final.get("run") and Path(final["run"]).is_dir():
         o = outcome_of(Path(final["run"]))
         o.note = f"the recipe's final model: {final.get('what') or o.note}"
+        w = Path(str(final.get("weights") or ""))
+        if final.get("weights") and w.is_file() and w != o.weights:
+            o.model = w  # an ensemble's file (runner/ensemble.py)
         return o
     for row in reversed(summary.get("stages") or []):
         d = Path(row.get("dir", ""))
@@ -292,7 +295,8 @@ def final_model(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
             "stage": r["stage"],
             "run": str(o.run or r["dir"]),
             "config": str(o.config_file),
-            "weights": str(o.weights),
+            # the final model itself: one model's weights, or squeeze's ensemble.pt
+            "weights": str(o.model or o.weights),
             "what": o.note,
             "val_acc": r["val_acc"],
             **final_test(Path(r["dir"]), Path(o.run or r["dir"])),

@@ -42,6 +42,7 @@ from omegaconf import OmegaConf
 from runner import jobs
 from runner.config import override_key
 from runner.errors import ConfigError
+from runner.output import ENSEMBLE_FILE
 from runner.report import Images, Links, Section, Table, Text, verdict_counts
 from runner.stages import regularize
 from runner.stages.protocol import (
@@ -105,8 +106,9 @@ def outcome(run_dir: Path) -> Outcome:
         n = len(run)
         run = run[0]
         note = (
-            f"squeeze adopted an ensemble of {n} ({acc_s}), which is no single model: the "
-            f"config and weights of its first, best-ranked member {Path(str(run)).name}"
+            f"squeeze adopted an ensemble of {n} ({acc_s}), one model file "
+            f"({ENSEMBLE_FILE}); to train on from it: the config and weights of its first, "
+            f"best-ranked member {Path(str(run)).name}"
         )
     else:
         note = f"squeeze adopted the {what} ({acc_s})"
@@ -122,6 +124,8 @@ def outcome(run_dir: Path) -> Outcome:
     o = outcome_of(d)
     o.note = f"{note}: {o.note}"
     o.run = d
+    if isinstance(adopted.get("run"), list) and (run_dir / ENSEMBLE_FILE).is_file():
+        o.model = run_dir / ENSEMBLE_FILE  # the adopted model itself (predict, export)
     return o
 
 
@@ -981,6 +985,8 @@ def continue_phase(p: dict[str, Any], ctx: Context, pool: Pool):
 def adoption(pool: Pool, longer: Optional[dict[str, Any]], metric: str = "accuracy"):
     """What to adopt: the best on val (`metric`) of the single winner, its continuation and the
     ensemble (on a tie the simpler, cheaper model first); (options, adopted, its sections)."""
+    from runner.checkpoint import best_checkpoint
+
     sc, members = pool.scores, pool.members
     options = [
         {
@@ -989,6 +995,7 @@ def adoption(pool: Pool, longer: Optional[dict[str, Any]], metric: str = "accura
             "val_loss": sc["member_loss"][0],
             "run": str(members[0]),
             "score": _option_score(sc, 0, metric),
+            "weights": str(best_checkpoint(Path(members[0]), required=True)),
         }
     ]
     if longer and longer["val_loss_improved"]:
@@ -1001,6 +1008,7 @@ def adoption(pool: Pool, longer: Optional[dict[str, Any]], metric: str = "accura
                 "score": longer["val_acc_after"]
                 if metric == "accuracy"
                 else jobs.selection_value(jobs.summary(Path(longer["dir"])), metric),
+                "weights": str(best_checkpoint(Path(longer["dir"]), required=True)),
             }
         )
     if len(members) > 1:
@@ -1011,6 +1019,8 @@ def adoption(pool: Pool, longer: Optional[dict[str, Any]], metric: str = "accura
                 "val_loss": sc["ensemble_loss"],
                 "run": [str(m) for m in members],
                 "score": _option_score(sc, None, metric),
+                # the ensemble as one model file (runner/ensemble.py), written by run()
+                "weights": str(Path(pool.lineage["run_dir"]) / ENSEMBLE_FILE),
             }
         )
     adopted = choose(options)
@@ -1075,6 +1085,8 @@ def run(cfg, ctx: Context) -> StageResult:
     sections += evaluation_sections(final)
     if per_class_rows(final):
         files["per_class.csv"] = per_class_rows(final)
+    if len(pool.members) > 1:  # the scored ensemble as one loadable model (adopted or not)
+        files[ENSEMBLE_FILE] = ensemble_file(pool, ctx)
     sc, data = pool.scores, pool.data
     summary = {
         "stage": cfg.stage.name,
@@ -1112,6 +1124,20 @@ def run(cfg, ctx: Context) -> StageResult:
         files,
         metrics=[],
         title=f"squeeze: adopted {_adopted_name(adopted)} on {data.kind}",
+    )
+
+
+def ensemble_file(pool: Pool, ctx: Context) -> dict[str, Any]:
+    """ensemble.pt: the members' weights and configs, and how they average (mean logits)."""
+    from runner.checkpoint import usage_meta
+    from runner.ensemble import ensemble_payload
+
+    sc = pool.scores
+    return ensemble_payload(
+        pool.members,
+        lambda cfg: usage_meta(cfg, pool.data, ctx.original_cwd),
+        sc["ensemble_acc"],
+        sc["ensemble_loss"],
     )
 
 
