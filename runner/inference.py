@@ -91,7 +91,8 @@ class FinalModel:
     members: List[Dict[str, Any]] = field(default_factory=list)  # an ensemble's (run, weights)
     run_dir: Optional[Path] = None
     stage: Optional[str] = None
-    reported_acc: Optional[float] = None  # the accuracy the run reports for this model
+    reported_acc: Optional[float] = None  # the val accuracy the run reports for this model
+    reported_test_acc: Optional[float] = None  # its test accuracy (scored once), if any
     what: str = ""  # what the stage says it is (its outcome's note)
 
     @property
@@ -274,4 +275,6 @@ def load_final(
     fm = load_model_file(f, jobs.summary(f.parent.parent) or rec.summary, device, trust_run_configs)
     fm.run_dir, fm.stage, fm.what = p, rec.stage, note
     fm.reported_acc = rec.accuracy
+    t = rec.summary.get("test_acc")
+    fm.reported_test_acc = float(t) if isinstance(t, (int, float)) else None
     return fm

@@ -136,7 +136,7 @@ def predict(
         rows,
         split=split,
         accuracy=accuracy,
-        reported=fm.reported_acc if split == "val" else None,
+        reported={"val": fm.reported_acc, "test": fm.reported_test_acc}.get(split or ""),
         model=fm,
     )
     if out is not None:

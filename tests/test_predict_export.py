@@ -25,6 +25,7 @@ TINY = FAST + [
     "trainer.epochs=1",
     "data.num_train=96",
     "data.num_val=64",
+    "data.num_test=48",
 ]
 
 
@@ -92,6 +93,9 @@ def test_predict_val_reproduces_the_reported_accuracy(runs):
     # Run.predict is the same call; the flip TTA runs too
     again = runner.load(a).predict(split="val", tta="flip")
     assert len(again) == 64 and again.accuracy is not None
+    # the test split, scored once on the final model, predicts as the run reported it
+    test = runner.predict(a, split="test")
+    assert len(test) == 48 and test.accuracy == s["test_acc"] == test.reported
 
 
 def test_predict_files_use_the_runs_preprocessing_and_list_unreadable_ones(runs, tmp_path):
@@ -128,8 +132,11 @@ def test_predict_bad_input_is_one_message_and_exit_2(runs, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="a folder with no images"):
         runner.predict(a, [tmp_path / "empty"])
+    no_test = [o for o in TINY if not o.startswith("data.num_test=")] + ["stage=train"]
+    r = run_cli(no_test + ["hydra.run.dir=no-test"], tmp_path)
+    assert r.code == 0, r.out
     with pytest.raises(ConfigError, match="has no test split; its splits: train, val"):
-        runner.predict(a, split="test")
+        runner.predict(tmp_path / "no-test", split="test")
     with pytest.raises(ConfigError, match="'nope' is not a split"):
         runner.predict(a, split="nope")
     # a run that never finished (no summary.json) and one without weights
@@ -160,6 +167,8 @@ def test_the_adopted_ensemble_is_one_file_that_predicts_squeezes_accuracy(runs):
     assert runner.load(sq).weights == sq / "ensemble.pt"
     res = runner.predict(sq, split="val")
     assert res.accuracy == s["val_acc"] == s["ensemble_acc"]
+    test = runner.predict(sq, split="test")  # the adopted ensemble's test figure, reproduced
+    assert test.accuracy == s["test_acc"] == test.reported and len(test) == 48
     assert type(runner.load(sq).model()).__name__ == "Ensemble"
     r = run_cli(TINY + ["stage=train", "hydra.run.dir=t", "init_from=sq/ensemble.pt"], cwd)
     assert r.code == 2 and "is an ensemble of 2 models, not one model's weights" in r.out, r.out
