@@ -23,6 +23,18 @@ METRIC_FIELDS = {
 }
 
 
+def epoch_score(record: Any, metric: str) -> Optional[float]:
+    """One evaluation's figure of `metric` on runner/loop.py's EpochRecord (its `val_` fields
+    of METRIC_FIELDS), higher is better (val_loss negated): what a trial reports to the study's
+    pruner each epoch, so the pruner compares the quantity the trial's objective is
+    (runner/jobs.py selection_value of the best epoch). None when the epoch has no such figure."""
+    name, smaller_better = METRIC_FIELDS[metric]
+    v = getattr(record, f"val_{name}", None)
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+        return None
+    return -float(v) if smaller_better else float(v)
+
+
 def best_epoch_on(metric: str) -> str:
     """The loop's LoopOptions.best_on for the config's `metric`: accuracy and val_loss keep the
     recipe's val loss (smooth; accuracy on a few hundred images ties between epochs); the

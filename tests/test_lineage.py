@@ -49,6 +49,65 @@ def test_seed_verdict_is_a_win_only_beyond_the_seed_spread():
     assert _mean_std([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2.0)))
 
 
+# the winner leads on both at its recorded seed, but over three seeds only its accuracy leads
+# the runner-up's clearly; its macro-F1 is within seed noise of it: (val acc, macro-F1) per
+# seed, the candidate's own first
+SEEDS = {
+    "winner": [(0.95, 0.66), (0.96, 0.70), (0.94, 0.50)],
+    "runner-up": [(0.80, 0.62), (0.81, 0.58), (0.79, 0.66)],
+}
+
+
+@pytest.mark.parametrize("metric, status", [("accuracy", "pass"), ("macro_f1", "warn")])
+def test_seed_reruns_compare_on_the_configured_metric(tmp_path, monkeypatch, metric, status):
+    """squeeze ranks candidates on `metric`; its seed reruns must compare the winner and the
+    runner-up on it too, not on accuracy: here the two disagree, and so does the verdict. Each
+    seed's val_acc stays recorded; another metric adds its score (seeds.csv and the groups)."""
+    import json
+    from types import SimpleNamespace
+
+    from runner import jobs
+    from runner.stages import common, squeeze
+
+    def summary(acc, f1):
+        return {"stage": "train", "epochs": 2, "best_val_acc": acc, "best_val_macro_f1": f1}
+
+    cands = []
+    for label, figures in SEEDS.items():
+        d = tmp_path / label
+        d.mkdir()
+        (d / "summary.json").write_text(json.dumps(summary(*figures[0])))
+        cands.append(d)
+    cfg_of = {"seed": 0, "trainer": {"epochs": 2}, "stage": {"name": "train"}}
+    monkeypatch.setattr(jobs, "trained_config", lambda d: OmegaConf.create(cfg_of))
+
+    def sub_run(c, ctx, path, overrides, title, lineage, summary_extra):
+        label = path.name.rsplit("-seed", 1)[0]
+        return SimpleNamespace(nonfinite=False), summary(*SEEDS[label][int(c.seed)])
+
+    monkeypatch.setattr(common, "sub_run", sub_run)
+    cfg = OmegaConf.create({"metric": metric, "checks": None})
+    ctx = SimpleNamespace(run=SimpleNamespace(path=tmp_path / "sq"))
+    groups, v, more = squeeze.seed_phase(cfg, cands, 3, ctx, {"sub_runs": []})
+
+    win, up = groups["winner"], groups["runner_up"]
+    assert win["val_acc"] == [a for a, _ in SEEDS["winner"]]
+    assert v.status == status
+    assert [r["val_acc"] for r in more["rows"]] == [a for g in SEEDS.values() for a, _ in g]
+    if metric == "accuracy":  # as before: no metric named, the groups and rows of val_acc
+        assert "metric" not in win and "metric" not in v.details and " on " not in v.message
+        assert list(more["rows"][0]) == ["candidate", "seed", "val_acc", "dir"]
+        assert win["mean"] == pytest.approx(0.95) and "mean val_acc" in more["stats"][0]
+    else:
+        assert win["metric"] == up["metric"] == v.details["metric"] == "macro_f1"
+        assert "over 3 seeds on macro_f1" in v.message and "not a win" in v.message
+        assert win["score"] == [f for _, f in SEEDS["winner"]]
+        assert win["mean"] == pytest.approx(0.62) == up["mean"]
+        assert list(more["rows"][0]) == ["candidate", "seed", "val_acc", "metric", "score", "dir"]
+        assert [r["score"] for r in more["rows"]] == [f for g in SEEDS.values() for _, f in g]
+        assert "mean macro_f1 score" in more["stats"][0]
+
+
 # ----------------------------------------------------------------------------- from=
 def test_from_starts_a_stage_from_a_runs_outcome_and_train_warm_starts(cli):
     src = cli(FAST + ["stage=baseline", "optim.lr=1e-3", "data.num_train=96", "seed=5"])

@@ -128,6 +128,51 @@ def test_samplers_pruners_storage_and_edges(tmp_path):
     assert tuning.edge_warnings({"optim.lr": 3e-3}, {"optim.lr": lr}, 0.1) == []
 
 
+@pytest.mark.parametrize(
+    "study_metric, metric, reported",
+    [
+        ("val_acc", "accuracy", [0.9, 0.6]),
+        ("val_acc", "balanced_accuracy", [0.5, 0.55]),
+        ("val_acc", "macro_f1", [0.4, 0.45]),
+        ("val_acc", "val_loss", [-0.7, -0.65]),
+        ("val_loss", "macro_f1", [0.7, 0.65]),
+    ],
+)
+def test_the_pruner_is_told_the_figure_the_objective_is_made_of(study_metric, metric, reported):
+    """With the study's default metric (val_acc: the run's selection score) a trial reports
+    each epoch's figure of the run's `metric`, not its accuracy: accuracy falls here while
+    balanced accuracy and macro-F1 rise, so the pruner would judge the wrong curve."""
+    from types import SimpleNamespace
+
+    from runner.stages.tune import prune_by
+
+    class Reporter:
+        def __init__(self):
+            self.metric, self.reported = study_metric, {}
+
+        def report(self, epoch, value):
+            self.reported[epoch] = value
+
+        def should_prune(self):
+            return False
+
+    def rec(epoch, acc, bal, f1, loss, evaluated=True):
+        return SimpleNamespace(
+            epoch=epoch,
+            evaluated=evaluated,
+            val_acc=acc,
+            val_balanced_acc=bal,
+            val_macro_f1=f1,
+            val_loss=loss,
+        )
+
+    reporter = Reporter()
+    callback = prune_by(reporter, metric)
+    epochs = [rec(1, 0.9, 0.5, 0.4, 0.7), rec(2, 0.6, 0.55, 0.45, 0.65), rec(3, 0, 0, 0, 9, False)]
+    assert [callback(r) for r in epochs] == [None] * 3
+    assert reporter.reported == dict(zip((1, 2), reported))
+
+
 # ----------------------------------------------------------------------------- the CLI
 def test_sweep_resumes_without_repeats_and_best_yaml_runs(tmp_path):
     args = TUNE + NO_PRUNING + ["hydra.sweeper.study_name=t", "hydra.sweeper.n_trials=2"]

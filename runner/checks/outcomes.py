@@ -65,28 +65,38 @@ def ensemble(
     )
 
 
+def seed_values(group: Dict[str, Any]) -> List[Any]:
+    """A seed group's per-seed figures the comparison is on: its "score" on its "metric" (runner/
+    jobs.py selection_value, higher is better) when it names one, else its val accuracies."""
+    return list(group.get("score" if "metric" in group else "val_acc") or [])
+
+
 def seed_spread(
     winner: Dict[str, Any], runner_up: Optional[Dict[str, Any]], n: int, alpha: float = 0.05
 ) -> Verdict:
     """squeeze.seed_spread: the winner leads the runner-up over seeds by more than noise
-    (Welch's t-test over the seed reruns, one-sided, p <= alpha)."""
+    (Welch's t-test over the seed reruns, one-sided, p <= alpha), on what the candidates were
+    ranked by: the config's `metric` (a group's "metric" and "score"), else val accuracy."""
     name = "squeeze.seed_spread"
     if n < 2:
         return Verdict(name, "skip", message="stage.params.seeds < 2: no seed reruns")
+    metric = winner.get("metric")
+    # "on macro_f1": the message names the metric unless it is accuracy (the default)
+    on = "" if metric is None else f" on {metric}" + (" (negated)" if metric == "val_loss" else "")
     w = f"{winner['mean']:.4f} +/- {winner['std']:.4f}"
     if runner_up is None:
         return Verdict(
             name,
             "skip",
             value=winner["mean"],
-            message=f"only one candidate: winner {w} over {n} seeds, nothing to compare",
+            message=f"only one candidate: winner {w} over {n} seeds{on}, nothing to compare",
         )
     r = f"{runner_up['mean']:.4f} +/- {runner_up['std']:.4f}"
-    d = across_seeds(runner_up.get("val_acc") or [], winner.get("val_acc") or [], alpha=alpha)
+    d = across_seeds(seed_values(runner_up), seed_values(winner), alpha=alpha)
     lead = winner["mean"] - runner_up["mean"]
     spread = max(winner["std"], runner_up["std"])
     spread = spread if math.isfinite(spread) else math.inf
-    expected = f"winner better than runner-up over seeds: Welch's t-test p <= {alpha:g}"
+    expected = f"winner better than runner-up over seeds{on}: Welch's t-test p <= {alpha:g}"
     details = {
         "winner": winner,
         "runner_up": runner_up,
@@ -95,6 +105,8 @@ def seed_spread(
         "p_value": d.p_value,
         "test": d.test,
     }
+    if metric is not None:
+        details["metric"] = metric
     p = "n/a" if d.p_value is None else f"{d.p_value:.3g}"
     if d.significant:
         return Verdict(
@@ -104,7 +116,7 @@ def seed_spread(
             expected=expected,
             details=details,
             message=f"the winner ({w}) leads the runner-up ({r}) by {lead:.4f} over "
-            f"{n} seeds: more than seed noise ({d.test}, p={p})",
+            f"{n} seeds{on}: more than seed noise ({d.test}, p={p})",
         )
     return Verdict(
         name,
@@ -112,7 +124,7 @@ def seed_spread(
         value=lead,
         expected=expected,
         details=details,
-        message=f"not a win: winner {w} vs runner-up {r} over {n} seeds; the lead "
+        message=f"not a win: winner {w} vs runner-up {r} over {n} seeds{on}; the lead "
         f"{lead:+.4f} is within seed noise ({d.test}, p={p}; spread "
         f"{spread:.4f}). Treat them as tied and prefer the simpler or cheaper one",
     )

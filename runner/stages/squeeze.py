@@ -13,8 +13,10 @@ continue_epochs null or an integer >= 0, each source an existing directory.
    ensemble: the check skips and it is no option to adopt.
 2. Seeds: before adopting the winner, it and the runner-up are rerun with `seeds - 1` more
    seeds each (same config and split, seed+1, seed+2, ...; `seeds/`), and compared as mean
-   +/- std. A lead that Welch's t-test over the seeds does not tell from noise
-   (runner/checks/noise.py, p > 0.05) is not a win (`squeeze.seed_spread` warns; seeds.csv).
+   +/- std of `metric`'s selection value (what the candidates were ranked by: val accuracy
+   by default; seeds.csv keeps each seed's val accuracy and adds the score). A lead that
+   Welch's t-test over the seeds does not tell from noise (runner/checks/noise.py,
+   p > 0.05) is not a win (`squeeze.seed_spread` warns; seeds.csv).
 3. Leave it training: the winner continues from its `last.pt` (the resume machinery: model,
    optimiser, schedule and history) for `continue_epochs` more epochs without early stopping
    (`continued/`); the curve marks where it picked up, and the summary says whether val loss
@@ -458,8 +460,14 @@ def _sub_summary(cand: Path, cand_cfg, role: str, label: str, **more) -> dict[st
     }
 
 
-def seed_reruns(cand: Path, label: str, n: int, ctx: Context, root: Path) -> dict[str, Any]:
-    """The candidate plus n - 1 reruns with the next seeds: val accuracies, mean, std."""
+def seed_reruns(
+    cand: Path, label: str, n: int, ctx: Context, root: Path, metric: str = "accuracy"
+) -> dict[str, Any]:
+    """The candidate plus n - 1 reruns with the next seeds: val accuracies, and mean and std of
+    what the seeds are compared on. That is `metric`'s selection value (runner/jobs.py
+    selection_value, the figure squeeze ranked the candidates by): with metric=accuracy the val
+    accuracies themselves; with another metric the group adds "metric" and "score" (one per
+    seed, higher is better), and mean and std are the scores'."""
     from runner.checks.outcomes import mean_std
     from runner.stages.common import sub_run
 
@@ -472,6 +480,7 @@ def seed_reruns(cand: Path, label: str, n: int, ctx: Context, root: Path) -> dic
         base.trainer.epochs = ran
     s0 = int(base.seed)
     seeds, accs, dirs = [s0], [_recorded_acc(cand)], [str(cand)]
+    scores = [jobs.selection_value(jobs.summary(cand), metric)]
     for i in range(1, max(1, n)):
         c = base.copy()
         c.seed = s0 + i
@@ -502,17 +511,14 @@ def seed_reruns(cand: Path, label: str, n: int, ctx: Context, root: Path) -> dic
         )
         seeds.append(s0 + i)
         accs.append(None if res.nonfinite else summ.get("best_val_acc"))
+        scores.append(None if res.nonfinite else jobs.selection_value(summ, metric))
         dirs.append(str(path))
-    mean, std = mean_std(accs)
-    return {
-        "run": str(cand),
-        "label": label,
-        "seeds": seeds,
-        "val_acc": accs,
-        "dirs": dirs,
-        "mean": mean,
-        "std": std,
-    }
+    group: dict[str, Any] = {"run": str(cand), "label": label, "seeds": seeds, "val_acc": accs}
+    if metric != "accuracy":
+        group.update(metric=metric, score=scores)
+    mean, std = mean_std(accs if metric == "accuracy" else scores)
+    group.update(dirs=dirs, mean=mean, std=std)
+    return group
 
 
 def leave_training(cand: Path, extra: Optional[int], ctx: Context, path: Path) -> dict[str, Any]:
@@ -813,9 +819,10 @@ def seed_phase(cfg, cands: list[Path], n_seeds: int, ctx: Context, lineage: dict
     if n_seeds < 2:
         v = run_check(cfg.checks, "squeeze.seed_spread", lambda s: seed_spread({}, None, n_seeds))
         return None, v, {}
-    win = seed_reruns(cands[0], "winner", n_seeds, ctx, ctx.run.path / "seeds")
+    metric = str(cfg.get("metric") or "accuracy")
+    win = seed_reruns(cands[0], "winner", n_seeds, ctx, ctx.run.path / "seeds", metric)
     up = (
-        seed_reruns(cands[1], "runner-up", n_seeds, ctx, ctx.run.path / "seeds")
+        seed_reruns(cands[1], "runner-up", n_seeds, ctx, ctx.run.path / "seeds", metric)
         if len(cands) > 1
         else None
     )
@@ -830,12 +837,7 @@ def seed_phase(cfg, cands: list[Path], n_seeds: int, ctx: Context, lineage: dict
                     "seed": sd,
                 }
             )
-    rows = [
-        {"candidate": f"{g['label']} ({Path(g['run']).name})", "seed": sd, "val_acc": a, "dir": d}
-        for g in (win, up)
-        if g
-        for sd, a, d in zip(g["seeds"], g["val_acc"], g["dirs"])
-    ]
+    rows = [row for g in (win, up) if g for row in _seed_rows(g)]
     v = run_check(
         cfg.checks,
         "squeeze.seed_spread",
@@ -845,13 +847,31 @@ def seed_phase(cfg, cands: list[Path], n_seeds: int, ctx: Context, lineage: dict
         {
             "candidate": f"{g['label']}: {g['run']}",
             "seeds": len(g["seeds"]),
-            "mean val_acc": g["mean"],
+            f"mean {_compared(g)}": g["mean"],
             "std": g["std"],
         }
         for g in (win, up)
         if g
     ]
     return {"winner": win, "runner_up": up}, v, {"rows": rows, "stats": stats}
+
+
+def _compared(group: dict[str, Any]) -> str:
+    """What a seed group's mean and std are of: "val_acc", or "<metric> score"."""
+    return f"{group['metric']} score" if "metric" in group else "val_acc"
+
+
+def _seed_rows(group: dict[str, Any]) -> list[dict[str, Any]]:
+    """seeds.csv's rows of one group: each seed's val accuracy and, when the seeds are compared
+    on another metric, that metric's name and the seed's score on it (what the check compared)."""
+    label = f"{group['label']} ({Path(group['run']).name})"
+    rows = []
+    for k, (sd, a, d) in enumerate(zip(group["seeds"], group["val_acc"], group["dirs"])):
+        row: dict[str, Any] = {"candidate": label, "seed": sd, "val_acc": a}
+        if "metric" in group:
+            row.update(metric=group["metric"], score=group["score"][k])
+        rows.append({**row, "dir": d})
+    return rows
 
 
 @dataclass

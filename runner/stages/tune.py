@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Optional
 
 from runner import jobs
 from runner.errors import ConfigError
@@ -99,7 +100,8 @@ def run(cfg, ctx: Context) -> StageResult:
         log.info("tune: trial %d of study %r (%s)", t.trial, t.study_name, t.storage)
         reporter = open_trial_reporter(t.storage, t.study_name, t.trial)
 
-    res = train_run(cfg, ctx, callbacks=[prune_by(reporter)] if reporter else [])
+    metric = str(cfg.get("metric") or "accuracy")
+    res = train_run(cfg, ctx, callbacks=[prune_by(reporter, metric)] if reporter else [])
     verdicts = [
         run_check(cfg.checks, "train.finite", lambda s: train_finite(res.nonfinite, res.state.step))
     ]
@@ -110,15 +112,27 @@ def run(cfg, ctx: Context) -> StageResult:
     return result_of(res, verdicts, summary_of(cfg, ctx, res, verdicts, extra))
 
 
-def prune_by(reporter):
-    """The trial's callback: report each evaluation's metric to the study; stop the run
-    (TrainResult.pruned) when the study's pruner says so."""
+def prune_by(reporter, metric: str = "accuracy"):
+    """The trial's callback: report each evaluation's figure to the study; stop the run
+    (TrainResult.pruned) when the study's pruner says so.
+
+    The figure is the one the trial's objective is made of, so the pruner compares like with
+    like: for the study's default metric val_acc (the run's selection score, the sweeper's
+    `_value`) that is the epoch's figure of the run's `metric` (runner/metrics.py epoch_score:
+    val balanced accuracy for balanced_accuracy, -val loss for val_loss); for any other study
+    metric, the epoch's field of that name (val_loss)."""
     from runner.loop import Stop
+    from runner.metrics import epoch_score
+
+    def value(rec) -> Optional[float]:
+        if reporter.metric == "val_acc":
+            return epoch_score(rec, metric)
+        return getattr(rec, reporter.metric)
 
     def callback(rec):
         if not rec.evaluated:
             return None
-        reporter.report(rec.epoch, getattr(rec, reporter.metric))
+        reporter.report(rec.epoch, value(rec))
         if reporter.should_prune():
             return Stop(f"pruned by the study's pruner after epoch {rec.epoch}", pruned=True)
         return None
