@@ -354,16 +354,24 @@ def schema(stage: Optional[str] = None):
     return node
 
 
+_REGISTERED: set = set()  # the stage names whose schema this process's ConfigStore holds
+
+
 def register_configs() -> None:
-    """Put the schema into Hydra's ConfigStore as `runner_schema` (config.yaml extends it)."""
+    """Put the schema into Hydra's ConfigStore as `runner_schema` (config.yaml extends it).
+    Once per process (a structured config costs ~0.5 s to build, every in-process run and
+    sub-run calls this), again when a stage was added since or the store lost the schema."""
     from hydra.core.config_store import ConfigStore
 
     from runner.stages import STAGES, get_stage
 
     cs = ConfigStore.instance()
+    if set(STAGES) <= _REGISTERED and "runner_schema.yaml" in cs.repo:
+        return
     cs.store(name="runner_schema", node=RunnerConfig)
     for name in STAGES:  # each stage's Params, typed (conf/stage/<name>.yaml selects it)
         cs.store(group="stage_params", name=name, node=get_stage(name).Params)
+    _REGISTERED.update(STAGES)
 
 
 # Keys that moved to their one home (issue 23): every check's thresholds under
@@ -493,19 +501,31 @@ def validate(cfg, original_cwd: Optional[str] = None, user_overrides=None) -> No
             [f"{k} is required but not set (the YAML has ???); add {k}=..." for k in missing]
         )
     p: List[str] = unknown_keys(cfg)
-    d, m, o, s, t, a = cfg.data, cfg.model, cfg.optim, cfg.sched, cfg.trainer, cfg.aug
     base = Path(original_cwd or os.getcwd())
 
-    # stage
-    from runner.stages import STAGES
+    from runner.stages import STAGES, stage_flag
 
     _choice(p, "stage.name", cfg.stage.name, sorted(STAGES))
+    # a stage that hands its command on (the recipe) lets each of its stages judge the files
+    # and the keys it reads
+    passes_on = stage_flag(str(cfg.stage.name), "PASSES_OVERRIDES")
+    _data_problems(p, cfg, base)
+    _model_problems(p, cfg, base, passes_on)
+    _training_problems(p, cfg, original_cwd)
+    check_settings_problems(p, cfg.checks)
+    if not passes_on:
+        unread_key_problems(p, cfg, user_set_keys(user_overrides))
 
-    # data
+    if p:
+        raise ConfigError(p)
+
+
+def _data_problems(p: List[str], cfg, base: Path) -> None:
+    """data.*: the kind, sizes, fractions, normalisation and each kind's own keys."""
+    d = cfg.data
     from runner.data import DATA_KINDS  # the registry beside the builders (imports torch)
 
     _choice(p, "data.kind", d.kind, sorted(DATA_KINDS))
-    _choice(p, "metric", cfg.metric, METRICS)
     _positive(p, "data.image_size", d.image_size)
     if not 0.0 < d.val_fraction < 1.0:
         p.append(f"data.val_fraction={d.val_fraction!r} must be between 0 and 1 (exclusive)")
@@ -561,17 +581,16 @@ def validate(cfg, original_cwd: Optional[str] = None, user_overrides=None) -> No
         if d.num_classes > 16:
             p.append(f"data.num_classes={d.num_classes} must be <= 16 for synthetic data")
 
-    # model
+
+def _model_problems(p: List[str], cfg, base: Path, passes_on: bool) -> None:
+    """model.*: a timm name that exists and takes the input size, or a _target_; the files."""
+    d, m = cfg.data, cfg.model
     if not m._target_ and not m.name:
         p.append(
             "model.name is not set; expected a timm model name (e.g. resnet18) or model._target_"
         )
     if m.pretrained_file and not (base / m.pretrained_file).expanduser().is_file():
         p.append(f"model.pretrained_file={m.pretrained_file!r} is not a file")
-    from runner.stages import stage_flag
-
-    # a stage that hands its command on (the recipe) lets each of its stages judge the file
-    passes_on = stage_flag(str(cfg.stage.name), "PASSES_OVERRIDES")
     if m.pretrained_file and not reads_pretrained_file(cfg) and not passes_on:
         p.append(
             "model.pretrained_file is set but model.pretrained=false; set model.pretrained=true"
@@ -590,7 +609,11 @@ def validate(cfg, original_cwd: Optional[str] = None, user_overrides=None) -> No
             if problem:
                 p.append(problem)
 
-    # optim / sched / aug
+
+def _training_problems(p: List[str], cfg, original_cwd: Optional[str]) -> None:
+    """optim.*, sched.*, aug.*, trainer.* and the run's own keys (metric, init_from, resume)."""
+    o, s, t, a = cfg.optim, cfg.sched, cfg.trainer, cfg.aug
+    _choice(p, "metric", cfg.metric, METRICS)
     _choice(p, "optim.name", o.name, OPTIMIZERS)
     if o.fused and o.name in OPTIMIZERS and o.name not in FUSED_OPTIMIZERS:
         p.append(
@@ -610,7 +633,6 @@ def validate(cfg, original_cwd: Optional[str] = None, user_overrides=None) -> No
     if not 0.0 <= a.re_prob <= 1.0:
         p.append(f"aug.re_prob={a.re_prob!r} must be in [0, 1]")
 
-    # trainer
     _positive(p, "trainer.epochs", t.epochs)
     _positive(p, "trainer.batch_size", t.batch_size)
     _choice(p, "trainer.device", t.device, DEVICES)
@@ -636,13 +658,6 @@ def validate(cfg, original_cwd: Optional[str] = None, user_overrides=None) -> No
         )
     if not isinstance(cfg.resume, (bool, str)):
         p.append(f"resume={cfg.resume!r} must be true, false or a run directory / checkpoint path")
-    check_settings_problems(p, cfg.checks)
-    # a stage that hands its command on to other stages (the recipe) lets each take what it reads
-    if not passes_on:
-        unread_key_problems(p, cfg, user_set_keys(user_overrides))
-
-    if p:
-        raise ConfigError(p)
 
 
 def unknown_keys(cfg, extra=("from",)) -> List[str]:
