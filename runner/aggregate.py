@@ -510,7 +510,7 @@ def metric_by_key(tab: SweepTable):
     """The main metric against each varied key: every job as a dot, mean +/- std as a bar."""
     import matplotlib.pyplot as plt
 
-    from runner import plots  # noqa: F401  (selects the Agg backend)
+    from runner.plots import laid_out  # (importing it selects the Agg backend)
 
     done = [r for r in tab.rows if _finite(r.get(tab.metric))]
     keys = [k for k in tab.varied if len({_key(r.get(k)) for r in done}) > 1] or ["seed"]
@@ -540,7 +540,7 @@ def metric_by_key(tab: SweepTable):
         f"{tab.metric} per varied key ({len(tab.rows)} jobs, "
         f"{'higher' if tab.mode == 'max' else 'lower'} is better)"
     )
-    fig.tight_layout()
+    laid_out(fig)
     return fig
 
 

@@ -436,7 +436,9 @@ class RunDir:
             with plt.rc_context({"text.parse_math": False}):
                 for t in fig.findobj(Text):
                     t.set_parse_math(False)
-                fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+                # a figure laid out already (runner/plots.py laid_out) fits as it is
+                tight = None if getattr(fig, "runner_laid_out", False) else "tight"
+                fig.savefig(buf, format="png", dpi=100, bbox_inches=tight)
         finally:
             plt.close(fig)
         p = self.plots / f"{name}.png"

@@ -129,7 +129,7 @@ def overfit_batch(
 
 
 def _loss_curve(losses: List[float], accs: List[float], target: float, n: int):
-    from runner.checks.figures import plt
+    from runner.checks.figures import laid_out, plt
 
     fig, ax = plt.subplots(figsize=(6, 3.4))
     ys = [v if math.isfinite(v) and v > 0 else float("nan") for v in losses]
@@ -154,7 +154,7 @@ def _loss_curve(losses: List[float], accs: List[float], target: float, n: int):
     lines = ax.get_legend_handles_labels()
     more = acc_ax.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], loc="center right", fontsize=8)
-    fig.tight_layout()
+    laid_out(fig)
     return fig
 
 
@@ -226,7 +226,7 @@ def input_independent(
 
 
 def _baseline_bars(model_acc, zero_acc, majority_acc, human_acc):
-    from runner.checks.figures import plt
+    from runner.checks.figures import laid_out, plt
 
     names = ["majority class", "zeroed inputs", "model"]
     vals = [majority_acc, zero_acc, model_acc]
@@ -238,5 +238,5 @@ def _baseline_bars(model_acc, zero_acc, majority_acc, human_acc):
     for b, v in zip(bars, vals):
         ax.text(b.get_width() + 1, b.get_y() + b.get_height() / 2, f"{100 * v:.1f}%", va="center")
     ax.set(xlim=(0, 110), xlabel="validation accuracy (%)", title="Model vs. dumb baselines")
-    fig.tight_layout()
+    laid_out(fig)
     return fig

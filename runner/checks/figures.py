@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 import matplotlib.pyplot as plt  # noqa: E402
 import torch
 
-import runner.plots  # noqa: F401  (selects the Agg backend before pyplot is imported)
+from runner.plots import laid_out  # (importing it selects the Agg backend first)
 
 
 def denormalise(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -66,5 +66,5 @@ def image_grid(
         )
     ax.set_axis_off()
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
+    laid_out(fig)
     return fig

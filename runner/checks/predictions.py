@@ -12,7 +12,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from runner.checks.figures import denormalise, image_grid, plt
+from runner.checks.figures import denormalise, image_grid, laid_out, plt
 
 
 def fixed_examples(targets: torch.Tensor, num_classes: int, k: int = 8) -> List[int]:
@@ -80,7 +80,7 @@ def prediction_dynamics(
         "red = final wrong prediction)",
         fontsize=10,
     )
-    fig.tight_layout()
+    laid_out(fig)
     return fig
 
 
@@ -122,7 +122,7 @@ def confusion_figure(cm: torch.Tensor, class_names: Optional[Sequence[str]] = No
         title=f"Confusion matrix, validation set ({int(cm.sum())} images, acc {100 * acc:.2f}%)",
     )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="images")
-    fig.tight_layout()
+    laid_out(fig)
     return fig
 
 

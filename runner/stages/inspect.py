@@ -525,7 +525,7 @@ def _short(name: str) -> str:
 def fig_class_counts(table: dc.ImageTable):
     import matplotlib.pyplot as plt
 
-    import runner.plots  # noqa: F401
+    from runner.plots import laid_out
 
     k = len(table.class_names)
     counts = {
@@ -553,7 +553,7 @@ def fig_class_counts(table: dc.ImageTable):
             title=f"Images per class ({k} classes)", xlabel="images in the class", ylabel="classes"
         )
         ax.legend()
-    fig.tight_layout()
+    laid_out(fig)
     return fig
 
 
@@ -561,7 +561,7 @@ def fig_distributions(table: dc.ImageTable, max_classes: int):
     """Size, aspect ratio, and brightness/contrast per class (box plots), readable images only."""
     import matplotlib.pyplot as plt
 
-    import runner.plots  # noqa: F401
+    from runner.plots import laid_out
 
     ok = table.ok
     n = table.num
@@ -588,7 +588,7 @@ def fig_distributions(table: dc.ImageTable, max_classes: int):
             )
             ax.invert_yaxis()
         ax.set(title=f"{key.capitalize()} per class", xlabel=unit)
-    fig.tight_layout()
+    laid_out(fig)
     return fig
 
 
