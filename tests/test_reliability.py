@@ -392,7 +392,7 @@ def _children(pid: int) -> dict:
 def test_ddp_sigterm_to_one_rank_stops_every_rank_at_one_step_and_resumes(tmp_path):
     """SIGTERM to rank 1 only: the ranks agree at the next check point, rank 0 (never
     signalled) writes the mid-epoch checkpoint, every rank stops with signal 15's message at
-    the same step, and resume= ends where an uninterrupted DDP run ends. (Before, rank 1
+    the same step, and resume= ends where an uninterrupted run ends. (Before, rank 1
     left alone, rank 0 crashed in all_reduce and the half epoch was lost; with NCCL it hung.)"""
     args = FAST + [
         "stage=train",
@@ -412,11 +412,12 @@ def test_ddp_sigterm_to_one_rank_stops_every_rank_at_one_step_and_resumes(tmp_pa
         "runner",
         *args,
     ]
-    full, b = tmp_path / "full", tmp_path / "b"
-    full.mkdir()
+    # the uninterrupted reference: one process with the same global batches, which a DDP
+    # run matches (test_ddp_two_cpu_processes_match_single_process)
+    full = run_cli(args, tmp_path / "full")
+    assert full.code == 0, full.out
+    b = tmp_path / "b"
     b.mkdir()
-    p = subprocess.run(torchrun, cwd=full, env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stdout + p.stderr
 
     proc = subprocess.Popen(
         torchrun, cwd=b, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -453,7 +454,7 @@ def test_ddp_sigterm_to_one_rank_stops_every_rank_at_one_step_and_resumes(tmp_pa
         timeout=300,
     )
     assert r.returncode == 0, r.stdout + r.stderr
-    a, c = metric_rows(next(full.glob("outputs/*/*/summary.json")).parent), metric_rows(run_dir)
+    a, c = metric_rows(full.run_dir), metric_rows(run_dir)
     assert len(a) == len(c) == 2  # the interrupted epoch's train_loss: both halves, all ranks
     for ra, rc in zip(a, c):
         assert ra["step"] == rc["step"]
