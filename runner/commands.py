@@ -10,6 +10,20 @@ import sys
 from typing import Callable, Dict, List
 
 
+def parse_command(p, argv) -> tuple:
+    """predict's and export's command line: `p` plus --trust-run-configs, parsed; (args, None),
+    or (None, exit code): argparse's usage errors are bad input (2), --help is 0."""
+    p.add_argument(
+        "--trust-run-configs",
+        action="store_true",
+        help="build a custom _target_ the run's checkpoint names (its code: trust its folder)",
+    )
+    try:
+        return p.parse_args(list(argv)), None
+    except SystemExit as e:
+        return None, 0 if e.code == 0 else 2
+
+
 def _aggregate(args: List[str]) -> int:
     from runner.aggregate import aggregate_main
 

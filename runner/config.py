@@ -377,21 +377,11 @@ def register_configs() -> None:
 # Keys that moved to their one home (issue 23): every check's thresholds under
 # checks.<name>.*, stage=inspect's own settings under its stage.params. An old key is a config
 # error that names the new one (moved_key_problem), never a silent no-op.
-_INSPECT_PARAMS = (
-    "analysis_size",
-    "max_listed",
-    "samples_per_class",
-    "max_classes_shown",
-    "strip_length",
-    "max_groups_shown",
-    "thumb_size",
-)
 MOVED_KEYS = {
     "stage.params.train_loss_target": "checks.overfit_train_fit.train_loss_target",
     "stage.params.train_acc_target": "checks.overfit_train_fit.train_acc_target",
     "stage.params.first_layer_min_corr": "checks.regularize_first_layer.min_corr",
     "stage.params.first_layer_min_kernel": "checks.regularize_first_layer.min_kernel",
-    **{f"inspect.{k}": f"stage.params.{k} (of stage=inspect)" for k in _INSPECT_PARAMS},
 }
 
 
@@ -405,7 +395,11 @@ def moved_key(key: str) -> Optional[str]:
     if key in MOVED_KEYS:
         return MOVED_KEYS[key]
     if key.startswith("inspect."):
+        from runner.stages import get_stage
+
         leaf = key.split(".", 1)[1]
+        if leaf in {f.name for f in dc_fields(get_stage("inspect").Params)}:
+            return f"stage.params.{leaf} (of stage=inspect)"
         for c in CHECKS.values():
             if c.stage == "inspect" and leaf in {f.name for f in dc_fields(c.settings)}:
                 return f"checks.{c.key}.{leaf}"

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+from runner.commands import parse_command
 from runner.errors import ConfigError
 
 log = logging.getLogger("runner")
@@ -507,15 +508,9 @@ def export_main(argv: Sequence[str]) -> int:
     )
     p.add_argument("--out", default=None, help="the folder to write (new or empty)")
     p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
-    p.add_argument(
-        "--trust-run-configs",
-        action="store_true",
-        help="build a custom _target_ the run's checkpoint names (its code: trust its folder)",
-    )
-    try:
-        a = p.parse_args(list(argv))
-    except SystemExit as e:  # argparse: usage errors are bad input (exit 2), --help is 0
-        return 0 if e.code == 0 else 2
+    a, code = parse_command(p, argv)
+    if a is None:
+        return code
     formats = [f for x in a.format for f in x.split(",") if f]
     try:
         res = export(

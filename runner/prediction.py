@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+from runner.commands import parse_command
 from runner.errors import ConfigError
 
 log = logging.getLogger("runner")
@@ -369,15 +370,9 @@ def predict_main(argv: Sequence[str]) -> int:
     p.add_argument("--tta", default=None, help="flip: average with the mirror image")
     p.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--trust-run-configs",
-        action="store_true",
-        help="build a custom _target_ the run's checkpoint names (its code: trust its folder)",
-    )
-    try:
-        a = p.parse_args(list(argv))
-    except SystemExit as e:  # argparse: usage errors are bad input (exit 2), --help is 0
-        return 0 if e.code == 0 else 2
+    a, code = parse_command(p, argv)
+    if a is None:
+        return code
     _console_log()
     try:
         res = predict(
