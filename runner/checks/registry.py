@@ -69,6 +69,21 @@ class Duplicates(CheckSettings):
 
 
 @dataclass
+class LeakageAugmented(CheckSettings):
+    """Flipped/rotated copies across splits (data.augmented_pairs): each later-split image is
+    undone by every flip and 90-degree rotation and matched as data.leakage matches."""
+
+    # hash candidates and confirmation as checks.data_duplicates' near_* (the same measures);
+    # digits' closest different candidates under a flip or rotation stay above 6
+    augmented_hash_distance: int = 10
+    augmented_thumb_distance: float = 5.0
+    # ... and the undone copy must be this much closer than the two images as they are: an
+    # image that equals its own mirror matches a copy of itself under a flip too, and that
+    # copy is data.leakage's
+    augmented_margin: float = 0.5
+
+
+@dataclass
 class Outliers(CheckSettings):
     # robust z-score (median/MAD) of brightness, log contrast, log area or log aspect beyond
     # this; 5 MADs is rare in real data, so what stands out is worth a look
@@ -301,6 +316,13 @@ CHECKS: Dict[str, Check] = _checks(
         f"{_D}:leakage",
         "inspect",
         "the same or near-same image in train and val",
+    ),
+    Check(
+        "data.leakage_augmented",
+        LeakageAugmented,
+        f"{_D}:leakage_augmented",
+        "inspect",
+        "a flipped or rotated copy of a train image in val (or test)",
     ),
     Check(
         "data.outliers",
