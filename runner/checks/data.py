@@ -44,6 +44,7 @@ NUMERIC_COLUMNS = (
     "p01",
     "p99",
     "sharpness",
+    "falloff_sharpness",
     "entropy",
     "colourfulness",
 )
@@ -185,6 +186,56 @@ def sharpness(g: np.ndarray, rgb: bool) -> float:
     return math.sqrt((max(float(lap[m].var()) - noise, 0.0) + 0.2 * noise) / grad_var)
 
 
+# blur that leaves mostly noise: a detailed texture blurred by 3-5 px is near flat at 64 px,
+# its Laplacian hardly above the noise floor, so `sharpness` reads noise, >= sqrt(0.2). The
+# rms gradient carries 20x less of that noise than the Laplacian, and blur shows across scales
+# (`falloff_sharpness`): judged only where the gradient is within FALLOFF_NOISE x the
+# Laplacian's noise floor (where `sharpness` is noise), some coarse structure is left (the
+# 1/4-scale gradient variance above FALLOFF_COARSE: not a flat crop) at a contrast under
+# FALLOFF_CONTRAST (a strong blur of 64 px leaves little), and the spectrum falls faster at
+# the fine scale than at the coarse one by FALLOFF_CURVE (a blur's Gaussian cut-off; a power
+# law, as natural images and their smooth regions have, falls alike at both). Measured on
+# benchmarks/bench_data.py's clean photo crops and generated textures (2026-12-07)
+FALLOFF_NOISE, FALLOFF_COARSE, FALLOFF_CONTRAST, FALLOFF_CURVE = 5.0, 2.0, 15.0, 0.08
+
+
+def _half(g: np.ndarray) -> np.ndarray:
+    h, w = g.shape[0] // 2 * 2, g.shape[1] // 2 * 2
+    g = g[:h, :w]
+    return (g[0::2, 0::2] + g[1::2, 0::2] + g[0::2, 1::2] + g[1::2, 1::2]) / 4
+
+
+def _grad_var(g: np.ndarray, m: Optional[np.ndarray] = None) -> float:
+    gx, gy = (g[1:-1, 2:] - g[1:-1, :-2]) / 2, (g[2:, 1:-1] - g[:-2, 1:-1]) / 2
+    v = gx**2 + gy**2
+    return float((v[m] if m is not None else v).mean())
+
+
+def falloff_sharpness(g: np.ndarray, rgb: bool, contrast: float) -> float:
+    """How fast detail falls from 1/2 scale to full scale: rms gradient at full scale (less
+    the noise's share, 1/20 of the Laplacian's floor as in `sharpness`) over rms gradient of
+    the 2x2-averaged copy, in its own pixels. 0.5 for a smooth ramp or a strong blur, ~1 for a
+    power-law (natural) texture at every scale; NaN where it is not a verdict (see
+    FALLOFF_NOISE: only where `sharpness` reads noise and the fall-off curves like a blur's)."""
+    h, w = g.shape
+    if min(h, w) < 16 or not contrast < FALLOFF_CONTRAST:
+        return float("nan")
+    dyy = g[:-2] - 2.0 * g[1:-1] + g[2:]
+    mixed = dyy[:, :-2] - 2.0 * dyy[:, 1:-1] + dyy[:, 2:]
+    inside = [(np.arange(1, n - 1) % 8 >= 1) & (np.arange(1, n - 1) % 8 <= 6) for n in (h, w)]
+    m = inside[0][:, None] & inside[1][None]
+    floor = max(0.745 if rgb else 20.0 / 12.0, 20.0 / 36.0 * float(np.mean(mixed[m] ** 2)))
+    g0 = _grad_var(g, m)
+    g1 = _half(g)
+    v1, v2 = _grad_var(g1), _grad_var(_half(g1))
+    if g0 >= FALLOFF_NOISE * floor or v2 <= FALLOFF_COARSE or v1 <= 0:
+        return float("nan")
+    fine = math.sqrt(max(g0 - floor / 20.0, 0.0) / v1)
+    if math.sqrt(v1 / v2) - fine <= FALLOFF_CURVE:
+        return float("nan")
+    return fine
+
+
 def image_stats(img, analysis_size: int = 128) -> Tuple[Dict[str, Any], np.ndarray]:
     """Numbers a person would sort a dataset by, and a THUMBxTHUMB grey thumbnail.
 
@@ -209,6 +260,7 @@ def image_stats(img, analysis_size: int = 128) -> Tuple[Dict[str, Any], np.ndarr
     g = _luma(a)
     std = float(g.std())
     sharp = sharpness(g, a.shape[-1] == 3)
+    falloff = falloff_sharpness(g, a.shape[-1] == 3, std)
     hist = np.bincount(np.clip(g + 0.5, 0, 255).astype(np.uint8).ravel(), minlength=256)
     cdf = np.cumsum(hist) / hist.sum()
     p = hist[hist > 0] / hist.sum()
@@ -228,6 +280,7 @@ def image_stats(img, analysis_size: int = 128) -> Tuple[Dict[str, Any], np.ndarr
         "p01": p01,
         "p99": p99,
         "sharpness": sharp,
+        "falloff_sharpness": falloff,
         "entropy": float(abs((p * np.log2(p)).sum())),
         "colourfulness": colour,
         "phash": phash(g),
@@ -1218,6 +1271,7 @@ def property_flags(
     odd_size_factor: float = 3.0,
     odd_aspect_factor: float = 2.0,
     grayscale_tolerance: float = 1.0,
+    blurry_falloff_max: float = 0.65,
 ) -> Dict[str, Tuple[np.ndarray, np.ndarray, str]]:
     """CleanVision-style flags: check name -> (boolean mask over images, score to sort the
     flagged ones by (most extreme first = ascending), the rule in words)."""
@@ -1244,9 +1298,12 @@ def property_flags(
                 f"1st-percentile brightness > {bright_min:g} of 255",
             ),
             "data.blurry": (
-                ok & ~low_info & (n["sharpness"] < blurry_max),
-                n["sharpness"],
-                f"rms Laplacian / rms gradient < {blurry_max:g}",
+                ok
+                & ~low_info
+                & ((n["sharpness"] < blurry_max) | (n["falloff_sharpness"] < blurry_falloff_max)),
+                np.fmin(n["sharpness"], n["falloff_sharpness"]),
+                f"rms Laplacian / rms gradient < {blurry_max:g}, or where that is noise, "
+                f"full- / half-scale rms gradient < {blurry_falloff_max:g}",
             ),
             "data.low_information": (
                 low_info,

@@ -112,6 +112,10 @@ class Blurry(CheckSettings):
     # construction, 0.50-0.94 (2.1% flagged); on benchmarks/bench_data.py's 64 px photo crops
     # this threshold flags 85-93% of the blurred JPEGs and 0.08-0.13% of the clean ones
     blurry_max: float = 0.55
+    # ... or, where that ratio is noise (a detailed texture blurred near flat), the full- over
+    # half-scale rms gradient (data.falloff_sharpness: 0.5 for a strong blur, ~1 for natural
+    # texture) below this: on bench_data.py's textures blurred by 3-5 px, found 80% -> 99%
+    blurry_falloff_max: float = 0.65
 
 
 @dataclass

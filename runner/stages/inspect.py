@@ -660,6 +660,7 @@ def run_checks(table: dc.ImageTable, ic, checks_cfg=None) -> Findings:
         ic.odd_size_factor,
         ic.odd_aspect_factor,
         ic.grayscale_tolerance,
+        ic.blurry_falloff_max,
     )
     for name, (mask, score, rule) in flags.items():
         check(name, dc.property_verdict, name, table, mask, score, rule, L)
