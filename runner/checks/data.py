@@ -44,6 +44,7 @@ NUMERIC_COLUMNS = (
     "p01",
     "p99",
     "sharpness",
+    "falloff_sharpness",
     "entropy",
     "colourfulness",
 )
@@ -185,6 +186,59 @@ def sharpness(g: np.ndarray, rgb: bool) -> float:
     return math.sqrt((max(float(lap[m].var()) - noise, 0.0) + 0.2 * noise) / grad_var)
 
 
+# blur that leaves mostly noise: a detailed texture blurred by 3-5 px is near flat at 64 px,
+# its Laplacian hardly above the noise floor, so `sharpness` reads noise, >= sqrt(0.2). The
+# rms gradient carries 20x less of that noise than the Laplacian, and blur shows across scales
+# (`falloff_sharpness`): judged only where the gradient is within FALLOFF_NOISE x the
+# Laplacian's noise floor (where `sharpness` is noise), some coarse structure is left (the
+# 1/4-scale gradient variance above FALLOFF_COARSE: not a flat crop) at a contrast under
+# FALLOFF_CONTRAST (a strong blur of 64 px leaves little), and the spectrum falls faster at
+# the fine scale than at the coarse one by FALLOFF_CURVE (a blur's Gaussian cut-off; a power
+# law, as natural images and their smooth regions have, falls alike at both). Tuned on 1200
+# clean and 1200 blurred 64 px photo crops and generated textures (benchmarks/bench_data.py's
+# generators): without the curvature gate 20-40 clean smooth photo crops were flagged, with it
+# none more than the Laplacian ratio flags; a radius-5 blur of a fine texture falls alike at
+# both scales too (its curve 0.05-0.07) and is left to the Laplacian ratio
+FALLOFF_NOISE, FALLOFF_COARSE, FALLOFF_CONTRAST, FALLOFF_CURVE = 5.0, 2.0, 15.0, 0.08
+
+
+def _half(g: np.ndarray) -> np.ndarray:
+    h, w = g.shape[0] // 2 * 2, g.shape[1] // 2 * 2
+    g = g[:h, :w]
+    return (g[0::2, 0::2] + g[1::2, 0::2] + g[0::2, 1::2] + g[1::2, 1::2]) / 4
+
+
+def _grad_var(g: np.ndarray, m: Optional[np.ndarray] = None) -> float:
+    gx, gy = (g[1:-1, 2:] - g[1:-1, :-2]) / 2, (g[2:, 1:-1] - g[:-2, 1:-1]) / 2
+    v = gx**2 + gy**2
+    return float((v[m] if m is not None else v).mean())
+
+
+def falloff_sharpness(g: np.ndarray, rgb: bool, contrast: float) -> float:
+    """How fast detail falls from 1/2 scale to full scale: rms gradient at full scale (less
+    the noise's share, 1/20 of the Laplacian's floor as in `sharpness`) over rms gradient of
+    the 2x2-averaged copy, in its own pixels. 0.5 for a smooth ramp or a strong blur, ~1 for a
+    power-law (natural) texture at every scale; NaN where it is not a verdict (see
+    FALLOFF_NOISE: only where `sharpness` reads noise and the fall-off curves like a blur's)."""
+    h, w = g.shape
+    if min(h, w) < 16 or not contrast < FALLOFF_CONTRAST:
+        return float("nan")
+    dyy = g[:-2] - 2.0 * g[1:-1] + g[2:]
+    mixed = dyy[:, :-2] - 2.0 * dyy[:, 1:-1] + dyy[:, 2:]
+    inside = [(np.arange(1, n - 1) % 8 >= 1) & (np.arange(1, n - 1) % 8 <= 6) for n in (h, w)]
+    m = inside[0][:, None] & inside[1][None]
+    floor = max(0.745 if rgb else 20.0 / 12.0, 20.0 / 36.0 * float(np.mean(mixed[m] ** 2)))
+    g0 = _grad_var(g, m)
+    g1 = _half(g)
+    v1, v2 = _grad_var(g1), _grad_var(_half(g1))
+    if g0 >= FALLOFF_NOISE * floor or v2 <= FALLOFF_COARSE or v1 <= 0:
+        return float("nan")
+    fine = math.sqrt(max(g0 - floor / 20.0, 0.0) / v1)
+    if math.sqrt(v1 / v2) - fine <= FALLOFF_CURVE:
+        return float("nan")
+    return fine
+
+
 def image_stats(img, analysis_size: int = 128) -> Tuple[Dict[str, Any], np.ndarray]:
     """Numbers a person would sort a dataset by, and a THUMBxTHUMB grey thumbnail.
 
@@ -209,6 +263,7 @@ def image_stats(img, analysis_size: int = 128) -> Tuple[Dict[str, Any], np.ndarr
     g = _luma(a)
     std = float(g.std())
     sharp = sharpness(g, a.shape[-1] == 3)
+    falloff = falloff_sharpness(g, a.shape[-1] == 3, std)
     hist = np.bincount(np.clip(g + 0.5, 0, 255).astype(np.uint8).ravel(), minlength=256)
     cdf = np.cumsum(hist) / hist.sum()
     p = hist[hist > 0] / hist.sum()
@@ -228,6 +283,7 @@ def image_stats(img, analysis_size: int = 128) -> Tuple[Dict[str, Any], np.ndarr
         "p01": p01,
         "p99": p99,
         "sharpness": sharp,
+        "falloff_sharpness": falloff,
         "entropy": float(abs((p * np.log2(p)).sum())),
         "colourfulness": colour,
         "phash": phash(g),
@@ -496,6 +552,7 @@ def near_pairs(
     chunk: int = 200_000,
     relative: float = NEAR_RELATIVE,
     colour: float = NEAR_COLOUR,
+    side: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """Pairs (i < j) of readable images whose perceptual hashes differ in at most
     `hash_distance` bits and that `confirm_near` accepts (thumbnails within `thumb_distance`
@@ -508,7 +565,8 @@ def near_pairs(
     images sharing the band: a copy has nearly the same brightness, so it sits within the
     window even in a crowd (thousands of blank images, or 100k images over few band values).
     Work: N x window x (hash_distance+1) hash comparisons, never N^2. Exact duplicates are
-    represented by one member (they are reported as exact). Returns int64 [P, 3] of
+    represented by one member (they are reported as exact). `side` (bool per image): only
+    pairs with one image on each side are candidates. Returns int64 [P, 3] of
     (i, j, hamming distance).
     """
     reps: Dict[str, int] = {}
@@ -518,6 +576,7 @@ def near_pairs(
     if len(idx) < 2:
         return np.zeros((0, 3), np.int64)
     h = table.phash[idx]
+    sides = None if side is None else np.asarray(side, bool)[idx]
     level = table.thumbs[idx].reshape(len(idx), -1).mean(axis=1)
     edges = np.linspace(0, 64, hash_distance + 2).round().astype(int)
     found = []
@@ -550,6 +609,8 @@ def near_pairs(
             if not same.any():
                 break
             a, b = order[:-d][same], order[d:][same]
+            if sides is not None:
+                a, b = a[sides[a] != sides[b]], b[sides[a] != sides[b]]
             close = _popcount64(h[a] ^ h[b]) <= hash_distance
             cand_a.append(a[close])
             cand_b.append(b[close])
@@ -590,6 +651,160 @@ def confirm_near(
         sub = (td <= thumb_distance) & (td <= relative * (detail + 1.0))
         keep[lo + np.flatnonzero(ok)[sub]] = True
     return keep
+
+
+# ----------------------------------------------------------------------------- augmented copies
+def _rot(k: int):
+    return lambda x: np.rot90(x, k, axes=(-2, -1))
+
+
+def _transpose(x: np.ndarray) -> np.ndarray:
+    return np.swapaxes(x, -1, -2)
+
+
+# what an offline augmentation did to the earlier split's image to make the later split's copy
+# (the dihedral group less the identity; rotations counter-clockwise) -> what undoes it, on
+# [..., H, W] arrays. The match image (`match_image`) is a square resize made by the same 1-D
+# operator on both axes, so undoing on it equals matching the undone image, at any aspect.
+AUGMENTATIONS = {
+    "hflip": lambda x: x[..., ::-1],
+    "vflip": lambda x: x[..., ::-1, :],
+    "rot90": _rot(-1),
+    "rot180": _rot(2),
+    "rot270": _rot(1),
+    "transpose": _transpose,
+    "antitranspose": lambda x: _rot(2)(_transpose(x)),
+}
+
+
+def match_hash(m: np.ndarray) -> np.ndarray:
+    """64-bit perceptual hashes (`phash`'s rule: signs against their median of the 8x8 lowest
+    DCT frequencies) of match images [N, T, T], as uint64 [N]: the hash of any flipped or
+    rotated variant is then one array operation and one DCT away, with no image decoded again."""
+    from scipy.fft import dctn
+
+    if not len(m):
+        return np.zeros(0, np.uint64)
+    c = dctn(m.astype(np.float64), axes=(1, 2), norm="ortho")[:, :8, :8].reshape(len(m), 64)
+    bits = c > np.median(c[:, 1:], axis=1, keepdims=True)
+    return np.packbits(bits, axis=1).view(">u8")[:, 0].astype(np.uint64)
+
+
+# zooms the earlier split's image is also matched at (its centre 1/z of each side, resized
+# back: what a crop of the copy took off): the hash search tolerates ~3% of zoom and the
+# alignment NEAR_MAX_ZOOM more, so 1.05 reaches crops of ~2-9% that data.leakage can miss
+AUGMENT_ZOOMS = (1.0, 1.05)
+
+
+@lru_cache(maxsize=64)
+def _zoom_operator(n: int, z: float) -> np.ndarray:
+    """[n, n] bilinear resampling of n samples' centre 1/z (a zoom by z about the centre)."""
+    c = (n - 1) / 2
+    src = np.clip((np.arange(n) - c) / z + c, 0, n - 1)
+    lo = np.minimum(np.floor(src).astype(int), n - 2)
+    w = (src - lo).astype(np.float32)
+    op = np.zeros((n, n), np.float32)
+    op[np.arange(n), lo] = 1 - w
+    op[np.arange(n), lo + 1] += w
+    return op
+
+
+def _zoomed(x: np.ndarray, z: float) -> np.ndarray:
+    """uint8 images [N, H, W] zoomed by z about their centres."""
+    if z == 1.0:
+        return x
+    zy, zx = _zoom_operator(x.shape[-2], z), _zoom_operator(x.shape[-1], z)
+    return np.clip(zy @ x.astype(np.float32) @ zx.T, 0, 255).round().astype(np.uint8)
+
+
+def augmented_pairs(
+    table: ImageTable,
+    leaks: Sequence[Dict[str, Any]],
+    hash_distance: int,
+    thumb_distance: float,
+    margin: float,
+    window: int = 64,
+) -> List[Dict[str, Any]]:
+    """Later-split images that are a flipped, rotated or slightly cropped copy of an earlier
+    split's image: [{<earlier split>: index, <later split>: index, "pair", "transform",
+    "zoom", "distance", "identity_distance", "hash_distance"}], one per later-split image and
+    split pair (the closest match). `transform` is what made the copy: one of AUGMENTATIONS,
+    "+crop" when it was also cropped, or "crop" alone.
+
+    Each later image is undone by every transform in AUGMENTATIONS (its match image, thumbnail
+    and colour cells flipped or rotated) and searched against the earlier splits' images at
+    each zoom of AUGMENT_ZOOMS, with `near_pairs`' banded hash search and `confirm_near`'s
+    aligned distance. Copies `data.leakage` found (`leaks`) are left to it. A flip or rotation
+    counts only when the undone copy is closer than `margin` x the two images as they are: an
+    image that equals its own mirror matches a copy of itself under a flip as well as under
+    the identity, and that copy is an exact or near copy, not an augmented one.
+    Work: one search per zoom over the earlier images and every undone variant of the later
+    ones (8x their number), only pairs across the two confirmed."""
+    order = {s: si for si, s in enumerate(SPLITS)}
+    ok = table.ok
+    early = np.flatnonzero(ok & (table.split < order["test"]))
+    late = np.flatnonzero(ok & (table.split > order["train"]))
+    if not len(early) or not len(late):
+        return []
+    known = {(str(p.get("pair") or "train-val"), leak_pair(p)[1]) for p in leaks}
+    n_e, n_l = len(early), len(late)
+    undo_all = {"identity": lambda x: x, **AUGMENTATIONS}
+    best: Dict[Tuple[str, int], Dict[str, Any]] = {}
+    for z in AUGMENT_ZOOMS:
+        # one search per zoom: the earlier images as they are (zoomed), then every undone
+        # variant of the later ones, only pairs across the two sides confirmed
+        names = [k for k in undo_all if not (k == "identity" and z == 1.0)]  # data.leakage's
+        sub = ImageTable.empty(n_e + len(names) * n_l, table.class_names)
+        sub.ok[:] = True
+        sub.match[:n_e] = _zoomed(table.match[early], z)
+        sub.thumbs[:n_e] = _zoomed(table.thumbs[early], z)
+        sub.chroma[:n_e] = table.chroma[early]
+        sub.content_hash = [table.content_hash[i] for i in early]
+        chroma_late = np.moveaxis(table.chroma[late], -1, 1)  # [N, 2, cells, cells]
+        for k, name in enumerate(names):
+            undo, rows = undo_all[name], slice(n_e + k * n_l, n_e + (k + 1) * n_l)
+            sub.match[rows] = undo(table.match[late])
+            sub.thumbs[rows] = undo(table.thumbs[late])
+            sub.chroma[rows] = np.moveaxis(undo(chroma_late), 1, -1)
+            sub.content_hash += [f"{table.content_hash[i]}:{name}" for i in late]
+        sub.phash = match_hash(sub.match)
+        side = np.arange(len(sub)) >= n_e
+        found = near_pairs(sub, hash_distance, thumb_distance, window, side=side)
+        found = found[(found[:, 0] < n_e) & (found[:, 1] >= n_e)]
+        t, v = early[found[:, 0]], late[(found[:, 1] - n_e) % n_l]
+        which = (found[:, 1] - n_e) // n_l
+        cross = table.split[t] < table.split[v]
+        found, t, v, which = found[cross], t[cross], v[cross], which[cross]
+        if not len(found):
+            continue
+        d = aligned_distance(sub.match[found[:, 0]], sub.match[found[:, 1]])
+        # the two as they are, at this zoom and at none: the reference a flip must beat
+        d_id = np.minimum(
+            aligned_distance(table.match[t], table.match[v]),
+            aligned_distance(sub.match[found[:, 0]], table.match[v]),
+        )
+        for ti, vi, wi, di, dii, hd in zip(t, v, which, d, d_id, found[:, 2]):
+            name = names[int(wi)]
+            pair = f"{SPLITS[int(table.split[ti])]}-{SPLITS[int(table.split[vi])]}"
+            key = (pair, int(vi))
+            if key in known or (name != "identity" and di >= margin * dii):
+                continue
+            if key not in best or di < best[key]["distance"]:
+                a, b = pair.split("-")
+                what = "crop" if name == "identity" else name + ("+crop" if z != 1 else "")
+                best[key] = {
+                    a: int(ti),
+                    b: int(vi),
+                    "pair": pair,
+                    "transform": what,
+                    "zoom": z,
+                    "distance": round(float(di), 3),
+                    "identity_distance": round(float(dii), 3),
+                    "hash_distance": int(hd),
+                }
+    return sorted(
+        best.values(), key=lambda p: (SPLITS.index(p["pair"].split("-")[1]), leak_pair(p)[1])
+    )
 
 
 def _listed(table: ImageTable, idx: Sequence[int], limit: int) -> List[Dict[str, Any]]:
@@ -900,6 +1115,64 @@ def leakage(table: ImageTable, leaks: List[Dict[str, Any]], max_listed: int = 50
     )
 
 
+def leakage_augmented(
+    table: ImageTable, pairs: List[Dict[str, Any]], max_listed: int = 50
+) -> Verdict:
+    """data.leakage_augmented: a val (or test) image that is a mirrored or rotated copy of a
+    train (or val) image, as offline augmentation followed by a split makes (fail, as
+    data.leakage: the model has seen that image). `pairs` is `augmented_pairs`; each listed
+    pair names the transform that turns the earlier split's image into the copy."""
+    n_of = {s: int((table.split == si).sum()) for si, s in enumerate(SPLITS)}
+    has_test = bool(n_of["test"])
+    expected = "no val image a flipped or rotated train image" + (
+        ", no test image one of a train or val image" if has_test else ""
+    )
+    if not n_of["val"] and not has_test:
+        return Verdict(
+            "data.leakage_augmented", "skip", expected=expected, message="no val split to compare"
+        )
+    present = [f"{a}-{b}" for a, b in LEAK_PAIRS if n_of[a] and n_of[b]]
+    counts = {pr: sum(p["pair"] == pr for p in pairs) for pr in present}
+    by_transform: Dict[str, int] = {}
+    for p in pairs:
+        by_transform[p["transform"]] = by_transform.get(p["transform"], 0) + 1
+    details: Dict[str, Any] = {"counts": counts, "transforms": by_transform, "count": len(pairs)}
+    if not pairs:
+        return Verdict(
+            "data.leakage_augmented",
+            "pass",
+            value=0,
+            expected=expected,
+            message=f"no later-split image is a {'/'.join(AUGMENTATIONS)} copy of an earlier "
+            "split's image",
+            details=details,
+        )
+
+    def described(p):
+        a, b = p["pair"].split("-")
+        return dict(p, **{a: table.describe(p[a]), b: table.describe(p[b])})
+
+    details["pairs"] = [described(p) for p in pairs[:max_listed]]
+    parts = []
+    for pr, n in counts.items():
+        if n:
+            a, b = pr.split("-")
+            parts.append(f"{n} of {n_of[b]} {b} images are a flipped/rotated copy of a {a} image")
+    first = details["pairs"][0]
+    a, b = first["pair"].split("-")
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(by_transform.items(), key=lambda kv: -kv[1]))
+    return Verdict(
+        "data.leakage_augmented",
+        "fail",
+        value=len(pairs),
+        expected=expected,
+        message="; ".join(parts) + f" ({kinds}){_more(len(pairs), max_listed)}, e.g. "
+        f"{first[b]['name']} = {first['transform']}({first[a]['name']}); augment after "
+        "splitting, or remove them from one split",
+        details=details,
+    )
+
+
 # contrast, area and aspect are scales: judged on a log scale, where their spread is symmetric
 OUTLIER_FEATURES = ("brightness", "log_contrast", "log_area", "log_aspect")
 
@@ -1003,6 +1276,7 @@ def property_flags(
     odd_size_factor: float = 3.0,
     odd_aspect_factor: float = 2.0,
     grayscale_tolerance: float = 1.0,
+    blurry_falloff_max: float = 0.65,
 ) -> Dict[str, Tuple[np.ndarray, np.ndarray, str]]:
     """CleanVision-style flags: check name -> (boolean mask over images, score to sort the
     flagged ones by (most extreme first = ascending), the rule in words)."""
@@ -1029,9 +1303,12 @@ def property_flags(
                 f"1st-percentile brightness > {bright_min:g} of 255",
             ),
             "data.blurry": (
-                ok & ~low_info & (n["sharpness"] < blurry_max),
-                n["sharpness"],
-                f"rms Laplacian / rms gradient < {blurry_max:g}",
+                ok
+                & ~low_info
+                & ((n["sharpness"] < blurry_max) | (n["falloff_sharpness"] < blurry_falloff_max)),
+                np.fmin(n["sharpness"], n["falloff_sharpness"]),
+                f"rms Laplacian / rms gradient < {blurry_max:g}, or where that is noise, "
+                f"full- / half-scale rms gradient < {blurry_falloff_max:g}",
             ),
             "data.low_information": (
                 low_info,

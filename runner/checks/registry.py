@@ -69,6 +69,23 @@ class Duplicates(CheckSettings):
 
 
 @dataclass
+class LeakageAugmented(CheckSettings):
+    """Flipped/rotated copies across splits (data.augmented_pairs): each later-split image is
+    undone by every flip and 90-degree rotation and matched as data.leakage matches."""
+
+    # hash candidates and confirmation as checks.data_duplicates' near_* (the same measures):
+    # on all 1797 digits at 16 px (a mirrored 2 beside 5s, 6s beside 9s turned round) nothing
+    # matched, 40 planted flips/rotations all did; on bench_data.py's 10k photo crops and
+    # textures 0 false alarms, 95-100% of the planted copies found
+    augmented_hash_distance: int = 10
+    augmented_thumb_distance: float = 5.0
+    # ... and the undone copy must be this much closer than the two images as they are: an
+    # image that equals its own mirror matches a copy of itself under a flip too, and that
+    # copy is data.leakage's
+    augmented_margin: float = 0.5
+
+
+@dataclass
 class Outliers(CheckSettings):
     # robust z-score (median/MAD) of brightness, log contrast, log area or log aspect beyond
     # this; 5 MADs is rare in real data, so what stands out is worth a look
@@ -95,8 +112,14 @@ class Blurry(CheckSettings):
     # left out, the image's own noise floor taken off: runner/checks/data.py sharpness).
     # Digits at 16 px score 0.59-1.21 (none flagged); at 32 px, 4x upsampled and so blurred by
     # construction, 0.50-0.94 (2.1% flagged); on benchmarks/bench_data.py's 64 px photo crops
-    # this threshold flags 85-93% of the blurred JPEGs and 0.08-0.13% of the clean ones
+    # this threshold flags 85-93% of the blurred JPEGs (radius 2.5-4) and 0.08-0.13% of the
+    # clean ones
     blurry_max: float = 0.55
+    # ... or, where that ratio is noise (a detailed texture blurred near flat), the full- over
+    # half-scale rms gradient (data.falloff_sharpness: 0.5 for a strong blur, ~1 for natural
+    # texture) below this: on bench_data.py's generated textures blurred by radius 3 / 4 / 5,
+    # found 74% / 80% / 46% -> 94% / 95% / 54%; clean flagged 0.04% -> 0.07% (10k images)
+    blurry_falloff_max: float = 0.65
 
 
 @dataclass
@@ -301,6 +324,13 @@ CHECKS: Dict[str, Check] = _checks(
         f"{_D}:leakage",
         "inspect",
         "the same or near-same image in train and val",
+    ),
+    Check(
+        "data.leakage_augmented",
+        LeakageAugmented,
+        f"{_D}:leakage_augmented",
+        "inspect",
+        "a flipped or rotated copy of a train image in val (or test)",
     ),
     Check(
         "data.outliers",

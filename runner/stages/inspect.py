@@ -604,6 +604,8 @@ class Findings:
     flags: Dict[str, Tuple[np.ndarray, np.ndarray, str]]
     # data.label_issues: rows of label_issues.csv (empty when it did not run)
     label_issues: List[Dict[str, Any]] = field(default_factory=list)
+    # data.leakage_augmented: flipped/rotated copies across splits (data.augmented_pairs)
+    augmented: List[Dict[str, Any]] = field(default_factory=list)
 
 
 def run_checks(table: dc.ImageTable, ic, checks_cfg=None) -> Findings:
@@ -629,6 +631,23 @@ def run_checks(table: dc.ImageTable, ic, checks_cfg=None) -> Findings:
     )
     check("data.duplicates", dc.duplicates, table, groups, L)
     check("data.leakage", dc.leakage, table, leaks, L)
+    augmented: List[Dict[str, Any]] = []
+    if is_enabled(checks_cfg, "data.leakage_augmented"):
+        t0 = time.perf_counter()
+        augmented = dc.augmented_pairs(
+            table,
+            leaks,
+            ic.augmented_hash_distance,
+            ic.augmented_thumb_distance,
+            ic.augmented_margin,
+            ic.near_window,
+        )
+        log.info(
+            "inspect: %d flipped/rotated cross-split copies in %.1f s",
+            len(augmented),
+            time.perf_counter() - t0,
+        )
+    check("data.leakage_augmented", dc.leakage_augmented, table, augmented, L)
     found = dc.find_outliers(table, ic.outlier_z, ic.rare_mode_fraction)
     check("data.outliers", dc.outliers, table, found, ic.outlier_z, ic.rare_mode_fraction, L)
     flags = dc.property_flags(
@@ -641,6 +660,7 @@ def run_checks(table: dc.ImageTable, ic, checks_cfg=None) -> Findings:
         ic.odd_size_factor,
         ic.odd_aspect_factor,
         ic.grayscale_tolerance,
+        ic.blurry_falloff_max,
     )
     for name, (mask, score, rule) in flags.items():
         check(name, dc.property_verdict, name, table, mask, score, rule, L)
@@ -651,7 +671,7 @@ def run_checks(table: dc.ImageTable, ic, checks_cfg=None) -> Findings:
     )
     # shortcuts: an image property that gives the label away on its own
     verdicts.append(run_check(checks_cfg, "data.spurious", lambda s: _spurious(table, s)))
-    return Findings(verdicts, groups, leaks, found, flags, suspects)
+    return Findings(verdicts, groups, leaks, found, flags, suspects, augmented)
 
 
 def _logged(name: str, fn, *args) -> Verdict:
@@ -782,7 +802,9 @@ def run(cfg, ctx: Context) -> StageResult:
         )
 
     log.info("report: figures and tables")
-    sections = report_sections(cfg, source, table, verdicts, groups, leaks, outl, flags)
+    sections = report_sections(
+        cfg, source, table, verdicts, groups, leaks, outl, flags, found.augmented
+    )
     if unchecked:  # right after the overview: what the verdicts below could not see
         sections.insert(
             1,
@@ -797,7 +819,7 @@ def run(cfg, ctx: Context) -> StageResult:
                 ],
             ),
         )
-    files = tables(source, table, groups, leaks, outl, flags, cfg)
+    files = tables(source, table, groups, leaks, outl, flags, cfg, found.augmented)
     if is_enabled(cfg.checks, "data.label_issues"):
         files["label_issues.csv"] = Rows(
             found.label_issues, ["index", "given", "suggested", "score", "path"]
@@ -861,7 +883,7 @@ def _provenance(cfg, ctx: Context, source: Source) -> Dict[str, Any]:
 
 
 def tables(
-    source: Source, table: dc.ImageTable, groups, leaks, found, flags, cfg
+    source: Source, table: dc.ImageTable, groups, leaks, found, flags, cfg, augmented=()
 ) -> Dict[str, Any]:
     """images.csv (one row per image, with its flags) and inspect.json (every finding)."""
     cols = table.columns()
@@ -874,6 +896,8 @@ def tables(
     n = len(table)
     cols["duplicate_group"] = [group_of.get(i, "") for i in range(n)]
     cols["leakage"] = [i in leaked for i in range(n)]
+    flipped = {i for p in augmented for i in dc.leak_pair(p)}
+    cols["leakage_augmented"] = [i in flipped for i in range(n)]
     cols["outlier"] = [outlier_why.get(i, "") for i in range(n)]
     for name, (mask, _, _) in flags.items():
         cols[name.split(".", 1)[1]] = mask.tolist()
@@ -923,6 +947,15 @@ def tables(
                 "hash_distance": p["hash_distance"],
             }
             for p in leaks
+        ],
+        "leakage_augmented": [
+            {
+                **{sp: names[i] for sp, i in zip(p["pair"].split("-"), dc.leak_pair(p))},
+                "pair": p["pair"],
+                "transform": p["transform"],
+                "distance": p["distance"],
+            }
+            for p in augmented
         ],
         "outliers": [{"name": names[i], "why": w} for i, w in found],
         "flags": {
@@ -1121,6 +1154,52 @@ def _leakage(pics: _Pictures, v, leaks) -> Section:
     return Section("Leakage pairs", [Table(listing)])
 
 
+def _leakage_augmented(pics: _Pictures, v, pairs) -> Section:
+    """Flipped/rotated copies across splits: each pair as pictures (the earlier image, the
+    copy, the copy undone), with the transform named, on the check; and a listing."""
+    table, ic = pics.table, pics.ic
+    if not pairs or v is None:
+        return Section("Flipped or rotated copies across splits", [Text("None found.")])
+    rows = []
+    for p in pairs[: ic.max_groups_shown * 2]:
+        a, b = dc.leak_pair(p)
+        copy = pics.img(b)
+        undo = dc.AUGMENTATIONS.get(p["transform"].split("+")[0], lambda x: x)  # "crop": none
+        undone = None
+        if copy is not None:
+            arr = np.asarray(copy)
+            undone = np.ascontiguousarray(
+                np.moveaxis(undo(np.moveaxis(arr, -1, 0)), 0, -1) if arr.ndim == 3 else undo(arr)
+            )
+        rows.append(
+            (
+                f"{p['pair']} {p['transform']} (d={p['distance']:.1f})",
+                [
+                    (pics.img(a), table.name[a]),
+                    (copy, table.name[b]),
+                    (undone, f"{table.name[b]}, undone"),
+                ],
+            )
+        )
+    v.figures["pairs"] = thumb_rows(
+        rows, "Leakage: a flipped or rotated copy in another split", pics.size
+    )
+    listing = []
+    for p in pairs[: ic.max_listed]:
+        a, b = dc.leak_pair(p)
+        listing.append(
+            {
+                "pair": p["pair"],
+                "transform": p["transform"],
+                "image": table.name[a],
+                "copy": table.name[b],
+                "distance": p["distance"],
+                "as they are": p["identity_distance"],
+            }
+        )
+    return Section("Flipped or rotated copies across splits", [Table(listing)])
+
+
 def _outliers(pics: _Pictures, v, found) -> Section:
     if not found or v is None:
         return Section("Outliers", [Text("None found.")])
@@ -1160,7 +1239,7 @@ def _property_flags(pics: _Pictures, by_name, flags) -> Section:
 
 
 def report_sections(
-    cfg, source: Source, table: dc.ImageTable, verdicts, groups, leaks, found, flags
+    cfg, source: Source, table: dc.ImageTable, verdicts, groups, leaks, found, flags, augmented=()
 ) -> List[Section]:
     """The page a person reads: what the data looks like, then each finding with thumbnails
     (figures as data: the run's finish saves them; a check's own pictures go on its verdict)."""
@@ -1173,6 +1252,7 @@ def report_sections(
         _corrupt(pics),
         _duplicates(pics, by_name.get("data.duplicates"), groups),
         _leakage(pics, by_name.get("data.leakage"), leaks),
+        _leakage_augmented(pics, by_name.get("data.leakage_augmented"), augmented),
         _outliers(pics, by_name.get("data.outliers"), found),
         _property_flags(pics, by_name, flags),
     ]
