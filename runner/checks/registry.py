@@ -218,6 +218,22 @@ class Spurious(CheckSettings):
     min_class_examples: int = 10
 
 
+# issue 25: the label written in the pixels, augmentation that changes the label
+@dataclass
+class LabelInPixels(CheckSettings):
+    # a region identifies a class when its nearest-centroid F1 reaches this from train to val
+    # and back: a stamped tag or patch reaches ~1.0; a clean digit's best cell or 2x2 block 0.89
+    min_f1: float = 0.98
+    # ... and the cells that identify it cover at most this share of the image: classes told
+    # apart by colour or texture are identified by nearly every cell (that is content)
+    max_area: float = 0.15
+    # ... counting the cells that nearly identify it (F1 >= this): colour classes reach ~0.9
+    # in most cells, a stamp's neighbours stay near chance
+    near_f1: float = 0.8
+    # classes with fewer images in train or val take no part: a perfect split is then chance
+    min_class_examples: int = 10
+
+
 @dataclass
 class EvalRepeatable(CheckSettings):
     # a few validation batches show dropout/augmentation left on in eval
@@ -334,6 +350,13 @@ CHECKS: Dict[str, Check] = _checks(
         "runner.checks.spurious:spurious",
         "inspect",
         "no image property (size, format, colour, brightness) gives the label away",
+    ),
+    Check(
+        "data.label_in_pixels",
+        LabelInPixels,
+        "runner.checks.pixels:label_in_pixels",
+        "inspect",
+        "no small region (tag, watermark, corner patch, border) gives the label away",
     ),
     # stage=baseline (recipe stage 2): trust earned by checks, in the recipe's order
     Check(
