@@ -235,6 +235,21 @@ class LabelInPixels(CheckSettings):
 
 
 @dataclass
+class LabelPreserving(CheckSettings):
+    # a transform keeps the label while a cheap reader keeps this share of its skill (accuracy
+    # over chance) on transformed held-out images: on digits +-15 deg keeps 0.77, hflip 0.29,
+    # vflip 0.34, rot180 0.38, +-30 deg 0.34; colour, texture and mirror-symmetric classes ~1
+    min_kept: float = 0.6
+    # below this skill the cheap reader cannot read the classes: it judges no transform
+    min_skill: float = 0.3
+    # training examples drawn `repeats` times each to see flips the code does not declare
+    draws: int = 8
+    repeats: int = 4
+    # unaugmented images the cheap reader learns from and is scored on, at most
+    max_images: int = 2000
+
+
+@dataclass
 class EvalRepeatable(CheckSettings):
     # a few validation batches show dropout/augmentation left on in eval
     examples: int = 64
@@ -372,6 +387,13 @@ CHECKS: Dict[str, Check] = _checks(
         "runner.checks.pretrained:pretrained_norm",
         "baseline",
         "a pretrained model gets the mean/std/size/resize it was trained with",
+    ),
+    Check(
+        "aug.label_preserving",
+        LabelPreserving,
+        "runner.checks.augment:label_preserving",
+        "baseline",
+        "the training flips/rotations keep every image in its class",
     ),
     Check(
         "init.loss",
