@@ -82,6 +82,16 @@ def test_draws_show_a_flip_no_config_declares():
     assert drawn_transforms(lambda i: crops(x[i]), range(4), 4) == {}
 
 
+def test_draws_show_a_rotation_at_about_its_size(digits):
+    x = digits[0]
+    torch.manual_seed(0)
+    big = drawn_transforms(lambda i: T.RandomRotation(180)(x[i]), range(0, 1400, 200), 4)
+    assert any(n.startswith("rotate+") and float(n[7:]) >= 60 for n in big), big
+    torch.manual_seed(0)
+    small = drawn_transforms(lambda i: T.RandomRotation(15)(x[i]), range(0, 1400, 200), 4)
+    assert all(float(n[7:]) <= 15 for n in small), small  # half the widest angle between draws
+
+
 @pytest.mark.parametrize("applied", [["hflip"], ["vflip"], ["rot180"], ["rotate+90", "rotate-90"]])
 def test_flips_and_turns_of_digits_warn(digits, applied):
     v = judge(digits, applied)
@@ -139,6 +149,7 @@ def test_class_means_figure(digits):
 
 FLIPPING = """
 import torch
+from torchvision.transforms import functional as TF
 from runner.data import digits_arrays
 
 class Digits(torch.utils.data.Dataset):
@@ -156,8 +167,18 @@ class Digits(torch.utils.data.Dataset):
             x = x.flip(-1)  # the user's own augmentation: a mirror digit is no digit
         return x, self.targets[i]
 
+class Turning(Digits):
+    def __getitem__(self, i):
+        x = self.x[i]
+        if self.train:  # any angle: a 6 becomes a 9
+            x = TF.rotate(x, float(torch.empty(()).uniform_(-180, 180)))
+        return x, self.targets[i]
+
 def make():
     return Digits(True), Digits(False)
+
+def turning():
+    return Turning(True), Turning(False)
 """
 
 
@@ -188,8 +209,12 @@ def test_the_stage_finds_what_the_pipeline_applies(tmp_path, monkeypatch, overri
     data = build_data(cfg.data, str(tmp_path))
     v = _label_preserving(cfg, data, cfg.checks.aug_label_preserving)
     assert v.status == status, v.message
-    # both flips at once also draw rot180 (hflip + vflip): the draws may show it too
-    assert found <= set((v.details or {}).get("transforms", {})) <= found | {"rot180"}
+    seen = set((v.details or {}).get("transforms", {}))
+    if found is None:  # rotations by any angle: found as rotations, judged to break digits
+        assert any(n.startswith("rotate") for n in seen) and "rotat" in v.message, seen
+        return
+    # both flips at once also draw a half turn (hflip + vflip): the draws may show it too
+    assert found <= seen and all(n == "rot180" or n.startswith("rotate") for n in seen - found)
     if status == "warn":
         assert "class_means" in v.figures
         where = v.details["transforms"]["hflip"]["where"]

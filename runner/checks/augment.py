@@ -99,29 +99,76 @@ def pipeline_transforms(tf, where: str = "the training transform") -> Dict[str, 
 
 
 def drawn_transforms(
-    draw: Callable[[int], Any], indices: Sequence[int], repeats: int = 4, tol: float = 0.05
+    draw: Callable[[int], Any],
+    indices: Sequence[int],
+    repeats: int = 4,
+    tol: float = 0.05,
+    rotation_tol: float = 0.35,
 ) -> Dict[str, str]:
-    """Flips and quarter turns seen by drawing each training example `repeats` times: two
-    draws that differ, one equal (within `tol` of their difference) to a transform of the
-    other. Finds a dataset that flips in its own __getitem__, whatever code does it."""
+    """Flips, quarter turns and rotations seen by drawing each training example `repeats`
+    times: two draws that differ, one equal (within `tol` of their difference) to a flip or
+    quarter turn of the other, or (within `rotation_tol`: interpolation blurs) to a rotation
+    of the other by 10+ degrees, compared inside the inscribed disc. Finds a dataset that
+    flips or rotates in its own __getitem__, whatever code does it. Draws rotated by up to
+    +-d differ by up to 2d: the rotation is reported as half the largest angle between draws."""
     import torch
 
     found: Dict[str, str] = {}
+    widest = (0.0, -1)
     for i in indices:
         draws = [torch.as_tensor(draw(i)).float() for _ in range(repeats)]
         for a_i in range(repeats):
             for b_i in range(a_i + 1, repeats):
                 a, b = draws[a_i][None], draws[b_i][None]
                 diff = float((a - b).abs().mean())
-                if diff <= 1e-6:
+                if diff <= 1e-6 or a.shape != b.shape:
                     continue
+                exact = False
                 for name in EXACT:
                     t = transform(a, name)
                     if t.shape == b.shape and float((t - b).abs().mean()) <= tol * diff:
                         found.setdefault(
                             name, f"two draws of training example {i} differ by a {name}"
                         )
+                        exact = True
+                if not exact and a.shape[-1] == a.shape[-2]:
+                    angle = _rotation_between(a[0], b[0], rotation_tol)
+                    if angle is not None and abs(angle) > widest[0]:
+                        widest = (abs(angle), i)
+    if widest[1] >= 0:
+        d = widest[0] / 2
+        for s in ("+", "-"):
+            found.setdefault(
+                f"rotate{s}{d:g}",
+                f"draws of training example {widest[1]} differ by a {widest[0]:g} deg rotation",
+            )
     return found
+
+
+def _rotation_between(a, b, tol: float) -> Optional[float]:
+    """The angle (degrees, 10..180 either way, 5-degree steps) that rotates [C, S, S] `a`
+    onto `b` within `tol` of their difference inside the inscribed disc, or None."""
+    import torch
+    from torch.nn import functional as F
+
+    angles = torch.arange(-175.0, 181.0, 5.0)
+    angles = angles[angles.abs() >= 10]
+    t = angles * math.pi / 180
+    zero = torch.zeros_like(t)
+    mat = torch.stack(
+        [torch.stack([t.cos(), -t.sin(), zero], 1), torch.stack([t.sin(), t.cos(), zero], 1)], 1
+    )
+    c, h, w = a.shape
+    grid = F.affine_grid(mat, (len(t), c, h, w), align_corners=False)
+    rot = F.grid_sample(a.expand(len(t), c, h, w), grid, align_corners=False)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    disc = ((yy**2 + xx**2) <= 0.8**2).float()
+    base = float(((a - b).abs() * disc).sum())
+    if base <= 1e-6:
+        return None
+    err = ((rot - b).abs() * disc).sum((1, 2, 3))
+    k = int(err.argmin())
+    return float(angles[k]) if float(err[k]) <= tol * base else None
 
 
 def _features(x, cells: int = 4, bins: int = 6) -> np.ndarray:
