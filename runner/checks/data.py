@@ -118,16 +118,18 @@ def chroma_cells(a: np.ndarray) -> np.ndarray:
 def region_colours(a: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """(CELLS x CELLS x 3 uint8 cell means of RGB, 4 x 4 float32 border strips: top, bottom,
     left, right, each as mean R, G, B and the std of its luma). Grey images repeat the grey."""
-    f = a.astype(np.float32)
-    f = np.repeat(f, 3, axis=-1) if f.shape[-1] == 1 else f
-    cells = np.stack([_resize_grey(f[..., k], CELLS, CELLS) for k in range(3)], -1)
-    h, w = f.shape[:2]
+    from PIL import Image
+
+    grey = a.shape[-1] == 1
+    cells = np.asarray(Image.fromarray(a[..., 0] if grey else a).resize((CELLS, CELLS), Image.BOX))
+    cells = np.repeat(cells[..., None], 3, -1) if grey else cells
+    h, w = a.shape[:2]
     th, tw = max(1, round(h / BORDER)), max(1, round(w / BORDER))
-    strips = (f[:th], f[h - th :], f[:, :tw], f[:, w - tw :])
-    border = np.array(
-        [[*s.reshape(-1, 3).mean(0), _luma(s).std()] for s in strips], dtype=np.float32
-    )
-    return np.clip(cells, 0, 255).round().astype(np.uint8), border
+    rows = []
+    for s in (a[:th], a[h - th :], a[:, :tw], a[:, w - tw :]):
+        mean = s.reshape(-1, a.shape[-1]).mean(0)
+        rows.append([*(np.repeat(mean, 3) if grey else mean), _luma(s).std()])
+    return np.ascontiguousarray(cells, np.uint8), np.array(rows, dtype=np.float32)
 
 
 @lru_cache(maxsize=64)
