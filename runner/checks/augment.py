@@ -103,18 +103,21 @@ def drawn_transforms(
     indices: Sequence[int],
     repeats: int = 4,
     tol: float = 0.05,
-    rotation_tol: float = 0.35,
+    rotation_tol: float = 0.25,
+    min_rotated: int = 3,
 ) -> Dict[str, str]:
     """Flips, quarter turns and rotations seen by drawing each training example `repeats`
     times: two draws that differ, one equal (within `tol` of their difference) to a flip or
     quarter turn of the other, or (within `rotation_tol`: interpolation blurs) to a rotation
-    of the other by 10+ degrees, compared inside the inscribed disc. Finds a dataset that
-    flips or rotates in its own __getitem__, whatever code does it. Draws rotated by up to
-    +-d differ by up to 2d: the rotation is reported as half the largest angle between draws."""
+    of the other by 10+ degrees, compared inside the inscribed disc, in `min_rotated`
+    examples or more (two random crops of a round digit can look like a turn of each other
+    by chance: ~1 pair in 200 at this tolerance; a rotating dataset shows it in most). Finds a
+    dataset that flips or rotates in its own __getitem__, whatever code does it. Draws
+    rotated by up to +-d differ by up to 2d: it is reported as half the widest angle seen."""
     import torch
 
     found: Dict[str, str] = {}
-    widest = (0.0, -1)
+    widest, rotated = (0.0, -1), set()
     for i in indices:
         draws = [torch.as_tensor(draw(i)).float() for _ in range(repeats)]
         for a_i in range(repeats):
@@ -133,9 +136,10 @@ def drawn_transforms(
                         exact = True
                 if not exact and a.shape[-1] == a.shape[-2]:
                     angle = _rotation_between(a[0], b[0], rotation_tol)
-                    if angle is not None and abs(angle) > widest[0]:
-                        widest = (abs(angle), i)
-    if widest[1] >= 0:
+                    if angle is not None:
+                        rotated.add(i)
+                        widest = max(widest, (abs(angle), i))
+    if len(rotated) >= min_rotated:
         d = widest[0] / 2
         for s in ("+", "-"):
             found.setdefault(

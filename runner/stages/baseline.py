@@ -292,6 +292,9 @@ def checks_after_training(cfg, ctx, data, res, before: List[Verdict], device) ->
 def _label_preserving(cfg, data, s) -> Verdict:
     """The geometric transforms of the training pipeline (aug=, the dataset's own transform,
     and what repeated draws of training examples show), judged on unaugmented images."""
+    import random
+
+    import numpy as np
     import torch
 
     from runner.checks.augment import (
@@ -317,10 +320,22 @@ def _label_preserving(cfg, data, s) -> Verdict:
         stream = tr
     n = len(tr)
     idx = sorted({int(i) for i in torch.linspace(0, n - 1, min(int(s.draws), n)).tolist()})
+    seen = {}  # in memory, no augmentation: every draw is the stored image
     if hasattr(stream, "load"):
-        seen = drawn_transforms(lambda i: stream.load(i, train=True)[0], idx, int(s.repeats))
-    else:  # in memory, no augmentation: every draw is the stored image
-        seen = {}
+        # drawn from the run's seed, leaving the RNGs as they were: the run does not change
+        # with this check on or off
+        py, npy = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            random.seed(cfg.seed)
+            np.random.seed(cfg.seed % 2**32)
+            try:
+                seen = drawn_transforms(
+                    lambda i: stream.load(i, train=True)[0], idx, int(s.repeats)
+                )
+            finally:
+                random.setstate(py)
+                np.random.set_state(npy)
     for found in (own, seen):
         applied.update({k: v for k, v in found.items() if k not in applied})
     # the cheap reader learns from unaugmented images: in-memory train/val as stored, else
