@@ -241,9 +241,6 @@ def label_preserving(
     `drawn_transforms`). Skips when the cheap model cannot read the classes at all
     (skill below `min_skill` of the way from chance to 1): it then judges no transform.
     """
-    fy, ty = np.asarray(fit_y).astype(np.int64), np.asarray(test_y).astype(np.int64)
-    k = int(max(fy.max(initial=0), ty.max(initial=0)) + 1)
-    names = [str(class_names[c]) if class_names else str(c) for c in range(k)]
     if not applied:
         return Verdict(
             NAME,
@@ -254,6 +251,9 @@ def label_preserving(
             + (f" ({found_by})" if found_by else "")
             + ": nothing can move an image out of its class",
         )
+    fy, ty = np.asarray(fit_y).astype(np.int64), np.asarray(test_y).astype(np.int64)
+    k = int(max(fy.max(initial=0), ty.max(initial=0)) + 1)
+    names = [str(class_names[c]) if class_names else str(c) for c in range(k)]
     if len(fy) < 2 * k or len(ty) < k:
         return skip(NAME, f"too few unaugmented images ({len(fy)} + {len(ty)}) to judge by")
     ff, tf = _features(fit_x), _features(test_x)

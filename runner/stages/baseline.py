@@ -338,6 +338,9 @@ def _label_preserving(cfg, data, s) -> Verdict:
                 np.random.set_state(npy)
     for found in (own, seen):
         applied.update({k: v for k, v in found.items() if k not in applied})
+    by = f"aug={cfg.aug.name}; {len(idx)} training examples drawn {int(s.repeats)} times"
+    if not applied:  # nothing to judge: no image needs loading
+        return label_preserving([], [], [], [], {}, data.class_names, found_by=by)
     # the cheap reader learns from unaugmented images: in-memory train/val as stored, else
     # half the val split's (its eval transform) to learn from and half to score
     m = int(s.max_images)
@@ -347,7 +350,6 @@ def _label_preserving(cfg, data, s) -> Verdict:
     else:
         xs, ys = va.get(range(min(m, len(va))))
         fit_x, fit_y, test_x, test_y = xs[0::2], ys[0::2], xs[1::2], ys[1::2]
-    by = f"aug={cfg.aug.name}; {len(idx)} training examples drawn {int(s.repeats)} times"
     v = label_preserving(
         fit_x,
         fit_y.numpy(),

@@ -1220,8 +1220,8 @@ def _regions(pics: _Pictures, v) -> List[Section]:
     if v is None or v.status != "warn":
         return []
     rows, listing = [], []
-    for reg in v.details["regions"][:3]:
-        for cname, idx in list(reg.get("examples", {}).items())[: pics.ic.max_classes_shown]:
+    for reg in v.details["regions"][:2]:
+        for cname, idx in list(reg.get("examples", {}).items())[:10]:
             imgs = [(i, pics.img(i)) for i in idx]
             imgs = [(i, a) for i, a in imgs if a is not None]
             if not imgs:
