@@ -109,9 +109,11 @@ def test_clean_folder_flags_nothing(tmp_path):
     assert len(table) == 36 and table.ok.all()
     assert set(v) == INSPECT_CHECKS
     # photo tiles dealt to classes at random: no cheap model learns those labels, so
-    # data.label_issues has nothing to judge by (skip); everything else passes
+    # data.label_issues has nothing to judge by (skip); 4 val images a class are too few for
+    # data.label_in_pixels to tell a telling region from chance (skip); everything else passes
     assert {n: x.status for n, x in v.items() if x.status != "pass"} == {
-        "data.label_issues": "skip"
+        "data.label_issues": "skip",
+        "data.label_in_pixels": "skip",
     }
     assert v["data.class_balance"].details["counts"]["cat"] == {"train": 8, "val": 4}
 
@@ -408,6 +410,10 @@ def test_cli_inspect_in_memory_and_custom_kinds(cli, tmp_path):
         # pixels, so data.label_issues cannot judge them (skip); digits' labels it can
         if n == 60:
             assert status.pop("data.label_issues") == "skip"
+        if n == 384:  # data=synthetic draws its class as a placed square: exempt by design
+            pixels = next(c for c in checks if c["name"] == "data.label_in_pixels")
+            assert status.pop("data.label_in_pixels") == "skip"
+            assert "data=synthetic" in pixels["message"]
         assert set(status.values()) == {"pass"}, status
         assert (run / "plots" / "inspect_samples_train.png").exists()
         # none of the three has files: the report and summary say what could not be checked
@@ -685,3 +691,26 @@ def test_blurry_finds_strong_blur_of_detailed_textures():
     assert old_rule[truth].sum() == 12  # of 18: the Laplacian ratio alone
     assert flagged[truth].sum() == 16 and not flagged[~truth].any()
     assert np.isnan(table.num["falloff_sharpness"][~truth]).all()  # no verdict on sharp ones
+
+
+def test_label_in_pixels_outlines_a_class_coloured_corner(tmp_path):
+    """data.label_in_pixels end to end on a folder: a corner patch coloured by class is found,
+    and the evidence shows each class's images with the region outlined and its crops."""
+    from types import SimpleNamespace
+
+    from runner.stages.inspect import _Pictures, _regions
+
+    root = make_folder(tmp_path / "marked", ("cat", "dog"), n_train=12, n_val=10)
+    colours = {"cat": (255, 0, 0), "dog": (0, 255, 0)}
+    for p in root.glob("*/*/*.png"):
+        a = np.asarray(Image.open(p)).copy()
+        a[-5:, :5] = colours[p.parent.name]  # bottom-left, 5 px of 48
+        Image.fromarray(a).save(p)
+    source, table, found, v = inspect_folder(root)
+    pix = v["data.label_in_pixels"]
+    assert pix.status == "warn" and pix.value == 2, pix.message
+    assert "cell r7 c0" in pix.message and "classes cat, dog alone" in pix.message
+    cfg = SimpleNamespace(stage=SimpleNamespace(params=None), checks=None)
+    sections = _regions(_Pictures(cfg, source, table), pix)
+    assert sections[0].title == "Label written in the pixels"
+    assert "regions" in pix.figures

@@ -33,6 +33,11 @@ CHROMA = 4
 # smoothly, the way the alignment in `aligned_distance` models
 MATCH = 32
 MATCH_SIGMA = 1.5  # Gaussian prefilter, in pixels of the 2*MATCH grid it is applied on
+# ... and the colour of small regions (data.label_in_pixels, runner/checks/pixels.py): mean
+# RGB of CELLS x CELLS cells (192 bytes per image) and of the four border strips, each
+# 1/BORDER of the side thick (a frame, a ruler, a coloured edge)
+CELLS = 8
+BORDER = 32
 
 NUMERIC_COLUMNS = (
     "width",
@@ -109,6 +114,23 @@ def chroma_cells(a: np.ndarray) -> np.ndarray:
     opp = ((f[..., 0] - f[..., 1]) / 2, (f[..., 2] - (f[..., 0] + f[..., 1]) / 2) / 2)
     cells = [_resize_grey(o, CHROMA, CHROMA) for o in opp]
     return np.clip(np.stack(cells, -1) + 128.0, 0, 255).round().astype(np.uint8)
+
+
+def region_colours(a: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(CELLS x CELLS x 3 uint8 cell means of RGB, 4 x 4 float32 border strips: top, bottom,
+    left, right, each as mean R, G, B and the std of its luma). Grey images repeat the grey."""
+    from PIL import Image
+
+    grey = a.shape[-1] == 1
+    cells = np.asarray(Image.fromarray(a[..., 0] if grey else a).resize((CELLS, CELLS), Image.BOX))
+    cells = np.repeat(cells[..., None], 3, -1) if grey else cells
+    h, w = a.shape[:2]
+    th, tw = max(1, round(h / BORDER)), max(1, round(w / BORDER))
+    rows = []
+    for s in (a[:th], a[h - th :], a[:, :tw], a[:, w - tw :]):
+        mean = s.reshape(-1, a.shape[-1]).mean(0)
+        rows.append([*(np.repeat(mean, 3) if grey else mean), _luma(s).std()])
+    return np.ascontiguousarray(cells, np.uint8), np.array(rows, dtype=np.float32)
 
 
 @lru_cache(maxsize=64)
@@ -247,7 +269,8 @@ def image_stats(img, analysis_size: int = 128) -> Tuple[Dict[str, Any], np.ndarr
     one scale for every image). brightness/contrast/p01/p99 are on the 0..255 luma scale;
     sharpness is `sharpness` (rms Laplacian / rms gradient, low for blurry images whatever
     their contrast or JPEG quality); colourfulness is the mean |R-G| + |G-B| (0 for grey
-    images); `chroma` is `chroma_cells`, `match` is `match_image`.
+    images); `chroma` is `chroma_cells`, `match` is `match_image`, `cells` and `border`
+    are `region_colours`.
     """
     from PIL import Image
 
@@ -273,6 +296,7 @@ def image_stats(img, analysis_size: int = 128) -> Tuple[Dict[str, Any], np.ndarr
     else:
         colour = 0.0
     p01, p99 = float(np.searchsorted(cdf, 0.01)), float(np.searchsorted(cdf, 0.99))
+    cells, border = region_colours(a)
     row = {
         "width": int(w),
         "height": int(h),
@@ -289,6 +313,8 @@ def image_stats(img, analysis_size: int = 128) -> Tuple[Dict[str, Any], np.ndarr
         "phash": phash(g),
         "chroma": chroma_cells(a),
         "match": match_image(g),
+        "cells": cells,
+        "border": border,
         "pixel_hash": pixel_hash,
     }
     thumb = np.clip(_resize_grey(g, THUMB, THUMB), 0, 255).round().astype(np.uint8)
@@ -331,6 +357,9 @@ class ImageTable:
     thumbs: np.ndarray
     chroma: np.ndarray
     match: np.ndarray
+    # data.label_in_pixels' region colours (`region_colours`); zeros for rows built without
+    cells: Optional[np.ndarray] = None
+    border: Optional[np.ndarray] = None
     num: Dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
@@ -348,6 +377,8 @@ class ImageTable:
             thumbs=np.zeros((n, THUMB, THUMB), np.uint8),
             chroma=np.full((n, CHROMA, CHROMA, 2), 128, np.uint8),
             match=np.zeros((n, MATCH, MATCH), np.uint8),
+            cells=np.zeros((n, CELLS, CELLS, 3), np.uint8),
+            border=np.zeros((n, 4, 4), np.float32),
             num={k: np.full(n, np.nan) for k in NUMERIC_COLUMNS},
         )
 
@@ -376,6 +407,8 @@ class ImageTable:
         self.thumbs[i] = thumb
         if "chroma" in row:
             self.chroma[i] = row["chroma"]
+        if "cells" in row and self.cells is not None:
+            self.cells[i], self.border[i] = row["cells"], row["border"]
         # a row without one (built by hand) matches on its thumbnail, scaled up
         up = np.ones((MATCH // THUMB, MATCH // THUMB), np.uint8)
         self.match[i] = row["match"] if "match" in row else np.kron(thumb, up)

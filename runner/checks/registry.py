@@ -241,6 +241,38 @@ class Spurious(CheckSettings):
     min_class_examples: int = 10
 
 
+# issue 25: the label written in the pixels, augmentation that changes the label
+@dataclass
+class LabelInPixels(CheckSettings):
+    # a region identifies a class when its nearest-centroid F1 reaches this from train to val
+    # and back: a stamped tag or patch reaches ~1.0; a clean digit's best region (the 2x2 block
+    # in a 0's hole) 0.92-0.94 over three splits
+    min_f1: float = 0.98
+    # ... and the cells that identify it cover at most this share of the image: classes told
+    # apart by colour or texture are identified by nearly every cell (that is content)
+    max_area: float = 0.15
+    # ... counting the cells that nearly identify it (F1 >= this): colour classes reach ~0.9
+    # in most cells, a stamp's neighbours stay near chance
+    near_f1: float = 0.8
+    # classes with fewer images in train or val take no part: a perfect split is then chance
+    min_class_examples: int = 10
+
+
+@dataclass
+class LabelPreserving(CheckSettings):
+    # a transform keeps the label while a cheap reader keeps this share of its skill (accuracy
+    # over chance) on transformed held-out images: on digits +-15 deg keeps 0.77, hflip 0.29,
+    # vflip 0.34, rot180 0.38, +-30 deg 0.34; colour, texture and mirror-symmetric classes ~1
+    min_kept: float = 0.6
+    # below this skill the cheap reader cannot read the classes: it judges no transform
+    min_skill: float = 0.3
+    # training examples drawn `repeats` times each to see flips the code does not declare
+    draws: int = 8
+    repeats: int = 4
+    # unaugmented images the cheap reader learns from and is scored on, at most
+    max_images: int = 2000
+
+
 @dataclass
 class EvalRepeatable(CheckSettings):
     # a few validation batches show dropout/augmentation left on in eval
@@ -365,6 +397,13 @@ CHECKS: Dict[str, Check] = _checks(
         "inspect",
         "no image property (size, format, colour, brightness) gives the label away",
     ),
+    Check(
+        "data.label_in_pixels",
+        LabelInPixels,
+        "runner.checks.pixels:label_in_pixels",
+        "inspect",
+        "no small region (tag, watermark, corner patch, border) gives the label away",
+    ),
     # stage=baseline (recipe stage 2): trust earned by checks, in the recipe's order
     Check(
         "input.stats",
@@ -379,6 +418,13 @@ CHECKS: Dict[str, Check] = _checks(
         "runner.checks.pretrained:pretrained_norm",
         "baseline",
         "a pretrained model gets the mean/std/size/resize it was trained with",
+    ),
+    Check(
+        "aug.label_preserving",
+        LabelPreserving,
+        "runner.checks.augment:label_preserving",
+        "baseline",
+        "the training flips/rotations keep every image in its class",
     ),
     Check(
         "init.loss",

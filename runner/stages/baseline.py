@@ -155,6 +155,9 @@ def checks_before_training(cfg, ctx, data, model, train_loader, x, y, device) ->
     out.append(
         run_check(c, "input.pretrained_norm", lambda s: _pretrained_norm(cfg, data, model, s))
     )
+    # the augmentation's flips and rotations: does every image stay in its class?
+    log.info("check: aug.label_preserving (the training flips/rotations vs a cheap reader)")
+    out.append(run_check(c, "aug.label_preserving", lambda s: _label_preserving(cfg, data, s)))
     # the untrained model: loss at init, then init the final bias well
     log.info("check: init.loss (untrained model on %d examples vs log C)", min(n_init, len(y)))
     out.append(
@@ -284,6 +287,86 @@ def checks_after_training(cfg, ctx, data, res, before: List[Verdict], device) ->
         )
     )
     return out
+
+
+def _label_preserving(cfg, data, s) -> Verdict:
+    """The geometric transforms of the training pipeline (aug=, the dataset's own transform,
+    and what repeated draws of training examples show), judged on unaugmented images."""
+    import random
+
+    import numpy as np
+    import torch
+
+    from runner.checks.augment import (
+        class_means_figure,
+        drawn_transforms,
+        label_preserving,
+        pipeline_transforms,
+    )
+    from runner.data import train_transform
+
+    tr, va = data.train, data.val
+    aug_tf = train_transform(cfg.aug, data.image_size, data.mean, data.std, data.interpolation)
+    applied = pipeline_transforms(aug_tf, f"aug={cfg.aug.name}")
+    ds = getattr(tr, "dataset", None)
+    own = pipeline_transforms(getattr(ds, "transform", None), f"{type(ds).__name__}.transform")
+    # what the loop would be fed: the split streamed through aug= (as loaders() does)
+    if aug_tf is not None and hasattr(tr, "as_stream"):
+        stream = tr.as_stream(aug_tf)
+    elif aug_tf is not None:
+        stream = copy.copy(tr)
+        stream.train_transform = aug_tf
+    else:
+        stream = tr
+    n = len(tr)
+    idx = sorted({int(i) for i in torch.linspace(0, n - 1, min(int(s.draws), n)).tolist()})
+    seen = {}  # in memory, no augmentation: every draw is the stored image
+    if hasattr(stream, "load"):
+        # drawn from the run's seed, leaving the RNGs as they were: the run does not change
+        # with this check on or off
+        py, npy = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            random.seed(cfg.seed)
+            np.random.seed(cfg.seed % 2**32)
+            try:
+                seen = drawn_transforms(
+                    lambda i: stream.load(i, train=True)[0], idx, int(s.repeats)
+                )
+            finally:
+                random.setstate(py)
+                np.random.set_state(npy)
+    for found in (own, seen):
+        applied.update({k: v for k, v in found.items() if k not in applied})
+    by = f"aug={cfg.aug.name}; {len(idx)} training examples drawn {int(s.repeats)} times"
+    if not applied:  # nothing to judge: no image needs loading
+        return label_preserving([], [], [], [], {}, data.class_names, found_by=by)
+    # the cheap reader learns from unaugmented images: in-memory train/val as stored, else
+    # half the val split's (its eval transform) to learn from and half to score
+    m = int(s.max_images)
+    if hasattr(tr, "x") and hasattr(va, "x"):
+        fit_x, fit_y = tr.x[:m].float() / 255.0, tr.y[:m]
+        test_x, test_y = va.x[:m].float() / 255.0, va.y[:m]
+    else:
+        xs, ys = va.get(range(min(m, len(va))))
+        fit_x, fit_y, test_x, test_y = xs[0::2], ys[0::2], xs[1::2], ys[1::2]
+    v = label_preserving(
+        fit_x,
+        fit_y.numpy(),
+        test_x,
+        test_y.numpy(),
+        applied,
+        data.class_names,
+        min_kept=float(s.min_kept),
+        min_skill=float(s.min_skill),
+        found_by=by,
+    )
+    if v.status == "warn":
+        bad = [t for t, r in v.details["transforms"].items() if r["kept"] < float(s.min_kept)]
+        v.figures["class_means"] = class_means_figure(
+            test_x, test_y.numpy(), data.class_names, bad[:4]
+        )
+    return v
 
 
 def _pretrained_norm(cfg, data, model, s) -> Verdict:

@@ -608,9 +608,10 @@ class Findings:
     augmented: List[Dict[str, Any]] = field(default_factory=list)
 
 
-def run_checks(table: dc.ImageTable, ic, checks_cfg=None) -> Findings:
+def run_checks(table: dc.ImageTable, ic, checks_cfg=None, kind: Optional[str] = None) -> Findings:
     """Every data check on the table: `ic` is settings() (stage.params and the data checks'
-    thresholds), `checks_cfg` the `checks` config node that switches checks (None = defaults)."""
+    thresholds), `checks_cfg` the `checks` config node that switches checks (None = defaults),
+    `kind` the data kind (data=synthetic draws its label into the pixels by design)."""
     verdicts: List[Verdict] = []
 
     def check(name, fn, *args):
@@ -671,6 +672,10 @@ def run_checks(table: dc.ImageTable, ic, checks_cfg=None) -> Findings:
     )
     # shortcuts: an image property that gives the label away on its own
     verdicts.append(run_check(checks_cfg, "data.spurious", lambda s: _spurious(table, s)))
+    # shortcuts in the picture: a small region (tag, patch, border) that gives the label away
+    verdicts.append(
+        run_check(checks_cfg, "data.label_in_pixels", lambda s: _label_in_pixels(table, s, kind))
+    )
     return Findings(verdicts, groups, leaks, found, flags, suspects, augmented)
 
 
@@ -750,6 +755,34 @@ def _spurious(table: dc.ImageTable, s) -> Verdict:
     )
 
 
+def _label_in_pixels(table: dc.ImageTable, s, kind: Optional[str]) -> Verdict:
+    from runner.checks import skip
+    from runner.checks.pixels import NAME, label_in_pixels
+
+    if kind == "synthetic":  # runner/data.py synthetic_images: the class IS a placed square
+        return skip(
+            NAME,
+            "data=synthetic: the class is a bright square in a class-specific cell by "
+            "design, so a small region giving the label away is the data, not a shortcut",
+        )
+    log.info("check: data.label_in_pixels (does a small region give the label away?)")
+    rows = np.flatnonzero(table.ok & (table.split < 2) & (table.label >= 0))
+    sp = np.full(len(table), -1, np.int8)
+    sp[rows] = table.split[rows]
+    return label_in_pixels(
+        table.cells,
+        table.match,
+        table.border,
+        np.maximum(table.label, 0),
+        sp,
+        table.class_names,
+        min_f1=float(s.min_f1),
+        max_area=float(s.max_area),
+        near_f1=float(s.near_f1),
+        min_class_examples=int(s.min_class_examples),
+    )
+
+
 def run(cfg, ctx: Context) -> StageResult:
 
     ic = _settings(cfg)
@@ -792,7 +825,7 @@ def run(cfg, ctx: Context) -> StageResult:
         ips,
     )
 
-    found = run_checks(table, ic, cfg.checks)
+    found = run_checks(table, ic, cfg.checks, source.kind)
     verdicts = found.verdicts
     groups, leaks, outl, flags = found.groups, found.leaks, found.outliers, found.flags
     unchecked = not_checked(source, table)
@@ -1255,4 +1288,38 @@ def report_sections(
         _leakage_augmented(pics, by_name.get("data.leakage_augmented"), augmented),
         _outliers(pics, by_name.get("data.outliers"), found),
         _property_flags(pics, by_name, flags),
+        *_regions(pics, by_name.get("data.label_in_pixels")),
     ]
+
+
+def _regions(pics: _Pictures, v) -> List[Section]:
+    """data.label_in_pixels: per telling region, each class's images with the region outlined
+    and their crops of it (the evidence goes on the verdict; a table in the report)."""
+    from runner.checks.pixels import crop, outlined
+
+    if v is None or v.status != "warn":
+        return []
+    rows, listing = [], []
+    for reg in v.details["regions"][:2]:
+        for cname, idx in list(reg.get("examples", {}).items())[:10]:
+            imgs = [(i, pics.img(i)) for i in idx]
+            imgs = [(i, a) for i, a in imgs if a is not None]
+            if not imgs:
+                continue
+            i0, a0 = imgs[0]
+            tiles = [(outlined(a0, reg["box"]), pics.cap(i0))]
+            tiles += [(crop(a, reg["box"]), "crop") for _, a in imgs]
+            rows.append((f"{cname[:14]} · {reg['region']}", tiles))
+        listing.append(
+            {
+                "region": reg["region"],
+                "area": f"{reg['area']:.1%}",
+                "classes": ", ".join(reg["classes"][:10]),
+                "min F1": min(reg["f1"][c] for c in reg["classes"]),
+            }
+        )
+    if rows:
+        v.figures["regions"] = thumb_rows(
+            rows, "data.label_in_pixels: the region (red) and each class's crops of it", pics.size
+        )
+    return [Section("Label written in the pixels", [Text(v.message), Table(listing)])]
