@@ -136,6 +136,23 @@ class InputStats(CheckSettings):
 
 
 @dataclass
+class SplitConsistency(CheckSettings):
+    # examples read from each split (a few batches: enough for stable channel statistics)
+    examples: int = 256
+    # channel means of val/test this many train stds from train's warn (2x fails): clean
+    # splits of digits/synthetic differ by <= 0.01, train-only RandAugment moves fed ones 0.32
+    max_shift: float = 0.35
+    # channel stds this many times train's (or 1/x) warn (squared fails): clean splits <= 1.01x
+    max_std_ratio: float = 1.3
+    # sharpness (1 - lag-1 autocorrelation) this many times train's warn (^1.8 fails): clean
+    # splits differ <= 3%, digits resized to half and back score 0.63x
+    max_sharpness_ratio: float = 1.25
+    # the augmented batches the loop feeds vs train's eval read: augmentation moves them
+    fed_max_shift: float = 1.0
+    fed_max_std_ratio: float = 2.0
+
+
+@dataclass
 class InitLoss(CheckSettings):
     # nats away from log C (or H(prior)) that still pass
     tolerance: float = 0.25
@@ -349,6 +366,13 @@ CHECKS: Dict[str, Check] = _checks(
         "runner.checks.pretrained:pretrained_norm",
         "baseline",
         "a pretrained model gets the mean/std/size/resize it was trained with",
+    ),
+    Check(
+        "input.split_consistency",
+        SplitConsistency,
+        "runner.checks.consistency:split_consistency",
+        "baseline",
+        "val/test fed like train: same shape, scale, normalisation, channel order, sharpness",
     ),
     Check(
         "init.loss",

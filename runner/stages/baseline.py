@@ -155,6 +155,15 @@ def checks_before_training(cfg, ctx, data, model, train_loader, x, y, device) ->
     out.append(
         run_check(c, "input.pretrained_norm", lambda s: _pretrained_norm(cfg, data, model, s))
     )
+    # every split through one pipeline: val/test fed as train is, augmentation aside
+    log.info("check: input.split_consistency (train vs val/test tensors as the loaders give them)")
+    out.append(
+        run_check(
+            c,
+            "input.split_consistency",
+            lambda s: _split_consistency(cfg, data, x, device, s),
+        )
+    )
     # the untrained model: loss at init, then init the final bias well
     log.info("check: init.loss (untrained model on %d examples vs log C)", min(n_init, len(y)))
     out.append(
@@ -305,6 +314,43 @@ def _pretrained_norm(cfg, data, model, s) -> Verdict:
         tolerance=float(s.tolerance),
         check_size=bool(s.check_size),
     )
+
+
+def _split_consistency(cfg, data, fed, device, s) -> Verdict:
+    """Each split read by its own loader in evaluation mode (train through the eval transform,
+    shuffled so that a class-sorted split is sampled evenly), and the batches the loop feeds."""
+    from runner.checks.consistency import split_consistency
+
+    n = int(s.examples)
+    views = {
+        name: _take(split.loader(cfg.trainer.batch_size, True, cfg.seed, device, train=False), n)
+        for name, split in data.splits().items()
+        if len(split)
+    }
+    return split_consistency(
+        views,
+        fed[:n],
+        data.mean,
+        data.std,
+        max_shift=float(s.max_shift),
+        max_std_ratio=float(s.max_std_ratio),
+        max_sharpness_ratio=float(s.max_sharpness_ratio),
+        fed_max_shift=float(s.fed_max_shift),
+        fed_max_std_ratio=float(s.fed_max_std_ratio),
+    )
+
+
+def _take(loader, n: int):
+    """The first n inputs a loader yields (None when it yields none)."""
+    import torch
+
+    xs, got = [], 0
+    for xb, _ in loader.epoch(0):
+        xs.append(xb)
+        got += len(xb)
+        if got >= n:
+            break
+    return torch.cat(xs)[:n] if xs else None
 
 
 def _split_labels(data, res, s) -> Verdict:
