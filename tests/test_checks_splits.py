@@ -3,6 +3,9 @@
 - input.split_consistency: val (or test) fed through another pipeline than train - left
   unnormalised, scaled to 0-255, channels reordered, resized another way (blurrier) - fails;
   clean digits, clean synthetic and train-only augmentation (aug=light, aug=strong) pass.
+- eval.bn_stats: BatchNorm whose running statistics never updated (momentum 0, kept in eval
+  mode while training, reset after it) fails, and so do running statistics from batches of
+  2; BatchNorm trained properly passes, models without BatchNorm (or with GroupNorm) skip.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import FAST, compose
+from torch import nn
 
+from runner.checks.batchnorm import bn_stats
 from runner.checks.consistency import sharpness, split_consistency
 from runner.data import TensorSplit, build_data, train_transform
 
@@ -235,3 +240,105 @@ def test_baseline_fails_a_val_split_fed_0_255_end_to_end(cli, tmp_path):
     assert v["status"] == "fail" and "val: std of channel(s) [0, 1, 2]" in v["message"]
     assert "0-255" in v["message"]
     assert v["artifacts"] and (r.run_dir / v["artifacts"][0]).exists()
+
+
+# ----------------------------------------------------------------------------- eval.bn_stats
+def bn_cnn(norm=nn.BatchNorm2d, momentum=0.1, pool=2) -> nn.Module:
+    """conv-BN-relu-pool-conv-pool-BN-relu-linear; pool=1 puts the second BN on 1x1 maps (a
+    ResNet's last stage at 16 px), where a batch of 2 gives it 2 values per channel."""
+    torch.manual_seed(0)
+    kw = {"momentum": momentum} if norm is nn.BatchNorm2d else {}
+
+    def n(c):
+        return norm(c, **kw) if norm is nn.BatchNorm2d else nn.GroupNorm(4, c)
+
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        n(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.AdaptiveAvgPool2d(pool),
+        n(16),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Dropout(0.3),  # dropout differs between modes too: the check must not blame BN
+        nn.Linear(16 * pool * pool, 10),
+    )
+
+
+@pytest.fixture(scope="module")
+def digit_batches(digits):
+    """Training examples of digits as the loop feeds them (normalised, 16 px)."""
+    return take(digits.train.loader(64, True, 0, CPU, train=True), 512), torch.cat(
+        [yb for _, yb in digits.train.loader(64, True, 0, CPU, train=True).epoch(0)]
+    )[:512]
+
+
+def fit(model, x, y, batch_size=32, steps=60, frozen=False, lr=3e-3):
+    opt = torch.optim.Adam(model.parameters(), lr)
+    model.train()
+    if frozen:  # the bug: BatchNorm kept in eval mode while the model trains
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+    for i in range(steps):
+        j = (i * batch_size) % (len(y) - batch_size)
+        loss = F.cross_entropy(model(x[j : j + batch_size]), y[j : j + batch_size])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model
+
+
+def test_bn_stats_passes_batchnorm_trained_properly_and_leaves_no_trace(digit_batches):
+    x, y = digit_batches
+    model = fit(bn_cnn(), x, y, lr=1e-3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    v = bn_stats(model, x[:64], y[:64], 32)
+    assert v.status == "pass", v.message
+    # measured: TV 0.01-0.06 on clean models; per-layer distance <= 0.17
+    assert v.value < 0.1 and v.details["layers"] == 2
+    assert model.training and all(torch.equal(before[k], t) for k, t in model.state_dict().items())
+
+
+@pytest.mark.parametrize("bug", ["momentum0", "frozen", "reset"])
+def test_bn_stats_fails_running_stats_that_never_updated(digit_batches, bug):
+    x, y = digit_batches
+    model = fit(bn_cnn(momentum=0.0 if bug == "momentum0" else 0.1), x, y, frozen=bug == "frozen")
+    if bug == "reset":
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.reset_running_stats()
+    v = bn_stats(model, x[:64], y[:64], 32)
+    assert v.status == "fail", v.message
+    assert v.details["never_updated"] == ["1", "6"]
+    assert "never moved from init" in v.message and "momentum" in v.message
+    assert "layers" in v.figures
+
+
+def test_bn_stats_fails_statistics_from_batches_of_two(digit_batches):
+    x, y = digit_batches
+    model = fit(bn_cnn(pool=1), x, y, batch_size=2, steps=300, lr=1e-3)
+    v = bn_stats(model, x[:64], y[:64], 2)
+    assert v.status == "fail", v.message
+    assert "too small for BatchNorm" in v.message and "GroupNorm" in v.message
+
+
+def test_bn_stats_skips_models_without_batchnorm(digit_batches):
+    x, y = digit_batches
+    from runner.models import TinyCNN
+
+    assert bn_stats(TinyCNN(10, 1, 8), x[:8], y[:8], 4).status == "skip"
+    v = bn_stats(fit(bn_cnn(norm=nn.GroupNorm), x, y, steps=5), x[:8], y[:8], 4)
+    assert v.status == "skip" and "no BatchNorm" in v.message
+    untracked = bn_cnn()
+    untracked[1] = nn.BatchNorm2d(8, track_running_stats=False)
+    untracked[6] = nn.BatchNorm2d(16, track_running_stats=False)
+    assert "track_running_stats=False" in bn_stats(untracked, x[:8], y[:8], 4).message
+
+
+def test_bn_stats_only_warns_on_a_run_too_short_for_its_running_stats(digit_batches):
+    x, y = digit_batches
+    v = bn_stats(fit(bn_cnn(), x, y, steps=6, lr=1e-2), x[:64], y[:64], 32)
+    assert v.status in ("pass", "warn"), v.message

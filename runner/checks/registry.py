@@ -253,6 +253,23 @@ class PretrainedNorm(CheckSettings):
 
 
 @dataclass
+class BnStats(CheckSettings):
+    # training examples compared (at least 2 batches of the run's batch size are used)
+    examples: int = 64
+    # mean total variation between train-mode-BN and eval-mode predictions that fails: clean
+    # test_resnet/resnet10t/efficientnet on digits <= 0.06, momentum 0 or frozen BN >= 0.29
+    max_tv: float = 0.25
+    # ... and that warns
+    warn_tv: float = 0.1
+    # a layer's running stats this far (median, in batch stds) from its batch statistics
+    # warn: clean <= 0.17, never updated 1.5-2.0
+    max_mismatch: float = 0.5
+    # one batch's mean this far (median, in stds) from the others' = batches too small for
+    # BatchNorm: batch 32 gives <= 0.07, batch 2 0.59-0.62
+    max_batch_noise: float = 0.3
+
+
+@dataclass
 class SplitLabels(CheckSettings):
     # the model has learned its training labels ...
     min_train_acc: float = 0.9
@@ -436,6 +453,13 @@ CHECKS: Dict[str, Check] = _checks(
         "runner.checks.evaluation:eval_repeatable",
         "baseline",
         "evaluating the same val examples twice gives the same logits",
+    ),
+    Check(
+        "eval.bn_stats",
+        BnStats,
+        "runner.checks.batchnorm:bn_stats",
+        "baseline",
+        "BatchNorm's running stats match the training batches (train vs eval mode agree)",
     ),
     Check(
         "train.split_labels",

@@ -70,7 +70,7 @@ def run(cfg, ctx: Context) -> StageResult:
     res = train_run(
         cfg, ctx, data=data, model=model, keep_val_logits=cfg.checks.predictions.enabled
     )
-    verdicts += checks_after_training(cfg, ctx, data, res, verdicts, device)
+    verdicts += checks_after_training(cfg, ctx, data, res, verdicts, device, (x, y))
 
     majority = majority_accuracy(data.train.labels, data.val.labels, data.num_classes)
     ii = next((v for v in verdicts if v.name == "baseline.input_independent"), None)
@@ -245,8 +245,12 @@ def checks_before_training(cfg, ctx, data, model, train_loader, x, y, device) ->
     return out
 
 
-def checks_after_training(cfg, ctx, data, res, before: List[Verdict], device) -> List[Verdict]:
-    """Checks that need the real run: finiteness, the dumb baselines, a falling loss."""
+def checks_after_training(
+    cfg, ctx, data, res, before: List[Verdict], device, examples=None
+) -> List[Verdict]:
+    """Checks that need the real run: finiteness, the dumb baselines, a falling loss.
+
+    `examples`: (x, y) training examples as the loop feeds them (the pool drawn before it)."""
     from runner.checks.evaluation import eval_repeatable
     from runner.checks.training import loss_decreases, train_finite
 
@@ -276,6 +280,8 @@ def checks_after_training(cfg, ctx, data, res, before: List[Verdict], device) ->
             ),
         )
     )
+    log.info("check: eval.bn_stats (BatchNorm in train vs eval mode on the same training batches)")
+    out.append(run_check(c, "eval.bn_stats", lambda s: _bn_stats(cfg, res, examples, s)))
     log.info("check: train.split_labels (val at chance while train is learned = a label mix-up)")
     out.append(run_check(c, "train.split_labels", lambda s: _split_labels(data, res, s)))
     log.info("check: train.loss_decreases (training loss over the run, from the loss at init)")
@@ -313,6 +319,27 @@ def _pretrained_norm(cfg, data, model, s) -> Verdict:
         pretrained=bool(cfg.model.pretrained),
         tolerance=float(s.tolerance),
         check_size=bool(s.check_size),
+    )
+
+
+def _bn_stats(cfg, res, examples, s) -> Verdict:
+    """The trained model on a few training batches at the run's batch size."""
+    from runner.checks.batchnorm import bn_stats
+
+    if res.nonfinite or not res.history or examples is None:
+        return skip("eval.bn_stats", "the real run did not finish: nothing to compare")
+    x, y = examples
+    bs = int(cfg.trainer.batch_size)
+    n = min(len(y), max(int(s.examples), 2 * bs))
+    return bn_stats(
+        res.model,
+        x[:n].to(res.device),
+        y[:n].to(res.device),
+        bs,
+        max_tv=float(s.max_tv),
+        warn_tv=float(s.warn_tv),
+        max_mismatch=float(s.max_mismatch),
+        max_batch_noise=float(s.max_batch_noise),
     )
 
 
