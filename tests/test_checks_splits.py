@@ -6,10 +6,14 @@
 - eval.bn_stats: BatchNorm whose running statistics never updated (momentum 0, kept in eval
   mode while training, reset after it) fails, and so do running statistics from batches of
   2; BatchNorm trained properly passes, models without BatchNorm (or with GroupNorm) skip.
+- eval.class_mapping: two classes swapped in val, or a class missing from val's class list
+  (the indices after it off by one), fail and are named; a clean model, genuinely
+  confusable classes and a model that never learned a class pass.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,6 +22,7 @@ from torch import nn
 
 from runner.checks.batchnorm import bn_stats
 from runner.checks.consistency import sharpness, split_consistency
+from runner.checks.evaluation import class_mapping, confusion
 from runner.data import TensorSplit, build_data, train_transform
 
 
@@ -342,3 +347,73 @@ def test_bn_stats_only_warns_on_a_run_too_short_for_its_running_stats(digit_batc
     x, y = digit_batches
     v = bn_stats(fit(bn_cnn(), x, y, steps=6, lr=1e-2), x[:64], y[:64], 32)
     assert v.status in ("pass", "warn"), v.message
+
+
+# ----------------------------------------------------------------------------- eval.class_mapping
+@pytest.fixture(scope="module")
+def digit_predictions():
+    """Nearest class mean on digits' pixels (train 70%, val 30%): (train labels, train
+    preds, val labels, val preds); ~90% accurate, its mistakes spread over several classes."""
+    from runner.data import digits_arrays
+
+    images, y = digits_arrays()
+    x = images.reshape(len(y), -1)
+    val = np.arange(len(y)) % 10 < 3
+    means = np.stack([x[~val & (y == c)].mean(0) for c in range(10)])
+
+    def predict(a):
+        return ((a[:, None, :] - means[None]) ** 2).sum(-1).argmin(1)
+
+    return y[~val], predict(x[~val]), y[val], predict(x[val])
+
+
+def test_class_mapping_passes_a_clean_model(digit_predictions):
+    ytr, ptr, yva, pva = digit_predictions
+    v = class_mapping(confusion(ytr, ptr, 10), {"val": confusion(yva, pva, 10)})
+    assert v.status == "pass", v.message
+    assert v.value < 0.2  # the worst genuine confusion of one class into another
+
+
+def test_class_mapping_fails_two_classes_swapped_in_val(digit_predictions):
+    ytr, ptr, yva, pva = digit_predictions
+    swapped = yva.copy()
+    swapped[yva == 1], swapped[yva == 7] = 7, 1
+    v = class_mapping(
+        confusion(ytr, ptr, 10), {"val": confusion(swapped, pva, 10)}, [f"d{k}" for k in range(10)]
+    )
+    assert v.status == "fail" and v.value == 2
+    assert "val: 'd1' and 'd7' are swapped" in v.message
+    assert "one class -> index map" in v.message
+    assert v.details["val"]["mapped"]["d1"]["to"] == "d7"
+    assert "confusion" in v.figures
+
+
+def test_class_mapping_fails_a_class_missing_from_val_and_names_the_shift(digit_predictions):
+    """val's class folders lack '3': its images are gone, and 4..9 get the indices 3..8."""
+    ytr, ptr, yva, pva = digit_predictions
+    keep = yva != 3
+    shifted = np.where(yva[keep] > 3, yva[keep] - 1, yva[keep])
+    v = class_mapping(confusion(ytr, ptr, 10), {"val": confusion(shifted, pva[keep], 10)})
+    assert v.status == "fail" and v.value == 6
+    assert "classes '3'..'8' are predicted as the class +1 from them" in v.message
+    assert "['9'] have no images here" in v.message
+    assert v.details["val"]["missing_classes"] == ["9"]
+
+
+def test_class_mapping_passes_confusable_and_unlearned_classes():
+    C = 4
+    train = np.diag([95, 95, 95, 60]).astype(np.int64)
+    train[3, 2] = 40  # class 3 is not learned on train (recall 0.6)
+    train[0, 1] = train[1, 0] = 5
+    val = np.diag([20, 50, 50, 15])
+    val[0, 1] = 28  # genuinely confusable: 58% of class 0 goes to 1, below the 0.6 share
+    val[0, 2] = 2
+    val[3, 2] = 35  # 70% of class 3 goes to 2, but train never learned class 3
+    v = class_mapping(train, {"val": val}, min_share=0.6)
+    assert v.status == "pass", v.message
+    # a test split is judged like val
+    test = np.diag([30, 30, 30, 30])
+    test[0, 0], test[0, 3] = 2, 28
+    v = class_mapping(train, {"val": val, "test": test})
+    assert v.status == "fail" and "test: '0' is predicted as '3' in 93%" in v.message
+    assert class_mapping(np.zeros((C, C)), {"val": val}).status == "skip"

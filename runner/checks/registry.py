@@ -279,6 +279,21 @@ class SplitLabels(CheckSettings):
     min_share: float = 0.8
 
 
+@dataclass
+class ClassMapping(CheckSettings):
+    # training examples the trained model scores (eval transform) for its train recall: ~100
+    # a class on digits, 0.2 s there (a 10th of the run's own evaluation work per epoch)
+    examples: int = 1000
+    # share of a split's images of one class predicted as ONE other class that names a
+    # remapping: a swap or an off-by-one puts ~all there; digits' worst genuine confusion
+    # of a trained model stays below 0.3
+    min_share: float = 0.6
+    # ... for a class the model knows on train (a weak class is weak everywhere)
+    min_train_recall: float = 0.8
+    # classes with fewer images in the split (or in train) are not judged
+    min_examples: int = 5
+
+
 # stage=overfit: its run stops once the training loss reaches train_loss_target
 @dataclass
 class TrainFit(CheckSettings):
@@ -467,6 +482,13 @@ CHECKS: Dict[str, Check] = _checks(
         "runner.checks.evaluation:split_labels",
         "baseline",
         "train and val use one label mapping (val not at chance)",
+    ),
+    Check(
+        "eval.class_mapping",
+        ClassMapping,
+        "runner.checks.evaluation:class_mapping",
+        "baseline",
+        "no class means another class in val/test than in train (swaps, shifted indices)",
     ),
     # stage=overfit (recipe stage 3)
     Check(

@@ -284,6 +284,8 @@ def checks_after_training(
     out.append(run_check(c, "eval.bn_stats", lambda s: _bn_stats(cfg, res, examples, s)))
     log.info("check: train.split_labels (val at chance while train is learned = a label mix-up)")
     out.append(run_check(c, "train.split_labels", lambda s: _split_labels(data, res, s)))
+    log.info("check: eval.class_mapping (per-class confusion on val/test vs train recall)")
+    out.append(run_check(c, "eval.class_mapping", lambda s: _class_mapping(cfg, data, res, s)))
     log.info("check: train.loss_decreases (training loss over the run, from the loss at init)")
     init = next((v for v in before if v.name == "init.bias" and v.status != "skip"), None) or next(
         (v for v in before if v.name == "init.loss" and v.status != "skip"), None
@@ -340,6 +342,43 @@ def _bn_stats(cfg, res, examples, s) -> Verdict:
         warn_tv=float(s.warn_tv),
         max_mismatch=float(s.max_mismatch),
         max_batch_noise=float(s.max_batch_noise),
+    )
+
+
+def _class_mapping(cfg, data, res, s) -> Verdict:
+    """The final model's confusion on val (its last evaluation) and test (the final scoring,
+    when the data has one) against its own confusion on training examples."""
+    import torch
+
+    from runner.checks.evaluation import class_mapping
+    from runner.checks.probes import preserved
+
+    if res.nonfinite or not res.history or res.last is None:
+        return skip("eval.class_mapping", "the real run did not finish: nothing to compare")
+    C, train_cm, seen = data.num_classes, None, 0
+    loader = data.train.loader(2 * cfg.trainer.batch_size, True, cfg.seed, res.device, train=False)
+    with preserved(res.model), torch.no_grad():
+        res.model.eval()
+        for xb, yb in loader.epoch(0):
+            pred = res.model(xb).argmax(1)
+            counts = torch.bincount(yb * C + pred, minlength=C * C)[: C * C].cpu()
+            train_cm = counts if train_cm is None else train_cm + counts
+            seen += len(yb)
+            if seen >= int(s.examples):
+                break
+    if train_cm is None:
+        return skip("eval.class_mapping", "no training examples to score")
+    splits = {"val": res.last.val_confusion}
+    test = (res.final or {}).get("test")
+    if test and test.get("confusion"):
+        splits["test"] = torch.tensor(test["confusion"])
+    return class_mapping(
+        train_cm.view(C, C),
+        splits,
+        data.class_names,
+        min_share=float(s.min_share),
+        min_train_recall=float(s.min_train_recall),
+        min_examples=int(s.min_examples),
     )
 
 
