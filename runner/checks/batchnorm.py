@@ -81,8 +81,8 @@ def bn_stats(
     stats stand more than `max_mismatch` away from its batch statistics. The message names
     the worst layers, and blames small batches when one batch's mean strays more than
     `max_batch_noise` stds from the others' (fail when the modes also differ). A short run
-    whose layers tracked fewer than 3 / momentum batches lags by construction: warn, not
-    fail, on the divergence alone. Skip without BatchNorm (or running stats).
+    whose layers tracked fewer than 3 / momentum batches lags by construction: it warns at
+    most, unless the stats never moved at all. Skip without BatchNorm (or running stats).
     """
     name = "eval.bn_stats"
     bns = [(n, m) for n, m in model.named_modules() if isinstance(m, _BatchNorm)]
@@ -210,7 +210,7 @@ def bn_stats(
             "carry part of their init; train longer before trusting eval-mode numbers"
         )
     figures = {}
-    if never or (noisy and tv > warn_tv) or (tv > max_tv and not lagging):
+    if never or (not lagging and ((noisy and tv > warn_tv) or tv > max_tv)):
         status = "fail"
     elif tv > warn_tv or off or noisy:
         status = "warn"
