@@ -106,6 +106,15 @@ def test_split_consistency_passes_clean_synthetic_and_colour(colour):
         assert verdict.status == "pass", verdict.message
 
 
+def test_split_consistency_judges_a_split_of_a_few_images_by_its_sampling_error(digits):
+    train = digits.train.get(range(256))[0]
+    for k in range(10):
+        idx = torch.randperm(len(digits.val), generator=torch.Generator().manual_seed(k))[:4]
+        v = split_consistency({"train": train, "val": digits.val.get(idx.tolist())[0]})
+        assert v.status == "pass", v.message
+        assert v.details["val"]["tolerance"]["shift"] > 0.35  # widened by 2 standard errors
+
+
 def _with_val(data, make):
     """A copy of the bundle whose val split holds `make(raw val uint8)` (a planted bug)."""
     import copy

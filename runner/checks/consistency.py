@@ -38,7 +38,22 @@ def view_stats(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> 
     q = torch.quantile(
         flat[:, :: max(1, flat.shape[1] // 20000)], torch.tensor([0.05, 0.5, 0.95]), dim=1
     )
+    pooled_sd = flat.std(1).clamp_min(1e-12)
+    xi = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    n = len(x)
+    img_means = xi.mean(dim=(2, 3))
+    img_stds = xi.flatten(2).std(2) if xi[0, 0].numel() > 1 else torch.zeros_like(img_means)
+    sharp = per_image_sharpness(xi)
+    sharp = sharp[torch.isfinite(sharp)]
     return {
+        "n": n,
+        # how much single images vary (relative to the pooled std): what sets the sampling
+        # error of the split's statistics, so a split of 5 images is judged more loosely
+        "img_mean_rel_sd": (img_means.std(0) / pooled_sd).tolist() if n > 1 else [0.0] * c,
+        "img_std_rel_sd": (img_stds.std(0) / pooled_sd).tolist() if n > 1 else [0.0] * c,
+        "sharpness_rel_sd": float(sharp.std() / sharp.mean().clamp_min(1e-12))
+        if len(sharp) > 1
+        else 0.0,
         "shape": list(x.shape[1:]),
         "mean": flat.mean(1).tolist(),
         "std": flat.std(1).tolist(),
@@ -65,6 +80,18 @@ def sharpness(x: torch.Tensor) -> torch.Tensor:
     ok = var > 1e-8
     num = torch.where(ok, r, torch.zeros_like(r)).sum(0)
     return num / ok.sum(0).clamp_min(1)
+
+
+def per_image_sharpness(x: torch.Tensor) -> torch.Tensor:
+    """[N]: each image's sharpness (as `sharpness`), averaged over its non-constant channels."""
+    if x.dim() != 4 or x.shape[-1] < 2 or x.shape[-2] < 2:
+        return torch.full((len(x),), math.nan)
+    var = x.var(dim=(2, 3))
+    dh = (x[..., 1:] - x[..., :-1]).pow(2).mean(dim=(2, 3))
+    dv = (x[..., 1:, :] - x[..., :-1, :]).pow(2).mean(dim=(2, 3))
+    r = (dh + dv) / 4 / var.clamp_min(1e-12)
+    ok = var > 1e-8
+    return torch.where(ok, r, torch.zeros_like(r)).sum(1) / ok.sum(1).clamp_min(1)
 
 
 def _raw(x: torch.Tensor, mean, std) -> torch.Tensor:
@@ -114,6 +141,20 @@ def compare(
     sd = [max(s, 1e-6) for s in ref["std"]]
     shift = [(other["mean"][i] - ref["mean"][i]) / sd[i] for i in range(c)]
     ratio = [max(other["std"][i], 1e-12) / sd[i] for i in range(c)]
+    # two standard errors of each figure (from how much single images vary) widen the
+    # thresholds: they matter for a split of a few images, hardly for a few hundred
+    nr, no = max(ref["n"], 1), max(other["n"], 1)
+
+    def se(key, i=None):
+        a, b = (ref[key], other[key]) if i is None else (ref[key][i], other[key][i])
+        return math.sqrt(a * a / nr + b * b / no)
+
+    tol_shift = max_shift + 2 * max(se("img_mean_rel_sd", i) for i in range(c))
+    tol_ratio = max_std_ratio * math.exp(2 * max(se("img_std_rel_sd", i) for i in range(c)))
+    max_shift, max_std_ratio = tol_shift, tol_ratio
+    out["tolerance"] = {"shift": round(tol_shift, 4), "std_ratio": round(tol_ratio, 4)}
+    if max_sharpness_ratio is not None:
+        max_sharpness_ratio = max_sharpness_ratio * math.exp(2 * se("sharpness_rel_sd"))
     out.update(shift=[round(v, 4) for v in shift], std_ratio=[round(v, 4) for v in ratio])
     if loose:
         # augmentation (colour ops, equalize, invert) can move one channel far; a pipeline
