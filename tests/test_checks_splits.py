@@ -426,3 +426,7 @@ def test_class_mapping_passes_confusable_and_unlearned_classes():
     v = class_mapping(train, {"val": val, "test": test})
     assert v.status == "fail" and "test: '0' is predicted as '3' in 93%" in v.message
     assert class_mapping(np.zeros((C, C)), {"val": val}).status == "skip"
+    # 4 of a class's 5 val images to one other class is too few images to name a mapping
+    few = np.diag([20, 20, 20, 1])
+    few[3, 0] = 4
+    assert class_mapping(np.diag([50, 50, 50, 50]), {"val": few}).status == "pass"

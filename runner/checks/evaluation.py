@@ -331,8 +331,9 @@ def mapped_classes(
 ) -> dict[int, dict[str, float]]:
     """{class: {"to", "share", "train_recall"}} for classes the model knows on train (recall
     >= `min_train_recall`) whose images in this split go, at least `min_share` of them, to
-    ONE other class: a label that means another class here, not a hard class (a hard class
-    is hard in train too, and its mistakes spread)."""
+    ONE other class (and at least `min_examples` images): a label that means another class
+    here, not a hard class (a hard class is hard in train too, and its mistakes spread).
+    The other half of a swap (j's images going back to c) needs half that train recall."""
     tr, cf = np.asarray(train_conf, np.float64), np.asarray(conf, np.float64)
     out = {}
     for c in range(cf.shape[0]):
@@ -344,7 +345,8 @@ def mapped_classes(
         row[c] = -1
         j = int(row.argmax())
         share = cf[c, j] / n
-        if share >= min_share and recall_tr >= min_train_recall:
+        # at least min_examples images moved, so a class of 5 does not fail on 3 by chance
+        if share >= min_share and cf[c, j] >= min_examples and recall_tr >= min_train_recall:
             out[c] = {"to": j, "share": float(share), "train_recall": float(recall_tr)}
     # the other half of a swap: j's images go to c as systematically; a swap is evidence
     # enough that j needs only half the train recall
@@ -354,7 +356,8 @@ def mapped_classes(
         if j in out or n < min_examples or n_tr < min_examples:
             continue
         share, recall_tr = cf[j, c] / n, tr[j, j] / n_tr
-        if share >= min_share and recall_tr >= min_train_recall / 2:
+        moved = cf[j, c] >= min_examples
+        if share >= min_share and moved and recall_tr >= min_train_recall / 2:
             out[j] = {"to": c, "share": float(share), "train_recall": float(recall_tr)}
     return out
 

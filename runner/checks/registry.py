@@ -290,7 +290,8 @@ class ClassMapping(CheckSettings):
     min_share: float = 0.6
     # ... for a class the model knows on train (a weak class is weak everywhere)
     min_train_recall: float = 0.8
-    # classes with fewer images in the split (or in train) are not judged
+    # classes with fewer images in the split (or in train), or fewer images moved to the
+    # other class, are not judged: 3 of 5 is chance, not a mapping
     min_examples: int = 5
 
 
