@@ -130,7 +130,8 @@ def bn_stats(
             lt = torch.cat([model(xb).float() for xb in x.split(bs)])
             record[0] = False
             model.eval()
-            le = torch.cat([model(xb).float() for xb in x.split(bs)])
+            # eval mode treats each example alone: one pass per 64 is the same, and cheaper
+            le = torch.cat([model(xb).float() for xb in x.split(max(bs, 64))])
         finally:
             for h in handles:
                 h.remove()
