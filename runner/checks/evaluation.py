@@ -427,6 +427,9 @@ def class_mapping(
     names = [str(c) for c in (class_names or range(C))]
     if tr.sum() == 0:
         return skip(name, "no training predictions to compare with")
+    split_confusions = {k: v for k, v in split_confusions.items() if v is not None}
+    if not split_confusions:
+        return skip(name, "no val/test predictions to compare with")
     expected = (
         f"no class with train recall >= {min_train_recall:g} has >= {min_share:.0%} of a "
         "split's images predicted as one other class"
