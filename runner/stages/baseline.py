@@ -356,7 +356,9 @@ def _class_mapping(cfg, data, res, s) -> Verdict:
     if res.nonfinite or not res.history or res.last is None:
         return skip("eval.class_mapping", "the real run did not finish: nothing to compare")
     C, train_cm, seen = data.num_classes, None, 0
-    loader = data.train.loader(2 * cfg.trainer.batch_size, True, cfg.seed, res.device, train=False)
+    # evaluation batches: their size changes nothing in eval mode, only the cost
+    bs = max(2 * int(cfg.trainer.batch_size), 128)
+    loader = data.train.loader(bs, True, cfg.seed, res.device, train=False)
     with preserved(res.model), torch.no_grad():
         res.model.eval()
         for xb, yb in loader.epoch(0):
