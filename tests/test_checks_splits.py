@@ -172,6 +172,18 @@ def test_split_consistency_fails_val_resized_another_way(digits, factor):
     assert verdict.details["val"]["sharpness_ratio"][0] < 0.67
 
 
+def test_split_consistency_flags_val_resized_with_another_filter(digits):
+    """val upsampled 8 -> 16 px with nearest (blocky) where train used bilinear."""
+    nearest = build_data(compose(["data=digits", "data.interpolation=nearest"]).data)
+    v = split_consistency(
+        {"train": digits.train.get(range(256))[0], "val": nearest.val.get(range(256))[0]},
+        mean=digits.mean,
+        std=digits.std,
+    )
+    # measured: sharpness 2.47x train's (bicubic: 1.34x, a warning)
+    assert v.status == "fail" and "sharper (blockier) than train" in v.message
+
+
 def test_split_consistency_fails_another_size_or_channel_count(digits):
     v, fed = views(digits)
     v["test"] = F.interpolate(v["test"], size=(24, 24), mode="bilinear")

@@ -391,7 +391,10 @@ def _split_consistency(cfg, data, fed, device, s) -> Verdict:
 
     n = int(s.examples)
     views = {
-        name: _take(split.loader(cfg.trainer.batch_size, True, cfg.seed, device, train=False), n)
+        name: _take(
+            split.loader(max(int(cfg.trainer.batch_size), 64), True, cfg.seed, device, train=False),
+            n,
+        )
         for name, split in data.splits().items()
         if len(split)
     }
