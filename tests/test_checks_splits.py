@@ -50,7 +50,7 @@ def take(loader, n=256):
 _AUG = {}
 
 
-def views(data, aug="none", n=128):
+def views(data, aug="none", n=64):
     """What the baseline hands the check: each split through its eval loader, and the
     training batches as the loop feeds them (with `aug`)."""
     if aug not in _AUG:
