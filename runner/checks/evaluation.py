@@ -331,7 +331,9 @@ def mapped_classes(
 ) -> dict[int, dict[str, float]]:
     """{class: {"to", "share", "train_recall"}} for classes the model knows on train (recall
     >= `min_train_recall`) whose images in this split go, at least `min_share` of them, to
-    ONE other class (and at least `min_examples` images): a label that means another class
+    ONE other class (at least `min_examples` images, and surely more than half: Wilson's
+    99% lower bound above 0.5, which two look-alike classes splitting ~50/50 never reach by
+    chance): a label that means another class
     here, not a hard class (a hard class is hard in train too, and its mistakes spread).
     The other half of a swap (j's images going back to c) needs half that train recall."""
     tr, cf = np.asarray(train_conf, np.float64), np.asarray(conf, np.float64)
@@ -345,8 +347,14 @@ def mapped_classes(
         row[c] = -1
         j = int(row.argmax())
         share = cf[c, j] / n
-        # at least min_examples images moved, so a class of 5 does not fail on 3 by chance
-        if share >= min_share and cf[c, j] >= min_examples and recall_tr >= min_train_recall:
+        # at least min_examples images moved, and more than half of the class with 99%
+        # confidence: two classes that look alike split ~50/50, a remapping moves ~all
+        if (
+            share >= min_share
+            and cf[c, j] >= min_examples
+            and _surely_most(cf[c, j], n)
+            and recall_tr >= min_train_recall
+        ):
             out[c] = {"to": j, "share": float(share), "train_recall": float(recall_tr)}
     # the other half of a swap: j's images go to c as systematically; a swap is evidence
     # enough that j needs only half the train recall
@@ -356,10 +364,19 @@ def mapped_classes(
         if j in out or n < min_examples or n_tr < min_examples:
             continue
         share, recall_tr = cf[j, c] / n, tr[j, j] / n_tr
-        moved = cf[j, c] >= min_examples
+        moved = cf[j, c] >= min_examples and _surely_most(cf[j, c], n)
         if share >= min_share and moved and recall_tr >= min_train_recall / 2:
             out[j] = {"to": c, "share": float(share), "train_recall": float(recall_tr)}
     return out
+
+
+def _surely_most(k: float, n: float) -> bool:
+    """k of n is more than half, with 99% confidence (Wilson's lower bound above 0.5): a
+    50/50 split passes as one by chance in ~0.3% of classes; 7 of 7 is enough."""
+    from runner.metrics import wilson_interval
+
+    low = wilson_interval(int(k), int(n), z=2.576)[0]
+    return low is not None and low > 0.5
 
 
 def _patterns(mapped: dict[int, dict], support: np.ndarray, names: Sequence[str]) -> list[str]:
