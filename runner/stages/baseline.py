@@ -342,6 +342,8 @@ def _bn_stats(cfg, res, examples, s) -> Verdict:
         warn_tv=float(s.warn_tv),
         max_mismatch=float(s.max_mismatch),
         max_batch_noise=float(s.max_batch_noise),
+        small_batch_tv=float(s.small_batch_tv),
+        min_steps=int(s.min_steps),
     )
 
 
