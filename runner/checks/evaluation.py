@@ -319,3 +319,219 @@ def split_labels(
         f"{train_acc:.3f}); the splits agree on their labels",
         details=details,
     )
+
+
+# ----------------------------------------------------------------------------- class mapping
+def mapped_classes(
+    train_conf: np.ndarray,
+    conf: np.ndarray,
+    min_share: float = 0.6,
+    min_train_recall: float = 0.8,
+    min_examples: int = 5,
+) -> dict[int, dict[str, float]]:
+    """{class: {"to", "share", "train_recall"}} for classes the model knows on train (recall
+    >= `min_train_recall`) whose images in this split go, at least `min_share` of them, to
+    ONE other class (at least `min_examples` images, and surely more than half: Wilson's
+    99% lower bound above 0.5, which two look-alike classes splitting ~50/50 never reach by
+    chance): a label that means another class
+    here, not a hard class (a hard class is hard in train too, and its mistakes spread).
+    The other half of a swap (j's images going back to c) needs half that train recall."""
+    tr, cf = np.asarray(train_conf, np.float64), np.asarray(conf, np.float64)
+    out = {}
+    for c in range(cf.shape[0]):
+        n, n_tr = cf[c].sum(), tr[c].sum()
+        if n < min_examples or n_tr < min_examples:
+            continue
+        recall_tr = tr[c, c] / n_tr
+        row = cf[c].copy()
+        row[c] = -1
+        j = int(row.argmax())
+        share = cf[c, j] / n
+        # at least min_examples images moved, and more than half of the class with 99%
+        # confidence: two classes that look alike split ~50/50, a remapping moves ~all
+        if (
+            share >= min_share
+            and cf[c, j] >= min_examples
+            and _surely_most(cf[c, j], n)
+            and recall_tr >= min_train_recall
+        ):
+            out[c] = {"to": j, "share": float(share), "train_recall": float(recall_tr)}
+    # the other half of a swap: j's images go to c as systematically; a swap is evidence
+    # enough that j needs only half the train recall
+    for c, m in list(out.items()):
+        j = m["to"]
+        n, n_tr = cf[j].sum(), tr[j].sum()
+        if j in out or n < min_examples or n_tr < min_examples:
+            continue
+        share, recall_tr = cf[j, c] / n, tr[j, j] / n_tr
+        moved = cf[j, c] >= min_examples and _surely_most(cf[j, c], n)
+        if share >= min_share and moved and recall_tr >= min_train_recall / 2:
+            out[j] = {"to": c, "share": float(share), "train_recall": float(recall_tr)}
+    return out
+
+
+def _surely_most(k: float, n: float) -> bool:
+    """k of n is more than half, with 99% confidence (Wilson's lower bound above 0.5): a
+    50/50 split passes as one by chance in ~0.3% of classes; 7 of 7 is enough."""
+    from runner.metrics import wilson_interval
+
+    low = wilson_interval(int(k), int(n), z=2.576)[0]
+    return low is not None and low > 0.5
+
+
+def _patterns(mapped: dict[int, dict], support: np.ndarray, names: Sequence[str]) -> list[str]:
+    """Swapped pairs and shifted runs of classes, in words (the rest one by one)."""
+    said, out = set(), []
+    for c, m in mapped.items():
+        j = m["to"]
+        if j in mapped and mapped[j]["to"] == c and c < j:
+            out.append(f"{names[c]!r} and {names[j]!r} are swapped")
+            said |= {c, j}
+    runs: list[list[int]] = []
+    for c in sorted(set(mapped) - said):
+        d = mapped[c]["to"] - c
+        if runs and runs[-1][-1] == c - 1 and mapped[runs[-1][-1]]["to"] - (c - 1) == d:
+            runs[-1].append(c)
+        else:
+            runs.append([c])
+    for run in runs:
+        d = mapped[run[0]]["to"] - run[0]
+        if len(run) >= 2 and abs(d) == 1:
+            lo, hi = run[0], run[-1]
+            empty = [k for k in (lo - 1, hi + 1, lo + d, hi + d) if 0 <= k < len(support)]
+            gone = sorted({k for k in empty if support[k] == 0 and k not in mapped})
+            why = (
+                f"; class(es) {[names[k] for k in gone]} have no images here: a class "
+                "missing from this split's class list shifts the indices after it"
+                if gone
+                else ""
+            )
+            out.append(
+                f"classes {names[lo]!r}..{names[hi]!r} are predicted as the class {d:+d} "
+                f"from them (labels off by one){why}"
+            )
+        else:
+            out += [
+                f"{names[c]!r} is predicted as {names[mapped[c]['to']]!r} in "
+                f"{mapped[c]['share']:.0%} of its images"
+                for c in run
+            ]
+    return out
+
+
+def class_mapping(
+    train_confusion,
+    split_confusions: dict[str, Any],
+    class_names: Sequence[str] | None = None,
+    min_share: float = 0.6,
+    min_train_recall: float = 0.8,
+    min_examples: int = 5,
+) -> Verdict:
+    """eval.class_mapping: no class means another class in val (or test) than in train.
+
+    `train_confusion`: counts[true, predicted] of the trained model on training examples
+    (read through the eval transform); `split_confusions`: {"val": counts, "test": ...} of
+    the same model. Fail when a class the model knows on train (recall >= `min_train_recall`)
+    has `min_share` or more of a split's images predicted as ONE other class: two classes
+    swapped in that split, or a class missing from its class list so that the indices after
+    it shift by one. train.split_labels fires only when the whole split is at chance; this
+    one names a few classes. Genuinely confusable classes spread their mistakes and are
+    weaker on train too: they pass.
+    """
+    name = "eval.class_mapping"
+    tr = np.asarray(torch.as_tensor(train_confusion).cpu(), np.int64)
+    C = tr.shape[0]
+    names = [str(c) for c in (class_names or range(C))]
+    if tr.sum() == 0:
+        return skip(name, "no training predictions to compare with")
+    split_confusions = {k: v for k, v in split_confusions.items() if v is not None}
+    if not split_confusions:
+        return skip(name, "no val/test predictions to compare with")
+    expected = (
+        f"no class with train recall >= {min_train_recall:g} has >= {min_share:.0%} of a "
+        "split's images predicted as one other class"
+    )
+    recall_tr = np.diag(tr) / np.maximum(tr.sum(1), 1)
+    details: dict[str, Any] = {"train_recall": [round(float(r), 4) for r in recall_tr]}
+    found, worst, worst_at = [], 0.0, None
+    for split, cm in split_confusions.items():
+        if cm is None:
+            continue
+        cf = np.asarray(torch.as_tensor(cm).cpu(), np.int64)
+        mapped = mapped_classes(tr, cf, min_share, min_train_recall, min_examples)
+        off = cf.astype(np.float64) / np.maximum(cf.sum(1, keepdims=True), 1)
+        np.fill_diagonal(off, 0)
+        known = recall_tr >= min_train_recall
+        if known.any() and off[known].max() > worst:
+            worst = float(off[known].max())
+            r = int(np.flatnonzero(known)[off[known].max(1).argmax()])
+            worst_at = (split, names[r], names[int(off[r].argmax())])
+        support = cf.sum(1)
+        details[split] = {
+            "mapped": {
+                names[c]: {**m, "to": names[m["to"]], "share": round(m["share"], 4)}
+                for c, m in mapped.items()
+            },
+            "missing_classes": [names[k] for k in range(C) if support[k] == 0 and tr[k].sum()],
+        }
+        if mapped:
+            found.append((split, mapped, _patterns(mapped, support, names)))
+    if not found:
+        near = (
+            f"; the most systematic mistake: {worst_at[0]} {worst_at[1]!r} -> {worst_at[2]!r} "
+            f"in {worst:.0%} of its images"
+            if worst_at
+            else ""
+        )
+        return Verdict(
+            name,
+            "pass",
+            value=round(worst, 4),
+            expected=expected,
+            message=f"every class the model knows on train keeps its label in "
+            f"{', '.join(split_confusions)}{near}",
+            details=details,
+        )
+    text = "; ".join(f"{split}: " + "; ".join(p) for split, _, p in found)
+    n = sum(len(m) for _, m, _ in found)
+    split0, mapped0, _ = found[0]
+    c0 = max(mapped0, key=lambda c: mapped0[c]["share"])
+    figures = {"confusion": _mapping_figure(tr, split_confusions[split0], split0, mapped0, names)}
+    return Verdict(
+        name,
+        "fail",
+        value=n,
+        expected=expected,
+        message=f"{n} class(es) mean another class than in train. {text} (e.g. {split0} "
+        f"{names[c0]!r}: {mapped0[c0]['share']:.0%} predicted as "
+        f"{names[mapped0[c0]['to']]!r}, train recall {mapped0[c0]['train_recall']:.0%}). "
+        "Build one class -> index map (train's sorted class names) and use it for every "
+        "split; check the split's class folders for a missing or misnamed class",
+        details=details,
+        figures=figures,
+    )
+
+
+def _mapping_figure(train_conf, conf, split: str, mapped: dict, names: Sequence[str]):
+    """Row-normalised confusion on train and on the split, the remapped cells boxed."""
+    import matplotlib.pyplot as plt
+
+    import runner.plots  # noqa: F401  (Agg)
+
+    C = len(names)
+    size = min(10.0, 2.0 + 0.3 * C)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size, size * 0.9))
+    for ax, cm, title in ((axes[0], train_conf, "train"), (axes[1], conf, split)):
+        cm = np.asarray(torch.as_tensor(cm).cpu(), np.float64)
+        ax.imshow(cm / np.maximum(cm.sum(1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
+        for c, m in mapped.items():
+            ax.add_patch(
+                plt.Rectangle((m["to"] - 0.5, c - 0.5), 1, 1, fill=False, color="red", lw=1.5)
+            )
+        if C <= 30:
+            ax.set_xticks(range(C), names, rotation=90, fontsize=6)
+            ax.set_yticks(range(C), names, fontsize=6)
+        ax.set(xlabel="predicted", ylabel="label", title=f"{title} (share of each label)")
+    fig.suptitle("Classes predicted as one other class outside train (boxed)", fontsize=9)
+    fig.tight_layout()
+    return fig

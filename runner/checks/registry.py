@@ -159,6 +159,23 @@ class InputStats(CheckSettings):
 
 
 @dataclass
+class SplitConsistency(CheckSettings):
+    # examples read from each split (a few batches: enough for stable channel statistics)
+    examples: int = 256
+    # channel means of val/test this many train stds from train's warn (2x fails): clean
+    # splits of digits/synthetic differ by <= 0.01, train-only RandAugment moves fed ones 0.32
+    max_shift: float = 0.35
+    # channel stds this many times train's (or 1/x) warn (squared fails): clean splits <= 1.01x
+    max_std_ratio: float = 1.3
+    # sharpness (1 - lag-1 autocorrelation) this many times train's warn (^1.8 fails): clean
+    # splits differ <= 3%, digits resized to half and back score 0.63x
+    max_sharpness_ratio: float = 1.25
+    # the augmented batches the loop feeds vs train's eval read: augmentation moves them
+    fed_max_shift: float = 1.0
+    fed_max_std_ratio: float = 2.0
+
+
+@dataclass
 class InitLoss(CheckSettings):
     # nats away from log C (or H(prior)) that still pass
     tolerance: float = 0.25
@@ -291,6 +308,28 @@ class PretrainedNorm(CheckSettings):
 
 
 @dataclass
+class BnStats(CheckSettings):
+    # training examples compared (at least 2 batches of the run's batch size are used)
+    examples: int = 64
+    # mean total variation between train-mode-BN and eval-mode predictions that fails: clean
+    # test_resnet/resnet10t/efficientnet on digits <= 0.06, momentum 0 or frozen BN >= 0.29
+    max_tv: float = 0.25
+    # ... and that warns (resnet18 after 2 digits epochs, stats lagging the weights: 0.17)
+    warn_tv: float = 0.2
+    # a layer's running stats this far (median, in batch stds) from its batch statistics
+    # warn: clean <= 0.17, never updated 1.5-2.0
+    max_mismatch: float = 0.5
+    # one batch's mean this far (median, in stds) from the others' = batches too small for
+    # BatchNorm: batch 32 gives <= 0.07, batch 2 0.59-0.62
+    max_batch_noise: float = 0.3
+    # ... which fails when the two modes differ this much too (batch 2: TV 0.12-0.38)
+    small_batch_tv: float = 0.1
+    # fewer optimiser steps than this and the running stats lag by construction (momentum
+    # 0.1 leaves 0.9^30 = 4% of init): not judged (FAST runs of 16 steps: TV 0.13-0.14)
+    min_steps: int = 30
+
+
+@dataclass
 class SplitLabels(CheckSettings):
     # the model has learned its training labels ...
     min_train_acc: float = 0.9
@@ -298,6 +337,22 @@ class SplitLabels(CheckSettings):
     margin: float = 0.05
     # share of a val class predicted as ONE other class that names it a relabelling
     min_share: float = 0.8
+
+
+@dataclass
+class ClassMapping(CheckSettings):
+    # training examples the trained model scores (eval transform) for its train recall: ~100
+    # a class on digits, 0.2 s there (a 10th of the run's own evaluation work per epoch)
+    examples: int = 1000
+    # share of a split's images of one class predicted as ONE other class that names a
+    # remapping: a swap or an off-by-one puts ~all there; digits' worst genuine confusion
+    # of a trained model stays below 0.3
+    min_share: float = 0.6
+    # ... for a class the model knows on train (a weak class is weak everywhere)
+    min_train_recall: float = 0.8
+    # classes with fewer images in the split (or in train), or fewer images moved to the
+    # other class, are not judged: 3 of 5 is chance, not a mapping
+    min_examples: int = 5
 
 
 # stage=overfit: its run stops once the training loss reaches train_loss_target
@@ -420,6 +475,13 @@ CHECKS: Dict[str, Check] = _checks(
         "a pretrained model gets the mean/std/size/resize it was trained with",
     ),
     Check(
+        "input.split_consistency",
+        SplitConsistency,
+        "runner.checks.consistency:split_consistency",
+        "baseline",
+        "val/test fed like train: same shape, scale, normalisation, channel order, sharpness",
+    ),
+    Check(
         "aug.label_preserving",
         LabelPreserving,
         "runner.checks.augment:label_preserving",
@@ -490,11 +552,25 @@ CHECKS: Dict[str, Check] = _checks(
         "evaluating the same val examples twice gives the same logits",
     ),
     Check(
+        "eval.bn_stats",
+        BnStats,
+        "runner.checks.batchnorm:bn_stats",
+        "baseline",
+        "BatchNorm's running stats match the training batches (train vs eval mode agree)",
+    ),
+    Check(
         "train.split_labels",
         SplitLabels,
         "runner.checks.evaluation:split_labels",
         "baseline",
         "train and val use one label mapping (val not at chance)",
+    ),
+    Check(
+        "eval.class_mapping",
+        ClassMapping,
+        "runner.checks.evaluation:class_mapping",
+        "baseline",
+        "no class means another class in val/test than in train (swaps, shifted indices)",
     ),
     # stage=overfit (recipe stage 3)
     Check(

@@ -70,7 +70,7 @@ def run(cfg, ctx: Context) -> StageResult:
     res = train_run(
         cfg, ctx, data=data, model=model, keep_val_logits=cfg.checks.predictions.enabled
     )
-    verdicts += checks_after_training(cfg, ctx, data, res, verdicts, device)
+    verdicts += checks_after_training(cfg, ctx, data, res, verdicts, device, (x, y))
 
     majority = majority_accuracy(data.train.labels, data.val.labels, data.num_classes)
     ii = next((v for v in verdicts if v.name == "baseline.input_independent"), None)
@@ -154,6 +154,15 @@ def checks_before_training(cfg, ctx, data, model, train_loader, x, y, device) ->
     log.info("check: input.pretrained_norm (mean/std/size vs the pretrained config)")
     out.append(
         run_check(c, "input.pretrained_norm", lambda s: _pretrained_norm(cfg, data, model, s))
+    )
+    # every split through one pipeline: val/test fed as train is, augmentation aside
+    log.info("check: input.split_consistency (train vs val/test tensors as the loaders give them)")
+    out.append(
+        run_check(
+            c,
+            "input.split_consistency",
+            lambda s: _split_consistency(cfg, data, x, device, s),
+        )
     )
     # the augmentation's flips and rotations: does every image stay in its class?
     log.info("check: aug.label_preserving (the training flips/rotations vs a cheap reader)")
@@ -239,8 +248,12 @@ def checks_before_training(cfg, ctx, data, model, train_loader, x, y, device) ->
     return out
 
 
-def checks_after_training(cfg, ctx, data, res, before: List[Verdict], device) -> List[Verdict]:
-    """Checks that need the real run: finiteness, the dumb baselines, a falling loss."""
+def checks_after_training(
+    cfg, ctx, data, res, before: List[Verdict], device, examples=None
+) -> List[Verdict]:
+    """Checks that need the real run: finiteness, the dumb baselines, a falling loss.
+
+    `examples`: (x, y) training examples as the loop feeds them (the pool drawn before it)."""
     from runner.checks.evaluation import eval_repeatable
     from runner.checks.training import loss_decreases, train_finite
 
@@ -270,8 +283,12 @@ def checks_after_training(cfg, ctx, data, res, before: List[Verdict], device) ->
             ),
         )
     )
+    log.info("check: eval.bn_stats (BatchNorm in train vs eval mode on the same training batches)")
+    out.append(run_check(c, "eval.bn_stats", lambda s: _bn_stats(cfg, res, examples, s)))
     log.info("check: train.split_labels (val at chance while train is learned = a label mix-up)")
     out.append(run_check(c, "train.split_labels", lambda s: _split_labels(data, res, s)))
+    log.info("check: eval.class_mapping (per-class confusion on val/test vs train recall)")
+    out.append(run_check(c, "eval.class_mapping", lambda s: _class_mapping(cfg, data, res, s)))
     log.info("check: train.loss_decreases (training loss over the run, from the loss at init)")
     init = next((v for v in before if v.name == "init.bias" and v.status != "skip"), None) or next(
         (v for v in before if v.name == "init.loss" and v.status != "skip"), None
@@ -388,6 +405,108 @@ def _pretrained_norm(cfg, data, model, s) -> Verdict:
         tolerance=float(s.tolerance),
         check_size=bool(s.check_size),
     )
+
+
+def _bn_stats(cfg, res, examples, s) -> Verdict:
+    """The trained model on a few training batches at the run's batch size."""
+    from runner.checks.batchnorm import bn_stats
+
+    if res.nonfinite or not res.history or examples is None:
+        return skip("eval.bn_stats", "the real run did not finish: nothing to compare")
+    x, y = examples
+    bs = int(cfg.trainer.batch_size)
+    n = min(len(y), max(int(s.examples), 2 * bs))
+    return bn_stats(
+        res.model,
+        x[:n].to(res.device),
+        y[:n].to(res.device),
+        bs,
+        max_tv=float(s.max_tv),
+        warn_tv=float(s.warn_tv),
+        max_mismatch=float(s.max_mismatch),
+        max_batch_noise=float(s.max_batch_noise),
+        small_batch_tv=float(s.small_batch_tv),
+        min_steps=int(s.min_steps),
+    )
+
+
+def _class_mapping(cfg, data, res, s) -> Verdict:
+    """The final model's confusion on val (its last evaluation) and test (the final scoring,
+    when the data has one) against its own confusion on training examples."""
+    import torch
+
+    from runner.checks.evaluation import class_mapping
+    from runner.checks.probes import preserved
+
+    if res.nonfinite or not res.history or res.last is None:
+        return skip("eval.class_mapping", "the real run did not finish: nothing to compare")
+    C, train_cm, seen = data.num_classes, None, 0
+    # evaluation batches: their size changes nothing in eval mode, only the cost
+    bs = max(2 * int(cfg.trainer.batch_size), 128)
+    loader = data.train.loader(bs, True, cfg.seed, res.device, train=False)
+    with preserved(res.model), torch.no_grad():
+        res.model.eval()
+        for xb, yb in loader.epoch(0):
+            pred = res.model(xb).argmax(1)
+            counts = torch.bincount(yb * C + pred, minlength=C * C)[: C * C].cpu()
+            train_cm = counts if train_cm is None else train_cm + counts
+            seen += len(yb)
+            if seen >= int(s.examples):
+                break
+    if train_cm is None:
+        return skip("eval.class_mapping", "no training examples to score")
+    splits = {"val": res.last.val_confusion}
+    test = (res.final or {}).get("test")
+    if test and test.get("confusion"):
+        splits["test"] = torch.tensor(test["confusion"])
+    return class_mapping(
+        train_cm.view(C, C),
+        splits,
+        data.class_names,
+        min_share=float(s.min_share),
+        min_train_recall=float(s.min_train_recall),
+        min_examples=int(s.min_examples),
+    )
+
+
+def _split_consistency(cfg, data, fed, device, s) -> Verdict:
+    """Each split read by its own loader in evaluation mode (train through the eval transform,
+    shuffled so that a class-sorted split is sampled evenly), and the batches the loop feeds."""
+    from runner.checks.consistency import split_consistency
+
+    n = int(s.examples)
+    views = {
+        name: _take(
+            split.loader(max(int(cfg.trainer.batch_size), 64), True, cfg.seed, device, train=False),
+            n,
+        )
+        for name, split in data.splits().items()
+        if len(split)
+    }
+    return split_consistency(
+        views,
+        fed[:n],
+        data.mean,
+        data.std,
+        max_shift=float(s.max_shift),
+        max_std_ratio=float(s.max_std_ratio),
+        max_sharpness_ratio=float(s.max_sharpness_ratio),
+        fed_max_shift=float(s.fed_max_shift),
+        fed_max_std_ratio=float(s.fed_max_std_ratio),
+    )
+
+
+def _take(loader, n: int):
+    """The first n inputs a loader yields (None when it yields none)."""
+    import torch
+
+    xs, got = [], 0
+    for xb, _ in loader.epoch(0):
+        xs.append(xb)
+        got += len(xb)
+        if got >= n:
+            break
+    return torch.cat(xs)[:n] if xs else None
 
 
 def _split_labels(data, res, s) -> Verdict:
