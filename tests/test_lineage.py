@@ -149,14 +149,14 @@ def test_from_starts_a_stage_from_a_runs_outcome_and_train_warm_starts(cli):
     # stage=train from the overfit run: the same model, so it starts from its best weights
     t = cli(["stage=train", f"from={o_dir}", "trainer.epochs=1"])
     assert t.code in (0, 1), t.out
-    t_dir = max((d for d in t.run_dirs if d not in (src_dir, o_dir)), key=lambda d: d.name)
+    t_dir = max((d for d in t.run_dirs if d not in (src_dir, o_dir)))
     lin = t.json("lineage.json", t_dir)
     assert lin["weights"] == str(o_dir / "checkpoints" / "best.pt")
     assert "init_from: model weights from" in t.out
     warm = t.json("summary.json", t_dir)["train_loss"]
     # init_from=null: a fresh start from the same config; its first epoch is clearly worse
     f = cli(["stage=train", f"from={o_dir}", "trainer.epochs=1", "init_from=null"])
-    f_dir = max((d for d in f.run_dirs if d not in (src_dir, o_dir, t_dir)), key=lambda d: d.name)
+    f_dir = max((d for d in f.run_dirs if d not in (src_dir, o_dir, t_dir)))
     assert f.json("lineage.json", f_dir)["weights"] is None
     assert f.json("summary.json", f_dir)["train_loss"] > warm
 
@@ -174,7 +174,7 @@ def test_init_from_loads_weights_and_refuses_another_architecture(cli, tmp_path)
     saved = torch.load(ck, weights_only=True)["model"]
     ok = cli(resnet + ["stage=train", "trainer.epochs=1", f"init_from={ck}", "optim.lr=1e-12"])
     assert ok.code in (0, 1) and "init_from: model weights" in ok.out, ok.out
-    new = max(ok.run_dirs, key=lambda d: d.name)
+    new = max(ok.run_dirs)  # the newest: outputs/<date>/<time> sorts as a path (midnight too)
     got = torch.load(new / "checkpoints" / "last.pt", weights_only=True)["model"]
     k = next(k for k in saved if saved[k].is_floating_point())
     assert torch.allclose(saved[k], got[k], atol=1e-6)  # lr 1e-12: the loaded weights stay
@@ -187,7 +187,7 @@ def test_init_from_loads_weights_and_refuses_another_architecture(cli, tmp_path)
     # lineage.json and the log say why
     skip = cli(FAST + ["stage=train", "trainer.epochs=1", f"from={a_dir}", "model=tiny_cnn"])
     assert skip.code in (0, 1) and "no warm start" in skip.out, skip.out
-    s_dir = max(skip.run_dirs, key=lambda d: d.name)
+    s_dir = max(skip.run_dirs)
     lin = skip.json("lineage.json", s_dir)
     assert lin["weights"] is None and "test_resnet" in lin["weights_skipped"]
     assert "init_from: model weights" not in skip.out
