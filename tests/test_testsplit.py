@@ -264,9 +264,10 @@ def _shuffled_test(tmp_path: Path) -> None:
     )
 
 
-def test_shuffled_test_labels_change_no_decision_of_the_ladder(tmp_path):
-    """Validation alone decides: the ladder keeps the same rungs, on the same scores, and
-    ends on the same model whatever the test labels are; only the test figures move."""
+def test_shuffled_test_labels_change_no_decision_of_the_recipe(tmp_path):
+    """Validation alone decides: with the test labels shuffled, the recipe's ladder keeps the
+    same rungs on the same scores, the study picks the same best trial, squeeze adopts the
+    same option, and the recipe ends on the same final model; only the test figures move."""
     _shuffled_test(tmp_path)
     rungs = 'stage.params.rungs=[{name:lr,overrides:["optim.lr=0.003"]}]'
     out = {}
@@ -278,17 +279,42 @@ def test_shuffled_test_labels_change_no_decision_of_the_ladder(tmp_path):
             "data._target_=shuffled.make",
             f"+data.kwargs.shuffle={shuffle}",
             "trainer.epochs=1",
-            rungs,
+            "stage.params.stages=[regularize,tune,squeeze]",
+            f"stage.params.per_stage.regularize=[{rungs!r}]",
+            'stage.params.per_stage.tune=["hydra.sweeper.n_trials=2"]',
+            'stage.params.per_stage.squeeze=["stage.params.seeds=0","stage.params.continue_epochs=0"]',
         ]
-        r = jobs.run(jobs.plan("regularize", args, cwd=tmp_path), d, capture=True)
+        r = jobs.run(jobs.plan("recipe", args, cwd=tmp_path), d, capture=True)
         assert r.code in (0, 1), r.output
-        out[shuffle] = json.loads((d / "summary.json").read_text())
+        rec = json.loads((d / "summary.json").read_text())
+        by = {row["stage"]: Path(row["dir"]) for row in rec["stages"]}
+        out[shuffle] = {
+            "recipe": rec,
+            "ladder": json.loads((by["regularize"] / "summary.json").read_text()),
+            "study": json.loads((by["tune"] / "study.json").read_text()),
+            "squeeze": json.loads((by["squeeze"] / "summary.json").read_text()),
+            "root": d,
+        }
     a, b = out[False], out[True]
-    assert a["kept_overrides"] == b["kept_overrides"]
-    assert [r["score"] for r in a["ladder"]] == [r["score"] for r in b["ladder"]]
-    assert a["best_rung_dir"] == b["best_rung_dir"] and a["candidates"] == b["candidates"] == 2
-    assert a["test"]["n"] == b["test"]["n"] == 32
-    assert a["test_acc"] != b["test_acc"]  # the labels did differ, and only test saw them
+    assert a["ladder"]["kept_overrides"] == b["ladder"]["kept_overrides"]
+    assert [r["score"] for r in a["ladder"]["ladder"]] == [
+        r["score"] for r in b["ladder"]["ladder"]
+    ]
+    assert a["ladder"]["candidates"] == b["ladder"]["candidates"] == 2
+    best_a, best_b = a["study"]["best"], b["study"]["best"]
+    assert (best_a["number"], best_a["value"], best_a["params"]) == (
+        best_b["number"],
+        best_b["value"],
+        best_b["params"],
+    )
+    assert a["squeeze"]["adopted"]["what"] == b["squeeze"]["adopted"]["what"]
+    assert a["squeeze"]["val_acc"] == b["squeeze"]["val_acc"]
+    fa, fb = a["recipe"]["final"], b["recipe"]["final"]
+    rel = lambda f, o: str(Path(f["weights"]).relative_to(o["root"]))  # noqa: E731
+    assert rel(fa, a) == rel(fb, b) and fa["val_acc"] == fb["val_acc"]
+    assert a["recipe"]["candidates"] == b["recipe"]["candidates"]
+    assert a["recipe"]["test"]["n"] == b["recipe"]["test"]["n"] == 32
+    assert a["recipe"]["test_acc"] != b["recipe"]["test_acc"]  # only test saw the labels
 
 
 def test_inspect_reads_the_test_split_and_counts_leakage_into_it(tmp_path):
