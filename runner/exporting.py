@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 import tempfile
@@ -112,6 +113,7 @@ def export(
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         res = _write(fm, formats, tmp, opset)
+        _follow_umask(tmp)
         if target.exists():
             target.rmdir()  # empty (checked above)
         tmp.rename(target)
@@ -120,6 +122,18 @@ def export(
         raise
     res.path = target
     return res
+
+
+def _follow_umask(folder: Path) -> None:
+    """The folder and its files as mkdir and open() make them (0777 / 0666 less the umask):
+    mkdtemp's 0700, and the 0600 of files some writers make through a temp file, would hide
+    an export in a shared folder from the group."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for f in folder.iterdir():
+        if f.is_file():
+            f.chmod(0o666 & ~umask)
 
 
 def _write(fm, formats: List[str], folder: Path, opset: int) -> Exported:
@@ -445,7 +459,8 @@ def model_card(fm, res: Exported, config: Dict[str, Any]) -> str:
         f"- classes: {', '.join(fm.class_names)}",
         "",
         "## Metrics",
-        *_metric_lines(fm, [summary, own], data),
+        # an ensemble's member run scored that member, not the ensemble: its figures stay out
+        *_metric_lines(fm, [summary, own if fm.kind != "ensemble" else {}], data),
         "",
         "## Decisions",
         *_decisions(fm, summary),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -213,6 +214,11 @@ def test_export_onnx_torchscript_safetensors_match_and_load_in_timm(runs, tmp_pa
     assert m.pretrained_cfg["label_names"] == ["c0", "c1", "c2", "c3"]
     card = (out / "README.md").read_text()
     assert "95% Wilson interval" in card and "tolerance |a - b| <= 0.0001 + 0.001 * |b|" in card
+    # made as mkdir/open() make files (the umask decides), never mkdtemp's private 0700/0600
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o666 & ~umask}
 
 
 def test_export_of_the_ensemble_and_bad_input(runs, tmp_path, monkeypatch):
@@ -224,6 +230,15 @@ def test_export_of_the_ensemble_and_bad_input(runs, tmp_path, monkeypatch):
     assert "not a timm architecture" in r.out
     cfg = json.loads((tmp_path / "ens" / "config.json").read_text())
     assert cfg["recipe_runner"]["kind"] == "ensemble" and cfg["label_names"][0] == "c0"
+    # the card's figures are the ensemble's (squeeze scored it), never a member run's own
+    s = json.loads((sq / "summary.json").read_text())
+    card = (tmp_path / "ens" / "README.md").read_text()
+    assert (
+        f"- test_acc: {s['test_acc']:.4f}" in card and f"- test_loss: {s['test_loss']:.4f}" in card
+    )
+    member = json.loads((a / "summary.json").read_text())
+    if round(member["test_loss"], 4) != round(s["test_loss"], 4):
+        assert f"{member['test_loss']:.4f}" not in card
     r = run_cli(["export", str(a), "--format", "pickle"], tmp_path)
     assert r.code == 2 and "'pickle' is not an export format" in r.out, r.out
     r = run_cli(["export", str(a), "--out", "ens"], tmp_path)  # never over an export

@@ -669,6 +669,7 @@ def run(cfg, ctx: Context) -> StageResult:
         "final": final_run,
         # the final model's test split figures (scored once, after every choice)
         "test_acc": (final_run or {}).get("test_acc"),
+        "test_loss": (final_run or {}).get("test_loss"),
         "test": (final_run or {}).get("test"),
         "metric": str(cfg.get("metric") or "accuracy"),
         # how many runs validation chose among: the final val_acc is the best of these
