@@ -63,4 +63,10 @@ def run_command(name: str, args: List[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    return COMMANDS[name](list(args))
+    from runner.errors import ConfigError  # light: no torch
+
+    try:
+        return COMMANDS[name](list(args))
+    except ConfigError as e:  # bad input to a command: one message, exit 2
+        print(f"config error: {e}", file=sys.stderr)
+        return e.exit_code

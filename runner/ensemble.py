@@ -16,8 +16,6 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from runner.output import ENSEMBLE_FILE  # noqa: F401 -- its home is light: --help reads it
-
 # the members' logits averaged, as squeeze scored the ensemble (not their probabilities)
 COMBINE = "mean_logits"
 
@@ -34,7 +32,6 @@ class Ensemble(nn.Module):
     ):
         super().__init__()
         self.members = nn.ModuleList(members)
-        self.combine = COMBINE
         self._renorm: List[bool] = []
         for i, a in enumerate(affine or [None] * len(members)):
             self._renorm.append(a is not None)
@@ -50,8 +47,13 @@ class Ensemble(nn.Module):
                 if self._renorm[i]
                 else x
             )
-            logits.append(m(xi).float())
-        return torch.stack(logits).mean(0)
+            logits.append(m(xi))
+        return mean_logits(logits)
+
+
+def mean_logits(logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The ensemble's output (COMBINE): its members' logits averaged, in fp32."""
+    return torch.stack([lg.float() for lg in logits]).mean(0)
 
 
 def member_affine(meta: Dict[str, Any], member_meta: Dict[str, Any]) -> Optional[tuple]:

@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -340,22 +339,13 @@ def _jsonable(v: Any) -> bool:
 
 
 # ----------------------------------------------------------------------------- the card
-def wilson(k: float, n: int, z: float = 1.96):
-    """The 95% Wilson score interval of a proportion k/n."""
-    if not n:
-        return None
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return max(0.0, c - h), min(1.0, c + h)
-
-
 def _model_run(fm) -> Optional[Path]:
     """The run directory that trained the model file (an ensemble: its first member's)."""
     if fm.kind == "ensemble" and fm.members:
         return Path(str(fm.members[0].get("run")))
-    return fm.file.parent.parent if fm.file.parent.name == "checkpoints" else None
+    from runner.inference import trained_run
+
+    return trained_run(fm.file)
 
 
 def _fmt(v: Any) -> str:
@@ -371,7 +361,10 @@ def _metric_lines(fm, summaries: List[Dict[str, Any]], data: Dict[str, Any]) -> 
     n_val = data.get("num_val")
     acc = fm.reported_acc
     if isinstance(acc, (int, float)):
-        ci = wilson(acc * n_val, int(n_val)) if isinstance(n_val, int) else None
+        from runner.metrics import wilson_interval
+
+        ok = isinstance(n_val, int) and n_val > 0
+        ci = wilson_interval(round(acc * n_val), n_val) if ok else None
         lines.append(
             f"- validation accuracy {acc:.4f}"
             + (f" (95% Wilson interval {ci[0]:.4f} to {ci[1]:.4f}, n={n_val})" if ci else "")
@@ -527,13 +520,8 @@ def export_main(argv: Sequence[str]) -> int:
     if a is None:
         return code
     formats = [f for x in a.format for f in x.split(",") if f]
-    try:
-        res = export(
-            a.run_dir, formats, a.out, trust_run_configs=a.trust_run_configs, opset=a.opset
-        )
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+    # a ConfigError: commands.run_command says it and exits 2
+    res = export(a.run_dir, formats, a.out, trust_run_configs=a.trust_run_configs, opset=a.opset)
     print(f"exported {', '.join(res.files)} -> {res.path}")
     for k, v in res.checks.items():
         print(

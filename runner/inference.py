@@ -72,9 +72,6 @@ class Preprocess:
         tf = eval_transform(size, tuple(self.mean), tuple(self.std), self.interpolation)
         return lambda img: tf(img.convert(self.mode))
 
-    def as_dict(self) -> Dict[str, Any]:
-        return dict(self.__dict__)
-
 
 @dataclass
 class FinalModel:
@@ -260,6 +257,12 @@ def final_model_file(run_dir: PathLike):
     return Path(f), rec, o.note
 
 
+def trained_run(file: Path) -> Optional[Path]:
+    """The run directory a checkpoint file was trained in (<run>/checkpoints/<name>.pt);
+    None for a file elsewhere (squeeze's ensemble.pt)."""
+    return file.parent.parent if file.parent.name == "checkpoints" else None
+
+
 def load_final(
     run_dir: PathLike,
     device: Union[str, torch.device] = "cpu",
@@ -272,7 +275,9 @@ def load_final(
     f, rec, note = final_model_file(p)
     from runner import jobs
 
-    fm = load_model_file(f, jobs.summary(f.parent.parent) or rec.summary, device, trust_run_configs)
+    run = trained_run(f)
+    summary = (jobs.summary(run) if run is not None else {}) or rec.summary
+    fm = load_model_file(f, summary, device, trust_run_configs)
     fm.run_dir, fm.stage, fm.what = p, rec.stage, note
     fm.reported_acc = rec.accuracy
     t = rec.summary.get("test_acc")

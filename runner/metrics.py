@@ -73,6 +73,11 @@ def macro_f1(confusion: torch.Tensor) -> float:
     return float(pc["f1"][present].mean()) if bool(present.any()) else math.nan
 
 
+def confusion_counts(targets: torch.Tensor, preds: torch.Tensor, c: int) -> torch.Tensor:
+    """[C, C] counts, rows the true class, columns the predicted (as the loop's evaluation)."""
+    return torch.bincount(targets.long() * c + preds, minlength=c * c)[: c * c].view(c, c)
+
+
 def wilson_interval(correct: int, n: int, z: float = 1.959964) -> List[Optional[float]]:
     """The 95% Wilson score interval of an accuracy of `correct` out of `n` (good at small n
     and near 0 or 1, where the normal approximation leaves [0, 1])."""

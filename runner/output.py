@@ -126,11 +126,8 @@ def _clean(obj: Any) -> Any:
     return str(obj)
 
 
-def write_csv_file(
-    path: Path, rows: List[Dict[str, Any]], columns: Optional[List[str]] = None
-) -> Path:
-    """A CSV outside a run directory (predict's predictions), written atomically; `columns`
-    first, then any others the rows have. A write that fails is a ConfigError naming it."""
+def csv_bytes(rows: List[Dict[str, Any]], columns: Optional[List[str]] = None) -> bytes:
+    """rows as CSV: `columns` first (the header of an empty table), then any others."""
     cols: List[str] = list(columns or [])
     for r in rows:
         cols += [k for k in r if k not in cols]
@@ -138,8 +135,16 @@ def write_csv_file(
     w = csv.DictWriter(buf, fieldnames=cols)
     w.writeheader()
     w.writerows([_clean(r) for r in rows])
+    return buf.getvalue().encode()
+
+
+def write_csv_file(
+    path: Path, rows: List[Dict[str, Any]], columns: Optional[List[str]] = None
+) -> Path:
+    """A CSV outside a run directory (predict's predictions), written atomically; `columns`
+    first, then any others the rows have. A write that fails is a ConfigError naming it."""
     try:
-        _atomic_write_bytes(Path(path), buf.getvalue().encode())
+        _atomic_write_bytes(Path(path), csv_bytes(rows, columns))
     except OSError as e:
         raise ConfigError(f"could not write {path}: {e.strerror or e}") from e
     return Path(path)
@@ -412,15 +417,8 @@ class RunDir:
         self, name: str, rows: List[Dict[str, Any]], columns: Optional[List[str]] = None
     ) -> Path:
         """rows as a CSV; `columns` first (the header of an empty table), then any others."""
-        cols: List[str] = list(columns or [])
-        for r in rows:
-            cols += [k for k in r if k not in cols]
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=cols)
-        w.writeheader()
-        w.writerows([_clean(r) for r in rows])
         p = self.path / name
-        self._write(p, buf.getvalue().encode())
+        self._write(p, csv_bytes(rows, columns))
         return p
 
     # -- plots

@@ -51,7 +51,6 @@ class Predictions(list):
 @dataclass
 class _Item:
     key: str  # the path (files) or the split's name of the image
-    index: int  # position in the split, -1 for a file
     label: Optional[int] = None  # the true class, for a split
 
 
@@ -306,7 +305,7 @@ def _predict_files(fm, files: List[Path], bs, k, tta, progress, workers) -> List
         with open_image(files[i], *limits) as im:
             return tf(im)
 
-    items = [_Item(str(f), -1) for f in files]
+    items = [_Item(str(f)) for f in files]
     log.info("predict: %d image file(s) with %s", len(files), fm.file)
     return _run(fm, items, load, bs, k, tta, progress, _workers(len(files), fm, workers), "predict")
 
@@ -314,12 +313,14 @@ def _predict_files(fm, files: List[Path], bs, k, tta, progress, workers) -> List
 def _predict_split(fm, split: str, bs, k, tta, progress, trust: bool) -> List[Dict]:
     """The run's own split, rebuilt from its config (its data, split seed, input size and
     normalisation), each image as the run's eval loop saw it."""
+    from omegaconf import OmegaConf
+
     from runner.data import TensorSplit, build_data
     from runner.lineage import flatten
     from runner.targets import refuse_untrusted, untrusted_code
 
     cfg = fm.config
-    stored = flatten({"data": _plain(cfg.data)})
+    stored = flatten({"data": OmegaConf.to_container(cfg.data, resolve=False)})
     refuse_untrusted(untrusted_code(stored, {}), f"{fm.file} (its stored data config)", trust)
     data = build_data(cfg.data, fm.meta.get("cwd"), model=cfg.model)
     part = getattr(data, split, None)
@@ -337,19 +338,13 @@ def _predict_split(fm, split: str, bs, k, tta, progress, trust: bool) -> List[Di
             fp,
         )
     labels = part.labels
-    items = [_Item(part.name(i), i, int(labels[i])) for i in range(len(part))]
+    items = [_Item(part.name(i), int(labels[i])) for i in range(len(part))]
     if isinstance(part, TensorSplit):
         load = lambda i: part.get([i])[0][0]  # as TensorLoader normalises (same ops)
     else:
         load = lambda i: part.load(i)[0]  # the split's eval transform
     log.info("predict: the run's %s split (%d images) with %s", split, len(items), fm.file)
     return _run(fm, items, load, bs, k, tta, progress, 0, f"predict {split}")
-
-
-def _plain(node) -> Any:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(node, resolve=False)
 
 
 # ----------------------------------------------------------------------------- the CLI
@@ -374,22 +369,18 @@ def predict_main(argv: Sequence[str]) -> int:
     if a is None:
         return code
     _console_log()
-    try:
-        res = predict(
-            a.run_dir,
-            a.inputs,
-            split=a.split,
-            out=a.out,
-            batch_size=a.batch_size,
-            topk=a.topk,
-            tta=a.tta,
-            device=a.device,
-            progress=not a.no_progress and sys.stderr.isatty(),
-            trust_run_configs=a.trust_run_configs,
-        )
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+    res = predict(  # a ConfigError: commands.run_command says it and exits 2
+        a.run_dir,
+        a.inputs,
+        split=a.split,
+        out=a.out,
+        batch_size=a.batch_size,
+        topk=a.topk,
+        tta=a.tta,
+        device=a.device,
+        progress=not a.no_progress and sys.stderr.isatty(),
+        trust_run_configs=a.trust_run_configs,
+    )
     n_bad = len(res.errors)
     line = f"{len(res)} prediction(s) -> {res.out}"
     if n_bad:

@@ -256,7 +256,7 @@ def _figure(layers: dict[str, dict], max_mismatch: float):
     """Per BatchNorm layer: how far its running stats stand from the batches' (and jitter)."""
     import matplotlib.pyplot as plt
 
-    import runner.plots  # noqa: F401  (Agg)
+    from runner.plots import laid_out  # (importing it selects the Agg backend)
 
     names = list(layers)
     k = range(len(names))
@@ -273,5 +273,5 @@ def _figure(layers: dict[str, dict], max_mismatch: float):
     ax.set_ylabel("median distance (batch stds)")
     ax.set_title("BatchNorm: running statistics vs training batches", fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
+    laid_out(fig)
     return fig

@@ -516,7 +516,7 @@ def _mapping_figure(train_conf, conf, split: str, mapped: dict, names: Sequence[
     """Row-normalised confusion on train and on the split, the remapped cells boxed."""
     import matplotlib.pyplot as plt
 
-    import runner.plots  # noqa: F401  (Agg)
+    from runner.plots import laid_out  # (importing it selects the Agg backend)
 
     C = len(names)
     size = min(10.0, 2.0 + 0.3 * C)
@@ -533,5 +533,5 @@ def _mapping_figure(train_conf, conf, split: str, mapped: dict, names: Sequence[
             ax.set_yticks(range(C), names, fontsize=6)
         ax.set(xlabel="predicted", ylabel="label", title=f"{title} (share of each label)")
     fig.suptitle("Classes predicted as one other class outside train (boxed)", fontsize=9)
-    fig.tight_layout()
+    laid_out(fig)
     return fig

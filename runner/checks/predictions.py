@@ -86,10 +86,9 @@ def prediction_dynamics(
 
 def confusion(logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> torch.Tensor:
     """[C, C] counts, rows = true class, columns = predicted class."""
-    pred = logits.argmax(1)
-    return torch.bincount(targets.long() * num_classes + pred, minlength=num_classes**2).view(
-        num_classes, num_classes
-    )
+    from runner.metrics import confusion_counts
+
+    return confusion_counts(targets, logits.argmax(1), num_classes)
 
 
 def confusion_figure(cm: torch.Tensor, class_names: Optional[Sequence[str]] = None):

@@ -309,9 +309,7 @@ def checks_after_training(
 def _label_preserving(cfg, data, s) -> Verdict:
     """The geometric transforms of the training pipeline (aug=, the dataset's own transform,
     and what repeated draws of training examples show), judged on unaugmented images."""
-    import random
 
-    import numpy as np
     import torch
 
     from runner.checks.augment import (
@@ -341,18 +339,15 @@ def _label_preserving(cfg, data, s) -> Verdict:
     if hasattr(stream, "load"):
         # drawn from the run's seed, leaving the RNGs as they were: the run does not change
         # with this check on or off
-        py, npy = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            random.seed(cfg.seed)
-            np.random.seed(cfg.seed % 2**32)
-            try:
-                seen = drawn_transforms(
-                    lambda i: stream.load(i, train=True)[0], idx, int(s.repeats)
-                )
-            finally:
-                random.setstate(py)
-                np.random.set_state(npy)
+        from runner.checkpoint import rng_state, set_rng_state
+        from runner.stages.common import set_seed
+
+        saved = rng_state()
+        set_seed(cfg.seed)
+        try:
+            seen = drawn_transforms(lambda i: stream.load(i, train=True)[0], idx, int(s.repeats))
+        finally:
+            set_rng_state(saved)
     for found in (own, seen):
         applied.update({k: v for k, v in found.items() if k not in applied})
     by = f"aug={cfg.aug.name}; {len(idx)} training examples drawn {int(s.repeats)} times"
@@ -437,6 +432,7 @@ def _class_mapping(cfg, data, res, s) -> Verdict:
 
     from runner.checks.evaluation import class_mapping
     from runner.checks.probes import preserved
+    from runner.metrics import confusion_counts
 
     if res.nonfinite or not res.history or res.last is None:
         return skip("eval.class_mapping", "the real run did not finish: nothing to compare")
@@ -448,7 +444,7 @@ def _class_mapping(cfg, data, res, s) -> Verdict:
         res.model.eval()
         for xb, yb in loader.epoch(0):
             pred = res.model(xb).argmax(1)
-            counts = torch.bincount(yb * C + pred, minlength=C * C)[: C * C].cpu()
+            counts = confusion_counts(yb, pred, C).cpu()
             train_cm = counts if train_cm is None else train_cm + counts
             seen += len(yb)
             if seen >= int(s.examples):
@@ -460,7 +456,7 @@ def _class_mapping(cfg, data, res, s) -> Verdict:
     if test and test.get("confusion"):
         splits["test"] = torch.tensor(test["confusion"])
     return class_mapping(
-        train_cm.view(C, C),
+        train_cm,
         splits,
         data.class_names,
         min_share=float(s.min_share),

@@ -319,15 +319,15 @@ def ensemble_scores(member_logits: list[torch.Tensor], targets: torch.Tensor) ->
     """Each member's accuracy and the averaged-logits ensemble's accuracy and loss."""
     import torch
 
-    from runner.metrics import balanced_accuracy, macro_f1
+    from runner.ensemble import mean_logits
+    from runner.metrics import balanced_accuracy, confusion_counts, macro_f1
 
     targets = targets.long()
     accs = [float((lg.argmax(1) == targets).float().mean()) for lg in member_logits]
-    mean = torch.stack([lg.float() for lg in member_logits]).mean(0)
+    mean = mean_logits(member_logits)
 
     def confusion(lg):
-        c = lg.shape[1]
-        return torch.bincount(targets * c + lg.argmax(1), minlength=c * c)[: c * c].view(c, c)
+        return confusion_counts(targets, lg.argmax(1), lg.shape[1])
 
     cms = [confusion(lg) for lg in member_logits]
     return {
@@ -468,7 +468,7 @@ def seed_reruns(
     selection_value, the figure squeeze ranked the candidates by): with metric=accuracy the val
     accuracies themselves; with another metric the group adds "metric" and "score" (one per
     seed, higher is better), and mean and std are the scores'."""
-    from runner.checks.outcomes import mean_std
+    from runner.checks.outcomes import mean_std, seed_values
     from runner.stages.common import sub_run
 
     base = jobs.trained_config(cand)
@@ -516,7 +516,7 @@ def seed_reruns(
     group: dict[str, Any] = {"run": str(cand), "label": label, "seeds": seeds, "val_acc": accs}
     if metric != "accuracy":
         group.update(metric=metric, score=scores)
-    mean, std = mean_std(accs if metric == "accuracy" else scores)
+    mean, std = mean_std(seed_values(group))
     group.update(dirs=dirs, mean=mean, std=std)
     return group
 
@@ -672,7 +672,8 @@ def adopted_evaluation(cfg, pool, adopted: dict[str, Any], ctx: Context) -> Opti
     selects on the test figures: adoption has already happened."""
     import torch
 
-    from runner.metrics import evaluation_block
+    from runner.ensemble import mean_logits
+    from runner.metrics import confusion_counts, evaluation_block
     from runner.stages.common import resolve_device
 
     if adopted["what"] != "ensemble":
@@ -685,11 +686,10 @@ def adopted_evaluation(cfg, pool, adopted: dict[str, Any], ctx: Context) -> Opti
         for m in pool.members:
             lg, targets, _, _ = member_logits(Path(m), ctx.original_cwd, device, split)
             logits.append(lg)
-        mean = torch.stack([lg.float() for lg in logits]).mean(0)
-        c = mean.shape[1]
-        cm = torch.bincount(targets.long() * c + mean.argmax(1), minlength=c * c)[: c * c]
+        mean = mean_logits(logits)
+        cm = confusion_counts(targets, mean.argmax(1), mean.shape[1])
         loss = float(torch.nn.functional.cross_entropy(mean, targets.long()))
-        return evaluation_block(cm.view(c, c), loss, names)
+        return evaluation_block(cm, loss, names)
 
     out = {"epoch": None, "val": block("val"), "test": None}
     if pool.data.test is not None and len(pool.data.test):
