@@ -783,6 +783,10 @@ def augmented_pairs(
     n_e, n_l = len(early), len(late)
     undo_all = {"identity": lambda x: x, **AUGMENTATIONS}
     best: Dict[Tuple[str, int], Dict[str, Any]] = {}
+    # the later images' arrays, read once: each variant below is a view of them
+    m_late, t_late = table.match[late], table.thumbs[late]
+    chroma_late = np.moveaxis(table.chroma[late], -1, 1)  # [N, 2, cells, cells]
+    hashes_late = [table.content_hash[i] for i in late]
     for z in AUGMENT_ZOOMS:
         # one search per zoom: the earlier images as they are (zoomed), then every undone
         # variant of the later ones, only pairs across the two sides confirmed
@@ -793,13 +797,12 @@ def augmented_pairs(
         sub.thumbs[:n_e] = _zoomed(table.thumbs[early], z)
         sub.chroma[:n_e] = table.chroma[early]
         sub.content_hash = [table.content_hash[i] for i in early]
-        chroma_late = np.moveaxis(table.chroma[late], -1, 1)  # [N, 2, cells, cells]
         for k, name in enumerate(names):
             undo, rows = undo_all[name], slice(n_e + k * n_l, n_e + (k + 1) * n_l)
-            sub.match[rows] = undo(table.match[late])
-            sub.thumbs[rows] = undo(table.thumbs[late])
+            sub.match[rows] = undo(m_late)
+            sub.thumbs[rows] = undo(t_late)
             sub.chroma[rows] = np.moveaxis(undo(chroma_late), 1, -1)
-            sub.content_hash += [f"{table.content_hash[i]}:{name}" for i in late]
+            sub.content_hash += [f"{h}:{name}" for h in hashes_late]
         sub.phash = match_hash(sub.match)
         side = np.arange(len(sub)) >= n_e
         found = near_pairs(sub, hash_distance, thumb_distance, window, side=side)
@@ -812,10 +815,9 @@ def augmented_pairs(
             continue
         d = aligned_distance(sub.match[found[:, 0]], sub.match[found[:, 1]])
         # the two as they are, at this zoom and at none: the reference a flip must beat
-        d_id = np.minimum(
-            aligned_distance(table.match[t], table.match[v]),
-            aligned_distance(sub.match[found[:, 0]], table.match[v]),
-        )
+        d_id = aligned_distance(table.match[t], table.match[v])
+        if z != 1.0:  # at zoom 1 the zoomed earlier image is the image itself
+            d_id = np.minimum(d_id, aligned_distance(sub.match[found[:, 0]], table.match[v]))
         for ti, vi, wi, di, dii, hd in zip(t, v, which, d, d_id, found[:, 2]):
             name = names[int(wi)]
             pair = f"{SPLITS[int(table.split[ti])]}-{SPLITS[int(table.split[vi])]}"
