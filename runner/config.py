@@ -100,6 +100,27 @@ class DataConfig:
     max_image_bytes: int = 100_000_000
     # keep datasets up to this many pixels (N*C*H*W) as one uint8 tensor in memory
     in_memory_max_pixels: int = 200_000_000
+    # manifest: one or more CSV / JSON / JSON-lines files of path,label[,split][,group] rows
+    # (a path or a list); image paths are relative to the file that names them
+    files: Optional[Any] = None
+    # manifest and hf: the columns holding the image (path or image), the label (a class name
+    # or index) and, when present, the split (train/val/test) and the group (patient,
+    # session, camera...: with a group column every split is made by group)
+    path_column: str = "path"
+    image_column: str = "image"
+    label_column: str = "label"
+    split_column: str = "split"
+    group_column: str = "group"
+    # hf: runner split -> the dataset's split name (train/val/test); empty = found by name
+    # (train; validation, valid or val; test), val carved by val_fraction when there is none
+    splits: Dict[str, str] = field(default_factory=dict)
+    # wds: tar shards per split (local paths or brace patterns, e.g. data/train-{000..009}.tar)
+    shards: Dict[str, Any] = field(default_factory=dict)
+    # wds: samples held in the shuffle buffer while streaming the training shards
+    shuffle_buffer: int = 1000
+    # wds: the checks that need random access (duplicates, label issues, inspect) read this
+    # many samples of each split, and say so
+    sample_size: int = 2000
 
 
 @dataclass

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import io
 import logging
 import math
 import os
@@ -549,11 +550,11 @@ def _bomb_error():
 
 
 def open_image(path, max_pixels: int = 0, max_bytes: int = 0):
-    """A file opened by PIL (its header read, nothing decoded yet), or ImageTooLarge when its
+    """A file (a path, or its bytes in a BytesIO) opened by PIL (its header read, nothing decoded yet), or ImageTooLarge when its
     size on disk, its pixel count or PIL's decompression-bomb check says no; 0: no limit."""
     from PIL import Image
 
-    nbytes = os.path.getsize(path)
+    nbytes = path.getbuffer().nbytes if isinstance(path, io.BytesIO) else os.path.getsize(path)
     if max_bytes and nbytes > max_bytes:
         raise ImageTooLarge(f"{nbytes:,} bytes, over data.max_image_bytes={max_bytes:,}")
     try:
@@ -624,7 +625,7 @@ def build_data(cfg, original_cwd: Optional[str] = None, model=None) -> DataBundl
         )
     base = Path(original_cwd) if original_cwd else Path.cwd()
     norm = pretrained_mean_std(model) if cfg.mean is None or cfg.std is None else None
-    bundle = DATA_KINDS[cfg.kind].build(cfg, base, norm)
+    bundle = DATA_KINDS[cfg.kind].make(cfg, base, norm)
     bundle.interpolation = str(cfg.interpolation)
     log.info(
         "data: mean %s, std %s (%s)",
@@ -1133,9 +1134,21 @@ def _imagefolder(cfg, base, norm=None) -> DataBundle:
     names = [c for c, _ in sorted(class_to_idx.items(), key=lambda kv: kv[1])]
     if "test" in folders:
         _refuse_test_copies(layout, tr_ds.reader.samples, folders["test"].reader.samples)
-    fp = _fingerprint(
-        *[f"{Path(p).relative_to(root)}:{Path(p).stat().st_size}" for p, _ in samples],
-        *(["test", te.tobytes()] if len(te) else []),
+    split = np.zeros(len(samples), np.int8)
+    if "val" in folders:
+        split[len(labels) : len(labels) + len(folders["val"])] = 1
+    else:
+        split[va] = 1
+    split[te] = 2
+    if "test" in folders:
+        split[len(samples) - len(folders["test"]) :] = 2
+    from runner.sources import content_fingerprint, file_digest
+
+    fp = content_fingerprint(
+        split,
+        np.array([t for _, t in samples]),
+        names,
+        [file_digest(p) for p, _ in samples],
     )
     return DataBundle(
         train,
@@ -1370,9 +1383,38 @@ class DataKind:
     set that the selected kind does not read, naming the kind that would: never a silently
     ignored setting."""
 
-    build: Callable[..., DataBundle]
+    build: Optional[Callable[..., DataBundle]] = None
     keys: Tuple[str, ...] = ()
+    # a kind made of image records (runner/sources): "module:function" of its
+    # `records(cfg, base) -> Records`, imported when used (an optional dependency is needed
+    # only then); its builder is runner.sources.bundle, and stage=inspect reads its files
+    records: str = ""
 
+    def make(self, cfg, base, norm=None) -> DataBundle:
+        if not self.records:
+            return self.build(cfg, base, norm)
+        from runner import sources
+
+        return sources.bundle(self.read_records(cfg, base), cfg, norm)
+
+    def read_records(self, cfg, base):
+        import importlib
+
+        module, _, fn = self.records.partition(":")
+        return getattr(importlib.import_module(module), fn)(cfg, base)
+
+
+# what every records kind reads (runner/sources bundle): its splits and decoding limits
+_RECORD_KEYS = (
+    "channels",
+    "val_fraction",
+    "test_fraction",
+    "split_seed",
+    "on_unreadable",
+    "interpolation",
+    "max_image_pixels",
+    "max_image_bytes",
+)
 
 # data.kind -> DataKind: a new kind is one builder function and one line here
 DATA_KINDS: Dict[str, DataKind] = {
@@ -1412,6 +1454,17 @@ DATA_KINDS: Dict[str, DataKind] = {
     ),
     "custom": DataKind(
         _custom, ("_target_", "kwargs", "channels", "on_unreadable", "interpolation")
+    ),
+    "manifest": DataKind(
+        records="runner.sources.manifest:records",
+        keys=(
+            "files",
+            "path_column",
+            "label_column",
+            "split_column",
+            "group_column",
+            *_RECORD_KEYS,
+        ),
     ),
 }
 

@@ -1092,19 +1092,30 @@ def duplicates(table: ImageTable, groups: List[Dict[str, Any]], max_listed: int 
     )
 
 
-def leakage(table: ImageTable, leaks: List[Dict[str, Any]], max_listed: int = 50) -> Verdict:
+def leakage(
+    table: ImageTable,
+    leaks: List[Dict[str, Any]],
+    max_listed: int = 50,
+    overlap: Optional[Dict[str, List[str]]] = None,
+) -> Verdict:
     """data.leakage: the same or near-same image in train and val, in train and test, or in
     val and test (fail: val, or test, then measures memory, not generalisation). Counted per
-    split pair in `details["counts"]`."""
+    split pair in `details["counts"]`. `overlap`: for data with groups (patient, session,
+    camera), the groups found in two splits ({"train-val": [group, ...]}): also a fail, as the
+    model can learn the group rather than the class, which no image comparison sees."""
     n_of = {s: int((table.split == si).sum()) for si, s in enumerate(SPLITS)}
     has_test = bool(n_of["test"])
     expected = "no val image also in train" + (
         ", no test image in train or val" if has_test else ""
     )
+    if overlap is not None:
+        expected += ", no group in two splits"
     if not n_of["val"] and not has_test:
         return Verdict("data.leakage", "skip", expected=expected, message="no val split to compare")
     pairs_present = [f"{a}-{b}" for a, b in LEAK_PAIRS if n_of[a] and n_of[b]]
     counts = {pr: sum(p.get("pair", "train-val") == pr for p in leaks) for pr in pairs_present}
+    if overlap:
+        return _group_leakage(overlap, leaks, counts, expected, max_listed)
     if not leaks:
         return Verdict(
             "data.leakage",
@@ -1147,6 +1158,30 @@ def leakage(table: ImageTable, leaks: List[Dict[str, Any]], max_listed: int = 50
         message="; ".join(parts) + f"{_more(len(leaks), max_listed)}, e.g. "
         f"{first[b]['name']} ~ {first[a]['name']}; remove them from one split",
         details={"pairs": pairs, "count": len(leaks), "counts": counts},
+    )
+
+
+def _group_leakage(overlap, leaks, counts, expected, max_listed) -> Verdict:
+    n = sum(len(v) for v in overlap.values())
+    parts = [
+        f"{len(v)} group(s) in both {pr.replace('-', ' and ')}, e.g. {', '.join(map(str, v[:3]))}"
+        for pr, v in overlap.items()
+    ]
+    copies = f"; also {len(leaks)} image(s) with a copy in another split" if leaks else ""
+    return Verdict(
+        "data.leakage",
+        "fail",
+        value=n,
+        expected=expected,
+        message="; ".join(parts) + f"{copies}: the model can learn the group (patient, session, "
+        "camera) instead of the class; split by group (drop the split column: the runner then "
+        "carves val and test by group) or move these groups' rows into one split",
+        details={
+            "group_overlap": {pr: v[:max_listed] for pr, v in overlap.items()},
+            "group_counts": {pr: len(v) for pr, v in overlap.items()},
+            "count": len(leaks),
+            "counts": counts,
+        },
     )
 
 

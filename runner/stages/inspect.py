@@ -108,6 +108,15 @@ class _FileItems:
         # data.max_image_pixels / max_image_bytes: memory stays bounded on hostile folders
         self.max_pixels, self.max_bytes = max_pixels, max_bytes
 
+    def _raw(self, i: int) -> bytes:
+        from runner.data import ImageTooLarge
+
+        nbytes = os.path.getsize(self.paths[i])
+        if self.max_bytes and nbytes > self.max_bytes:
+            raise ImageTooLarge(f"{nbytes:,} bytes, over data.max_image_bytes={self.max_bytes:,}")
+        with open(self.paths[i], "rb") as f:
+            return f.read()
+
     def open(self, i: int):
         """(PIL image, content hash, file bytes, full (width, height)); raises on a bad file,
         and on one over the decoding limits before reading or decoding it."""
@@ -115,11 +124,7 @@ class _FileItems:
 
         from runner.data import ImageTooLarge
 
-        nbytes = os.path.getsize(self.paths[i])
-        if self.max_bytes and nbytes > self.max_bytes:
-            raise ImageTooLarge(f"{nbytes:,} bytes, over data.max_image_bytes={self.max_bytes:,}")
-        with open(self.paths[i], "rb") as f:
-            raw = f.read()
+        raw = self._raw(i)
         try:
             im = Image.open(io.BytesIO(raw))
         except Image.DecompressionBombError as e:
@@ -136,6 +141,26 @@ class _FileItems:
             )
         im.load()
         return im, hashlib.sha1(raw).hexdigest()[:16], len(raw), size
+
+
+class _RecordItems(_FileItems):
+    """Images of a records kind (runner/sources): a file, or bytes its kind reads (a saved
+    dataset's row, a tar member), measured like files."""
+
+    def __init__(self, rec, analysis_size: int, max_pixels: int = 0, max_bytes: int = 0):
+        files = rec.read is None
+        super().__init__(rec.where if files else rec.names, analysis_size, max_pixels, max_bytes)
+        self.rec, self.files = rec, files
+
+    def _raw(self, i: int) -> bytes:
+        if self.files:
+            return super()._raw(i)
+        from runner.data import ImageTooLarge
+
+        raw = self.rec.raw(i)
+        if self.max_bytes and len(raw) > self.max_bytes:
+            raise ImageTooLarge(f"{len(raw):,} bytes, over data.max_image_bytes={self.max_bytes:,}")
+        return raw
 
 
 class _SplitItems:
@@ -197,6 +222,8 @@ class Source:
     notes: List[str] = field(default_factory=list)
     # folders: the absolute data.root that `names` are relative to
     root: Optional[str] = None
+    # records with a group column (runner/sources): the group of every image
+    group: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -225,12 +252,12 @@ def scan_imagefolder(
     from timm.utils.misc import natural_key
 
     from runner.data import (
-        _fingerprint,
         folder_layout,
         image_extensions,
         split_indices,
         walk_image_folder,
     )
+    from runner.sources import content_fingerprint, file_digest
 
     layout = folder_layout(root)
     tops = [layout[s] for s in ("train", "val", "test") if layout[s] is not None]
@@ -275,7 +302,7 @@ def scan_imagefolder(
         split[va] = 1
         split[te] = 2
     rel = [str(Path(p).relative_to(root)) for p in paths]  # names: relative to data.root
-    fp = _fingerprint(*[f"{r}:{os.path.getsize(p)}" for r, p in zip(rel, paths)])
+    fp = content_fingerprint(split, np.array(labels), class_names, [file_digest(p) for p in paths])
     return Source(
         "imagefolder",
         class_names,
@@ -286,6 +313,43 @@ def scan_imagefolder(
         fp,
         notes,
         str(root),
+    )
+
+
+def records_source(cfg, ctx: Context, analysis_size: int) -> Source:
+    """A records kind (a labels file, a saved dataset, shards): its images read as files, with
+    the split training will use (runner.sources.assign_splits) and its groups."""
+    from runner import sources
+    from runner.data import DATA_KINDS
+
+    rec = DATA_KINDS[cfg.data.kind].read_records(cfg.data, Path(ctx.original_cwd))
+    split = sources.assign_splits(
+        rec,
+        float(cfg.data.val_fraction),
+        float(cfg.data.test_fraction or 0.0),
+        int(cfg.data.split_seed),
+    )
+    problems = sources.split_problems(rec, split)
+    if problems:
+        raise ConfigError(problems)
+    fp = sources.content_fingerprint(
+        split, rec.labels, rec.class_names, [sources.digest(rec, i) for i in range(len(rec))]
+    )
+    return Source(
+        rec.kind,
+        list(rec.class_names),
+        split,
+        rec.labels.astype(np.int32),
+        list(rec.names),
+        _RecordItems(
+            rec,
+            analysis_size,
+            int(cfg.data.max_image_pixels or 0),
+            int(cfg.data.max_image_bytes or 0),
+        ),
+        fp,
+        list(rec.notes),
+        group=rec.group,
     )
 
 
@@ -608,10 +672,17 @@ class Findings:
     augmented: List[Dict[str, Any]] = field(default_factory=list)
 
 
-def run_checks(table: dc.ImageTable, ic, checks_cfg=None, kind: Optional[str] = None) -> Findings:
+def run_checks(
+    table: dc.ImageTable,
+    ic,
+    checks_cfg=None,
+    kind: Optional[str] = None,
+    overlap: Optional[Dict[str, List[str]]] = None,
+) -> Findings:
     """Every data check on the table: `ic` is settings() (stage.params and the data checks'
     thresholds), `checks_cfg` the `checks` config node that switches checks (None = defaults),
-    `kind` the data kind (data=synthetic draws its label into the pixels by design)."""
+    `kind` the data kind (data=synthetic draws its label into the pixels by design), `overlap`
+    the groups in two splits (runner.sources.group_overlap; data with a group column)."""
     verdicts: List[Verdict] = []
 
     def check(name, fn, *args):
@@ -631,7 +702,7 @@ def run_checks(table: dc.ImageTable, ic, checks_cfg=None, kind: Optional[str] = 
         time.perf_counter() - t0,
     )
     check("data.duplicates", dc.duplicates, table, groups, L)
-    check("data.leakage", dc.leakage, table, leaks, L)
+    check("data.leakage", dc.leakage, table, leaks, L, overlap)
     augmented: List[Dict[str, Any]] = []
     if is_enabled(checks_cfg, "data.leakage_augmented"):
         t0 = time.perf_counter()
@@ -785,6 +856,8 @@ def _label_in_pixels(table: dc.ImageTable, s, kind: Optional[str]) -> Verdict:
 
 def run(cfg, ctx: Context) -> StageResult:
 
+    from runner.data import DATA_KINDS
+
     ic = _settings(cfg)
     t_start = time.perf_counter()
     log.info("inspect: %s (no network: looking at the data)", cfg.data.kind)
@@ -799,6 +872,8 @@ def run(cfg, ctx: Context) -> StageResult:
             int(cfg.data.max_image_bytes or 0),
             float(cfg.data.test_fraction or 0.0),
         )
+    elif cfg.data.kind in DATA_KINDS and DATA_KINDS[cfg.data.kind].records:
+        source = records_source(cfg, ctx, ic.analysis_size)
     else:
         source = bundle_source(cfg, ctx)
     for note in source.notes:
@@ -825,7 +900,11 @@ def run(cfg, ctx: Context) -> StageResult:
         ips,
     )
 
-    found = run_checks(table, ic, cfg.checks, source.kind)
+    from runner.sources import group_overlap
+
+    found = run_checks(
+        table, ic, cfg.checks, source.kind, group_overlap(source.split, source.group)
+    )
     verdicts = found.verdicts
     groups, leaks, outl, flags = found.groups, found.leaks, found.outliers, found.flags
     unchecked = not_checked(source, table)
