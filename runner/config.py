@@ -116,7 +116,12 @@ class DataConfig:
     splits: Dict[str, str] = field(default_factory=dict)
     # wds: tar shards per split (local paths or brace patterns, e.g. data/train-{000..009}.tar)
     shards: Dict[str, Any] = field(default_factory=dict)
-    # wds: samples held in the shuffle buffer while streaming the training shards
+    # wds: false = the shards are indexed once (each member's offset) and read at random like
+    # files (exact resume, the same training curves as a folder of the same images); true =
+    # streamed in order through a shuffle buffer, shards split across DDP ranks and loader
+    # workers (for shards too large to index or read twice)
+    stream: bool = False
+    # wds stream: samples held in the shuffle buffer while streaming the training shards
     shuffle_buffer: int = 1000
     # wds: the checks that need random access (duplicates, label issues, inspect) read this
     # many samples of each split, and say so
