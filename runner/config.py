@@ -578,6 +578,19 @@ def _data_problems(p: List[str], cfg, base: Path) -> None:
                 f"data.root={d.root!r} is not a folder (looked in {(base / d.root).expanduser()}); "
                 "expected train/ and val/ class folders or one folder of class folders"
             )
+    if d.kind == "manifest":
+        files = [d.files] if isinstance(d.files, str) else list(d.files or [])
+        if not files:
+            p.append(
+                "data.files is not set; expected a CSV or JSON labels file of path,label rows "
+                "(or a list of them) for data=manifest"
+            )
+        for f in files:
+            if not (base / str(f)).expanduser().is_file():
+                p.append(
+                    f"data.files: {f!r} is not a file (looked in {(base / str(f)).expanduser()}); "
+                    "expected a CSV or JSON labels file of path,label rows"
+                )
     if d.kind == "torchvision":
         if not d.name:
             p.append(

@@ -58,6 +58,8 @@ class Records:
     notes: List[str] = field(default_factory=list)
     # what a message calls this source: "data.files=['labels.csv']"
     source: str = ""
+    # the folder `names` are relative to, when they are paths
+    root: Optional[str] = None
 
     def __len__(self) -> int:
         return len(self.labels)

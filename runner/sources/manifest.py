@@ -122,10 +122,10 @@ def records(cfg, base: Path) -> Records:
             s = CARVE
             if col["split_column"] in columns:
                 value = str(row.get(col["split_column"]) or "").strip().lower()
-                if value not in SPLIT_NAMES:
+                if value and value not in SPLIT_NAMES:  # empty: carved by the fractions
                     bad_split.append(f"{where}: {value!r}")
                     continue
-                s = SPLIT_NAMES[value]
+                s = SPLIT_NAMES.get(value, CARVE)
             paths.append(img)
             labels.append(row.get(col["label_column"], ""))
             splits.append(s)
@@ -155,4 +155,5 @@ def records(cfg, base: Path) -> Records:
         [str(p) for p in paths],
         group=np.array(groups, dtype=object) if has_group else None,
         source=f"data.files={[str(f) for f in files]}",
+        root=str(common.resolve()),
     )

@@ -349,6 +349,7 @@ def records_source(cfg, ctx: Context, analysis_size: int) -> Source:
         ),
         fp,
         list(rec.notes),
+        rec.root,
         group=rec.group,
     )
 
