@@ -63,10 +63,13 @@ def run_command(name: str, args: List[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    from runner.errors import ConfigError  # light: no torch
+    from runner.errors import ConfigError, RunFileError  # light: no torch
 
     try:
         return COMMANDS[name](list(args))
     except ConfigError as e:  # bad input to a command: one message, exit 2
         print(f"config error: {e}", file=sys.stderr)
+        return e.exit_code
+    except RunFileError as e:  # a file it writes (an export, predictions): one message, exit 3
+        print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -20,6 +20,7 @@ end: a failed export leaves nothing half-written.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import math
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from runner.commands import parse_command
-from runner.errors import ConfigError
+from runner.errors import ConfigError, RunFileError
 
 log = logging.getLogger("runner")
 PathLike = Union[str, Path]
@@ -116,6 +117,17 @@ def export(
         if target.exists():
             target.rmdir()  # empty (checked above)
         tmp.rename(target)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, RunFileError):
+            raise
+        name = Path(e.filename).name if e.filename else ""
+        raise RunFileError(
+            target / name if name and not name.startswith(".") else target,
+            e,
+            f"Nothing was exported ({target} was not made: no part of an export is left); "
+            f"the run {src} is untouched",
+        ) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -180,8 +192,8 @@ def _write(fm, formats: List[str], folder: Path, opset: int) -> Exported:
             "slightly (python -m runner predict uses the run's own resize)"
         )
     config = timm_config(fm)
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (folder / "README.md").write_text(model_card(fm, res, config))
+    _save(folder / "config.json", (json.dumps(config, indent=2) + "\n").encode())
+    _save(folder / "README.md", model_card(fm, res, config).encode())
     res.files += ["config.json", "README.md"]
     return res
 
@@ -203,13 +215,14 @@ def _onnx(model, x, x_check, ref, path: Path, opset: int, fm) -> float:
     import onnxruntime as ort
     import torch
 
+    buf = io.BytesIO()  # serialised here, written by _save: a failed write names the file
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation note
             torch.onnx.export(
                 model,
                 (x,),
-                str(path),
+                buf,
                 input_names=["input"],
                 output_names=["logits"],
                 dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
@@ -222,6 +235,7 @@ def _onnx(model, x, x_check, ref, path: Path, opset: int, fm) -> float:
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); try "
             "--format torchscript or safetensors"
         ) from e
+    _save(path, buf.getvalue())
     try:
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         got = sess.run(None, {"input": x_check.numpy()})[0]
@@ -253,8 +267,13 @@ def _torchscript(model, x, x_check, ref, path: Path, fm) -> float:
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")  # TracerWarnings: checked below on the saved file
             traced = torch.jit.trace(model, x, check_trace=False)
-            torch.jit.save(traced, str(path))
+            buf = io.BytesIO()
+            # to memory: torch's file writer aborts the process when a write fails
+            torch.jit.save(traced, buf)
+            _save(path, buf.getvalue())
             got = torch.jit.load(str(path))(x_check)
+    except OSError:
+        raise
     except Exception as e:  # noqa: BLE001 -- a model the tracer cannot follow
         raise ConfigError(
             f"export --format torchscript: {fm.file}: the model cannot be traced "
@@ -272,11 +291,22 @@ def _torchscript(model, x, x_check, ref, path: Path, fm) -> float:
 
 
 def _safetensors(model, path: Path) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     # clones: tensors that share memory (tied weights) are refused by save_file
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata={"format": "pt"})
+    _save(path, save(state, metadata={"format": "pt"}))
+
+
+def _save(path: Path, data: bytes) -> None:
+    """One export file, through a temp file and a rename (runner/output.py): a full disk or a
+    size limit is an OSError naming the condition, and leaves no part of the file."""
+    from runner.output import _atomic_write_bytes
+
+    try:
+        _atomic_write_bytes(path, data)
+    except OSError as e:  # the temp file's name is no use to the reader: the file's is
+        raise OSError(e.errno, e.strerror, str(path)) from e
 
 
 # ----------------------------------------------------------------------------- config.json

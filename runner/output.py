@@ -18,7 +18,7 @@ import secrets
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
-from runner.errors import ConfigError
+from runner.errors import ConfigError, RunFileError
 
 METRIC_COLUMNS = [
     "epoch",
@@ -142,11 +142,17 @@ def write_csv_file(
     path: Path, rows: List[Dict[str, Any]], columns: Optional[List[str]] = None
 ) -> Path:
     """A CSV outside a run directory (predict's predictions), written atomically; `columns`
-    first, then any others the rows have. A write that fails is a ConfigError naming it."""
+    first, then any others the rows have. A write that fails is a RunFileError (exit 3) naming
+    the file and the condition; a file already at `path` is left as it was."""
     try:
         _atomic_write_bytes(Path(path), csv_bytes(rows, columns))
     except OSError as e:
-        raise ConfigError(f"could not write {path}: {e.strerror or e}") from e
+        raise RunFileError(
+            path,
+            e,
+            "Nothing was written (a file already there is as it was: writes go through a "
+            "temp file and a rename)",
+        ) from e
     return Path(path)
 
 

@@ -307,6 +307,48 @@ def storage_url(spec: str | None, study_dir: Path, n_jobs: int = 1) -> str | Non
     )
 
 
+# what SQLite (through SQLAlchemy) says for the write failures RunFileError names
+_SQLITE_WRITE_ERRORS = {
+    "database or disk is full": "ENOSPC",
+    "attempt to write a readonly database": "EROFS",
+    "unable to open database file": "EACCES",
+    "disk i/o error": "EIO",
+}
+
+
+def storage_write_error(e: BaseException, url: str | None):
+    """A RunFileError (exit 3) for a study storage that could not be written: a journal file's
+    OSError, or SQLite's "database or disk is full" (and its read-only, cannot-open and I/O
+    kin) as SQLAlchemy raises them; None for anything else. The message names the storage
+    file, the condition and what survived."""
+    import errno
+    import os
+
+    from runner.errors import RunFileError
+
+    if url is None:
+        return None
+    path = url.split("sqlite:///", 1)[-1] if url.startswith("sqlite:") else url
+    survived = (
+        f"The trials recorded so far are in {url} as they were (a storage write is whole or "
+        "not at all); once fixed, the same command resumes the study"
+    )
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, RunFileError):
+            return e
+        if isinstance(e, OSError) and e.errno is not None:
+            return RunFileError(e.filename or path, e, survived)
+        text = str(e).lower()
+        for pattern, name in _SQLITE_WRITE_ERRORS.items():
+            if pattern in text and "://" in url:
+                code = getattr(errno, name)
+                return RunFileError(path, OSError(code, os.strerror(code), path), survived)
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def open_storage(url: str | None):
     import optuna
 

@@ -488,3 +488,70 @@ def test_inspect_names_the_bomb_and_plots_mathtext_class_names(hostile_folder, t
     assert "decompression bomb" in errors["train/$\\foo$/bomb.png"]
     assert len(list((r.run_dir / "plots").glob("*.png"))) >= 3
     assert "Traceback" not in r.out
+
+
+# ----------------------------------------------------------------------------- outside a run
+@pytest.mark.parametrize(
+    "fmt, file",
+    [
+        ("onnx", "model.onnx"),
+        ("torchscript", "model.torchscript.pt"),
+        ("safetensors", "model.safetensors"),
+    ],
+)
+def test_an_export_over_the_file_size_limit_is_exit_3_naming_the_file(
+    finished, tmp_path, fmt, file
+):
+    """`ulimit -f` below the model's size: each exporter's file (torch's own writer would abort
+    the process, safetensors' Rust writer says "os error 27") ends in one exit-3 message
+    naming the file and EFBIG, and no part of an export is left."""
+    pytest.importorskip("onnx")
+    out = tmp_path / "export"
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, hard))  # the models are ~90 KB
+    try:
+        r = run_cli(["export", str(finished), "--format", fmt, "--out", str(out)], tmp_path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert r.code == 3, r.out
+    assert f"could not write {out / file}: the file is larger than allowed (EFBIG" in r.out
+    assert "Nothing was exported" in r.out and "Traceback" not in r.out
+    assert not out.exists() and not list(tmp_path.glob(".export.*"))
+
+
+def test_predictions_that_cannot_be_written_are_exit_3_and_keep_the_old_file(
+    finished, tmp_path, monkeypatch
+):
+    out = tmp_path / "predictions.csv"
+    out.write_text("old\n")
+
+    def full(*a, **kw):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    r = run_cli(["predict", str(finished), "--split", "val", "--out", str(out)], tmp_path)
+    assert r.code == 3, r.out
+    assert f"could not write {out}: no space left on the device (ENOSPC)" in r.out
+    assert out.read_text() == "old\n"
+
+
+def test_a_study_storage_that_cannot_be_written_is_exit_3_naming_it(tmp_path, monkeypatch):
+    """SQLite's "database or disk is full" while the sweeper records a trial: one message
+    naming the study's file and the condition, exit 3 (not a stack of SQLAlchemy frames)."""
+    import sqlite3
+
+    import optuna
+    import sqlalchemy.exc
+
+    def full(*a, **kw):
+        raise sqlalchemy.exc.OperationalError(
+            "INSERT INTO trials", {}, sqlite3.OperationalError("database or disk is full")
+        )
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, "_create_new_trial", full)
+    args = ["-m", "stage=tune", *FAST, "hydra.sweeper.study_name=s", "hydra.sweeper.n_trials=1"]
+    r = run_cli(args, tmp_path)
+    db = tmp_path / "multirun" / "tune" / "s" / "optuna.db"
+    assert r.code == 3, r.out
+    assert f"could not write {db}: no space left on the device (ENOSPC)" in r.out, r.out
+    assert "the same command resumes the study" in r.out and "Traceback" not in r.out

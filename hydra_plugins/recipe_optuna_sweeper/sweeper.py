@@ -111,6 +111,16 @@ class OptunaSweeper(Sweeper):
             # anything raised here, and exit 1)
             print(f"config error: {e}", file=sys.stderr)
             raise SystemExit(e.exit_code) from None
+        except Exception as e:
+            from runner import tuning
+
+            # the study's storage could not be written (a full disk, a size limit, a
+            # read-only file system): one message naming it and exit 3, as for run files
+            err = tuning.storage_write_error(e, getattr(self, "url", None))
+            if err is None:
+                raise
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(err.exit_code) from None
 
     def _sweep(self, arguments: list[str]) -> Any:
         import optuna
