@@ -44,8 +44,11 @@ def test_choose_breaks_an_accuracy_tie_on_val_loss_then_prefers_the_simpler():
 # ----------------------------------------------------------------------------- end to end
 def test_squeeze_records_lineage_and_labels_its_sub_runs(cli, tmp_path):
     # two tiny candidates in one process (a two-job sweep of stage=train, the cheapest stage):
-    # runs/0 (seed 0) and runs/1 (seed 7)
-    r = cli(["-m", *TINY, "model=timm", "stage=train", "hydra.sweep.dir=runs", "seed=0,7"])
+    # runs/0 and runs/1: two learning rates (two seeds of one config would be one recipe:
+    # no runner-up, test_the_runner_up_is_another_recipe_than_the_winner)
+    r = cli(
+        ["-m", *TINY, "model=timm", "stage=train", "hydra.sweep.dir=runs", "optim.lr=3e-4,1e-3"]
+    )
     assert r.code == 0, r.out
     a, b = tmp_path / "runs" / "0", tmp_path / "runs" / "1"
     q = cli(
@@ -301,3 +304,19 @@ def test_outcome_refuses_an_unfinished_run(tmp_path):
     with pytest.raises(ConfigError, match="no run there"):
         outcome(tmp_path / "empty")
     assert outcome(_fake_run(tmp_path / "done")).source == tmp_path / "done"
+
+
+def test_the_runner_up_is_another_recipe_than_the_winner(cli, tmp_path):
+    """A candidate that trains the winner's recipe again (another seed, a tune warm start from
+    its weights: the same config from scratch) is passed over; the next one is the runner-up."""
+    from runner.stages.squeeze import recipe_key, runner_up
+
+    base = FAST + ["stage=train", "trainer.epochs=1"]
+    dirs = []
+    for extra in (["seed=0"], ["seed=1", "trainer.progress=true"], ["optim.lr=0.001"]):
+        r = cli(base + extra + [f"hydra.run.dir={tmp_path / str(len(dirs))}"])
+        assert r.code == 0, r.out
+        dirs.append(tmp_path / str(len(dirs)))
+    assert recipe_key(dirs[0]) == recipe_key(dirs[1]) != recipe_key(dirs[2])
+    assert runner_up(dirs) == dirs[2]
+    assert runner_up(dirs[:2]) is None and runner_up(dirs[:1]) is None

@@ -11,7 +11,9 @@ continue_epochs null or an integer >= 0, each source an existing directory.
    config saved in the checkpoint, evaluated on the full validation set, and their averaged
    logits scored (`squeeze.ensemble`; ensemble.csv). One member (one candidate, k=1) is no
    ensemble: the check skips and it is no option to adopt.
-2. Seeds: before adopting the winner, it and the runner-up are rerun with `seeds - 1` more
+2. Seeds: before adopting the winner, it and the runner-up (the best candidate of another
+   recipe, `runner_up`: one that trains the winner's config again is passed over) are
+   rerun with `seeds - 1` more
    seeds each (same config and split, seed+1, seed+2, ...; `seeds/`), and compared as mean
    +/- std of `metric`'s selection value (what the candidates were ranked by: val accuracy
    by default; seeds.csv keeps each seed's val accuracy and adds the score). A lead that
@@ -33,6 +35,7 @@ summary, with its role and candidate; the config it trains is the candidate's ow
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -741,12 +744,11 @@ def squeeze_lineage(
         for i, d in enumerate(ranked)
     ]
 
-    def pick(i: int) -> Optional[dict[str, Any]]:
-        return (
-            {"dir": str(comparable[i]), "recorded_val_acc": acc(comparable[i])}
-            if len(comparable) > i
-            else None
-        )
+    def pick(d: Optional[Path]) -> Optional[dict[str, Any]]:
+        return {"dir": str(d), "recorded_val_acc": acc(d)} if d is not None else None
+
+    second = runner_up(comparable)
+    passed = comparable[1 : comparable.index(second) if second is not None else len(comparable)]
 
     return {
         "stage": "squeeze",
@@ -756,8 +758,10 @@ def squeeze_lineage(
         "candidates": cands,
         "members": [str(m) for m in members],
         "skipped": list(skipped),
-        "winner": pick(0),
-        "runner_up": pick(1),
+        "winner": pick(comparable[0] if comparable else None),
+        "runner_up": pick(second),
+        # candidates ranked between the two that train the winner's recipe again (runner_up)
+        "same_recipe_as_winner": [str(d) for d in passed],
         "sub_runs": [],
         "rule": CHOOSE_RULE,
         "options": None,
@@ -821,9 +825,10 @@ def seed_phase(cfg, cands: list[Path], n_seeds: int, ctx: Context, lineage: dict
         return None, v, {}
     metric = str(cfg.get("metric") or "accuracy")
     win = seed_reruns(cands[0], "winner", n_seeds, ctx, ctx.run.path / "seeds", metric)
+    second = Path(lineage["runner_up"]["dir"]) if lineage.get("runner_up") else None
     up = (
-        seed_reruns(cands[1], "runner-up", n_seeds, ctx, ctx.run.path / "seeds", metric)
-        if len(cands) > 1
+        seed_reruns(second, "runner-up", n_seeds, ctx, ctx.run.path / "seeds", metric)
+        if second is not None
         else None
     )
     for g in (win, up):
@@ -854,6 +859,43 @@ def seed_phase(cfg, cands: list[Path], n_seeds: int, ctx: Context, lineage: dict
         if g
     ]
     return {"winner": win, "runner_up": up}, v, {"rows": rows, "stats": stats}
+
+
+def recipe_key(run_dir: Path) -> str:
+    """What seed reruns of a run train (runner/jobs.py trained_config): its data, model,
+    optimiser, schedule, augmentation and trainer settings, less the seed and what only
+    changes speed or output. Two runs with one key are one recipe (a tune warm start that
+    continued the ladder's kept rung from its weights trains, from scratch, the same one)."""
+    c = jobs.trained_config(run_dir)
+    ran = jobs.summary(run_dir).get("epochs")
+    keep = {k: OmegaConf.to_container(c[k], resolve=True) for k in RECIPE_KEYS}
+    for k in ("progress", "threads", "checkpoint_every"):
+        keep["trainer"].pop(k, None)
+    if isinstance(ran, int) and ran > 0:  # seed reruns train as many epochs as it ran
+        keep["trainer"]["epochs"] = ran
+    return json.dumps(keep, sort_keys=True, default=str)
+
+
+# the config nodes that make a training recipe (recipe_key)
+RECIPE_KEYS = ("data", "model", "optim", "sched", "aug", "trainer")
+
+
+def runner_up(cands: list[Path]) -> Optional[Path]:
+    """The best-ranked candidate after the winner that trains another recipe (recipe_key):
+    one that trains the winner's again tells nothing about the winner's config; None when
+    every candidate is the winner's recipe."""
+    if len(cands) < 2:
+        return None
+    first = recipe_key(cands[0])
+    for c in cands[1:]:
+        if recipe_key(c) != first:
+            return c
+        log.info(
+            "squeeze: %s trains the winner's recipe (%s) again: not a runner-up",
+            c.name,
+            cands[0].name,
+        )
+    return None
 
 
 def _compared(group: dict[str, Any]) -> str:
