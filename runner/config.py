@@ -32,6 +32,8 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "momentum", "nadam", "radam", "lamb", "lio
 FUSED_OPTIMIZERS = ("adam", "adamw", "sgd", "momentum")
 SCHEDULERS = ("none", "cosine", "step", "multistep", "plateau", "poly", "tanh")
 ON_UNREADABLE = ("skip", "fail")
+# trainer.imbalance (runner/imbalance.py SETTINGS)
+IMBALANCE = ("none", "class_weights", "balanced_sampler", "auto")
 
 
 @dataclass
@@ -212,6 +214,12 @@ class TrainerConfig:
     grad_clip: float = 0.0
     # evaluate on the *whole* validation set every this many epochs (and always at the end)
     eval_every: int = 1
+    # imbalanced classes (runner/imbalance.py): none | class_weights (the loss weighs each
+    # class by n / (k * count)) | balanced_sampler (each epoch draws examples with probability
+    # 1 / their class's count) | auto (class weights when the largest training class has
+    # imbalance_ratio times the smallest's examples, else none); summary.json `imbalance`
+    imbalance: str = "none"
+    imbalance_ratio: float = 10.0
     # stop early when val loss has not improved for this many evaluations (0 = off)
     early_stopping_patience: int = 0
     # cap on optimiser steps per epoch (0 = a full pass); for quick checks and tests
@@ -647,6 +655,12 @@ def _training_problems(p: List[str], cfg, original_cwd: Optional[str]) -> None:
     """optim.*, sched.*, aug.*, trainer.* and the run's own keys (metric, init_from, resume)."""
     o, s, t, a = cfg.optim, cfg.sched, cfg.trainer, cfg.aug
     _choice(p, "metric", cfg.metric, METRICS)
+    _choice(p, "trainer.imbalance", t.imbalance, IMBALANCE)
+    if not t.imbalance_ratio > 1:
+        p.append(
+            f"trainer.imbalance_ratio={t.imbalance_ratio!r} must be > 1 (largest / smallest "
+            "training class count from which trainer.imbalance=auto weighs the classes)"
+        )
     _choice(p, "optim.name", o.name, OPTIMIZERS)
     if o.fused and o.name in OPTIMIZERS and o.name not in FUSED_OPTIMIZERS:
         p.append(

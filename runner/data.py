@@ -51,6 +51,7 @@ def batch_indices(
     rank: int = 0,
     world: int = 1,
     even: bool = True,
+    weights: Optional[torch.Tensor] = None,
 ) -> List[torch.Tensor]:
     """This process's share of each *global* batch of an epoch.
 
@@ -60,9 +61,15 @@ def batch_indices(
     every rank gets the same number of non-empty batches, as DDP needs; otherwise
     (evaluation) every example is in exactly one rank's share, some shares maybe empty.
     """
-    order = (
-        torch.randperm(n, generator=_epoch_generator(seed, epoch)) if shuffle else torch.arange(n)
-    )
+    # `weights` (shuffled training only; trainer.imbalance=balanced_sampler): the epoch draws
+    # n examples with replacement, each with probability proportional to its weight
+    if shuffle and weights is not None:
+        g = _epoch_generator(seed, epoch)
+        order = torch.multinomial(weights.double(), n, replacement=True, generator=g)
+    elif shuffle:
+        order = torch.randperm(n, generator=_epoch_generator(seed, epoch))
+    else:
+        order = torch.arange(n)
     n_batches = n // batch_size if drop_last else math.ceil(n / batch_size)
     out = []
     for i in range(n_batches):
@@ -88,6 +95,8 @@ class _GlobalBatches:
     rank: int
     world: int
     train: bool
+    # per-example draw weights of a balanced sampler (runner/imbalance.py); None: a shuffle
+    sample_weights: Optional[torch.Tensor] = None
 
     def _batches(self, epoch: int) -> List[torch.Tensor]:
         return batch_indices(
@@ -100,6 +109,7 @@ class _GlobalBatches:
             self.rank,
             self.world,
             even=self.train,
+            weights=self.sample_weights if self.train else None,
         )
 
     def __len__(self) -> int:

@@ -64,8 +64,11 @@ def build_scheduler(cfg, optimizer, epochs: int, steps_per_epoch: int):
     return sched
 
 
-def build_loss_and_mixup(aug, num_classes: int) -> Tuple[nn.Module, Optional[object]]:
-    """Cross-entropy (with label smoothing), or soft-target CE with timm's Mixup/CutMix."""
+def build_loss_and_mixup(
+    aug, num_classes: int, class_weights=None
+) -> Tuple[nn.Module, Optional[object]]:
+    """Cross-entropy (with label smoothing), or soft-target CE with timm's Mixup/CutMix;
+    `class_weights` (runner/imbalance.py, trainer.imbalance=class_weights) weigh either."""
     if aug.mixup_alpha > 0 or aug.cutmix_alpha > 0:
         from timm.data import Mixup
         from timm.loss import SoftTargetCrossEntropy
@@ -76,5 +79,9 @@ def build_loss_and_mixup(aug, num_classes: int) -> Tuple[nn.Module, Optional[obj
             label_smoothing=aug.label_smoothing,
             num_classes=num_classes,
         )
+        if class_weights is not None:
+            from runner.imbalance import SoftTargetCE
+
+            return SoftTargetCE(class_weights), mixup
         return SoftTargetCrossEntropy(), mixup
-    return nn.CrossEntropyLoss(label_smoothing=aug.label_smoothing), None
+    return nn.CrossEntropyLoss(weight=class_weights, label_smoothing=aug.label_smoothing), None

@@ -41,6 +41,7 @@ from runner.loggers import build_loggers
 from runner.loop import Callback, EpochRecord, LoopOptions, LoopState, Stop, fit
 from runner.metrics import best_epoch_on, evaluation_block
 from runner.models import build_model, count_params
+from runner import imbalance
 from runner.optim import build_loss_and_mixup, build_optimizer, build_scheduler
 from runner.output import RunDir, owned
 from runner.stages.protocol import Context, Rows, StageResult, run_check
@@ -66,6 +67,8 @@ class TrainResult:
     # the final model's evaluation (final_evaluation): val and test, per class; None for a
     # check's own run (write_metrics=False)
     final: Optional[Dict[str, Any]] = None
+    # what trainer.imbalance came to (runner/imbalance.py Imbalance)
+    imbalance: Any = None
 
 
 # ----------------------------------------------------------------------------- runtime
@@ -202,7 +205,9 @@ def build_model_for(cfg, data: DataBundle, ctx: Context, device: torch.device) -
     return model
 
 
-def loaders(cfg, data: DataBundle, device: torch.device, zero_inputs: bool = False):
+def loaders(
+    cfg, data: DataBundle, device: torch.device, zero_inputs: bool = False, sample_weights=None
+):
     t, d = cfg.trainer, cfg.data
     di = from_env()
     if t.batch_size % di.world:
@@ -237,6 +242,8 @@ def loaders(cfg, data: DataBundle, device: torch.device, zero_inputs: bool = Fal
         rank=di.rank,
         world=di.world,
     )
+    # trainer.imbalance=balanced_sampler (runner/imbalance.py): the epoch's draw
+    train_loader.sample_weights = sample_weights
     return train_loader, val_loader
 
 
@@ -362,6 +369,8 @@ class Parts:
     mixup: Any
     optimizer: Any
     scheduler: Any
+    # what trainer.imbalance came to (runner/imbalance.py)
+    imbalance: Any = None
 
 
 def build_parts(cfg, ctx: Context, data, model, zero_inputs: bool) -> Parts:
@@ -370,8 +379,16 @@ def build_parts(cfg, ctx: Context, data, model, zero_inputs: bool) -> Parts:
     data = data or build_data_for(cfg, ctx)
     if model is None:
         model = build_model_for(cfg, data, ctx, device)
-    train_loader, val_loader = loaders(cfg, data, device, zero_inputs)
-    loss_fn, mixup = build_loss_and_mixup(cfg.aug, data.num_classes)
+    imb = imbalance.resolve(
+        str(cfg.trainer.imbalance),
+        data.train.labels,
+        data.num_classes,
+        float(cfg.trainer.imbalance_ratio),
+    )
+    if imb.setting != "none":
+        log.info("imbalance: %s", imb.reason)
+    train_loader, val_loader = loaders(cfg, data, device, zero_inputs, imb.sample_weights)
+    loss_fn, mixup = build_loss_and_mixup(cfg.aug, data.num_classes, imb.class_weights)
     optimizer = build_optimizer(cfg.optim, model)
     t = cfg.trainer
     steps = len(train_loader)
@@ -388,7 +405,7 @@ def build_parts(cfg, ctx: Context, data, model, zero_inputs: bool) -> Parts:
         steps,
     )
     return Parts(
-        device, data, model, train_loader, val_loader, loss_fn, mixup, optimizer, scheduler
+        device, data, model, train_loader, val_loader, loss_fn, mixup, optimizer, scheduler, imb
     )
 
 
@@ -693,6 +710,7 @@ def train_run(
         pruned=bool(stop and stop.pruned),
         compile_s=_compile_s(records),
         final=final,
+        imbalance=parts.imbalance,
     )
 
 
@@ -911,6 +929,8 @@ def summary_of(
             "fingerprint": res.data.fingerprint,
             "class_names": res.data.class_names,
         },
+        # trainer.imbalance: the setting, what it came to, the training class counts
+        "imbalance": res.imbalance.record() if res.imbalance is not None else None,
         "resumed_from": res.resumed_from,
         "stop_reason": res.stop_reason,
         # files left out of training because they could not be read (name -> error)

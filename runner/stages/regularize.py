@@ -153,6 +153,10 @@ def _same_input_size(base_cfg, named: Sequence[str]) -> list[str]:
     return [f"data.image_size={int(base_cfg.data.image_size)}"]
 
 
+# `when: imbalanced`: a rung for imbalanced classes only (the base rung's training split)
+IMBALANCED = "imbalanced"
+
+
 def check_rungs(cfg, rungs: Sequence[dict], ctx: Context) -> None:
     """Compose and validate every rung on its own against the command before anything trains;
     one ConfigError lists every bad rung as `stage.params.rungs[<i>] (<name>): <override>: why`."""
@@ -167,6 +171,8 @@ def check_rungs(cfg, rungs: Sequence[dict], ctx: Context) -> None:
         where = f"stage.params.rungs[{i}] ({name})"
         change = [str(o) for o in (rung.get("overrides") or [])]
         when = rung.get("when")
+        if when == IMBALANCED:  # a fact of the data, known once the base rung has trained
+            when = None
         if when and OmegaConf.select(cfg, str(when), default=missing) is missing:
             problems.append(f"{where}: when: {when} is not in the config{_close(str(when), keys)}")
             continue
@@ -276,6 +282,19 @@ class Ladder:
         self.rows.append(row)
         return True
 
+    def imbalanced(self) -> bool:
+        """`when: imbalanced`: the base rung's training classes, largest / smallest count, at
+        least trainer.imbalance_ratio (runner/imbalance.py)."""
+        ratio = (self.best_summary.get("imbalance") or {}).get("ratio", 1.0)
+        return ratio is None or ratio >= float(self.cfg.trainer.imbalance_ratio)
+
+    def imbalance_text(self) -> str:
+        ratio = (self.best_summary.get("imbalance") or {}).get("ratio", 1.0)
+        return (
+            f"the training classes are balanced (largest / smallest {ratio:.1f} < "
+            f"trainer.imbalance_ratio={float(self.cfg.trainer.imbalance_ratio):g})"
+        )
+
     @staticmethod
     def _figures(summ: dict, acc) -> dict[str, Any]:
         return {
@@ -296,7 +315,13 @@ class Ladder:
         path = self.root / f"{k}-{_slug(name)}"
         row = _row(k, name, " ".join(change), self.best_acc, f"rungs/{path.name}")
         when = rung.get("when")
-        if when and not OmegaConf.select(self.best_cfg, str(when), default=None):
+        if when == IMBALANCED and not self.imbalanced():
+            log.info("regularize: rung %d/%d %s skipped: the classes are balanced", k, n, name)
+            self.rows.append({**row, "dir": None, "error": f"skipped: {self.imbalance_text()}"})
+            return
+        if when and when != IMBALANCED and not OmegaConf.select(
+            self.best_cfg, str(when), default=None
+        ):
             log.info("regularize: rung %d/%d %s skipped: %s is not set", k, n, name, when)
             self.rows.append({**row, "dir": None, "error": f"skipped: {when} is not set"})
             return
