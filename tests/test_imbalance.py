@@ -56,8 +56,9 @@ def test_the_balanced_sampler_draws_each_class_about_equally_and_repeatably():
     other = torch.cat(batch_indices(1000, 100, True, 0, 4, weights=sw))
     assert not torch.equal(epoch, other)
     # evaluation order is untouched
-    assert torch.equal(torch.cat(batch_indices(10, 4, False, 0, 0, weights=sw[:10])),
-                       torch.arange(10))
+    assert torch.equal(
+        torch.cat(batch_indices(10, 4, False, 0, 0, weights=sw[:10])), torch.arange(10)
+    )
 
 
 def imbalanced_manifest(root, big=40, small=4):
@@ -70,8 +71,13 @@ def imbalanced_manifest(root, big=40, small=4):
             p = root / name / f"{k}.png"
             p.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(a).save(p)
-            rows.append({"path": f"{name}/{k}.png", "label": name,
-                         "split": "val" if k % 4 == 0 else "train"})
+            rows.append(
+                {
+                    "path": f"{name}/{k}.png",
+                    "label": name,
+                    "split": "val" if k % 4 == 0 else "train",
+                }
+            )
     f = root / "labels.csv"
     with f.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["path", "label", "split"])
@@ -93,8 +99,12 @@ def test_auto_weighs_an_imbalanced_run_and_the_ladder_tries_it_only_there(tmp_pa
     assert s.code == 0, s.out
     assert s.json("summary.json")["imbalance"]["applied"] == "balanced_sampler"
     # the ladder's class-weights rung: trained on imbalanced data, skipped on balanced data
-    rung = ["stage=regularize", "stage.params.rungs=[{name:class-weights,overrides:"
-            '["trainer.imbalance=class_weights"],when:imbalanced}]', "trainer.epochs=1"]
+    rung = [
+        "stage=regularize",
+        "stage.params.rungs=[{name:class-weights,overrides:"
+        '["trainer.imbalance=class_weights"],when:imbalanced}]',
+        "trainer.epochs=1",
+    ]
     g = cli([*rung, *data, "hydra.run.dir=reg_imb"])
     assert g.code in (0, 1), g.out
     ladder = list(csv.DictReader((tmp_path / "reg_imb" / "ladder.csv").open()))

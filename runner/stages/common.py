@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from runner import imbalance
 from runner.checkpoint import (
     CheckpointWriter,
     best_checkpoint,
@@ -41,7 +42,6 @@ from runner.loggers import build_loggers
 from runner.loop import Callback, EpochRecord, LoopOptions, LoopState, Stop, fit
 from runner.metrics import best_epoch_on, evaluation_block
 from runner.models import build_model, count_params
-from runner import imbalance
 from runner.optim import build_loss_and_mixup, build_optimizer, build_scheduler
 from runner.output import RunDir, owned
 from runner.stages.protocol import Context, Rows, StageResult, run_check

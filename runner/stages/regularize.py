@@ -319,8 +319,10 @@ class Ladder:
             log.info("regularize: rung %d/%d %s skipped: the classes are balanced", k, n, name)
             self.rows.append({**row, "dir": None, "error": f"skipped: {self.imbalance_text()}"})
             return
-        if when and when != IMBALANCED and not OmegaConf.select(
-            self.best_cfg, str(when), default=None
+        if (
+            when
+            and when != IMBALANCED
+            and not OmegaConf.select(self.best_cfg, str(when), default=None)
         ):
             log.info("regularize: rung %d/%d %s skipped: %s is not set", k, n, name, when)
             self.rows.append({**row, "dir": None, "error": f"skipped: {when} is not set"})
