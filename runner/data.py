@@ -1466,6 +1466,10 @@ DATA_KINDS: Dict[str, DataKind] = {
             *_RECORD_KEYS,
         ),
     ),
+    "hf": DataKind(
+        records="runner.sources.hf:records",
+        keys=("root", "image_column", "label_column", "group_column", "splits", *_RECORD_KEYS),
+    ),
 }
 
 
