@@ -5,6 +5,7 @@ counts, class names, fingerprint and the training curves of a seeded run."""
 from __future__ import annotations
 
 import io
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,8 @@ def test_imagefolder_with_metadata_csv(tmp_path):
     assert rec.class_names == ["cat", "dog"] and len(rec) == 12
     assert sorted(rec.names)[:2] == ["train/0.png", "train/1.png"]
     assert rec.raw(0)[:4] == b"\x89PNG"
+    # DataLoader workers get their own copy (the tables in memory: the cache folder is gone)
+    assert pickle.loads(pickle.dumps(rec.read))(rec.where[5]) == rec.raw(5)
     split = assign_splits(rec, 0.34, 0.0, 0)
     assert (split == 1).any()
     # patients p0..p5 each hold one cat and one dog; none is in both splits
@@ -198,3 +201,31 @@ def test_label_column_of_another_type_is_refused(tmp_path):
     ds.save_to_disk(str(tmp_path / "f"))
     with pytest.raises(ConfigError, match="data.label_column='label'.*float32"):
         records(compose(["data=hf", "data.root=f"]).data, tmp_path)
+
+
+def test_splits_by_name_or_by_data_splits(tmp_path):
+    from runner.sources.hf import records
+
+    def part(n, c0=0):
+        return datasets.Dataset.from_dict(
+            {
+                "image": [{"bytes": png((c0 + i) % 2, i), "path": f"{i}.png"} for i in range(n)],
+                "label": [(c0 + i) % 2 for i in range(n)],
+            },
+            features=datasets.Features(
+                {"image": datasets.Image(), "label": datasets.ClassLabel(names=["x", "y"])}
+            ),
+        )
+
+    datasets.DatasetDict(train=part(6), dev=part(4), extra=part(2), test=part(2)).save_to_disk(
+        str(tmp_path / "dd")
+    )
+    rec = records(compose(["data=hf", "data.root=dd"]).data, tmp_path)
+    assert np.bincount(rec.split).tolist() == [6, 4, 2]
+    assert any("['extra'] not used" in n for n in rec.notes)
+    assert rec.names[6] == "dev/0.png" and rec.where[6] == ("dev", 0)
+    rec = records(
+        compose(["data=hf", "data.root=dd", "+data.splits={train:train,val:extra}"]).data, tmp_path
+    )
+    assert np.bincount(rec.split).tolist() == [6, 2]
+    assert rec.raw(7) == png(1, 1)

@@ -10,6 +10,7 @@ classes, so the same images as a folder give the same class indices and fingerpr
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -24,6 +25,7 @@ BY_NAME = {0: ("train", "training"), 1: ("validation", "valid", "val", "dev"), 2
 DEFAULT_GROUP = "group"
 SHOWN = 5
 INSTALL = "pip install 'recipe-runner[hf]'"
+log = logging.getLogger("runner")
 
 
 def _datasets():
@@ -198,6 +200,8 @@ def records(cfg, base: Path) -> Records:
     tables, what = _load(ds_mod, root, str(cfg.root))
     present = list(tables)
     chosen, notes = _pick_splits(cfg, present, what)
+    for note in notes:
+        log.info("data: %s", note)
     image_col = str(cfg.image_column)
     label_col = str(cfg.label_column)
     group_col = str(cfg.get("group_column") or DEFAULT_GROUP)
