@@ -5,7 +5,9 @@ counts, class names, fingerprint and the training curves of a seeded run."""
 from __future__ import annotations
 
 import io
+import os
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,9 @@ import pytest
 from conftest import FAST, assert_contract, compose, metric_rows, run_cli
 from PIL import Image
 
+# never the network, also for the datasets calls the tests make themselves (read at import)
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 datasets = pytest.importorskip("datasets")
 
 SIZE = 16
@@ -229,3 +234,13 @@ def test_splits_by_name_or_by_data_splits(tmp_path):
     )
     assert np.bincount(rec.split).tolist() == [6, 2]
     assert rec.raw(7) == png(1, 1)
+
+
+def test_without_datasets_installed_the_message_says_how(monkeypatch, same_images, tmp_path):
+    from runner.errors import ConfigError
+    from runner.sources.hf import records
+
+    _, saved = same_images
+    monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` raises ImportError
+    with pytest.raises(ConfigError, match=r"pip install 'recipe-runner\[hf\]'"):
+        records(compose(["data=hf", f"data.root={saved}"]).data, tmp_path)
