@@ -673,7 +673,9 @@ def _fmt_floats(xs) -> str:
 
 def _source(cfg) -> str:
     """Where the data comes from, in the user's keys, for messages."""
-    where = {"imagefolder": "root", "torchvision": "name", "custom": "_target_"}.get(cfg.kind)
+    where = {"imagefolder": "root", "hf": "root", "torchvision": "name", "custom": "_target_"}.get(
+        cfg.kind
+    )
     return f"data={cfg.kind}" + (f" data.{where}={cfg[where]!r}" if where else "")
 
 

@@ -207,6 +207,24 @@ def test_label_column_of_another_type_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="data.label_column='label'.*float32"):
         records(compose(["data=hf", "data.root=f"]).data, tmp_path)
 
+    # a split published without labels (ClassLabel -1), found by name: refused, said how to skip
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])}
+    )
+    rows = {"image": [{"bytes": png(i % 2, i), "path": None} for i in range(4)]}
+    datasets.DatasetDict(
+        train=datasets.Dataset.from_dict({**rows, "label": [0, 1, 0, 1]}, features=features),
+        test=datasets.Dataset.from_dict({**rows, "label": [-1] * 4}, features=features),
+    ).save_to_disk(str(tmp_path / "unlabelled"))
+    with pytest.raises(
+        ConfigError, match=r"4 of the 4 rows of the test split have no label.*data\.splits"
+    ):
+        records(compose(["data=hf", "data.root=unlabelled"]).data, tmp_path)
+    rec = records(
+        compose(["data=hf", "data.root=unlabelled", "+data.splits={train:train}"]).data, tmp_path
+    )
+    assert rec.class_names == ["a", "b"] and len(rec) == 4
+
 
 def test_splits_by_name_or_by_data_splits(tmp_path):
     from runner.sources.hf import records

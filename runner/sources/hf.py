@@ -156,8 +156,16 @@ def _label_values(feature, values: List[Any], column: str, split: str) -> List[s
 
     if isinstance(feature, ClassLabel):
         names = list(feature.names)
-        # -1: ClassLabel's "no label" (often a test split's): an empty label, refused by row
-        return [names[v] if v is not None and 0 <= v < len(names) else "" for v in values]
+        # -1: ClassLabel's "no label" (a test split published without its labels)
+        bad = [k for k, v in enumerate(values) if v is None or not 0 <= v < len(names)]
+        if bad:
+            raise ConfigError(
+                f"data.label_column={column!r}: {len(bad)} of the {len(values)} rows of the "
+                f"{split} split have no label (ClassLabel -1 or none), e.g. rows {bad[:SHOWN]}; "
+                "leave that split out with data.splits, e.g. +data.splits={train:train,"
+                "val:validation}"
+            )
+        return [names[v] for v in values]
     dtype = getattr(feature, "dtype", "") if isinstance(feature, Value) else ""
     if dtype.startswith(("int", "uint")) or dtype in ("string", "large_string"):
         return ["" if v is None else str(v) for v in values]
