@@ -97,6 +97,22 @@ def test_saved_dataset_is_the_same_data_as_the_folder(same_images, tmp_path):
     assert runs["hf"] == runs["imagefolder"]
 
 
+def test_class_folders_read_by_datasets_are_the_same_data(same_images):
+    """The image folder itself as data=hf (datasets' imagefolder: val/ is its validation split):
+    the same classes and fingerprint; names that two class folders share keep their folder."""
+    from runner.data import build_data
+    from runner.sources.hf import records
+
+    folder, _ = same_images
+    a = build_data(compose(["data=imagefolder", f"data.root={folder}"]).data)
+    cfg = compose(["data=hf", f"data.root={folder}"]).data
+    b = build_data(cfg)
+    assert b.class_names == a.class_names and b.fingerprint == a.fingerprint
+    rec = records(cfg, folder)
+    assert len(set(rec.names)) == len(rec) == 27
+    assert "train/c10/train0.png" in rec.names and "validation/c2/val1.png" in rec.names
+
+
 def test_imagefolder_with_metadata_csv(tmp_path):
     from runner.sources import assign_splits
     from runner.sources.hf import records

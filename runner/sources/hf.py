@@ -193,6 +193,29 @@ def _paths(ds, column: str, feature) -> List[Optional[str]]:
     return out
 
 
+def _names(paths: List[Optional[str]]) -> List[str]:
+    """What evidence calls each row of a split: its file's name, or #row when it has none; a
+    name that two rows share (cat/0.png, dog/0.png) with its folder's, else with #row."""
+    from collections import Counter
+
+    def short(p, parts):
+        return "/".join(Path(p).parts[-parts:]) if p else ""
+
+    one, two = [short(p, 1) for p in paths], [short(p, 2) for p in paths]
+    n1, n2 = Counter(one), Counter(two)
+    out = []
+    for k, (a, b) in enumerate(zip(one, two)):
+        if not a:
+            out.append(f"#{k}")
+        elif n1[a] == 1:
+            out.append(a)
+        elif n2[b] == 1:
+            out.append(b)
+        else:
+            out.append(f"{a}#{k}")
+    return out
+
+
 def records(cfg, base: Path) -> Records:
     if not cfg.get("root"):
         raise ConfigError(
@@ -269,9 +292,7 @@ def records(cfg, base: Path) -> Records:
         n = len(ds)
         split.extend([s] * n)
         where.extend((name, k) for k in range(n))
-        names.extend(
-            f"{name}/{os.path.basename(p) if p else '#' + str(k)}" for k, p in enumerate(paths)
-        )
+        names.extend(f"{name}/{n}" for n in _names(paths))
         readers[name] = ds.select_columns([image_col])
     idx, class_names = label_index(
         labels,
