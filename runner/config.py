@@ -599,6 +599,17 @@ def _data_problems(p: List[str], cfg, base: Path) -> None:
                     f"data.files: {f!r} is not a file (looked in {(base / str(f)).expanduser()}); "
                     "expected a CSV or JSON labels file of path,label rows"
                 )
+    if d.kind == "hf":
+        if not d.root:
+            p.append(
+                "data.root is not set; expected a folder written by save_to_disk (or an image "
+                "folder) for data=hf"
+            )
+        elif not (base / d.root).expanduser().is_dir():
+            p.append(
+                f"data.root={d.root!r} is not a folder (looked in {(base / d.root).expanduser()}); "
+                "expected a folder written by datasets' save_to_disk, or an image folder"
+            )
     if d.kind == "torchvision":
         if not d.name:
             p.append(

@@ -683,7 +683,9 @@ def _fmt_floats(xs) -> str:
 
 def _source(cfg) -> str:
     """Where the data comes from, in the user's keys, for messages."""
-    where = {"imagefolder": "root", "torchvision": "name", "custom": "_target_"}.get(cfg.kind)
+    where = {"imagefolder": "root", "hf": "root", "torchvision": "name", "custom": "_target_"}.get(
+        cfg.kind
+    )
     return f"data={cfg.kind}" + (f" data.{where}={cfg[where]!r}" if where else "")
 
 
@@ -1475,6 +1477,10 @@ DATA_KINDS: Dict[str, DataKind] = {
             "group_column",
             *_RECORD_KEYS,
         ),
+    ),
+    "hf": DataKind(
+        records="runner.sources.hf:records",
+        keys=("root", "image_column", "label_column", "group_column", "splits", *_RECORD_KEYS),
     ),
 }
 
