@@ -61,6 +61,9 @@ class DataConfig:
     test_fraction: float = 0.0
     # seed of the train/val split; independent of `seed` so a split stays fixed across runs
     split_seed: int = 0
+    # train on a stratified fraction of the training split (1 = all of it); fractions are
+    # nested (a smaller one's images are in a larger one's): stage=datacurve's points
+    train_fraction: float = 1.0
     # channels fed to the net for folders/torchvision (1 = grayscale, 3 = RGB)
     channels: int = 3
     # per-channel normalisation; null = a pretrained model's own (model.pretrained=true: its
@@ -557,6 +560,11 @@ def _data_problems(p: List[str], cfg, base: Path) -> None:
     _positive(p, "data.image_size", d.image_size)
     if not 0.0 < d.val_fraction < 1.0:
         p.append(f"data.val_fraction={d.val_fraction!r} must be between 0 and 1 (exclusive)")
+    if not 0.0 < d.train_fraction <= 1.0:
+        p.append(
+            f"data.train_fraction={d.train_fraction!r} must be > 0 and <= 1 (the share of the "
+            "training split to train on; 1 = all of it)"
+        )
     if not 0.0 <= d.test_fraction < 1.0:
         p.append(f"data.test_fraction={d.test_fraction!r} must be >= 0 and < 1 (0 = no test split)")
     elif d.val_fraction + d.test_fraction >= 0.9:

@@ -652,7 +652,58 @@ def build_data(cfg, original_cwd: Optional[str] = None, model=None) -> DataBundl
     for split in bundle.splits().values():
         if isinstance(split, StreamSplit):
             split.on_unreadable = cfg.get("on_unreadable", "skip")
+    fraction = float(cfg.get("train_fraction") or 1.0)
+    if fraction < 1.0:
+        keep = nested_subset(bundle.train.labels.numpy(), fraction, int(cfg.split_seed))
+        log.info(
+            "data: data.train_fraction=%g: %d of %d training images (stratified)",
+            fraction,
+            len(keep),
+            len(bundle.train),
+        )
+        bundle.notes.append(
+            f"data.train_fraction={fraction:g}: {len(keep)} of {len(bundle.train)} training "
+            "images (a stratified subset; smaller fractions are subsets of larger ones)"
+        )
+        bundle.train = subset_split(bundle.train, keep)
+        bundle.fingerprint = _fingerprint(bundle.fingerprint, "train", keep.tobytes())
     return bundle
+
+
+def nested_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of a stratified `fraction` of `labels` (at least one per class). Each
+    class is taken in one seeded order, so a smaller fraction's subset is inside a larger one's
+    (the points of a learning curve add data, they do not swap it)."""
+    rng = np.random.default_rng([seed, 104729])
+    keep = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        order = idx[rng.permutation(len(idx))]
+        keep.extend(order[: max(1, int(round(fraction * len(idx))))])
+    return np.sort(np.array(keep, dtype=np.int64))
+
+
+def subset_split(split, idx: np.ndarray):
+    """The examples `idx` of a split (in memory or streamed), with their names."""
+    from torch.utils.data import Subset
+
+    t = torch.from_numpy(idx)
+    if isinstance(split, TensorSplit):
+        names = [split.names[i] for i in idx] if split.names else None
+        return TensorSplit(split.x[t], split.y[t], split.mean, split.std, names)
+    out = StreamSplit(
+        Subset(split.dataset, idx.tolist()),
+        split.labels[t],
+        split.train_transform,
+        split.eval_transform,
+        split.mean,
+        split.std,
+        lambda i, s=split, k=idx: s.name(int(k[i])),
+        split.image_size,
+        split.interpolation,
+    )
+    out.on_unreadable = split.on_unreadable
+    return out
 
 
 def pretrained_mean_std(model) -> Optional[Tuple[Tuple[float, ...], Tuple[float, ...], str]]:

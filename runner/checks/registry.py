@@ -373,6 +373,14 @@ class FirstLayer(CheckSettings):
     min_kernel: int = 5
 
 
+# stage=datacurve
+@dataclass
+class DatacurveMoreData(CheckSettings):
+    # "more data would help" when the 95% interval's lower end of the predicted gain at 2x
+    # the training data is above this many accuracy points (else: the curve is flat)
+    min_gain: float = 0.5
+
+
 # stage=squeeze
 @dataclass
 class SeedSpread(CheckSettings):
@@ -594,6 +602,14 @@ CHECKS: Dict[str, Check] = _checks(
         "runner.checks.weights:first_layer_verdict",
         "regularize",
         "the first layer's filters look like edges and blobs, not noise",
+    ),
+    # stage=datacurve (recipe stage 4: would more data help?)
+    Check(
+        "datacurve.more_data",
+        DatacurveMoreData,
+        "runner.checks.datacurve:more_data_verdict",
+        "datacurve",
+        "a learning curve's fit: more data would help (or the curve is flat)",
     ),
     # stage=squeeze (recipe stage 6)
     Check(

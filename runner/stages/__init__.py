@@ -15,6 +15,7 @@ STAGES = {
     "baseline": "runner.stages.baseline",
     "overfit": "runner.stages.overfit",
     "regularize": "runner.stages.regularize",
+    "datacurve": "runner.stages.datacurve",
     "tune": "runner.stages.tune",
     "squeeze": "runner.stages.squeeze",
     "recipe": "runner.stages.recipe",
