@@ -105,7 +105,8 @@ class DataConfig:
     files: Optional[Any] = None
     # manifest and hf: the columns holding the image (path or image), the label (a class name
     # or index) and, when present, the split (train/val/test) and the group (patient,
-    # session, camera...: with a group column every split is made by group)
+    # session, camera...: with a group column every split is made by group); wds: the field
+    # of a sample's json member holding its group
     path_column: str = "path"
     image_column: str = "image"
     label_column: str = "label"
@@ -578,6 +579,11 @@ def _data_problems(p: List[str], cfg, base: Path) -> None:
                 f"data.root={d.root!r} is not a folder (looked in {(base / d.root).expanduser()}); "
                 "expected train/ and val/ class folders or one folder of class folders"
             )
+    if d.kind == "wds" and not (d.shards or {}).get("train"):
+        p.append(
+            "data.shards.train is not set; expected the training shards for data=wds, e.g. "
+            "data.shards.train='data/train-{000..009}.tar'"
+        )
     if d.kind == "torchvision":
         if not d.name:
             p.append(

@@ -1466,6 +1466,10 @@ DATA_KINDS: Dict[str, DataKind] = {
             *_RECORD_KEYS,
         ),
     ),
+    "wds": DataKind(
+        records="runner.sources.wds:records",
+        keys=("shards", "stream", "shuffle_buffer", "sample_size", "group_column", *_RECORD_KEYS),
+    ),
 }
 
 
