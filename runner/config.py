@@ -584,6 +584,9 @@ def _data_problems(p: List[str], cfg, base: Path) -> None:
             "data.shards.train is not set; expected the training shards for data=wds, e.g. "
             "data.shards.train='data/train-{000..009}.tar'"
         )
+    if d.kind == "wds":
+        _positive(p, "data.shuffle_buffer", d.shuffle_buffer, allow_zero=True)
+        _positive(p, "data.sample_size", d.sample_size)
     if d.kind == "torchvision":
         if not d.name:
             p.append(
