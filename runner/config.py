@@ -119,13 +119,15 @@ class DataConfig:
     shards: Dict[str, Any] = field(default_factory=dict)
     # wds: false = the shards are indexed once (each member's offset) and read at random like
     # files (exact resume, the same training curves as a folder of the same images); true =
-    # streamed in order through a shuffle buffer, shards split across DDP ranks and loader
-    # workers (for shards too large to index or read twice)
+    # the train shards streamed in order through a shuffle buffer, shards split across DDP
+    # ranks and loader workers (for shards too large to read at random, or twice: their
+    # member headers are still indexed, no image is read before training)
     stream: bool = False
     # wds stream: samples held in the shuffle buffer while streaming the training shards
     shuffle_buffer: int = 1000
-    # wds: the checks that need random access (duplicates, label issues, inspect) read this
-    # many samples of each split, and say so
+    # wds stream: stage=inspect (duplicates, leakage, label issues, every data check) reads
+    # a seeded sample of this many images of each split, and says "checked on a sample of
+    # N of M"
     sample_size: int = 2000
 
 

@@ -15,7 +15,11 @@ Indexed (data.stream=false, the default): each shard is read once with `tarfile`
 headers, plus the small label and json members; no image is decoded or hashed there) and
 every image is then read at random like a file, by (shard, offset, size): the same images as
 an image folder, written in the folder's order, give the folder's classes, splits,
-fingerprint and seeded training curves."""
+fingerprint and seeded training curves.
+
+Streamed (data.stream=true): the same header pass, then the train split is read shard by
+shard through webdataset (ShardStreamLoader); the fingerprint comes from the index and
+stage=inspect reads a sample of data.sample_size per split (`Streamed`)."""
 
 from __future__ import annotations
 
