@@ -110,7 +110,8 @@ class DataConfig:
     files: Optional[Any] = None
     # manifest and hf: the columns holding the image (path or image), the label (a class name
     # or index) and, when present, the split (train/val/test) and the group (patient,
-    # session, camera...: with a group column every split is made by group)
+    # session, camera...: with a group column every split is made by group); wds: the field
+    # of a sample's json member holding its group
     path_column: str = "path"
     image_column: str = "image"
     label_column: str = "label"
@@ -123,13 +124,15 @@ class DataConfig:
     shards: Dict[str, Any] = field(default_factory=dict)
     # wds: false = the shards are indexed once (each member's offset) and read at random like
     # files (exact resume, the same training curves as a folder of the same images); true =
-    # streamed in order through a shuffle buffer, shards split across DDP ranks and loader
-    # workers (for shards too large to index or read twice)
+    # the train shards streamed in order through a shuffle buffer, shards split across DDP
+    # ranks and loader workers (for shards too large to read at random, or twice: their
+    # member headers are still indexed, no image is read before training)
     stream: bool = False
     # wds stream: samples held in the shuffle buffer while streaming the training shards
     shuffle_buffer: int = 1000
-    # wds: the checks that need random access (duplicates, label issues, inspect) read this
-    # many samples of each split, and say so
+    # wds stream: stage=inspect (duplicates, leakage, label issues, every data check) reads
+    # a seeded sample of this many images of each split, and says "checked on a sample of
+    # N of M"
     sample_size: int = 2000
 
 
@@ -618,6 +621,14 @@ def _data_problems(p: List[str], cfg, base: Path) -> None:
                 f"data.root={d.root!r} is not a folder (looked in {(base / d.root).expanduser()}); "
                 "expected a folder written by datasets' save_to_disk, or an image folder"
             )
+    if d.kind == "wds" and not (d.shards or {}).get("train"):
+        p.append(
+            "data.shards.train is not set; expected the training shards for data=wds, e.g. "
+            "data.shards.train='data/train-{000..009}.tar'"
+        )
+    if d.kind == "wds":
+        _positive(p, "data.shuffle_buffer", d.shuffle_buffer, allow_zero=True)
+        _positive(p, "data.sample_size", d.sample_size)
     if d.kind == "torchvision":
         if not d.name:
             p.append(

@@ -1533,6 +1533,10 @@ DATA_KINDS: Dict[str, DataKind] = {
         records="runner.sources.hf:records",
         keys=("root", "image_column", "label_column", "group_column", "splits", *_RECORD_KEYS),
     ),
+    "wds": DataKind(
+        records="runner.sources.wds:records",
+        keys=("shards", "stream", "shuffle_buffer", "sample_size", "group_column", *_RECORD_KEYS),
+    ),
 }
 
 

@@ -60,6 +60,10 @@ class Records:
     source: str = ""
     # the folder `names` are relative to, when they are paths
     root: Optional[str] = None
+    # a kind whose train split is streamed (data=wds data.stream=true: runner.sources.wds
+    # Streamed): it makes that split and the fingerprint without reading every image, and
+    # names the sample stage=inspect reads
+    stream: Optional[object] = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -300,7 +304,7 @@ def bundle(rec: Records, cfg, norm=None):
         idx = np.flatnonzero(split == s)
         if not len(idx):
             return None
-        return StreamSplit(
+        args = (
             RecordImages(rec, idx, mode, limits),
             torch.from_numpy(rec.labels[idx].astype(np.int64)),
             None,
@@ -311,10 +315,17 @@ def bundle(rec: Records, cfg, norm=None):
             cfg.image_size,
             cfg.interpolation,
         )
+        if s == 0 and rec.stream is not None:
+            return rec.stream.train_split(rec, idx, mode, limits, *args)
+        return StreamSplit(*args)
 
-    fp = content_fingerprint(
-        split, rec.labels, rec.class_names, [digest(rec, i) for i in range(len(rec))]
-    )
+    if rec.stream is not None:
+        fp = rec.stream.fingerprint(rec, split)
+        notes.extend(rec.stream.notes(int((split == 0).sum())))
+    else:
+        fp = content_fingerprint(
+            split, rec.labels, rec.class_names, [digest(rec, i) for i in range(len(rec))]
+        )
     return DataBundle(
         stream(0),
         stream(1),

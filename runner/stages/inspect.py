@@ -332,9 +332,32 @@ def records_source(cfg, ctx: Context, analysis_size: int) -> Source:
     problems = sources.split_problems(rec, split)
     if problems:
         raise ConfigError(problems)
-    fp = sources.content_fingerprint(
-        split, rec.labels, rec.class_names, [sources.digest(rec, i) for i in range(len(rec))]
-    )
+    notes = list(rec.notes)
+    if rec.stream is not None:  # data=wds data.stream=true: a sample of each split
+        import dataclasses
+
+        fp = rec.stream.fingerprint(rec, split)
+        keep = rec.stream.sample(split, int(cfg.seed))
+        counts = [(int((split[keep] == s).sum()), int((split == s).sum())) for s in range(3)]
+        said = ", ".join(f"{dc.SPLITS[s]} {n:,} of {m:,}" for s, (n, m) in enumerate(counts) if m)
+        notes.append(
+            f"data.stream=true: checked on a sample of {len(keep):,} of {len(rec):,} images "
+            f"({said}; data.sample_size={rec.stream.sample_size} per split, seeded): "
+            "duplicates, leakage, label issues and every other check see only these"
+        )
+        rec = dataclasses.replace(
+            rec,
+            labels=rec.labels[keep],
+            split=rec.split[keep],
+            names=[rec.names[i] for i in keep],
+            where=[rec.where[i] for i in keep],
+            group=rec.group[keep] if rec.group is not None else None,
+        )
+        split = split[keep]
+    else:
+        fp = sources.content_fingerprint(
+            split, rec.labels, rec.class_names, [sources.digest(rec, i) for i in range(len(rec))]
+        )
     return Source(
         rec.kind,
         list(rec.class_names),
@@ -348,7 +371,7 @@ def records_source(cfg, ctx: Context, analysis_size: int) -> Source:
             int(cfg.data.max_image_bytes or 0),
         ),
         fp,
-        list(rec.notes),
+        notes,
         rec.root,
         group=rec.group,
     )
