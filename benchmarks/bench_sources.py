@@ -89,20 +89,40 @@ def arms(root: Path, tmp: Path, threads: int) -> dict:
     return out
 
 
+def write_shards(root: Path, out: Path, per_shard: int = 500) -> str:
+    """The folder's images as tar shards of `per_shard` samples (image + cls), in the folder's
+    order; returns the brace pattern that names them."""
+    import webdataset as wds
+    from timm.data import ImageDataset
+
+    ds = ImageDataset(str(root))
+    names = {v: k for k, v in ds.reader.class_to_idx.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    with wds.ShardWriter(str(out / "train-%03d.tar"), maxcount=per_shard, verbose=0) as w:
+        for path, target in ds.reader.samples:
+            p = Path(path)
+            w.write(
+                {
+                    "__key__": f"{p.parent.name}/{p.stem}",
+                    p.suffix[1:].lower(): p.read_bytes(),
+                    "cls": names[target],
+                }
+            )
+    n = len(list(out.glob("train-*.tar")))
+    return str(out / f"train-{{000..{n - 1:03d}}}.tar")
+
+
 def shard_arms(root: Path, tmp: Path, runner) -> dict:
     """data=wds arms (indexed and streamed) when the kind is there."""
-    from runner.data import DATA_KINDS
-
-    if "wds" not in DATA_KINDS:
-        return {}
     try:
-        from runner.sources.wds import write_shards  # the kind's own writer
+        import webdataset  # noqa: F401  (the wds extra)
     except ImportError:
+        print("webdataset not installed (pip install -e '.[wds]'): no shard arms", flush=True)
         return {}
     shards = write_shards(root, tmp / "shards")
     return {
-        "wds": runner("data=wds", f"data.shards.train={shards}"),
-        "wds_stream": runner("data=wds", f"data.shards.train={shards}", "data.stream=true"),
+        "wds": runner("data=wds", f"data.shards.train='{shards}'"),
+        "wds_stream": runner("data=wds", f"data.shards.train='{shards}'", "data.stream=true"),
     }
 
 
