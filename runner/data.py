@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -1448,10 +1448,10 @@ class DataKind:
 
     build: Optional[Callable[..., DataBundle]] = None
     keys: Tuple[str, ...] = ()
-    # a kind made of image records (runner/sources): "module:function" of its
-    # `records(cfg, base) -> Records`, imported when used (an optional dependency is needed
-    # only then); its builder is runner.sources.bundle, and stage=inspect reads its files
-    records: str = ""
+    # a kind made of image records (runner/sources): its `records(cfg, base) -> Records`, or
+    # "module:function" naming it, imported when used (an optional dependency is needed only
+    # then); its builder is runner.sources.bundle, and stage=inspect reads its files
+    records: Any = ""
 
     def make(self, cfg, base, norm=None) -> DataBundle:
         if not self.records:
@@ -1461,6 +1461,8 @@ class DataKind:
         return sources.bundle(self.read_records(cfg, base), cfg, norm)
 
     def read_records(self, cfg, base):
+        if callable(self.records):
+            return self.records(cfg, base)
         import importlib
 
         module, _, fn = self.records.partition(":")

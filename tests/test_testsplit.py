@@ -186,6 +186,31 @@ def test_the_docs_data_kind_example_runs(monkeypatch):
     assert b.kind == "stripes" and b.num_classes == 2 and len(b.test) > 0
 
 
+def test_the_docs_records_kind_example_runs(monkeypatch, tmp_path):
+    """docs/extending.md's kind of image files: one records function + one registry line;
+    splits, fingerprint and streaming come from runner/sources."""
+    import numpy as np
+    from PIL import Image
+
+    from runner import data, sources
+    from runner.errors import ConfigError
+
+    text = (REPO / "docs" / "extending.md").read_text()
+    code = re.search(r"### A data kind of image files.*?```python\n(.*?)```", text, re.S).group(1)
+    monkeypatch.setattr(data, "DATA_KINDS", dict(data.DATA_KINDS))
+    namespace = {}
+    scope = vars(data) | vars(sources) | {"np": np, "ConfigError": ConfigError}
+    exec(compile(code, "docs/extending.md", "exec"), scope, namespace)
+    assert "named" in data.DATA_KINDS
+    for k in range(12):
+        Image.fromarray(np.full((8, 8, 3), 40 if k % 2 else 200, np.uint8)).save(
+            tmp_path / f"{'dark' if k % 2 else 'light'}_{k}.png"
+        )
+    b = build_data(data_cfg(kind="named", root=str(tmp_path), image_size=8, channels=3))
+    assert b.kind == "named" and b.class_names == ["dark", "light"]
+    assert len(b.train) + len(b.val) == 12 and b.train.name(0).endswith(".png")
+
+
 # ----------------------------------------------------------------------------- runs
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
