@@ -72,6 +72,7 @@ def bn_stats(
     max_batch_noise: float = 0.3,
     small_batch_tv: float = 0.1,
     min_steps: int = 30,
+    min_values: int = 8,
 ) -> Verdict:
     """eval.bn_stats: train-mode and eval-mode BatchNorm agree on the same training examples.
 
@@ -86,7 +87,10 @@ def bn_stats(
     `small_batch_tv`). A run whose layers tracked fewer than `min_steps` batches lags by
     construction (an average with momentum 0.1 still holds 0.9^steps of its init): it is
     not judged on that (pass, with a note), unless the stats never moved at all, or warns
-    when its batches are too small. Skip without BatchNorm (or running stats).
+    when its batches are too small. A layer that normalises fewer than `min_values` values
+    per channel in a batch (batch size x its feature map's pixels: a batch of 2 on a 1x1 map
+    gives 2, which BatchNorm turns into -1 and +1 whatever they were) fails by construction,
+    however the two modes happen to agree. Skip without BatchNorm (or running stats).
     """
     name = "eval.bn_stats"
     bns = [(n, m) for n, m in model.named_modules() if isinstance(m, _BatchNorm)]
@@ -115,6 +119,7 @@ def bn_stats(
     ]
 
     captured: dict[str, list] = {n: [] for n, _ in tracked}
+    values: dict[str, int] = {}  # the fewest values per channel a layer normalised in a batch
     record = [True]
 
     def hook_for(n):
@@ -123,6 +128,7 @@ def bn_stats(
                 t = inputs[0].detach().float()
                 dims = [d for d in range(t.dim()) if d != 1]
                 captured[n].append((t.mean(dims).cpu(), t.var(dims, unbiased=False).cpu()))
+                values[n] = min(values.get(n, t.numel()), t.numel() // max(1, t.shape[1]))
 
         return hook
 
@@ -151,7 +157,8 @@ def bn_stats(
             vars_ = torch.stack([b for _, b in captured[n]])
             layers[n] = {**layer_stats(means, vars_, m), "at_init": _at_init(m)}
     worst = sorted(layers, key=lambda k: -layers[k]["mismatch"])
-    noisy = [k for k in layers if layers[k]["batch_noise"] > max_batch_noise]
+    few = sorted(k for k in layers if values.get(k, min_values) < min_values)
+    noisy = [k for k in layers if layers[k]["batch_noise"] > max_batch_noise or k in few]
     off = [k for k in worst if layers[k]["mismatch"] > max_mismatch]
     details: dict[str, Any] = {
         "examples": n_use,
@@ -163,6 +170,8 @@ def bn_stats(
         "total_variation": tv,
         "never_updated": never,
         "lagging": lagging,
+        "values_per_channel": {k: values[k] for k in layers if k in values},
+        "too_few_values": few,
         "per_layer": {k: {a: round(b, 4) for a, b in v.items()} for k, v in layers.items()},
     }
     expected = (
@@ -190,8 +199,15 @@ def bn_stats(
             "in train mode (momentum ~0.1)"
         )
     if noisy:
+        where = (
+            f"{len(few)} layer(s) normalise only {min(values[k] for k in few)} value(s) per "
+            f"channel in a batch ({', '.join(k or '<model>' for k in few[:3])}: batch x "
+            "feature-map pixels), "
+            if few
+            else ""
+        )
         causes.append(
-            f"batches of {bs} are too small for BatchNorm: one batch's mean strays "
+            f"batches of {bs} are too small for BatchNorm: {where}one batch's mean strays "
             f"{max(layers[k]['batch_noise'] for k in noisy):.2f} std from the others' in "
             f"{len(noisy)} layer(s) ({', '.join(k or '<model>' for k in noisy[:3])}), so the "
             "running estimates do not match what each training batch saw; use a larger "
@@ -219,7 +235,7 @@ def bn_stats(
         )
         causes.append(short)
     figures = {}
-    if never or (not lagging and (tv > max_tv or (noisy and tv > small_batch_tv))):
+    if never or few or (not lagging and (tv > max_tv or (noisy and tv > small_batch_tv))):
         status = "fail"
     elif lagging and not never:
         status = "warn" if noisy else "pass"

@@ -327,6 +327,10 @@ class BnStats(CheckSettings):
     # fewer optimiser steps than this and the running stats lag by construction (momentum
     # 0.1 leaves 0.9^30 = 4% of init): not judged (FAST runs of 16 steps: TV 0.13-0.14)
     min_steps: int = 30
+    # a layer normalising fewer values per channel in a batch (batch x feature-map pixels)
+    # fails by construction: 2 values always normalise to -1 and +1 (batch 2 on a 1x1 map);
+    # a ResNet's last stage at batch 32 on 1x1 maps normalises 32
+    min_values: int = 8
 
 
 @dataclass

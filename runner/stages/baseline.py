@@ -422,6 +422,7 @@ def _bn_stats(cfg, res, examples, s) -> Verdict:
         max_batch_noise=float(s.max_batch_noise),
         small_batch_tv=float(s.small_batch_tv),
         min_steps=int(s.min_steps),
+        min_values=int(s.min_values),
     )
 
 
