@@ -62,7 +62,7 @@ def test_the_stage_trains_each_point_and_writes_the_curve(cli, tmp_path):
 
     # the Python entry, as a notebook calls it
     args = [*FAST, "stage.params.fractions=[0.25,0.5,1.0]", "stage.params.seeds=1"]
-    args += ["stage.params.bootstrap=50", "trainer.epochs=1"]
+    args += ["stage.params.bootstrap=50", "trainer.epochs=1", "stage.params.budget=steps"]
     d = tmp_path / "dc"
     run = runner.run("datacurve", args, run_dir=d, cwd=tmp_path, quiet=True)
     assert run.path == d and run.stage == "datacurve"
@@ -80,3 +80,35 @@ def test_the_stage_trains_each_point_and_writes_the_curve(cli, tmp_path):
     assert_contract(d)
     bad = cli(["stage=datacurve", *FAST, "stage.params.fractions=[1.0]"])
     assert bad.code == 2 and "at least 2 different fractions" in bad.out
+
+
+def test_planted_curves_digits_gain_from_data_synthetic_squares_are_saturated(cli, tmp_path):
+    """A tiny CNN on a few percent of digits gains from each doubling (more data helps); the
+    synthetic squares are learnt whole from a quarter of their images (the curve is flat)."""
+    keep = ("trainer.progress", "data.num_workers", "trainer.threads")
+    fast = [x for x in FAST if x.startswith(keep)]
+    base = ["stage=datacurve", *fast, "model=tiny_cnn", "stage.params.seeds=1"]
+    r = cli(
+        [
+            *base,
+            "data=digits",
+            "stage.params.fractions=[0.03,0.06,0.12,0.25]",
+            "trainer.epochs=20",
+            "hydra.run.dir=digits",
+        ]
+    )
+    assert r.code == 0, r.out
+    v = {c["name"]: c for c in r.json("checks.json", tmp_path / "digits")}["datacurve.more_data"]
+    assert v["status"] == "pass" and v["message"].startswith("more data would help"), v
+    s = cli(
+        [
+            *base,
+            "data=synthetic",
+            "stage.params.fractions=[0.25,0.5,1.0]",
+            "trainer.epochs=8",
+            "hydra.run.dir=squares",
+        ]
+    )
+    assert s.code in (0, 1), s.out
+    v = {c["name"]: c for c in s.json("checks.json", tmp_path / "squares")}["datacurve.more_data"]
+    assert v["status"] == "warn" and "the curve is flat" in v["message"], v

@@ -156,7 +156,7 @@ def test_help_shows_a_user_config_dir_group_option(tmp_path):
     assert run_cli(["init", str(repo)], tmp_path).code == 0
     r = run_cli(["--config-dir", str(repo / "conf"), "--help"], tmp_path)
     assert r.code == 0
-    assert "data: custom, digits, example, imagefolder" in r.out
+    assert "data: custom, digits, example, hf, imagefolder, manifest" in r.out
     assert "experiment: digits_resnet, example" in r.out
 
 

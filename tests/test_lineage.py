@@ -86,6 +86,8 @@ def test_seed_reruns_compare_on_the_configured_metric(tmp_path, monkeypatch, met
         return SimpleNamespace(nonfinite=False), summary(*SEEDS[label][int(c.seed)])
 
     monkeypatch.setattr(common, "sub_run", sub_run)
+    # the two candidates stand for two recipes (their configs are stubbed alike here)
+    monkeypatch.setattr(squeeze, "runner_up", lambda cs: cs[1])
     cfg = OmegaConf.create({"metric": metric, "checks": None})
     ctx = SimpleNamespace(run=SimpleNamespace(path=tmp_path / "sq"))
     groups, v, more = squeeze.seed_phase(cfg, cands, 3, ctx, {"sub_runs": []})

@@ -17,10 +17,11 @@ help: about +X points at 2x the data (interval)" when the interval's lower end g
 than `checks.datacurve_more_data.min_gain` points (pass), else "the curve is flat: look at the
 model or the labels" (warn). Too few distinct sizes to fit: skip.
 
-Budget (`stage.params.budget`): `steps` (default) gives every point the full run's optimiser
-steps (trainer.epochs / fraction epochs), so a small share is not simply undertrained; cost
-len(fractions) x seeds full-data trainings (the defaults: 8). `epochs`: trainer.epochs each,
-cost sum(fractions) x seeds (3.7), small shares then see fewer steps. Written: datacurve.csv (one row per point), the plot (points, the fit, its
+Budget (`stage.params.budget`): `epochs` (default) trains every point for trainer.epochs (20
+in conf/stage/datacurve.yaml) with early stopping on val loss (patience 3), each to its own
+convergence; cost sum(fractions) x seeds full-data trainings (the defaults: 3.7). `steps`
+gives every point the full run's optimiser steps (trainer.epochs / fraction epochs); cost
+len(fractions) x seeds (8), and a small share is then evaluated many times. Written: datacurve.csv (one row per point), the plot (points, the fit, its
 band, the prediction), summary.json `datacurve`.
 """
 
@@ -56,10 +57,11 @@ class DatacurveParams(NoParams):
     seeds: int = 2
     # refits of the bootstrap that gives the prediction's interval
     bootstrap: int = 300
-    # what every point gets the same of: steps (trainer.epochs / fraction epochs, so a small
-    # share is not undertrained: the curve then measures data, not optimiser steps) or
-    # epochs (trainer.epochs each: cheaper, small shares see fewer steps)
-    budget: str = "steps"
+    # what every point gets the same of: epochs (trainer.epochs each, with early stopping
+    # on val loss: each point trains to its own convergence, as a learning curve wants; cost
+    # sum(fractions) x seeds full-data runs) or steps (trainer.epochs / fraction epochs: the
+    # full run's optimiser steps for every share; cost len(fractions) x seeds)
+    budget: str = "epochs"
 
 
 Params = DatacurveParams

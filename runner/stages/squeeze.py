@@ -825,7 +825,10 @@ def seed_phase(cfg, cands: list[Path], n_seeds: int, ctx: Context, lineage: dict
         return None, v, {}
     metric = str(cfg.get("metric") or "accuracy")
     win = seed_reruns(cands[0], "winner", n_seeds, ctx, ctx.run.path / "seeds", metric)
-    second = Path(lineage["runner_up"]["dir"]) if lineage.get("runner_up") else None
+    if "runner_up" in lineage:  # squeeze_lineage chose it
+        second = Path(lineage["runner_up"]["dir"]) if lineage["runner_up"] else None
+    else:
+        second = runner_up(cands)
     up = (
         seed_reruns(second, "runner-up", n_seeds, ctx, ctx.run.path / "seeds", metric)
         if second is not None
