@@ -364,6 +364,27 @@ class TrainFit(CheckSettings):
     train_acc_target: float = 0.999
 
 
+@dataclass
+class LrRange(CheckSettings):
+    # optimiser steps of the exponential sweep (one training batch each, the loader cycled):
+    # ~100 steps place ~12 points per decade over start_lr..end_lr; the sweep usually stops
+    # at divergence well before end_lr. tiny_cnn on digits: ~1 s on 2 CPU cores
+    steps: int = 100
+    # the sweep's first and last lr: 1e-7 learns nothing (the flat start), 10 diverges for
+    # any optimiser and model this runner builds
+    start_lr: float = 1e-7
+    end_lr: float = 10.0
+    # the sweep stops once the smoothed loss exceeds this many times its minimum
+    diverge: float = 4.0
+    # the loss's exponential moving average (bias-corrected): 0.9 averages ~10 steps
+    beta: float = 0.9
+    # pass when optim.lr is within this factor of the steepest descent's lr (down to the
+    # valley rule's, when lower), never above the lr of the lowest loss; warn outside
+    factor: float = 10.0
+    # skip (no suggestion) when the smoothed loss falls by less than this (relative)
+    min_drop: float = 0.1
+
+
 # stage=regularize
 @dataclass
 class FirstLayer(CheckSettings):
@@ -586,6 +607,13 @@ CHECKS: Dict[str, Check] = _checks(
         "runner.checks.training:train_fit",
         "overfit",
         "the model fits the training set (loss near zero)",
+    ),
+    Check(
+        "train.lr_range",
+        LrRange,
+        "runner.checks.lr_range:lr_range",
+        "overfit",
+        "an lr range test on a copy of the model: the configured lr near the suggested one",
     ),
     # stage=regularize (recipe stage 4)
     Check(
