@@ -141,9 +141,11 @@ class _Frozen(nn.Module):
 
 
 def test_digits_tiny_cnn_suggestion_from_python():
+    import runner
     import runner.api
 
-    v = runner.api.lr_range(["data=digits", "model=tiny_cnn", "trainer.threads=1", *ON])
+    assert runner.lr_range is runner.api.lr_range
+    v = runner.lr_range(["data=digits", "model=tiny_cnn", "trainer.threads=1", *ON])
     assert 1e-4 <= v.details["suggestion"] <= 1e-1, v.message
     assert v.status in ("pass", "warn") and v.seconds is not None
 
