@@ -114,8 +114,7 @@ class Suggestion:
     lr: float  # the steepest descent's lr
     valley_lr: float  # a tenth of the lr at the lowest smoothed loss
     min_loss_lr: float
-    low: float  # the good region, before widening by `factor`
-    high: float
+    low: float  # the good region's lower end, before widening by `factor`
     drop: float  # relative fall of the smoothed loss from its start to its minimum
 
 
@@ -166,7 +165,6 @@ def suggest(
         valley_lr=valley,
         min_loss_lr=lrs[k],
         low=min(steep, valley),
-        high=max(steep, valley),
         drop=drop,
     )
 
