@@ -249,6 +249,20 @@ def run(
     return Run(jobs.RunRecord.read(d), out.output)
 
 
+def lr_range(overrides: Sequence[str] = (), *, cwd: Optional[PathLike] = None):
+    """The lr range test (train.lr_range) for the config `python -m runner OVERRIDES` composes,
+    without a run directory: a Verdict whose `.details` hold "suggestion" (the steepest
+    descent's lr), "rule", "valley", "lrs", "losses" and `.figures["curve"]` the plot.
+
+        v = runner.api.lr_range(["data=digits", "model=tiny_cnn"])
+        v.status, v.details["suggestion"]
+
+    A bad config raises runner.ConfigError (the CLI's exit 2)."""
+    from runner.lr_range import lr_range as run_lr_range
+
+    return run_lr_range(list(overrides), cwd=str(cwd) if cwd is not None else None)
+
+
 def load(run_dir: PathLike) -> Run:
     """A run directory (a run, a ladder, a study, a squeeze or a recipe) read back."""
     d = Path(run_dir).expanduser()

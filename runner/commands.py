@@ -48,11 +48,18 @@ def _export(args: List[str]) -> int:
     return export_main(args)
 
 
+def _lr_range(args: List[str]) -> int:
+    from runner.lr_range import lr_range_main
+
+    return lr_range_main(args)
+
+
 COMMANDS: Dict[str, Callable[[List[str]], int]] = {
     "aggregate": _aggregate,
     "init": _init,
     "predict": _predict,
     "export": _export,
+    "lr-range": _lr_range,
 }
 
 

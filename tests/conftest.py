@@ -27,6 +27,9 @@ FAST = [
     "trainer.progress=false",
     "data.num_workers=0",
     "trainer.threads=1",
+    # stage=overfit's lr range test: 100 extra steps (~10 s of resnet10t on one thread) in
+    # every overfit run; tests/test_lr_range.py turns it on
+    "checks.train_lr_range.enabled=false",
 ]
 
 

@@ -17,7 +17,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -635,16 +635,20 @@ def train_run(
     model: Optional[torch.nn.Module] = None,
     write_metrics: bool = True,
     callbacks: Sequence[Callback] = (),
+    before: Optional[Callable[[Parts], Any]] = None,
 ) -> TrainResult:
     """Train and evaluate per the config; checkpoint as it goes; resume when asked.
 
     `callbacks`: the stage's own rules (overfit's loss target, tune's pruner), each called
     with every finished epoch's record; the first that returns a Stop (or a reason) ends the
     run after that epoch (TrainResult.stop_reason, .pruned). trainer.early_stopping_patience
-    adds one after them.
+    adds one after them. `before(parts)`: a stage's look at the built run just before the
+    first epoch (overfit's lr range test); it must leave the model and optimiser as they are.
     """
     parts = build_parts(cfg, ctx, data, model, zero_inputs)
     state, resumed_from = start_state(cfg, ctx, parts, save_checkpoints)
+    if before is not None:
+        before(parts)
     if write_metrics:  # the header at once: a run that dies in epoch 1 still has metrics.csv
         ctx.run.write_metrics(state.history)
     t = cfg.trainer

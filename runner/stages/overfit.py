@@ -1,7 +1,9 @@
 """stage=overfit (recipe stage 3): a proven model big enough to drive training loss to ~0.
 
-Trains the stage config until the training loss reaches the check's target
-(`checks.overfit_train_fit.train_loss_target`) or the epoch budget ends, checks `overfit.train_fit` and reports the train/val gap.
+Before training, an lr range test on a copy of the model (`train.lr_range`: is the configured
+optim.lr near the suggested one?). Trains the stage config until the training loss reaches
+the check's target (`checks.overfit_train_fit.train_loss_target`) or the epoch budget ends,
+checks `overfit.train_fit` and reports the train/val gap.
 """
 
 from __future__ import annotations
@@ -35,12 +37,19 @@ def gap_of(summary: dict[str, Any]) -> dict[str, Any]:
 
 def run(cfg, ctx: Context) -> StageResult:
     from runner.checks.training import train_finite, train_fit
+    from runner.lr_range import check_for
     from runner.report import KeyValues, Section, Text
     from runner.stages.common import result_of, summary_of, train_run
 
     fit = cfg.checks.overfit_train_fit
-    res = train_run(cfg, ctx, callbacks=[until_train_loss(float(fit.train_loss_target))])
-    verdicts = [
+    before = []  # the lr range test, on a copy of the built model before its first epoch
+    res = train_run(
+        cfg,
+        ctx,
+        callbacks=[until_train_loss(float(fit.train_loss_target))],
+        before=lambda p: before.append(check_for(cfg, p.model, p.train_loader, p.device)),
+    )
+    verdicts = before + [
         run_check(cfg.checks, "train.finite", lambda s: train_finite(res.nonfinite, res.state.step))
     ]
     last = res.history[-1] if res.history else {}
