@@ -3,7 +3,7 @@
 From Python (README "From Python and notebooks"): `runner.run(stage, overrides)` runs a stage
 as the CLI would and returns a `runner.Run`; `runner.load(run_dir)` reads a run directory
 back; `runner.predict(run_dir, inputs)` and `runner.export(run_dir, formats)` use a run's
-final model; `runner.lr_range(overrides)` runs an lr range test (runner/lr_range.py) and
+final model; `runner.lr_range(overrides)` runs an lr range test (runner/lrfind.py) and
 returns its verdict. Config errors raise `runner.ConfigError`. Imported lazily: `import runner` stays light.
 """
 

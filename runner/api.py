@@ -258,7 +258,7 @@ def lr_range(overrides: Sequence[str] = (), *, cwd: Optional[PathLike] = None):
         v.status, v.details["suggestion"]
 
     A bad config raises runner.ConfigError (the CLI's exit 2)."""
-    from runner.lr_range import lr_range as run_lr_range
+    from runner.lrfind import lr_range as run_lr_range
 
     return run_lr_range(list(overrides), cwd=str(cwd) if cwd is not None else None)
 

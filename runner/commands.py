@@ -49,7 +49,7 @@ def _export(args: List[str]) -> int:
 
 
 def _lr_range(args: List[str]) -> int:
-    from runner.lr_range import lr_range_main
+    from runner.lrfind import lr_range_main
 
     return lr_range_main(args)
 

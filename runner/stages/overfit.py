@@ -37,7 +37,7 @@ def gap_of(summary: dict[str, Any]) -> dict[str, Any]:
 
 def run(cfg, ctx: Context) -> StageResult:
     from runner.checks.training import train_finite, train_fit
-    from runner.lr_range import check_for
+    from runner.lrfind import check_for
     from runner.report import KeyValues, Section, Text
     from runner.stages.common import result_of, summary_of, train_run
 
