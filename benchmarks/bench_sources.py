@@ -5,6 +5,8 @@ kind is installed, as tar shards (data=wds, indexed and streamed).
 
     python benchmarks/bench_sources.py [--images 2000] [--reps 3] [--threads 2]
 
+(about 10 minutes per repetition at 2000 images on 2 CPU cores: five arms, two runs each)
+
 Every arm trains resnet10t at 64 px, batch 128, and evaluates the full validation split each
 epoch; per-epoch time = (wall of 3 epochs - wall of 1 epoch) / 2, so start-up (imports,
 indexing, hashing the images for the fingerprint) cancels out. Arms run interleaved
