@@ -450,6 +450,8 @@ def process_figures(tmp: Path, threads: int, reps: int, folder_images: int):
                 f"trainer.threads={threads}",
                 "trainer.progress=false",
                 "checks.overfit_train_fit.train_loss_target=0",
+                # the lr range test (a fixed cost before training) is not the input path
+                "checks.train_lr_range.enabled=false",
                 f"hydra.run.dir={tmp / model / tag}",
             ]
 
@@ -484,6 +486,8 @@ def process_figures(tmp: Path, threads: int, reps: int, folder_images: int):
             f"trainer.threads={threads}",
             "trainer.progress=false",
             "checks.overfit_train_fit.train_loss_target=0",
+            # the lr range test (a fixed cost before training) is not the input path
+            "checks.train_lr_range.enabled=false",
             f"hydra.run.dir={tmp / tag}",
         ]
 

@@ -66,6 +66,8 @@ def arms(root: Path, tmp: Path, threads: int) -> dict:
                 f"trainer.threads={threads}",
                 "trainer.progress=false",
                 "checks.overfit_train_fit.train_loss_target=0",
+                # the lr range test (a fixed cost before training) is not the input path
+                "checks.train_lr_range.enabled=false",
                 f"hydra.run.dir={tmp / tag}",
             ]
 
