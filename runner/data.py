@@ -1469,7 +1469,8 @@ class DataKind:
         return getattr(importlib.import_module(module), fn)(cfg, base)
 
 
-# what every records kind reads (runner/sources bundle): its splits and decoding limits
+# what every kind of image files reads (an image folder, runner/sources bundle): its
+# channels, splits, decoding limits and unreadable files
 _RECORD_KEYS = (
     "channels",
     "val_fraction",
@@ -1488,20 +1489,7 @@ DATA_KINDS: Dict[str, DataKind] = {
         _synthetic,
         ("num_classes", "num_train", "num_val", "num_test", "noise", "channels", "split_seed"),
     ),
-    "imagefolder": DataKind(
-        _imagefolder,
-        (
-            "root",
-            "channels",
-            "val_fraction",
-            "test_fraction",
-            "split_seed",
-            "on_unreadable",
-            "interpolation",
-            "max_image_pixels",
-            "max_image_bytes",
-        ),
-    ),
+    "imagefolder": DataKind(_imagefolder, ("root", *_RECORD_KEYS)),
     "torchvision": DataKind(
         _torchvision,
         (

@@ -264,6 +264,25 @@ class RecordImages:
             return im.convert(self.mode), int(self.rec.labels[j])
 
 
+def settle(rec: Records, cfg) -> Tuple[np.ndarray, str]:
+    """(the final split of every record, the data fingerprint), `cfg` the data node: the
+    splits assigned (assign_splits), refused when training cannot use them (split_problems),
+    and fingerprinted (by content; a streamed kind by its own index)."""
+    split = assign_splits(
+        rec,
+        float(cfg.val_fraction),
+        float(cfg.get("test_fraction") or 0.0),
+        int(cfg.split_seed),
+    )
+    problems = split_problems(rec, split)
+    if problems:
+        raise ConfigError(problems)
+    if rec.stream is not None:
+        return split, rec.stream.fingerprint(rec, split)
+    digests = [digest(rec, i) for i in range(len(rec))]
+    return split, content_fingerprint(split, rec.labels, rec.class_names, digests)
+
+
 def bundle(rec: Records, cfg, norm=None):
     """The DataBundle of `rec`: splits assigned, checked, fingerprinted, streamed from the
     records with the configured transforms."""
@@ -276,15 +295,7 @@ def bundle(rec: Records, cfg, norm=None):
         eval_transform,
     )
 
-    split = assign_splits(
-        rec,
-        float(cfg.val_fraction),
-        float(cfg.get("test_fraction") or 0.0),
-        int(cfg.split_seed),
-    )
-    problems = split_problems(rec, split)
-    if problems:
-        raise ConfigError(problems)
+    split, fp = settle(rec, cfg)
     notes = list(rec.notes)
     for pair, groups in group_overlap(split, rec.group).items():
         msg = (
@@ -320,12 +331,7 @@ def bundle(rec: Records, cfg, norm=None):
         return StreamSplit(*args)
 
     if rec.stream is not None:
-        fp = rec.stream.fingerprint(rec, split)
         notes.extend(rec.stream.notes(int((split == 0).sum())))
-    else:
-        fp = content_fingerprint(
-            split, rec.labels, rec.class_names, [digest(rec, i) for i in range(len(rec))]
-        )
     return DataBundle(
         stream(0),
         stream(1),

@@ -323,20 +323,11 @@ def records_source(cfg, ctx: Context, analysis_size: int) -> Source:
     from runner.data import DATA_KINDS
 
     rec = DATA_KINDS[cfg.data.kind].read_records(cfg.data, Path(ctx.original_cwd))
-    split = sources.assign_splits(
-        rec,
-        float(cfg.data.val_fraction),
-        float(cfg.data.test_fraction or 0.0),
-        int(cfg.data.split_seed),
-    )
-    problems = sources.split_problems(rec, split)
-    if problems:
-        raise ConfigError(problems)
+    split, fp = sources.settle(rec, cfg.data)  # as training splits and fingerprints it
     notes = list(rec.notes)
     if rec.stream is not None:  # data=wds data.stream=true: a sample of each split
         import dataclasses
 
-        fp = rec.stream.fingerprint(rec, split)
         keep = rec.stream.sample(split, int(cfg.seed))
         counts = [(int((split[keep] == s).sum()), int((split == s).sum())) for s in range(3)]
         said = ", ".join(f"{dc.SPLITS[s]} {n:,} of {m:,}" for s, (n, m) in enumerate(counts) if m)
@@ -354,10 +345,6 @@ def records_source(cfg, ctx: Context, analysis_size: int) -> Source:
             group=rec.group[keep] if rec.group is not None else None,
         )
         split = split[keep]
-    else:
-        fp = sources.content_fingerprint(
-            split, rec.labels, rec.class_names, [sources.digest(rec, i) for i in range(len(rec))]
-        )
     return Source(
         rec.kind,
         list(rec.class_names),
